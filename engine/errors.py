@@ -1,0 +1,48 @@
+"""Errors a user can cause. Each carries one line: what is wrong, where, and how to fix it.
+
+The CLIs catch `EngineError`, print its message and exit with status 2, writing nothing.
+"""
+
+
+class EngineError(Exception):
+    """Base class for user-caused errors (bad path, corrupt file, bad task file, ...)."""
+
+
+class CheckpointError(EngineError):
+    """The checkpoint directory or one of its files is missing, unreadable or refused."""
+
+
+class WeightsError(CheckpointError):
+    """A safetensors file is corrupt, or a tensor is missing or has the wrong shape."""
+
+
+class ArchitectureError(CheckpointError):
+    """config.json names an architecture the engine does not implement."""
+
+
+class TokenizerError(CheckpointError):
+    """tokenizer.json / tokenizer_config.json is missing or cannot be used."""
+
+
+class ChatTemplateError(EngineError):
+    """A chat template is missing, raised an error, or tried to leave the sandbox."""
+
+
+class DeviceError(EngineError):
+    """The requested device or dtype is not available here."""
+
+
+class TaskError(EngineError):
+    """A task file is invalid, or a task name is unknown."""
+
+
+class PromptTooLongError(EngineError):
+    """A rendered prompt plus its answers does not fit in the model's context."""
+
+
+class OutputError(EngineError):
+    """The output location cannot be written."""
+
+
+class AnalysisError(EngineError):
+    """Results given to the analysis layer are missing or inconsistent."""
