@@ -221,7 +221,9 @@ def _as_rows(x, name):
     off = np.abs(sums - 1.0) > ROW_SUM_TOLERANCE
     if off.any():
         i = int(np.argmax(off))
-        raise ValueError(f"{where(i)}: sums to {float(sums[i])!r}, not 1 (tolerance {ROW_SUM_TOLERANCE})")
+        raise ValueError(
+            f"{where(i)}: sums to {float(sums[i])!r}, not 1 (tolerance {ROW_SUM_TOLERANCE})"
+        )
     return rows, was_1d
 
 
