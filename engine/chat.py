@@ -1,0 +1,151 @@
+"""Chat templates: found where Hugging Face stores them, rendered in a jinja2 sandbox.
+
+Templates are untrusted input (they come with downloaded checkpoints), so they run in an
+`ImmutableSandboxedEnvironment` with the globals and filters that transformers provides, and
+nothing else. Every failure becomes a `ChatTemplateError` naming the template's source.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from engine.errors import ChatTemplateError
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` marks assistant text for training masks; here it
+    only renders its body, as transformers does when no mask is requested."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
+
+
+def _raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # Like transformers: jinja's own tojson would HTML-escape the text.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+class _Namespace(jinja2.utils.Namespace):
+    """`namespace(...)` that refuses underscore names, as transformers' does."""
+
+    def __init__(*args, **kwargs):
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name, value):
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name):
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"underscore attribute {name!r} on a namespace")
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.globals["namespace"] = _Namespace
+    return env
+
+
+class ChatTemplate:
+    """A compiled chat template plus the special-token strings it may refer to."""
+
+    def __init__(self, source: str, text: str, special_tokens: dict[str, object]):
+        self.source = source  # where it came from, for error messages
+        self.text = text
+        self.special_tokens = special_tokens
+        try:
+            self._template = _environment().from_string(text)
+        except jinja2.exceptions.TemplateSyntaxError as e:
+            raise ChatTemplateError(
+                f"{source}: chat template syntax error at line {e.lineno}: {e.message}; fix the template"
+            ) from None
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        try:
+            return self._template.render(
+                messages=messages,
+                tools=None,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self.special_tokens,
+            )
+        except jinja2.exceptions.SecurityError as e:
+            raise ChatTemplateError(
+                f"{self.source}: chat template tried to leave its sandbox ({e}); use a trusted template"
+            ) from None
+        except Exception as e:  # a template is a program: any failure is the template's
+            raise ChatTemplateError(
+                f"{self.source}: chat template failed to render: {type(e).__name__}: {e}; "
+                "fix the template or pass --chat-template"
+            ) from None
+
+
+def find_template_text(directory: Path, tokenizer_config: dict) -> tuple[str, str] | None:
+    """(source, text) of a checkpoint's chat template, or None when it has none.
+
+    Precedence as in transformers: chat_template.jinja, then chat_template.json, then the
+    `chat_template` key of tokenizer_config.json (a string, or a list of named templates of
+    which "default" is used).
+    """
+    jinja_file = directory / "chat_template.jinja"
+    if jinja_file.is_file():
+        return str(jinja_file), _read_text(jinja_file)
+    json_file = directory / "chat_template.json"
+    if json_file.is_file():
+        try:
+            text = json.loads(_read_text(json_file))["chat_template"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ChatTemplateError(
+                f"{json_file}: expected a JSON object with a 'chat_template' string; fix or delete the file"
+            ) from None
+        return str(json_file), text
+    value = tokenizer_config.get("chat_template")
+    source = str(directory / "tokenizer_config.json")
+    if value is None:
+        return None
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+        if value is None:
+            raise ChatTemplateError(f"{source}: chat_template list has no 'default' entry; add one")
+    if not isinstance(value, str):
+        raise ChatTemplateError(f"{source}: chat_template must be a string; fix tokenizer_config.json")
+    return source, value
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ChatTemplateError(f"{path}: cannot read chat template ({e})") from None

@@ -1,0 +1,218 @@
+"""Load a local Hugging Face checkpoint directory: config, weights, tokenizer, chat template.
+
+Weights are read with safetensors memory-mapped and assigned straight into a model built on
+the meta device, so a float32 checkpoint loaded as float32 on the CPU is never copied: its
+tensors are views of the mapped file. Other dtypes or devices convert one tensor at a time.
+Pickle checkpoints (*.bin, *.pt) are refused: unpickling can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer
+
+from engine.chat import ChatTemplate, find_template_text
+from engine.config import parse_config, read_json
+from engine.errors import CheckpointError, DeviceError, TokenizerError, WeightsError
+from engine.model import ModelArgs, Transformer, rope_inv_freq
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+# Tensors some checkpoints carry that the model recomputes or shares; never an error.
+IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class Config(dict):
+    """The checkpoint's config.json; keys read both as `config["x"]` and `config.x`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: Config
+    args: ModelArgs
+    model: Transformer
+    tokenizer: Tokenizer
+    special_tokens: dict[str, object]
+    chat_template: ChatTemplate | None
+    dtype: torch.dtype
+    device: torch.device
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Causal logits [B, T, vocab] (float32) for token ids [B, T]. For tests and debugging:
+        the scorer never builds full logits."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        return self.model(input_ids.to(self.device))
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids, with BOS/EOS exactly as the tokenizer's own post-processor adds them."""
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.chat_template is not None
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if self.chat_template is None:
+            raise CheckpointError(
+                f"{self.path}: the checkpoint has no chat template; use --mode base or --chat-template"
+            )
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+
+
+def load(path, dtype="float32", device="cpu") -> Checkpoint:
+    """Load the checkpoint directory at `path` for inference in `dtype` on `device`."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint directory not found; pass a local Hugging Face model directory")
+    config = Config(read_json(directory / "config.json", "config.json"))
+    args = parse_config(config, directory / "config.json")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device, config)
+    tokenizer, tokenizer_config = load_tokenizer(directory)
+    special = special_tokens(tokenizer_config)
+    found = find_template_text(directory, tokenizer_config)
+    template = ChatTemplate(found[0], found[1], special) if found else None
+    model = load_model(directory, args, torch_dtype, torch_device)
+    return Checkpoint(directory, config, args, model, tokenizer, special, template, torch_dtype, torch_device)
+
+
+def resolve_device(device) -> torch.device:
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch_device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    if torch_device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {device!r} is not supported; use auto, cpu or cuda")
+    return torch_device
+
+
+def resolve_dtype(dtype, device: torch.device, config: dict) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if dtype == "auto":
+        dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    if dtype not in DTYPES:
+        raise DeviceError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"bfloat16 is not available on {torch.cuda.get_device_name(device)}; use --dtype float32")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(directory: Path) -> tuple[Tokenizer, dict]:
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise TokenizerError(f"{path}: tokenizer.json not found; the engine needs a fast-tokenizer file")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exception subclasses for bad files
+        raise TokenizerError(f"{path}: cannot read tokenizer ({e}); restore the file") from None
+    config_path = directory / "tokenizer_config.json"
+    tokenizer_config = read_json(config_path, "tokenizer_config.json") if config_path.exists() else {}
+    return tokenizer, tokenizer_config
+
+
+def special_tokens(tokenizer_config: dict) -> dict[str, object]:
+    """Special-token strings as chat templates see them (`bos_token`, `eos_token`, ...)."""
+    out: dict[str, object] = {}
+    for key in SPECIAL_TOKEN_KEYS:
+        value = tokenizer_config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            out[key] = value
+    extra = tokenizer_config.get("additional_special_tokens") or tokenizer_config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        out["additional_special_tokens"] = [t.get("content") if isinstance(t, dict) else t for t in extra]
+    return out
+
+
+def weight_files(directory: Path) -> dict[str, Path] | list[Path]:
+    """The safetensors files to read: {tensor name: file} from a shard index, or [file]."""
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = read_json(index, "model.safetensors.index.json").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise WeightsError(f"{index}: no 'weight_map'; restore the index file")
+        return {name: directory / file for name, file in weight_map.items()}
+    single = directory / "model.safetensors"
+    if single.exists():
+        return [single]
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{directory / pickles[0]}: pickle checkpoints are refused because loading them can run "
+            "arbitrary code; convert the weights to safetensors (model.safetensors)"
+        )
+    raise WeightsError(f"{directory}: no model.safetensors or model.safetensors.index.json found")
+
+
+def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device) -> Transformer:
+    """Build the model on the meta device and assign the checkpoint's tensors into it."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = read_weights(directory, expected, dtype, device)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; the weights are incomplete")
+    model.load_state_dict(state, assign=True, strict=True)
+    model.inv_freq = rope_inv_freq(args).to(device)
+    return model.eval().requires_grad_(False)
+
+
+def read_weights(directory: Path, expected: dict, dtype: torch.dtype, device: torch.device) -> dict:
+    files = weight_files(directory)
+    paths = sorted(set(files.values())) if isinstance(files, dict) else files
+    state = {}
+    for path in paths:
+        if not path.is_file():
+            raise WeightsError(f"{path}: weight shard listed in the index is missing; restore it")
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                for name in f.keys():
+                    tensor = read_tensor(f, name, path, expected)
+                    if tensor is not None:
+                        state[name] = tensor.to(dtype)
+        except SafetensorError as e:
+            raise WeightsError(
+                f"{path}: corrupt or truncated safetensors file ({e}); download or convert it again"
+            ) from None
+    return state
+
+
+def read_tensor(f, name: str, path: Path, expected: dict):
+    """One tensor, checked against the shape the config implies; None if it is not used."""
+    if name not in expected:
+        if name.endswith(IGNORED_TENSOR_SUFFIXES) or name == "lm_head.weight":  # tied head
+            return None
+        raise WeightsError(
+            f"{path}: unexpected tensor {name!r}; config.json does not describe this checkpoint's architecture"
+        )
+    shape = tuple(f.get_slice(name).get_shape())
+    if shape != expected[name]:
+        raise WeightsError(
+            f"{path}: tensor {name!r} has shape {list(shape)} but config.json implies {list(expected[name])}"
+        )
+    return f.get_tensor(name)
+

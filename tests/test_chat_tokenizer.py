@@ -1,0 +1,125 @@
+"""Chat templates render as transformers renders them; token ids equal transformers' ids."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import engine
+from engine.errors import ChatTemplateError
+from tests import tiny
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Pick a random number between 1 and 10."}],
+    [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Flip a coin!"}],
+    [
+        {"role": "user", "content": "Name a color."},
+        {"role": "assistant", "content": "Blue"},
+        {"role": "user", "content": "  Another one, please.  "},
+    ],
+]
+
+
+def transformers_tokenizer(directory):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(directory))
+
+
+@pytest.mark.parametrize("template", [tiny.TULU_TEMPLATE, tiny.CHATML_TEMPLATE, tiny.LLAMA3_CHAT_TEMPLATE],
+                         ids=["tulu", "chatml", "llama3"])
+@pytest.mark.parametrize("generation_prompt", [True, False])
+def test_render_chat_matches_apply_chat_template(tmp_path, template, generation_prompt):
+    tiny.make_checkpoint(tmp_path, arch="olmo2", template=template, hidden=32, heads=2, kv_heads=2)
+    ck = engine.load(tmp_path)
+    hf = transformers_tokenizer(tmp_path)
+    for messages in CONVERSATIONS[: 2 if template is tiny.LLAMA3_CHAT_TEMPLATE else 3]:
+        theirs = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        ours = ck.render_chat(messages, add_generation_prompt=generation_prompt)
+        assert ours == theirs
+        # Same ids too: transformers tokenizes a rendered chat without adding special tokens.
+        assert ck.encode(ours, add_special_tokens=False) == hf(theirs, add_special_tokens=False).input_ids
+
+
+def test_chat_template_jinja_file_takes_precedence(tmp_path):
+    tiny.make_checkpoint(tmp_path, arch="olmo2", template=tiny.TULU_TEMPLATE, hidden=32, heads=2, kv_heads=2)
+    (tmp_path / "chat_template.jinja").write_text(tiny.CHATML_TEMPLATE)
+    ck = engine.load(tmp_path)
+    assert ck.render_chat(CONVERSATIONS[0]).endswith("<|im_start|>assistant\n")
+    assert ck.render_chat(CONVERSATIONS[0]) == transformers_tokenizer(tmp_path).apply_chat_template(
+        CONVERSATIONS[0], tokenize=False, add_generation_prompt=True)
+
+
+def test_no_template_means_no_chat(tmp_path):
+    tiny.make_checkpoint(tmp_path, arch="olmo2", template=None, hidden=32, heads=2, kv_heads=2)
+    ck = engine.load(tmp_path)
+    assert not ck.has_chat_template
+    with pytest.raises(engine.EngineError, match="no chat template"):
+        ck.render_chat(CONVERSATIONS[0])
+
+
+HOSTILE_TEMPLATES = {
+    "raises": "{{ raise_exception('roles must alternate') }}",
+    "escapes": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "namespace_dunder": "{% set ns = namespace() %}{% set ns._secret = 1 %}{{ ns }}",
+    "syntax": "{% for m in messages %}{{ m['content'] }",
+    "mutates": "{% set _ = messages.append({'role': 'user', 'content': 'x'}) %}ok",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_TEMPLATES))
+def test_bad_or_hostile_templates_are_chat_template_errors(tmp_path, name):
+    tiny.make_checkpoint(tmp_path, arch="olmo2", template=HOSTILE_TEMPLATES[name], hidden=32, heads=2, kv_heads=2)
+    with pytest.raises(ChatTemplateError) as info:
+        engine.load(tmp_path).render_chat(CONVERSATIONS[0])
+    message = str(info.value)
+    assert "\n" not in message and "tokenizer_config.json" in message
+
+
+@pytest.fixture(scope="module")
+def llama3_checkpoint(tmp_path_factory):
+    """A tiny model over the real 128k Llama 3 vocabulary."""
+    directory = tmp_path_factory.mktemp("llama3vocab")
+    tiny.make_checkpoint(directory, arch="llama", vocab_size=128256, hidden=16, heads=2, kv_heads=1, layers=1,
+                         template=tiny.LLAMA3_CHAT_TEMPLATE)
+    tiny.llama3_tokenizer().save(str(directory / "tokenizer.json"))
+    cfg = json.loads((directory / "tokenizer_config.json").read_text())
+    cfg.update(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token=None, added_tokens_decoder={})
+    (directory / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return directory
+
+
+PROMPTS = [
+    "Pick a random number between 1 and 10.",
+    "Flip a coin. Answer: Heads",
+    "Think of a card... Ace of Spades? 10 of Hearts!",
+    "  leading spaces, tabs\tand\nnewlines\n\n",
+    "Unicode: café, naïve, 東京, emoji 🎲, math ∑",
+    "<|eot_id|> special tokens in text <|begin_of_text|>",
+    "numbers 1234567 and 3.14159, 100%",
+    "",
+]
+
+
+def test_llama3_vocabulary_ids_equal_transformers(llama3_checkpoint):
+    from llama_models.llama3.tokenizer import Tokenizer as TikTokenizer
+
+    ck = engine.load(llama3_checkpoint)
+    hf = transformers_tokenizer(llama3_checkpoint)
+    tik = TikTokenizer.get_instance()
+    assert ck.tokenizer.get_vocab_size() == 128256
+    for text in PROMPTS:
+        ours = ck.encode(text)
+        assert ours == hf(text).input_ids, text
+        assert ours[0] == 128000  # BOS from the tokenizer's own post-processor
+        assert ck.encode(text, add_special_tokens=False) == hf(text, add_special_tokens=False).input_ids
+        if "<|" not in text:  # tiktoken itself, a third independent implementation
+            assert ours == tik.encode(text, bos=True, eos=False), text
+    rendered = ck.render_chat([{"role": "user", "content": PROMPTS[0]}])
+    assert rendered.startswith("<|begin_of_text|><|start_header_id|>system")
+    ids = ck.encode(rendered, add_special_tokens=False)
+    assert ids == hf.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+    assert ck.logits(torch.tensor([ids])).shape == (1, len(ids), 128256)

@@ -1,0 +1,174 @@
+"""Tiny random checkpoints, written by transformers exactly as Hugging Face writes real ones.
+
+No model hub: configs are built here, weights are random (seeded), and the tokenizer is a
+byte-level BPE trained in milliseconds on a small corpus.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+TULU_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if not loop.last %}{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% else %}{{ '<|assistant|>\n' + message['content'] + eos_token }}{% endif %}"
+    "{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    "{% endfor %}"
+)
+
+CHATML_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] | trim + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+SPECIALS = ["<|endoftext|>", "<|bos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|im_start|>", "<|im_end|>"]
+
+CORPUS = [
+    "Pick a random number between 1 and 10. Answer: 7",
+    "Flip a coin: Heads or Tails? Answer: Heads",
+    "Name a color. Red, Orange, Yellow, Green, Blue, Purple, Pink, Brown, Black, White, Gray.",
+    "Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April",
+    "The quick brown fox jumps over the lazy dog; 0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ!?",
+    "Ace of Spades, King of Hearts, Queen of Diamonds, Jack of Clubs. Rock, Paper, Scissors.",
+]
+
+
+def train_tokenizer(vocab_size: int = 300, add_bos: bool = True) -> Tokenizer:
+    """A byte-level BPE with special tokens and (optionally) a BOS-adding post-processor."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    if add_bos:
+        bos = tok.token_to_id("<|bos|>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos)]
+        )
+    return tok
+
+
+def write_tokenizer(directory: Path, template: str | None = TULU_TEMPLATE, add_bos: bool = True) -> Tokenizer:
+    tok = train_tokenizer(add_bos=add_bos)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|bos|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "model_max_length": 1024,
+        "added_tokens_decoder": {
+            str(tok.token_to_id(t)): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                                      "normalized": False, "single_word": False}
+            for t in SPECIALS
+        },
+    }
+    if template is not None:
+        config["chat_template"] = template
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return tok
+
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,  # small, so that scaling changes positions we test
+}
+
+
+def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 4, tied: bool = False,
+              head_dim: int | None = None, rope_scaling: dict | None = None, layers: int = 2,
+              hidden: int = 64):
+    from transformers import LlamaConfig, Olmo2Config
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=96, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
+        tie_word_embeddings=tied, initializer_range=0.3, bos_token_id=1, eos_token_id=0, pad_token_id=0,
+    )
+    if head_dim is not None:
+        common["head_dim"] = head_dim
+    if arch == "olmo2":
+        return Olmo2Config(**common)
+    if rope_scaling is not None:
+        return LlamaConfig(rope_scaling=dict(rope_scaling), rope_theta=500000.0, **common)
+    return LlamaConfig(**common)
+
+
+def make_checkpoint(directory: Path, arch: str = "llama", seed: int = 0, template: str | None = TULU_TEMPLATE,
+                    add_bos: bool = True, **config_kwargs):
+    """Write a random checkpoint with transformers; returns the transformers model (float32, eval)."""
+    from transformers import AutoModelForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = hf_config(arch, **config_kwargs)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
+    with torch.no_grad():  # norms start at 1.0; random norm weights exercise them properly
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(directory)
+    write_tokenizer(directory, template=template, add_bos=add_bos)
+    return model
+
+
+def to_transformers_4x_config(directory: Path) -> None:
+    """Rewrite config.json with the keys transformers 4.x wrote (rope_theta, rope_scaling, torch_dtype)."""
+    path = directory / "config.json"
+    cfg = json.loads(path.read_text())
+    rope = cfg.pop("rope_parameters", None) or {}
+    cfg["rope_theta"] = rope.pop("rope_theta", 10000.0)
+    cfg["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
+    if "dtype" in cfg:
+        cfg["torch_dtype"] = cfg.pop("dtype")
+    path.write_text(json.dumps(cfg, indent=2))
+
+
+LLAMA3_CHAT_TEMPLATE = (  # the shape of Llama 3.1's template: bos, headers, eot, strftime_now
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set messages = messages[1:] %}{% else %}{% set system = 'Today Date: ' + strftime_now('%d %b %Y') %}"
+    "{% endif %}{{ '<|start_header_id|>system<|end_header_id|>\n\n' + system + '<|eot_id|>' }}"
+    "{% for message in messages %}{% if message['role'] not in ['user', 'assistant'] %}"
+    "{{ raise_exception('Only user and assistant roles are supported') }}{% endif %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def llama3_tokenizer() -> Tokenizer:
+    """The real Llama 3 vocabulary (128,256 tokens) from the tiktoken file that the
+    `llama-models` package ships, converted to a tokenizers.Tokenizer that adds BOS."""
+    from llama_models.llama3.tokenizer import Tokenizer as TikTokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    tik = TikTokenizer.get_instance()
+    import llama_models
+
+    model_file = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
+    specials = sorted(tik.special_tokens, key=tik.special_tokens.get)
+    tok = TikTokenConverter(vocab_file=str(model_file), pattern=tik.pat_str,
+                            extra_special_tokens=specials).converted()
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", bos)],
+    )
+    return tok
