@@ -134,7 +134,11 @@ class Attention(nn.Module):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = (q * cos + rotate_half(q) * sin).to(x.dtype)
         k = (k * cos + rotate_half(k) * sin).to(x.dtype)
-        out = tree_attention(q, k, v, span_end, self.args.head_dim**-0.5)
+        scale = self.args.head_dim**-0.5
+        if span_end is None:  # plain causal (training): torch's fused attention
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            out = tree_attention(q, k, v, span_end, scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -207,9 +211,17 @@ class Transformer(nn.Module):
         return cos.to(dtype), sin.to(dtype)
 
     def hidden_states(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, span_end: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        span_end: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final-norm hidden states [B, T, dim] for the attention pattern given by span_end."""
+        """Final-norm hidden states [B, T, dim] for the attention pattern given by span_end.
+
+        span_end None means plain causal attention with positions 0..T-1 (used for training;
+        it runs torch's fused attention instead of the tree kernel)."""
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope_tables(position_ids, x.dtype)
         for layer in self.model.layers:
@@ -217,7 +229,8 @@ class Transformer(nn.Module):
         return self.model.norm(x)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Full causal logits [B, T, vocab] in float32: a testing and debugging aid."""
+        """Full causal logits [B, T, vocab] in float32: a testing and debugging aid. Runs the
+        tree-attention path (the scorer's) with a causal span_end."""
         B, T = input_ids.shape
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
         span_end = torch.full((B, T), T, dtype=torch.int32, device=input_ids.device)
