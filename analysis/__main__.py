@@ -1,0 +1,8 @@
+"""`python -m analysis RESULTS_DIR --ladder ...`: the same CLI as `python -m analysis.phases`."""
+
+import sys
+
+from analysis.phases import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,604 @@
+"""Phase metrics: from exact answer distributions to the crystallization picture.
+
+Formulas and thresholds are documented in docs/metrics.md. In short, for one checkpoint and
+task with N prompt variants P_1..P_N over K answers (all in bits):
+
+- entropy_bits = mean_i H(P_i); entropy_norm = entropy_bits / log2 K
+- liquidity    = mean over pairs i != j of JS(P_i, P_j)
+- distinct     = number of complete-linkage clusters of prompts at JS <= tau
+- consensus    = C = mean_i P_i;  dispersion = mean_i JS(P_i, C);  coverage = mean coverage
+
+Along a ladder (ordered stages; the first is the base; the seed stage is `sft` if present,
+else the second stage):
+
+- nucleation(stage) = 1 - liquidity(stage) / liquidity(base)
+- seed: the base prompt s minimising JS(P_base_s, C_seedstage), reported with the median JS
+  over all base prompts and margin = median - JS; found iff margin >= tau and
+  JS <= SEED_RATIO * median, else "no seed" (seed_prompt_id is null)
+- settling, for the seed stage and every later stage: retention = mass of C_stage inside
+  support(P_base_s, 0.9); drift = JS(C_stage, C_seedstage); spearman = rank correlation of
+  C_stage with P_base_s
+- phase label per stage: "liquid", "nucleated", "settled" or "unclear" (see `_phase`)
+
+Public API:
+- ``load_results(results_dir, labels)`` -> Results (label -> task -> TaskData)
+- ``task_metrics(P, coverage=None, tau=0.05)`` -> dict of the per-checkpoint metrics
+- ``ladder_metrics(stages, tau=0.05)`` -> dict for one task along one ladder, where stages is
+  an ordered {stage name: TaskData}
+- ``analyse(results, ladders, tau=0.05)`` -> the dict written to phases.json
+- ``phase_summary(phases)`` -> {ladder: {task: {"seed_prompt_id": id or None,
+  "phases": {stage: label}}}}, read from a phases.json dict (what a demo checks)
+- ``main(argv=None)``: ``python -m analysis.phases RESULTS_DIR --ladder base=A,sft=B,...``
+  (a ladder may be named: ``--ladder olmo2:base=A,...``; otherwise it is named by its base
+  label), ``--tau``, ``--out PATH`` (default RESULTS_DIR/phases.json), ``--report DIR``.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from analysis.metrics import entropy, js_divergence, mass_within, pairwise_js, support
+from engine.errors import AnalysisError, EngineError, OutputError
+
+TAU = 0.05  # bits: prompts closer than this (complete linkage) count as one distribution
+LIQUID_MIN = 0.1  # bits of liquidity from which a stage counts as liquid
+NUCLEATION_MIN = 0.5  # liquidity must have fallen by at least half from the base
+SEED_RATIO = 0.5  # the seed must be at least twice as near as the median base prompt
+SUPPORT_MASS = 0.9  # the seed's support: its smallest set of answers holding 90% of its mass
+RETENTION_MIN = 0.8  # a settled stage keeps at least 80% of its mass inside that support
+PHASES = ("liquid", "nucleated", "settled", "unclear")
+REQUIRED_COLUMNS = ("prompt_id", "prompt_text", "answer", "prob", "coverage")
+
+
+@dataclass
+class TaskData:
+    """One task at one checkpoint: N prompts x K answers."""
+
+    label: str
+    task: str
+    prompt_ids: list
+    answers: list
+    P: np.ndarray  # [N, K] distributions, rows sum to 1
+    coverage: np.ndarray  # [N]
+    prompt_texts: list = field(default_factory=list)
+
+
+@dataclass
+class Results:
+    results_dir: Path
+    data: dict  # label -> task -> TaskData
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_results(results_dir, labels=None):
+    """Read RESULTS_DIR/<label>/<task>.parquet for each label (all labels if None)."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise AnalysisError(
+            f"results dir {root}: not a directory; pass the folder that engine.score wrote"
+        )
+    if not any(root.glob("*/*.parquet")):
+        raise AnalysisError(
+            f"results dir {root}: no parquet files (expected {root}/<label>/<task>.parquet); "
+            "run python -m engine.score first or fix the path"
+        )
+    if labels is None:
+        labels = sorted(p.name for p in root.iterdir() if any(p.glob("*.parquet")))
+    data = {}
+    for label in labels:
+        folder = root / label
+        files = sorted(folder.glob("*.parquet"))
+        if not files:
+            present = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir()))
+            raise AnalysisError(
+                f"label '{label}': no {folder}/<task>.parquet; labels present: {present}; "
+                "fix --ladder or score that checkpoint"
+            )
+        data[label] = {f.stem: _read_task(f, label) for f in files}
+    return Results(root, data)
+
+
+def _read_task(path, label):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a bad file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AnalysisError(f"{path}: unreadable parquet ({reason}); rescore this task") from err
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise AnalysisError(f"{path}: missing column(s) {', '.join(missing)}; rescore this task")
+    cols = table.to_pydict()
+    modes = cols.get("mode", [None] * table.num_rows)
+    # Prompt ids are unique within a mode; only when a file mixes modes do they need prefixing.
+    several_modes = len(set(modes)) > 1
+    keys = [
+        f"{m}:{p}" if several_modes else p for m, p in zip(modes, cols["prompt_id"], strict=True)
+    ]
+    rows_of = {}
+    for r, key in enumerate(keys):
+        rows_of.setdefault(key, []).append(r)
+    return _task_from_rows(path, label, cols, rows_of)
+
+
+def _task_from_rows(path, label, cols, rows_of):
+    task = path.stem
+    answers = None
+    P, cover, texts = [], [], []
+    for pid, rows in rows_of.items():
+        these = [cols["answer"][r] for r in rows]
+        if answers is None:
+            answers, first = these, pid
+        elif these != answers:
+            raise AnalysisError(
+                f"{label}/{task}: mismatched answer sets: prompt {pid} "
+                f"{_difference(answers, these, first, pid)}; rescore this task"
+            )
+        if len(set(these)) != len(these):
+            raise AnalysisError(f"{path}: prompt {pid} lists an answer twice; rescore this task")
+        P.append(_prompt_distribution([cols["prob"][r] for r in rows], label, task, pid))
+        cover.append(float(cols["coverage"][rows[0]]))
+        texts.append(cols["prompt_text"][rows[0]])
+    return TaskData(label, task, list(rows_of), answers, np.array(P), np.array(cover), texts)
+
+
+def _prompt_distribution(probs, label, task, pid):
+    p = np.array([math.nan if v is None else v for v in probs], dtype=np.float64)
+    total = p.sum()
+    if not np.all(np.isfinite(p)) or (p < 0).any() or abs(total - 1.0) > 1e-6:
+        raise AnalysisError(
+            f"{label}/{task} prompt {pid}: prob column is not a distribution "
+            f"(sum {total!r}); rescore this task"
+        )
+    return p / total
+
+
+def _difference(a, b, pid_a, pid_b):
+    """Describe how answer list b differs from a, briefly."""
+    if len(a) != len(b):
+        return f"has {len(b)} answers where {pid_a} has {len(a)}"
+    i = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    return f"has answer {b[i]!r} at position {i} where {pid_a} has {a[i]!r}"
+
+
+# ----------------------------------------------------------------------- per checkpoint
+
+
+@njit(cache=True)
+def _complete_linkage_heights(D):
+    """Merge heights of complete-linkage clustering of a distance matrix (nearest-neighbour chain).
+
+    Complete linkage is reducible, so merging reciprocal nearest neighbours as the chain finds
+    them gives the same dendrogram as merging globally closest pairs, in O(N^2).
+    """
+    n = D.shape[0]
+    d = D.copy()
+    active = np.ones(n, dtype=np.bool_)
+    chain = np.empty(n, dtype=np.int64)
+    heights = np.empty(max(n - 1, 0))
+    top = 0
+    for m in range(n - 1):
+        if top == 0:
+            chain[0] = np.argmax(active)
+            top = 1
+        while True:
+            a = chain[top - 1]
+            # Prefer the previous chain element on ties, so the chain cannot cycle.
+            b, best = -1, np.inf
+            if top >= 2:
+                b, best = chain[top - 2], d[a, chain[top - 2]]
+            for c in range(n):
+                if active[c] and c != a and d[a, c] < best:
+                    b, best = c, d[a, c]
+            if top >= 2 and b == chain[top - 2]:
+                break
+            chain[top] = b
+            top += 1
+        top -= 2
+        heights[m] = best
+        # The merged cluster lives on at index b; its distance to c is the larger of the two.
+        for c in range(n):
+            if active[c] and c != a and c != b:
+                v = max(d[a, c], d[b, c])
+                d[b, c] = v
+                d[c, b] = v
+        active[a] = False
+    return heights
+
+
+def count_clusters(D, tau):
+    """Complete-linkage clusters at threshold tau: N minus the merges at height <= tau."""
+    heights = _complete_linkage_heights(np.ascontiguousarray(D, dtype=np.float64))
+    return int(D.shape[0] - np.count_nonzero(heights <= tau))
+
+
+def task_metrics(P, coverage=None, tau=TAU):
+    """Metrics of one task at one checkpoint, over its N prompt distributions P [N, K]."""
+    P = np.ascontiguousarray(P, dtype=np.float64)
+    n, k = P.shape
+    D = pairwise_js(P)
+    consensus = P.mean(axis=0)
+    consensus /= consensus.sum()
+    h = entropy(P)
+    return {
+        "n_prompts": n,
+        "n_answers": k,
+        "entropy_bits": float(h.mean()),
+        "entropy_norm": float(h.mean() / math.log2(k)) if k > 1 else 0.0,
+        "liquidity": float(D.sum() / (n * (n - 1))) if n > 1 else 0.0,
+        "distinct": count_clusters(D, tau),
+        "dispersion": float(js_divergence(P, np.broadcast_to(consensus, P.shape)).mean()),
+        "coverage": float(np.mean(coverage)) if coverage is not None else None,
+        "consensus": consensus.tolist(),
+    }
+
+
+# --------------------------------------------------------------------------- along a ladder
+
+
+def seed_stage_of(stage_names):
+    """The stage whose consensus is traced back to a base prompt: `sft`, else the second."""
+    names = list(stage_names)
+    return "sft" if "sft" in names[1:] else names[1]
+
+
+def _ranks(x):
+    """Ranks from 0, ties given their average rank (as scipy.stats.rankdata)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    sorted_x = x[order]
+    start = 0
+    for end in range(1, len(x) + 1):
+        if end == len(x) or sorted_x[end] != sorted_x[start]:
+            ranks[order[start:end]] = 0.5 * (start + end - 1)
+            start = end
+    return ranks
+
+
+def spearman(x, y):
+    """Spearman rank correlation (Pearson on average ranks); None when either is constant."""
+    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    return float(rx @ ry) / denom if denom > 0 else None
+
+
+def _seed(base, target, tau):
+    """Nearest base prompt to a stage consensus, and whether it stands out as a seed."""
+    js = js_divergence(base.P, np.broadcast_to(target, base.P.shape))
+    i = int(np.argmin(js))
+    median = float(np.median(js))
+    margin = median - float(js[i])
+    found = margin >= tau and js[i] <= SEED_RATIO * median
+    return i, {
+        "found": bool(found),
+        "seed_prompt_id": base.prompt_ids[i] if found else None,
+        "nearest_prompt_id": base.prompt_ids[i],
+        "js": float(js[i]),
+        "median_js": median,
+        "margin": margin,
+        "distribution": base.P[i].tolist(),
+    }
+
+
+def _settling(consensus, seed_dist, seed_consensus):
+    mask = support(seed_dist, SUPPORT_MASS)
+    return {
+        "retention": float(mass_within(consensus, mask)),
+        "drift": float(js_divergence(consensus, seed_consensus)),
+        "spearman": spearman(consensus, seed_dist),
+    }
+
+
+def _phase(position, seed_position, metrics, seed_found, settling):
+    """Phase label of a stage; the thresholds are in docs/metrics.md."""
+    liquid = metrics["liquidity"] >= LIQUID_MIN
+    nucleation = metrics["nucleation"]
+    if position == 0 or nucleation is None or nucleation < NUCLEATION_MIN:
+        return "liquid" if liquid else "unclear"
+    if not seed_found or position < seed_position:
+        return "unclear"
+    if position == seed_position:
+        return "nucleated"
+    return "settled" if settling["retention"] >= RETENTION_MIN else "unclear"
+
+
+def ladder_metrics(stages, tau=TAU):
+    """Metrics of one task along one ladder; stages is an ordered {stage name: TaskData}."""
+    names = list(stages)
+    if len(names) < 2:
+        raise AnalysisError(f"ladder {names}: needs a base and at least one later stage")
+    base = stages[names[0]]
+    per_stage = {}
+    for name in names:
+        td = stages[name]
+        per_stage[name] = {"label": td.label, **task_metrics(td.P, td.coverage, tau)}
+    base_liquidity = per_stage[names[0]]["liquidity"]
+    for name in names:
+        m = per_stage[name]
+        m["nucleation"] = 1.0 - m["liquidity"] / base_liquidity if base_liquidity > 0 else None
+
+    seed_name = seed_stage_of(names)
+    seed_consensus = np.array(per_stage[seed_name]["consensus"])
+    s, seed = _seed(base, seed_consensus, tau)
+    seed["stage"] = seed_name
+    seed_pos = names.index(seed_name)
+    settling = {
+        name: _settling(np.array(per_stage[name]["consensus"]), base.P[s], seed_consensus)
+        for name in names[seed_pos:]
+    }
+    for pos, name in enumerate(names):
+        per_stage[name]["phase"] = _phase(
+            pos, seed_pos, per_stage[name], seed["found"], settling.get(name)
+        )
+    return {"answers": list(base.answers), "stages": per_stage, "seed": seed, "settling": settling}
+
+
+# ------------------------------------------------------------------------- whole analysis
+
+
+def _common_tasks(results, name, stages):
+    """Tasks present at every stage of a ladder; a warning line names the ones left out."""
+    tasks = {label: set(results.data[label]) for _, label in stages}
+    common = set.intersection(*tasks.values())
+    if not common:
+        raise AnalysisError(
+            f"ladder {name}: no task is present for every label ({_listing(tasks)}); "
+            "score the same tasks for each checkpoint"
+        )
+    warnings = []
+    for label, have in tasks.items():
+        if have - common:
+            warnings.append(
+                f"ladder {name}: task(s) {', '.join(sorted(have - common))} of label '{label}' "
+                "missing elsewhere in the ladder, left out"
+            )
+    return sorted(common), warnings
+
+
+def _listing(tasks):
+    return "; ".join(f"{label}: {', '.join(sorted(t))}" for label, t in tasks.items())
+
+
+def _check_answers(name, task, stages_data):
+    first = next(iter(stages_data.values()))
+    for td in stages_data.values():
+        if td.answers != first.answers:
+            raise AnalysisError(
+                f"mismatched answer sets: task {task}, ladder {name}: label '{td.label}' "
+                f"{_difference(first.answers, td.answers, repr(first.label), td.label)}; "
+                "score both checkpoints with the same task file"
+            )
+
+
+def analyse(results, ladders, tau=TAU):
+    """ladders: [(name, [(stage, label), ...]), ...] -> the phases.json dict."""
+    out = {
+        "tau": tau,
+        "thresholds": {
+            "liquid_min": LIQUID_MIN,
+            "nucleation_min": NUCLEATION_MIN,
+            "seed_ratio": SEED_RATIO,
+            "support_mass": SUPPORT_MASS,
+            "retention_min": RETENTION_MIN,
+        },
+        "ladders": {},
+        "cross_ladder": [],
+        "warnings": [],
+    }
+    for name, stages in ladders:
+        tasks, warnings = _common_tasks(results, name, stages)
+        out["warnings"] += warnings
+        per_task = {}
+        for task in tasks:
+            data = {stage: results.data[label][task] for stage, label in stages}
+            _check_answers(name, task, data)
+            per_task[task] = ladder_metrics(data, tau)
+        out["ladders"][name] = {
+            "stages": [{"stage": s, "label": label} for s, label in stages],
+            "seed_stage": seed_stage_of(s for s, _ in stages),
+            "tasks": per_task,
+        }
+    out["cross_ladder"] = _cross_ladder(out["ladders"])
+    return out
+
+
+def _cross_ladder(ladders):
+    """For each pair of ladders and common task: JS between their seeds, same prompt or not."""
+    pairs = []
+    names = list(ladders)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            tasks = {}
+            for task in sorted(set(ladders[a]["tasks"]) & set(ladders[b]["tasks"])):
+                sa, sb = ladders[a]["tasks"][task]["seed"], ladders[b]["tasks"][task]["seed"]
+                both = sa["found"] and sb["found"]
+                if ladders[a]["tasks"][task]["answers"] != ladders[b]["tasks"][task]["answers"]:
+                    raise AnalysisError(
+                        f"mismatched answer sets: task {task} differs between ladders {a} "
+                        f"and {b}; score both with the same task file"
+                    )
+                tasks[task] = {
+                    "seed_prompt_ids": [sa["seed_prompt_id"], sb["seed_prompt_id"]],
+                    "js_between_seeds": (
+                        float(js_divergence(np.array(sa["distribution"]), sb["distribution"]))
+                        if both
+                        else None
+                    ),
+                    "same_prompt": bool(both and sa["seed_prompt_id"] == sb["seed_prompt_id"]),
+                }
+            pairs.append({"ladders": [a, b], "tasks": tasks})
+    return pairs
+
+
+def phase_summary(phases):
+    """{ladder: {task: {"seed_prompt_id": id or None, "phases": {stage: label}}}}."""
+    return {
+        ladder: {
+            task: {
+                "seed_prompt_id": t["seed"]["seed_prompt_id"],
+                "phases": {stage: m["phase"] for stage, m in t["stages"].items()},
+            }
+            for task, t in body["tasks"].items()
+        }
+        for ladder, body in phases["ladders"].items()
+    }
+
+
+# -------------------------------------------------------------------------------- output
+
+
+def _fmt(x, digits=3):
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+def format_tables(phases):
+    """Compact text tables: one block per ladder and task, one row per stage."""
+    head = (
+        f"{'stage':<8}{'label':<24}{'H':>7}{'H/logK':>8}{'liquid':>8}{'dist':>6}{'disp':>7}"
+        f"{'cover':>7}{'nucl':>7}{'retain':>8}{'drift':>7}{'rho':>7}  phase"
+    )
+    lines = []
+    for name, body in phases["ladders"].items():
+        stages = ", ".join(f"{s['stage']}={s['label']}" for s in body["stages"])
+        lines.append(f"ladder {name} ({stages})")
+        for task, t in body["tasks"].items():
+            seed = t["seed"]
+            found = f"prompt {seed['seed_prompt_id']}" if seed["found"] else "no seed"
+            lines.append(
+                f"  task {task}  K={len(t['answers'])}  seed ({seed['stage']}): {found}, "
+                f"nearest {seed['nearest_prompt_id']} JS {_fmt(seed['js'])} "
+                f"vs median {_fmt(seed['median_js'])}"
+            )
+            lines.append("    " + head)
+            for stage, m in t["stages"].items():
+                st = t["settling"].get(stage, {})
+                lines.append(
+                    f"    {stage:<8}{m['label'][:23]:<24}{_fmt(m['entropy_bits'], 2):>7}"
+                    f"{_fmt(m['entropy_norm'], 2):>8}{_fmt(m['liquidity']):>8}{m['distinct']:>6}"
+                    f"{_fmt(m['dispersion']):>7}{_fmt(m['coverage'], 2):>7}"
+                    f"{_fmt(m['nucleation'], 2):>7}{_fmt(st.get('retention')):>8}"
+                    f"{_fmt(st.get('drift')):>7}{_fmt(st.get('spearman'), 2):>7}  {m['phase']}"
+                )
+    for pair in phases["cross_ladder"]:
+        a, b = pair["ladders"]
+        lines.append(f"seeds, {a} vs {b}")
+        for task, c in pair["tasks"].items():
+            ids = " / ".join(str(x) for x in c["seed_prompt_ids"])
+            same = "same prompt" if c["same_prompt"] else "different or missing seed"
+            lines.append(f"  {task}: {ids}  JS {_fmt(c['js_between_seeds'])}  {same}")
+    return "\n".join(lines)
+
+
+def write_atomic(path, data, mode="w"):
+    """Write a file through a temporary sibling and os.replace, so no partial file remains."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err.strerror}); choose a writable path") from err
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def parse_ladder(spec):
+    """'[name:]stage=label,stage=label,...' -> (name, [(stage, label), ...])."""
+    name = None
+    head = spec.split("=", 1)[0]
+    if ":" in head:
+        name, spec = spec.split(":", 1)
+    stages = []
+    for part in spec.split(","):
+        stage, sep, label = (x.strip() for x in part.partition("="))
+        if not sep or not stage or not label:
+            raise AnalysisError(
+                f"--ladder {spec!r}: expected stage=label pairs separated by commas, "
+                "e.g. base=olmo2-7b,sft=olmo2-7b-sft,dpo=olmo2-7b-dpo,rl=olmo2-7b-instruct"
+            )
+        stages.append((stage, label))
+    names = [s for s, _ in stages]
+    if len(set(names)) != len(names):
+        raise AnalysisError(f"--ladder {spec!r}: a stage name appears twice; name each once")
+    if len(stages) < 2:
+        raise AnalysisError(f"--ladder {spec!r}: give a base and at least one later stage")
+    return (name or stages[0][1]), stages
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.phases",
+        description="Phase metrics (liquid / nucleated / settled) of answer distributions.",
+    )
+    parser.add_argument("results_dir", help="folder with <label>/<task>.parquet")
+    parser.add_argument(
+        "--ladder",
+        action="append",
+        required=True,
+        metavar="[NAME:]base=LABEL,sft=LABEL,...",
+        help="ordered stages of one ladder; the first is the base (repeat for more ladders)",
+    )
+    parser.add_argument("--tau", type=float, default=TAU, help="JS threshold for `distinct`")
+    parser.add_argument(
+        "--out", help="where to write phases.json (default RESULTS_DIR/phases.json)"
+    )
+    parser.add_argument("--report", metavar="DIR", help="also write DIR/index.html with plots")
+    return parser.parse_args(argv)
+
+
+def _unique_names(ladders):
+    seen = set()
+    out = []
+    for i, (name, stages) in enumerate(ladders, start=1):
+        if name in seen:
+            name = f"{name}#{i}"
+        seen.add(name)
+        out.append((name, stages))
+    return out
+
+
+def main(argv=None):
+    args = _parse_args(argv)
+    try:
+        ladders = _unique_names([parse_ladder(s) for s in args.ladder])
+        labels = list(dict.fromkeys(label for _, stages in ladders for _, label in stages))
+        results = load_results(args.results_dir, labels)
+        phases = analyse(results, ladders, args.tau)
+        text = json.dumps(phases, indent=1, allow_nan=False)
+        out = Path(args.out) if args.out else Path(args.results_dir) / "phases.json"
+        if args.report:
+            from analysis.report import build_report
+
+            build_report(phases, results, args.report)
+        write_atomic(out, text)
+    except EngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for line in phases["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
+    print(format_tables(phases))
+    print(f"wrote {out}" + (f" and {Path(args.report) / 'index.html'}" if args.report else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

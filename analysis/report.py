@@ -1,0 +1,263 @@
+"""HTML report of the phase analysis: DIR/index.html beside PNG plots (matplotlib, Agg).
+
+First screen: per ladder, a table of phase labels (one coloured cell per task and stage) with
+the detected seed, then the phase trajectory (normalised entropy, liquidity, coverage along
+the ladder, one small panel per task, each stage column tinted by its phase). Below, per
+ladder and task: a prompts x answers heatmap per stage, and the seed match beside the
+settling picture (stage consensus against its seed, answers ordered by seed probability
+with the seed's 90% support shaded).
+
+Entry point: ``build_report(phases, results, out_dir)``, called by ``python -m analysis.phases
+... --report DIR``. Every file is written atomically; index.html is written last.
+"""
+
+import html
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from analysis.metrics import support
+from analysis.phases import SUPPORT_MASS, write_atomic
+
+PHASE_COLOURS = {
+    "liquid": "#6baed6",
+    "nucleated": "#fd8d3c",
+    "settled": "#74c476",
+    "unclear": "#bdbdbd",
+}
+SERIES = (  # (metric key, legend, colour) for the trajectory panels; all lie in [0, 1]
+    ("entropy_norm", "entropy / log2 K", "#3f007d"),
+    ("liquidity", "liquidity (mean pairwise JS)", "#d94801"),
+    ("coverage", "coverage", "#525252"),
+)
+
+
+def _slug(*parts):
+    return "_".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)) for p in parts)
+
+
+def _save(fig, path):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    write_atomic(path, buf.getvalue(), mode="wb")
+
+
+def _answer_ticks(ax, answers, axis="x"):
+    """Label every answer when there are few, else about 20 evenly spaced ones."""
+    step = max(1, len(answers) // 20)
+    idx = np.arange(0, len(answers), step)
+    set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
+    set_ticks(idx, [answers[i] for i in idx], rotation=90 if axis == "x" else 0, fontsize=8)
+
+
+# -------------------------------------------------------------------------------- figures
+
+
+def trajectory_figure(ladder):
+    """Small multiples: one panel per task; x = stages; lines = SERIES; tint = phase."""
+    tasks = list(ladder["tasks"])
+    stages = [s["stage"] for s in ladder["stages"]]
+    ncols = min(4, len(tasks))
+    nrows = -(-len(tasks) // ncols)
+    fig = Figure(figsize=(3.4 * ncols, 2.8 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    x = np.arange(len(stages))
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        per_stage = ladder["tasks"][task]["stages"]
+        for i, stage in enumerate(stages):
+            phase = per_stage[stage]["phase"]
+            ax.axvspan(i - 0.5, i + 0.5, color=PHASE_COLOURS[phase], alpha=0.35, lw=0)
+            ax.text(i, 1.04, phase, ha="center", va="bottom", fontsize=7)
+        for key, name, colour in SERIES:
+            ys = [np.nan if per_stage[s][key] is None else per_stage[s][key] for s in stages]
+            ax.plot(x, ys, marker="o", color=colour, label=name)
+        ax.set_xticks(x, stages)
+        ax.set_xlim(-0.5, len(stages) - 0.5)
+        ax.set_ylim(0, 1.15)
+        ax.set_title(task, fontsize=10, pad=12)
+    for ax in axes.flat[len(tasks) :]:
+        ax.set_visible(False)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=3, fontsize=9)
+    return fig
+
+
+def heatmap_figure(task_phase, stage_data, seed_row):
+    """One prompts x answers heatmap per stage, on a shared 0..1 scale; seed row outlined."""
+    stages = list(stage_data)
+    answers = task_phase["answers"]
+    n = max(td.P.shape[0] for td in stage_data.values())
+    fig = Figure(
+        figsize=(0.3 * len(answers) * len(stages) + 2.5, 0.25 * n + 2.2), layout="constrained"
+    )
+    axes = fig.subplots(1, len(stages), squeeze=False)[0]
+    for j, (ax, stage) in enumerate(zip(axes, stages, strict=True)):
+        td = stage_data[stage]
+        image = ax.imshow(td.P, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="none")
+        m = task_phase["stages"][stage]
+        ax.set_title(f"{stage}: {m['phase']}\nliquidity {m['liquidity']:.3f}", fontsize=9)
+        _answer_ticks(ax, answers)
+        ax.set_yticks(np.arange(len(td.prompt_ids)), [str(p) for p in td.prompt_ids], fontsize=7)
+        if j == 0 and seed_row is not None:
+            ax.add_patch(
+                Rectangle((-0.5, seed_row - 0.5), len(answers), 1, fill=False, ec="red", lw=2)
+            )
+            ax.set_ylabel("prompt (seed outlined in red)", fontsize=8)
+    fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label="P(answer | prompt)")
+    return fig
+
+
+def seed_figure(task_phase, base_consensus):
+    """Left: seed-stage consensus beside its seed. Right: settling of the later stages."""
+    seed = task_phase["seed"]
+    answers = task_phase["answers"]
+    seed_dist = np.array(seed["distribution"])
+    k = len(answers)
+    fig = Figure(figsize=(max(9.0, 0.5 * k * 2 + 3), 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+
+    x = np.arange(k)
+    target = np.array(task_phase["stages"][seed["stage"]]["consensus"])
+    left.bar(
+        x - 0.27, seed_dist, 0.27, color="#d62728", label=f"base prompt {seed['nearest_prompt_id']}"
+    )
+    left.bar(x, target, 0.27, color=PHASE_COLOURS["nucleated"], label=f"{seed['stage']} consensus")
+    left.bar(x + 0.27, base_consensus, 0.27, color=PHASE_COLOURS["liquid"], label="base consensus")
+    verdict = f"seed {seed['seed_prompt_id']}" if seed["found"] else "no seed"
+    left.set_title(
+        f"{verdict}: JS {seed['js']:.3f} bits vs median {seed['median_js']:.3f}", fontsize=9
+    )
+    _answer_ticks(left, answers)
+    left.set_ylabel("probability")
+    left.legend(fontsize=7)
+
+    order = np.argsort(-seed_dist, kind="mergesort")
+    inside = int(support(seed_dist, SUPPORT_MASS).sum())
+    right.axvspan(
+        -0.5, inside - 0.5, color="#fee6ce", label=f"seed {int(SUPPORT_MASS * 100)}% support"
+    )
+    right.plot(x, seed_dist[order], "k--", marker=".", label="seed")
+    for stage, s in task_phase["settling"].items():
+        c = np.array(task_phase["stages"][stage]["consensus"])[order]
+        right.plot(
+            x,
+            c,
+            marker="o",
+            ms=3,
+            label=f"{stage}: keeps {s['retention']:.2f}, drift {s['drift']:.3f}",
+        )
+    right.set_xticks(x, [answers[i] for i in order], rotation=90, fontsize=8)
+    right.set_title("settling: consensus per stage, answers by seed probability", fontsize=9)
+    right.legend(fontsize=7)
+    return fig
+
+
+# ---------------------------------------------------------------------------------- html
+
+
+def _phase_table(name, ladder):
+    stages = [s["stage"] for s in ladder["stages"]]
+    head = "".join(
+        f"<th>{html.escape(s['stage'])}<br><small>{html.escape(s['label'])}</small></th>"
+        for s in ladder["stages"]
+    )
+    rows = []
+    for task, t in ladder["tasks"].items():
+        cells = "".join(
+            f'<td style="background:{PHASE_COLOURS[t["stages"][s]["phase"]]}">'
+            f"{t['stages'][s]['phase']}</td>"
+            for s in stages
+        )
+        seed = t["seed"]
+        found = html.escape(str(seed["seed_prompt_id"])) if seed["found"] else "no seed"
+        rows.append(
+            f"<tr><td>{html.escape(task)}</td>{cells}<td>{found} "
+            f"<small>(JS {seed['js']:.3f} vs median {seed['median_js']:.3f})</small></td></tr>"
+        )
+    return (
+        f"<h2>Ladder {html.escape(name)}</h2><table><tr><th>task</th>{head}<th>seed</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _number(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _cross_table(pairs):
+    parts = []
+    for pair in pairs:
+        a, b = (html.escape(x) for x in pair["ladders"])
+        rows = "".join(
+            f"<tr><td>{html.escape(task)}</td>"
+            f"<td>{' / '.join(html.escape(str(i)) for i in c['seed_prompt_ids'])}</td>"
+            f"<td>{_number(c['js_between_seeds'])}</td>"
+            f"<td>{'yes' if c['same_prompt'] else 'no'}</td></tr>"
+            for task, c in pair["tasks"].items()
+        )
+        parts.append(
+            f"<h3>Seeds of {a} vs {b}</h3><table><tr><th>task</th><th>seed prompts</th>"
+            f"<th>JS between seeds</th><th>same prompt</th></tr>{rows}</table>"
+        )
+    return "".join(parts)
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; max-width: 1400px; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: center; font-size: 13px; }
+img { max-width: 100%; border: 1px solid #eee; margin: 4px 0; }
+.legend span { padding: 2px 8px; margin-right: 6px; }
+"""
+
+
+def _legend():
+    spans = "".join(f'<span style="background:{c}">{p}</span>' for p, c in PHASE_COLOURS.items())
+    return (
+        f'<p class="legend">{spans}</p><p><b>liquid</b>: prompts select different answer '
+        "distributions (high liquidity). <b>nucleated</b>: the seed stage collapsed onto one "
+        "distribution that a base prompt already gave (the seed). <b>settled</b>: later stages "
+        "keep their mass inside the seed's support. Definitions and thresholds: docs/metrics.md."
+        "</p>"
+    )
+
+
+def build_report(phases, results, out_dir):
+    """Write out_dir/index.html and its PNGs from a phases dict and the loaded Results."""
+    out = Path(out_dir)
+    top, detail = [], []
+    for name, ladder in phases["ladders"].items():
+        png = f"trajectory_{_slug(name)}.png"
+        _save(trajectory_figure(ladder), out / png)
+        top.append(_phase_table(name, ladder) + f'<img src="{png}" alt="phase trajectory">')
+        labels = {s["stage"]: s["label"] for s in ladder["stages"]}
+        for task, t in ladder["tasks"].items():
+            data = {stage: results.data[label][task] for stage, label in labels.items()}
+            base = next(iter(data.values()))
+            seed_row = base.prompt_ids.index(t["seed"]["nearest_prompt_id"])
+            heat = f"heatmap_{_slug(name, task)}.png"
+            seed = f"seed_{_slug(name, task)}.png"
+            _save(heatmap_figure(t, data, seed_row), out / heat)
+            base_consensus = np.array(t["stages"][next(iter(t["stages"]))]["consensus"])
+            _save(seed_figure(t, base_consensus), out / seed)
+            detail.append(
+                f"<h3>{html.escape(name)} / {html.escape(task)}</h3>"
+                f'<img src="{heat}" alt="prompts x answers heatmaps"><br>'
+                f'<img src="{seed}" alt="seed match and settling">'
+            )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Phase report</title>"
+        f"<style>{STYLE}</style></head><body><h1>Crystallization phases</h1>{_legend()}"
+        + "".join(top)
+        + _cross_table(phases["cross_ladder"])
+        + "<h2>Per task: heatmaps, seed match, settling</h2>"
+        + "".join(detail)
+        + "</body></html>"
+    )
+    write_atomic(out / "index.html", page)
+    return out / "index.html"

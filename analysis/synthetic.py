@@ -1,0 +1,142 @@
+"""Synthetic results stores with planted phases, for tests and for trying the report.
+
+A planted ladder for one task, N prompts over K answers:
+- base: liquid. Each prompt has its own distribution, Dirichlet(alpha) draws with alpha < 1,
+  so that prompts put their mass on different answers;
+- sft: nucleated. Every prompt gives the distribution of one base prompt (the planted seed),
+  times a small multiplicative noise;
+- dpo, rl: settled. The seed sharpened (p^beta, renormalised, beta = 2 then 3) with the same
+  kind of noise, so that the mass stays inside the seed's support.
+
+    python -m analysis.synthetic OUT_DIR     writes OUT_DIR/<label>/<task>.parquet, manifests
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TASKS = {
+    "random_number": [str(i) for i in range(1, 11)],
+    "random_color": ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"],
+    "random_animal": ["cat", "dog", "owl", "fox", "bee", "elk"],
+}
+STAGES = ("base", "sft", "dpo", "rl")
+SHARPEN = {"dpo": 2.0, "rl": 3.0}
+
+
+def _noisy(p, rng, sigma):
+    q = p * np.exp(sigma * rng.standard_normal(p.shape))
+    return q / q.sum(axis=-1, keepdims=True)
+
+
+def planted_ladder(rng, n_prompts, n_answers, seed_index, base=None, alpha=0.3, sigma=0.1):
+    """{stage: (P [N, K], coverage [N])} with base liquid, sft on base[seed_index], dpo/rl
+    sharpened inside the seed's support. A given base array is reused (two ladders from one
+    base model)."""
+    if base is None:
+        base = rng.dirichlet(np.full(n_answers, alpha), size=n_prompts)
+        base = np.maximum(base, 1e-12)
+        base /= base.sum(axis=1, keepdims=True)
+    seed = base[seed_index]
+    ladder = {"base": (base, rng.uniform(0.2, 0.6, n_prompts))}
+    ladder["sft"] = (
+        _noisy(np.tile(seed, (n_prompts, 1)), rng, sigma),
+        rng.uniform(0.85, 0.97, n_prompts),
+    )
+    for stage, beta in SHARPEN.items():
+        sharp = np.tile(seed**beta / (seed**beta).sum(), (n_prompts, 1))
+        ladder[stage] = (_noisy(sharp, rng, sigma), rng.uniform(0.9, 0.99, n_prompts))
+    return ladder
+
+
+def write_task(results_dir, label, task, answers, P, coverage, mode="chat"):
+    """One <label>/<task>.parquet in the results-store schema of DESIGN.md."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {
+        c: []
+        for c in (
+            "label",
+            "task",
+            "mode",
+            "prompt_id",
+            "prompt_text",
+            "continuation",
+            "prompt_token_ids",
+            "continuation_token_ids",
+            "answer",
+            "logprob",
+            "prob",
+            "coverage",
+        )
+    }
+    for i, (p, cov) in enumerate(zip(P, coverage, strict=True)):
+        text = f"Variant {i}: pick one of {', '.join(answers)}. Answer:"
+        for a, (answer, prob) in enumerate(zip(answers, p, strict=True)):
+            values = (
+                label,
+                task,
+                mode,
+                f"p{i:02d}",
+                text,
+                " " + answer,
+                [1, 2, 3 + i],
+                [100 + a],
+                answer,
+                math.log(prob * cov),
+                float(prob),
+                float(cov),
+            )
+            for column, value in zip(rows, values, strict=True):
+                rows[column].append(value)
+    folder = Path(results_dir) / label
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(rows), folder / f"{task}.parquet")
+
+
+def write_manifest(results_dir, label):
+    manifest = {
+        "label": label,
+        "checkpoint": f"synthetic/{label}",
+        "fingerprint": "synthetic",
+        "engine_version": "synthetic",
+        "dtype": "float64",
+        "device": "cpu",
+    }
+    (Path(results_dir) / label / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def write_planted_store(results_dir, n_prompts=12, rng_seed=0, tasks=None):
+    """Write two planted ladders, "olmo" and "tulu", over `tasks` (default: all of TASKS).
+
+    Returns (ladders, seeds): ladders = [(name, [(stage, label), ...])] ready for
+    analysis.phases.analyse, seeds = {ladder: {task: planted seed prompt id}}. The tulu ladder
+    plants the same seed prompt as olmo on the first task and a different one on the others.
+    """
+    rng = np.random.default_rng(rng_seed)
+    tasks = list(tasks or TASKS)
+    ladders, seeds = [], {}
+    for name in ("olmo", "tulu"):
+        stages = [(stage, f"{name}-{stage}") for stage in STAGES]
+        ladders.append((name, stages))
+        seeds[name] = {}
+        for t, task in enumerate(tasks):
+            index = (3 + t) % n_prompts if name == "olmo" or t == 0 else (7 + 2 * t) % n_prompts
+            seeds[name][task] = f"p{index:02d}"
+            planted = planted_ladder(rng, n_prompts, len(TASKS[task]), index)
+            for stage, label in stages:
+                write_task(results_dir, label, task, TASKS[task], *planted[stage])
+        for _, label in stages:
+            write_manifest(results_dir, label)
+    return ladders, seeds
+
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else "synthetic_results"
+    ladders, _ = write_planted_store(out)
+    for name, stages in ladders:
+        print(f"--ladder {name}:" + ",".join(f"{s}={label}" for s, label in stages))
