@@ -17,6 +17,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import ChatTemplateError
 
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
 
 class _GenerationTag(jinja2.ext.Extension):
     """`{% generation %}...{% endgeneration %}` marks assistant text for training masks; here it
@@ -142,6 +144,49 @@ def find_template_text(directory: Path, tokenizer_config: dict) -> tuple[str, st
     if not isinstance(value, str):
         raise ChatTemplateError(f"{source}: chat_template must be a string; fix tokenizer_config.json")
     return source, value
+
+
+def special_tokens(tokenizer_config: dict) -> dict[str, object]:
+    """Special-token strings as chat templates see them (`bos_token`, `eos_token`, ...)."""
+    out: dict[str, object] = {}
+    for key in SPECIAL_TOKEN_KEYS:
+        value = tokenizer_config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            out[key] = value
+    extra = tokenizer_config.get("additional_special_tokens") or tokenizer_config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        out["additional_special_tokens"] = [t.get("content") if isinstance(t, dict) else t for t in extra]
+    return out
+
+
+def load_chat_template(path, special: dict[str, object]) -> ChatTemplate:
+    """A template to borrow (`--chat-template`): a checkpoint directory (its template and its
+    special tokens), a .jinja file, or a JSON file with a "chat_template" key. A file's template
+    sees `special`, the special tokens of the checkpoint being scored."""
+    path = Path(path)
+    if path.is_dir():
+        config_path = path / "tokenizer_config.json"
+        config = {}
+        if config_path.is_file():
+            try:
+                config = json.loads(_read_text(config_path))
+            except json.JSONDecodeError as e:
+                raise ChatTemplateError(f"{config_path}: not valid JSON ({e})") from None
+        found = find_template_text(path, config)
+        if found is None:
+            raise ChatTemplateError(f"{path}: checkpoint has no chat template to borrow; pass one that has")
+        return ChatTemplate(found[0], found[1], special_tokens(config) or special)
+    if not path.is_file():
+        raise ChatTemplateError(f"{path}: chat template not found; pass a checkpoint directory or a .jinja file")
+    text = _read_text(path)
+    if path.suffix == ".json":
+        try:
+            text = json.loads(text)["chat_template"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ChatTemplateError(f"{path}: expected a JSON object with a 'chat_template' string") from None
+    return ChatTemplate(str(path), text, special)
 
 
 def _read_text(path: Path) -> str:

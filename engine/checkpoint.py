@@ -15,14 +15,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer
 
-from engine.chat import ChatTemplate, find_template_text
+from engine.chat import ChatTemplate, find_template_text, special_tokens
 from engine.config import parse_config, read_json
 from engine.errors import CheckpointError, DeviceError, TokenizerError, WeightsError
 from engine.model import ModelArgs, Transformer, rope_inv_freq
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 # Tensors some checkpoints carry that the model recomputes or shares; never an error.
 IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -129,21 +128,6 @@ def load_tokenizer(directory: Path) -> tuple[Tokenizer, dict]:
     config_path = directory / "tokenizer_config.json"
     tokenizer_config = read_json(config_path, "tokenizer_config.json") if config_path.exists() else {}
     return tokenizer, tokenizer_config
-
-
-def special_tokens(tokenizer_config: dict) -> dict[str, object]:
-    """Special-token strings as chat templates see them (`bos_token`, `eos_token`, ...)."""
-    out: dict[str, object] = {}
-    for key in SPECIAL_TOKEN_KEYS:
-        value = tokenizer_config.get(key)
-        if isinstance(value, dict):
-            value = value.get("content")
-        if isinstance(value, str):
-            out[key] = value
-    extra = tokenizer_config.get("additional_special_tokens") or tokenizer_config.get("extra_special_tokens")
-    if isinstance(extra, list):
-        out["additional_special_tokens"] = [t.get("content") if isinstance(t, dict) else t for t in extra]
-    return out
 
 
 def weight_files(directory: Path) -> dict[str, Path] | list[Path]:
