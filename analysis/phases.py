@@ -530,7 +530,7 @@ def parse_ladder(spec):
     stages = []
     for part in spec.split(","):
         stage, sep, label = (x.strip() for x in part.partition("="))
-        if not sep or not stage or not label:
+        if not sep or not stage or not label or "=" in label:
             raise AnalysisError(
                 f"--ladder {spec!r}: expected stage=label pairs separated by commas, "
                 "e.g. base=olmo2-7b,sft=olmo2-7b-sft,dpo=olmo2-7b-dpo,rl=olmo2-7b-instruct"
