@@ -11,7 +11,7 @@ task with N prompt variants P_1..P_N over K answers (all in bits):
 Along a ladder (ordered stages; the first is the base; the seed stage is `sft` if present,
 else the second stage):
 
-- nucleation(stage) = 1 - liquidity(stage) / liquidity(base)
+- nucleation(stage) = 1 - liquidity(stage) / liquidity(base)  (null if the base has < 1e-6)
 - seed: the base prompt s minimising JS(P_base_s, C_seedstage), reported with the median JS
   over all base prompts and margin = median - JS; found iff margin >= tau and
   JS <= SEED_RATIO * median, else "no seed" (seed_prompt_id is null)
@@ -54,6 +54,8 @@ NUCLEATION_MIN = 0.5  # liquidity must have fallen by at least half from the bas
 SEED_RATIO = 0.5  # the seed must be at least twice as near as the median base prompt
 SUPPORT_MASS = 0.9  # the seed's support: its smallest set of answers holding 90% of its mass
 RETENTION_MIN = 0.8  # a settled stage keeps at least 80% of its mass inside that support
+# Below this base liquidity (bits) the ratio in `nucleation` is noise over noise: null instead.
+BASE_LIQUIDITY_MIN = 1e-6
 PHASES = ("liquid", "nucleated", "settled", "unclear")
 REQUIRED_COLUMNS = ("prompt_id", "prompt_text", "answer", "prob", "coverage")
 
@@ -302,11 +304,14 @@ def _settling(consensus, seed_dist, seed_consensus):
 
 
 def _phase(position, seed_position, metrics, seed_found, settling):
-    """Phase label of a stage; the thresholds are in docs/metrics.md."""
-    liquid = metrics["liquidity"] >= LIQUID_MIN
+    """Phase label of a stage; the rules and thresholds are in docs/metrics.md."""
+    if metrics["liquidity"] >= LIQUID_MIN:
+        return "liquid"  # the phrasing still selects clearly different distributions
     nucleation = metrics["nucleation"]
+    # Collapsed, but only a stage that lost most of a liquid base's diversity, onto a seed
+    # that a base prompt already gave, counts as nucleated (or settled, later on).
     if position == 0 or nucleation is None or nucleation < NUCLEATION_MIN:
-        return "liquid" if liquid else "unclear"
+        return "unclear"
     if not seed_found or position < seed_position:
         return "unclear"
     if position == seed_position:
@@ -327,7 +332,9 @@ def ladder_metrics(stages, tau=TAU):
     base_liquidity = per_stage[names[0]]["liquidity"]
     for name in names:
         m = per_stage[name]
-        m["nucleation"] = 1.0 - m["liquidity"] / base_liquidity if base_liquidity > 0 else None
+        m["nucleation"] = (
+            1.0 - m["liquidity"] / base_liquidity if base_liquidity >= BASE_LIQUIDITY_MIN else None
+        )
 
     seed_name = seed_stage_of(names)
     seed_consensus = np.array(per_stage[seed_name]["consensus"])
@@ -392,6 +399,7 @@ def analyse(results, ladders, tau=TAU):
             "seed_ratio": SEED_RATIO,
             "support_mass": SUPPORT_MASS,
             "retention_min": RETENTION_MIN,
+            "base_liquidity_min": BASE_LIQUIDITY_MIN,
         },
         "ladders": {},
         "cross_ladder": [],
@@ -471,7 +479,7 @@ def format_tables(phases):
     """Compact text tables: one block per ladder and task, one row per stage."""
     head = (
         f"{'stage':<8}{'label':<24}{'H':>7}{'H/logK':>8}{'liquid':>8}{'dist':>6}{'disp':>7}"
-        f"{'cover':>7}{'nucl':>7}{'retain':>8}{'drift':>7}{'rho':>7}  phase"
+        f"{'cover':>7}{'nucl':>8}{'retain':>8}{'drift':>7}{'rho':>7}  phase"
     )
     lines = []
     for name, body in phases["ladders"].items():
@@ -491,8 +499,8 @@ def format_tables(phases):
                 lines.append(
                     f"    {stage:<8}{m['label'][:23]:<24}{_fmt(m['entropy_bits'], 2):>7}"
                     f"{_fmt(m['entropy_norm'], 2):>8}{_fmt(m['liquidity']):>8}{m['distinct']:>6}"
-                    f"{_fmt(m['dispersion']):>7}{_fmt(m['coverage'], 2):>7}"
-                    f"{_fmt(m['nucleation'], 2):>7}{_fmt(st.get('retention')):>8}"
+                    f"{_fmt(m['dispersion']):>7}{_fmt(m['coverage']):>7}"
+                    f"{_fmt(m['nucleation'], 2):>8}{_fmt(st.get('retention')):>8}"
                     f"{_fmt(st.get('drift')):>7}{_fmt(st.get('spearman'), 2):>7}  {m['phase']}"
                 )
     for pair in phases["cross_ladder"]:

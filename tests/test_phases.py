@@ -300,3 +300,20 @@ def test_tasks_with_no_common_ground_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path), "--ladder", "base=a,sft=b"]) == 2
     assert "no task is present for every label" in capsys.readouterr().err
     assert not (tmp_path / "phases.json").exists()
+
+
+def test_phase_rules_at_the_thresholds():
+    rng = np.random.default_rng(6)
+    planted = planted_ladder(rng, 12, 10, seed_index=1)
+    base, cov = planted["base"]
+    # A base whose prompts all agree: nothing to nucleate from, every stage is unclear.
+    frozen = dict(planted, base=(np.tile(base[1], (12, 1)), cov))
+    result = ladder_metrics(_ladder(frozen))
+    assert result["stages"]["sft"]["nucleation"] is None
+    assert {m["phase"] for m in result["stages"].values()} == {"unclear"}
+    # Half way to the seed: liquidity fell by more than half but stays above LIQUID_MIN.
+    half = 0.5 * base + 0.5 * base[1]
+    assert task_metrics(half)["liquidity"] > 0.1
+    result = ladder_metrics(_ladder(dict(planted, sft=(half, cov))))
+    assert result["stages"]["sft"]["nucleation"] > 0.5
+    assert result["stages"]["sft"]["phase"] == "liquid"
