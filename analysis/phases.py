@@ -95,7 +95,7 @@ def load_results(results_dir, labels=None):
             "run python -m engine.score first or fix the path"
         )
     if labels is None:
-        labels = sorted(p.name for p in root.iterdir() if any(p.glob("*.parquet")))
+        labels = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.parquet")))
     data = {}
     for label in labels:
         folder = root / label

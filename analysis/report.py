@@ -46,12 +46,18 @@ def _save(fig, path):
     write_atomic(path, buf.getvalue(), mode="wb")
 
 
-def _answer_ticks(ax, answers, axis="x"):
-    """Label every answer when there are few, else about 20 evenly spaced ones."""
-    step = max(1, len(answers) // 20)
-    idx = np.arange(0, len(answers), step)
-    set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
-    set_ticks(idx, [answers[i] for i in idx], rotation=90 if axis == "x" else 0, fontsize=8)
+def _ticks(ax, names, axis="x", most=25):
+    """Label every position when there are few, else about `most` evenly spaced ones."""
+    idx = np.arange(0, len(names), max(1, -(-len(names) // most)))
+    labels = [str(names[i]) for i in idx]
+    if axis == "x":
+        ax.set_xticks(idx, labels, rotation=90, fontsize=8)
+    else:
+        ax.set_yticks(idx, labels, fontsize=7)
+
+
+def _clamp(x, low, high):
+    return min(max(x, low), high)
 
 
 # -------------------------------------------------------------------------------- figures
@@ -87,21 +93,25 @@ def trajectory_figure(ladder):
 
 
 def heatmap_figure(task_phase, stage_data, seed_row):
-    """One prompts x answers heatmap per stage, on a shared 0..1 scale; seed row outlined."""
+    """One prompts x answers heatmap per stage, on one colour scale; seed row outlined."""
     stages = list(stage_data)
     answers = task_phase["answers"]
     n = max(td.P.shape[0] for td in stage_data.values())
-    fig = Figure(
-        figsize=(0.3 * len(answers) * len(stages) + 2.5, 0.25 * n + 2.2), layout="constrained"
-    )
+    # 0 to the largest probability of any stage: with K = 100 answers a 0..1 scale is all dark.
+    top = max(float(td.P.max()) for td in stage_data.values())
+    # Figure size grows with K and N, within bounds that keep it on a screen.
+    width = _clamp(0.3 * len(answers), 2.5, 5.0) * len(stages) + 1.5
+    fig = Figure(figsize=(width, _clamp(0.25 * n + 2.2, 4.0, 12.0)), layout="constrained")
     axes = fig.subplots(1, len(stages), squeeze=False)[0]
     for j, (ax, stage) in enumerate(zip(axes, stages, strict=True)):
         td = stage_data[stage]
-        image = ax.imshow(td.P, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="none")
+        image = ax.imshow(
+            td.P, aspect="auto", vmin=0, vmax=top, cmap="viridis", interpolation="none"
+        )
         m = task_phase["stages"][stage]
         ax.set_title(f"{stage}: {m['phase']}\nliquidity {m['liquidity']:.3f}", fontsize=9)
-        _answer_ticks(ax, answers)
-        ax.set_yticks(np.arange(len(td.prompt_ids)), [str(p) for p in td.prompt_ids], fontsize=7)
+        _ticks(ax, answers)
+        _ticks(ax, td.prompt_ids, axis="y", most=40)
         if j == 0 and seed_row is not None:
             ax.add_patch(
                 Rectangle((-0.5, seed_row - 0.5), len(answers), 1, fill=False, ec="red", lw=2)
@@ -117,7 +127,7 @@ def seed_figure(task_phase, base_consensus):
     answers = task_phase["answers"]
     seed_dist = np.array(seed["distribution"])
     k = len(answers)
-    fig = Figure(figsize=(max(9.0, 0.5 * k * 2 + 3), 3.6), layout="constrained")
+    fig = Figure(figsize=(_clamp(k + 3.0, 9.0, 18.0), 3.8), layout="constrained")
     left, right = fig.subplots(1, 2)
 
     x = np.arange(k)
@@ -131,7 +141,7 @@ def seed_figure(task_phase, base_consensus):
     left.set_title(
         f"{verdict}: JS {seed['js']:.3f} bits vs median {seed['median_js']:.3f}", fontsize=9
     )
-    _answer_ticks(left, answers)
+    _ticks(left, answers)
     left.set_ylabel("probability")
     left.legend(fontsize=7)
 
@@ -150,7 +160,7 @@ def seed_figure(task_phase, base_consensus):
             ms=3,
             label=f"{stage}: keeps {s['retention']:.2f}, drift {s['drift']:.3f}",
         )
-    right.set_xticks(x, [answers[i] for i in order], rotation=90, fontsize=8)
+    _ticks(right, [answers[i] for i in order])
     right.set_title("settling: consensus per stage, answers by seed probability", fontsize=9)
     right.legend(fontsize=7)
     return fig
