@@ -43,6 +43,9 @@ ROW_SUM_TOLERANCE = 1e-6
 # A cumulative mass within this of the target counts as reaching it, so that a support of
 # {0.7, 0.2} reaches 0.9 although 0.7 + 0.2 == 0.8999999999999999 in floating point.
 SUPPORT_ROUNDING = 1e-12
+# pairwise_js runs on threads from this many (pairs x answers) x 2 up: below, a few prompts of
+# a task (say 20 x 20 x 100), starting the thread pool costs more than the work.
+PARALLEL_MIN_WORK = 1_000_000
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -149,6 +152,17 @@ def _pairwise_js(P):
         _pairwise_row(P, L, n - 1 - t, out)
     if n % 2 == 1:
         _pairwise_row(P, L, n // 2, out)
+    return out
+
+
+@njit(cache=True)
+def _pairwise_js_serial(P):
+    """Same values as _pairwise_js; for small inputs, where starting threads costs more."""
+    n = P.shape[0]
+    L = _log2_rows(P)
+    out = np.zeros((n, n))
+    for i in range(n):
+        _pairwise_row(P, L, i, out)
     return out
 
 
@@ -278,7 +292,8 @@ def pairwise_js(P):
     if np.ndim(P) != 2:
         raise ValueError(f"P: expected shape [N, K], got {np.shape(P)}")
     rows, _ = _as_rows(P, "P")
-    return _pairwise_js(rows)
+    n, k = rows.shape
+    return _pairwise_js(rows) if n * n * k >= PARALLEL_MIN_WORK else _pairwise_js_serial(rows)
 
 
 def support(p, mass=0.9):

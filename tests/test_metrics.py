@@ -13,6 +13,7 @@ from scipy.spatial.distance import jensenshannon, pdist, squareform
 from scipy.special import rel_entr
 from scipy.stats import entropy as scipy_entropy
 
+from analysis import metrics
 from analysis.metrics import (
     entropy,
     js_divergence,
@@ -286,6 +287,15 @@ def test_support_ties_by_index_and_rounding():
         [False, True],
         [True, False],
     ]
+
+
+def test_pairwise_js_parallel_and_serial_kernels_agree():
+    P = np.random.default_rng(1).dirichlet(np.full(50, 0.3), size=151)  # odd N: middle row
+    assert P.shape[0] ** 2 * P.shape[1] >= metrics.PARALLEL_MIN_WORK
+    D = pairwise_js(P)
+    assert np.array_equal(D, metrics._pairwise_js_serial(P))
+    assert np.array_equal(D, D.T) and np.all(np.diag(D) == 0.0)
+    assert close(D[0, 150], js_divergence(P[0], P[150]))
 
 
 def test_pairwise_js_matches_scipy_pdist():
