@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from numba import njit
 
 from analysis.metrics import entropy, js_divergence, mass_within, pairwise_js, support
@@ -111,8 +112,6 @@ def load_results(results_dir, labels=None):
 
 
 def _read_task(path, label):
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a bad file
@@ -121,6 +120,8 @@ def _read_task(path, label):
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise AnalysisError(f"{path}: missing column(s) {', '.join(missing)}; rescore this task")
+    if table.num_rows == 0:
+        raise AnalysisError(f"{path}: no rows; rescore this task")
     cols = table.to_pydict()
     modes = cols.get("mode", [None] * table.num_rows)
     # Prompt ids are unique within a mode; only when a file mixes modes do they need prefixing.
@@ -145,12 +146,12 @@ def _task_from_rows(path, label, cols, rows_of):
         elif these != answers:
             raise AnalysisError(
                 f"{label}/{task}: mismatched answer sets: prompt {pid} "
-                f"{_difference(answers, these, first, pid)}; rescore this task"
+                f"{_difference(answers, these, first)}; rescore this task"
             )
         if len(set(these)) != len(these):
             raise AnalysisError(f"{path}: prompt {pid} lists an answer twice; rescore this task")
         P.append(_prompt_distribution([cols["prob"][r] for r in rows], label, task, pid))
-        cover.append(float(cols["coverage"][rows[0]]))
+        cover.append(_coverage(cols["coverage"][rows[0]], label, task, pid))
         texts.append(cols["prompt_text"][rows[0]])
     return TaskData(label, task, list(rows_of), answers, np.array(P), np.array(cover), texts)
 
@@ -161,12 +162,20 @@ def _prompt_distribution(probs, label, task, pid):
     if not np.all(np.isfinite(p)) or (p < 0).any() or abs(total - 1.0) > 1e-6:
         raise AnalysisError(
             f"{label}/{task} prompt {pid}: prob column is not a distribution "
-            f"(sum {total!r}); rescore this task"
+            f"(sum {float(total)!r}); rescore this task"
         )
     return p / total
 
 
-def _difference(a, b, pid_a, pid_b):
+def _coverage(value, label, task, pid):
+    if value is None or not 0.0 <= value <= 1.0 + 1e-6:
+        raise AnalysisError(
+            f"{label}/{task} prompt {pid}: coverage {value!r} is not in [0, 1]; rescore this task"
+        )
+    return float(value)
+
+
+def _difference(a, b, pid_a):
     """Describe how answer list b differs from a, briefly."""
     if len(a) != len(b):
         return f"has {len(b)} answers where {pid_a} has {len(a)}"
@@ -384,7 +393,7 @@ def _check_answers(name, task, stages_data):
         if td.answers != first.answers:
             raise AnalysisError(
                 f"mismatched answer sets: task {task}, ladder {name}: label '{td.label}' "
-                f"{_difference(first.answers, td.answers, repr(first.label), td.label)}; "
+                f"{_difference(first.answers, td.answers, repr(first.label))}; "
                 "score both checkpoints with the same task file"
             )
 

@@ -247,6 +247,12 @@ def _rename_answer(path, old, new):
     pq.write_table(pa.table(table), path)
 
 
+def _scale_column(path, column, factor):
+    table = pq.read_table(path).to_pydict()
+    table[column] = [v * factor for v in table[column]]
+    pq.write_table(pa.table(table), path)
+
+
 def _break_prompt_order(path):
     table = pq.read_table(path).to_pydict()
     k = len(TASKS["random_number"])
@@ -275,6 +281,16 @@ def _break_prompt_order(path):
             "unreadable parquet",
         ),
         (lambda r: [p.unlink() for p in r.glob("*/*.parquet")], None, "no parquet files"),
+        (
+            lambda r: _scale_column(r / "tulu-sft" / "random_color.parquet", "prob", 0.5),
+            None,
+            "tulu-sft/random_color prompt p00: prob column is not a distribution (sum 0.5",
+        ),
+        (
+            lambda r: _scale_column(r / "tulu-rl" / "random_color.parquet", "coverage", 2.0),
+            None,
+            "tulu-rl/random_color prompt p00: coverage",
+        ),
         (None, "base=olmo-base;sft=olmo-sft", "expected stage=label pairs"),
     ],
 )
