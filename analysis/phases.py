@@ -596,6 +596,8 @@ def _unique_names(ladders):
 def main(argv=None):
     args = _parse_args(argv)
     try:
+        if not 0.0 <= args.tau <= 1.0:
+            raise AnalysisError(f"--tau {args.tau}: must be in [0, 1] bits (default {TAU})")
         ladders = _unique_names([parse_ladder(s) for s in args.ladder])
         labels = list(dict.fromkeys(label for _, stages in ladders for _, label in stages))
         results = load_results(args.results_dir, labels)

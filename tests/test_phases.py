@@ -292,6 +292,7 @@ def _break_prompt_order(path):
             "tulu-rl/random_color prompt p00: coverage",
         ),
         (None, "base=olmo-base;sft=olmo-sft", "expected stage=label pairs"),
+        (None, "base=olmo-base,sft=olmo-sft --tau -1", "--tau -1.0: must be in [0, 1]"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -300,7 +301,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(
     results, ladders, _ = _copy(store, tmp_path)
     if damage:
         damage(results)
-    flags = ["--ladder", ladder_override] if ladder_override else _flags(ladders)
+    flags = ["--ladder", *ladder_override.split()] if ladder_override else _flags(ladders)
     report = tmp_path / "report"
     assert main([str(results), *flags, "--report", str(report)]) == 2
     err = capsys.readouterr().err.strip()
