@@ -126,15 +126,14 @@ def seed_figure(task_phase, base_consensus):
     seed = task_phase["seed"]
     answers = task_phase["answers"]
     seed_dist = np.array(seed["distribution"])
+    who = "seed, base prompt" if seed["found"] else "nearest base prompt"
     k = len(answers)
     fig = Figure(figsize=(_clamp(k + 3.0, 9.0, 18.0), 3.8), layout="constrained")
     left, right = fig.subplots(1, 2)
 
     x = np.arange(k)
     target = np.array(task_phase["stages"][seed["stage"]]["consensus"])
-    left.bar(
-        x - 0.27, seed_dist, 0.27, color="#d62728", label=f"base prompt {seed['nearest_prompt_id']}"
-    )
+    left.bar(x - 0.27, seed_dist, 0.27, color="#d62728", label=f"{who} {seed['nearest_prompt_id']}")
     left.bar(x, target, 0.27, color=PHASE_COLOURS["nucleated"], label=f"{seed['stage']} consensus")
     left.bar(x + 0.27, base_consensus, 0.27, color=PHASE_COLOURS["liquid"], label="base consensus")
     verdict = f"seed {seed['seed_prompt_id']}" if seed["found"] else "no seed"
@@ -148,9 +147,9 @@ def seed_figure(task_phase, base_consensus):
     order = np.argsort(-seed_dist, kind="mergesort")
     inside = int(support(seed_dist, SUPPORT_MASS).sum())
     right.axvspan(
-        -0.5, inside - 0.5, color="#fee6ce", label=f"seed {int(SUPPORT_MASS * 100)}% support"
+        -0.5, inside - 0.5, color="#fee6ce", label=f"its {int(SUPPORT_MASS * 100)}% support"
     )
-    right.plot(x, seed_dist[order], "k--", marker=".", label="seed")
+    right.plot(x, seed_dist[order], "k--", marker=".", label=f"{who} {seed['nearest_prompt_id']}")
     for stage, s in task_phase["settling"].items():
         c = np.array(task_phase["stages"][stage]["consensus"])[order]
         right.plot(
@@ -161,7 +160,10 @@ def seed_figure(task_phase, base_consensus):
             label=f"{stage}: keeps {s['retention']:.2f}, drift {s['drift']:.3f}",
         )
     _ticks(right, [answers[i] for i in order])
-    right.set_title("settling: consensus per stage, answers by seed probability", fontsize=9)
+    right.set_title(
+        f"settling: stage consensus, answers by P(answer | {seed['nearest_prompt_id']})",
+        fontsize=9,
+    )
     right.legend(fontsize=7)
     return fig
 
