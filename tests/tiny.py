@@ -94,13 +94,13 @@ LLAMA3_ROPE = {
 
 def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 4, tied: bool = False,
               head_dim: int | None = None, rope_scaling: dict | None = None, layers: int = 2,
-              hidden: int = 64):
+              hidden: int = 64, init: float = 0.3):
     from transformers import LlamaConfig, Olmo2Config
 
     common = dict(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=96, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
-        tie_word_embeddings=tied, initializer_range=0.3, bos_token_id=1, eos_token_id=0, pad_token_id=0,
+        tie_word_embeddings=tied, initializer_range=init, bos_token_id=1, eos_token_id=0, pad_token_id=0,
     )
     if head_dim is not None:
         common["head_dim"] = head_dim
