@@ -1,0 +1,39 @@
+"""Triton kernels, each beside a plain-torch reference with the same semantics.
+
+The engine calls the public dispatchers (``kernels.lm_head.lm_head_logprobs``,
+``kernels.tree_attention.tree_attention``): they run the Triton kernel when the tensors are on
+CUDA and the torch reference otherwise. ``ENGINE_FORCE_REFERENCE=1`` forces the references even
+on CUDA, for A/B checks of the kernels against the exactness reference.
+
+Triton is imported lazily, only inside the Triton paths (the ``_*_triton`` modules), so that
+CPU users never pay for it and never break when it is missing. A second reason: Triton decides
+at ``@triton.jit`` decoration time whether a kernel runs natively or in the interpreter
+(``TRITON_INTERPRET=1``), so the kernel modules must not be imported before a test has had the
+chance to set that variable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+__all__ = ["force_reference", "triton_available", "use_triton"]
+
+
+def force_reference() -> bool:
+    """True when ``ENGINE_FORCE_REFERENCE=1``: use the torch references even on CUDA."""
+    return os.environ.get("ENGINE_FORCE_REFERENCE", "").strip() == "1"
+
+
+def triton_available() -> bool:
+    """True when the ``triton`` package can be imported (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def use_triton(tensor) -> bool:
+    """Whether a kernel dispatcher should run the Triton path for ``tensor``.
+
+    Only CUDA tensors go to Triton (the interpreter is for tests, never for the engine's CPU
+    path); the environment override and a missing Triton both fall back to the reference.
+    """
+    return bool(tensor.is_cuda) and not force_reference() and triton_available()

@@ -1,0 +1,263 @@
+"""Triton kernels behind ``kernels.lm_head.lm_head_logprobs_triton``.
+
+Imported lazily (only by the Triton path) because Triton fixes at ``@triton.jit`` decoration
+time whether the kernels run natively or under ``TRITON_INTERPRET=1``.
+
+Three launches, none of which writes [N, V] logits to global memory:
+
+1. ``_lse_partials_kernel``, grid (vocabulary splits, row blocks). A program owns BLOCK_N rows
+   and one split of ``split_v`` vocabulary entries. For each BLOCK_V tile of its split, in
+   order, it computes the [BLOCK_N, BLOCK_V] logits tile in registers (H @ W^T over D in
+   BLOCK_K steps, float32 accumulation) and folds it into a running (max, sum) for the whole
+   vocabulary and, restricted to the boundary mask, for the boundary subset. It writes four
+   floats per row and split.
+2. ``_merge_kernel``: one program per row block merges the splits' partials in split order.
+3. ``_target_logits_kernel``: gathers W[t] for each target and dots it with the row (float32).
+
+Why splits: at N=256 one program per row block would leave most SMs idle. The split is still
+deterministic and batch-invariant because the number of splits, the tiles and the merge order
+depend only on (D, V, dtype), never on N, and there are no atomics: a row's bits do not depend
+on which rows share its launch. Split partials cost 16 bytes per row and split.
+
+Grid order: axis 0 (fastest-launched) is the split, so the programs resident at once share a
+few row blocks of H (kept in L2) and stream different parts of W; each W tile is then read from
+DRAM about once per wave of row blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+
+# Decided when this module is imported, exactly like the @triton.jit decorations below.
+INTERPRET = bool(knobs.runtime.interpret)
+
+
+@dataclass(frozen=True)
+class LMHeadConfig:
+    """Tile sizes and launch parameters. Must never be chosen from N (batch invariance)."""
+
+    block_n: int
+    block_v: int
+    block_k: int
+    split_v: int  # vocabulary entries per split program; a multiple of block_v
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+def default_config(d: int, v: int, dtype: torch.dtype) -> LMHeadConfig:
+    """Tiles from (D, V, dtype, interpreter) only.
+
+    Natively: 128x128x64 bf16 tensor-core tiles (the Hopper shape that Triton pipelines well),
+    2048-entry vocabulary splits (63 splits at V=128256, so even N=256 fills ~126 SMs); float32
+    inputs use exact ("ieee") dots with smaller tiles. Under the interpreter: small tiles, so
+    that small test shapes still cross several tiles, K steps and splits.
+    """
+    del d, v
+    if INTERPRET:
+        return LMHeadConfig(block_n=16, block_v=32, block_k=32, split_v=64, num_warps=1,
+                            num_stages=1)
+    if dtype == torch.float32:
+        return LMHeadConfig(block_n=64, block_v=64, block_k=32, split_v=2048, num_warps=4,
+                            num_stages=2)
+    return LMHeadConfig(block_n=128, block_v=128, block_k=64, split_v=2048, num_warps=8,
+                        num_stages=3)
+
+
+@triton.jit
+def _dot(a, b, acc, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
+    """acc + a @ b with float32 accumulation.
+
+    F32_DOT (interpreter only) upcasts bf16 operands, since the interpreter's bf16 dot returns
+    garbage; IEEE asks for exact float32 products instead of TF32 when inputs are float32.
+    """
+    if F32_DOT:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _online_fold(m, s, x):
+    """Fold a [rows, cols] tile x (may hold -inf) into running max m and scaled sum s."""
+    m_new = tl.maximum(m, tl.max(x, axis=1))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf) = NaN
+    s = s * tl.exp(m - m_ref) + tl.sum(tl.exp(x - m_ref[:, None]), axis=1)
+    return m_new, s
+
+
+@triton.jit
+def _pair_fold(m, s, pm, ps):
+    """Merge a partial (pm, ps) into the running (m, s) of the same rows."""
+    m_new = tl.maximum(m, pm)
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    s = s * tl.exp(m - m_ref) + ps * tl.exp(pm - m_ref)
+    return m_new, s
+
+
+@triton.jit
+def _logits_tile(h_ptr, w_ptr, rows, row_ok, cols, col_ok, D, stride_hn, stride_hd, stride_wv,
+                 stride_wd, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                 BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
+    """[BLOCK_N, BLOCK_V] float32 logits H[rows] @ W[cols]^T, reducing D in BLOCK_K steps."""
+    acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+    h_rows = h_ptr + rows.to(tl.int64)[:, None] * stride_hn
+    w_cols = w_ptr + cols.to(tl.int64)[None, :] * stride_wv
+    for k0 in range(0, D, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < D
+        h = tl.load(h_rows + ks[None, :] * stride_hd, mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        w = tl.load(w_cols + ks[:, None] * stride_wd, mask=k_ok[:, None] & col_ok[None, :],
+                    other=0.0)
+        acc = _dot(h, w, acc, F32_DOT, IEEE)
+    return acc
+
+
+@triton.jit
+def _lse_partials_kernel(h_ptr, w_ptr, bmask_ptr, part_ptr, N, V, D, S,
+                         stride_hn, stride_hd, stride_wv, stride_wd,
+                         SPLIT_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                         BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
+    """Per (split, row block): running (max, sum) over the split's vocabulary, all and boundary.
+
+    Partials layout: part[q, split, row] with q = 0 max, 1 sum, 2 boundary max, 3 boundary sum.
+    """
+    split = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    s = tl.zeros([BLOCK_N], dtype=tl.float32)
+    mb = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    sb = tl.zeros([BLOCK_N], dtype=tl.float32)
+    v_start = split * SPLIT_V
+    v_stop = tl.minimum(v_start + SPLIT_V, V)
+    for v0 in range(v_start, v_stop, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < V
+        logits = _logits_tile(h_ptr, w_ptr, rows, row_ok, cols, col_ok, D, stride_hn, stride_hd,
+                              stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_K, F32_DOT, IEEE)
+        logits = tl.where(col_ok[None, :], logits, float("-inf"))
+        m, s = _online_fold(m, s, logits)
+        is_boundary = tl.load(bmask_ptr + cols, mask=col_ok, other=0) != 0
+        mb, sb = _online_fold(mb, sb, tl.where(is_boundary[None, :], logits, float("-inf")))
+    base = part_ptr + split * N + rows
+    plane = S * N
+    tl.store(base, m, mask=row_ok)
+    tl.store(base + plane, s, mask=row_ok)
+    tl.store(base + 2 * plane, mb, mask=row_ok)
+    tl.store(base + 3 * plane, sb, mask=row_ok)
+
+
+@triton.jit
+def _merge_kernel(part_ptr, lse_ptr, blse_ptr, N, S, BLOCK: tl.constexpr):
+    """Merge the S split partials of each row in split order (fixed, N-independent)."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = rows < N
+    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    s = tl.zeros([BLOCK], dtype=tl.float32)
+    mb = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    sb = tl.zeros([BLOCK], dtype=tl.float32)
+    plane = S * N
+    for split in range(0, S):
+        base = part_ptr + split * N + rows
+        m, s = _pair_fold(m, s, tl.load(base, mask=ok, other=float("-inf")),
+                          tl.load(base + plane, mask=ok, other=0.0))
+        mb, sb = _pair_fold(mb, sb, tl.load(base + 2 * plane, mask=ok, other=float("-inf")),
+                            tl.load(base + 3 * plane, mask=ok, other=0.0))
+    # log of a where()-guarded sum: rows past N and empty boundary sets have sum 0.
+    lse = m + tl.log(tl.where(s > 0, s, 1.0))
+    blse = tl.where(mb == float("-inf"), float("-inf"), mb + tl.log(tl.where(sb > 0, sb, 1.0)))
+    tl.store(lse_ptr + rows, lse, mask=ok)
+    tl.store(blse_ptr + rows, blse, mask=ok)
+
+
+@triton.jit
+def _target_logits_kernel(h_ptr, w_ptr, t_ptr, out_ptr, D, K,
+                          stride_hn, stride_hd, stride_wv, stride_wd, stride_tn, stride_tk,
+                          BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[row, t] = h_row · W[target] in float32 (gathered rows), -inf for padding (-1)."""
+    row = tl.program_id(0)
+    ts = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = ts < K
+    tid = tl.load(t_ptr + row * stride_tn + ts * stride_tk, mask=t_ok, other=-1)
+    valid = tid >= 0
+    w_rows = w_ptr + tl.where(valid, tid, 0).to(tl.int64)[:, None] * stride_wv
+    h_row = h_ptr + row.to(tl.int64) * stride_hn
+    acc = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        d_ok = ds < D
+        h = tl.load(h_row + ds * stride_hd, mask=d_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_rows + ds[None, :] * stride_wd, mask=valid[:, None] & d_ok[None, :],
+                    other=0.0).to(tl.float32)
+        acc += tl.sum(w * h[None, :], axis=1)
+    tl.store(out_ptr + row * K + ts, tl.where(valid, acc, float("-inf")), mask=t_ok)
+
+
+def _check_device(hidden: torch.Tensor) -> None:
+    """CPU tensors only work interpreted; say so instead of failing inside Triton."""
+    if not hidden.is_cuda and not INTERPRET:
+        raise RuntimeError("the Triton LM-head kernel needs CUDA tensors, or TRITON_INTERPRET=1 "
+                           "set before kernels._lm_head_triton is first imported")
+
+
+def _outputs(n: int, k: int, device, out):
+    """(lse, target_logits, boundary_lse) buffers: fresh, or the caller's (tests pass NaN-filled
+    ones to catch elements that a kernel forgets to write)."""
+    if out is None:
+        return (torch.empty(n, dtype=torch.float32, device=device),
+                torch.empty((n, k), dtype=torch.float32, device=device),
+                torch.empty(n, dtype=torch.float32, device=device))
+    lse, tlog, blse = out
+    for name, buf, shape in (("lse", lse, (n,)), ("target_logits", tlog, (n, k)),
+                             ("boundary_lse", blse, (n,))):
+        if buf.shape != shape or buf.dtype != torch.float32 or not buf.is_contiguous():
+            raise ValueError(f"out {name} must be contiguous float32 {shape}")
+    return lse, tlog, blse
+
+
+def lm_head_logprobs(hidden, weight, targets, boundary_mask, config=None, out=None):
+    """Launch the three kernels; inputs already validated by ``kernels.lm_head``."""
+    _check_device(hidden)
+    n, d = hidden.shape
+    v = weight.shape[0]
+    k = targets.shape[1]
+    cfg = config or default_config(d, v, hidden.dtype)
+    if cfg.split_v % cfg.block_v:
+        raise ValueError(f"split_v={cfg.split_v} must be a multiple of block_v={cfg.block_v}")
+    dev = hidden.device
+    lse, tlog, blse = _outputs(n, k, dev, out)
+    if n == 0:
+        return lse, tlog, blse
+    n_split = triton.cdiv(v, cfg.split_v)
+    # Interpreted (tests), the scratch is poisoned too, so an unwritten partial shows as NaN.
+    parts = torch.empty((4, n_split, n), dtype=torch.float32, device=dev)
+    if INTERPRET:
+        parts.fill_(float("nan"))
+    bmask = boundary_mask.to(torch.int8)
+    f32_dot = INTERPRET and hidden.dtype != torch.float32
+    ieee = hidden.dtype == torch.float32
+    _lse_partials_kernel[(n_split, triton.cdiv(n, cfg.block_n))](
+        hidden, weight, bmask, parts, n, v, d, n_split,
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+        SPLIT_V=cfg.split_v, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
+        F32_DOT=f32_dot, IEEE=ieee, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    merge_block = 128
+    _merge_kernel[(triton.cdiv(n, merge_block),)](parts, lse, blse, n, n_split, BLOCK=merge_block,
+                                                   num_warps=4)
+    block_t = 16
+    _target_logits_kernel[(n, triton.cdiv(k, block_t))](
+        hidden, weight, targets, tlog, d, k,
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+        targets.stride(0), targets.stride(1),
+        BLOCK_T=block_t, BLOCK_D=128 if not INTERPRET else 64, num_warps=4)
+    return lse, tlog, blse

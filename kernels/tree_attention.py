@@ -1,0 +1,186 @@
+"""Tree attention over a prompt and its answer trie, with the tree given by one int per key.
+
+The engine scores a prompt and every answer in one forward pass: the sequence is the prompt's
+tokens followed by the nodes of the answer trie. A prompt token attends causally; a trie node
+attends to the whole prompt and to its own ancestors in the trie (its answer prefix), never to
+sibling branches.
+
+Compact tree encoding: ``span_end`` [B, T] (int32 or int64). Key position j is visible to query
+position i iff ``j <= i < span_end[b, j]``. The engine lays each sequence out as
+
+* prompt tokens, with ``span_end[j] = L`` (the real sequence length, prompt + trie), so that
+  the prompt is causal and every trie node sees all of it;
+* the trie nodes in DFS pre-order, with ``span_end[j] = j + size of j's subtree``: in pre-order
+  a subtree is a contiguous range starting at its root, so the earlier nodes whose span covers
+  position i are exactly i's ancestors (and i itself);
+* padding positions (j >= L), with ``span_end[j] = j + 1``: visible only to themselves, so no
+  query row is ever empty.
+
+The encoding is O(T) instead of a [T, T] mask, and it gives the kernel two ways to skip a whole
+key block without looking inside: when the block starts after the query block ends (causality),
+and when ``max(span_end over the block) <= first query of the query block`` (every key's span
+ends before any of these queries, e.g. a finished sibling subtree).
+
+Grouped-query attention: q [B, Hq, T, Dh], k and v [B, Hkv, T, Dh], with query head h reading
+kv head ``h // (Hq // Hkv)``. ``tree_attention_reference`` is plain torch (the engine's CPU
+path); ``tree_attention_triton`` is a flash-attention style kernel
+(``kernels/_tree_attention_triton.py``) with the same semantics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kernels import use_triton
+
+__all__ = [
+    "dfs_preorder",
+    "span_end_visible",
+    "trie_span_end",
+    "tree_attention",
+    "tree_attention_reference",
+    "tree_attention_triton",
+]
+
+# Query rows per block of the reference, chosen so the [Hq, rows, T] float32 scores stay near
+# this many elements (64 MiB) at any T and head count.
+_SCORE_BUDGET = 1 << 24
+
+
+def _check_inputs(q, k, v, span_end) -> None:
+    """Validate shapes and dtypes once, with messages naming the offending argument."""
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"q must be [B, Hq, T, Dh] and k, v [B, Hkv, T, Dh], got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    b, hq, t, dh = q.shape
+    if k.shape[0] != b or k.shape[2] != t or k.shape[3] != dh:
+        raise ValueError(f"k/v shape {tuple(k.shape)} does not match q shape {tuple(q.shape)}")
+    if k.shape[1] < 1 or hq % k.shape[1]:
+        raise ValueError(f"Hq={hq} must be a multiple of Hkv={k.shape[1]}")
+    if span_end.shape != (b, t) or span_end.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"span_end must be int32/int64 [B={b}, T={t}], got {span_end.dtype} "
+                         f"{tuple(span_end.shape)}")
+
+
+def dfs_preorder(parents: Sequence[int]) -> list[int]:
+    """Node ids of a forest in DFS pre-order (children in id order).
+
+    ``parents[i]`` is the parent id of node i, or -1 for a root (a child of the prompt).
+    """
+    children: list[list[int]] = [[] for _ in parents]
+    roots = []
+    for node, parent in enumerate(parents):
+        (roots if parent < 0 else children[parent]).append(node)
+    order, stack = [], roots[::-1]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(children[node][::-1])
+    if len(order) != len(parents):
+        raise ValueError("parents do not form a forest (a cycle?)")
+    return order
+
+
+def trie_span_end(prompt_len: int, parents: Sequence[int], total_len: int | None = None
+                  ) -> torch.Tensor:
+    """``span_end`` [total_len] int64 for a prompt, then trie nodes in DFS pre-order, then pad.
+
+    ``parents[i]`` is the parent of trie node i as an index into the trie (-1: a child of the
+    prompt); nodes must already be in pre-order, i.e. every subtree contiguous and starting at
+    its root (``dfs_preorder`` gives such an order). Raises ValueError otherwise.
+    """
+    n = len(parents)
+    size = [1] * n
+    for i in range(n - 1, -1, -1):
+        if parents[i] >= i:
+            raise ValueError(f"trie node {i} has parent {parents[i]}: not in DFS pre-order")
+        if parents[i] >= 0:
+            size[parents[i]] += size[i]
+    for i, p in enumerate(parents):
+        if p >= 0 and i >= p + size[p]:
+            raise ValueError(f"trie node {i} lies outside its parent's subtree: not in pre-order")
+    length = prompt_len + n
+    total = length if total_len is None else total_len
+    if total < length:
+        raise ValueError(f"total_len={total} is shorter than prompt + trie = {length}")
+    ends = ([length] * prompt_len + [prompt_len + i + size[i] for i in range(n)]
+            + [j + 1 for j in range(length, total)])
+    return torch.tensor(ends, dtype=torch.int64)
+
+
+def span_end_visible(span_end: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+    """Dense visibility [..., rows, T] from span_end [..., T]: ``j <= i < span_end[j]``.
+
+    Only for the reference and tests; the kernel never builds it.
+    """
+    t = span_end.shape[-1]
+    rows = rows or slice(0, t)
+    i = torch.arange(rows.start, rows.stop, device=span_end.device)[:, None]
+    j = torch.arange(t, device=span_end.device)[None, :]
+    return (j <= i) & (i < span_end[..., None, :])
+
+
+def _attend_rows(q, k, v, visible, scale) -> torch.Tensor:
+    """Float32 masked softmax attention for one batch element and a block of query rows.
+
+    q [Hkv, G, R, Dh], k/v [Hkv, 1, T, Dh] (GQA by broadcasting, no copy), visible [R, T].
+    Rows with no visible key come out as zeros instead of NaN.
+    """
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~visible, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    p = torch.exp(scores - row_max)
+    denom = p.sum(dim=-1, keepdim=True)
+    return (p @ v) / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             span_end: torch.Tensor, scale: float) -> torch.Tensor:
+    """Plain-torch tree attention in float32; returns q.dtype [B, Hq, T, Dh].
+
+    The dense mask is built per batch element and per block of query rows, so memory stays
+    bounded (about 64 MiB of scores) even at T = 5000 with 32 heads.
+    """
+    _check_inputs(q, k, v, span_end)
+    b, hq, t, dh = q.shape
+    hkv = k.shape[1]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    rows = max(1, _SCORE_BUDGET // max(1, hq * t))
+    for bi in range(b):
+        qb = q[bi].to(torch.float32).reshape(hkv, hq // hkv, t, dh)
+        kb = k[bi].to(torch.float32)[:, None]
+        vb = v[bi].to(torch.float32)[:, None]
+        for r0 in range(0, t, rows):
+            r1 = min(t, r0 + rows)
+            visible = span_end_visible(span_end[bi], slice(r0, r1))
+            o = _attend_rows(qb[:, :, r0:r1], kb, vb, visible, scale)
+            out[bi, :, r0:r1] = o.reshape(hq, r1 - r0, dh).to(q.dtype)
+    return out
+
+
+def tree_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          span_end: torch.Tensor, scale: float, *, config=None,
+                          out=None) -> torch.Tensor:
+    """Flash-attention style Triton kernel with the reference's semantics.
+
+    Never materialises a [T, T] mask or scores in global memory; any head_dim (padded to a power
+    of two >= 16 inside the kernel), any T. ``config`` (a ``TreeAttentionConfig``) overrides the
+    tile sizes for tests and tuning; ``out`` (q-shaped, q.dtype) receives the result. Runs natively on CUDA tensors, or on CPU tensors under
+    ``TRITON_INTERPRET=1``.
+    """
+    _check_inputs(q, k, v, span_end)
+    from kernels import _tree_attention_triton
+
+    return _tree_attention_triton.tree_attention(q, k, v, span_end, float(scale), config, out)
+
+
+def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span_end: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """Dispatcher: the Triton kernel for CUDA tensors (unless ``ENGINE_FORCE_REFERENCE=1``),
+    the torch reference otherwise."""
+    if use_triton(q):
+        return tree_attention_triton(q, k, v, span_end, scale)
+    return tree_attention_reference(q, k, v, span_end, scale)

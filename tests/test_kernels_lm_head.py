@@ -1,0 +1,229 @@
+"""Fused LM-head log-probabilities: reference vs float64, Triton kernel vs reference.
+
+Without CUDA the Triton kernel runs under the interpreter (TRITON_INTERPRET=1), which must be
+set before ``kernels._lm_head_triton`` is imported, because Triton chooses native vs interpreted
+when ``@triton.jit`` decorates a kernel. The kernel modules are imported lazily (only by the
+Triton path), so setting the variable here, at collection time, is early enough even if another
+test module imported ``triton`` itself before; ``_interpreted_if_no_cuda`` reloads the kernel
+module in the unlikely case that something imported it earlier without the variable.
+Interpreted kernels are ~200x slower than torch, hence the small shapes; the same tests run
+natively (and the batch-invariance test at 4096 rows) wherever CUDA is present.
+"""
+
+import importlib
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels.lm_head import (  # noqa: E402
+    lm_head_logprobs,
+    lm_head_logprobs_reference,
+    lm_head_logprobs_triton,
+)
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def budget(examples: int):
+    """Hypothesis settings for interpreted kernels: no deadline, a fixed number of examples."""
+    return settings(max_examples=examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _interpreted_if_no_cuda():
+    """Make sure the kernel module runs interpreted exactly when CUDA is absent."""
+    pytest.importorskip("triton")
+    module = importlib.import_module("kernels._lm_head_triton")
+    if module.INTERPRET == HAS_CUDA:
+        importlib.reload(module)
+    assert module.INTERPRET == (not HAS_CUDA)
+    return module
+
+
+def make_problem(n, d, v, k, seed, dtype=torch.float32, mask_kind="random", pad=0.3):
+    """Random hidden [n, d], weight [v, d], targets [n, k] (-1 padding), boundary mask [v].
+
+    Weight rows are scaled so logits have a spread of a few nats, like a real LM head.
+    """
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=g)
+    weight = torch.randn(v, d, generator=g) * (3.0 / max(1, d) ** 0.5)
+    targets = torch.randint(0, v, (n, k), generator=g)
+    targets[torch.rand(n, k, generator=g) < pad] = -1
+    masks = {
+        "random": lambda: torch.rand(v, generator=g) < 0.3,
+        "empty": lambda: torch.zeros(v, dtype=torch.bool),
+        "full": lambda: torch.ones(v, dtype=torch.bool),
+        "last": lambda: torch.arange(v) == v - 1,
+    }
+    mask = masks[mask_kind]()
+    return (hidden.to(dtype).to(DEVICE), weight.to(dtype).to(DEVICE), targets.to(DEVICE),
+            mask.to(DEVICE))
+
+
+def float64_truth(hidden, weight, targets, mask):
+    """Independent float64 computation over full logits (fine at test sizes)."""
+    logits = hidden.double() @ weight.double().T
+    lse = torch.logsumexp(logits, dim=1)
+    tl = logits.gather(1, targets.clamp(min=0)).masked_fill(targets < 0, float("-inf"))
+    if bool(mask.any()):
+        blse = torch.logsumexp(logits[:, mask], dim=1)
+    else:
+        blse = torch.full_like(lse, float("-inf"))
+    return lse, tl, blse
+
+
+def assert_outputs_close(got, want, atol, rtol):
+    """Same -inf pattern, no NaN, finite values close (torch treats matching infs as equal)."""
+    for name, g, w in zip(("lse", "target_logits", "boundary_lse"), got, want, strict=True):
+        assert g.dtype == torch.float32, name
+        assert not torch.isnan(g).any(), f"{name} has NaN (unwritten or invalid)"
+        torch.testing.assert_close(g.double().cpu(), w.double().cpu(), atol=atol, rtol=rtol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def poisoned(n, k):
+    """NaN-filled output buffers: any element the kernel forgets to write stays NaN."""
+    full = lambda *shape: torch.full(shape, float("nan"), dtype=torch.float32, device=DEVICE)
+    return full(n), full(n, k), full(n)
+
+
+problems = st.fixed_dictionaries({
+    "n": st.integers(1, 40),
+    "d": st.integers(1, 80),
+    "v": st.integers(1, 300),
+    "k": st.integers(1, 6),
+    "seed": st.integers(0, 2**31 - 1),
+    "mask_kind": st.sampled_from(["random", "random", "empty", "full", "last"]),
+})
+
+
+@budget(60)
+@given(p=problems, dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+       chunk=st.integers(1, 400))
+@example(p={"n": 1, "d": 1, "v": 1, "k": 1, "seed": 0, "mask_kind": "empty"},
+         dtype=torch.float32, chunk=1)
+def test_reference_matches_float64(p, dtype, chunk):
+    """Chunked reference == float64 over full logits, for any chunk size (ragged last chunk)."""
+    hidden, weight, targets, mask = make_problem(**p, dtype=dtype)
+    got = lm_head_logprobs_reference(hidden, weight, targets, mask, chunk_size=chunk)
+    # bf16 inputs are upcast exactly, so both dtypes meet float32-accumulation tolerances.
+    assert_outputs_close(got, float64_truth(hidden, weight, targets, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_reference_matches_full_log_softmax():
+    """With float32 inputs the chunked reference agrees with a full float32 log_softmax."""
+    hidden, weight, targets, mask = make_problem(7, 64, 1000, 3, seed=1, pad=0.0)
+    lse, tl, _ = lm_head_logprobs_reference(hidden, weight, targets, mask, chunk_size=128)
+    logp = torch.log_softmax(hidden @ weight.T, dim=1)
+    torch.testing.assert_close(tl - lse[:, None], logp.gather(1, targets), atol=2e-6, rtol=0)
+
+
+@budget(60)
+@given(p=problems, dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+@example(p={"n": 1, "d": 1, "v": 1, "k": 1, "seed": 0, "mask_kind": "empty"},
+         dtype=torch.float32)
+@example(p={"n": 33, "d": 65, "v": 129, "k": 3, "seed": 5, "mask_kind": "last"},
+         dtype=torch.bfloat16)
+def test_triton_matches_reference_and_float64(p, dtype):
+    """Kernel == reference == float64, outputs poisoned with NaN before the run."""
+    hidden, weight, targets, mask = make_problem(**p, dtype=dtype)
+    got = lm_head_logprobs_triton(hidden, weight, targets, mask, out=poisoned(p["n"], p["k"]))
+    want = lm_head_logprobs_reference(hidden, weight, targets, mask)
+    tol = 2e-5 if dtype == torch.float32 else 1e-4  # bf16 natively: tensor-core accumulation
+    assert_outputs_close(got, want, atol=tol, rtol=tol)
+    assert_outputs_close(got, float64_truth(hidden, weight, targets, mask), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_batch_invariance_bitwise(dtype, _interpreted_if_no_cuda):
+    """A row's outputs are bitwise identical alone, in a sub-batch and in the full batch.
+
+    4096 rows natively; 160 interpreted (10 row blocks of the interpreter's 16-row tiles, over
+    several vocabulary splits) to keep the interpreted suite to seconds.
+    """
+    n = 4096 if HAS_CUDA else 160
+    v, d = (5000, 256) if HAS_CUDA else (200, 40)
+    hidden, weight, targets, mask = make_problem(n, d, v, 4, seed=3, dtype=dtype)
+    full = lm_head_logprobs_triton(hidden, weight, targets, mask)
+    for lo, hi in [(0, 1), (1, 2), (15, 16), (16, 17), (77, 78), (n - 1, n), (5, 43)]:
+        part = lm_head_logprobs_triton(hidden[lo:hi], weight, targets[lo:hi], mask)
+        for name, a, b in zip(("lse", "target_logits", "boundary_lse"), part, full, strict=True):
+            assert torch.equal(a, b[lo:hi]), f"{name} of rows {lo}:{hi} changed with the batch"
+
+
+def test_triton_repeatable_bitwise():
+    """Two runs of the same input give the same bits (no atomics, fixed reduction order)."""
+    args = make_problem(50, 48, 250, 2, seed=4, dtype=torch.bfloat16)
+    first = lm_head_logprobs_triton(*args)
+    second = lm_head_logprobs_triton(*args)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_triton_custom_tiles(_interpreted_if_no_cuda):
+    """Non-default tiles (one split covering all of V; tiles larger than the problem) agree."""
+    config_cls = _interpreted_if_no_cuda.LMHeadConfig
+    args = make_problem(20, 33, 97, 2, seed=6)
+    want = lm_head_logprobs_reference(*args)
+    for cfg in (config_cls(16, 16, 16, 128, 4, 2), config_cls(32, 128, 64, 128, 4, 2)):
+        got = lm_head_logprobs_triton(*args, config=cfg, out=poisoned(20, 2))
+        assert_outputs_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+def test_triton_many_targets_per_row():
+    """K in the hundreds (a trie root with many children), gathered, with padding."""
+    args = make_problem(3, 40, 300, 150, seed=7, pad=0.2)
+    got = lm_head_logprobs_triton(*args, out=poisoned(3, 150))
+    assert_outputs_close(got, lm_head_logprobs_reference(*args), atol=2e-5, rtol=2e-5)
+
+
+def test_dispatch_and_force_reference(monkeypatch):
+    """CPU tensors and ENGINE_FORCE_REFERENCE=1 go to the reference; CUDA goes to Triton."""
+    args = make_problem(4, 16, 50, 2, seed=8)
+    monkeypatch.setenv("ENGINE_FORCE_REFERENCE", "1")
+    assert kernels.force_reference() and not kernels.use_triton(args[0])
+    forced = lm_head_logprobs(*args)
+    assert all(torch.equal(a, b) for a, b in
+               zip(forced, lm_head_logprobs_reference(*args), strict=True))
+    monkeypatch.setenv("ENGINE_FORCE_REFERENCE", "0")
+    assert kernels.use_triton(args[0]) == HAS_CUDA
+    routed = lm_head_logprobs(*args)
+    expected = lm_head_logprobs_triton(*args) if HAS_CUDA else lm_head_logprobs_reference(*args)
+    assert all(torch.equal(a, b) for a, b in zip(routed, expected, strict=True))
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda h, w, t, m: (h[:, :-1], w, t, m), "D="),
+    (lambda h, w, t, m: (h, w.to(torch.float64), t, m), "dtype"),
+    (lambda h, w, t, m: (h, w, t.to(torch.int32), m), "int64"),
+    (lambda h, w, t, m: (h, w, t[:1], m), "targets"),
+    (lambda h, w, t, m: (h, w, torch.full_like(t, 10), m), r"\[-1, V"),
+    (lambda h, w, t, m: (h, w, torch.full_like(t, -2), m), r"\[-1, V"),
+    (lambda h, w, t, m: (h, w, t, m[:-1]), "boundary_mask"),
+])
+def test_bad_inputs_raise(change, match):
+    """Shape and dtype mistakes fail loudly, naming the argument, on both paths."""
+    args = change(*make_problem(3, 8, 10, 2, seed=9))
+    with pytest.raises(ValueError, match=match):
+        lm_head_logprobs_reference(*args)
+    with pytest.raises(ValueError, match=match):
+        lm_head_logprobs_triton(*args)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="native-size check needs CUDA (interpreter too slow)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_native_large(dtype):
+    """Engine-sized shapes natively: D=4096, a vocabulary with a ragged tail."""
+    args = make_problem(300, 4096, 32003, 3, seed=10, dtype=dtype)
+    got = lm_head_logprobs_triton(*args)
+    assert_outputs_close(got, lm_head_logprobs_reference(*args), atol=2e-4, rtol=2e-4)

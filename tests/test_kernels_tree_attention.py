@@ -1,0 +1,272 @@
+"""Tree attention: span_end encoding, reference vs float64, Triton kernel vs reference.
+
+Without CUDA the Triton kernel runs under the interpreter (TRITON_INTERPRET=1), which must be
+set before ``kernels._tree_attention_triton`` is imported, because Triton chooses native vs
+interpreted when ``@triton.jit`` decorates a kernel. The kernel modules are imported lazily
+(only by the Triton path), so setting the variable here, at collection time, is early enough
+even if another test module imported ``triton`` itself before; ``_interpreted_if_no_cuda``
+reloads the kernel module in the unlikely case that something imported it earlier without the
+variable. Interpreted kernels are ~200x slower than torch, hence the small shapes (the
+interpreter's 16x16 tiles still make them cross several query and key blocks); the same tests
+run natively wherever CUDA is present.
+
+The float64 oracle builds visibility from the tree itself (causal prompt, ancestors in the
+trie, padding sees itself), not from span_end, so it also checks the encoding.
+"""
+
+import importlib
+import os
+import random
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels.tree_attention import (  # noqa: E402
+    dfs_preorder,
+    span_end_visible,
+    tree_attention,
+    tree_attention_reference,
+    tree_attention_triton,
+    trie_span_end,
+)
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def budget(examples: int):
+    """Hypothesis settings for interpreted kernels: no deadline, a fixed number of examples."""
+    return settings(max_examples=examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _interpreted_if_no_cuda():
+    """Make sure the kernel module runs interpreted exactly when CUDA is absent."""
+    pytest.importorskip("triton")
+    module = importlib.import_module("kernels._tree_attention_triton")
+    if module.INTERPRET == HAS_CUDA:
+        importlib.reload(module)
+    assert module.INTERPRET == (not HAS_CUDA)
+    return module
+
+
+def random_trie(rng: random.Random, n: int) -> list[int]:
+    """Parents of a random answer trie with n nodes, relabelled into DFS pre-order.
+
+    Random parent pointers (node i hangs under an earlier node or under the prompt, -1), then
+    pre-order, as the engine lays the trie out.
+    """
+    raw = [rng.randrange(-1, i) if rng.random() < 0.8 else -1 for i in range(n)]
+    order = dfs_preorder(raw)
+    new_id = {old: new for new, old in enumerate(order)}
+    return [new_id[raw[old]] if raw[old] >= 0 else -1 for old in order]
+
+
+def tree_visibility(prompt_len: int, parents: list[int], total: int) -> torch.Tensor:
+    """[total, total] visibility straight from the tree definition (the oracle's mask)."""
+    vis = torch.zeros(total, total, dtype=torch.bool)
+    length = prompt_len + len(parents)
+    for i in range(prompt_len):
+        vis[i, : i + 1] = True
+    for node in range(len(parents)):
+        row = prompt_len + node
+        vis[row, :prompt_len] = True
+        a = node
+        while a >= 0:
+            vis[row, prompt_len + a] = True
+            a = parents[a]
+    for i in range(length, total):
+        vis[i, i] = True
+    return vis
+
+
+def attention_float64(q, k, v, visible, scale):
+    """Dense float64 masked attention with GQA by repeating kv heads. visible [B, T, T]."""
+    group = q.shape[1] // k.shape[1]
+    k = k.double().repeat_interleave(group, dim=1)
+    v = v.double().repeat_interleave(group, dim=1)
+    scores = (q.double() @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def make_problem(seed, batch, hkv, group, head_dim, seqs, dtype=torch.float32,
+                 se_dtype=torch.int64):
+    """q, k, v and span_end for a batch of (prompt_len, trie_nodes, padding) sequences.
+
+    Returns also the oracle visibility built from the trees themselves.
+    """
+    rng = random.Random(seed)
+    total = max(p + n + pad for p, n, pad in seqs)
+    span_ends, visible = [], []
+    for p, n, _ in seqs[:batch]:
+        parents = random_trie(rng, n)
+        span_ends.append(trie_span_end(p, parents, total))
+        visible.append(tree_visibility(p, parents, total))
+    g = torch.Generator().manual_seed(seed)
+    shape_q = (batch, hkv * group, total, head_dim)
+    shape_kv = (batch, hkv, total, head_dim)
+    q, k, v = (torch.randn(s, generator=g).to(dtype).to(DEVICE)
+               for s in (shape_q, shape_kv, shape_kv))
+    span_end = torch.stack(span_ends).to(se_dtype).to(DEVICE)
+    return q, k, v, span_end, torch.stack(visible).to(DEVICE)
+
+
+def assert_attention_close(got, want, dtype):
+    """No NaN; float32 tight, bf16 within a couple of bf16 ulps of O(1) outputs."""
+    assert not torch.isnan(got).any(), "NaN in output (unwritten element?)"
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), atol=tol, rtol=tol)
+
+
+# (prompt, trie nodes, padding) per sequence: up to ~100 positions, i.e. up to 6 query blocks
+# of the interpreter's 16-row tiles and several 32-entry span_end scan chunks.
+seq_lists = st.lists(st.tuples(st.integers(1, 60), st.integers(0, 36), st.integers(0, 6)),
+                     min_size=2, max_size=2)
+
+
+@budget(200)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 40), prompt=st.integers(0, 10),
+       pad=st.integers(0, 5))
+def test_span_end_encodes_the_tree(seed, n, prompt, pad):
+    """j visible to i iff j <= i < span_end[j] is exactly: causal prompt, prompt + ancestors
+    for trie nodes, self for padding."""
+    parents = random_trie(random.Random(seed), n)
+    total = prompt + n + pad
+    se = trie_span_end(prompt, parents, total)
+    assert torch.equal(span_end_visible(se), tree_visibility(prompt, parents, total))
+
+
+def test_trie_span_end_rejects_non_preorder():
+    """A layout that is not DFS pre-order cannot be encoded and says so."""
+    with pytest.raises(ValueError, match="pre-order"):
+        trie_span_end(2, [-1, -1, 0])  # node 2's parent is 0, but root 1 sits between
+    with pytest.raises(ValueError, match="pre-order"):
+        trie_span_end(2, [-1, 2, -1])
+
+
+@budget(40)
+@given(seed=st.integers(0, 2**31 - 1), seqs=seq_lists, hkv=st.sampled_from([1, 2]),
+       group=st.sampled_from([1, 2, 4]), head_dim=st.sampled_from([16, 32, 64]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_reference_matches_float64(seed, seqs, hkv, group, head_dim, dtype):
+    """Reference == dense float64 attention under the tree's own mask."""
+    q, k, v, se, visible = make_problem(seed, 2, hkv, group, head_dim, seqs, dtype)
+    got = tree_attention_reference(q, k, v, se, head_dim**-0.5)
+    assert got.dtype == dtype
+    assert_attention_close(got, attention_float64(q, k, v, visible, head_dim**-0.5), dtype)
+
+
+@budget(60)
+@given(seed=st.integers(0, 2**31 - 1), seqs=seq_lists, hkv=st.sampled_from([1, 2]),
+       group=st.sampled_from([1, 2, 4]), head_dim=st.sampled_from([16, 32, 64]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+       se_dtype=st.sampled_from([torch.int32, torch.int64]))
+@example(seed=1, seqs=[(1, 0, 0), (1, 0, 0)], hkv=1, group=1, head_dim=16,
+         dtype=torch.float32, se_dtype=torch.int64)
+@example(seed=2, seqs=[(24, 24, 6), (3, 1, 0)], hkv=2, group=4, head_dim=64,
+         dtype=torch.bfloat16, se_dtype=torch.int32)
+def test_triton_matches_reference_and_float64(seed, seqs, hkv, group, head_dim, dtype,
+                                              se_dtype):
+    """Kernel == reference == float64; GQA 1/2/4, head_dim 16/32/64, ragged T, padding, output
+    poisoned with NaN before the run."""
+    q, k, v, se, visible = make_problem(seed, 2, hkv, group, head_dim, seqs, dtype, se_dtype)
+    scale = head_dim**-0.5
+    got = tree_attention_triton(q, k, v, se, scale, out=torch.full_like(q, float("nan")))
+    assert got.dtype == dtype
+    assert_attention_close(got, tree_attention_reference(q, k, v, se, scale), dtype)
+    assert_attention_close(got, attention_float64(q, k, v, visible, scale), dtype)
+
+
+@pytest.mark.parametrize("head_dim", [128, 24])
+def test_triton_head_dim_128_and_non_power_of_two(head_dim):
+    """head_dim 128 (the engine's real models) and a padded non-power-of-two head_dim."""
+    q, k, v, se, visible = make_problem(3, 1, 1, 2, head_dim, [(20, 15, 3)], torch.bfloat16)
+    got = tree_attention_triton(q, k, v, se, 0.1, out=torch.full_like(q, float("nan")))
+    assert_attention_close(got, attention_float64(q, k, v, visible, 0.1), torch.bfloat16)
+
+
+def test_subtree_ending_one_row_before_a_query_block_ends(_interpreted_if_no_cuda):
+    """A chain of trie nodes at positions 8..30 (span_end 31 each), then roots: the query at 31
+    must not see the chain although it shares a 16-row query block with rows that do, so the
+    unmasked-prefix scan must stop at key 8 (an off-by-one there lets key block 0..15 through).
+    """
+    cfg = _interpreted_if_no_cuda.TreeAttentionConfig(block_m=16, block_n=16, block_scan=32)
+    parents = [-1] + list(range(22)) + [-1] * 9  # chain of nodes 0..22, then roots
+    se = trie_span_end(8, parents, 40)[None].to(DEVICE)
+    assert int(se[0, 8]) == 31
+    q, k, v, _, _ = make_problem(10, 1, 1, 1, 16, [(8, 32, 0)])
+    visible = tree_visibility(8, parents, 40)[None].to(DEVICE)
+    got = tree_attention_triton(q, k, v, se, 0.3, config=cfg)
+    assert_attention_close(got, attention_float64(q, k, v, visible, 0.3), torch.float32)
+
+
+def test_triton_non_contiguous_inputs():
+    """q/k/v as views of a [B, T, H, Dh] projection, transposed (what a model passes)."""
+    q, k, v, se, _ = make_problem(4, 2, 2, 2, 32, [(10, 12, 2), (5, 20, 0)])
+    qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    assert not qt.is_contiguous()
+    got = tree_attention_triton(qt, kt, vt, se, 0.2)
+    assert_attention_close(got, tree_attention_reference(q, k, v, se, 0.2), torch.float32)
+
+
+def test_rows_without_visible_keys_are_zero():
+    """Defensive semantics: a row that sees no key (span_end[j] <= j) returns zeros."""
+    q, k, v, _, _ = make_problem(5, 1, 1, 1, 16, [(20, 0, 0)])
+    se = torch.arange(20, device=DEVICE)[None].clone()  # j visible to nobody, itself included
+    se[0, 5:] += 1  # rows 5.. see themselves; rows 0-4 see nothing
+    for fn in (tree_attention_reference, tree_attention_triton):
+        out = fn(q, k, v, se, 0.25)
+        assert torch.equal(out[0, :, :5], torch.zeros_like(out[0, :, :5])), fn.__name__
+        torch.testing.assert_close(out[0, :, 5:], v[0, :, 5:], atol=1e-6, rtol=0)
+
+
+def test_triton_repeatable_bitwise():
+    """Two runs give the same bits (fixed key-block order, no atomics)."""
+    args = make_problem(6, 2, 2, 2, 32, [(17, 20, 3), (9, 30, 0)], torch.bfloat16)[:4]
+    assert torch.equal(tree_attention_triton(*args, 0.2), tree_attention_triton(*args, 0.2))
+
+
+def test_dispatch_and_force_reference(monkeypatch):
+    """CPU tensors and ENGINE_FORCE_REFERENCE=1 go to the reference; CUDA goes to Triton."""
+    q, k, v, se, _ = make_problem(7, 1, 1, 2, 16, [(8, 8, 1)])
+    monkeypatch.setenv("ENGINE_FORCE_REFERENCE", "1")
+    assert torch.equal(tree_attention(q, k, v, se, 0.3),
+                       tree_attention_reference(q, k, v, se, 0.3))
+    monkeypatch.delenv("ENGINE_FORCE_REFERENCE")
+    assert kernels.use_triton(q) == HAS_CUDA
+    expected = (tree_attention_triton if HAS_CUDA else tree_attention_reference)(q, k, v, se, 0.3)
+    assert torch.equal(tree_attention(q, k, v, se, 0.3), expected)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda q, k, v, s: (q[0], k, v, s), "Dh"),
+    (lambda q, k, v, s: (q, k[:, :, :-1], v[:, :, :-1], s), "does not match"),
+    (lambda q, k, v, s: (q[:, :3], k, v, s), "multiple"),
+    (lambda q, k, v, s: (q, k, v, s.float()), "span_end"),
+    (lambda q, k, v, s: (q, k, v, s[:, :-1]), "span_end"),
+])
+def test_bad_inputs_raise(change, match):
+    """Shape and dtype mistakes fail loudly on both paths."""
+    args = change(*make_problem(8, 1, 2, 2, 16, [(4, 4, 0)])[:4])
+    for fn in (tree_attention_reference, tree_attention_triton):
+        with pytest.raises(ValueError, match=match):
+            fn(*args, 1.0)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="native-size check needs CUDA (interpreter too slow)")
+def test_triton_native_large():
+    """Engine-sized: prompt 2048 + trie 512, 32 query heads over 8 kv heads, head_dim 128."""
+    q, k, v, se, _ = make_problem(9, 2, 8, 4, 128, [(2048, 512, 0), (1500, 300, 760)],
+                                  torch.bfloat16)
+    got = tree_attention_triton(q, k, v, se, 128**-0.5)
+    assert_attention_close(got, tree_attention_reference(q, k, v, se, 128**-0.5),
+                           torch.bfloat16)
