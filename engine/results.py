@@ -163,6 +163,8 @@ class ResultsStore:
         self.label = label
         self.run = run  # what identifies the results: checkpoint fingerprint and settings
         self.manifest = self._existing_manifest()
+        for stale in self.directory.rglob(".*.tmp*"):  # left by a run killed mid-write
+            stale.unlink()
 
     @property
     def manifest_path(self) -> Path:

@@ -1,0 +1,152 @@
+"""`python -m engine.score`: bad input exits 2 with nothing written; reruns resume exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from engine import score
+from tests import tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ckpt")
+    tiny.make_checkpoint(directory, arch="olmo2", hidden=32, heads=2, kv_heads=2, init=0.1)
+    return directory
+
+
+def cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.score", *map(str, args)], capture_output=True,
+                          text=True, env=ENV, timeout=timeout, cwd=ROOT)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_list_tasks():
+    result = cli("--list-tasks")
+    assert result.returncode == 0
+    for name in ("rng_1_10", "coin", "card", "continent", "rng_1_100"):
+        assert name in result.stdout
+
+
+def test_unknown_task_lists_the_known_ones(ckpt, tmp_path):
+    result = cli(ckpt, "--tasks", "coin,dice", "--out", tmp_path / "out")
+    assert_user_error(result, "dice", "coin", "rng_1_10")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_checkpoint(tmp_path):
+    assert_user_error(cli(tmp_path / "nope", "--out", tmp_path / "out"), "nope")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_not_writable(ckpt, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(cli(ckpt, "--tasks", "coin", "--out", blocker / "results"), "file")
+
+
+def test_prompt_longer_than_context(ckpt, tmp_path):
+    short = tmp_path / "short"
+    shutil.copytree(ckpt, short)
+    cfg = json.loads((short / "config.json").read_text())
+    cfg["max_position_embeddings"] = 24
+    (short / "config.json").write_text(json.dumps(cfg))
+    assert_user_error(cli(short, "--tasks", "coin", "--mode", "base", "--out", tmp_path / "out"),
+                      "coin", "context", "24")
+    assert not (tmp_path / "out").exists()
+
+
+def test_chat_mode_without_template(tmp_path):
+    tiny.make_checkpoint(tmp_path / "base", arch="olmo2", hidden=32, heads=2, kv_heads=2, template=None)
+    assert_user_error(cli(tmp_path / "base", "--tasks", "coin", "--mode", "chat", "--out", tmp_path / "out"),
+                      "chat template")
+    assert not (tmp_path / "out").exists()
+
+
+def test_borrowed_template_scores_a_base_model_in_chat_format(ckpt, tmp_path):
+    tiny.make_checkpoint(tmp_path / "base", arch="olmo2", hidden=32, heads=2, kv_heads=2, template=None)
+    assert score.main([str(tmp_path / "base"), "--tasks", "coin", "--chat-template", str(ckpt),
+                       "--out", str(tmp_path / "out"), "--label", "b"]) == 0
+    row = pq.read_table(tmp_path / "out" / "b" / "coin.parquet").to_pylist()[0]
+    assert row["mode"] == "chat" and row["prompt_text"].endswith("<|assistant|>\n")
+
+
+def test_bad_task_file(ckpt, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "mine"\nanswers = []\n[[prompts]]\nid = "p"\ntext = "Pick."\n')
+    assert_user_error(cli(ckpt, "--tasks", bad, "--out", tmp_path / "out"), "bad.toml", "mine")
+    assert not (tmp_path / "out").exists()
+
+
+def test_prompt_tokens_not_a_prefix_is_an_error(ckpt, tmp_path):
+    """An assistant prefix that merges with the answer's first characters into one token."""
+    task = tmp_path / "merge.toml"
+    task.write_text('name = "merge"\nassistant_prefix = "Hea"\nanswers = ["ds", "rt"]\n'
+                    '[[prompts]]\nid = "p"\ntext = "Say a word."\n')
+    result = cli(ckpt, "--tasks", task, "--mode", "chat", "--out", tmp_path / "out")
+    assert_user_error(result, "merge", "'p'", "not a prefix")
+    assert not (tmp_path / "out").exists()
+
+
+def test_rerun_skips_done_tasks_and_refuses_other_settings(ckpt, tmp_path):
+    out = tmp_path / "out"
+    args = [str(ckpt), "--tasks", "coin,die", "--out", str(out), "--label", "l"]
+    assert score.main(args) == 0
+    manifest = json.loads((out / "l" / "manifest.json").read_text())
+    assert set(manifest["tasks"]) == {"coin", "die"}
+    assert manifest["fingerprint"] and manifest["token_efficiency"] >= 0.95
+    stamp = (out / "l" / "coin.parquet").stat().st_mtime_ns
+    assert score.main(args) == 0
+    assert (out / "l" / "coin.parquet").stat().st_mtime_ns == stamp
+    assert json.loads((out / "l" / "manifest.json").read_text())["timings"]["skipped_tasks"] == 2
+    assert score.main(args + ["--mode", "base"]) == 2
+    assert score.main(args + ["--mode", "base", "--overwrite"]) == 0
+    assert pq.read_table(out / "l" / "coin.parquet").column("mode")[0].as_py() == "base"
+
+
+KILL_TASKS = "coin,die,rps,suit,weekday,month,color,digit,rng_1_10,letter"
+
+
+def test_killed_run_resumes_to_identical_results(ckpt, tmp_path):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert cli(ckpt, "--tasks", KILL_TASKS, "--out", reference, "--label", "l").returncode == 0
+    cmd = [sys.executable, "-m", "engine.score", str(ckpt), "--tasks", KILL_TASKS, "--out", str(resumed),
+           "--label", "l"]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = resumed / "l" / "manifest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.exists() and 1 <= len(json.loads(manifest.read_text())["tasks"]) < 5:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done_before = set(json.loads(manifest.read_text())["tasks"])
+    assert 1 <= len(done_before) < len(KILL_TASKS.split(","))
+    assert cli(ckpt, "--tasks", KILL_TASKS, "--out", resumed, "--label", "l").returncode == 0
+    for name in KILL_TASKS.split(","):
+        assert pq.read_table(resumed / "l" / f"{name}.parquet").equals(
+            pq.read_table(reference / "l" / f"{name}.parquet")), name
+    leftovers = [p.name for p in (resumed / "l").rglob(".*tmp*")]
+    assert not leftovers
