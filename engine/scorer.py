@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.checkpoint import Checkpoint
 from engine.chat import ChatTemplate
+from engine.checkpoint import Checkpoint
 from engine.errors import ChatTemplateError, PromptTooLongError, TaskError
 from engine.tasks import Task, check_variants_tokenize
 from engine.trie import DuplicateContinuation, Trie, build_trie

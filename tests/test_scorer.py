@@ -73,7 +73,7 @@ def test_logprobs_equal_the_naive_computation(model_dir, mode, tmp_path):
             worst = max(worst, max(abs(n - v["logprob"]) for n, v in zip(naive, vrows, strict=True)))
             coverage = sum(math.exp(r["logprob"]) for r in mine)
             for r in mine:
-                expected = np.logaddexp.reduce([n for n, v in zip(naive, vrows) if v["answer"] == r["answer"]])
+                expected = np.logaddexp.reduce([n for n, v in zip(naive, vrows, strict=True) if v["answer"] == r["answer"]])
                 assert abs(r["logprob"] - expected) <= 1e-5, (task.name, prompt.id, r["answer"])
                 assert math.isclose(r["coverage"], coverage, rel_tol=1e-9)
                 assert math.isclose(r["prob"], math.exp(r["logprob"]) / coverage, rel_tol=1e-9)
