@@ -57,23 +57,45 @@ def _check_inputs(hidden, weight, targets, boundary_mask) -> None:
         raise ValueError(f"targets must lie in [-1, V={v}), -1 meaning padding")
 
 
+def _lse_inplace(x: torch.Tensor) -> torch.Tensor:
+    """Row log-sum-exp of a finite [rows, cols] block, overwriting x (no temporaries)."""
+    row_max = x.amax(dim=1)
+    x.sub_(row_max[:, None]).exp_()
+    return row_max + x.sum(dim=1).log_()
+
+
 def _chunked_lse(h32: torch.Tensor, weight: torch.Tensor, boundary_mask: torch.Tensor,
                  chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Running log-sum-exp over vocabulary chunks: whole vocabulary and boundary subset.
 
     Each chunk's logits are float32 (bf16 weight rows are upcast before the matmul, so the
-    products are exact and the accumulation is float32) and live only for that chunk.
+    products are exact and the accumulation is float32) and live only for that chunk. The
+    logits, boundary and upcast buffers are allocated once and reused: on CPU, fresh
+    multi-MiB temporaries per chunk cost more in page faults than the arithmetic.
     """
-    n = h32.shape[0]
+    n, v = h32.shape[0], weight.shape[0]
+    width = min(chunk_size, v)
     lse = torch.full((n,), float("-inf"), dtype=torch.float32, device=h32.device)
     blse = lse.clone()
-    for start in range(0, weight.shape[0], chunk_size):
-        stop = min(start + chunk_size, weight.shape[0])
-        logits = h32 @ weight[start:stop].to(torch.float32).T
-        lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
-        chunk_mask = boundary_mask[start:stop]
-        if bool(chunk_mask.any()):
-            blse = torch.logaddexp(blse, torch.logsumexp(logits[:, chunk_mask], dim=1))
+    logits_buf = torch.empty(n * width, dtype=torch.float32, device=h32.device)
+    boundary_buf = torch.empty_like(logits_buf)
+    upcast_buf = (torch.empty(width * weight.shape[1], dtype=torch.float32, device=h32.device)
+                  if weight.dtype != torch.float32 else None)
+    boundary_ids = boundary_mask.nonzero()[:, 0]
+    bounds = torch.searchsorted(boundary_ids, torch.arange(0, v + width, width,
+                                                           device=boundary_ids.device)).tolist()
+    for i, start in enumerate(range(0, v, width)):
+        stop = min(start + width, v)
+        w = weight[start:stop]
+        if upcast_buf is not None:
+            w = upcast_buf[: w.numel()].view(w.shape).copy_(w)
+        logits = torch.matmul(h32, w.T, out=logits_buf[: n * (stop - start)].view(n, -1))
+        ids = boundary_ids[bounds[i]:bounds[i + 1]] - start
+        if ids.numel():
+            chosen = boundary_buf[: n * ids.numel()].view(n, -1)
+            blse = torch.logaddexp(blse, _lse_inplace(torch.index_select(logits, 1, ids,
+                                                                         out=chosen)))
+        lse = torch.logaddexp(lse, _lse_inplace(logits))
     return lse, blse
 
 

@@ -1,23 +1,28 @@
 """Fused LM-head log-probabilities: reference vs float64, Triton kernel vs reference.
 
-Without CUDA the Triton kernel runs under the interpreter (TRITON_INTERPRET=1), which must be
-set before ``kernels._lm_head_triton`` is imported, because Triton chooses native vs interpreted
-when ``@triton.jit`` decorates a kernel. The kernel modules are imported lazily (only by the
-Triton path), so setting the variable here, at collection time, is early enough even if another
-test module imported ``triton`` itself before; ``_interpreted_if_no_cuda`` reloads the kernel
-module in the unlikely case that something imported it earlier without the variable.
-Interpreted kernels are ~200x slower than torch, hence the small shapes; the same tests run
-natively (and the batch-invariance test at 4096 rows) wherever CUDA is present.
+Without CUDA the kernels run under Triton's interpreter, and TRITON_INTERPRET=1 must be set
+before anything imports ``triton`` (Triton compiles its own ``tl.*`` helpers natively or
+interpreted at import time; see ``kernels/interpreter.py``). So this module sets it at
+collection time, before importing anything that imports triton (nothing in ``kernels`` does at
+import). If another module imported triton natively earlier in the same pytest run, the kernel
+tests here cannot run in-process: they skip, and ``test_kernels_in_fresh_process`` re-runs this
+file in a fresh interpreter process instead, so nothing goes untested. Interpreted kernels are
+~200x slower than torch, hence the small shapes; the same tests run natively (and the
+batch-invariance test at 4096 rows) wherever CUDA is present.
 """
 
 import importlib
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
+from kernels.interpreter import interpret_without_cuda
+
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
+IN_PROCESS = interpret_without_cuda()  # must run before anything imports triton
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
@@ -39,15 +44,28 @@ def budget(examples: int):
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _interpreted_if_no_cuda():
-    """Make sure the kernel module runs interpreted exactly when CUDA is absent."""
-    pytest.importorskip("triton")
-    module = importlib.import_module("kernels._lm_head_triton")
-    if module.INTERPRET == HAS_CUDA:
-        importlib.reload(module)
-    assert module.INTERPRET == (not HAS_CUDA)
-    return module
+needs_kernels = pytest.mark.skipif(
+    not (IN_PROCESS and kernels.triton_available()),
+    reason="triton missing, or imported natively before TRITON_INTERPRET=1 could be set (then "
+           "test_kernels_in_fresh_process runs these tests in a fresh process)")
+
+
+@pytest.fixture(scope="module")
+def kernel_module():
+    """The Triton kernel module (for its config class); imported only by kernel tests."""
+    return importlib.import_module("kernels._lm_head_triton")
+
+
+@pytest.mark.skipif(IN_PROCESS or not kernels.triton_available(),
+                    reason="the kernel tests ran in this process")
+def test_kernels_in_fresh_process():
+    """Triton was imported natively before this module could set TRITON_INTERPRET=1: run this
+    file again in a fresh process where it can."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           __file__], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
 def make_problem(n, d, v, k, seed, dtype=torch.float32, mask_kind="random", pad=0.3):
@@ -129,6 +147,7 @@ def test_reference_matches_full_log_softmax():
     torch.testing.assert_close(tl - lse[:, None], logp.gather(1, targets), atol=2e-6, rtol=0)
 
 
+@needs_kernels
 @budget(60)
 @given(p=problems, dtype=st.sampled_from([torch.float32, torch.bfloat16]))
 @example(p={"n": 1, "d": 1, "v": 1, "k": 1, "seed": 0, "mask_kind": "empty"},
@@ -145,8 +164,9 @@ def test_triton_matches_reference_and_float64(p, dtype):
     assert_outputs_close(got, float64_truth(hidden, weight, targets, mask), atol=tol, rtol=tol)
 
 
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_batch_invariance_bitwise(dtype, _interpreted_if_no_cuda):
+def test_triton_batch_invariance_bitwise(dtype, kernel_module):
     """A row's outputs are bitwise identical alone, in a sub-batch and in the full batch.
 
     4096 rows natively; 160 interpreted (10 row blocks of the interpreter's 16-row tiles, over
@@ -162,6 +182,7 @@ def test_triton_batch_invariance_bitwise(dtype, _interpreted_if_no_cuda):
             assert torch.equal(a, b[lo:hi]), f"{name} of rows {lo}:{hi} changed with the batch"
 
 
+@needs_kernels
 def test_triton_repeatable_bitwise():
     """Two runs of the same input give the same bits (no atomics, fixed reduction order)."""
     args = make_problem(50, 48, 250, 2, seed=4, dtype=torch.bfloat16)
@@ -170,9 +191,10 @@ def test_triton_repeatable_bitwise():
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
-def test_triton_custom_tiles(_interpreted_if_no_cuda):
+@needs_kernels
+def test_triton_custom_tiles(kernel_module):
     """Non-default tiles (one split covering all of V; tiles larger than the problem) agree."""
-    config_cls = _interpreted_if_no_cuda.LMHeadConfig
+    config_cls = kernel_module.LMHeadConfig
     args = make_problem(20, 33, 97, 2, seed=6)
     want = lm_head_logprobs_reference(*args)
     for cfg in (config_cls(16, 16, 16, 128, 4, 2), config_cls(32, 128, 64, 128, 4, 2)):
@@ -180,6 +202,7 @@ def test_triton_custom_tiles(_interpreted_if_no_cuda):
         assert_outputs_close(got, want, atol=2e-5, rtol=2e-5)
 
 
+@needs_kernels
 def test_triton_many_targets_per_row():
     """K in the hundreds (a trie root with many children), gathered, with padding."""
     args = make_problem(3, 40, 300, 150, seed=7, pad=0.2)

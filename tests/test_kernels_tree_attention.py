@@ -1,14 +1,14 @@
 """Tree attention: span_end encoding, reference vs float64, Triton kernel vs reference.
 
-Without CUDA the Triton kernel runs under the interpreter (TRITON_INTERPRET=1), which must be
-set before ``kernels._tree_attention_triton`` is imported, because Triton chooses native vs
-interpreted when ``@triton.jit`` decorates a kernel. The kernel modules are imported lazily
-(only by the Triton path), so setting the variable here, at collection time, is early enough
-even if another test module imported ``triton`` itself before; ``_interpreted_if_no_cuda``
-reloads the kernel module in the unlikely case that something imported it earlier without the
-variable. Interpreted kernels are ~200x slower than torch, hence the small shapes (the
-interpreter's 16x16 tiles still make them cross several query and key blocks); the same tests
-run natively wherever CUDA is present.
+Without CUDA the kernels run under Triton's interpreter, and TRITON_INTERPRET=1 must be set
+before anything imports ``triton`` (Triton compiles its own ``tl.*`` helpers natively or
+interpreted at import time; see ``kernels/interpreter.py``). So this module sets it at
+collection time, before importing anything that imports triton (nothing in ``kernels`` does at
+import). If another module imported triton natively earlier in the same pytest run, the kernel
+tests here cannot run in-process: they skip, and ``test_kernels_in_fresh_process`` re-runs this
+file in a fresh interpreter process instead, so nothing goes untested. Interpreted kernels are
+~200x slower than torch, hence the small shapes (the interpreter's 16x16 tiles still make them
+cross several query and key blocks); the same tests run natively wherever CUDA is present.
 
 The float64 oracle builds visibility from the tree itself (causal prompt, ancestors in the
 trie, padding sees itself), not from span_end, so it also checks the encoding.
@@ -17,12 +17,16 @@ trie, padding sees itself), not from span_end, so it also checks the encoding.
 import importlib
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
+from kernels.interpreter import interpret_without_cuda
+
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
+IN_PROCESS = interpret_without_cuda()  # must run before anything imports triton
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
@@ -47,15 +51,28 @@ def budget(examples: int):
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _interpreted_if_no_cuda():
-    """Make sure the kernel module runs interpreted exactly when CUDA is absent."""
-    pytest.importorskip("triton")
-    module = importlib.import_module("kernels._tree_attention_triton")
-    if module.INTERPRET == HAS_CUDA:
-        importlib.reload(module)
-    assert module.INTERPRET == (not HAS_CUDA)
-    return module
+needs_kernels = pytest.mark.skipif(
+    not (IN_PROCESS and kernels.triton_available()),
+    reason="triton missing, or imported natively before TRITON_INTERPRET=1 could be set (then "
+           "test_kernels_in_fresh_process runs these tests in a fresh process)")
+
+
+@pytest.fixture(scope="module")
+def kernel_module():
+    """The Triton kernel module (for its config class); imported only by kernel tests."""
+    return importlib.import_module("kernels._tree_attention_triton")
+
+
+@pytest.mark.skipif(IN_PROCESS or not kernels.triton_available(),
+                    reason="the kernel tests ran in this process")
+def test_kernels_in_fresh_process():
+    """Triton was imported natively before this module could set TRITON_INTERPRET=1: run this
+    file again in a fresh process where it can."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           __file__], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
 def random_trie(rng: random.Random, n: int) -> list[int]:
@@ -165,6 +182,7 @@ def test_reference_matches_float64(seed, seqs, hkv, group, head_dim, dtype):
     assert_attention_close(got, attention_float64(q, k, v, visible, head_dim**-0.5), dtype)
 
 
+@needs_kernels
 @budget(60)
 @given(seed=st.integers(0, 2**31 - 1), seqs=seq_lists, hkv=st.sampled_from([1, 2]),
        group=st.sampled_from([1, 2, 4]), head_dim=st.sampled_from([16, 32, 64]),
@@ -186,6 +204,7 @@ def test_triton_matches_reference_and_float64(seed, seqs, hkv, group, head_dim, 
     assert_attention_close(got, attention_float64(q, k, v, visible, scale), dtype)
 
 
+@needs_kernels
 @pytest.mark.parametrize("head_dim", [128, 24])
 def test_triton_head_dim_128_and_non_power_of_two(head_dim):
     """head_dim 128 (the engine's real models) and a padded non-power-of-two head_dim."""
@@ -194,12 +213,13 @@ def test_triton_head_dim_128_and_non_power_of_two(head_dim):
     assert_attention_close(got, attention_float64(q, k, v, visible, 0.1), torch.bfloat16)
 
 
-def test_subtree_ending_one_row_before_a_query_block_ends(_interpreted_if_no_cuda):
+@needs_kernels
+def test_subtree_ending_one_row_before_a_query_block_ends(kernel_module):
     """A chain of trie nodes at positions 8..30 (span_end 31 each), then roots: the query at 31
     must not see the chain although it shares a 16-row query block with rows that do, so the
     unmasked-prefix scan must stop at key 8 (an off-by-one there lets key block 0..15 through).
     """
-    cfg = _interpreted_if_no_cuda.TreeAttentionConfig(block_m=16, block_n=16, block_scan=32)
+    cfg = kernel_module.TreeAttentionConfig(block_m=16, block_n=16, block_scan=32)
     parents = [-1] + list(range(22)) + [-1] * 9  # chain of nodes 0..22, then roots
     se = trie_span_end(8, parents, 40)[None].to(DEVICE)
     assert int(se[0, 8]) == 31
@@ -209,6 +229,7 @@ def test_subtree_ending_one_row_before_a_query_block_ends(_interpreted_if_no_cud
     assert_attention_close(got, attention_float64(q, k, v, visible, 0.3), torch.float32)
 
 
+@needs_kernels
 def test_triton_non_contiguous_inputs():
     """q/k/v as views of a [B, T, H, Dh] projection, transposed (what a model passes)."""
     q, k, v, se, _ = make_problem(4, 2, 2, 2, 32, [(10, 12, 2), (5, 20, 0)])
@@ -218,6 +239,7 @@ def test_triton_non_contiguous_inputs():
     assert_attention_close(got, tree_attention_reference(q, k, v, se, 0.2), torch.float32)
 
 
+@needs_kernels
 def test_rows_without_visible_keys_are_zero():
     """Defensive semantics: a row that sees no key (span_end[j] <= j) returns zeros."""
     q, k, v, _, _ = make_problem(5, 1, 1, 1, 16, [(20, 0, 0)])
@@ -229,6 +251,7 @@ def test_rows_without_visible_keys_are_zero():
         torch.testing.assert_close(out[0, :, 5:], v[0, :, 5:], atol=1e-6, rtol=0)
 
 
+@needs_kernels
 def test_triton_repeatable_bitwise():
     """Two runs give the same bits (fixed key-block order, no atomics)."""
     args = make_problem(6, 2, 2, 2, 32, [(17, 20, 3), (9, 30, 0)], torch.bfloat16)[:4]
