@@ -1,0 +1,585 @@
+"""`make bench`: the two Triton kernels against the torch paths they replace.
+
+    python -m benchmarks.bench_kernels            # full run (GPU table on CUDA, CPU table else)
+    python -m benchmarks.bench_kernels --dry-run  # the whole GPU code path on tiny shapes; on a
+                                                  # machine without CUDA under TRITON_INTERPRET
+
+On CUDA:
+* kernel 1 (fused LM head -> log-probs) at D=4096, V in {100352, 128256}, N in {256, 4096,
+  16384}, bf16, against torch eager (bf16 matmul -> float32 log_softmax -> gather -> boundary
+  logsumexp) and torch.compile of the same function: median milliseconds
+  (``triton.testing.do_bench``, which also flushes L2 before every call), achieved TFLOP/s
+  (2*N*D*V / time) against the measured bf16 matmul rate of the same GPU at the same shape, and
+  peak extra memory (``torch.cuda.max_memory_allocated`` above what was allocated before the
+  call, after ``reset_peak_memory_stats``);
+* kernel 2 (tree attention) against ``scaled_dot_product_attention`` with a dense boolean mask,
+  at prompt 512/2048 + trie 64/512 nodes, 32 query heads (8 kv heads, expanded for SDPA
+  outside the timed region), head_dim 128, bf16.
+Inputs are rotated over several buffers between calls so that no call finds its inputs in
+cache. Each kernel's output is also checked against the plain-torch reference, once per shape.
+
+Without CUDA, kernel timings are impossible (the interpreter is ~200x slower than torch and
+says nothing about a GPU), so the run compares what the engine does on CPU: the chunked LM-head
+reference against full [N, V] logits at V=128256, time and peak memory, each variant in a fresh
+process. Peak memory there is the resident-set high-water mark (VmHWM, reset through
+/proc/self/clear_refs) above the resident set just before the call.
+
+Results: ``benchmarks/results/<device>-<date>.json`` and a section per device in
+``benchmarks/RESULTS.md`` (the latest run of a device replaces its section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+RESULTS_DIR = ROOT / "results"
+RESULTS_MD = ROOT / "RESULTS.md"
+NEEDS_CUDA = ("Kernel timings need CUDA: this machine has none, so only the CPU reference "
+              "comparison ran (chunked LM head vs full logits).")
+
+# (N, D, V) of the full GPU table and of the dry run.
+GPU_LM_SHAPES = [(n, 4096, v) for v in (100352, 128256) for n in (256, 4096, 16384)]
+DRY_LM_SHAPES = [(1, 64, 300), (40, 72, 257)]
+# (prompt, trie nodes, query heads, kv heads, head_dim).
+GPU_TREE_SHAPES = [(p, n, 32, 8, 128) for p in (512, 2048) for n in (64, 512)]
+DRY_TREE_SHAPES = [(20, 8, 4, 2, 32), (9, 30, 4, 1, 16)]
+# (N, D) of the CPU comparison, at V=128256.
+CPU_SHAPES = [(512, 1024), (2048, 1024)]
+CPU_VOCAB = 128256
+
+
+# --------------------------------------------------------------------------- environment
+
+def _use_interpreter_without_cuda() -> None:
+    """Dry run without CUDA: interpret the kernels. TRITON_INTERPRET=1 only works when set
+    before triton is first imported (see kernels/interpreter.py), hence the early call."""
+    from kernels.interpreter import interpret_without_cuda
+
+    if not interpret_without_cuda():
+        raise SystemExit("bench_kernels --dry-run: triton was imported before TRITON_INTERPRET=1 "
+                         "could be set; run it as its own process (python -m "
+                         "benchmarks.bench_kernels --dry-run)")
+
+
+def environment(device: torch.device) -> dict:
+    """Device name and software versions, recorded with every result."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        platform.processor() or platform.machine())
+    return {
+        "device": name,
+        "device_type": device.type,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        # Other work on the machine skews CPU timings; recorded so a reader can tell.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def device_slug(device: torch.device) -> str:
+    """File-name form of the device: 'cpu', or e.g. 'nvidia-h100-80gb-hbm3'."""
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+# --------------------------------------------------------------------------- measurement
+
+class Rotation:
+    """Cycles through several input sets, so consecutive calls never reuse cached inputs."""
+
+    def __init__(self, sets: list[tuple]):
+        self.sets, self.i = sets, 0
+
+    def __call__(self) -> tuple:
+        self.i = (self.i + 1) % len(self.sets)
+        return self.sets[self.i]
+
+
+def n_sets(bytes_per_set: int, device: torch.device) -> int:
+    """Enough input sets to cover 256 MiB (several L2s), between 2 and 8; 2 on CPU."""
+    if device.type != "cuda":
+        return 2
+    return max(2, min(8, math.ceil((256 << 20) / max(1, bytes_per_set))))
+
+
+def time_ms(fn, device: torch.device) -> float:
+    """Median milliseconds: ``triton.testing.do_bench`` on CUDA (warm-up, L2 flushed before
+    each call); on CPU (dry run only) the median of a few perf_counter runs after a warm-up."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=100, rep=500, return_mode="median"))
+    fn()
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(runs)
+
+
+def peak_extra_mib(fn, device: torch.device) -> float | None:
+    """Peak CUDA memory allocated during one call, above what was allocated before it (outputs
+    included). None on CPU, where the dry run does not measure memory."""
+    if device.type != "cuda":
+        return None
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del out
+    return peak / 2**20
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a - b| over finite entries (both -inf counts as equal)."""
+    a, b = a.double(), b.double()
+    both = torch.isfinite(a) & torch.isfinite(b)
+    if not bool(torch.equal(torch.isfinite(a), torch.isfinite(b))):
+        return float("inf")
+    return float((a[both] - b[both]).abs().max()) if bool(both.any()) else 0.0
+
+
+# --------------------------------------------------------------------------- kernel 1
+
+def lm_head_eager(hidden, weight, targets, boundary_idx):
+    """What the kernel replaces: bf16 matmul -> float32 log_softmax -> gather -> boundary lse."""
+    logits = hidden @ weight.T
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    target_logp = logp.gather(1, targets.clamp(min=0)).masked_fill(targets < 0, float("-inf"))
+    return target_logp, torch.logsumexp(logp.index_select(1, boundary_idx), dim=-1)
+
+
+def lm_head_fused(hidden, weight, targets, boundary_mask):
+    """The kernel, returning the same two log-prob tensors as ``lm_head_eager``."""
+    from kernels.lm_head import lm_head_logprobs_triton
+
+    lse, target_logits, boundary_lse = lm_head_logprobs_triton(hidden, weight, targets,
+                                                               boundary_mask)
+    return target_logits - lse[:, None], boundary_lse - lse
+
+
+def lm_head_inputs(n, d, v, device, dtype, seed=0):
+    """Weight [V, D], a boundary mask over ~35% of the vocabulary (its index list for eager),
+    and a Rotation of (hidden [N, D], targets [N, 1]) sets."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    weight = (torch.randn(v, d, device=device, generator=g, dtype=dtype) * d**-0.5)
+    mask = torch.rand(v, device=device, generator=g) < 0.35
+    per_set = n * d * torch.finfo(dtype).bits // 8
+    sets = [(torch.randn(n, d, device=device, generator=g, dtype=dtype),
+             torch.randint(0, v, (n, 1), device=device, generator=g))
+            for _ in range(n_sets(per_set, device))]
+    return weight, mask, mask.nonzero()[:, 0], Rotation(sets)
+
+
+def bench_lm_head_shape(n, d, v, device, dtype, use_compile) -> dict:
+    """One row of the kernel-1 table."""
+    from kernels.lm_head import lm_head_logprobs_reference
+
+    weight, mask, idx, rot = lm_head_inputs(n, d, v, device, dtype)
+    compiled = torch.compile(lm_head_eager, dynamic=False) if use_compile else None
+
+    def call(impl, boundary):
+        def fn():
+            hidden, targets = rot()
+            return impl(hidden, weight, targets, boundary)
+        return fn
+
+    variants = {"fused": call(lm_head_fused, mask), "eager": call(lm_head_eager, idx),
+                "matmul": lambda: rot()[0] @ weight.T}
+    if compiled is not None:
+        variants["compile"] = call(compiled, idx)
+    flop = 2.0 * n * d * v
+    row = {"N": n, "D": d, "V": v, "dtype": str(dtype).removeprefix("torch.")}
+    for name, fn in variants.items():
+        fn()  # compile / autotune / first-launch costs stay out of the timings
+        row[f"{name}_ms"] = time_ms(fn, device)
+        row[f"{name}_tflops"] = flop / row[f"{name}_ms"] / 1e9
+        row[f"{name}_peak_mib"] = peak_extra_mib(fn, device)
+    row["fused_vs_eager_speedup"] = row["eager_ms"] / row["fused_ms"]
+    if use_compile:
+        row["fused_vs_compile_speedup"] = row["compile_ms"] / row["fused_ms"]
+    row["fused_fraction_of_matmul_rate"] = row["fused_tflops"] / row["matmul_tflops"]
+    if row["fused_peak_mib"] is not None and row["eager_peak_mib"]:
+        row["fused_mem_fraction_of_eager"] = row["fused_peak_mib"] / row["eager_peak_mib"]
+    hidden, targets = rot.sets[0]
+    got = lm_head_fused(hidden, weight, targets, mask)
+    lse, tl, blse = lm_head_logprobs_reference(hidden, weight, targets, mask)
+    row["max_abs_diff_vs_reference"] = max(max_abs_diff(got[0], tl - lse[:, None]),
+                                           max_abs_diff(got[1], blse - lse))
+    return row
+
+
+def square_matmul_tflops(device, dtype, size=8192) -> float | None:
+    """Measured bf16 matmul rate of this GPU on a large square problem (its practical peak)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return 2.0 * size**3 / time_ms(lambda: a @ b, device) / 1e9
+
+
+# --------------------------------------------------------------------------- kernel 2
+
+def random_trie_parents(rng: random.Random, n: int, max_depth: int = 8) -> list[int]:
+    """A wide, shallow answer trie (depth <= max_depth) of n nodes in DFS pre-order."""
+    from kernels.tree_attention import dfs_preorder
+
+    parents, depth = [], []
+    for i in range(n):
+        choices = [j for j in range(max(0, i - 64), i) if depth[j] < max_depth]
+        p = rng.choice(choices) if choices and rng.random() < 0.85 else -1
+        parents.append(p)
+        depth.append(0 if p < 0 else depth[p] + 1)
+    order = dfs_preorder(parents)
+    new_id = {old: new for new, old in enumerate(order)}
+    return [new_id[parents[old]] if parents[old] >= 0 else -1 for old in order]
+
+
+def tree_inputs(prompt, nodes, hq, hkv, dh, device, dtype, seed=0):
+    """span_end [1, T], the dense mask [T, T] for SDPA, and a Rotation of (q, k, v, k and v
+    expanded to hq heads) sets."""
+    from kernels.tree_attention import span_end_visible, trie_span_end
+
+    span_end = trie_span_end(prompt, random_trie_parents(random.Random(seed), nodes))
+    span_end = span_end[None].to(device)
+    t = prompt + nodes
+    g = torch.Generator(device=device).manual_seed(seed)
+    per_set = (2 * hq + 2 * hkv) * t * dh * torch.finfo(dtype).bits // 8
+    sets = []
+    for _ in range(n_sets(per_set, device)):
+        q = torch.randn(1, hq, t, dh, device=device, dtype=dtype, generator=g)
+        k, v = (torch.randn(1, hkv, t, dh, device=device, dtype=dtype, generator=g)
+                for _ in range(2))
+        sets.append((q, k, v, k.repeat_interleave(hq // hkv, 1),
+                     v.repeat_interleave(hq // hkv, 1)))
+    return span_end, span_end_visible(span_end[0]), Rotation(sets)
+
+
+def bench_tree_shape(prompt, nodes, hq, hkv, dh, device, dtype) -> dict:
+    """One row of the kernel-2 table."""
+    import torch.nn.functional as F
+
+    from kernels.tree_attention import tree_attention_reference, tree_attention_triton
+
+    span_end, dense, rot = tree_inputs(prompt, nodes, hq, hkv, dh, device, dtype)
+    scale = dh**-0.5
+
+    def fused():
+        q, k, v, _, _ = rot()
+        return tree_attention_triton(q, k, v, span_end, scale)
+
+    def sdpa():
+        q, _, _, k_rep, v_rep = rot()
+        return F.scaled_dot_product_attention(q, k_rep, v_rep, attn_mask=dense, scale=scale)
+
+    visible_pairs = int(dense.sum())
+    row = {"prompt": prompt, "trie_nodes": nodes, "T": prompt + nodes, "heads": hq,
+           "kv_heads": hkv, "head_dim": dh, "dtype": str(dtype).removeprefix("torch."),
+           "visible_fraction": visible_pairs / dense.numel()}
+    flop = 4.0 * hq * dh * visible_pairs  # useful work: QK^T and PV over visible pairs only
+    for name, fn in (("fused", fused), ("sdpa_dense_mask", sdpa)):
+        fn()
+        row[f"{name}_ms"] = time_ms(fn, device)
+        row[f"{name}_useful_tflops"] = flop / row[f"{name}_ms"] / 1e9
+        row[f"{name}_peak_mib"] = peak_extra_mib(fn, device)
+    row["fused_vs_sdpa_speedup"] = row["sdpa_dense_mask_ms"] / row["fused_ms"]
+    q, k, v = rot.sets[0][:3]
+    row["max_abs_diff_vs_reference"] = max_abs_diff(
+        tree_attention_triton(q, k, v, span_end, scale),
+        tree_attention_reference(q, k, v, span_end, scale))
+    return row
+
+
+# --------------------------------------------------------------------------- GPU suite
+
+def gpu_suite(device: torch.device, dry_run: bool, use_compile: bool) -> dict:
+    """Both kernel tables. Dry run: tiny shapes (interpreted without CUDA), same code path."""
+    dtype = torch.bfloat16
+    lm_shapes = DRY_LM_SHAPES if dry_run else GPU_LM_SHAPES
+    tree_shapes = DRY_TREE_SHAPES if dry_run else GPU_TREE_SHAPES
+    result = {"matmul_8192_tflops": square_matmul_tflops(device, dtype), "lm_head": [],
+              "tree_attention": []}
+    for n, d, v in lm_shapes:
+        result["lm_head"].append(bench_lm_head_shape(n, d, v, device, dtype, use_compile))
+        _progress("lm_head", result["lm_head"][-1])
+    for shape in tree_shapes:
+        result["tree_attention"].append(bench_tree_shape(*shape, device, dtype))
+        _progress("tree_attention", result["tree_attention"][-1])
+    return result
+
+
+def _progress(kind: str, row: dict) -> None:
+    """One line per finished row, so a long GPU run shows it is alive."""
+    keys = [k for k in row if k.endswith("_ms") or k.endswith("speedup")]
+    shape = {k: row[k] for k in list(row)[:3]}
+    print(kind, shape, {k: round(row[k], 3) for k in keys}, flush=True)
+
+
+# --------------------------------------------------------------------------- CPU suite
+
+def _rss_kib(field: str) -> int:
+    """VmRSS / VmHWM of this process, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_hwm() -> bool:
+    """Reset the resident-set high-water mark (Linux >= 4.0); False where not permitted."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_variant(variant: str, n: int, d: int, v: int):
+    """The callable for one CPU variant on fresh float32 inputs (engine's CPU dtype)."""
+    from kernels.lm_head import lm_head_logprobs_reference
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(v, d, generator=g).mul_(d**-0.5)
+    hidden = torch.randn(n, d, generator=g)
+    targets = torch.randint(0, v, (n, 1), generator=g)
+    mask = torch.rand(v, generator=g) < 0.35
+    idx = mask.nonzero()[:, 0]
+    if variant == "full_logits":
+        return lambda: lm_head_eager(hidden, weight, targets, idx)
+    if variant == "chunked_reference":
+        return lambda: lm_head_logprobs_reference(hidden, weight, targets, mask)
+    raise ValueError(f"unknown CPU variant {variant!r}")
+
+
+def cpu_worker(variant: str, n: int, d: int, v: int, threads: int = 1) -> dict:
+    """Run in a fresh process: warm up on a tiny problem, then peak memory of one call and the
+    median time of three, on ``threads`` intra-op threads."""
+    torch.set_num_threads(threads)
+    cpu_variant(variant, 2, 8, 64)()  # thread pools and lazy initialisation, not measured
+    fn = cpu_variant(variant, n, d, v)
+    gc.collect()
+    exact = _reset_hwm()
+    before = _rss_kib("VmRSS")
+    if not exact:
+        import resource
+
+        before = max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    fn()
+    peak = _rss_kib("VmHWM") - before
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - start) * 1e3)
+    return {"variant": variant, "N": n, "D": d, "V": v, "threads": threads,
+            "ms": statistics.median(runs),
+            "peak_extra_mib": peak / 1024,
+            "memory_method": "VmHWM after clear_refs" if exact else "ru_maxrss (approximate)"}
+
+
+def cpu_suite(threads: int) -> dict:
+    """Chunked reference vs full logits at V=128256, each (variant, shape) in its own process."""
+    rows = []
+    for n, d in CPU_SHAPES:
+        for variant in ("full_logits", "chunked_reference"):
+            cmd = [sys.executable, "-m", "benchmarks.bench_kernels", "--cpu-threads",
+                   str(threads), "--cpu-worker", variant, str(n), str(d), str(CPU_VOCAB)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                  cwd=ROOT.parent)
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            _progress("cpu", rows[-1])
+    full_logits_mib = {(r["N"], r["D"]): r["peak_extra_mib"] for r in rows
+                       if r["variant"] == "full_logits"}
+    for r in rows:
+        r["mem_fraction_of_full_logits"] = r["peak_extra_mib"] / full_logits_mib[(r["N"], r["D"])]
+    return {"cpu_reference": rows}
+
+
+# --------------------------------------------------------------------------- reporting
+
+def _fmt(x, digits=2) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}" if abs(x) >= 0.01 or x == 0 else f"{x:.1e}"
+    return str(x)
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
+    head = "| " + " | ".join(title for title, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(_fmt(r.get(key)) for _, key in columns) + " |" for r in rows]
+    return [head, rule, *body]
+
+
+LM_COLUMNS = [("N", "N"), ("D", "D"), ("V", "V"), ("fused ms", "fused_ms"),
+              ("eager ms", "eager_ms"), ("compile ms", "compile_ms"),
+              ("x eager", "fused_vs_eager_speedup"), ("x compile", "fused_vs_compile_speedup"),
+              ("fused TFLOP/s", "fused_tflops"), ("matmul TFLOP/s", "matmul_tflops"),
+              ("of matmul", "fused_fraction_of_matmul_rate"),
+              ("fused MiB", "fused_peak_mib"), ("eager MiB", "eager_peak_mib"),
+              ("compile MiB", "compile_peak_mib"), ("mem of eager", "fused_mem_fraction_of_eager"),
+              ("max abs diff", "max_abs_diff_vs_reference")]
+TREE_COLUMNS = [("prompt", "prompt"), ("trie", "trie_nodes"), ("heads", "heads"),
+                ("kv", "kv_heads"), ("Dh", "head_dim"), ("fused ms", "fused_ms"),
+                ("SDPA+mask ms", "sdpa_dense_mask_ms"), ("x SDPA", "fused_vs_sdpa_speedup"),
+                ("fused MiB", "fused_peak_mib"), ("SDPA MiB", "sdpa_dense_mask_peak_mib"),
+                ("max abs diff", "max_abs_diff_vs_reference")]
+CPU_COLUMNS = [("variant", "variant"), ("N", "N"), ("D", "D"), ("V", "V"),
+               ("threads", "threads"), ("ms", "ms"),
+               ("peak extra MiB", "peak_extra_mib"),
+               ("of full logits", "mem_fraction_of_full_logits")]
+
+
+def render_section(result: dict) -> str:
+    """This run's section of RESULTS.md."""
+    env = result["environment"]
+    lines = [f"## {result['device_slug']} ({result['mode']}, {result['date']})", "",
+             f"Device: {env['device']}; torch {env['torch']}, CUDA {env['cuda']}, "
+             f"triton {env['triton']}, Python {env['python']}, {env['cpu_count']} CPUs, "
+             f"load average {_fmt(env.get('load_average_1min'))} at the start.",
+             ""]
+    lines += [f"{note}" for note in result["notes"]] + [""]
+    if result.get("matmul_8192_tflops"):
+        lines += [f"Measured bf16 matmul rate (8192^3): "
+                  f"{result['matmul_8192_tflops']:.0f} TFLOP/s.", ""]
+    if result.get("lm_head"):
+        lines += ["Kernel 1, fused LM head -> log-probs (bf16; ms are medians; TFLOP/s = "
+                  "2NDV/time; MiB = peak extra memory; 'of matmul' = fused rate / torch bf16 "
+                  "matmul rate at the same shape):", ""]
+        lines += _table(result["lm_head"], LM_COLUMNS) + [""]
+    if result.get("tree_attention"):
+        lines += ["Kernel 2, tree attention vs SDPA with a dense boolean mask (bf16):", ""]
+        lines += _table(result["tree_attention"], TREE_COLUMNS) + [""]
+    if result.get("cpu_reference"):
+        lines += [f"CPU: chunked LM-head reference (chunks of 4096 vocabulary rows) vs full "
+                  f"[N, V] float32 logits, V={CPU_VOCAB}, float32; ms = median of 3; peak "
+                  f"extra MiB = {result['cpu_reference'][0]['memory_method']} above the "
+                  f"resident set before the call, one fresh process per row:", ""]
+        lines += _table(result["cpu_reference"], CPU_COLUMNS) + [""]
+    return "\n".join(lines)
+
+
+def update_results_md(path: Path, slug: str, section: str) -> None:
+    """Replace this device's section of RESULTS.md (or add it), keeping the others."""
+    header = ("# Kernel benchmarks\n\nWritten by `make bench` (`python -m "
+              "benchmarks.bench_kernels`): one section per device, the latest run of a device "
+              "replacing its previous section; raw numbers in `benchmarks/results/`.\n")
+    text = path.read_text() if path.exists() else header
+    begin, end = f"<!-- begin {slug} -->", f"<!-- end {slug} -->"
+    block = f"{begin}\n{section}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else \
+        text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def write_results(result: dict, results_dir: Path, results_md: Path) -> Path:
+    """JSON under results_dir, section in results_md; returns the JSON path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{result['device_slug']}-{result['date']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    update_results_md(results_md, result["device_slug"], render_section(result))
+    return path
+
+
+# --------------------------------------------------------------------------- entry point
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_kernels",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run the GPU code path on tiny shapes (interpreted without CUDA); "
+                             "writes results only with --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for the JSON and RESULTS.md (default: benchmarks/)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="time the torch.compile baseline (default: yes on CUDA, no in a "
+                             "dry run without CUDA, where Inductor takes ~20 s per shape)")
+    parser.add_argument("--cpu-threads", type=int, default=1,
+                        help="intra-op threads for the CPU comparison (default 1: on a shared "
+                             "machine, OpenMP barriers across busy cores distort the timings "
+                             "far more than a second thread helps)")
+    parser.add_argument("--cpu-worker", nargs=4, metavar=("VARIANT", "N", "D", "V"),
+                        help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The benchmark itself; returns the result record."""
+    has_cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if has_cuda else "cpu")
+    if args.dry_run:
+        _use_interpreter_without_cuda()  # before environment() imports triton
+    result = {"date": _dt.date.today().isoformat(), "device_slug": device_slug(device),
+              "environment": environment(device), "notes": []}
+    use_compile = has_cuda if args.compile is None else args.compile
+    if args.dry_run:
+        result["mode"] = "dry run" + ("" if has_cuda else ", Triton interpreter on CPU")
+        result["notes"].append("Dry run on tiny shapes: checks the code path, not performance.")
+        if not use_compile:
+            result["notes"].append("torch.compile baseline skipped.")
+        result.update(gpu_suite(device, dry_run=True, use_compile=use_compile))
+    elif has_cuda:
+        result["mode"] = "gpu"
+        result.update(gpu_suite(device, dry_run=False, use_compile=use_compile))
+    else:
+        result["mode"] = "cpu reference"
+        result["notes"].append(NEEDS_CUDA)
+        print(NEEDS_CUDA, flush=True)
+        result.update(cpu_suite(args.cpu_threads))
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.cpu_worker:
+        variant, n, d, v = args.cpu_worker
+        print(json.dumps(cpu_worker(variant, int(n), int(d), int(v), args.cpu_threads)))
+        return 0
+    result = run(args)
+    if args.dry_run and args.out is None:
+        print(render_section(result))
+        return 0
+    out = args.out or ROOT
+    path = write_results(result, out / "results" if args.out else RESULTS_DIR,
+                         out / "RESULTS.md" if args.out else RESULTS_MD)
+    print(f"wrote {path} and the {result['device_slug']} section of "
+          f"{out / 'RESULTS.md' if args.out else RESULTS_MD}")
+    if not torch.cuda.is_available():
+        print(NEEDS_CUDA)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`make bench` plumbing: the GPU code path end to end on tiny shapes (``--dry-run``, under the
+Triton interpreter without CUDA, in its own process so that TRITON_INTERPRET is set before
+triton is imported), the CPU memory worker, and the RESULTS.md section update."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernels.interpreter import interpret_without_cuda
+
+interpret_without_cuda()  # harmless here; keeps later kernel test modules able to interpret
+
+import kernels  # noqa: E402
+from benchmarks import bench_kernels  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+def test_dry_run_writes_json_and_results_md(tmp_path):
+    """The whole GPU benchmark path on tiny shapes: both tables, outputs checked against the
+    references, a JSON file and a RESULTS.md section."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_kernels", "--dry-run",
+                           "--no-compile", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (json_path,) = (tmp_path / "results").glob("*.json")
+    result = json.loads(json_path.read_text())
+    assert result["mode"].startswith("dry run")
+    assert len(result["lm_head"]) == len(bench_kernels.DRY_LM_SHAPES)
+    assert len(result["tree_attention"]) == len(bench_kernels.DRY_TREE_SHAPES)
+    for row in result["lm_head"]:
+        assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["matmul_tflops"] > 0
+        assert row["max_abs_diff_vs_reference"] < 1e-4
+    for row in result["tree_attention"]:
+        assert row["fused_ms"] > 0 and row["sdpa_dense_mask_ms"] > 0
+        assert row["max_abs_diff_vs_reference"] < 5e-2  # bf16 outputs
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert f"<!-- begin {result['device_slug']} -->" in md and "Kernel 2" in md
+
+
+@pytest.mark.parametrize("variant", ["full_logits", "chunked_reference"])
+def test_cpu_worker_reports_time_and_memory(variant):
+    """The CPU comparison's per-process worker, on a small problem."""
+    row = bench_kernels.cpu_worker(variant, 16, 32, 5000)
+    assert row["variant"] == variant and row["ms"] > 0
+    assert row["peak_extra_mib"] >= 0 and row["memory_method"]
+
+
+def test_results_md_replaces_only_its_own_section(tmp_path):
+    """A new run of one device replaces that device's section and keeps the others."""
+    path = tmp_path / "RESULTS.md"
+    bench_kernels.update_results_md(path, "cpu", "cpu one")
+    bench_kernels.update_results_md(path, "nvidia-h100", "gpu one")
+    bench_kernels.update_results_md(path, "cpu", "cpu two")
+    text = path.read_text()
+    assert "cpu two" in text and "gpu one" in text and "cpu one" not in text
+    assert text.count("<!-- begin cpu -->") == 1
+
+
+def test_parse_args():
+    args = bench_kernels.parse_args(["--dry-run", "--no-compile", "--out", "x"])
+    assert args.dry_run and args.compile is False and args.out == Path("x")
+    assert bench_kernels.parse_args([]).compile is None
