@@ -7,9 +7,9 @@ on CUDA, for A/B checks of the kernels against the exactness reference.
 
 Triton is imported lazily, only inside the Triton paths (the ``_*_triton`` modules), so that
 CPU users never pay for it and never break when it is missing. A second reason: Triton decides
-at ``@triton.jit`` decoration time whether a kernel runs natively or in the interpreter
-(``TRITON_INTERPRET=1``), so the kernel modules must not be imported before a test has had the
-chance to set that variable.
+when it is first imported whether ``@triton.jit`` code runs natively or in the interpreter
+(``TRITON_INTERPRET=1``, used by the CPU tests), so importing ``kernels`` must not import it
+before a test has had the chance to set that variable (see ``kernels/interpreter.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Triton kernels behind ``kernels.lm_head.lm_head_logprobs_triton``.
 
-Imported lazily (only by the Triton path) because Triton fixes at ``@triton.jit`` decoration
-time whether the kernels run natively or under ``TRITON_INTERPRET=1``.
+Imported lazily (only by the Triton path): CPU users never import triton, and tests can set
+``TRITON_INTERPRET=1`` before triton is first imported (see ``kernels/interpreter.py``).
 
 Three launches, none of which writes [N, V] logits to global memory:
 
@@ -207,7 +207,7 @@ def _check_device(hidden: torch.Tensor) -> None:
     """CPU tensors only work interpreted; say so instead of failing inside Triton."""
     if not hidden.is_cuda and not INTERPRET:
         raise RuntimeError("the Triton LM-head kernel needs CUDA tensors, or TRITON_INTERPRET=1 "
-                           "set before kernels._lm_head_triton is first imported")
+                           "set before triton is first imported")
 
 
 def _outputs(n: int, k: int, device, out):

@@ -1,7 +1,7 @@
 """Triton kernel behind ``kernels.tree_attention.tree_attention_triton``.
 
-Imported lazily (only by the Triton path) because Triton fixes at ``@triton.jit`` decoration
-time whether the kernel runs natively or under ``TRITON_INTERPRET=1``.
+Imported lazily (only by the Triton path): CPU users never import triton, and tests can set
+``TRITON_INTERPRET=1`` before triton is first imported (see ``kernels/interpreter.py``).
 
 One program per (query block, batch x query head). It loads its BLOCK_M queries once and walks
 the key blocks from 0 up to the end of the query block (keys after it are never visible), in a
@@ -169,8 +169,7 @@ def _check_device(q: torch.Tensor) -> None:
     """CPU tensors only work interpreted; say so instead of failing inside Triton."""
     if not q.is_cuda and not INTERPRET:
         raise RuntimeError("the Triton tree-attention kernel needs CUDA tensors, or "
-                           "TRITON_INTERPRET=1 set before kernels._tree_attention_triton is "
-                           "first imported")
+                           "TRITON_INTERPRET=1 set before triton is first imported")
 
 
 def tree_attention(q, k, v, span_end, scale, config=None, out=None):

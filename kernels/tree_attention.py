@@ -126,15 +126,18 @@ def _attend_rows(q, k, v, visible, scale) -> torch.Tensor:
     """Float32 masked softmax attention for one batch element and a block of query rows.
 
     q [Hkv, G, R, Dh], k/v [Hkv, 1, T, Dh] (GQA by broadcasting, no copy), visible [R, T].
-    Rows with no visible key come out as zeros instead of NaN.
+    The operation order is that of Hugging Face's eager attention (scale after q @ k^T,
+    softmax, then @ v), so that the float32 CPU path reproduces transformers' float32 forward
+    to the last bits rather than to ~1e-5 (DESIGN.md's exactness requirement). Rows with no
+    visible key come out as zeros instead of NaN.
     """
     scores = (q @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~visible, float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    p = torch.exp(scores - row_max)
-    denom = p.sum(dim=-1, keepdim=True)
-    return (p @ v) / torch.where(denom > 0, denom, torch.ones_like(denom))
+    probs = torch.softmax(scores, dim=-1)
+    empty = ~visible.any(dim=-1, keepdim=True)
+    if bool(empty.any()):
+        probs = probs.masked_fill(empty, 0.0)
+    return probs @ v
 
 
 def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
