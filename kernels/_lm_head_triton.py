@@ -104,21 +104,28 @@ def _pair_fold(m, s, pm, ps):
 
 
 @triton.jit
-def _logits_tile(h_ptr, w_ptr, rows, row_ok, cols, col_ok, D, stride_hn, stride_hd, stride_wv,
-                 stride_wd, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                 BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
-    """[BLOCK_N, BLOCK_V] float32 logits H[rows] @ W[cols]^T, reducing D in BLOCK_K steps."""
+def _logits_tile(h_ptr, w_ptr, row0, v0, N, V, D, stride_hn, stride_hd, stride_wv, stride_wd,
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+                 F32_DOT: tl.constexpr, IEEE: tl.constexpr):
+    """[BLOCK_N, BLOCK_V] float32 logits H[row0:+BLOCK_N] @ W[v0:+BLOCK_V]^T, reducing D in
+    BLOCK_K steps. 64-bit scalar bases (W can exceed 2**31 elements), 32-bit tile offsets."""
+    offs_r = tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, BLOCK_V)
+    offs_k = tl.arange(0, BLOCK_K)
+    row_ok = row0 + offs_r < N
+    col_ok = v0 + offs_c < V
+    h_ptrs = (h_ptr + tl.cast(row0, tl.int64) * stride_hn
+              + offs_r[:, None] * stride_hn + offs_k[None, :] * stride_hd)
+    w_ptrs = (w_ptr + tl.cast(v0, tl.int64) * stride_wv
+              + offs_c[None, :] * stride_wv + offs_k[:, None] * stride_wd)
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
-    h_rows = h_ptr + rows.to(tl.int64)[:, None] * stride_hn
-    w_cols = w_ptr + cols.to(tl.int64)[None, :] * stride_wv
     for k0 in range(0, D, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < D
-        h = tl.load(h_rows + ks[None, :] * stride_hd, mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        w = tl.load(w_cols + ks[:, None] * stride_wd, mask=k_ok[:, None] & col_ok[None, :],
-                    other=0.0)
+        k_ok = k0 + offs_k < D
+        h = tl.load(h_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         acc = _dot(h, w, acc, F32_DOT, IEEE)
+        h_ptrs += BLOCK_K * stride_hd
+        w_ptrs += BLOCK_K * stride_wd
     return acc
 
 
@@ -132,7 +139,8 @@ def _lse_partials_kernel(h_ptr, w_ptr, bmask_ptr, part_ptr, N, V, D, S,
     Partials layout: part[q, split, row] with q = 0 max, 1 sum, 2 boundary max, 3 boundary sum.
     """
     split = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row0 = tl.program_id(1) * BLOCK_N
+    rows = row0 + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     s = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -143,8 +151,8 @@ def _lse_partials_kernel(h_ptr, w_ptr, bmask_ptr, part_ptr, N, V, D, S,
     for v0 in range(v_start, v_stop, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        logits = _logits_tile(h_ptr, w_ptr, rows, row_ok, cols, col_ok, D, stride_hn, stride_hd,
-                              stride_wv, stride_wd, BLOCK_N, BLOCK_V, BLOCK_K, F32_DOT, IEEE)
+        logits = _logits_tile(h_ptr, w_ptr, row0, v0, N, V, D, stride_hn, stride_hd, stride_wv,
+                              stride_wd, BLOCK_N, BLOCK_V, BLOCK_K, F32_DOT, IEEE)
         logits = tl.where(col_ok[None, :], logits, float("-inf"))
         m, s = _online_fold(m, s, logits)
         is_boundary = tl.load(bmask_ptr + cols, mask=col_ok, other=0) != 0
