@@ -46,6 +46,8 @@ def _check_inputs(hidden, weight, targets, boundary_mask) -> None:
     if hidden.dtype != weight.dtype or hidden.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"hidden and weight must share dtype float32 or bfloat16, got "
                          f"{hidden.dtype} and {weight.dtype}")
+    if v < 1:
+        raise ValueError("weight has an empty vocabulary (V=0)")
     if targets.dim() != 2 or targets.shape[0] != n or targets.shape[1] < 1:
         raise ValueError(f"targets must be [N={n}, K>=1], got {tuple(targets.shape)}")
     if targets.dtype != torch.int64:
@@ -89,10 +91,10 @@ def _chunked_lse(h32: torch.Tensor, weight: torch.Tensor, boundary_mask: torch.T
         w = weight[start:stop]
         if upcast_buf is not None:
             w = upcast_buf[: w.numel()].view(w.shape).copy_(w)
-        logits = torch.matmul(h32, w.T, out=logits_buf[: n * (stop - start)].view(n, -1))
+        logits = torch.matmul(h32, w.T, out=logits_buf[: n * (stop - start)].view(n, stop - start))
         ids = boundary_ids[bounds[i]:bounds[i + 1]] - start
         if ids.numel():
-            chosen = boundary_buf[: n * ids.numel()].view(n, -1)
+            chosen = boundary_buf[: n * ids.numel()].view(n, ids.numel())
             blse = torch.logaddexp(blse, _lse_inplace(torch.index_select(logits, 1, ids,
                                                                          out=chosen)))
         lse = torch.logaddexp(lse, _lse_inplace(logits))

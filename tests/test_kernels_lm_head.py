@@ -210,6 +210,15 @@ def test_triton_many_targets_per_row():
     assert_outputs_close(got, lm_head_logprobs_reference(*args), atol=2e-5, rtol=2e-5)
 
 
+@needs_kernels
+def test_empty_batch():
+    """N=0 (a batch with no scored positions) gives empty outputs on both paths."""
+    args = make_problem(1, 8, 10, 2, seed=11)
+    args = (args[0][:0], args[1], args[2][:0], args[3])
+    for fn in (lm_head_logprobs_reference, lm_head_logprobs_triton):
+        assert [tuple(x.shape) for x in fn(*args)] == [(0,), (0, 2), (0,)]
+
+
 def test_dispatch_and_force_reference(monkeypatch):
     """CPU tensors and ENGINE_FORCE_REFERENCE=1 go to the reference; CUDA goes to Triton."""
     args = make_problem(4, 16, 50, 2, seed=8)

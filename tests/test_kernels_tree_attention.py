@@ -252,6 +252,15 @@ def test_rows_without_visible_keys_are_zero():
 
 
 @needs_kernels
+def test_empty_sequence():
+    """T=0 gives an empty output on both paths."""
+    q, k, v, se, _ = make_problem(12, 1, 1, 2, 16, [(1, 0, 0)])
+    q, k, v, se = q[:, :, :0], k[:, :, :0], v[:, :, :0], se[:, :0]
+    for fn in (tree_attention_reference, tree_attention_triton):
+        assert fn(q, k, v, se, 1.0).shape == q.shape
+
+
+@needs_kernels
 def test_triton_repeatable_bitwise():
     """Two runs give the same bits (fixed key-block order, no atomics)."""
     args = make_problem(6, 2, 2, 2, 32, [(17, 20, 3), (9, 30, 0)], torch.bfloat16)[:4]
