@@ -3,6 +3,8 @@
     python -m benchmarks.bench_kernels            # full run (GPU table on CUDA, CPU table else)
     python -m benchmarks.bench_kernels --dry-run  # the whole GPU code path on tiny shapes; on a
                                                   # machine without CUDA under TRITON_INTERPRET
+    python -m benchmarks.bench_kernels --lm-configs "128,256,64,2048,8,3;128,128,64,1024,8,4"
+                                                  # also time other tiles (tuning a new GPU)
 
 On CUDA:
 * kernel 1 (fused LM head -> log-probs) at D=4096, V in {100352, 128256}, N in {256, 4096,
@@ -179,12 +181,12 @@ def lm_head_eager(hidden, weight, targets, boundary_idx):
     return target_logp, torch.logsumexp(logp.index_select(1, boundary_idx), dim=-1)
 
 
-def lm_head_fused(hidden, weight, targets, boundary_mask):
+def lm_head_fused(hidden, weight, targets, boundary_mask, config=None):
     """The kernel, returning the same two log-prob tensors as ``lm_head_eager``."""
     from kernels.lm_head import lm_head_logprobs_triton
 
     lse, target_logits, boundary_lse = lm_head_logprobs_triton(hidden, weight, targets,
-                                                               boundary_mask)
+                                                               boundary_mask, config=config)
     return target_logits - lse[:, None], boundary_lse - lse
 
 
@@ -201,8 +203,9 @@ def lm_head_inputs(n, d, v, device, dtype, seed=0):
     return weight, mask, mask.nonzero()[:, 0], Rotation(sets)
 
 
-def bench_lm_head_shape(n, d, v, device, dtype, use_compile) -> dict:
-    """One row of the kernel-1 table."""
+def bench_lm_head_shape(n, d, v, device, dtype, use_compile, configs=()) -> dict:
+    """One row of the kernel-1 table (plus the fused kernel under each extra config)."""
+    from kernels._lm_head_triton import LMHeadConfig
     from kernels.lm_head import lm_head_logprobs_reference
 
     weight, mask, idx, rot = lm_head_inputs(n, d, v, device, dtype)
@@ -236,6 +239,12 @@ def bench_lm_head_shape(n, d, v, device, dtype, use_compile) -> dict:
     lse, tl, blse = lm_head_logprobs_reference(hidden, weight, targets, mask)
     row["max_abs_diff_vs_reference"] = max(max_abs_diff(got[0], tl - lse[:, None]),
                                            max_abs_diff(got[1], blse - lse))
+    row["config_sweep"] = []
+    for fields in configs:
+        cfg = LMHeadConfig(*fields)
+        fn = call(lambda h, w, t, m, cfg=cfg: lm_head_fused(h, w, t, m, cfg), mask)
+        ms = time_ms(fn, device)
+        row["config_sweep"].append({"config": list(fields), "ms": ms, "tflops": flop / ms / 1e9})
     return row
 
 
@@ -285,18 +294,19 @@ def tree_inputs(prompt, nodes, hq, hkv, dh, device, dtype, seed=0):
     return span_end, span_end_visible(span_end[0]), Rotation(sets)
 
 
-def bench_tree_shape(prompt, nodes, hq, hkv, dh, device, dtype) -> dict:
-    """One row of the kernel-2 table."""
+def bench_tree_shape(prompt, nodes, hq, hkv, dh, device, dtype, configs=()) -> dict:
+    """One row of the kernel-2 table (plus the kernel under each extra config)."""
     import torch.nn.functional as F
 
+    from kernels._tree_attention_triton import TreeAttentionConfig
     from kernels.tree_attention import tree_attention_reference, tree_attention_triton
 
     span_end, dense, rot = tree_inputs(prompt, nodes, hq, hkv, dh, device, dtype)
     scale = dh**-0.5
 
-    def fused():
+    def fused(config=None):
         q, k, v, _, _ = rot()
-        return tree_attention_triton(q, k, v, span_end, scale)
+        return tree_attention_triton(q, k, v, span_end, scale, config=config)
 
     def sdpa():
         q, _, _, k_rep, v_rep = rot()
@@ -317,23 +327,35 @@ def bench_tree_shape(prompt, nodes, hq, hkv, dh, device, dtype) -> dict:
     row["max_abs_diff_vs_reference"] = max_abs_diff(
         tree_attention_triton(q, k, v, span_end, scale),
         tree_attention_reference(q, k, v, span_end, scale))
+    row["config_sweep"] = []
+    for fields in configs:
+        cfg = TreeAttentionConfig(*fields)
+        ms = time_ms(lambda cfg=cfg: fused(cfg), device)
+        row["config_sweep"].append({"config": list(fields), "ms": ms,
+                                    "useful_tflops": flop / ms / 1e9})
     return row
 
 
 # --------------------------------------------------------------------------- GPU suite
 
-def gpu_suite(device: torch.device, dry_run: bool, use_compile: bool) -> dict:
-    """Both kernel tables. Dry run: tiny shapes (interpreted without CUDA), same code path."""
+def gpu_suite(device: torch.device, dry_run: bool, use_compile: bool, lm_configs=(),
+              tree_configs=()) -> dict:
+    """Both kernel tables. Dry run: tiny shapes (interpreted without CUDA), same code path.
+
+    ``lm_configs`` / ``tree_configs``: extra tile configurations (tuples of the kernels' config
+    fields) timed beside the defaults, for tuning on a new GPU without editing code.
+    """
     dtype = torch.bfloat16
     lm_shapes = DRY_LM_SHAPES if dry_run else GPU_LM_SHAPES
     tree_shapes = DRY_TREE_SHAPES if dry_run else GPU_TREE_SHAPES
     result = {"matmul_8192_tflops": square_matmul_tflops(device, dtype), "lm_head": [],
               "tree_attention": []}
     for n, d, v in lm_shapes:
-        result["lm_head"].append(bench_lm_head_shape(n, d, v, device, dtype, use_compile))
+        result["lm_head"].append(bench_lm_head_shape(n, d, v, device, dtype, use_compile,
+                                                     lm_configs))
         _progress("lm_head", result["lm_head"][-1])
     for shape in tree_shapes:
-        result["tree_attention"].append(bench_tree_shape(*shape, device, dtype))
+        result["tree_attention"].append(bench_tree_shape(*shape, device, dtype, tree_configs))
         _progress("tree_attention", result["tree_attention"][-1])
     return result
 
@@ -481,6 +503,7 @@ def render_section(result: dict) -> str:
     if result.get("tree_attention"):
         lines += ["Kernel 2, tree attention vs SDPA with a dense boolean mask (bf16):", ""]
         lines += _table(result["tree_attention"], TREE_COLUMNS) + [""]
+    lines += _sweep_lines(result)
     if result.get("cpu_reference"):
         lines += [f"CPU: chunked LM-head reference (chunks of 4096 vocabulary rows) vs full "
                   f"[N, V] float32 logits, V={CPU_VOCAB}, float32; ms = median of 3; peak "
@@ -488,6 +511,23 @@ def render_section(result: dict) -> str:
                   f"resident set before the call, one fresh process per row:", ""]
         lines += _table(result["cpu_reference"], CPU_COLUMNS) + [""]
     return "\n".join(lines)
+
+
+def _sweep_lines(result: dict) -> list[str]:
+    """Extra-config timings (``--lm-configs`` / ``--tree-configs``), one table if any."""
+    rows = []
+    for kind, shape_keys, rate in (("lm_head", ("N", "D", "V"), "tflops"),
+                                   ("tree_attention", ("prompt", "trie_nodes"), "useful_tflops")):
+        for r in result.get(kind, []):
+            for c in r.get("config_sweep", []):
+                rows.append({"kernel": kind, "shape": " ".join(f"{k}={r[k]}" for k in shape_keys),
+                             "config": ",".join(map(str, c["config"])), "ms": c["ms"],
+                             "default_ms": r["fused_ms"], "tflops": c[rate]})
+    if not rows:
+        return []
+    columns = [("kernel", "kernel"), ("shape", "shape"), ("config", "config"), ("ms", "ms"),
+               ("default config ms", "default_ms"), ("TFLOP/s", "tflops")]
+    return ["Extra tile configurations:", "", *_table(rows, columns), ""]
 
 
 def update_results_md(path: Path, slug: str, section: str) -> None:
@@ -515,6 +555,11 @@ def write_results(result: dict, results_dir: Path, results_md: Path) -> Path:
 
 # --------------------------------------------------------------------------- entry point
 
+def _configs(text: str) -> tuple[tuple[int, ...], ...]:
+    """'128,128,64,2048,8,3;64,128,64,2048,4,3' -> ((128, 128, ...), (64, 128, ...))."""
+    return tuple(tuple(int(x) for x in part.split(",")) for part in text.split(";") if part)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_kernels",
                                      description=__doc__.split("\n\n")[0])
@@ -526,6 +571,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="time the torch.compile baseline (default: yes on CUDA, no in a "
                              "dry run without CUDA, where Inductor takes ~20 s per shape)")
+    parser.add_argument("--lm-configs", type=_configs, default=(),
+                        help="extra LM-head kernel tiles to time, ';'-separated, each "
+                             "'block_n,block_v,block_k,split_v,num_warps,num_stages'")
+    parser.add_argument("--tree-configs", type=_configs, default=(),
+                        help="extra tree-attention tiles to time, ';'-separated, each "
+                             "'block_m,block_n,block_scan,num_warps,num_stages'")
     parser.add_argument("--cpu-threads", type=int, default=1,
                         help="intra-op threads for the CPU comparison (default 1: on a shared "
                              "machine, OpenMP barriers across busy cores distort the timings "
@@ -549,10 +600,10 @@ def run(args: argparse.Namespace) -> dict:
         result["notes"].append("Dry run on tiny shapes: checks the code path, not performance.")
         if not use_compile:
             result["notes"].append("torch.compile baseline skipped.")
-        result.update(gpu_suite(device, dry_run=True, use_compile=use_compile))
+        result.update(gpu_suite(device, True, use_compile, args.lm_configs, args.tree_configs))
     elif has_cuda:
         result["mode"] = "gpu"
-        result.update(gpu_suite(device, dry_run=False, use_compile=use_compile))
+        result.update(gpu_suite(device, False, use_compile, args.lm_configs, args.tree_configs))
     else:
         result["mode"] = "cpu reference"
         result["notes"].append(NEEDS_CUDA)

@@ -24,7 +24,9 @@ def test_dry_run_writes_json_and_results_md(tmp_path):
     """The whole GPU benchmark path on tiny shapes: both tables, outputs checked against the
     references, a JSON file and a RESULTS.md section."""
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_kernels", "--dry-run",
-                           "--no-compile", "--out", str(tmp_path)], cwd=ROOT,
+                           "--no-compile", "--out", str(tmp_path),
+                           "--lm-configs", "16,16,16,32,1,1", "--tree-configs", "16,16,16,1,1"],
+                          cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (json_path,) = (tmp_path / "results").glob("*.json")
@@ -38,8 +40,11 @@ def test_dry_run_writes_json_and_results_md(tmp_path):
     for row in result["tree_attention"]:
         assert row["fused_ms"] > 0 and row["sdpa_dense_mask_ms"] > 0
         assert row["max_abs_diff_vs_reference"] < 5e-2  # bf16 outputs
+        assert row["config_sweep"][0]["config"] == [16, 16, 16, 1, 1]
+    assert result["lm_head"][0]["config_sweep"][0]["ms"] > 0
     md = (tmp_path / "RESULTS.md").read_text()
     assert f"<!-- begin {result['device_slug']} -->" in md and "Kernel 2" in md
+    assert "Extra tile configurations" in md
 
 
 @pytest.mark.parametrize("variant", ["full_logits", "chunked_reference"])
@@ -62,6 +67,8 @@ def test_results_md_replaces_only_its_own_section(tmp_path):
 
 
 def test_parse_args():
-    args = bench_kernels.parse_args(["--dry-run", "--no-compile", "--out", "x"])
+    args = bench_kernels.parse_args(["--dry-run", "--no-compile", "--out", "x",
+                                     "--lm-configs", "128,128,64,2048,8,3;64,64,32,1024,4,2"])
     assert args.dry_run and args.compile is False and args.out == Path("x")
+    assert args.lm_configs == ((128, 128, 64, 2048, 8, 3), (64, 64, 32, 1024, 4, 2))
     assert bench_kernels.parse_args([]).compile is None
