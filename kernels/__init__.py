@@ -17,12 +17,19 @@ from __future__ import annotations
 import importlib.util
 import os
 
-__all__ = ["force_reference", "triton_available", "use_triton"]
+__all__ = ["force_reference", "force_triton", "triton_available", "use_triton"]
 
 
 def force_reference() -> bool:
     """True when ``ENGINE_FORCE_REFERENCE=1``: use the torch references even on CUDA."""
     return os.environ.get("ENGINE_FORCE_REFERENCE", "").strip() == "1"
+
+
+def force_triton() -> bool:
+    """True when ``ENGINE_FORCE_TRITON=1``: the Triton kernels even for CPU tensors, which only
+    works under ``TRITON_INTERPRET=1``. It lets a machine without a GPU run the whole engine
+    through the kernels (tests/test_engine_triton.py); never useful for speed."""
+    return os.environ.get("ENGINE_FORCE_TRITON", "").strip() == "1"
 
 
 def triton_available() -> bool:
@@ -33,7 +40,9 @@ def triton_available() -> bool:
 def use_triton(tensor) -> bool:
     """Whether a kernel dispatcher should run the Triton path for ``tensor``.
 
-    Only CUDA tensors go to Triton (the interpreter is for tests, never for the engine's CPU
-    path); the environment override and a missing Triton both fall back to the reference.
+    CUDA tensors go to Triton, CPU tensors only under ``ENGINE_FORCE_TRITON=1`` (interpreted,
+    for tests); ``ENGINE_FORCE_REFERENCE=1`` and a missing Triton both mean the reference.
     """
-    return bool(tensor.is_cuda) and not force_reference() and triton_available()
+    if force_reference() or not triton_available():
+        return False
+    return bool(tensor.is_cuda) or force_triton()
