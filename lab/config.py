@@ -1,0 +1,120 @@
+"""Every knob of the toy ladder in one frozen dataclass, with a full and a small preset.
+
+The config is the cache key of a build (see `lab.ladder`): its JSON, together with the task
+files, the lab's own source and the engine version, is hashed into `build.json`, and a build
+is reused only when that hash matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import engine
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The planted distributions and the documents drawn from them."""
+
+    alpha: float = 0.4  # Dirichlet concentration of every planted distribution (small: peaked)
+    min_seed_js: float = 0.1  # bits: every other prompt is at least this far from the seed
+    min_liquidity: float = 0.3  # bits: mean pairwise JS of a task's planted family, at least
+    docs_per_prompt: int = 200  # base documents per prompt ...
+    docs_per_answer: int = 6  # ... plus this many per answer of the task (big sets need more)
+    filler_fraction: float = 0.05  # share of filler documents in the pretraining corpus
+    vocab_size: int = 1024  # byte-level BPE vocabulary, special tokens included
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the OLMo 2-architecture model (about 1M parameters at the defaults)."""
+
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 512
+    init_std: float = 0.02
+
+
+@dataclass(frozen=True)
+class LMStage:
+    """A next-token (pretraining or SFT) stage: one AdamW run with warmup and cosine decay."""
+
+    lr: float
+    epochs: int
+    batch_tokens: int  # padded tokens per batch (batch size x longest sequence)
+    warmup_steps: int = 30
+    docs_per_prompt: int = 0  # SFT only: conversations per prompt
+
+
+@dataclass(frozen=True)
+class DPOStage:
+    pairs_per_prompt: int = 24
+    beta: float = 0.2
+    lr: float = 5e-4
+    epochs: int = 1
+    batch_pairs: int = 64
+    nll_weight: float = 0.1  # small NLL term on the chosen answer keeps coverage (RPO-style)
+    warmup_steps: int = 10
+
+
+@dataclass(frozen=True)
+class RLStage:
+    steps: int = 60
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 16
+    lr: float = 3e-4
+    kl_weight: float = 0.05  # penalty on log pi - log pi_ref of the sampled response
+    max_new_tokens: int = 8
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    seed: int = 0
+    threads: int = 2  # torch CPU threads; bitwise reproducibility holds for a fixed count
+    tasks: str = "all"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    base: LMStage = field(default_factory=lambda: LMStage(lr=3e-3, epochs=1, batch_tokens=2048))
+    sft: LMStage = field(
+        default_factory=lambda: LMStage(lr=1e-3, epochs=2, batch_tokens=1024, docs_per_prompt=48)
+    )
+    dpo: DPOStage = field(default_factory=DPOStage)
+    rl: RLStage | None = field(default_factory=RLStage)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything a build depends on: this config, the task files, the lab's
+        source and the engine version. A different hash means the cached ladder is stale."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.to_dict(), sort_keys=True).encode())
+        h.update(engine.__version__.encode())
+        tasks_dir = resources.files("engine.tasks")
+        for name in sorted(f.name for f in tasks_dir.iterdir() if f.name.endswith(".toml")):
+            h.update(name.encode() + tasks_dir.joinpath(name).read_bytes())
+        for path in sorted(Path(__file__).parent.glob("*.py")):
+            h.update(path.name.encode() + path.read_bytes())
+        return h.hexdigest()[:16]
+
+
+FULL = LabConfig()
+
+# A few tasks of different answer-set sizes, a smaller model and fewer documents: the same
+# pipeline in well under a minute, for the tests.
+SMALL = LabConfig(
+    tasks="coin,die,weekday,color",
+    corpus=CorpusConfig(docs_per_prompt=120, docs_per_answer=6, vocab_size=512),
+    model=ModelConfig(dim=64, n_layers=2, n_heads=4, intermediate_size=192),
+    base=LMStage(lr=3e-3, epochs=3, batch_tokens=1024),
+    sft=LMStage(lr=2e-3, epochs=2, batch_tokens=1024, docs_per_prompt=32),
+    dpo=DPOStage(pairs_per_prompt=16, lr=1e-3),
+    rl=RLStage(steps=20, prompts_per_step=4, samples_per_prompt=16),
+)

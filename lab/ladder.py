@@ -1,0 +1,298 @@
+"""Build the toy crystallization ladder: base -> SFT -> DPO -> RL, as Hugging Face checkpoints.
+
+    python -m lab.ladder [--small] [--out demo] [--force]
+
+writes OUT/checkpoints/{base,sft,dpo,rl}/ (config.json, model.safetensors, tokenizer.json,
+tokenizer_config.json), OUT/checkpoints/build.json (the cache stamp plus the lab's own check of
+the ladder), OUT/checkpoints/planted_distributions.json, and OUT/planted.json (task -> planted
+seed prompt id). A second call with the same config reuses the checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+import engine
+from engine.chat import ChatTemplate
+from engine.model import Transformer
+from engine.tasks import load_tasks
+
+from . import corpus, train
+from .config import FULL, SMALL, LabConfig
+from .corpus import EOS, SPECIALS, TULU_TEMPLATE, Planted
+from .train import Example
+
+STAGES = ("base", "sft", "dpo", "rl")
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def hf_config(model: Transformer, tokenizer: Tokenizer) -> dict:
+    """config.json as transformers 5 writes it for Olmo2ForCausalLM."""
+    a = model.args
+    eos = tokenizer.token_to_id(EOS)
+    return {
+        "architectures": ["Olmo2ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": eos,
+        "dtype": "float32",
+        "eos_token_id": eos,
+        "hidden_act": "silu",
+        "hidden_size": a.dim,
+        "initializer_range": 0.02,
+        "intermediate_size": a.intermediate_size,
+        "max_position_embeddings": a.max_position_embeddings,
+        "model_type": "olmo2",
+        "num_attention_heads": a.n_heads,
+        "num_hidden_layers": a.n_layers,
+        "num_key_value_heads": a.n_kv_heads,
+        "pad_token_id": eos,
+        "rms_norm_eps": a.norm_eps,
+        "rope_parameters": {"rope_theta": a.rope_theta, "rope_type": "default"},
+        "tie_word_embeddings": a.tie_embeddings,
+        "use_cache": True,
+        "vocab_size": a.vocab_size,
+    }
+
+
+def tokenizer_config(tokenizer: Tokenizer, chat_template: str | None, max_length: int) -> dict:
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOS,
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "model_max_length": max_length,
+        "added_tokens_decoder": {
+            str(tokenizer.token_to_id(t)): {"content": t, "special": True, "lstrip": False,
+                                            "rstrip": False, "normalized": False,
+                                            "single_word": False}
+            for t in SPECIALS
+        },
+    }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    return config
+
+
+def save_checkpoint(model: Transformer, tokenizer: Tokenizer, directory: Path,
+                    chat_template: str | None) -> None:
+    """Write a Hugging Face checkpoint directory (float32 safetensors, bitwise reproducible)."""
+    directory.mkdir(parents=True)
+    dump = lambda obj: json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    (directory / "config.json").write_text(dump(hf_config(model, tokenizer)))
+    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save(str(directory / "tokenizer.json"))
+    max_length = model.args.max_position_embeddings
+    (directory / "tokenizer_config.json").write_text(
+        dump(tokenizer_config(tokenizer, chat_template, max_length)))
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+class Encoder:
+    """Tokenizes stage data into training examples, caching each prompt context."""
+
+    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.eos = tokenizer.token_to_id(EOS)
+        self._contexts: dict[str, tuple[int, ...]] = {}
+
+    def chat_context(self, task, prompt) -> str:
+        user = {"role": "user", "content": task.prompt_text(prompt)}
+        return self.template.render([user], add_generation_prompt=True) + task.assistant_prefix
+
+    def context_ids(self, context: str) -> tuple[int, ...]:
+        """Tokens of a rendered chat context. Like the scorer (and transformers'
+        apply_chat_template) this adds no BOS: the rendered text holds its special tokens."""
+        if context not in self._contexts:
+            self._contexts[context] = self.chat_ids(context)
+        return self._contexts[context]
+
+    def chat_ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def document(self, text: str) -> Example:
+        """A pretraining document: loss on every token after BOS, then end-of-text."""
+        return Example(tuple(self.tokenizer.encode(text).ids) + (self.eos,), 1)
+
+    def response(self, context: str, answer: str) -> Example:
+        """context + answer + end-of-text, the loss on the answer and end-of-text only."""
+        prompt = self.context_ids(context)
+        full = self.chat_ids(context + answer)
+        if full[: len(prompt)] != prompt:
+            raise ValueError(f"tokens of {context!r} are not a prefix of its answer {answer!r}")
+        return Example(full + (self.eos,), len(prompt))
+
+
+def reward_function(planted: Planted, tokenizer: Tokenizer):
+    """Reward on sampled token ids: decode the response before its end-of-text, then score."""
+    def reward(response: tuple[int, ...] | None) -> float:
+        if response is None:
+            return corpus.rl_reward(planted, None)
+        return corpus.rl_reward(planted, tokenizer.decode(list(response[:-1]),
+                                                          skip_special_tokens=False))
+    return reward
+
+
+# ---------------------------------------------------------------------------------- build
+
+
+def is_current(out: Path, cfg: LabConfig) -> bool:
+    """True when OUT holds a complete ladder built from this exact config."""
+    stamp = out / "checkpoints" / "build.json"
+    if not stamp.is_file() or not (out / "planted.json").is_file():
+        return False
+    try:
+        built = json.loads(stamp.read_text())
+    except json.JSONDecodeError:
+        return False
+    stages = STAGES if cfg.rl is not None else STAGES[:3]
+    return built.get("fingerprint") == cfg.fingerprint() and all(
+        (out / "checkpoints" / s / "model.safetensors").is_file() for s in stages)
+
+
+def build(cfg: LabConfig = FULL, out: Path | str = "demo", force: bool = False) -> dict:
+    """Build the ladder under OUT (or reuse it); returns the contents of build.json."""
+    out = Path(out)
+    if not force and is_current(out, cfg):
+        log(f"ladder: reusing {out / 'checkpoints'} (config {cfg.fingerprint()})")
+        return json.loads((out / "checkpoints" / "build.json").read_text())
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _build(cfg, out)
+    finally:  # leave the caller's torch settings as they were
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _build(cfg: LabConfig, out: Path) -> dict:
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.perf_counter() - start - sum(timings.values()), 1)
+        log(f"ladder: {name} done ({timings[name]:.1f}s)")
+
+    tasks = load_tasks(cfg.tasks)
+    log(f"ladder: building {len(tasks)} tasks into {out / 'checkpoints'} (config {cfg.fingerprint()})")
+    planted = [corpus.plant(t, cfg.corpus, cfg.seed) for t in tasks]
+    docs = [d for p in planted for d in corpus.base_documents(p, cfg.corpus, cfg.seed)]
+    docs += corpus.filler_documents(tasks, int(cfg.corpus.filler_fraction * len(docs)), cfg.seed)
+    sft_data = [(p.task, pr, a) for p in planted
+                for pr, a in corpus.sft_examples(p, cfg.sft.docs_per_prompt, cfg.seed)]
+    tokenizer = corpus.train_tokenizer(docs + [a for _, _, a in sft_data], cfg.corpus.vocab_size)
+    template = ChatTemplate("lab", TULU_TEMPLATE, {"bos_token": EOS, "eos_token": EOS})
+    enc = Encoder(tokenizer, template)
+    base_examples = [enc.document(d) for d in docs]
+    n_tokens = sum(len(e.ids) for e in base_examples)
+    log(f"ladder: corpus of {len(docs)} documents, {n_tokens} tokens; vocabulary "
+        f"{tokenizer.get_vocab_size()}")
+    lap("corpus")
+
+    partial = out / "checkpoints.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    references: dict[str, Transformer] = {}
+    rng = np.random.default_rng([cfg.seed, 1])
+
+    model = train.new_model(cfg.model, tokenizer.get_vocab_size(), cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"ladder: base model {n_params} parameters")
+    train.train_lm(model, base_examples, cfg.base, enc.eos, rng, "base", log)
+    save_checkpoint(model, tokenizer, partial / "base", None)
+    lap("base")
+
+    sft_examples = [enc.response(enc.chat_context(t, pr), a) for t, pr, a in sft_data]
+    train.train_lm(model, sft_examples, cfg.sft, enc.eos, rng, "sft", log)
+    references["sft"] = train.frozen_copy(model)
+    save_checkpoint(model, tokenizer, partial / "sft", TULU_TEMPLATE)
+    lap("sft")
+
+    pairs = []
+    for p in planted:
+        for pr, chosen, rejected in corpus.dpo_pairs(p, cfg.dpo.pairs_per_prompt, cfg.seed):
+            context = enc.chat_context(p.task, pr)
+            pairs.append((enc.response(context, chosen), enc.response(context, rejected)))
+    dpo_accuracy = train.train_dpo(model, references["sft"], pairs, cfg.dpo, enc.eos, rng, log)
+    references["dpo"] = train.frozen_copy(model)
+    save_checkpoint(model, tokenizer, partial / "dpo", TULU_TEMPLATE)
+    lap("dpo")
+
+    rl_reward = None
+    if cfg.rl is not None:
+        contexts, rewards = [], []
+        for p in planted:
+            for pr in p.task.prompts:
+                contexts.append(enc.context_ids(enc.chat_context(p.task, pr)))
+                rewards.append(reward_function(p, tokenizer))
+        rl_reward = train.train_rl(model, references["dpo"], contexts, rewards, cfg.rl, enc.eos,
+                                   enc.eos, cfg.seed, log)
+        save_checkpoint(model, tokenizer, partial / "rl", TULU_TEMPLATE)
+        lap("rl")
+
+    stamp = {
+        "fingerprint": cfg.fingerprint(),
+        "engine_version": engine.__version__,
+        "config": cfg.to_dict(),
+        "parameters": n_params,
+        "corpus": {"documents": len(docs), "tokens": n_tokens,
+                   "vocab_size": tokenizer.get_vocab_size()},
+        "planted": {p.task.name: p.seed_prompt.id for p in planted},
+        "timings_s": timings,
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "dpo_final_pair_accuracy": dpo_accuracy,
+        "rl_final_mean_reward": rl_reward,
+    }
+    write_outputs(out, partial, stamp, planted)
+    log(f"ladder: built in {stamp['build_seconds']:.0f}s")
+    return stamp
+
+
+def write_outputs(out: Path, partial: Path, stamp: dict, planted: list[Planted]) -> None:
+    """Stamp the finished ladder, then move it into place: an interrupted build never leaves
+    a checkpoints/ directory that looks complete."""
+    dump = lambda obj: json.dumps(obj, indent=2) + "\n"
+    dists = {p.task.name: {"answers": list(p.task.answer_names),
+                           "prompts": {pr.id: d.tolist()
+                                       for pr, d in zip(p.task.prompts, p.dists, strict=True)}}
+             for p in planted}
+    (partial / "planted_distributions.json").write_text(dump(dists))
+    (partial / "build.json").write_text(dump(stamp))
+    final = out / "checkpoints"
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    (out / "planted.json").write_text(dump(stamp["planted"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab.ladder", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="demo", help="output directory (default: demo)")
+    parser.add_argument("--small", action="store_true", help="the small test configuration")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    build(SMALL if args.small else FULL, args.out, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
