@@ -1,0 +1,126 @@
+"""Score a built ladder with the engine, analyse it, and compare the result with what was planted.
+
+The same functions serve `make demo` (on the full ladder) and the tests (on the small one):
+
+- `score_stage` runs `python -m engine.score` on one checkpoint (in a subprocess, exactly as
+  a user would);
+- `run_phases` runs `python -m analysis.phases` over the ladder (phases.json, and the HTML
+  report if asked);
+- `compare` reads phases.json, the base model's results and the planted distributions, and
+  returns per task the planted seed beside the detected one, each stage's phase, liquidity and
+  retention, and how far the base's learned distributions are from the planted ones.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from analysis.metrics import js_divergence
+from analysis.phases import load_results
+
+# Acceptance thresholds of the toy ladder (issue 6), out of the 15 tasks of the full suite;
+# `acceptance` scales them to the number of tasks actually built.
+SEEDS_RECOVERED = 12 / 15
+LIQUIDITY_FALLS = 13 / 15
+DPO_RETAINS = 13 / 15
+DPO_RETENTION_MIN = 0.9
+
+
+def score_stage(checkpoint: Path, results: Path, label: str, tasks: str,
+                overwrite: bool = False) -> None:
+    """`python -m engine.score CHECKPOINT --mode auto` into RESULTS/LABEL (CPU, float32)."""
+    cmd = [sys.executable, "-m", "engine.score", str(checkpoint), "--tasks", tasks,
+           "--mode", "auto", "--out", str(results), "--label", label, "--device", "cpu"]
+    if overwrite:
+        cmd.append("--overwrite")
+    subprocess.run(cmd, check=True)
+
+
+def ladder_spec(stages: list[str]) -> str:
+    """The --ladder argument: stage=label, with each stage's results labelled by its name."""
+    return ",".join(f"{s}={s}" for s in stages)
+
+
+def run_phases(results: Path, stages: list[str], out: Path, report: Path | None = None) -> dict:
+    """`python -m analysis.phases` over the ladder; returns the phases.json it wrote."""
+    cmd = [sys.executable, "-m", "analysis.phases", str(results), "--ladder",
+           ladder_spec(stages), "--out", str(out)]
+    if report is not None:
+        cmd += ["--report", str(report)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(Path(out).read_text())
+
+
+def base_js_to_planted(results: Path, base_label: str, planted_dists: dict) -> dict[str, float]:
+    """Per task, the mean JS (bits) between the base model's scored distribution for each
+    prompt and the distribution planted for that prompt."""
+    data = load_results(results, [base_label]).data[base_label]
+    out = {}
+    for task, td in data.items():
+        if task not in planted_dists:
+            continue
+        planted = planted_dists[task]
+        order = [planted["answers"].index(a) for a in td.answers]
+        P = np.array([np.asarray(planted["prompts"][pid])[order] for pid in td.prompt_ids])
+        out[task] = float(js_divergence(td.P, P / P.sum(-1, keepdims=True)).mean())
+    return out
+
+
+def compare(phases: dict, planted: dict[str, str], base_js: dict[str, float]) -> dict:
+    """Per task: planted and detected seed, phase / liquidity / retention per stage."""
+    ladder = next(iter(phases["ladders"].values()))
+    rows = {}
+    for task, t in ladder["tasks"].items():
+        rows[task] = {
+            "planted_seed": planted.get(task),
+            "detected_seed": t["seed"]["seed_prompt_id"],
+            "nearest_prompt": t["seed"]["nearest_prompt_id"],
+            "base_js_to_planted": base_js.get(task),
+            "phases": {s: m["phase"] for s, m in t["stages"].items()},
+            "liquidity": {s: m["liquidity"] for s, m in t["stages"].items()},
+            "retention": {s: v["retention"] for s, v in t["settling"].items()},
+        }
+    return rows
+
+
+def acceptance(rows: dict) -> dict:
+    """Counts of the issue's acceptance properties, and whether each holds."""
+    n = len(rows)
+    seeds = sum(r["planted_seed"] == r["detected_seed"] for r in rows.values())
+    falls = sum(r["liquidity"]["sft"] < r["liquidity"]["base"] for r in rows.values())
+    retains = sum(r["retention"].get("dpo", 0.0) >= DPO_RETENTION_MIN for r in rows.values())
+    js = [r["base_js_to_planted"] for r in rows.values() if r["base_js_to_planted"] is not None]
+    return {
+        "tasks": n,
+        "seeds_recovered": seeds,
+        "liquidity_falls_base_to_sft": falls,
+        "dpo_retains_90pct": retains,
+        "mean_base_js_to_planted_bits": float(np.mean(js)) if js else None,
+        "passed": bool(seeds >= SEEDS_RECOVERED * n and falls >= LIQUIDITY_FALLS * n
+                       and retains >= DPO_RETAINS * n),
+    }
+
+
+def format_table(rows: dict, stages: list[str]) -> str:
+    """The demo's closing table: planted vs detected seed, then the phase of each stage."""
+    w_task = max(4, *(len(t) for t in rows))
+    w_seed = max(7, *(len(str(r["planted_seed"])) for r in rows.values()),
+                 *(len(str(r["detected_seed"])) for r in rows.values()))
+    head = (f"{'task':<{w_task}}  {'planted':<{w_seed}}  {'detected':<{w_seed}}  "
+            + "  ".join(f"{s:<9}" for s in stages) + "  base JS")
+    lines = [head, "-" * len(head)]
+    for task, r in rows.items():
+        mark = "" if r["planted_seed"] == r["detected_seed"] else " *"
+        detected = str(r["detected_seed"]) if r["detected_seed"] else "(none)"
+        js = r["base_js_to_planted"]
+        lines.append(
+            f"{task:<{w_task}}  {str(r['planted_seed']):<{w_seed}}  {detected:<{w_seed}}  "
+            + "  ".join(f"{r['phases'].get(s, '-'):<9}" for s in stages)
+            + (f"  {js:.3f}" if js is not None else "  -") + mark
+        )
+    return "\n".join(lines)
