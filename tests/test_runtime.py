@@ -88,7 +88,7 @@ def test_llama3_scaling_changes_the_logits(tmp_path):
 @pytest.mark.parametrize("arch", ["olmo2", "llama"])
 def test_bfloat16_stays_close_to_the_float32_reference(arch, tmp_path):
     """Measured on a model with transformers' default init scale (0.02): bf16 log-probs stay
-    within 0.02 of float32 (observed ~0.003-0.006), and no worse than transformers' own bf16."""
+    within 0.02 of float32 (observed 0.006-0.007), and no worse than transformers' own bf16."""
     directory = tmp_path / arch
     reference = tiny.make_checkpoint(directory, arch=arch, kv_heads=2)
     cfg = json.loads((directory / "config.json").read_text())
@@ -106,6 +106,7 @@ def test_bfloat16_stays_close_to_the_float32_reference(arch, tmp_path):
     ours = engine.load(directory, dtype="bfloat16").logits(ids).log_softmax(-1)
     ours_err = (ours - exact).abs().max().item()
     theirs_err = (theirs - exact).abs().max().item()
+    print(f"{arch} bf16 max |logprob - float32|: ours {ours_err:.4f}, transformers {theirs_err:.4f}")
     assert ours_err <= 0.02
     assert ours_err <= 1.5 * theirs_err + 1e-3
 
