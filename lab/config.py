@@ -21,7 +21,9 @@ import engine
 class CorpusConfig:
     """The planted distributions and the documents drawn from them."""
 
-    alpha: float = 0.4  # Dirichlet concentration of every planted distribution (small: peaked)
+    alpha: float = 0.4  # Dirichlet concentration per answer (small: peaked distributions) ...
+    max_total_alpha: float = 8.0  # ... capped at this over the whole answer set, so that a
+    # 100-answer task is about as peaked as a 20-answer one (and as learnable from samples)
     min_seed_js: float = 0.1  # bits: every other prompt is at least this far from the seed
     min_liquidity: float = 0.3  # bits: mean pairwise JS of a task's planted family, at least
     docs_per_prompt: int = 200  # base documents per prompt ...
@@ -50,6 +52,7 @@ class LMStage:
     epochs: int
     batch_tokens: int  # padded tokens per batch (batch size x longest sequence)
     warmup_steps: int = 30
+    final_lr: float = 0.1  # the cosine schedule ends at this fraction of lr
     docs_per_prompt: int = 0  # SFT only: conversations per prompt
 
 
@@ -81,7 +84,9 @@ class LabConfig:
     tasks: str = "all"
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    base: LMStage = field(default_factory=lambda: LMStage(lr=3e-3, epochs=1, batch_tokens=2048))
+    base: LMStage = field(
+        default_factory=lambda: LMStage(lr=3e-3, epochs=1, batch_tokens=2048, final_lr=0.02)
+    )
     sft: LMStage = field(
         default_factory=lambda: LMStage(lr=1e-3, epochs=2, batch_tokens=1024, docs_per_prompt=48)
     )

@@ -79,6 +79,11 @@ class Planted:
         return self.dists[self.seed]
 
 
+def concentration(cfg: CorpusConfig, k: int) -> float:
+    """The per-answer Dirichlet concentration for a task with k answers."""
+    return min(cfg.alpha, cfg.max_total_alpha / k)
+
+
 def _dirichlet(rng: np.random.Generator, alpha: float, k: int) -> np.ndarray:
     d = rng.dirichlet(np.full(k, alpha))
     return d / d.sum()
@@ -97,11 +102,12 @@ def plant(task: Task, cfg: CorpusConfig, seed: int) -> Planted:
     rng = task_rng(seed, task, "plant")
     k, n = len(task.answers), len(task.prompts)
     seed_index = int(rng.integers(n))
-    seed_dist = _dirichlet(rng, cfg.alpha, k)
+    alpha = concentration(cfg, k)
+    seed_dist = _dirichlet(rng, alpha, k)
     for _ in range(1000):
         if k < 2 or support(seed_dist, 0.9).sum() >= 2:
             break
-        seed_dist = _dirichlet(rng, cfg.alpha, k)
+        seed_dist = _dirichlet(rng, alpha, k)
     best, best_liquidity = None, -1.0
     for _ in range(100):  # keep the most liquid family if none reaches min_liquidity
         dists = np.stack([seed_dist if i == seed_index else _far_from(rng, seed_dist, cfg)
@@ -118,7 +124,7 @@ def _far_from(rng: np.random.Generator, seed_dist: np.ndarray, cfg: CorpusConfig
               tries: int = 256) -> np.ndarray:
     """The first of `tries` Dirichlet draws that lies at least min_seed_js bits from the seed
     (the farthest one if none does). Drawn as one batch: one JS call instead of a loop."""
-    draws = rng.dirichlet(np.full(len(seed_dist), cfg.alpha), size=tries)
+    draws = rng.dirichlet(np.full(len(seed_dist), concentration(cfg, len(seed_dist))), size=tries)
     draws /= draws.sum(-1, keepdims=True)
     js = js_divergence(draws, np.broadcast_to(seed_dist, draws.shape))
     far = np.flatnonzero(js >= cfg.min_seed_js)
@@ -168,20 +174,24 @@ def sft_examples(planted: Planted, per_prompt: int, seed: int) -> list[tuple[Pro
 
 
 def dpo_pairs(planted: Planted, per_prompt: int, seed: int) -> list[tuple[Prompt, str, str]]:
-    """(prompt, chosen, rejected) triples: the chosen answer is drawn from the squared seed
-    distribution (its head), the rejected one uniformly among the answers the seed finds
-    strictly less likely (mostly its tail). Chosen is always likelier than rejected."""
+    """(prompt, chosen, rejected) triples. The chosen answer is drawn from the squared seed
+    distribution (its head: this sharpens); the rejected one uniformly from outside the seed's
+    90% support (this empties the tail), or, for an answer set the support covers entirely,
+    among the answers the seed finds less likely. Chosen is always likelier than rejected."""
     task = planted.task
     rng = task_rng(seed, task, "dpo")
     s = planted.seed_dist
+    tail = ~support(s, 0.9)
     has_lower = np.array([(s < x).any() for x in s])
     head = np.where(has_lower, s**2, 0.0)
     head /= head.sum()
     out = []
     for prompt in task.prompts:
         for c in rng.choice(len(s), size=per_prompt, p=head):
-            lower = np.flatnonzero(s < s[c])
-            r = lower[rng.integers(len(lower))]
+            rejectable = np.flatnonzero(tail & (s < s[c]))
+            if len(rejectable) == 0:
+                rejectable = np.flatnonzero(s < s[c])
+            r = rejectable[rng.integers(len(rejectable))]
             out.append((prompt, task.answers[c].name, task.answers[r].name))
     return out
 

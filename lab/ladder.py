@@ -188,6 +188,7 @@ def build(cfg: LabConfig = FULL, out: Path | str = "demo", force: bool = False) 
 
 def _build(cfg: LabConfig, out: Path) -> dict:
     start = time.perf_counter()
+    fingerprint = cfg.fingerprint()  # once: the source it hashes may change while we train
     timings: dict[str, float] = {}
 
     def lap(name: str) -> None:
@@ -195,7 +196,7 @@ def _build(cfg: LabConfig, out: Path) -> dict:
         log(f"ladder: {name} done ({timings[name]:.1f}s)")
 
     tasks = load_tasks(cfg.tasks)
-    log(f"ladder: building {len(tasks)} tasks into {out / 'checkpoints'} (config {cfg.fingerprint()})")
+    log(f"ladder: building {len(tasks)} tasks into {out / 'checkpoints'} (config {fingerprint})")
     planted = [corpus.plant(t, cfg.corpus, cfg.seed) for t in tasks]
     docs = [d for p in planted for d in corpus.base_documents(p, cfg.corpus, cfg.seed)]
     docs += corpus.filler_documents(tasks, int(cfg.corpus.filler_fraction * len(docs)), cfg.seed)
@@ -251,7 +252,7 @@ def _build(cfg: LabConfig, out: Path) -> dict:
         lap("rl")
 
     stamp = {
-        "fingerprint": cfg.fingerprint(),
+        "fingerprint": fingerprint,
         "engine_version": engine.__version__,
         "config": cfg.to_dict(),
         "parameters": n_params,

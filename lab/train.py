@@ -130,15 +130,15 @@ def token_batches(lengths: list[int], batch_tokens: int, rng: np.random.Generato
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def optimizer(model: nn.Module, lr: float, total_steps: int, warmup: int):
-    """AdamW with linear warmup and cosine decay to a tenth of the peak rate."""
+def optimizer(model: nn.Module, lr: float, total_steps: int, warmup: int, final: float = 0.1):
+    """AdamW with linear warmup and cosine decay to `final` times the peak rate."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -177,7 +177,7 @@ def train_lm(model: Transformer, examples: list[Example], stage: LMStage, pad_id
     lengths = [len(e.ids) for e in examples]
     plan = [token_batches(lengths, stage.batch_tokens, rng) for _ in range(stage.epochs)]
     batches = [b for epoch in plan for b in epoch]
-    opt, scheduler = optimizer(model, stage.lr, len(batches), stage.warmup_steps)
+    opt, scheduler = optimizer(model, stage.lr, len(batches), stage.warmup_steps, stage.final_lr)
     progress = Progress(name, len(batches), log)
     running = None
     for i, batch in enumerate(batches):
