@@ -1,0 +1,196 @@
+"""The toy ladder: planted data, Hugging Face checkpoints, caching, determinism, and the
+end-to-end check that scoring + analysis recover what the ladder planted (issue 6).
+
+The end-to-end tests build the SMALL configuration (four tasks, a 170k-parameter model; about
+half a minute on two cores) once per module and run `lab.demo` on it, which scores every stage
+with `python -m engine.score` and analyses the ladder with `python -m analysis.phases`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+from analysis.metrics import js_divergence, support
+from engine.tasks import load_tasks
+from lab import check, corpus, demo, ladder, train
+from lab.config import SMALL, CorpusConfig, DPOStage, LabConfig, LMStage, ModelConfig, RLStage
+
+STAGES = ["base", "sft", "dpo", "rl"]
+
+# A one-task ladder that builds in seconds: for determinism and cache tests only.
+MICRO = LabConfig(
+    tasks="coin",
+    corpus=CorpusConfig(docs_per_prompt=20, docs_per_answer=2, vocab_size=300),
+    model=ModelConfig(dim=32, n_layers=1, n_heads=2, intermediate_size=64),
+    base=LMStage(lr=3e-3, epochs=1, batch_tokens=512, warmup_steps=2),
+    sft=LMStage(lr=2e-3, epochs=1, batch_tokens=512, warmup_steps=2, docs_per_prompt=4),
+    dpo=DPOStage(pairs_per_prompt=4, batch_pairs=16, warmup_steps=2),
+    rl=RLStage(steps=2, prompts_per_step=2, samples_per_prompt=4),
+)
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """(out dir, demo exit status): the SMALL ladder built, scored, analysed and reported."""
+    out = tmp_path_factory.mktemp("demo")
+    ladder.build(SMALL, out)
+    status = demo.main(["--small", "--out", str(out)])
+    return out, status
+
+
+# ------------------------------------------------------------------------ planted data
+
+
+@pytest.mark.parametrize("name", ["coin", "rps", "color", "card", "rng_1_100"])
+def test_planted_seed_is_identifiable_and_the_family_liquid(name):
+    task = load_tasks(name)[0]
+    cfg = CorpusConfig()
+    p = corpus.plant(task, cfg, seed=0)
+    assert p.dists.shape == (len(task.prompts), len(task.answers))
+    assert np.allclose(p.dists.sum(-1), 1.0)
+    assert support(p.seed_dist, 0.9).sum() >= 2
+    others = np.delete(p.dists, p.seed, axis=0)
+    assert js_divergence(others, np.broadcast_to(p.seed_dist, others.shape)).min() >= cfg.min_seed_js
+    again = corpus.plant(task, cfg, seed=0)
+    assert again.seed == p.seed and np.array_equal(again.dists, p.dists)
+
+
+def test_stage_data_follows_the_planted_distributions():
+    task = load_tasks("weekday")[0]
+    p = corpus.plant(task, CorpusConfig(), seed=0)
+    docs = corpus.base_documents(p, CorpusConfig(docs_per_prompt=3, docs_per_answer=0), seed=0)
+    assert len(docs) == 3 * len(task.prompts)
+    first = task.render_base(task.prompts[0])
+    assert all(d.startswith(first + " ") and d[len(first) + 1:] in task.answer_names for d in docs[:3])
+    # SFT: every phrasing, but only answers the seed gives probability to.
+    allowed = {task.answers[i].name for i in np.flatnonzero(p.seed_dist > 0)}
+    sft = corpus.sft_examples(p, per_prompt=5, seed=0)
+    assert {pr.id for pr, _ in sft} == {pr.id for pr in task.prompts}
+    assert {a for _, a in sft} <= allowed
+    # DPO: the chosen answer is always the likelier one under the seed.
+    index = {a: i for i, a in enumerate(task.answer_names)}
+    for _, chosen, rejected in corpus.dpo_pairs(p, per_prompt=5, seed=0):
+        assert p.seed_dist[index[chosen]] > p.seed_dist[index[rejected]]
+
+
+def test_rl_reward_favours_format_and_the_seed_head():
+    task = load_tasks("coin")[0]
+    p = corpus.plant(task, CorpusConfig(), seed=0)
+    top = task.answers[int(np.argmax(p.seed_dist))]
+    assert corpus.rl_reward(p, top.name) == pytest.approx(1.0)
+    assert corpus.rl_reward(p, top.variants[-1]) == pytest.approx(1.0)  # a variant counts
+    assert corpus.rl_reward(p, None) == 0.0
+    assert corpus.rl_reward(p, top.name + "!") == 0.0
+
+
+# ------------------------------------------------------------- checkpoints and caching
+
+
+def test_checkpoints_are_hugging_face_directories(small_demo):
+    out, _ = small_demo
+    planted = json.loads((out / "planted.json").read_text())
+    tasks = load_tasks(SMALL.tasks)
+    assert set(planted) == {t.name for t in tasks}
+    for t in tasks:
+        assert planted[t.name] in {p.id for p in t.prompts}
+    for stage in STAGES:
+        directory = out / "checkpoints" / stage
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            assert (directory / name).is_file(), (stage, name)
+        ck = engine.load(directory)
+        assert ck.args.arch == "Olmo2ForCausalLM"
+        # Base has no chat template (scored in base mode); the tuned stages carry Tulu's.
+        assert ck.has_chat_template == (stage != "base"), stage
+
+
+@pytest.mark.parametrize("stage", ["base", "rl"])
+def test_transformers_loads_the_same_model_and_tokenizer(small_demo, stage):
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    directory = small_demo[0] / "checkpoints" / stage
+    ours = engine.load(directory)
+    task = load_tasks("die")[0]
+    theirs_tok = PreTrainedTokenizerFast.from_pretrained(str(directory))
+    text = task.render_base(task.prompts[0]) + " 4"
+    assert theirs_tok(text)["input_ids"] == ours.encode(text)
+    if stage != "base":
+        messages = [{"role": "user", "content": task.prompt_text(task.prompts[0])}]
+        rendered = theirs_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert rendered == ours.render_chat(messages)
+        text = rendered + "4"
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    ids = torch.tensor([ours.encode(text, add_special_tokens=stage == "base")])
+    with torch.no_grad():
+        expected = model(ids).logits.float()
+    got = ours.logits(ids)
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert (got.log_softmax(-1) - expected.log_softmax(-1)).abs().max().item() <= 1e-5
+
+
+def test_a_second_build_reuses_the_ladder(small_demo, monkeypatch):
+    out, _ = small_demo
+    before = (out / "checkpoints" / "build.json").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached ladder should have been reused")
+
+    monkeypatch.setattr(train, "train_lm", no_training)
+    assert ladder.build(SMALL, out) == json.loads(before)
+    assert ladder.is_current(out, SMALL)
+    assert not ladder.is_current(out, dataclasses.replace(SMALL, seed=1))
+
+
+def _hashes(out):
+    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for stage in STAGES
+            for p in sorted((out / "checkpoints" / stage).iterdir())}
+
+
+def test_same_seed_gives_bitwise_identical_checkpoints(tmp_path):
+    first = ladder.build(MICRO, tmp_path / "a")
+    ladder.build(MICRO, tmp_path / "b")
+    assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
+    assert first["planted"] == json.loads((tmp_path / "b" / "planted.json").read_text())
+    ladder.build(dataclasses.replace(MICRO, seed=1), tmp_path / "c")
+    a, c = _hashes(tmp_path / "a"), _hashes(tmp_path / "c")
+    assert a["checkpoints/base/model.safetensors"] != c["checkpoints/base/model.safetensors"]
+
+
+def test_an_interrupted_build_leaves_no_ladder(tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(train, "train_dpo", crash)
+    with pytest.raises(RuntimeError):
+        ladder.build(MICRO, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+    assert not ladder.is_current(tmp_path, MICRO)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def test_demo_recovers_what_was_planted(small_demo):
+    out, status = small_demo
+    summary = json.loads((out / "summary.json").read_text())
+    rows, verdict = summary["tasks"], summary["acceptance"]
+    assert status == 0 and verdict["passed"], check.format_table(rows, STAGES)
+    assert set(rows) == set(SMALL.tasks.split(","))
+    for task, r in rows.items():
+        assert r["detected_seed"] == r["planted_seed"], task
+        assert r["liquidity"]["sft"] < r["liquidity"]["base"], task
+        assert r["retention"]["dpo"] >= check.DPO_RETENTION_MIN, task
+        assert r["phases"] == {"base": "liquid", "sft": "nucleated", "dpo": "settled",
+                               "rl": "settled"}, task
+        assert r["base_js_to_planted"] < 0.1, task
+    assert (out / "phases.json").is_file()
+    assert (out / "report" / "index.html").is_file()
+    assert list((out / "report").glob("*.png"))
