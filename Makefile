@@ -26,7 +26,7 @@ demo: setup
 	$(PY) -m lab.demo
 
 lint: setup
-	$(PY) -m ruff check engine kernels analysis benchmarks tests
+	$(PY) -m ruff check engine kernels analysis lab benchmarks tests
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache
