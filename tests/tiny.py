@@ -12,17 +12,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-TULU_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '\n' }}"
-    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '\n' }}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{% if not loop.last %}{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}"
-    "{% else %}{{ '<|assistant|>\n' + message['content'] + eos_token }}{% endif %}"
-    "{% endif %}"
-    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-    "{% endfor %}"
-)
+from lab.corpus import TULU_TEMPLATE  # the demo ladder's template: one copy of Tulu 3's shape
 
 CHATML_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
