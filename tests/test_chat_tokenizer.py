@@ -123,3 +123,24 @@ def test_llama3_vocabulary_ids_equal_transformers(llama3_checkpoint):
     assert ids == hf.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True,
                                          tokenize=True, return_dict=False)
     assert ck.logits(torch.tensor([ids])).shape == (1, len(ids), 128256)
+
+
+@pytest.mark.parametrize("mode", ["base", "chat"])
+def test_whole_suite_tokenizes_cleanly_with_the_llama3_vocabulary(llama3_checkpoint, mode):
+    """Every prompt of every shipped task, through the real 128k tokenizer: the prompt's tokens
+    are a prefix of prompt + answer, no two variants collide, and the answers score."""
+    from engine.scorer import PromptEncoder, boundary_mask, score_task, task_sequences
+    from engine.tasks import load_tasks
+
+    ck = engine.load(llama3_checkpoint)
+    encoder = PromptEncoder(ck, mode)
+    boundary = boundary_mask(ck)
+    first_of_heads = ck.encode("Heads", add_special_tokens=False)[0]
+    assert boundary[128009] and boundary[220] and not boundary[first_of_heads]
+    for task in load_tasks("all"):
+        sequences = task_sequences(encoder, task)
+        assert all(len(s.trie) <= sum(map(len, s.continuation_ids)) for s in sequences)
+    coin = load_tasks("coin")[0]
+    result = score_task(ck, encoder, coin, task_sequences(encoder, coin), boundary)
+    for prompt in result.prompts:
+        assert prompt.distribution.sum() == pytest.approx(1.0) and 0 < prompt.coverage <= 1
