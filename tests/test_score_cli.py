@@ -150,3 +150,14 @@ def test_killed_run_resumes_to_identical_results(ckpt, tmp_path):
             pq.read_table(reference / "l" / f"{name}.parquet")), name
     leftovers = [p.name for p in (resumed / "l").rglob(".*tmp*")]
     assert not leftovers
+
+
+def test_bfloat16_scores_stay_close_to_float32(ckpt, tmp_path):
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        assert score.main([str(ckpt), "--tasks", "rng_1_10", "--dtype", dtype, "--out", str(tmp_path),
+                           "--label", dtype]) == 0
+        runs[dtype] = pq.read_table(tmp_path / dtype / "rng_1_10.parquet").to_pylist()
+        assert json.loads((tmp_path / dtype / "manifest.json").read_text())["dtype"] == dtype
+    worst = max(abs(a["prob"] - b["prob"]) for a, b in zip(runs["float32"], runs["bfloat16"], strict=True))
+    assert 0 < worst < 0.05
