@@ -20,7 +20,7 @@ How it runs:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -158,17 +158,17 @@ def task_sequences(encoder: PromptEncoder, task: Task) -> list[Sequence]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Packing: sequences -> rows -> batches
+# Packing: sequences -> rows, one row per forward pass
 
 
 @dataclass
 class Batch:
-    """Padded [B, T] inputs for one forward pass, and where each sequence sits in it."""
+    """[1, T] inputs for one forward pass: sequences packed end to end, and where each sits."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     span_end: torch.Tensor
-    placements: list[tuple[int, int, int]]  # (sequence index, row, offset)
+    placements: list[tuple[int, int]]  # (sequence index, offset in the row)
 
     @property
     def processed_tokens(self) -> int:
@@ -196,31 +196,22 @@ def make_batches(sequences: list[Sequence], batch_tokens: int) -> list[Batch]:
     """Sequences packed end to end into rows of at most `batch_tokens` tokens (a longer
     sequence alone), one row per forward pass: no padding at all. Packed neighbours cannot see
     each other (span_end ends at each sequence's end), and attention skips what they cannot see."""
-    rows = pack_rows([len(s) for s in sequences], batch_tokens)
-    return [_layout(sequences, [row]) for row in rows]
+    return [_layout(sequences, row) for row in pack_rows([len(s) for s in sequences], batch_tokens)]
 
 
-def _layout(sequences: list[Sequence], rows: list[list[int]]) -> Batch:
-    width = max(sum(len(sequences[i]) for i in row) for row in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    pos = torch.zeros(len(rows), width, dtype=torch.long)
-    # Padding positions see only themselves (span_end = j + 1): no attention row is empty.
-    span = torch.arange(1, width + 1, dtype=torch.int32).repeat(len(rows), 1)
-    placements = []
-    for r, row in enumerate(rows):
-        offset = 0
-        for i in row:
-            s = sequences[i]
-            p, n = len(s.prompt_ids), len(s.trie)
-            end = offset + p + n
-            ids[r, offset:end] = torch.tensor(s.prompt_ids + list(s.trie.tokens))
-            pos[r, offset:end] = torch.tensor(list(range(p)) + [p - 1 + d for d in s.trie.depth])
-            span[r, offset : offset + p] = end  # the prompt is seen by all of its own trie
-            span[r, offset + p : end] = torch.tensor([offset + p + k + s.trie.span[k] for k in range(n)],
-                                                     dtype=torch.int32)
-            placements.append((i, r, offset))
-            offset = end
-    return Batch(ids, pos, span, placements)
+def _layout(sequences: list[Sequence], row: list[int]) -> Batch:
+    ids, positions, span_end, placements = [], [], [], []
+    for i in row:
+        s, offset = sequences[i], len(ids)
+        p, trie = len(s.prompt_ids), s.trie
+        end = offset + len(s)
+        ids += s.prompt_ids + list(trie.tokens)
+        positions += list(range(p)) + [p - 1 + d for d in trie.depth]  # a node sits at its depth
+        span_end += [end] * p  # the prompt is causal and seen by all of its own trie
+        span_end += [offset + p + k + trie.span[k] for k in range(len(trie))]  # ancestors only
+        placements.append((i, offset))
+    as_row = lambda values, dtype: torch.tensor([values], dtype=dtype)
+    return Batch(as_row(ids, torch.long), as_row(positions, torch.long), as_row(span_end, torch.int32), placements)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +247,6 @@ class TaskScores:
     tokens_needed: int = 0
     tokens_processed: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def lm_head_rows(sequence: Sequence, offset: int):
@@ -292,12 +282,11 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
         batch.input_ids.to(device), batch.position_ids.to(device), batch.span_end.to(device)
     )
     flat = hidden.reshape(-1, hidden.shape[-1])
-    width = batch.input_ids.shape[1]
     plans, all_rows, all_targets = [], [], []
-    for i, r, offset in batch.placements:
+    for i, offset in batch.placements:
         positions, targets, slot_of, row_of = lm_head_rows(sequences[i], offset)
         plans.append((i, len(all_rows), slot_of, row_of))
-        all_rows += [r * width + x for x in positions]
+        all_rows += positions
         all_targets += targets
     k = max(1, max(len(t) for t in all_targets))
     target_ids = torch.full((len(all_targets), k), -1, dtype=torch.long)
