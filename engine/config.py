@@ -49,7 +49,9 @@ def rope_settings(cfg: dict, path: Path) -> tuple[float, dict | None]:
 
 
 def _int(cfg: dict, key: str, path: Path, default=None) -> int:
-    value = cfg.get(key, default)
+    value = cfg.get(key)
+    if value is None:  # absent or null: transformers falls back to the default too
+        value = default
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise CheckpointError(f"{path}: {key!r} must be a positive integer, found {value!r}; fix config.json")
     return value

@@ -114,6 +114,22 @@ def test_unexpected_tensor_is_named(ckpt):
     assert "q_proj.bias" in error_of(WeightsError, ckpt)
 
 
+def test_null_keys_take_transformers_defaults(ckpt):
+    """num_key_value_heads / head_dim null mean "as many kv heads as heads" and
+    hidden_size // heads, as in transformers (this checkpoint has 2 of 2, head_dim 16)."""
+    import torch
+
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = engine.load(ckpt).logits(ids)
+    edit_config(ckpt, num_key_value_heads=None, head_dim=None)
+    assert torch.equal(engine.load(ckpt).logits(ids), before)
+
+
+def test_non_integer_size_is_named(ckpt):
+    edit_config(ckpt, hidden_size="32")
+    assert "hidden_size" in error_of(CheckpointError, ckpt)
+
+
 def test_unsupported_architecture_lists_supported(ckpt):
     edit_config(ckpt, architectures=["MistralForCausalLM"])
     message = error_of(ArchitectureError, ckpt)
