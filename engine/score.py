@@ -8,6 +8,7 @@ output location) before anything is written; a user error prints one line and ex
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import time
@@ -18,12 +19,13 @@ from tqdm import tqdm
 
 import engine
 from engine.chat import load_chat_template
-from engine.errors import EngineError
+from engine.errors import EngineError, OutputError
 from engine.results import ResultsStore, check_writable, fingerprint, summarize
 from engine.scorer import PromptEncoder, boundary_mask, score_task, task_sequences
 from engine.tasks import format_task_list, load_tasks
 
 DEFAULT_BATCH_TOKENS = 8192
+LABEL = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")  # a directory name under --out, never a path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("CHECKPOINT is required (or --list-tasks)")
     if args.batch_tokens < 1:
         p.error("--batch-tokens must be a positive integer")
+    if args.label is not None and not LABEL.fullmatch(args.label):
+        p.error(f"--label {args.label!r} must be a plain name (letters, digits, '.', '_', '-'), not a path")
     return args
 
 
@@ -81,6 +85,8 @@ def run(args) -> int:
     load_seconds = time.perf_counter() - started
 
     label = args.label or checkpoint.path.resolve().name
+    if not LABEL.fullmatch(label):
+        raise OutputError(f"{checkpoint.path}: its directory name {label!r} cannot be a label; pass --label NAME")
     run_key = {
         "fingerprint": fingerprint(checkpoint.path),
         "dtype": args.dtype,

@@ -54,6 +54,13 @@ def test_unknown_task_lists_the_known_ones(ckpt, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("label", ["../escape", "a/b", "..", ""])
+def test_label_must_be_a_plain_name(ckpt, tmp_path, label):
+    result = cli(ckpt, "--tasks", "coin", "--out", tmp_path / "out", "--label", label)
+    assert result.returncode == 2 and "--label" in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escape").exists()
+
+
 def test_missing_checkpoint(tmp_path):
     assert_user_error(cli(tmp_path / "nope", "--out", tmp_path / "out"), "nope")
     assert not (tmp_path / "out").exists()
