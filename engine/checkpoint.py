@@ -82,6 +82,11 @@ def load(path, dtype="float32", device="cpu") -> Checkpoint:
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device, config)
     tokenizer, tokenizer_config = load_tokenizer(directory)
+    if tokenizer.get_vocab_size(with_added_tokens=True) > args.vocab_size:
+        raise TokenizerError(
+            f"{directory / 'tokenizer.json'}: {tokenizer.get_vocab_size(with_added_tokens=True)} tokens but "
+            f"config.json says vocab_size={args.vocab_size}; the tokenizer belongs to another model"
+        )
     special = special_tokens(tokenizer_config)
     found = find_template_text(directory, tokenizer_config)
     template = ChatTemplate(found[0], found[1], special) if found else None

@@ -130,6 +130,13 @@ def test_non_integer_size_is_named(ckpt):
     assert "hidden_size" in error_of(CheckpointError, ckpt)
 
 
+def test_tokenizer_larger_than_the_vocabulary(ckpt):
+    from tests.tiny import train_tokenizer
+
+    train_tokenizer(vocab_size=400).save(str(ckpt / "tokenizer.json"))
+    assert "vocab_size=301" in error_of(TokenizerError, ckpt)
+
+
 def test_unsupported_architecture_lists_supported(ckpt):
     edit_config(ckpt, architectures=["MistralForCausalLM"])
     message = error_of(ArchitectureError, ckpt)
