@@ -417,7 +417,9 @@ def cpu_worker(variant: str, n: int, d: int, v: int, threads: int = 1) -> dict:
 
         before = max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     fn()
-    peak = _rss_kib("VmHWM") - before
+    # Linux batches RSS counters per thread (tens of KiB of slack), so a call that allocates
+    # nothing can read a hair below zero.
+    peak = max(0, _rss_kib("VmHWM") - before)
     runs = []
     for _ in range(3):
         start = time.perf_counter()
