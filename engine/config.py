@@ -1,7 +1,8 @@
 """Read a Hugging Face config.json into `ModelArgs`.
 
-Both key spellings are accepted: transformers 4.x writes `rope_theta`, `rope_scaling` and
-`torch_dtype`; 5.x writes `rope_parameters` (with `rope_theta` inside) and `dtype`.
+Both key spellings are accepted: transformers 4.x writes `rope_theta` and `rope_scaling`, 5.x
+writes `rope_parameters` (with `rope_theta` inside). The saved dtype (`torch_dtype` / `dtype`)
+matters only for `dtype="auto"`, read in engine/checkpoint.py.
 """
 
 from __future__ import annotations
@@ -95,7 +96,3 @@ def parse_config(cfg: dict, path: Path) -> ModelArgs:
         max_position_embeddings=_int(cfg, "max_position_embeddings", path, default=4096),
     )
 
-
-def checkpoint_dtype(cfg: dict) -> str | None:
-    """The dtype the weights were saved in, as config.json states it (either spelling)."""
-    return cfg.get("dtype") or cfg.get("torch_dtype")

@@ -163,6 +163,18 @@ def test_cuda_requested_without_cuda(ckpt):
     assert "CUDA" in error_of(DeviceError, ckpt, device="cuda")
 
 
+@pytest.mark.parametrize("key", ["dtype", "torch_dtype"])
+def test_auto_dtype_follows_the_saved_dtype(ckpt, key):
+    import torch
+
+    assert engine.load(ckpt, dtype="auto").dtype == torch.float32
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.pop("dtype", None)
+    cfg[key] = "bfloat16"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    assert engine.load(ckpt, dtype="auto").dtype == torch.bfloat16
+
+
 def test_unknown_dtype(ckpt):
     assert "float64" in error_of(DeviceError, ckpt, dtype="float64")
 
