@@ -21,7 +21,7 @@ import engine
 from engine.chat import load_chat_template
 from engine.errors import EngineError, OutputError
 from engine.results import ResultsStore, check_writable, fingerprint, summarize
-from engine.scorer import PromptEncoder, boundary_mask, score_task, task_sequences
+from engine.scorer import PromptEncoder, boundary_mask, packs_sequences, score_task, task_sequences
 from engine.tasks import format_task_list, load_tasks
 
 DEFAULT_BATCH_TOKENS = 8192
@@ -87,12 +87,16 @@ def run(args) -> int:
     label = args.label or checkpoint.path.resolve().name
     if not LABEL.fullmatch(label):
         raise OutputError(f"{checkpoint.path}: its directory name {label!r} cannot be a label; pass --label NAME")
+    batch_invariant = not packs_sequences(checkpoint)
     run_key = {
         "fingerprint": fingerprint(checkpoint.path),
         "dtype": args.dtype,
         "mode": mode,
         "chat_template": encoder.template.text if mode == "chat" else None,
         "engine_version": engine.__version__,
+        "batch_invariant": batch_invariant,
+        # Packed results depend on how prompts share rows; invariant ones do not.
+        "batch_tokens": None if batch_invariant else args.batch_tokens,
     }
     if args.overwrite and (out / label).exists():
         shutil.rmtree(out / label)
@@ -115,6 +119,7 @@ def run(args) -> int:
         chat_template_source=encoder.template.source if mode == "chat" else None,
         torch_version=torch.__version__,
         batch_tokens=args.batch_tokens,
+        batch_invariant=batch_invariant,
         timings={"load_and_validate_s": round(load_seconds, 3),
                  "total_s": round(time.perf_counter() - started, 3),
                  "skipped_tasks": len(tasks) - len(todo)},

@@ -8,9 +8,11 @@ with a non-alphanumeric character.
 
 How it runs:
   1. every prompt of a task becomes a `Sequence`: prompt tokens + the trie of all continuations;
-  2. sequences are packed end to end into rows of at most `batch_tokens` tokens (the compact
-     `span_end` attention encoding keeps packed sequences from seeing each other), and each
-     row is one forward pass: nothing is padded and no prefix is repeated;
+  2. on the Triton (CUDA) path, sequences are packed end to end into rows of at most
+     `batch_tokens` tokens (the compact `span_end` attention encoding keeps packed sequences
+     from seeing each other), and each row is one forward pass: nothing is padded and no prefix
+     is repeated. On the torch reference (CPU) path every sequence is a forward pass of its
+     own, which makes results batch-invariant (see `packs_sequences`);
   3. the LM head is evaluated only at the rows that predict a trie node (the prompt's last
      token and every trie node), through the fused log-prob kernel: log-sum-exp over the
      vocabulary, the logits of each row's children, and log-sum-exp over boundary tokens;
@@ -30,6 +32,7 @@ from engine.checkpoint import Checkpoint
 from engine.errors import ChatTemplateError, PromptTooLongError, TaskError
 from engine.tasks import Task, check_variants_tokenize
 from engine.trie import DuplicateContinuation, Trie, build_trie
+from kernels import use_triton
 from kernels.lm_head import lm_head_logprobs
 
 MODES = ("chat", "base")
@@ -192,11 +195,26 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def make_batches(sequences: list[Sequence], batch_tokens: int) -> list[Batch]:
+def packs_sequences(checkpoint: Checkpoint) -> bool:
+    """Whether several sequences share a forward pass.
+
+    Only on the Triton path (CUDA). The torch reference path (CPU) runs every sequence in a
+    forward pass of its own: then every matmul, norm and softmax that touches a sequence sees
+    tensors holding that sequence alone, in the same shapes every time, so its bits cannot
+    depend on `batch_tokens` or on which other prompts are scored (BLAS libraries pick kernels,
+    blockings and thread splits by shape; a packed row changes the shapes). It is no slower
+    there: the bench_scoring suite runs faster one sequence per pass than packed on 2 cores.
+    """
+    return use_triton(checkpoint.model.output_weight)
+
+
+def make_batches(sequences: list[Sequence], batch_tokens: int, pack: bool = True) -> list[Batch]:
     """Sequences packed end to end into rows of at most `batch_tokens` tokens (a longer
     sequence alone), one row per forward pass: no padding at all. Packed neighbours cannot see
-    each other (span_end ends at each sequence's end), and attention skips what they cannot see."""
-    return [_layout(sequences, row) for row in pack_rows([len(s) for s in sequences], batch_tokens)]
+    each other (span_end ends at each sequence's end), and attention skips what they cannot see.
+    With `pack=False` every sequence is a row of its own."""
+    rows = pack_rows([len(s) for s in sequences], batch_tokens) if pack else [[i] for i in range(len(sequences))]
+    return [_layout(sequences, row) for row in rows]
 
 
 def _layout(sequences: list[Sequence], row: list[int]) -> Batch:
@@ -311,10 +329,14 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
 
 
 def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, sequences: list[Sequence],
-               boundary: torch.Tensor, batch_tokens: int = 8192, progress=None) -> TaskScores:
-    """Score every prompt of `task` (sequences from `task_sequences`)."""
+               boundary: torch.Tensor, batch_tokens: int = 8192, progress=None,
+               pack: bool | None = None) -> TaskScores:
+    """Score every prompt of `task` (sequences from `task_sequences`). `pack` None follows
+    `packs_sequences` (the device's path); tests force it either way."""
     start = time.perf_counter()
-    batches = make_batches(sequences, batch_tokens)
+    if pack is None:
+        pack = packs_sequences(checkpoint)
+    batches = make_batches(sequences, batch_tokens, pack)
     variant_lp: dict[int, np.ndarray] = {}
     for batch in batches:
         variant_lp.update(score_batch(checkpoint, sequences, batch, boundary))

@@ -87,8 +87,8 @@ def test_packing_does_not_change_results(model_dir):
     task = load_tasks("card")[0]
     sequences = task_sequences(encoder, task)
     boundary = boundary_mask(ck)
-    alone = score_task(ck, encoder, task, sequences, boundary, batch_tokens=1)  # one sequence per pass
-    packed = score_task(ck, encoder, task, sequences, boundary, batch_tokens=1024)
+    alone = score_task(ck, encoder, task, sequences, boundary, pack=False)  # one sequence per pass
+    packed = score_task(ck, encoder, task, sequences, boundary, batch_tokens=1024, pack=True)
     assert alone.tokens_processed == packed.tokens_processed == sum(len(s) for s in sequences)
     for a, b in zip(alone.prompts, packed.prompts, strict=True):
         assert np.abs(a.variant_logprob - b.variant_logprob).max() <= 1e-5
