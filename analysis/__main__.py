@@ -2,7 +2,7 @@
 
 import sys
 
-from analysis.phases import main
+from analysis.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

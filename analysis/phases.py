@@ -20,7 +20,8 @@ else the second stage):
   C_stage with P_base_s
 - phase label per stage: "liquid", "nucleated", "settled" or "unclear" (see `_phase`)
 
-Public API:
+Public API (computation; the CLI and its text tables are in analysis/cli.py, the report in
+analysis/report.py, reading the results store in engine/results.py):
 - ``load_results(results_dir, labels)`` -> Results (label -> task -> TaskData)
 - ``task_metrics(P, coverage=None, tau=0.05)`` -> dict of the per-checkpoint metrics
 - ``ladder_metrics(stages, tau=0.05)`` -> dict for one task along one ladder, where stages is
@@ -28,26 +29,21 @@ Public API:
 - ``analyse(results, ladders, tau=0.05)`` -> the dict written to phases.json
 - ``phase_summary(phases)`` -> {ladder: {task: {"seed_prompt_id": id or None,
   "phases": {stage: label}}}}, read from a phases.json dict (what a demo checks)
-- ``main(argv=None)``: ``python -m analysis.phases RESULTS_DIR --ladder base=A,sft=B,...``
-  (a ladder may be named: ``--ladder olmo2:base=A,...``; otherwise it is named by its base
-  label), ``--tau``, ``--out PATH`` (default RESULTS_DIR/phases.json), ``--report DIR``.
+- ``python -m analysis.phases`` runs ``analysis.cli.main`` (``main``, ``parse_ladder``,
+  ``format_tables`` and ``write_atomic`` are still importable from here).
 """
 
-import argparse
-import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from numba import njit
 
 from analysis.metrics import entropy, js_divergence, mass_within, pairwise_js, support
-from engine.errors import AnalysisError, EngineError, OutputError
+from engine.errors import AnalysisError
+from engine.results import Col, read_results
 
 TAU = 0.05  # bits: prompts closer than this (complete linkage) count as one distribution
 LIQUID_MIN = 0.1  # bits of liquidity from which a stage counts as liquid
@@ -84,63 +80,34 @@ class Results:
 
 
 def load_results(results_dir, labels=None):
-    """Read RESULTS_DIR/<label>/<task>.parquet for each label (all labels if None)."""
+    """Read RESULTS_DIR/<label>/<task>.parquet for each label (all labels if None), every file
+    validated by the results store (engine/results.py)."""
     root = Path(results_dir)
-    if not root.is_dir():
-        raise AnalysisError(
-            f"results dir {root}: not a directory; pass the folder that engine.score wrote"
-        )
-    if not any(root.glob("*/*.parquet")):
-        raise AnalysisError(
-            f"results dir {root}: no parquet files (expected {root}/<label>/<task>.parquet); "
-            "run python -m engine.score first or fix the path"
-        )
-    if labels is None:
-        labels = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.parquet")))
-    data = {}
-    for label in labels:
-        folder = root / label
-        files = sorted(folder.glob("*.parquet"))
-        if not files:
-            present = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir()))
-            raise AnalysisError(
-                f"label '{label}': no {folder}/<task>.parquet; labels present: {present}; "
-                "fix --ladder or score that checkpoint"
-            )
-        data[label] = {f.stem: _read_task(f, label) for f in files}
-    return Results(root, data)
+    tables = read_results(root, labels)
+    return Results(root, {label: {task: task_data(table, label, task) for task, table in tasks.items()}
+                          for label, tasks in tables.items()})
 
 
-def _read_task(path, label):
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for a bad file
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise AnalysisError(f"{path}: unreadable parquet ({reason}); rescore this task") from err
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise AnalysisError(f"{path}: missing column(s) {', '.join(missing)}; rescore this task")
+def task_data(table, label, task):
+    """TaskData from a task's results table (one row per prompt and answer)."""
     if table.num_rows == 0:
-        raise AnalysisError(f"{path}: no rows; rescore this task")
+        raise AnalysisError(f"{label}/{task}: no rows; rescore this task")
     cols = table.to_pydict()
-    modes = cols.get("mode", [None] * table.num_rows)
+    modes = cols[Col.mode]
     # Prompt ids are unique within a mode; only when a file mixes modes do they need prefixing.
     several_modes = len(set(modes)) > 1
-    keys = [
-        f"{m}:{p}" if several_modes else p for m, p in zip(modes, cols["prompt_id"], strict=True)
-    ]
+    keys = [f"{m}:{p}" if several_modes else p for m, p in zip(modes, cols[Col.prompt_id], strict=True)]
     rows_of = {}
     for r, key in enumerate(keys):
         rows_of.setdefault(key, []).append(r)
-    return _task_from_rows(path, label, cols, rows_of)
+    return _task_from_rows(f"{label}/{task}", label, task, cols, rows_of)
 
 
-def _task_from_rows(path, label, cols, rows_of):
-    task = path.stem
+def _task_from_rows(path, label, task, cols, rows_of):
     answers = None
     P, cover, texts = [], [], []
     for pid, rows in rows_of.items():
-        these = [cols["answer"][r] for r in rows]
+        these = [cols[Col.answer][r] for r in rows]
         if answers is None:
             answers, first = these, pid
         elif these != answers:
@@ -150,9 +117,9 @@ def _task_from_rows(path, label, cols, rows_of):
             )
         if len(set(these)) != len(these):
             raise AnalysisError(f"{path}: prompt {pid} lists an answer twice; rescore this task")
-        P.append(_prompt_distribution([cols["prob"][r] for r in rows], label, task, pid))
-        cover.append(_coverage(cols["coverage"][rows[0]], label, task, pid))
-        texts.append(cols["prompt_text"][rows[0]])
+        P.append(_prompt_distribution([cols[Col.prob][r] for r in rows], label, task, pid))
+        cover.append(_coverage(cols[Col.coverage][rows[0]], label, task, pid))
+        texts.append(cols[Col.prompt_text][rows[0]])
     return TaskData(label, task, list(rows_of), answers, np.array(P), np.array(cover), texts)
 
 
@@ -473,151 +440,20 @@ def phase_summary(phases):
     }
 
 
-# -------------------------------------------------------------------------------- output
+# ----------------------------------------------------------- the CLI, kept importable here
 
 
-def _fmt(x, digits=3):
-    if x is None:
-        return "-"
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.{digits}f}"
+def __getattr__(name):
+    # Moved to analysis/cli.py (formatting and the CLI); looked up lazily, so that this module
+    # (computation) never imports the CLI that imports it.
+    if name in ("main", "parse_ladder", "format_tables", "write_atomic"):
+        from analysis import cli
 
-
-def format_tables(phases):
-    """Compact text tables: one block per ladder and task, one row per stage."""
-    head = (
-        f"{'stage':<8}{'label':<24}{'H':>7}{'H/logK':>8}{'liquid':>8}{'dist':>6}{'disp':>7}"
-        f"{'cover':>7}{'nucl':>8}{'retain':>8}{'drift':>7}{'rho':>7}  phase"
-    )
-    lines = []
-    for name, body in phases["ladders"].items():
-        stages = ", ".join(f"{s['stage']}={s['label']}" for s in body["stages"])
-        lines.append(f"ladder {name} ({stages})")
-        for task, t in body["tasks"].items():
-            seed = t["seed"]
-            found = f"prompt {seed['seed_prompt_id']}" if seed["found"] else "no seed"
-            lines.append(
-                f"  task {task}  K={len(t['answers'])}  seed ({seed['stage']}): {found}, "
-                f"nearest {seed['nearest_prompt_id']} JS {_fmt(seed['js'])} "
-                f"vs median {_fmt(seed['median_js'])}"
-            )
-            lines.append("    " + head)
-            for stage, m in t["stages"].items():
-                st = t["settling"].get(stage, {})
-                lines.append(
-                    f"    {stage:<8}{m['label'][:23]:<24}{_fmt(m['entropy_bits'], 2):>7}"
-                    f"{_fmt(m['entropy_norm'], 2):>8}{_fmt(m['liquidity']):>8}{m['distinct']:>6}"
-                    f"{_fmt(m['dispersion']):>7}{_fmt(m['coverage']):>7}"
-                    f"{_fmt(m['nucleation'], 2):>8}{_fmt(st.get('retention')):>8}"
-                    f"{_fmt(st.get('drift')):>7}{_fmt(st.get('spearman'), 2):>7}  {m['phase']}"
-                )
-    for pair in phases["cross_ladder"]:
-        a, b = pair["ladders"]
-        lines.append(f"seeds, {a} vs {b}")
-        for task, c in pair["tasks"].items():
-            ids = " / ".join(str(x) for x in c["seed_prompt_ids"])
-            same = "same prompt" if c["same_prompt"] else "different or missing seed"
-            lines.append(f"  {task}: {ids}  JS {_fmt(c['js_between_seeds'])}  {same}")
-    return "\n".join(lines)
-
-
-def write_atomic(path, data, mode="w"):
-    """Write a file through a temporary sibling and os.replace, so no partial file remains."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write ({err.strerror}); choose a writable path") from err
-
-
-# ----------------------------------------------------------------------------------- CLI
-
-
-def parse_ladder(spec):
-    """'[name:]stage=label,stage=label,...' -> (name, [(stage, label), ...])."""
-    name = None
-    head = spec.split("=", 1)[0]
-    if ":" in head:
-        name, spec = spec.split(":", 1)
-    stages = []
-    for part in spec.split(","):
-        stage, sep, label = (x.strip() for x in part.partition("="))
-        if not sep or not stage or not label or "=" in label:
-            raise AnalysisError(
-                f"--ladder {spec!r}: expected stage=label pairs separated by commas, "
-                "e.g. base=olmo2-7b,sft=olmo2-7b-sft,dpo=olmo2-7b-dpo,rl=olmo2-7b-instruct"
-            )
-        stages.append((stage, label))
-    names = [s for s, _ in stages]
-    if len(set(names)) != len(names):
-        raise AnalysisError(f"--ladder {spec!r}: a stage name appears twice; name each once")
-    if len(stages) < 2:
-        raise AnalysisError(f"--ladder {spec!r}: give a base and at least one later stage")
-    return (name or stages[0][1]), stages
-
-
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.phases",
-        description="Phase metrics (liquid / nucleated / settled) of answer distributions.",
-    )
-    parser.add_argument("results_dir", help="folder with <label>/<task>.parquet")
-    parser.add_argument(
-        "--ladder",
-        action="append",
-        required=True,
-        metavar="[NAME:]base=LABEL,sft=LABEL,...",
-        help="ordered stages of one ladder; the first is the base (repeat for more ladders)",
-    )
-    parser.add_argument("--tau", type=float, default=TAU, help="JS threshold for `distinct`")
-    parser.add_argument(
-        "--out", help="where to write phases.json (default RESULTS_DIR/phases.json)"
-    )
-    parser.add_argument("--report", metavar="DIR", help="also write DIR/index.html with plots")
-    return parser.parse_args(argv)
-
-
-def _unique_names(ladders):
-    seen = set()
-    out = []
-    for i, (name, stages) in enumerate(ladders, start=1):
-        if name in seen:
-            name = f"{name}#{i}"
-        seen.add(name)
-        out.append((name, stages))
-    return out
-
-
-def main(argv=None):
-    args = _parse_args(argv)
-    try:
-        if not 0.0 <= args.tau <= 1.0:
-            raise AnalysisError(f"--tau {args.tau}: must be in [0, 1] bits (default {TAU})")
-        ladders = _unique_names([parse_ladder(s) for s in args.ladder])
-        labels = list(dict.fromkeys(label for _, stages in ladders for _, label in stages))
-        results = load_results(args.results_dir, labels)
-        phases = analyse(results, ladders, args.tau)
-        text = json.dumps(phases, indent=1, allow_nan=False)
-        out = Path(args.out) if args.out else Path(args.results_dir) / "phases.json"
-        if args.report:
-            from analysis.report import build_report
-
-            build_report(phases, results, args.report)
-        write_atomic(out, text)
-    except EngineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for line in phases["warnings"]:
-        print(f"warning: {line}", file=sys.stderr)
-    print(format_tables(phases))
-    print(f"wrote {out}" + (f" and {Path(args.report) / 'index.html'}" if args.report else ""))
-    return 0
+        return getattr(cli, name)
+    raise AttributeError(f"module 'analysis.phases' has no attribute {name!r}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from analysis.cli import main as _main
+
+    sys.exit(_main())

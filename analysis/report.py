@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from analysis.metrics import support
-from analysis.phases import SUPPORT_MASS, write_atomic
+from analysis.phases import SUPPORT_MASS
+from engine.files import write_output
 
 PHASE_COLOURS = {
     "liquid": "#6baed6",
@@ -43,7 +44,7 @@ def _slug(*parts):
 def _save(fig, path):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    write_atomic(path, buf.getvalue(), mode="wb")
+    write_output(path, buf.getvalue())
 
 
 def _ticks(ax, names, axis="x", most=25):
@@ -271,5 +272,5 @@ def build_report(phases, results, out_dir):
         + "".join(detail)
         + "</body></html>"
     )
-    write_atomic(out / "index.html", page)
+    write_output(out / "index.html", page)
     return out / "index.html"

@@ -11,10 +11,8 @@ A planted ladder for one task, N prompts over K answers:
     python -m analysis.synthetic OUT_DIR     writes OUT_DIR/<label>/<task>.parquet, manifests
 """
 
-import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -53,61 +51,35 @@ def planted_ladder(rng, n_prompts, n_answers, seed_index, base=None, alpha=0.3, 
 
 
 def write_task(results_dir, label, task, answers, P, coverage, mode="chat"):
-    """One <label>/<task>.parquet in the results-store schema of DESIGN.md."""
+    """One task of a label, written through the results store (schema in docs/results.md)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    rows = {
-        c: []
-        for c in (
-            "label",
-            "task",
-            "mode",
-            "prompt_id",
-            "prompt_text",
-            "continuation",
-            "prompt_token_ids",
-            "continuation_token_ids",
-            "answer",
-            "logprob",
-            "prob",
-            "coverage",
-        )
-    }
+    from engine.results import MAIN_SCHEMA, VARIANT_SCHEMA, Col, ResultsStore
+
+    main = {c: [] for c in MAIN_SCHEMA.names}
     for i, (p, cov) in enumerate(zip(P, coverage, strict=True)):
-        text = f"Variant {i}: pick one of {', '.join(answers)}. Answer:"
+        text = f"Variant {i}: pick one of {', '.join(answers)}."
         for a, (answer, prob) in enumerate(zip(answers, p, strict=True)):
-            values = (
-                label,
-                task,
-                mode,
-                f"p{i:02d}",
-                text,
-                " " + answer,
-                [1, 2, 3 + i],
-                [100 + a],
-                answer,
-                math.log(prob * cov),
-                float(prob),
-                float(cov),
-            )
-            for column, value in zip(rows, values, strict=True):
-                rows[column].append(value)
-    folder = Path(results_dir) / label
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(rows), folder / f"{task}.parquet")
+            row = {Col.label: label, Col.task: task, Col.mode: mode, Col.prompt_id: f"p{i:02d}",
+                   Col.prompt_text: text + " Answer:", Col.user_prompt: text,
+                   Col.continuation: " " + answer, Col.prompt_token_ids: [1, 2, 3 + i],
+                   Col.continuation_token_ids: [100 + a], Col.answer: answer, Col.answer_index: a,
+                   Col.logprob: math.log(prob * cov), Col.prob: float(prob), Col.coverage: float(cov)}
+            for column, value in row.items():
+                main[column].append(value)
+    main = pa.table(main, schema=MAIN_SCHEMA)
+    variants = main.select(VARIANT_SCHEMA.names).cast(VARIANT_SCHEMA)
+    store = ResultsStore(results_dir, label, {"fingerprint": f"synthetic/{label}"})
+    store.write_tables(task, main, variants, prompts=len(P), answers=len(answers))
 
 
 def write_manifest(results_dir, label):
-    manifest = {
-        "label": label,
-        "checkpoint": f"synthetic/{label}",
-        "fingerprint": "synthetic",
-        "engine_version": "synthetic",
-        "dtype": "float64",
-        "device": "cpu",
-    }
-    (Path(results_dir) / label / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    """The label's checkpoint description, as engine.score records it."""
+    from engine.results import ResultsStore
+
+    ResultsStore(results_dir, label).save_manifest(
+        checkpoint=f"synthetic/{label}", fingerprint="synthetic", engine_version="synthetic",
+        dtype="float64", device="cpu")
 
 
 def write_planted_store(results_dir, n_prompts=12, rng_seed=0, tasks=None):

@@ -41,3 +41,16 @@ def remove_stale_temporaries(directory: Path) -> None:
 def file_digest(path: Path) -> str:
     """xxh3-128 of a file's bytes (results files are small: read whole)."""
     return xxhash.xxh3_128(Path(path).read_bytes()).hexdigest()
+
+
+def write_output(path: Path, data: str | bytes) -> None:
+    """`atomic_write` to a path the user chose (a report, phases.json): parent directories are
+    created, text is written as UTF-8, and an OS error becomes one `OutputError` line."""
+    from engine.errors import OutputError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err.strerror or err}); choose a writable path") from None

@@ -295,7 +295,8 @@ class ResultsStore:
         return todo
 
     def problem(self, name: str) -> str | None:
-        """Why a finished task's files cannot be trusted, or None."""
+        """Why a finished task's files cannot be trusted, or None. (Manifests before 0.2 kept
+        no digests: their files are checked for presence, schema and rows only.)"""
         entry = self.entry(name)
         for file in (entry.get("file"), entry.get("variants_file")):
             if not file:
@@ -303,7 +304,7 @@ class ResultsStore:
             path = self.directory / file
             if not path.is_file():
                 return f"{path}: missing"
-            if entry.get("digests", {}).get(file) != file_digest(path):
+            if "digests" in entry and entry["digests"].get(file) != file_digest(path):
                 return f"{path}: damaged or changed since it was written"
         return None
 
@@ -383,6 +384,30 @@ class ResultsStore:
         if rows is not None and table.num_rows != rows:
             raise OutputError(f"{self.directory / file}: {table.num_rows} rows, the manifest says {rows}; {fix}")
         return table
+
+
+def read_results(results_dir, labels=None) -> dict[str, dict[str, pa.Table]]:
+    """{label: {task: main table}} of a results root, every file validated (`read_task`).
+
+    labels None: every label directory with a manifest. Errors name the directory and the
+    labels present."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise OutputError(f"results dir {root}: not a directory; pass the folder that engine.score wrote")
+    present = sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+    if not present:
+        raise OutputError(f"results dir {root}: no <label>/{MANIFEST} (expected {root}/<label>/<task>.parquet); "
+                          "run python -m engine.score first or fix the path")
+    out = {}
+    for label in (present if labels is None else labels):
+        if label not in present:
+            raise OutputError(f"label '{label}': no {root / label}/{MANIFEST}; labels present: "
+                              f"{', '.join(present)}; fix the label or score that checkpoint")
+        store = ResultsStore(root, label)
+        if not store.tasks:
+            raise OutputError(f"label '{label}': no finished task in {root / label}; score that checkpoint")
+        out[label] = {name: store.read_task(name) for name in store.tasks}
+    return out
 
 
 def summarize(table: pa.Table) -> dict:

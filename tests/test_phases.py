@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,6 +26,7 @@ from analysis.phases import (
 )
 from analysis.synthetic import TASKS, planted_ladder, write_planted_store, write_task
 from engine.errors import AnalysisError
+from engine.results import MAIN_SCHEMA, ResultsStore
 
 PROPERTY = settings(max_examples=100, deadline=None)
 
@@ -232,7 +232,7 @@ def test_cli_plain_ladder_default_output(store, tmp_path):
 
 def test_cli_task_missing_at_one_stage_is_named_and_left_out(store, tmp_path, capsys):
     results, ladders, _ = _copy(store, tmp_path)
-    (results / "olmo-dpo" / "random_color.parquet").unlink()
+    _drop_task(results / "olmo-dpo", "random_color")  # as if that label was scored without it
     assert main([str(results), *_flags(ladders)]) == 0
     err = capsys.readouterr().err
     assert "random_color" in err and "olmo-base" in err
@@ -241,24 +241,36 @@ def test_cli_task_missing_at_one_stage_is_named_and_left_out(store, tmp_path, ca
     assert sorted(phases["ladders"]["tulu"]["tasks"]) == ["random_color", "random_number"]
 
 
+def _drop_task(label_dir, task):
+    manifest = json.loads((label_dir / "manifest.json").read_text())
+    del manifest["tasks"][task]
+    (label_dir / "manifest.json").write_text(json.dumps(manifest))
+    (label_dir / f"{task}.parquet").unlink()
+
+
+def _rewrite(path, change):
+    """Change a task's table and store it as a (buggy) writer would: through the results store,
+    so that the file is valid and only its content is inconsistent."""
+    store = ResultsStore(path.parent.parent, path.parent.name)
+    table = store.read_task(path.stem).to_pydict()
+    change(table)
+    store.write_tables(path.stem, pa.table(table, schema=MAIN_SCHEMA), store.read_task(path.stem, variants=True))
+
+
 def _rename_answer(path, old, new):
-    table = pq.read_table(path).to_pydict()
-    table["answer"] = [new if a == old else a for a in table["answer"]]
-    pq.write_table(pa.table(table), path)
+    _rewrite(path, lambda t: t.update(answer=[new if a == old else a for a in t["answer"]]))
 
 
 def _scale_column(path, column, factor):
-    table = pq.read_table(path).to_pydict()
-    table[column] = [v * factor for v in table[column]]
-    pq.write_table(pa.table(table), path)
+    _rewrite(path, lambda t: t.update({column: [v * factor for v in t[column]]}))
 
 
 def _break_prompt_order(path):
-    table = pq.read_table(path).to_pydict()
-    k = len(TASKS["random_number"])
-    for col in table.values():  # swap the first two answers of the second prompt only
-        col[k], col[k + 1] = col[k + 1], col[k]
-    pq.write_table(pa.table(table), path)
+    def swap(table):
+        k = len(TASKS["random_number"])
+        for col in table.values():  # swap the first two answers of the second prompt only
+            col[k], col[k + 1] = col[k + 1], col[k]
+    _rewrite(path, swap)
 
 
 @pytest.mark.parametrize(
@@ -278,9 +290,10 @@ def _break_prompt_order(path):
         (
             lambda r: (r / "olmo-rl" / "random_number.parquet").write_bytes(b"not parquet"),
             None,
-            "unreadable parquet",
+            "random_number.parquet: damaged or changed since it was written; rerun python -m engine.score",
         ),
-        (lambda r: [p.unlink() for p in r.glob("*/*.parquet")], None, "no parquet files"),
+        (lambda r: [p.unlink() for p in r.glob("*/*.parquet")], None, ".parquet: missing"),
+        (lambda r: [p.unlink() for p in r.glob("*/manifest.json")], None, "no <label>/manifest.json"),
         (
             lambda r: _scale_column(r / "tulu-sft" / "random_color.parquet", "prob", 0.5),
             None,
@@ -292,6 +305,7 @@ def _break_prompt_order(path):
             "tulu-rl/random_color prompt p00: coverage",
         ),
         (None, "base=olmo-base;sft=olmo-sft", "expected stage=label pairs"),
+        (None, "base=olmo-base,sft=olmo-base", "label 'olmo-base' is given for two stages"),
         (None, "base=olmo-base,sft=olmo-sft --tau -1", "--tau -1.0: must be in [0, 1]"),
     ],
 )

@@ -1,0 +1,171 @@
+"""`python -m analysis RESULTS_DIR --ladder ...` (also `python -m analysis.phases`): the CLI.
+
+Reads the results store (engine/results.py), computes the phase metrics (analysis/phases.py),
+prints them as text tables, writes phases.json and, with --report, the HTML report
+(analysis/report.py). Bad input: one line and exit status 2, nothing written.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from analysis.phases import TAU, analyse, load_results
+from engine.errors import AnalysisError, EngineError
+from engine.files import write_output
+
+
+def _fmt(x, digits=3):
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+def format_tables(phases):
+    """Compact text tables: one block per ladder and task, one row per stage."""
+    head = (
+        f"{'stage':<8}{'label':<24}{'H':>7}{'H/logK':>8}{'liquid':>8}{'dist':>6}{'disp':>7}"
+        f"{'cover':>7}{'nucl':>8}{'retain':>8}{'drift':>7}{'rho':>7}  phase"
+    )
+    lines = []
+    for name, body in phases["ladders"].items():
+        stages = ", ".join(f"{s['stage']}={s['label']}" for s in body["stages"])
+        lines.append(f"ladder {name} ({stages})")
+        for task, t in body["tasks"].items():
+            seed = t["seed"]
+            found = f"prompt {seed['seed_prompt_id']}" if seed["found"] else "no seed"
+            lines.append(
+                f"  task {task}  K={len(t['answers'])}  seed ({seed['stage']}): {found}, "
+                f"nearest {seed['nearest_prompt_id']} JS {_fmt(seed['js'])} "
+                f"vs median {_fmt(seed['median_js'])}"
+            )
+            lines.append("    " + head)
+            for stage, m in t["stages"].items():
+                st = t["settling"].get(stage, {})
+                lines.append(
+                    f"    {stage:<8}{m['label'][:23]:<24}{_fmt(m['entropy_bits'], 2):>7}"
+                    f"{_fmt(m['entropy_norm'], 2):>8}{_fmt(m['liquidity']):>8}{m['distinct']:>6}"
+                    f"{_fmt(m['dispersion']):>7}{_fmt(m['coverage']):>7}"
+                    f"{_fmt(m['nucleation'], 2):>8}{_fmt(st.get('retention')):>8}"
+                    f"{_fmt(st.get('drift')):>7}{_fmt(st.get('spearman'), 2):>7}  {m['phase']}"
+                )
+    for pair in phases["cross_ladder"]:
+        a, b = pair["ladders"]
+        lines.append(f"seeds, {a} vs {b}")
+        for task, c in pair["tasks"].items():
+            ids = " / ".join(str(x) for x in c["seed_prompt_ids"])
+            same = "same prompt" if c["same_prompt"] else "different or missing seed"
+            lines.append(f"  {task}: {ids}  JS {_fmt(c['js_between_seeds'])}  {same}")
+    return "\n".join(lines)
+
+
+def write_atomic(path, data, mode="w"):
+    """Kept for callers of the 0.1 name: `engine.files.write_output` (text or bytes)."""
+    del mode
+    write_output(path, data)
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def parse_ladder(spec):
+    """'[name:]stage=label,stage=label,...' -> (name, [(stage, label), ...])."""
+    name = None
+    head = spec.split("=", 1)[0]
+    if ":" in head:
+        name, spec = spec.split(":", 1)
+    stages = []
+    for part in spec.split(","):
+        stage, sep, label = (x.strip() for x in part.partition("="))
+        if not sep or not stage or not label or "=" in label:
+            raise AnalysisError(
+                f"--ladder {spec!r}: expected stage=label pairs separated by commas, "
+                "e.g. base=olmo2-7b,sft=olmo2-7b-sft,dpo=olmo2-7b-dpo,rl=olmo2-7b-instruct"
+            )
+        stages.append((stage, label))
+    names = [s for s, _ in stages]
+    if len(set(names)) != len(names):
+        raise AnalysisError(f"--ladder {spec!r}: a stage name appears twice; name each once")
+    labels = [label for _, label in stages]
+    if len(set(labels)) != len(labels):
+        twice = next(label for label in labels if labels.count(label) > 1)
+        raise AnalysisError(f"--ladder {spec!r}: label {twice!r} is given for two stages; each stage "
+                            "is a different checkpoint")
+    if len(stages) < 2:
+        raise AnalysisError(f"--ladder {spec!r}: give a base and at least one later stage")
+    return (name or stages[0][1]), stages
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.phases",
+        description="Phase metrics (liquid / nucleated / settled) of answer distributions.",
+    )
+    parser.add_argument("results_dir", help="folder with <label>/<task>.parquet")
+    parser.add_argument(
+        "--ladder",
+        action="append",
+        required=True,
+        metavar="[NAME:]base=LABEL,sft=LABEL,...",
+        help="ordered stages of one ladder; the first is the base (repeat for more ladders)",
+    )
+    parser.add_argument("--tau", type=float, default=TAU, help="JS threshold for `distinct`")
+    parser.add_argument(
+        "--out", help="where to write phases.json (default RESULTS_DIR/phases.json)"
+    )
+    parser.add_argument("--report", metavar="DIR", help="also write DIR/index.html with plots")
+    return parser.parse_args(argv)
+
+
+def ladder_list(ladders):
+    """[(name, [(stage, label), ...]), ...] from --ladder specs or {name: {stage: label}}, each
+    checked as `parse_ladder` checks a spec; repeated names get a #i suffix."""
+    if isinstance(ladders, dict):
+        ladders = [f"{name}:" + ",".join(f"{s}={label}" for s, label in stages.items())
+                   for name, stages in ladders.items()]
+    parsed = [parse_ladder(x) if isinstance(x, str) else parse_ladder(
+        f"{x[0]}:" + ",".join(f"{s}={label}" for s, label in x[1])) for x in ladders]
+    return _unique_names(parsed)
+
+
+def _unique_names(ladders):
+    seen = set()
+    out = []
+    for i, (name, stages) in enumerate(ladders, start=1):
+        if name in seen:
+            name = f"{name}#{i}"
+        seen.add(name)
+        out.append((name, stages))
+    return out
+
+
+def main(argv=None):
+    args = _parse_args(argv)
+    try:
+        if not 0.0 <= args.tau <= 1.0:
+            raise AnalysisError(f"--tau {args.tau}: must be in [0, 1] bits (default {TAU})")
+        ladders = ladder_list(args.ladder)
+        labels = list(dict.fromkeys(label for _, stages in ladders for _, label in stages))
+        results = load_results(args.results_dir, labels)
+        phases = analyse(results, ladders, args.tau)
+        text = json.dumps(phases, indent=1, allow_nan=False)
+        out = Path(args.out) if args.out else Path(args.results_dir) / "phases.json"
+        if args.report:
+            from analysis.report import build_report
+
+            build_report(phases, results, args.report)
+        write_output(out, text)
+    except EngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for line in phases["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
+    print(format_tables(phases))
+    print(f"wrote {out}" + (f" and {Path(args.report) / 'index.html'}" if args.report else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
