@@ -15,6 +15,9 @@ fixed order, with an online softmax in float32 (flash attention), in two loops:
    [BLOCK_N] span_end vector, and a whole block skipped when its largest ``span_end`` is <= the
    block's first query (no query of the block can see it).
 
+With a sliding window (WINDOWED), both loops also mask ``pos[i] - pos[j] < window`` on the
+position ids, and the second skips a key block that lies outside every query's window.
+
 No [T, T] mask or scores ever reach global memory. The heaviest query blocks (the last ones, with
 the most keys) are launched first to shorten the tail.
 """
@@ -89,11 +92,13 @@ def _full_prefix_end(se_base, sse_t, m0, q_end, BLOCK_N: tl.constexpr, BLOCK_SCA
 
 @triton.jit
 def _attend_block(q, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_n, n_ok, offs_d, d_ok,
-                  offs_m, span_end, qk_scale, m_i, l_i, acc,
-                  MASKED: tl.constexpr, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
+                  offs_m, span_end, pos_m, pos_n, window, qk_scale, m_i, l_i, acc,
+                  MASKED: tl.constexpr, WINDOWED: tl.constexpr, F32_DOT: tl.constexpr,
+                  IEEE: tl.constexpr):
     """Fold one key block into the online softmax state (m_i, l_i, acc), in log2 units.
 
-    MASKED applies ``j <= i < span_end[j]``; without it every key is visible (fast path).
+    MASKED applies ``j <= i < span_end[j]``, WINDOWED ``pos_m[i] - pos_n[j] < window``; with
+    neither, every key is visible (fast path).
     """
     kv_mask = n_ok[:, None] & d_ok[None, :]
     k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
@@ -101,6 +106,8 @@ def _attend_block(q, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_n, n_ok, offs_
     if MASKED:
         visible = (offs_n[None, :] <= offs_m[:, None]) & (offs_m[:, None] < span_end[None, :])
         s = tl.where(visible, s, float("-inf"))
+    if WINDOWED:
+        s = tl.where(pos_m[:, None] - pos_n[None, :] < window, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf) = NaN
     alpha = tl.exp2(m_i - m_ref)
@@ -112,11 +119,13 @@ def _attend_block(q, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_n, n_ok, offs_
 
 
 @triton.jit
-def _tree_attn_kernel(q_ptr, k_ptr, v_ptr, se_ptr, o_ptr, T, HQ, GROUP, DH, qk_scale,
-                      sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d,
+def _tree_attn_kernel(q_ptr, k_ptr, v_ptr, se_ptr, pos_ptr, o_ptr, T, HQ, GROUP, DH, qk_scale,
+                      window, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d,
                       sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_t, so_d, sse_b, sse_t,
+                      spos_b, spos_t,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_SCAN: tl.constexpr, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
+                      BLOCK_SCAN: tl.constexpr, WINDOWED: tl.constexpr, F32_DOT: tl.constexpr,
+                      IEEE: tl.constexpr):
     """out[b, h, i] = softmax over visible keys j of (q_i . k_j) * scale, times v_j.
 
     qk_scale is scale * log2(e), so the softmax runs on exp2. Two loops over key blocks, both
@@ -140,6 +149,10 @@ def _tree_attn_kernel(q_ptr, k_ptr, v_ptr, se_ptr, o_ptr, T, HQ, GROUP, DH, qk_s
     k_base = k_ptr + b.to(tl.int64) * sk_b + kvh.to(tl.int64) * sk_h
     v_base = v_ptr + b.to(tl.int64) * sv_b + kvh.to(tl.int64) * sv_h
     se_base = se_ptr + b.to(tl.int64) * sse_b
+    pos_base = pos_ptr + b.to(tl.int64) * spos_b
+    pos_m = offs_m  # unused without a window
+    if WINDOWED:
+        pos_m = tl.load(pos_base + offs_m * spos_t, mask=m_ok, other=0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -148,17 +161,29 @@ def _tree_attn_kernel(q_ptr, k_ptr, v_ptr, se_ptr, o_ptr, T, HQ, GROUP, DH, qk_s
     full_end = _full_prefix_end(se_base, sse_t, m0, hi, BLOCK_N, BLOCK_SCAN)
     for n0 in range(0, full_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
+        pos_n = offs_n  # unused without a window
+        if WINDOWED:
+            pos_n = tl.load(pos_base + offs_n * spos_t, mask=offs_n < T, other=0)
         m_i, l_i, acc = _attend_block(q, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_n,
-                                      offs_n < T, offs_d, d_ok, offs_m, offs_n, qk_scale,
-                                      m_i, l_i, acc, False, F32_DOT, IEEE)  # span_end unused
+                                      offs_n < T, offs_d, d_ok, offs_m, offs_n, pos_m, pos_n,
+                                      window, qk_scale, m_i, l_i, acc, False, WINDOWED,
+                                      F32_DOT, IEEE)  # span_end unused
     for n0 in range(full_end, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < T
         span_end = tl.load(se_base + offs_n * sse_t, mask=n_ok, other=0)
-        if tl.max(span_end, axis=0) > m0:  # else no query of this block sees these keys
+        pos_n = offs_n
+        if WINDOWED:
+            pos_n = tl.load(pos_base + offs_n * spos_t, mask=n_ok, other=0)
+        seen = tl.max(span_end, axis=0) > m0  # else no query of this block sees these keys
+        if WINDOWED:  # ... nor when every key is out of every query's window
+            seen = seen & (tl.min(tl.where(m_ok, pos_m, 2**30), axis=0)
+                           - tl.max(tl.where(n_ok, pos_n, -2**30), axis=0) < window)
+        if seen:
             m_i, l_i, acc = _attend_block(q, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_n,
-                                          n_ok, offs_d, d_ok, offs_m, span_end, qk_scale,
-                                          m_i, l_i, acc, True, F32_DOT, IEEE)
+                                          n_ok, offs_d, d_ok, offs_m, span_end, pos_m, pos_n,
+                                          window, qk_scale, m_i, l_i, acc, True, WINDOWED,
+                                          F32_DOT, IEEE)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # a row with no visible key stays 0
     o_base = o_ptr + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h
     tl.store(o_base + offs_m[:, None] * so_t + offs_d[None, :] * so_d,
@@ -172,7 +197,8 @@ def _check_device(q: torch.Tensor) -> None:
                            "TRITON_INTERPRET=1 set before triton is first imported")
 
 
-def tree_attention(q, k, v, span_end, scale, config=None, out=None):
+def tree_attention(q, k, v, span_end, scale, config=None, out=None, *, positions=None,
+                   window=None):
     """Launch the kernel; inputs already validated by ``kernels.tree_attention``.
 
     ``out`` (a q-shaped, q-dtype buffer) receives the result; tests pass a NaN-filled one to
@@ -189,10 +215,14 @@ def tree_attention(q, k, v, span_end, scale, config=None, out=None):
     cfg = config or default_config(dh, q.dtype)
     block_d = max(16, triton.next_power_of_2(dh))
     grid = (triton.cdiv(t, cfg.block_m), b * hq)
+    windowed = window is not None
+    # int32 positions (position ids are far below 2**30), so in-kernel differences stay int32.
+    pos = positions.to(torch.int32) if windowed else span_end  # unused without a window
     _tree_attn_kernel[grid](
-        q, k, v, span_end, out, t, hq, hq // k.shape[1], dh, scale * _LOG2E,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *span_end.stride(),
+        q, k, v, span_end, pos, out, t, hq, hq // k.shape[1], dh, scale * _LOG2E,
+        int(window) if windowed else 0,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *span_end.stride(), *pos.stride(),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_SCAN=cfg.block_scan,
-        F32_DOT=INTERPRET and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
+        WINDOWED=windowed, F32_DOT=INTERPRET and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

@@ -21,6 +21,12 @@ key block without looking inside: when the block starts after the query block en
 and when ``max(span_end over the block) <= first query of the query block`` (every key's span
 ends before any of these queries, e.g. a finished sibling subtree).
 
+Sliding window (``window``, e.g. OLMo 3's local layers): key j is additionally visible to query i
+only if ``positions[b, i] - positions[b, j] < window``, with ``positions`` [B, T] the position
+ids (a trie node sits at position prompt_len - 1 + depth, so the distance is measured in
+positions, not in row indices; Hugging Face's sliding window is ``q_pos - kv_pos < window``).
+``window=None`` means no window.
+
 Grouped-query attention: q [B, Hq, T, Dh], k and v [B, Hkv, T, Dh], with query head h reading
 kv head ``h // (Hq // Hkv)``. ``tree_attention_reference`` is plain torch (the engine's CPU
 path); ``tree_attention_triton`` is a flash-attention style kernel
@@ -29,6 +35,7 @@ path); ``tree_attention_triton`` is a flash-attention style kernel
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -62,6 +69,22 @@ def _check_inputs(q, k, v, span_end) -> None:
     if span_end.shape != (b, t) or span_end.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"span_end must be int32/int64 [B={b}, T={t}], got {span_end.dtype} "
                          f"{tuple(span_end.shape)}")
+
+
+def _check_window(positions, window, span_end) -> None:
+    """A window needs integer positions shaped like span_end; the window is a positive int."""
+    if window is None:
+        return
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
+        raise ValueError(f"window must be a positive int (or None for no window), got {window!r}")
+    if positions is None:
+        raise ValueError("window is set but positions is None: pass the position ids [B, T] "
+                         "(the sliding window is measured in positions)")
+    if positions.shape != span_end.shape or positions.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"positions must be int32/int64 {tuple(span_end.shape)} like span_end, "
+                         f"got {positions.dtype} {tuple(positions.shape)}")
+    if positions.device != span_end.device:
+        raise ValueError(f"positions is on {positions.device} but span_end on {span_end.device}")
 
 
 def dfs_preorder(parents: Sequence[int]) -> list[int]:
@@ -149,14 +172,18 @@ def _first_visible_key(span_end: torch.Tensor, r0: int, r1: int) -> int:
 
 
 def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             span_end: torch.Tensor, scale: float) -> torch.Tensor:
+                             span_end: torch.Tensor, scale: float, *,
+                             positions: torch.Tensor | None = None,
+                             window: int | None = None) -> torch.Tensor:
     """Plain-torch tree attention in float32; returns q.dtype [B, Hq, T, Dh].
 
-    The dense mask is built per batch element and per block of query rows, over only the keys
-    that block can see (see `_first_visible_key`), so memory stays bounded (about 64 MiB of
-    scores) even at T = 5000 with 32 heads.
+    With ``window``, key j is visible to query i only if ``positions[b, i] - positions[b, j] <
+    window`` as well (see the module docstring). The dense mask is built per batch element and
+    per block of query rows, over only the keys that block can see (see `_first_visible_key`),
+    so memory stays bounded (about 64 MiB of scores) even at T = 5000 with 32 heads.
     """
     _check_inputs(q, k, v, span_end)
+    _check_window(positions, window, span_end)
     b, hq, t, dh = q.shape
     hkv = k.shape[1]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -169,31 +196,41 @@ def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             r1 = min(t, r0 + rows)
             k0 = _first_visible_key(span_end[bi], r0, r1)
             visible = span_end_visible(span_end[bi], slice(r0, r1))[:, k0:r1]
+            if window is not None:
+                pos = positions[bi]
+                visible &= (pos[r0:r1, None] - pos[None, k0:r1]) < window
             o = _attend_rows(qb[:, :, r0:r1], kb[..., k0:r1, :], vb[..., k0:r1, :], visible, scale)
             out[bi, :, r0:r1] = o.reshape(hq, r1 - r0, dh).to(q.dtype)
     return out
 
 
 def tree_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          span_end: torch.Tensor, scale: float, *, config=None,
-                          out=None) -> torch.Tensor:
+                          span_end: torch.Tensor, scale: float, *,
+                          positions: torch.Tensor | None = None, window: int | None = None,
+                          config=None, out=None) -> torch.Tensor:
     """Flash-attention style Triton kernel with the reference's semantics.
 
     Never materialises a [T, T] mask or scores in global memory; any head_dim (padded to a power
     of two >= 16 inside the kernel), any T. ``config`` (a ``TreeAttentionConfig``) overrides the
-    tile sizes for tests and tuning; ``out`` (q-shaped, q.dtype) receives the result. Runs natively on CUDA tensors, or on CPU tensors under
-    ``TRITON_INTERPRET=1``.
+    tile sizes for tests and tuning; ``out`` (q-shaped, q.dtype) receives the result.
+    ``positions`` and ``window``: the sliding window, as in the reference. Runs natively on CUDA
+    tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
     """
     _check_inputs(q, k, v, span_end)
+    _check_window(positions, window, span_end)
     from kernels import _tree_attention_triton
 
-    return _tree_attention_triton.tree_attention(q, k, v, span_end, float(scale), config, out)
+    return _tree_attention_triton.tree_attention(q, k, v, span_end, float(scale), config, out,
+                                                 positions=positions, window=window)
 
 
 def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span_end: torch.Tensor,
-                   scale: float) -> torch.Tensor:
+                   scale: float, *, positions: torch.Tensor | None = None,
+                   window: int | None = None) -> torch.Tensor:
     """Dispatcher: the Triton kernel for CUDA tensors (unless ``ENGINE_FORCE_REFERENCE=1``),
-    the torch reference otherwise."""
+    the torch reference otherwise. ``window=None``: no sliding window; an int window needs the
+    position ids ``positions`` [B, T]."""
     if use_triton(q):
-        return tree_attention_triton(q, k, v, span_end, scale)
-    return tree_attention_reference(q, k, v, span_end, scale)
+        return tree_attention_triton(q, k, v, span_end, scale, positions=positions,
+                                     window=window)
+    return tree_attention_reference(q, k, v, span_end, scale, positions=positions, window=window)

@@ -302,3 +302,117 @@ def test_triton_native_large():
     got = tree_attention_triton(q, k, v, se, 128**-0.5)
     assert_attention_close(got, tree_attention_reference(q, k, v, se, 128**-0.5),
                            torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- sliding window
+
+def tree_positions(prompt_len: int, parents: list[int], total: int) -> torch.Tensor:
+    """Position ids as the engine gives them: the prompt 0..p-1, a trie node at p - 1 + its
+    depth (a root has depth 1), padding continuing from the row index."""
+    depth = []
+    for p in parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    length = prompt_len + len(parents)
+    pos = list(range(prompt_len)) + [prompt_len - 1 + d for d in depth] + list(range(length,
+                                                                                      total))
+    return torch.tensor(pos, dtype=torch.int64)
+
+
+def windowed_problem(seed, hkv, group, head_dim, seqs, window, dtype=torch.float32,
+                     pos_dtype=torch.int64):
+    """make_problem's inputs plus positions [B, T] and the oracle's visibility with the window
+    applied on positions (built from the trees themselves, not from span_end)."""
+    q, k, v, se, _ = make_problem(seed, len(seqs), hkv, group, head_dim, seqs, dtype)
+    rng = random.Random(seed)  # make_problem's trie draws, replayed
+    total = se.shape[1]
+    positions, visible = [], []
+    for p, n, _ in seqs:
+        parents = random_trie(rng, n)
+        pos = tree_positions(p, parents, total)
+        positions.append(pos)
+        visible.append(tree_visibility(p, parents, total)
+                       & (pos[:, None] - pos[None, :] < window))
+    assert torch.equal(torch.stack([trie_span_end(p, random_trie(random.Random(seed), n), total)
+                                    for p, n, _ in seqs[:1]]).to(se), se[:1])
+    return (q, k, v, se, torch.stack(positions).to(pos_dtype).to(DEVICE),
+            torch.stack(visible).to(DEVICE))
+
+
+window_seqs = st.lists(st.tuples(st.integers(1, 50), st.integers(0, 30), st.integers(0, 4)),
+                       min_size=1, max_size=2)
+
+
+@budget(40)
+@given(seed=st.integers(0, 2**31 - 1), seqs=window_seqs, window=st.integers(1, 90),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+@example(seed=3, seqs=[(40, 20, 0)], window=8, dtype=torch.float32)  # window inside the prompt
+@example(seed=4, seqs=[(5, 30, 2)], window=3, dtype=torch.float32)  # window cutting the trie
+def test_window_reference_matches_float64(seed, seqs, window, dtype):
+    """Reference with a window == dense float64 attention under tree & window visibility."""
+    q, k, v, se, pos, visible = windowed_problem(seed, 2, 2, 16, seqs, window, dtype)
+    got = tree_attention_reference(q, k, v, se, 0.25, positions=pos, window=window)
+    assert_attention_close(got, attention_float64(q, k, v, visible, 0.25), dtype)
+
+
+@needs_kernels
+@budget(30)
+@given(seed=st.integers(0, 2**31 - 1), seqs=window_seqs, window=st.integers(1, 90),
+       head_dim=st.sampled_from([16, 32]), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+       pos_dtype=st.sampled_from([torch.int32, torch.int64]))
+@example(seed=5, seqs=[(45, 25, 3), (20, 30, 0)], window=10, head_dim=16,
+         dtype=torch.float32, pos_dtype=torch.int64)
+@example(seed=6, seqs=[(6, 36, 0)], window=2, head_dim=32, dtype=torch.bfloat16,
+         pos_dtype=torch.int32)
+def test_window_triton_matches_reference_and_float64(seed, seqs, window, head_dim, dtype,
+                                                     pos_dtype):
+    """Kernel with a window == reference == float64 (windows inside the prompt, cutting into
+    the trie, wider than the row), output poisoned with NaN."""
+    q, k, v, se, pos, visible = windowed_problem(seed, 1, 2, head_dim, seqs, window, dtype,
+                                                 pos_dtype)
+    scale = head_dim**-0.5
+    got = tree_attention_triton(q, k, v, se, scale, positions=pos, window=window,
+                                out=torch.full_like(q, float("nan")))
+    want = tree_attention_reference(q, k, v, se, scale, positions=pos, window=window)
+    assert_attention_close(got, want, dtype)
+    assert_attention_close(got, attention_float64(q, k, v, visible, scale), dtype)
+
+
+@pytest.mark.parametrize("fn", ["reference", "triton"])
+def test_window_as_wide_as_the_row_is_no_window(fn):
+    """window >= T (in positions) changes nothing: bitwise equal to window=None."""
+    if fn == "triton" and not (IN_PROCESS and kernels.triton_available()):
+        pytest.skip("kernels run in test_kernels_in_fresh_process")
+    impl = tree_attention_reference if fn == "reference" else tree_attention_triton
+    q, k, v, se, pos, _ = windowed_problem(11, 1, 2, 16, [(30, 20, 2), (12, 30, 0)], 52)
+    t = se.shape[1]
+    plain = impl(q, k, v, se, 0.3)
+    for window in (t, t + 1, 10**6):
+        assert torch.equal(impl(q, k, v, se, 0.3, positions=pos, window=window), plain)
+
+
+def test_window_changes_the_result_when_it_cuts():
+    """A window shorter than the prompt does change late queries (the test above is not
+    vacuous), and the dispatcher passes positions and window through."""
+    q, k, v, se, pos, _ = windowed_problem(12, 1, 1, 16, [(30, 10, 0)], 4)
+    plain = tree_attention(q, k, v, se, 0.3)
+    windowed = tree_attention(q, k, v, se, 0.3, positions=pos, window=4)
+    assert torch.equal(windowed[..., :4, :], plain[..., :4, :])  # rows 0-3 see all their keys
+    assert not torch.allclose(windowed[..., 10:, :], plain[..., 10:, :])
+    assert torch.equal(windowed, tree_attention_reference(q, k, v, se, 0.3, positions=pos,
+                                                          window=4))
+
+
+@pytest.mark.parametrize("make_kwargs, match", [
+    (lambda pos: {"window": 4}, "positions is None"),
+    (lambda pos: {"window": 0, "positions": pos}, "positive int"),
+    (lambda pos: {"window": 2.5, "positions": pos}, "positive int"),
+    (lambda pos: {"window": True, "positions": pos}, "positive int"),
+    (lambda pos: {"window": 4, "positions": pos[:, :-1]}, "positions must be"),
+    (lambda pos: {"window": 4, "positions": pos.float()}, "positions must be"),
+])
+def test_window_bad_inputs_raise(make_kwargs, match):
+    """Bad window arguments are one clear ValueError on both paths (before any kernel)."""
+    q, k, v, se, pos, _ = windowed_problem(13, 1, 1, 16, [(6, 4, 0)], 4)
+    for fn in (tree_attention_reference, tree_attention_triton):
+        with pytest.raises(ValueError, match=match):
+            fn(q, k, v, se, 1.0, **make_kwargs(pos))
