@@ -38,7 +38,7 @@ def test_trie_shares_prefixes_and_spans_subtrees():
 def model_dir(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(request.param)
     # init 0.1: logits of a realistic size (|logit| up to ~15), where float32 rounding of the
-    # LM head stays well under the 1e-5 bound; the runtime tests use a harsher init.
+    # LM head stays at float32 rounding (relative 1e-6); the runtime tests use a harsher init.
     kwargs = dict(arch="olmo2", init=0.1) if request.param == "olmo2" else dict(
         arch="llama", kv_heads=2, rope_scaling=tiny.LLAMA3_ROPE, init=0.1)
     model = tiny.make_checkpoint(directory, **kwargs)
@@ -70,14 +70,17 @@ def test_logprobs_equal_the_naive_computation(model_dir, mode, tmp_path):
             vrows = [v for v in variants if v["prompt_id"] == prompt.id]
             naive = naive_logprobs(hf_model, hf_tok, mine[0]["prompt_text"], [v["continuation"] for v in vrows],
                                    mode == "base", boundary)
-            worst = max(worst, max(abs(n - v["logprob"]) for n, v in zip(naive, vrows, strict=True)))
+            worst = max(worst, max(abs(n - v["logprob"]) / max(1.0, abs(n))
+                                   for n, v in zip(naive, vrows, strict=True)))
             coverage = sum(math.exp(r["logprob"]) for r in mine)
             for r in mine:
                 expected = np.logaddexp.reduce([n for n, v in zip(naive, vrows, strict=True) if v["answer"] == r["answer"]])
-                assert abs(r["logprob"] - expected) <= 1e-5, (task.name, prompt.id, r["answer"])
+                # float32 rounding: relative 1e-6 of |logprob| (absolute near 0)
+                assert abs(r["logprob"] - expected) <= 1e-6 * max(1.0, abs(expected)), (
+                    task.name, prompt.id, r["answer"])
                 assert math.isclose(r["coverage"], coverage, rel_tol=1e-9)
                 assert math.isclose(r["prob"], math.exp(r["logprob"]) / coverage, rel_tol=1e-9)
-    print(f"{directory.name} {mode}: max |logprob - naive| = {worst:.2e}")
+    print(f"{directory.name} {mode}: max |logprob - naive| / max(1, |logprob|) = {worst:.2e}")
 
 
 def test_packing_does_not_change_results(model_dir):
