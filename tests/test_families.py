@@ -100,7 +100,7 @@ def test_float32_logits_match_transformers(pair):
     assert scale > 1.0, "random logits should have a real spread"
     diff = (got - expected).abs().max().item()
     print(f"{name}: max |dlogit| = {diff:.3e} (max |logit| {scale:.2f}, bitwise {torch.equal(got, expected)})")
-    assert diff <= 1e-5 * scale, name
+    assert diff <= 1e-6 * scale, name  # float32 rounding (measured: bitwise equal on this CPU)
     assert (got.log_softmax(-1) - expected.log_softmax(-1)).abs().max().item() <= 1e-5, name
 
 
@@ -115,7 +115,9 @@ def test_transformers_4x_config_keys_give_the_same_logits(pair, tmp_path):
 
 
 def test_plain_causal_path_applies_the_window(pair):
-    """span_end None (training) runs torch's fused attention with an explicit window mask."""
+    """span_end None (training) runs torch's fused attention with an explicit window mask: its
+    own summation order, so agreement is to ~1e-6 of the logits' scale (measured up to 2.4e-6),
+    not bitwise."""
     name, reference, directory = pair
     ids = token_ids(seed=2)
     with torch.no_grad():
@@ -198,12 +200,16 @@ def test_scores_equal_the_naive_transformers_computation(scoring_dir, mode, tmp_
             vrows = [v for v in variants if v["prompt_id"] == prompt.id]
             naive = naive_logprobs(hf_model, hf_tok, text, [v["continuation"] for v in vrows], mode == "base",
                                    boundary)
-            worst = max(worst, max(abs(n - v["logprob"]) for n, v in zip(naive, vrows, strict=True)))
+            worst = max(worst, max(abs(n - v["logprob"]) / max(1.0, abs(n))
+                                   for n, v in zip(naive, vrows, strict=True)))
             for r in mine:
                 expected = np.logaddexp.reduce([n for n, v in zip(naive, vrows, strict=True)
                                                 if v["answer"] == r["answer"]])
-                assert abs(r["logprob"] - expected) <= 1e-5, (task.name, prompt.id, r["answer"])
-    print(f"{family} {mode}: max |logprob - naive| = {worst:.2e}, shortest prompt {shortest} tokens")
+                # float32 rounding: relative 1e-6 of |logprob| (absolute near 0), as tests/test_scorer.py
+                assert abs(r["logprob"] - expected) <= 1e-6 * max(1.0, abs(expected)), (
+                    task.name, prompt.id, r["answer"])
+    print(f"{family} {mode}: max |logprob - naive| / max(1, |logprob|) = {worst:.2e}, "
+          f"shortest prompt {shortest} tokens")
     if family != "qwen3":
         assert shortest > SCORING_WINDOW  # every prompt is longer than the window: it matters
 
@@ -336,8 +342,8 @@ def test_bad_window_settings(good, tmp_path, edit):
 @pytest.mark.parametrize("family", ["olmo3", "qwen2"])
 def test_window_larger_than_max_positions_is_legal(family, tmp_path):
     """transformers accepts a window wider than the context (real Qwen 2.5 configs carry
-    sliding_window 131072 with max_position_embeddings 32768): the window never binds, and
-    the logits are those of full attention everywhere, here as there."""
+    sliding_window 131072 with max_position_embeddings 32768): the window never binds inside
+    the context, here as there."""
     kwargs = dict(CASES["olmo3_mha_untied"] if family == "olmo3" else CASES["qwen2_gqa4_window"])
     kwargs["sliding_window"] = 4096  # > max_position_embeddings = 1024
     directory = tmp_path / family
@@ -349,8 +355,8 @@ def test_window_larger_than_max_positions_is_legal(family, tmp_path):
         expected = reference(ids).logits.float()
     got = ck.logits(ids)
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
-    full = edited_copy(directory, tmp_path / "full", layer_types=["full_attention"] * kwargs["layers"])
-    assert torch.equal(engine.load(full).logits(ids), got)
+    just_wide_enough = edited_copy(directory, tmp_path / "wide", sliding_window=SEQ_LEN)
+    assert torch.equal(engine.load(just_wide_enough).logits(ids), got)
 
 
 def test_qwen25_style_window_off_with_a_wide_window_loads(tmp_path):
