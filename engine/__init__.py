@@ -2,8 +2,8 @@
 
 from engine.errors import EngineError
 
-__version__ = "0.1.0"
-__all__ = ["Checkpoint", "EngineError", "load", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["Checkpoint", "EngineError", "ScoreResult", "load", "score_checkpoint", "__version__"]
 
 
 def __getattr__(name):
@@ -13,4 +13,8 @@ def __getattr__(name):
         from engine import checkpoint
 
         return getattr(checkpoint, name)
+    if name in ("score_checkpoint", "ScoreResult"):
+        from engine import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -1,29 +1,35 @@
 """Load a local Hugging Face checkpoint directory: config, weights, tokenizer, chat template.
 
-Weights are read with safetensors memory-mapped and assigned straight into a model built on
-the meta device, so a float32 checkpoint loaded as float32 on the CPU is never copied: its
-tensors are views of the mapped file. Other dtypes or devices convert one tensor at a time.
+Weights are read from memory-mapped safetensors files (engine/weights.py) and assigned straight
+into a model built on the meta device, so a float32 checkpoint loaded as float32 on the CPU is
+never copied: its tensors are views of the mapped file. Other dtypes or devices convert one
+tensor at a time. Every byte of every weight file is hashed as it is read, and the small files
+(config, tokenizer, template) whole: `Checkpoint.fingerprint` identifies the exact contents.
 Pickle checkpoints (*.bin, *.pt) are refused: unpickling can run arbitrary code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+import xxhash
 from tokenizers import Tokenizer
 
 from engine.chat import ChatTemplate, find_template_text, special_tokens
 from engine.config import parse_config, read_json
 from engine.errors import CheckpointError, DeviceError, TokenizerError, WeightsError
 from engine.model import ModelArgs, Transformer
+from engine.weights import BlockDigest, WeightFile, digest_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Tensors some checkpoints carry that the model recomputes or shares; never an error.
 IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)
+# Small files that can change results (config, tokenizer, chat template): hashed whole.
+METADATA_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
 
 
 class Config(dict):
@@ -47,6 +53,7 @@ class Checkpoint:
     chat_template: ChatTemplate | None
     dtype: torch.dtype
     device: torch.device
+    fingerprint: str  # xxh3-128 over every byte of the weights, config, tokenizer and template
 
     @torch.inference_mode()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -91,8 +98,21 @@ def load(path, dtype="float32", device="cpu") -> Checkpoint:
     special = special_tokens(tokenizer_config)
     found = find_template_text(directory, tokenizer_config)
     template = ChatTemplate(found[0], found[1], special) if found else None
-    model = load_model(directory, args, torch_dtype, torch_device)
-    return Checkpoint(directory, config, args, model, tokenizer, special, template, torch_dtype, torch_device)
+    model, weight_digests = load_model(directory, args, torch_dtype, torch_device)
+    return Checkpoint(directory, config, model.args, model, tokenizer, special, template, torch_dtype,
+                      torch_device, fingerprint(directory, weight_digests))
+
+
+def fingerprint(directory: Path, weight_digests: dict[str, str]) -> str:
+    """One hash of everything that determines results: the weight files' digests (computed as
+    they were read) and the whole bytes of every small metadata file of the directory."""
+    h = xxhash.xxh3_128()
+    for name in sorted(weight_digests):
+        h.update(f"{name}\0{weight_digests[name]}\0".encode())
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.suffix in METADATA_SUFFIXES:
+            h.update(f"{path.name}\0{digest_bytes(path.read_bytes())}\0".encode())
+    return h.hexdigest()
 
 
 def resolve_device(device) -> torch.device:
@@ -156,53 +176,67 @@ def weight_files(directory: Path) -> dict[str, Path] | list[Path]:
     raise WeightsError(f"{directory}: no model.safetensors or model.safetensors.index.json found")
 
 
-def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device) -> Transformer:
-    """Build the model on the meta device and assign the checkpoint's tensors into it."""
+def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device
+               ) -> tuple[Transformer, dict[str, str]]:
+    """Build the model on the meta device and assign the checkpoint's tensors into it.
+    Returns the model and each weight file's digest."""
+    files = [WeightFile(path) for path in weight_paths(directory)]
+    args = untie_if_the_checkpoint_has_a_head(args, files)
     with torch.device("meta"):
         model = Transformer(args)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    state = read_weights(directory, expected, dtype, device)
+    state, digests = {}, {}
+    for f in files:
+        check_names_and_shapes(f, expected)
+        digest = BlockDigest()
+        for name, tensor in f.tensors(digest):
+            if name in expected:
+                state[name] = tensor.to(device=device, dtype=dtype)
+        digests[f.path.name] = digest.hexdigest()
     missing = sorted(set(expected) - set(state))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; the weights are incomplete")
     model.load_state_dict(state, assign=True, strict=True)
     model.reset_rope(device)  # rotary buffers are not in checkpoints: built on the meta device
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False), digests
 
 
-def read_weights(directory: Path, expected: dict, dtype: torch.dtype, device: torch.device) -> dict:
+def weight_paths(directory: Path) -> list[Path]:
     files = weight_files(directory)
     paths = sorted(set(files.values())) if isinstance(files, dict) else files
-    state = {}
     for path in paths:
         if not path.is_file():
             raise WeightsError(f"{path}: weight shard listed in the index is missing; restore it")
-        try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                for name in f.keys():
-                    tensor = read_tensor(f, name, path, expected)
-                    if tensor is not None:
-                        state[name] = tensor.to(dtype)
-        except SafetensorError as e:
+    return paths
+
+
+def untie_if_the_checkpoint_has_a_head(args: ModelArgs, files: list[WeightFile]) -> ModelArgs:
+    """`tie_word_embeddings: true` beside a distinct `lm_head.weight`: use that head, as
+    transformers 5.x does, and say so (a head equal to the embeddings changes nothing)."""
+    holder = {name: f for f in files for name in f.names()}
+    if not args.tie_embeddings or "lm_head.weight" not in holder:
+        return args
+    head = holder["lm_head.weight"].tensor("lm_head.weight")
+    embed_file = holder.get("model.embed_tokens.weight")
+    if embed_file is not None and torch.equal(head, embed_file.tensor("model.embed_tokens.weight")):
+        return args
+    print(f"warning: {holder['lm_head.weight'].path}: config.json ties the embeddings, but the "
+          "checkpoint has its own lm_head.weight; using it, as transformers does", file=sys.stderr)
+    return replace(args, tie_embeddings=False)
+
+
+def check_names_and_shapes(f: WeightFile, expected: dict) -> None:
+    """Every tensor of the file is one the config implies, with the shape it implies."""
+    for name in f.names():
+        if name not in expected:
+            if name.endswith(IGNORED_TENSOR_SUFFIXES) or name == "lm_head.weight":  # tied head
+                continue
             raise WeightsError(
-                f"{path}: corrupt or truncated safetensors file ({e}); download or convert it again"
-            ) from None
-    return state
-
-
-def read_tensor(f, name: str, path: Path, expected: dict):
-    """One tensor, checked against the shape the config implies; None if it is not used."""
-    if name not in expected:
-        if name.endswith(IGNORED_TENSOR_SUFFIXES) or name == "lm_head.weight":  # tied head
-            return None
-        raise WeightsError(
-            f"{path}: unexpected tensor {name!r}; config.json does not describe this checkpoint's architecture"
-        )
-    shape = tuple(f.get_slice(name).get_shape())
-    if shape != expected[name]:
-        raise WeightsError(
-            f"{path}: tensor {name!r} has shape {list(shape)} but config.json implies {list(expected[name])}"
-        )
-    return f.get_tensor(name)
-
+                f"{f.path}: unexpected tensor {name!r}; config.json does not describe this checkpoint's architecture"
+            )
+        shape = f.shape(name)
+        if shape != expected[name]:
+            raise WeightsError(
+                f"{f.path}: tensor {name!r} has shape {list(shape)} but config.json implies {list(expected[name])}"
+            )

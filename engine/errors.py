@@ -46,3 +46,7 @@ class OutputError(EngineError):
 
 class AnalysisError(EngineError):
     """Results given to the analysis layer are missing or inconsistent."""
+
+
+class NonFiniteError(EngineError):
+    """The model produced NaN or infinite log-probabilities (bad weights, or overflow)."""

@@ -1,89 +1,94 @@
-"""The results store: results/<label>/<task>.parquet + manifest.json (schema in DESIGN.md).
+"""The results store: results/<label>/<task>.parquet, variants/<task>.parquet, manifest.json.
 
-Every file is written atomically (a temporary file in the same directory, then os.replace), and
-a task enters the manifest only after its parquet files are in place. A rerun with the same
-checkpoint fingerprint and settings skips the tasks the manifest lists; a run killed at any
-moment therefore resumes to results identical to an uninterrupted run.
+The schema and the guarantees are documented in docs/results.md. In short:
+
+* every file is written atomically (engine/files.py), and a task enters the manifest only after
+  both of its parquet files are in place, with their row counts and xxh3 digests;
+* one writer per label at a time: `LabelLock` (an flock'ed `.lock` file holding the writer's
+  pid and host; the kernel drops the lock when its holder dies, so a stale lock is taken over);
+* every file is validated against the manifest when read (digest, schema, row count), and a
+  rerun rescores a task whose files are missing, damaged or changed, saying so in one line;
+* each task records the run that produced it (checkpoint fingerprint and settings): a rerun with
+  the same run skips finished tasks; a different run refuses to touch them unless asked to
+  overwrite, and then replaces only the tasks it scores, each one atomically.
+
+This module imports neither torch nor triton: the analysis layer reads results through it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import OutputError
-from engine.scorer import TaskScores
-from engine.tasks import Task
+from engine.files import atomic_write, file_digest, remove_stale_temporaries
 
-SAMPLE_BYTES = 1 << 16  # bytes hashed at each sampled offset of a weight file
-SAMPLES_PER_FILE = 16
+if TYPE_CHECKING:
+    from engine.scorer import TaskScores
+    from engine.tasks import Task
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+class Col:
+    """Results column names: their one definition (writer, reader, analysis and report)."""
+
+    label = "label"
+    task = "task"
+    mode = "mode"
+    prompt_id = "prompt_id"
+    prompt_text = "prompt_text"  # exactly what the model reads (chat template applied)
+    user_prompt = "user_prompt"  # the task's prompt text
+    continuation = "continuation"  # as appended to prompt_text (the first variant's, per answer)
+    prompt_token_ids = "prompt_token_ids"
+    continuation_token_ids = "continuation_token_ids"
+    answer = "answer"
+    answer_index = "answer_index"
+    logprob = "logprob"  # log P(answer | prompt), summed over variants (variant table: one variant)
+    prob = "prob"  # P(answer | prompt) / coverage
+    coverage = "coverage"  # sum over answers of P(answer | prompt)
+
 
 MAIN_SCHEMA = pa.schema([
-    ("label", pa.string()),
-    ("task", pa.string()),
-    ("mode", pa.string()),
-    ("prompt_id", pa.string()),
-    ("prompt_text", pa.string()),  # exactly what the model reads (chat template applied)
-    ("user_prompt", pa.string()),  # the task's prompt text
-    ("continuation", pa.string()),  # first variant, as appended to prompt_text
-    ("prompt_token_ids", pa.list_(pa.int64())),
-    ("continuation_token_ids", pa.list_(pa.int64())),
-    ("answer", pa.string()),
-    ("answer_index", pa.int32()),
-    ("logprob", pa.float64()),  # log P(answer | prompt), summed over variants
-    ("prob", pa.float64()),  # P(answer | prompt) / coverage
-    ("coverage", pa.float64()),  # sum over answers of P(answer | prompt)
+    (Col.label, pa.string()),
+    (Col.task, pa.string()),
+    (Col.mode, pa.string()),
+    (Col.prompt_id, pa.string()),
+    (Col.prompt_text, pa.string()),
+    (Col.user_prompt, pa.string()),
+    (Col.continuation, pa.string()),
+    (Col.prompt_token_ids, pa.list_(pa.int64())),
+    (Col.continuation_token_ids, pa.list_(pa.int64())),
+    (Col.answer, pa.string()),
+    (Col.answer_index, pa.int32()),
+    (Col.logprob, pa.float64()),
+    (Col.prob, pa.float64()),
+    (Col.coverage, pa.float64()),
 ])
 
 VARIANT_SCHEMA = pa.schema([
-    ("label", pa.string()),
-    ("task", pa.string()),
-    ("mode", pa.string()),
-    ("prompt_id", pa.string()),
-    ("answer", pa.string()),
-    ("continuation", pa.string()),
-    ("continuation_token_ids", pa.list_(pa.int64())),
-    ("logprob", pa.float64()),  # log P(variant tokens | prompt) + log P(boundary | ...)
+    (Col.label, pa.string()),
+    (Col.task, pa.string()),
+    (Col.mode, pa.string()),
+    (Col.prompt_id, pa.string()),
+    (Col.answer, pa.string()),
+    (Col.continuation, pa.string()),
+    (Col.continuation_token_ids, pa.list_(pa.int64())),
+    (Col.logprob, pa.float64()),  # log P(variant tokens | prompt) + log P(boundary | ...)
 ])
-
-
-def fingerprint(directory: Path) -> str:
-    """A content hash of a checkpoint that is cheap even at tens of GB.
-
-    Small files (config, tokenizer, templates) are hashed whole; each weight file contributes
-    its size, its safetensors header and 16 evenly spaced 64 KiB samples, enough to tell apart
-    the stages of a ladder, which share names, shapes and sizes but no weights."""
-    h = hashlib.sha256()
-    for path in sorted(directory.iterdir()):
-        if not path.is_file():
-            continue
-        h.update(path.name.encode() + b"\0")
-        if path.suffix == ".safetensors":
-            _hash_weights(h, path)
-        elif path.suffix in (".json", ".jinja", ".txt", ".model"):
-            h.update(path.read_bytes())
-    return h.hexdigest()[:32]
-
-
-def _hash_weights(h, path: Path) -> None:
-    size = path.stat().st_size
-    h.update(str(size).encode())
-    with open(path, "rb") as f:
-        header = f.read(8)
-        h.update(header)
-        if len(header) == 8:
-            h.update(f.read(int.from_bytes(header, "little")))
-        for k in range(SAMPLES_PER_FILE):
-            f.seek(size * k // SAMPLES_PER_FILE)
-            h.update(f.read(SAMPLE_BYTES))
 
 
 def task_hash(task: Task) -> str:
@@ -93,35 +98,37 @@ def task_hash(task: Task) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
-def atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def check_writable(out: Path) -> None:
-    """Fail before any work if `out` cannot be created or written (creates nothing)."""
-    probe = out
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+def check_writable(out: Path, label: str | None = None) -> None:
+    """Fail before any work if `out` (and `out/label`) cannot be created or written; creates
+    nothing."""
+    target = Path(out) / label if label else Path(out)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{target}: is a file, not a directory; choose another --out or --label")
+    probe = target
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
-    if probe.exists() and not probe.is_dir():
+    if not probe.is_dir():
         raise OutputError(f"{probe}: is a file, not a directory; choose another --out")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"{probe}: not writable; choose another --out or fix its permissions")
 
 
+def notice(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
 def main_table(scores: TaskScores, label: str) -> pa.Table:
+    """One row per (prompt, answer)."""
     rows = {name: [] for name in MAIN_SCHEMA.names}
     for p in scores.prompts:
         s, dist, coverage = p.sequence, p.distribution, p.coverage
@@ -129,87 +136,217 @@ def main_table(scores: TaskScores, label: str) -> pa.Table:
         for a, answer in enumerate(scores.task.answers):
             v = first[a]
             for key, value in (
-                ("label", label), ("task", scores.task.name), ("mode", scores.mode),
-                ("prompt_id", s.prompt_id), ("prompt_text", s.prompt_text), ("user_prompt", s.user_prompt),
-                ("continuation", s.continuations[v]), ("prompt_token_ids", s.prompt_ids),
-                ("continuation_token_ids", s.continuation_ids[v]), ("answer", answer.name),
-                ("answer_index", a), ("logprob", float(p.answer_logprob[a])), ("prob", float(dist[a])),
-                ("coverage", coverage),
+                (Col.label, label), (Col.task, scores.task.name), (Col.mode, scores.mode),
+                (Col.prompt_id, s.prompt_id), (Col.prompt_text, s.prompt_text),
+                (Col.user_prompt, s.user_prompt), (Col.continuation, s.continuations[v]),
+                (Col.prompt_token_ids, s.prompt_ids), (Col.continuation_token_ids, s.continuation_ids[v]),
+                (Col.answer, answer.name), (Col.answer_index, a),
+                (Col.logprob, float(p.answer_logprob[a])), (Col.prob, float(dist[a])),
+                (Col.coverage, coverage),
             ):
                 rows[key].append(value)
     return pa.table(rows, schema=MAIN_SCHEMA)
 
 
 def variant_table(scores: TaskScores, label: str) -> pa.Table:
+    """One row per (prompt, surface variant)."""
     rows = {name: [] for name in VARIANT_SCHEMA.names}
     for p in scores.prompts:
         s = p.sequence
         for v, cont in enumerate(s.continuations):
             for key, value in (
-                ("label", label), ("task", scores.task.name), ("mode", scores.mode),
-                ("prompt_id", s.prompt_id), ("answer", scores.task.answers[s.answer_of[v]].name),
-                ("continuation", cont), ("continuation_token_ids", s.continuation_ids[v]),
-                ("logprob", float(p.variant_logprob[v])),
+                (Col.label, label), (Col.task, scores.task.name), (Col.mode, scores.mode),
+                (Col.prompt_id, s.prompt_id), (Col.answer, scores.task.answers[s.answer_of[v]].name),
+                (Col.continuation, cont), (Col.continuation_token_ids, s.continuation_ids[v]),
+                (Col.logprob, float(p.variant_logprob[v])),
             ):
                 rows[key].append(value)
     return pa.table(rows, schema=VARIANT_SCHEMA)
 
 
-class ResultsStore:
-    """results/<label>/: per-task parquet files, per-variant tables and the manifest."""
+def check_finite(table: pa.Table, where: str) -> None:
+    """Results with NaN or infinite numbers are never written."""
+    for name in (Col.logprob, Col.prob, Col.coverage):
+        if name in table.column_names:
+            values = table.column(name).to_numpy()
+            if not np.isfinite(values).all():
+                raise OutputError(f"{where}: refusing to write non-finite {name} values")
 
-    def __init__(self, out: Path, label: str, run: dict):
+
+# ---------------------------------------------------------------------------------------------
+# One writer per label
+
+
+class LabelLock:
+    """An exclusive lock on a label directory, held while a run writes it.
+
+    `.lock` is locked with flock(2), which the kernel releases when its holder exits, however it
+    exits: a lock left by a killed run is free and is taken over. The file names the current
+    holder (pid, host, start time) for the message a second writer gets."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK
+        self._fd = None
+
+    def __enter__(self) -> LabelLock:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(f"{self.directory}: being written by {holder}; wait for that run "
+                              "to finish or use another --label") from None
+        left = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        if left:
+            notice(f"{self.directory}: taking over the lock left by {left} (no longer running)")
+        me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.ftruncate(self._fd, 0)  # a clean exit leaves no holder to report
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OutputError(f"{path}: unreadable ({e}); delete {path.parent} to start this label afresh") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tasks"), dict):
+        raise OutputError(f"{path}: not a results manifest; delete {path.parent} to start this label afresh")
+    return manifest
+
+
+def _differing(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+class ResultsStore:
+    """results/<label>/ for reading (`ResultsStore.read`) or, holding its lock, for a run."""
+
+    def __init__(self, out: Path, label: str, run: dict | None = None):
         self.directory = Path(out) / label
         self.label = label
-        self.run = run  # what identifies the results: checkpoint fingerprint and settings
-        self.manifest = self._existing_manifest()
-        for stale in self.directory.rglob(".*.tmp*"):  # left by a run killed mid-write
-            stale.unlink()
+        self.run = run  # what identifies results: checkpoint fingerprint and settings
+        manifest = read_manifest(self.directory)
+        self.manifest = manifest or {"label": label, "run": run, "tasks": {}}
+
+    @classmethod
+    def read(cls, directory: Path) -> ResultsStore:
+        """An existing label directory, for reading only."""
+        directory = Path(directory)
+        store = cls(directory.parent, directory.name)
+        if not (directory / MANIFEST).exists():
+            raise OutputError(f"{directory}: no {MANIFEST}; it was not written by python -m engine.score "
+                              "(or no task finished): score the checkpoint with --label "
+                              f"{directory.name}")
+        return store
 
     @property
-    def manifest_path(self) -> Path:
-        return self.directory / "manifest.json"
+    def tasks(self) -> list[str]:
+        return list(self.manifest["tasks"])
 
-    def _existing_manifest(self) -> dict:
-        if not self.manifest_path.exists():
-            return {"label": self.label, "run": self.run, "tasks": {}}
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise OutputError(f"{self.manifest_path}: unreadable ({e}); delete it to start this label afresh") from None
-        if manifest.get("run") != self.run:
+    def entry(self, name: str) -> dict:
+        return self.manifest["tasks"][name]
+
+    def entry_run(self, name: str) -> dict:
+        """The run that produced a task (manifests before 0.2 kept one run per label)."""
+        return self.entry(name).get("run", self.manifest.get("run"))
+
+    # -- deciding what to score ----------------------------------------------------------------
+
+    def plan(self, tasks: list[Task], overwrite: bool = False) -> list[Task]:
+        """The tasks this run must score; the others are finished and valid for this run.
+
+        A task of another run is an error unless `overwrite`; a task whose files are missing,
+        damaged or changed since they were written is rescored, with a one-line notice."""
+        todo, foreign = [], []
+        for task in tasks:
+            if task.name not in self.manifest["tasks"]:
+                todo.append(task)
+            elif self.entry_run(task.name) != self.run:
+                (todo if overwrite else foreign).append(task)
+            elif overwrite or self.entry(task.name).get("task_hash") != task_hash(task):
+                todo.append(task)
+            elif problem := self.problem(task.name):
+                notice(f"{problem}; rescoring {task.name}")
+                todo.append(task)
+        if foreign:
+            keys = _differing(self.entry_run(foreign[0].name) or {}, self.run)
             raise OutputError(
-                f"{self.directory}: holds results of another checkpoint or other settings "
-                "(fingerprint, dtype, mode or chat template differ); use another --label or --overwrite"
-            )
-        return manifest
+                f"{self.directory}: holds results of another checkpoint or other settings for "
+                f"{', '.join(t.name for t in foreign)} ({', '.join(keys)} differ); rescore them "
+                "with --overwrite or use another --label")
+        return todo
 
-    def is_done(self, task: Task) -> bool:
-        entry = self.manifest["tasks"].get(task.name)
-        return bool(entry) and entry.get("task_hash") == task_hash(task) and (self.directory / entry["file"]).exists()
+    def problem(self, name: str) -> str | None:
+        """Why a finished task's files cannot be trusted, or None."""
+        entry = self.entry(name)
+        for file in (entry.get("file"), entry.get("variants_file")):
+            if not file:
+                return f"{self.directory}: task {name} has no file in the manifest"
+            path = self.directory / file
+            if not path.is_file():
+                return f"{path}: missing"
+            if entry.get("digests", {}).get(file) != file_digest(path):
+                return f"{path}: damaged or changed since it was written"
+        return None
 
-    def write_task(self, scores: TaskScores) -> None:
-        (self.directory / "variants").mkdir(parents=True, exist_ok=True)
+    # -- writing (hold the LabelLock) ---------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start a run: the manifest names it, temporaries of killed writers go."""
+        remove_stale_temporaries(self.directory)
+        self.manifest["run"] = self.run
+
+    def write_task(self, scores: TaskScores, **info) -> None:
         name = scores.task.name
-        atomic_write_table(self.directory / "variants" / f"{name}.parquet", variant_table(scores, self.label))
-        atomic_write_table(self.directory / f"{name}.parquet", main_table(scores, self.label))
+        self.write_tables(name, main_table(scores, self.label), variant_table(scores, self.label),
+                          task_hash=task_hash(scores.task), source=scores.task.source,
+                          prompts=len(scores.prompts), answers=len(scores.task.answers),
+                          tokens_needed=scores.tokens_needed, tokens_processed=scores.tokens_processed,
+                          seconds=round(scores.seconds, 4), **info)
+
+    def write_tables(self, name: str, main: pa.Table, variants: pa.Table, **info) -> None:
+        """Both tables of a task, then its manifest entry: the old files stay until each new
+        one is complete, and a task counts as finished only once the manifest says so."""
+        files = {f"{name}.parquet": main, f"variants/{name}.parquet": variants}
+        digests = {}
+        try:
+            (self.directory / "variants").mkdir(parents=True, exist_ok=True)
+            for file, table in files.items():
+                check_finite(table, f"{self.directory / file}")
+                data = parquet_bytes(table)
+                atomic_write(self.directory / file, data)
+                digests[file] = file_digest(self.directory / file)
+        except OSError as e:
+            raise OutputError(f"{self.directory}: cannot write results ({e.strerror or e}); check "
+                              "--out and its permissions") from None
         self.manifest["tasks"][name] = {
-            "file": f"{name}.parquet",
-            "variants_file": f"variants/{name}.parquet",
-            "task_hash": task_hash(scores.task),
-            "source": scores.task.source,
-            "prompts": len(scores.prompts),
-            "answers": len(scores.task.answers),
-            "tokens_needed": scores.tokens_needed,
-            "tokens_processed": scores.tokens_processed,
-            "seconds": round(scores.seconds, 4),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "file": f"{name}.parquet", "variants_file": f"variants/{name}.parquet",
+            "rows": main.num_rows, "variant_rows": variants.num_rows, "digests": digests,
+            "run": self.run, **info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         self.save_manifest()
 
     def save_manifest(self, **extra) -> None:
         self.manifest.update(extra)
-        tasks = self.manifest["tasks"].values()
+        tasks = [t for t in self.manifest["tasks"].values() if "tokens_needed" in t]
         needed = sum(t["tokens_needed"] for t in tasks)
         processed = sum(t["tokens_processed"] for t in tasks)
         self.manifest["tokens_needed"] = needed
@@ -217,20 +354,44 @@ class ResultsStore:
         # Unique tokens needed (prompt tokens + trie nodes) over tokens run through the model:
         # 1.0 means no padding and no repeated prefix.
         self.manifest["token_efficiency"] = round(needed / processed, 6) if processed else None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.manifest_path, (json.dumps(self.manifest, indent=2) + "\n").encode())
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.directory / MANIFEST, (json.dumps(self.manifest, indent=2) + "\n").encode())
+        except OSError as e:
+            raise OutputError(f"{self.directory}: cannot write {MANIFEST} ({e.strerror or e})") from None
 
-    def read_task(self, name: str) -> pa.Table:
-        return pq.read_table(self.directory / f"{name}.parquet")
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_task(self, name: str, variants: bool = False) -> pa.Table:
+        """A task's table, validated against the manifest (digest, schema, row count)."""
+        if name not in self.manifest["tasks"]:
+            raise OutputError(f"{self.directory}: no finished task {name!r} (finished: "
+                              f"{', '.join(self.tasks) or 'none'}); score it with python -m engine.score")
+        entry = self.entry(name)
+        fix = f"rerun python -m engine.score with --label {self.label} (it rescores damaged tasks)"
+        problem = self.problem(name)
+        if problem:
+            raise OutputError(f"{problem}; {fix}")
+        file, schema, rows = ((entry["variants_file"], VARIANT_SCHEMA, entry.get("variant_rows")) if variants
+                              else (entry["file"], MAIN_SCHEMA, entry.get("rows")))
+        try:
+            table = pq.read_table(self.directory / file)
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise OutputError(f"{self.directory / file}: unreadable parquet ({str(e).splitlines()[0]}); {fix}") from None
+        if not table.schema.equals(schema, check_metadata=False):
+            raise OutputError(f"{self.directory / file}: columns differ from the results schema; {fix}")
+        if rows is not None and table.num_rows != rows:
+            raise OutputError(f"{self.directory / file}: {table.num_rows} rows, the manifest says {rows}; {fix}")
+        return table
 
 
 def summarize(table: pa.Table) -> dict:
     """Per task: mean per-prompt entropy (bits), top answer of the mean distribution and its
     probability, mean coverage."""
-    prompt_ids = table.column("prompt_id").to_pylist()
-    answers = table.column("answer").to_pylist()
-    prob = np.asarray(table.column("prob").to_pylist(), dtype=np.float64)
-    coverage = np.asarray(table.column("coverage").to_pylist(), dtype=np.float64)
+    prompt_ids = table.column(Col.prompt_id).to_pylist()
+    answers = table.column(Col.answer).to_pylist()
+    prob = np.asarray(table.column(Col.prob).to_pylist(), dtype=np.float64)
+    coverage = np.asarray(table.column(Col.coverage).to_pylist(), dtype=np.float64)
     order = list(dict.fromkeys(prompt_ids))
     k = len(prob) // len(order)
     P = prob.reshape(len(order), k)

@@ -1,31 +1,21 @@
 """`python -m engine.score CHECKPOINT ...`: exact answer distributions of one checkpoint.
 
-Writes results/<label>/<task>.parquet and results/<label>/manifest.json (DESIGN.md). Every
-input is validated (checkpoint, tasks, tokenization of every prompt and answer, context length,
-output location) before anything is written; a user error prints one line and exits with 2.
+A thin shell over `engine.score_checkpoint` (engine/api.py): it writes
+results/<label>/<task>.parquet, variants/<task>.parquet and manifest.json (docs/results.md).
+Every input is validated before anything is written; a user error prints one line and exits
+with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import shutil
 import sys
-import time
-from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-import engine
-from engine.chat import load_chat_template
-from engine.errors import EngineError, OutputError
-from engine.results import ResultsStore, check_writable, fingerprint, summarize
-from engine.scorer import PromptEncoder, boundary_mask, packs_sequences, score_task, task_sequences
+from engine.api import DEFAULT_BATCH_TOKENS, LABEL, ScoreResult, score_checkpoint
+from engine.errors import EngineError
 from engine.tasks import format_task_list, load_tasks
 
-DEFAULT_BATCH_TOKENS = 8192
-LABEL = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")  # a directory name under --out, never a path
+__all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,9 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
-                   help=f"tokens per forward pass (default: {DEFAULT_BATCH_TOKENS})")
+                   help=f"tokens per forward pass on the packed (CUDA) path (default: {DEFAULT_BATCH_TOKENS})")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace results of a different checkpoint or settings under the same label")
+                   help="rescore the given tasks even if finished or scored from another checkpoint or "
+                        "settings; other tasks under the label are left as they are")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
     args = p.parse_args(argv)
     if not args.list_tasks and not args.checkpoint:
@@ -62,78 +53,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        return run(args)
+        if args.list_tasks:
+            print(format_task_list(load_tasks(args.tasks)))
+            return 0
+        result = score_checkpoint(
+            args.checkpoint, tasks=args.tasks, mode=args.mode, dtype=args.dtype, device=args.device,
+            out=args.out, label=args.label, batch_tokens=args.batch_tokens,
+            chat_template=args.chat_template, overwrite=args.overwrite)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-def run(args) -> int:
-    tasks = load_tasks(args.tasks)
-    if args.list_tasks:
-        print(format_task_list(tasks))
-        return 0
-    out = Path(args.out)
-    check_writable(out)
-    started = time.perf_counter()
-    checkpoint = engine.load(args.checkpoint, dtype=args.dtype, device=args.device)
-    template = load_chat_template(args.chat_template, checkpoint.special_tokens) if args.chat_template else None
-    has_template = template is not None or checkpoint.has_chat_template
-    mode = args.mode if args.mode != "auto" else ("chat" if has_template else "base")
-    encoder = PromptEncoder(checkpoint, mode, template)
-    sequences = {task.name: task_sequences(encoder, task) for task in tasks}  # validates everything
-    load_seconds = time.perf_counter() - started
-
-    label = args.label or checkpoint.path.resolve().name
-    if not LABEL.fullmatch(label):
-        raise OutputError(f"{checkpoint.path}: its directory name {label!r} cannot be a label; pass --label NAME")
-    batch_invariant = not packs_sequences(checkpoint)
-    run_key = {
-        "fingerprint": fingerprint(checkpoint.path),
-        "dtype": args.dtype,
-        "mode": mode,
-        "chat_template": encoder.template.text if mode == "chat" else None,
-        "engine_version": engine.__version__,
-        "batch_invariant": batch_invariant,
-        # Packed results depend on how prompts share rows; invariant ones do not.
-        "batch_tokens": None if batch_invariant else args.batch_tokens,
-    }
-    if args.overwrite and (out / label).exists():
-        shutil.rmtree(out / label)
-    store = ResultsStore(out, label, run_key)
-    todo = [t for t in tasks if not store.is_done(t)]
-    boundary = boundary_mask(checkpoint)
-    with tqdm(total=sum(len(t.prompts) for t in todo), unit="prompt", disable=None, file=sys.stderr) as bar:
-        for task in todo:
-            bar.set_description(task.name)
-            scores = score_task(checkpoint, encoder, task, sequences[task.name], boundary,
-                                args.batch_tokens, progress=bar)
-            store.write_task(scores)
-    store.save_manifest(
-        checkpoint=str(checkpoint.path.resolve()),
-        fingerprint=run_key["fingerprint"],
-        engine_version=engine.__version__,
-        dtype=args.dtype,
-        device=str(checkpoint.device),
-        mode=mode,
-        chat_template_source=encoder.template.source if mode == "chat" else None,
-        torch_version=torch.__version__,
-        batch_tokens=args.batch_tokens,
-        batch_invariant=batch_invariant,
-        timings={"load_and_validate_s": round(load_seconds, 3),
-                 "total_s": round(time.perf_counter() - started, 3),
-                 "skipped_tasks": len(tasks) - len(todo)},
-    )
-    print_summary(store, tasks, mode)
+    print_summary(result)
     return 0
 
 
-def print_summary(store: ResultsStore, tasks, mode: str) -> None:
-    print(f"{store.directory}  ({mode} mode, token efficiency {store.manifest['token_efficiency']:.3f})")
+def print_summary(result: ScoreResult) -> None:
+    manifest = result.manifest
+    print(f"{result.directory}  ({manifest['mode']} mode, token efficiency {manifest['token_efficiency']:.3f})")
     print(f"{'task':<12} {'prompts':>7} {'entropy':>8} {'top answer':<20} {'p(top)':>7} {'coverage':>8}")
-    for task in tasks:
-        s = summarize(store.read_task(task.name))
-        print(f"{task.name:<12} {s['prompts']:>7} {s['entropy_bits']:>8.3f} {s['top_answer'][:20]:<20} "
+    for name, s in result.summary().items():
+        print(f"{name:<12} {s['prompts']:>7} {s['entropy_bits']:>8.3f} {s['top_answer'][:20]:<20} "
               f"{s['top_prob']:>7.3f} {s['coverage']:>8.3f}")
 
 

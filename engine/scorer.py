@@ -29,7 +29,7 @@ import torch
 
 from engine.chat import ChatTemplate
 from engine.checkpoint import Checkpoint
-from engine.errors import ChatTemplateError, PromptTooLongError, TaskError
+from engine.errors import ChatTemplateError, NonFiniteError, PromptTooLongError, TaskError
 from engine.tasks import Task, check_variants_tokenize
 from engine.trie import DuplicateContinuation, Trie, build_trie
 from kernels import use_triton
@@ -339,7 +339,14 @@ def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, seque
     batches = make_batches(sequences, batch_tokens, pack)
     variant_lp: dict[int, np.ndarray] = {}
     for batch in batches:
-        variant_lp.update(score_batch(checkpoint, sequences, batch, boundary))
+        scored = score_batch(checkpoint, sequences, batch, boundary)
+        for i, lp in scored.items():
+            if not np.isfinite(lp).all():
+                raise NonFiniteError(
+                    f"task {task.name!r}, prompt {sequences[i].prompt_id!r}: the model's log-probabilities "
+                    f"are NaN or infinite ({checkpoint.path}); check the weights for NaN/inf, or use "
+                    "--dtype float32 if bfloat16 overflows")
+        variant_lp.update(scored)
         if progress is not None:
             progress.update(len(batch.placements))
     prompts = []

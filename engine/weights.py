@@ -1,0 +1,194 @@
+"""Safetensors weight files: memory-mapped, validated, and hashed as they are read.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor
+name to its dtype, shape and byte range, then the raw little-endian data. Reading it ourselves
+(rather than through the `safetensors` package) lets the loader hash every byte of every weight
+file in the same pass that reads it: each tensor's bytes are hashed just before they become a
+tensor, while they are hot in cache, so the checkpoint fingerprint covers the whole file at no
+extra I/O (the bytes are hashed through read(2) into a small reused buffer, which fills the page
+cache that the mapping then reads from, without mapping pages the model never touches). On the
+CPU, tensors stay zero-copy views of a private (copy-on-write) mapping.
+
+The digest of a file is xxh3-128 over fixed 64 MiB blocks, then over the blocks' digests, so that
+it does not depend on how the file was read (ranks of a tensor-parallel run may read different
+parts; see `BlockDigest`).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import xxhash
+
+from engine.errors import WeightsError
+
+BLOCK_BYTES = 64 << 20
+READ_BYTES = 16 << 20  # the hashing read buffer
+MAX_HEADER_BYTES = 100 << 20  # the format's own limit
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+class BlockDigest:
+    """xxh3-128 of a byte stream fed in order: digests of 64 MiB blocks, then of those."""
+
+    def __init__(self):
+        self._blocks = xxhash.xxh3_128()
+        self._block = xxhash.xxh3_128()
+        self._filled = 0
+        self.size = 0
+
+    def update(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while len(view):
+            take = min(len(view), BLOCK_BYTES - self._filled)
+            self._block.update(view[:take])
+            view = view[take:]
+            self._filled += take
+            self.size += take
+            if self._filled == BLOCK_BYTES:
+                self._close_block()
+
+    def _close_block(self) -> None:
+        self._blocks.update(self._block.digest())
+        self._block = xxhash.xxh3_128()
+        self._filled = 0
+
+    def hexdigest(self) -> str:
+        if self._filled or not self.size:
+            self._close_block()
+        self._blocks.update(self.size.to_bytes(8, "little"))
+        return self._blocks.hexdigest()
+
+
+def digest_bytes(data: bytes) -> str:
+    """The digest of a small file's bytes (config, tokenizer, template)."""
+    digest = BlockDigest()
+    digest.update(data)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+class WeightFile:
+    """One safetensors file, mapped and validated; `tensors()` reads and hashes it in order."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                size = self.path.stat().st_size
+                if size < 8:
+                    raise self._corrupt(f"{size} bytes, shorter than the 8-byte header length")
+                self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except OSError as e:
+            raise WeightsError(f"{self.path}: cannot read weight file ({e.strerror or e}); check it") from None
+        self.entries = self._parse_header(size)
+
+    def _corrupt(self, problem: str) -> WeightsError:
+        return WeightsError(f"{self.path}: corrupt or truncated safetensors file ({problem}); "
+                            "download or convert it again")
+
+    def _parse_header(self, size: int) -> list[TensorEntry]:
+        header_len = int.from_bytes(self.map[:8], "little")  # (mmap slices are copies: small ones)
+        if header_len > min(MAX_HEADER_BYTES, size - 8):
+            raise self._corrupt(f"header length {header_len} does not fit the file of {size} bytes")
+        try:
+            header = json.loads(bytes(self.map[8:8 + header_len]))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._corrupt(f"header is not JSON: {e}") from None
+        if not isinstance(header, dict):
+            raise self._corrupt("header is not a JSON object")
+        base = 8 + header_len
+        entries = []
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            entries.append(self._entry(name, info, base, size))
+        entries.sort(key=lambda e: e.start)
+        for a, b in zip(entries, entries[1:], strict=False):
+            if b.start < a.end:
+                raise self._corrupt(f"tensors {a.name!r} and {b.name!r} overlap")
+        return entries
+
+    def _entry(self, name: str, info, base: int, size: int) -> TensorEntry:
+        try:
+            dtype = DTYPES[info["dtype"]]
+            shape = tuple(int(n) for n in info["shape"])
+            start, end = (base + int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise self._corrupt(f"bad header entry for {name!r}: {str(info)[:80]}") from None
+        numel = 1
+        for n in shape:
+            numel *= n
+        if min(shape, default=0) < 0 or not base <= start <= end <= size:
+            raise self._corrupt(f"tensor {name!r} lies outside the file")
+        if end - start != numel * dtype.itemsize:
+            raise self._corrupt(f"tensor {name!r} holds {end - start} bytes, its shape needs "
+                                f"{numel * dtype.itemsize}")
+        return TensorEntry(name, dtype, shape, start, end)
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entry_named(name).shape
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor as a CPU view, unhashed (for a look before the hashed pass)."""
+        return self._view(self._entry_named(name))
+
+    def _entry_named(self, name: str) -> TensorEntry:
+        return next(e for e in self.entries if e.name == name)
+
+    def tensors(self, digest: BlockDigest | None = None):
+        """(name, CPU tensor view) in file order; every byte of the file goes through `digest`
+        just before the tensor it belongs to is handed out (the header first, the tail last)."""
+        if digest is None:
+            for e in self.entries:
+                yield e.name, self._view(e)
+            return
+        # An anonymous mapping, not a bytearray: unmapped when done, so it leaves no RSS behind.
+        scratch = mmap.mmap(-1, READ_BYTES)
+        buffer = memoryview(scratch)
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                for e in self.entries:
+                    self._hash_until(f, e.end, digest, buffer)
+                    yield e.name, self._view(e)
+                self._hash_until(f, len(self.map), digest, buffer)
+        finally:
+            buffer.release()
+            scratch.close()
+
+    def _hash_until(self, f, end: int, digest: BlockDigest, buffer: memoryview) -> None:
+        """Feed the file's bytes from where `f` stands up to `end` into `digest`."""
+        while (pos := f.tell()) < end:
+            n = f.readinto(buffer[:min(len(buffer), end - pos)])
+            if not n:
+                raise self._corrupt("the file shrank while it was read")
+            digest.update(buffer[:n])
+
+    def _view(self, e: TensorEntry) -> torch.Tensor:
+        if e.start == e.end:
+            return torch.empty(e.shape, dtype=e.dtype)
+        with warnings.catch_warnings():  # the private mapping is writable in effect
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(self.map, dtype=e.dtype, count=(e.end - e.start) // e.dtype.itemsize,
+                                    offset=e.start)
+        return flat.view(e.shape)
