@@ -21,7 +21,7 @@ from benchmarks.naive_scoring import boundary_ids, naive_logprobs
 from engine import score
 from engine.chat import ChatTemplate
 from engine.errors import ArchitectureError, CheckpointError
-from engine.scorer import PromptEncoder
+from engine.scorer import PromptEncoder, boundary_mask, make_batches, score_task, task_sequences
 from engine.tasks import load_tasks
 from tests import tiny
 
@@ -212,6 +212,58 @@ def test_scores_equal_the_naive_transformers_computation(scoring_dir, mode, tmp_
           f"shortest prompt {shortest} tokens")
     if family != "qwen3":
         assert shortest > SCORING_WINDOW  # every prompt is longer than the window: it matters
+
+
+def test_packed_rows_keep_windows_per_sequence(scoring_dir):
+    """Packed rows (the CUDA path) hold several prompts end to end: each keeps its own positions,
+    so the window counts within its sequence and results equal one sequence per pass."""
+    family, directory, _ = scoring_dir
+    ck = engine.load(directory)
+    encoder = PromptEncoder(ck, "chat")
+    task = load_tasks("card")[0]
+    sequences = task_sequences(encoder, task)
+    boundary = boundary_mask(ck)
+    alone = score_task(ck, encoder, task, sequences, boundary, pack=False)
+    packed = score_task(ck, encoder, task, sequences, boundary, batch_tokens=2048, pack=True)
+    assert len(make_batches(sequences, 2048)) < len(sequences)  # several prompts per row
+    for a, b in zip(alone.prompts, packed.prompts, strict=True):
+        assert np.abs(a.variant_logprob - b.variant_logprob).max() <= 1e-6 * np.abs(a.variant_logprob).max()
+
+
+TRITON_SCRIPT = """
+import sys
+import kernels.tree_attention as ta
+windows = []
+original = ta.tree_attention_triton
+def counted(*args, **kwargs):
+    windows.append(kwargs.get("window"))
+    return original(*args, **kwargs)
+ta.tree_attention_triton = counted
+from engine import score
+code = score.main(sys.argv[1:])
+assert SCORING_WINDOW in windows and None in windows, windows
+sys.exit(code)
+""".replace("SCORING_WINDOW", str(SCORING_WINDOW))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the kernel path is the default one")
+def test_olmo3_scores_through_the_triton_kernels_equal_the_reference(tmp_path):
+    """OLMo 3 end to end through the interpreted Triton kernels (packed rows, sliding and full
+    layers): the same log-probs as the torch reference path."""
+    ckpt = tmp_path / "ckpt"
+    tiny.make_checkpoint(ckpt, add_bos=False, init=0.1, hidden=32, heads=2, **dict(SCORING["olmo3"]))
+    args = [str(ckpt), "--tasks", "coin", "--mode", "base", "--batch-tokens", "256", "--label", "l"]
+    assert score.main(args + ["--out", str(tmp_path / "reference")]) == 0
+    env = dict(ENV, TRITON_INTERPRET="1", ENGINE_FORCE_TRITON="1")
+    env.pop("ENGINE_FORCE_REFERENCE", None)
+    result = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, *args, "--out", str(tmp_path / "kernels")],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ref = pq.read_table(tmp_path / "reference" / "l" / "coin.parquet").to_pylist()
+    got = pq.read_table(tmp_path / "kernels" / "l" / "coin.parquet").to_pylist()
+    assert [(r["prompt_id"], r["answer"]) for r in ref] == [(r["prompt_id"], r["answer"]) for r in got]
+    for a, b in zip(ref, got, strict=True):
+        assert abs(a["logprob"] - b["logprob"]) <= 1e-5 * max(1.0, abs(a["logprob"])), (a["prompt_id"], a["answer"])
 
 
 # ---------------------------------------------------------------------------- chat templates
