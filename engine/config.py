@@ -60,7 +60,7 @@ def rope_settings(cfg: dict, path: Path, arch: str = "LlamaForCausalLM") -> tupl
     params = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or params
     theta = cfg.get("rope_theta", params.get("rope_theta", default(arch, "rope_theta", 10000.0)))
-    return float(theta), rope_scaling(scaling, cfg, path, arch)
+    return _number(theta, "rope_theta", path), rope_scaling(scaling, cfg, path, arch)
 
 
 def rope_scaling(rope: dict, cfg: dict, path: Path, arch: str) -> dict | None:
@@ -82,15 +82,18 @@ def rope_scaling(rope: dict, cfg: dict, path: Path, arch: str) -> dict | None:
         missing = [k for k in LLAMA3_ROPE_KEYS if k not in rope]
         if missing:
             raise CheckpointError(f"{path}: llama3 rope scaling lacks {', '.join(missing)}; add them to config.json")
-        return {"rope_type": "llama3", **{k: rope[k] for k in LLAMA3_ROPE_KEYS}}
+        return {"rope_type": "llama3", **{k: _number(rope[k], k, path) for k in LLAMA3_ROPE_KEYS}}
     if "factor" not in rope:
         raise CheckpointError(f"{path}: yarn rope scaling lacks 'factor'; add it to config.json")
     # transformers falls back to max_position_embeddings (a top-level key takes priority, Phi 3 style)
     old_context = cfg.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
-    return {"rope_type": "yarn", "factor": rope["factor"],
-            "original_max_position_embeddings": old_context or cfg.get("max_position_embeddings")
-            or default(arch, "max_position_embeddings", 4096),
-            **{k: rope[k] for k in YARN_OPTIONAL_KEYS if k in rope}}
+    old_context = old_context or cfg.get("max_position_embeddings") or default(arch, "max_position_embeddings", 4096)
+    scaling = {"rope_type": "yarn", "factor": rope["factor"], "original_max_position_embeddings": old_context,
+               **{k: rope[k] for k in YARN_OPTIONAL_KEYS if k in rope}}
+    for key, value in scaling.items():  # null means "derive it", as in transformers
+        if key not in ("rope_type", "truncate") and value is not None:
+            _number(value, key, path, positive=key in ("factor", "original_max_position_embeddings"))
+    return scaling
 
 
 def olmo3_ropes(cfg: dict, path: Path) -> tuple[tuple[float, dict | None], tuple[float, dict | None]]:
@@ -105,7 +108,8 @@ def olmo3_ropes(cfg: dict, path: Path) -> tuple[tuple[float, dict | None], tuple
         ropes = []
         for kind in (FULL, SLIDING):
             rope = params.get(kind) or {}
-            ropes.append((float(rope.get("rope_theta", top_theta)), rope_scaling(rope, cfg, path, arch)))
+            theta = _number(rope.get("rope_theta", top_theta), f"rope_parameters.{kind}.rope_theta", path)
+            ropes.append((theta, rope_scaling(rope, cfg, path, arch)))
         return ropes[0], ropes[1]
     theta, scaling = rope_settings(cfg, path, arch)
     return (theta, scaling), (theta, None)
@@ -126,7 +130,7 @@ def attention_layout(cfg: dict, arch: str, n_layers: int, path: Path) -> tuple[t
     else:
         return (), None
     types = cfg.get("layer_types") or default
-    if not isinstance(types, list) or len(types) != n_layers or not set(types) <= {FULL, SLIDING}:
+    if not isinstance(types, list) or len(types) != n_layers or any(t not in (FULL, SLIDING) for t in types):
         raise CheckpointError(
             f"{path}: 'layer_types' must list {n_layers} entries, each {FULL!r} or {SLIDING!r}; fix config.json"
         )
@@ -140,6 +144,14 @@ def attention_layout(cfg: dict, arch: str, n_layers: int, path: Path) -> tuple[t
     # A window wider than the context is legal (Qwen 2.5 ships sliding_window 131072 with 32768
     # positions, as transformers accepts): it never binds inside the context, so it is kept as is.
     return tuple(types), window
+
+
+def _number(value, key: str, path: Path, positive: bool = True) -> float:
+    """A (positive) number from a rope setting, or one clear line."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 or not positive):
+        what = "a positive number" if positive else "a number"
+        raise CheckpointError(f"{path}: rope setting {key!r} must be {what}, found {value!r}; fix config.json")
+    return float(value)
 
 
 def _int(cfg: dict, key: str, path: Path, default=None) -> int:

@@ -375,11 +375,28 @@ def test_unsupported_rope_type(good, tmp_path, edit):
     assert rope_type in message and "supported: default, yarn" in message
 
 
+ROPE_VALUE_EDITS = {  # (config changes, setting named in the error)
+    "yarn_factor_string": (dict(rope_parameters={"full_attention": dict(tiny.YARN_ROPE, factor="16"),
+                                                 "sliding_attention": {"rope_type": "default"}}), "factor"),
+    "theta_negative": (dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": -1.0},
+                                             "sliding_attention": {"rope_type": "default"}}), "rope_theta"),
+    "yarn_without_factor": (dict(rope_parameters={"full_attention": {"rope_type": "yarn"}}), "factor"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(ROPE_VALUE_EDITS))
+def test_bad_rope_values(good, tmp_path, edit):
+    changes, key = ROPE_VALUE_EDITS[edit]
+    message = error_of(CheckpointError, edited_copy(good, tmp_path / edit, **changes))
+    assert "config.json" in message and key in message
+
+
 WINDOW_EDITS = {
     "null_window": dict(sliding_window=None),
     "zero_window": dict(sliding_window=0),
     "layer_types_too_short": dict(layer_types=["full_attention"]),
     "unknown_layer_type": dict(layer_types=["chunked_attention"] * 4),
+    "layer_types_not_names": dict(layer_types=[{"type": "full_attention"}] * 4),
     "qwen_sliding_layers_but_window_off": dict(architectures=["Qwen3ForCausalLM"], use_sliding_window=False,
                                                rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
 }
