@@ -16,13 +16,14 @@ import torch
 
 def boundary_ids(hf_tokenizer, vocab_size: int) -> torch.Tensor:
     """Token ids that end an answer, computed from the transformers tokenizer: special tokens,
-    and tokens whose text alone is empty or starts with a non-alphanumeric character."""
+    and tokens whose text alone is empty or starts with a non-alphanumeric character other than
+    U+FFFD (an incomplete UTF-8 sequence: a piece of a multi-byte character)."""
     special = set(hf_tokenizer.all_special_ids)
     special |= {i for i, t in hf_tokenizer.added_tokens_decoder.items() if t.special}
     ids = []
     for i in range(vocab_size):
         text = hf_tokenizer.decode([i], clean_up_tokenization_spaces=False) if i < len(hf_tokenizer) else ""
-        if i in special or not text or not text[0].isalnum():
+        if i in special or not text or (text[0] != "\ufffd" and not text[0].isalnum()):
             ids.append(i)
     return torch.tensor(ids)
 

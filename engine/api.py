@@ -93,7 +93,6 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
     from engine.checkpoint import Checkpoint
     from engine.scorer import (
         PromptEncoder,
-        boundary_mask,
         packs_sequences,
         score_task,
         task_sequences,
@@ -134,7 +133,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
         # Packed results depend on how prompts share rows; invariant ones do not.
         "batch_tokens": None if batch_invariant else batch_tokens,
     }
-    boundary = boundary_mask(ck)
+    boundary = encoder.boundary
 
     def score(task):
         return score_task(ck, encoder, task, sequences[task.name], boundary, batch_tokens, progress=bar)

@@ -39,18 +39,27 @@ MODES = ("chat", "base")
 
 
 def boundary_mask(checkpoint: Checkpoint) -> torch.Tensor:
-    """[vocab_size] bool: which token ids end an answer (DESIGN.md's boundary token).
+    """[vocab_size] bool: which token ids end an answer (docs/results.md, "boundary token").
 
-    Ids past the tokenizer's vocabulary (padding rows of the embedding) decode to "" and so
-    count as boundary tokens, as the definition says."""
+    A special token, or a token whose text on its own is empty or starts with a character that
+    is not alphanumeric; except a token whose text starts with U+FFFD, i.e. whose bytes start
+    with an incomplete UTF-8 sequence (a byte-level piece of a multi-byte character such as the
+    first byte of "咪"): it continues the text with a character it does not determine, so it never
+    ends an answer (otherwise "猫" would absorb "猫咪"). Ids past the tokenizer's vocabulary
+    (padding rows of the embedding) decode to "" and so count as boundary tokens."""
     tokenizer = checkpoint.tokenizer
     vocab = checkpoint.args.vocab_size
     texts = tokenizer.decode_batch([[i] for i in range(vocab)], skip_special_tokens=False)
-    mask = [not t or not t[0].isalnum() for t in texts]
-    for token_id, added in tokenizer.get_added_tokens_decoder().items():
-        if added.special and token_id < vocab:
+    mask = [not t or (t[0] != "\ufffd" and not t[0].isalnum()) for t in texts]
+    for token_id in special_token_ids(checkpoint):
+        if token_id < vocab:
             mask[token_id] = True
     return torch.tensor(mask, dtype=torch.bool)
+
+
+def special_token_ids(checkpoint: Checkpoint) -> dict[int, str]:
+    """{id: text} of the tokenizer's special tokens (EOS, end of turn, chat markers, ...)."""
+    return {i: t.content for i, t in checkpoint.tokenizer.get_added_tokens_decoder().items() if t.special}
 
 
 @dataclass
@@ -95,6 +104,8 @@ class PromptEncoder:
             )
         self.add_special = mode == "base"
         self.suffix = self._post_processor_suffix()
+        self.boundary = boundary_mask(checkpoint)
+        self.specials = special_token_ids(checkpoint)
 
     def _post_processor_suffix(self) -> int:
         """How many tokens the post-processor appends after the text (an EOS, for some)."""
@@ -119,6 +130,11 @@ class PromptEncoder:
         return " " + variant if self.mode == "base" else variant
 
     def sequence(self, task: Task, prompt) -> Sequence:
+        where = f"task {task.name!r}, prompt {prompt.id!r}"
+        special = next((t for t in self.specials.values() if t in task.prompt_text(prompt)), None)
+        if special is not None:
+            raise TaskError(f"{where}: the prompt contains the special token {special!r}; prompts are "
+                            "plain text (the chat template adds the special tokens)")
         text = self.prompt_text(task, prompt)
         prompt_ids = self.encode(text)
         continuations, ids, answer_of = [], [], []
@@ -128,22 +144,41 @@ class PromptEncoder:
                 joint = self.encode(text + cont)
                 if joint[: len(prompt_ids)] != prompt_ids or len(joint) == len(prompt_ids):
                     raise TaskError(
-                        f"task {task.name!r}, prompt {prompt.id!r}, answer {answer.name!r}: the prompt's tokens are "
+                        f"{where}, answer {answer.name!r}: the prompt's tokens are "
                         f"not a prefix of the tokens of prompt + {cont!r} in {self.mode} mode; "
                         "change the prompt's ending or the task's base_format / assistant_prefix"
                     )
+                cont_ids = joint[len(prompt_ids):]
+                special = next((self.specials[i] for i in cont_ids if i in self.specials), None)
+                if special is not None:
+                    raise TaskError(f"{where}, answer {answer.name!r}: variant {variant!r} contains the "
+                                    f"special token {special!r}; answers are plain text")
                 continuations.append(cont)
-                ids.append(joint[len(prompt_ids) :])
+                ids.append(cont_ids)
                 answer_of.append(a)
         try:
             trie = build_trie(ids)
         except DuplicateContinuation as e:
             raise TaskError(
-                f"task {task.name!r}, prompt {prompt.id!r}: variants {continuations[e.first]!r} and "
+                f"{where}: variants {continuations[e.first]!r} and "
                 f"{continuations[e.second]!r} tokenize identically; drop one of them from the task file"
             ) from None
+        self._check_separable(where, trie, continuations)
         return Sequence(task.name, prompt.id, task.prompt_text(prompt), text, prompt_ids,
                         continuations, ids, answer_of, trie)
+
+    def _check_separable(self, where: str, trie: Trie, continuations: list[str]) -> None:
+        """Refuse a variant whose tokens continue into another's with a boundary token: the
+        boundary factor of the shorter would then include the longer one's mass."""
+        end_of = {node: v for v, node in enumerate(trie.ends)}
+        for node, v in end_of.items():
+            for child in trie.children(node):
+                if self.boundary[trie.tokens[child]]:
+                    w = next(w for w, n in enumerate(trie.ends) if child <= n < child + trie.span[child])
+                    raise TaskError(
+                        f"{where}: after the tokens of {continuations[v]!r}, variant {continuations[w]!r} "
+                        f"goes on with a token that ends answers, so the first would absorb the second's "
+                        "probability; remove or rename one of them")
 
 
 def task_sequences(encoder: PromptEncoder, task: Task) -> list[Sequence]:
