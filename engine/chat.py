@@ -3,6 +3,12 @@
 Templates are untrusted input (they come with downloaded checkpoints), so they run in an
 `ImmutableSandboxedEnvironment` with the globals and filters that transformers provides, and
 nothing else. Every failure becomes a `ChatTemplateError` naming the template's source.
+
+Thinking switch: templates of hybrid reasoning models (Qwen 3) read `enable_thinking`; with it
+false they close an empty `<think>` block after the generation prompt, so that the answer is
+scored right after it. Every template is rendered with `enable_thinking=False` unless asked
+otherwise (`ChatTemplate.enable_thinking`, or per call); `uses_thinking_switch` tells whether
+the setting changed anything, for the results' manifest.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import ChatTemplateError
@@ -80,27 +87,37 @@ def _environment() -> ImmutableSandboxedEnvironment:
 
 
 class ChatTemplate:
-    """A compiled chat template plus the special-token strings it may refer to."""
+    """A compiled chat template plus the special-token strings it may refer to.
 
-    def __init__(self, source: str, text: str, special_tokens: dict[str, object]):
+    `enable_thinking` (default False: score with thinking disabled) is passed to the template
+    on every render unless a call overrides it."""
+
+    def __init__(self, source: str, text: str, special_tokens: dict[str, object], enable_thinking: bool = False):
         self.source = source  # where it came from, for error messages
         self.text = text
         self.special_tokens = special_tokens
+        self.enable_thinking = enable_thinking
+        environment = _environment()
         try:
-            self._template = _environment().from_string(text)
+            self._template = environment.from_string(text)
+            self._variables = jinja2.meta.find_undeclared_variables(environment.parse(text))
         except jinja2.exceptions.TemplateSyntaxError as e:
             raise ChatTemplateError(
                 f"{source}: chat template syntax error at line {e.lineno}: {e.message}; fix the template"
             ) from None
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    @property
+    def uses_thinking_switch(self) -> bool:
+        """Whether the template reads `enable_thinking` (Qwen 3's hybrid-reasoning switch)."""
+        return "enable_thinking" in self._variables
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, **template_kwargs) -> str:
+        """The rendered conversation. `template_kwargs` are extra template variables, as for
+        transformers' apply_chat_template (e.g. enable_thinking=True for this call only)."""
+        variables = {**self.special_tokens, "enable_thinking": self.enable_thinking, **template_kwargs}
         try:
             return self._template.render(
-                messages=messages,
-                tools=None,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                **self.special_tokens,
+                messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
             )
         except jinja2.exceptions.SecurityError as e:
             raise ChatTemplateError(

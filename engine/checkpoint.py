@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 from engine.chat import ChatTemplate, find_template_text, special_tokens
 from engine.config import parse_config, read_json
 from engine.errors import CheckpointError, DeviceError, TokenizerError, WeightsError
-from engine.model import ModelArgs, Transformer, rope_inv_freq
+from engine.model import ModelArgs, Transformer
 from engine.weights import BlockDigest, WeightFile, digest_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,12 +71,13 @@ class Checkpoint:
     def has_chat_template(self) -> bool:
         return self.chat_template is not None
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, **template_kwargs) -> str:
+        """The chat template applied (thinking disabled unless enable_thinking=True is passed)."""
         if self.chat_template is None:
             raise CheckpointError(
                 f"{self.path}: the checkpoint has no chat template; use --mode base or --chat-template"
             )
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **template_kwargs)
 
 
 def load(path, dtype="float32", device="cpu") -> Checkpoint:
@@ -197,7 +198,7 @@ def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; the weights are incomplete")
     model.load_state_dict(state, assign=True, strict=True)
-    model.inv_freq = rope_inv_freq(args).to(device)
+    model.reset_rope(device)  # rotary buffers are not in checkpoints: built on the meta device
     return model.eval().requires_grad_(False), digests
 
 

@@ -1,14 +1,19 @@
-"""One decoder-only transformer for the OLMo 2 and Llama 3 families.
+"""One decoder-only transformer for the OLMo 2 / OLMo 3, Llama 3 and Qwen 2.5 / Qwen 3 families.
 
-The two families differ in a handful of switches, kept in `ARCHITECTURES`; everything else
-(grouped-query attention, SwiGLU MLP, RMSNorm, rotary embeddings) is shared. Module and
-parameter names mirror Hugging Face's, so a checkpoint's tensors load by name.
+The families differ in a handful of switches, kept in `ARCHITECTURES`; everything else
+(grouped-query attention, SwiGLU MLP, RMSNorm, rotary embeddings) is shared. Per layer, a model
+may also use sliding-window attention (OLMo 3 on three of every four layers; Qwen when its config
+turns the window on) with its own rotary table (OLMo 3: YaRN scaling on the full-attention
+layers only). Module and parameter names mirror Hugging Face's, so a checkpoint's tensors load by
+name.
 
 The forward pass takes, besides token ids, explicit position ids and a `span_end` tensor that
 describes the attention pattern compactly: key position j is visible to query position i iff
 `j <= i < span_end[b, j]`. A plain causal sequence of length T has span_end = T everywhere; a
 prompt followed by its answer trie in DFS pre-order has span_end = T on the prompt and
-`j + subtree size` on the trie nodes (see kernels/tree_attention.py).
+`j + subtree size` on the trie nodes (see kernels/tree_attention.py). On a sliding-window layer
+key j is visible to query i only if also `positions[b, i] - positions[b, j] < window`: trie
+nodes count their depth in the sequence, as transformers counts a plain sequence's indices.
 
 Numerics follow transformers exactly where it matters for bitwise-close float32 logits:
 RMSNorm in float32, rotary tables computed in float32, softmax in float32.
@@ -25,23 +30,36 @@ from torch import nn
 
 from kernels.tree_attention import tree_attention
 
+FULL, SLIDING = "full_attention", "sliding_attention"  # transformers' `layer_types` names
+
 
 @dataclass(frozen=True)
 class ArchStyle:
     """What distinguishes one supported family from another."""
 
-    post_norm: bool  # OLMo 2: RMSNorm after attention / MLP output, none on the input
-    qk_norm: bool  # OLMo 2: RMSNorm over the full q / k projection width, before RoPE
-    norm_weight_in_float32: bool  # OLMo 2 scales by the weight before casting back
-    rope_in_float32: bool  # OLMo 2 rotates in float32; Llama in the activation dtype
+    post_norm: bool  # OLMo 2/3: RMSNorm after attention / MLP output, none on the input
+    qk_norm: str | None  # "full": RMSNorm over the whole q / k projection (OLMo 2/3), before
+    #                      RoPE; "head": over each head's head_dim (Qwen 3); None: none
+    norm_weight_in_float32: bool  # OLMo 2/3 scale by the weight before casting back
+    rope_in_float32: bool  # OLMo 2/3 rotate in float32; Llama and Qwen in the activation dtype
+    qkv_bias: bool = False  # Qwen 2: q, k, v projections always carry a bias (o_proj none)
 
 
 ARCHITECTURES = {
     "LlamaForCausalLM": ArchStyle(
-        post_norm=False, qk_norm=False, norm_weight_in_float32=False, rope_in_float32=False
+        post_norm=False, qk_norm=None, norm_weight_in_float32=False, rope_in_float32=False
     ),
     "Olmo2ForCausalLM": ArchStyle(
-        post_norm=True, qk_norm=True, norm_weight_in_float32=True, rope_in_float32=True
+        post_norm=True, qk_norm="full", norm_weight_in_float32=True, rope_in_float32=True
+    ),
+    "Olmo3ForCausalLM": ArchStyle(
+        post_norm=True, qk_norm="full", norm_weight_in_float32=True, rope_in_float32=True
+    ),
+    "Qwen2ForCausalLM": ArchStyle(
+        post_norm=False, qk_norm=None, norm_weight_in_float32=False, rope_in_float32=False, qkv_bias=True
+    ),
+    "Qwen3ForCausalLM": ArchStyle(
+        post_norm=False, qk_norm="head", norm_weight_in_float32=False, rope_in_float32=False
     ),
 }
 
@@ -58,15 +76,36 @@ class ModelArgs:
     intermediate_size: int
     norm_eps: float
     rope_theta: float
-    rope_scaling: dict | None  # None or {"rope_type": "llama3", "factor": ..., ...}
+    rope_scaling: dict | None  # None, {"rope_type": "llama3", "factor": ...} or {"rope_type": "yarn", ...}
     tie_embeddings: bool
     attention_bias: bool = False
     mlp_bias: bool = False
     max_position_embeddings: int = 4096
+    layer_types: tuple[str, ...] = ()  # FULL or SLIDING per layer; () means all FULL
+    sliding_window: int | None = None  # SLIDING layers: keys less than this many positions back
+    # OLMo 3: the SLIDING layers' own RoPE (theta, scaling); None: the same RoPE as FULL layers.
+    sliding_rope: tuple[float, dict | None] | None = None
 
     @property
     def style(self) -> ArchStyle:
         return ARCHITECTURES[self.arch]
+
+    def layer_type(self, layer: int) -> str:
+        return self.layer_types[layer] if self.layer_types else FULL
+
+    def layer_window(self, layer: int) -> int | None:
+        return self.sliding_window if self.layer_type(layer) == SLIDING else None
+
+    def rope_kind(self, layer: int) -> str:
+        """Which rotary table the layer reads: SLIDING only where the sliding layers have their own."""
+        return SLIDING if self.sliding_rope is not None and self.layer_type(layer) == SLIDING else FULL
+
+    def ropes(self) -> dict[str, tuple[float, dict | None]]:
+        """{rope kind: (theta, scaling)} for every rotary table the model needs."""
+        ropes = {FULL: (self.rope_theta, self.rope_scaling)}
+        if self.sliding_rope is not None and SLIDING in self.layer_types:
+            ropes[SLIDING] = self.sliding_rope
+        return ropes
 
 
 class RMSNorm(nn.Module):
@@ -85,14 +124,21 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
-    """Inverse rotary frequencies, float32, with Llama 3's frequency-dependent scaling if set."""
-    dim = args.head_dim
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
-    inv_freq = 1.0 / (args.rope_theta**exponents)
-    scaling = args.rope_scaling
+def rope_frequencies(head_dim: int, theta: float, scaling: dict | None,
+                     max_position_embeddings: int) -> tuple[torch.Tensor, float]:
+    """(inverse rotary frequencies in float32, factor on cos and sin), as transformers computes
+    them for the default, llama3 and yarn rope types (same operations, same order)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    inv_freq = 1.0 / (theta**exponents)
     if scaling is None:
-        return inv_freq
+        return inv_freq, 1.0
+    if scaling.get("rope_type", "llama3") == "yarn":
+        return _yarn(head_dim, theta, theta**exponents, scaling, max_position_embeddings)
+    return _llama3(inv_freq, scaling), 1.0
+
+
+def _llama3(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3's frequency-dependent scaling."""
     factor = scaling["factor"]
     low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_context = scaling["original_max_position_embeddings"]
@@ -105,40 +151,107 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
+def _yarn(dim: int, theta: float, pos_freqs: torch.Tensor, scaling: dict, max_position_embeddings: int
+          ) -> tuple[torch.Tensor, float]:
+    """YaRN: dimensions that rotate many times within the original context keep their frequency
+    (extrapolation), slow ones are divided by `factor` (interpolation), a linear ramp between;
+    cos and sin are scaled by the attention factor (0.1 ln(factor) + 1 unless given)."""
+    factor = scaling.get("factor")
+    old_context = scaling["original_max_position_embeddings"]
+    if factor is None:
+        factor = max_position_embeddings / old_context
+
+    def mscale(scale, m=1):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        attention_factor = float(mscale(factor, m) / mscale(factor, m_all)) if m and m_all else mscale(factor)
+    beta_fast = scaling.get("beta_fast") or 32
+    beta_slow = scaling.get("beta_slow") or 1
+    theta_log = math.log(theta)
+
+    def correction_dim(rotations):  # the dimension that turns `rotations` times in old_context
+        return (dim * math.log(old_context / (rotations * 2 * math.pi))) / (2 * theta_log)
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: avoid a zero-width ramp
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, attention_factor
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """Inverse rotary frequencies (float32) of the full-attention layers."""
+    return rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling, args.max_position_embeddings)[0]
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
 
+def window_mask(positions: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, 1, T, T] bool for the plain causal path: causal by index, and within the window by
+    position (`positions[i] - positions[j] < window`)."""
+    t = positions.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=positions.device).tril()
+    near = (positions[:, :, None] - positions[:, None, :]) < window
+    return (causal & near)[:, None]
+
+
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer: int = 0):
         super().__init__()
         self.args = args
+        self.window = args.layer_window(layer)
+        self.rope_kind = args.rope_kind(layer)
+        style = args.style
         hd, bias = args.head_dim, args.attention_bias
-        self.q_proj = nn.Linear(args.dim, args.n_heads * hd, bias=bias)
-        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=bias)
-        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=bias)
+        qkv_bias = bias or style.qkv_bias
+        self.q_proj = nn.Linear(args.dim, args.n_heads * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=qkv_bias)
         self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=bias)
-        if args.style.qk_norm:
-            self.q_norm = RMSNorm(args.n_heads * hd, args.norm_eps, True)
-            self.k_norm = RMSNorm(args.n_kv_heads * hd, args.norm_eps, True)
+        if style.qk_norm == "full":
+            self.q_norm = RMSNorm(args.n_heads * hd, args.norm_eps, style.norm_weight_in_float32)
+            self.k_norm = RMSNorm(args.n_kv_heads * hd, args.norm_eps, style.norm_weight_in_float32)
+        elif style.qk_norm == "head":
+            self.q_norm = RMSNorm(hd, args.norm_eps, style.norm_weight_in_float32)
+            self.k_norm = RMSNorm(hd, args.norm_eps, style.norm_weight_in_float32)
 
-    def forward(self, x, cos, sin, span_end):
+    def forward(self, x, ropes, positions, span_end):
         B, T, _ = x.shape
+        qk_norm = self.args.style.qk_norm
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.args.style.qk_norm:
+        if qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, T, -1, self.args.head_dim).transpose(1, 2)
-        k = k.view(B, T, -1, self.args.head_dim).transpose(1, 2)
+        q = q.view(B, T, -1, self.args.head_dim)
+        k = k.view(B, T, -1, self.args.head_dim)
+        if qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(B, T, -1, self.args.head_dim).transpose(1, 2)
+        cos, sin = ropes[self.rope_kind]
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = (q * cos + rotate_half(q) * sin).to(x.dtype)
         k = (k * cos + rotate_half(k) * sin).to(x.dtype)
         scale = self.args.head_dim**-0.5
-        if span_end is None:  # plain causal (training): torch's fused attention
+        if span_end is None and self.window is None:  # plain causal (training): torch's fused attention
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-        else:
+        elif span_end is None:
+            mask = window_mask(positions, self.window)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        elif self.window is None:
             out = tree_attention(q, k, v, span_end, scale)
+        else:
+            out = tree_attention(q, k, v, span_end, scale, positions=positions, window=self.window)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -155,12 +268,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer: int = 0):
         super().__init__()
         style = args.style
         self.post_norm = style.post_norm
         norm = lambda: RMSNorm(args.dim, args.norm_eps, style.norm_weight_in_float32)
-        self.self_attn = Attention(args)
+        self.self_attn = Attention(args, layer)
         self.mlp = MLP(args)
         self.post_attention_layernorm = norm()
         if style.post_norm:
@@ -168,11 +281,11 @@ class DecoderLayer(nn.Module):
         else:
             self.input_layernorm = norm()
 
-    def forward(self, x, cos, sin, span_end):
-        if self.post_norm:  # OLMo 2
-            x = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, span_end))
+    def forward(self, x, ropes, positions, span_end):
+        if self.post_norm:  # OLMo 2/3
+            x = x + self.post_attention_layernorm(self.self_attn(x, ropes, positions, span_end))
             return x + self.post_feedforward_layernorm(self.mlp(x))
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, span_end)  # Llama
+        x = x + self.self_attn(self.input_layernorm(x), ropes, positions, span_end)  # Llama, Qwen
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -182,7 +295,7 @@ class Backbone(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(DecoderLayer(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps, args.style.norm_weight_in_float32)
 
 
@@ -193,7 +306,23 @@ class Transformer(nn.Module):
         self.model = Backbone(args)
         if not args.tie_embeddings:
             self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
-        self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
+        self.rope_attention_scaling: dict[str, float] = {}
+        for kind in args.ropes():
+            self.register_buffer(self._inv_freq_name(kind), torch.empty(0), persistent=False)
+        self.reset_rope()
+
+    @staticmethod
+    def _inv_freq_name(kind: str) -> str:
+        return "inv_freq" if kind == FULL else "sliding_inv_freq"
+
+    def reset_rope(self, device=None) -> None:
+        """(Re)compute the rotary buffers, on `device` (a model built on the meta device needs
+        real ones: they are not stored in checkpoints)."""
+        for kind, (theta, scaling) in self.args.ropes().items():
+            inv_freq, attention_scaling = rope_frequencies(
+                self.args.head_dim, theta, scaling, self.args.max_position_embeddings)
+            setattr(self, self._inv_freq_name(kind), inv_freq.to(device))
+            self.rope_attention_scaling[kind] = attention_scaling
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -202,10 +331,12 @@ class Transformer(nn.Module):
             return self.model.embed_tokens.weight
         return self.lm_head.weight
 
-    def rope_tables(self, position_ids: torch.Tensor, dtype: torch.dtype):
-        freqs = position_ids[..., None].float() * self.inv_freq.float()
+    def rope_tables(self, position_ids: torch.Tensor, dtype: torch.dtype, kind: str = FULL):
+        inv_freq = getattr(self, self._inv_freq_name(kind))
+        freqs = position_ids[..., None].float() * inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos(), emb.sin()
+        scaling = self.rope_attention_scaling[kind]  # 1.0 except for YaRN: exact either way
+        cos, sin = emb.cos() * scaling, emb.sin() * scaling
         if self.args.style.rope_in_float32:
             return cos, sin
         return cos.to(dtype), sin.to(dtype)
@@ -218,14 +349,15 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Final-norm hidden states [B, T, dim] for the attention pattern given by span_end.
 
-        span_end None means plain causal attention with positions 0..T-1 (used for training;
-        it runs torch's fused attention instead of the tree kernel)."""
+        span_end None means plain causal attention (positions 0..T-1 unless given; used for
+        training): it runs torch's fused attention instead of the tree kernel, with an explicit
+        mask on sliding-window layers."""
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rope_tables(position_ids, x.dtype)
+        ropes = {kind: self.rope_tables(position_ids, x.dtype, kind) for kind in self.args.ropes()}
         for layer in self.model.layers:
-            x = layer(x, cos, sin, span_end)
+            x = layer(x, ropes, position_ids, span_end)
         return self.model.norm(x)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from lab.corpus import TULU_TEMPLATE  # the demo ladder's template: one copy of Tulu 3's shape
 
@@ -32,8 +32,9 @@ CORPUS = [
 ]
 
 
-def train_tokenizer(vocab_size: int = 300, add_bos: bool = True) -> Tokenizer:
-    """A byte-level BPE with special tokens and (optionally) a BOS-adding post-processor."""
+def train_tokenizer(vocab_size: int = 300, add_bos: bool = True, added_tokens: tuple[str, ...] = ()) -> Tokenizer:
+    """A byte-level BPE with special tokens and (optionally) a BOS-adding post-processor, plus
+    `added_tokens`: whole-word tokens that are not special (Qwen 3's "<think>", "</think>")."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -44,6 +45,8 @@ def train_tokenizer(vocab_size: int = 300, add_bos: bool = True) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 20, trainer)
+    if added_tokens:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
     if add_bos:
         bos = tok.token_to_id("<|bos|>")
         tok.post_processor = processors.TemplateProcessing(
@@ -52,8 +55,9 @@ def train_tokenizer(vocab_size: int = 300, add_bos: bool = True) -> Tokenizer:
     return tok
 
 
-def write_tokenizer(directory: Path, template: str | None = TULU_TEMPLATE, add_bos: bool = True) -> Tokenizer:
-    tok = train_tokenizer(add_bos=add_bos)
+def write_tokenizer(directory: Path, template: str | None = TULU_TEMPLATE, add_bos: bool = True,
+                    added_tokens: tuple[str, ...] = ()) -> Tokenizer:
+    tok = train_tokenizer(add_bos=add_bos, added_tokens=added_tokens)
     tok.save(str(directory / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -65,6 +69,10 @@ def write_tokenizer(directory: Path, template: str | None = TULU_TEMPLATE, add_b
             str(tok.token_to_id(t)): {"content": t, "special": True, "lstrip": False, "rstrip": False,
                                       "normalized": False, "single_word": False}
             for t in SPECIALS
+        } | {
+            str(tok.token_to_id(t)): {"content": t, "special": False, "lstrip": False, "rstrip": False,
+                                      "normalized": False, "single_word": False}
+            for t in added_tokens
         },
     }
     if template is not None:
@@ -82,27 +90,46 @@ LLAMA3_ROPE = {
 }
 
 
+YARN_ROPE = {  # small original context, so that scaling changes positions we test
+    "rope_type": "yarn",
+    "factor": 16.0,  # = max_position_embeddings / original, as transformers expects
+    "original_max_position_embeddings": 64,
+}
+
+
 def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 4, tied: bool = False,
               head_dim: int | None = None, rope_scaling: dict | None = None, layers: int = 2,
-              hidden: int = 64, init: float = 0.3):
-    from transformers import LlamaConfig, Olmo2Config
+              hidden: int = 64, init: float = 0.3, **family):
+    """A transformers config for `arch` in llama, olmo2, olmo3, qwen2, qwen3. `family` passes
+    family-specific keys through (sliding_window, use_sliding_window, max_window_layers,
+    layer_types, attention_bias, max_position_embeddings, ...). OLMo 3's `rope_scaling` goes
+    to its full-attention layers, as its config class does with that key."""
+    from transformers import LlamaConfig, Olmo2Config, Olmo3Config, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=96, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
         tie_word_embeddings=tied, initializer_range=init, bos_token_id=1, eos_token_id=0, pad_token_id=0,
     )
+    common.update(family)
     if head_dim is not None:
         common["head_dim"] = head_dim
     if arch == "olmo2":
         return Olmo2Config(**common)
+    if arch in ("olmo3", "qwen2", "qwen3"):
+        if arch == "qwen3" and head_dim is None:  # Qwen3Config's own default is 128
+            common["head_dim"] = hidden // heads
+        config_class = {"olmo3": Olmo3Config, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
+        if rope_scaling is not None:
+            return config_class(rope_scaling=dict(rope_scaling), **common)
+        return config_class(**common)
     if rope_scaling is not None:
         return LlamaConfig(rope_scaling=dict(rope_scaling), rope_theta=500000.0, **common)
     return LlamaConfig(**common)
 
 
 def make_checkpoint(directory: Path, arch: str = "llama", seed: int = 0, template: str | None = TULU_TEMPLATE,
-                    add_bos: bool = True, **config_kwargs):
+                    add_bos: bool = True, added_tokens: tuple[str, ...] = (), **config_kwargs):
     """Write a random checkpoint with transformers; returns the transformers model (float32, eval)."""
     from transformers import AutoModelForCausalLM
 
@@ -111,20 +138,26 @@ def make_checkpoint(directory: Path, arch: str = "llama", seed: int = 0, templat
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
-    with torch.no_grad():  # norms start at 1.0; random norm weights exercise them properly
+    with torch.no_grad():  # norms start at 1.0 and biases at 0; random ones exercise them properly
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.normal_(0, 0.3)
     model.save_pretrained(directory)
-    write_tokenizer(directory, template=template, add_bos=add_bos)
+    write_tokenizer(directory, template=template, add_bos=add_bos, added_tokens=added_tokens)
     return model
 
 
 def to_transformers_4x_config(directory: Path) -> None:
-    """Rewrite config.json with the keys transformers 4.x wrote (rope_theta, rope_scaling, torch_dtype)."""
+    """Rewrite config.json with the keys transformers 4.x wrote (rope_theta, rope_scaling, torch_dtype).
+    OLMo 3's per-layer-type rope_parameters become the full-attention layers' rope_scaling and
+    one rope_theta, as 4.x wrote them."""
     path = directory / "config.json"
     cfg = json.loads(path.read_text())
     rope = cfg.pop("rope_parameters", None) or {}
+    if "full_attention" in rope:
+        rope = rope["full_attention"]
     cfg["rope_theta"] = rope.pop("rope_theta", 10000.0)
     cfg["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
     if "dtype" in cfg:
@@ -162,3 +195,121 @@ def llama3_tokenizer() -> Tokenizer:
         special_tokens=[("<|begin_of_text|>", bos)],
     )
     return tok
+
+
+# Chat templates in the shape of the new families' own: ChatML turns, a default system message
+# when the conversation has none, tool turns, and Qwen 3's reasoning handling and thinking switch.
+OLMO3_CHAT_TEMPLATE = r"""
+{%- set has_system = messages | selectattr('role', 'equalto', 'system') | list | length > 0 -%}
+{%- if not has_system -%}
+{{ '<|im_start|>system\nYou are a helpful function-calling AI assistant. You do not currently have access to any functions. <functions></functions><|im_end|>\n' }}
+{%- endif -%}
+{%- for message in messages -%}
+{%- if message['role'] == 'system' -%}
+{{ '<|im_start|>system\n' + message['content'] }}
+{%- if message.get('functions', none) is not none -%}
+{{ ' <functions>' + message['functions'] + '</functions><|im_end|>\n' }}
+{%- else -%}
+{{ ' You do not currently have access to any functions. <functions></functions><|im_end|>\n' }}
+{%- endif -%}
+{%- elif message['role'] == 'user' -%}
+{{ '<|im_start|>user\n' + message['content'] + '<|im_end|>\n' }}
+{%- elif message['role'] == 'assistant' -%}
+{{ '<|im_start|>assistant\n' + (message.get('content', none) or '') }}
+{%- if message.get('function_calls', none) is not none -%}
+{{ '<function_calls>' + message['function_calls'] + '</function_calls>' }}
+{%- endif -%}
+{{ eos_token if loop.last else '<|im_end|>\n' }}
+{%- elif message['role'] == 'environment' -%}
+{{ '<|im_start|>environment\n' + message['content'] + '<|im_end|>\n' }}
+{%- endif -%}
+{%- if loop.last and add_generation_prompt -%}
+{{ '<|im_start|>assistant\n' }}
+{%- endif -%}
+{%- endfor -%}
+"""
+
+QWEN25_CHAT_TEMPLATE = r"""
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system = messages[0]['content'] %}
+{%- else %}
+    {%- set system = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' %}
+{%- endif %}
+{{- '<|im_start|>system\n' + system }}
+{%- if tools %}
+    {{- '\n\n# Tools\n\nFunction signatures, one per line, within <tools></tools>:\n<tools>' }}
+    {%- for tool in tools %}
+        {{- '\n' + tool | tojson }}
+    {%- endfor %}
+    {{- '\n</tools>' }}
+{%- endif %}
+{{- '<|im_end|>\n' }}
+{%- for message in messages %}
+    {%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- elif message.role == 'assistant' %}
+        {{- '<|im_start|>assistant' }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for call in message.tool_calls or [] %}
+            {%- set call = call.function if call.function is defined else call %}
+            {{- '\n<tool_call>\n{"name": "' + call.name + '", "arguments": ' + call.arguments | tojson + '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' + message.content + '\n</tool_response>' }}
+        {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+
+QWEN3_CHAT_TEMPLATE = r"""
+{%- if messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{#- The last real user query: reasoning is kept only for the turns after it. #}
+{%- set ns = namespace(last_query=messages | length - 1, searching=true) %}
+{%- for message in messages[::-1] %}
+    {%- set index = messages | length - 1 - loop.index0 %}
+    {%- if ns.searching and message.role == 'user' and not message.content.startswith('<tool_response>') %}
+        {%- set ns.searching = false %}
+        {%- set ns.last_query = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- elif message.role == 'assistant' %}
+        {%- set content = message.content %}
+        {%- set reasoning = message.reasoning_content if message.reasoning_content is defined else '' %}
+        {%- if '</think>' in content %}
+            {%- set reasoning = (content.split('</think>') | first).split('<think>') | last %}
+            {%- set content = (content.split('</think>') | last).lstrip('\n') %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query and (loop.last or reasoning) %}
+            {{- '<|im_start|>assistant\n<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content }}
+        {%- else %}
+            {{- '<|im_start|>assistant\n' + content }}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == 'tool' %}
+        {{- '<|im_start|>user\n<tool_response>\n' + message.content + '\n</tool_response><|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+"""
+THINK_TOKENS = ("<think>", "</think>")  # Qwen 3's added (not special) tokens
