@@ -123,11 +123,15 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
         raise OutputError(f"{ck.path}: its directory name {label!r} cannot be a label; pass a label")
     dtype_name = str(ck.dtype).removeprefix("torch.")
     batch_invariant = not packs_sequences(ck)
+    chat = encoder.template if mode == "chat" else None
+    # Qwen 3's hybrid-reasoning switch: scored with thinking off unless the template says otherwise.
+    thinking = chat.enable_thinking if chat is not None and chat.uses_thinking_switch else None
     run = {
         "fingerprint": ck.fingerprint,
         "dtype": dtype_name,
         "mode": mode,
-        "chat_template": encoder.template.text if mode == "chat" else None,
+        "chat_template": chat.text if chat is not None else None,
+        "enable_thinking": thinking,
         "engine_version": engine.__version__,
         "batch_invariant": batch_invariant,
         # Packed results depend on how prompts share rows; invariant ones do not.
@@ -144,7 +148,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
         return dict(
             checkpoint=str(ck.path.resolve()), fingerprint=ck.fingerprint,
             engine_version=engine.__version__, dtype=dtype_name, device=str(ck.device), mode=mode,
-            chat_template_source=encoder.template.source if mode == "chat" else None,
+            chat_template_source=chat.source if chat is not None else None, enable_thinking=thinking,
             torch_version=torch.__version__, batch_tokens=batch_tokens, batch_invariant=batch_invariant,
             timings={"load_and_validate_s": round(load_seconds, 3),
                      "total_s": round(time.perf_counter() - started, 3), "skipped_tasks": skipped})

@@ -168,3 +168,15 @@ def test_no_import_cycle_in_the_package():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_thinking_switch_is_recorded_in_the_manifest_and_the_run(tmp_path):
+    qwen3 = tmp_path / "qwen3"
+    tiny.make_checkpoint(qwen3, arch="qwen3", kv_heads=1, hidden=32, heads=2, init=0.1, add_bos=False,
+                         template=tiny.QWEN3_CHAT_TEMPLATE, added_tokens=tiny.THINK_TOKENS, vocab_size=320)
+    result = engine.score_checkpoint(qwen3, tasks="coin", mode="chat")
+    assert result.manifest["enable_thinking"] is False and result.manifest["run"]["enable_thinking"] is False
+    assert "<think>\n\n</think>\n\n" in result.tables["coin"].column("prompt_text")[0].as_py()
+    llama = tmp_path / "llama"
+    tiny.make_checkpoint(llama, arch="llama", hidden=32, heads=2, kv_heads=2, init=0.1)
+    assert engine.score_checkpoint(llama, tasks="coin", mode="chat").manifest["enable_thinking"] is None
