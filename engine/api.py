@@ -34,6 +34,7 @@ from engine.results import (
     variant_table,
 )
 from engine.tasks import Task, load_tasks
+from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
 
 DEFAULT_BATCH_TOKENS = 8192
 LABEL = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")  # a directory name under --out, never a path
@@ -77,13 +78,18 @@ class ScoreResult:
 def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | None = None,
                      device: str | None = None, out=None, label: str | None = None,
                      batch_tokens: int = DEFAULT_BATCH_TOKENS, chat_template=None,
-                     overwrite: bool = False, progress: bool | None = None) -> ScoreResult:
+                     overwrite: bool = False, progress: bool | None = None,
+                     tokenizations: str = "canonical",
+                     max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
     checkpoint: a local Hugging Face directory, or a `Checkpoint` from `engine.load` (then
         `dtype` and `device` come from it). tasks: "all", "name,name", a .toml path, or a list
         of `Task`. mode: "auto" (chat when a template exists), "chat" or "base".
         chat_template: a checkpoint directory or template file to borrow a template from.
+        tokenizations: "canonical" scores each variant's own tokenization; "all" every token
+        sequence that spells it (at most `max_tokenizations` per variant, else an error), and
+        reports the non-canonical share of each answer's probability.
     out: a results root to write `out/label/` into, resuming finished tasks (as the CLI does);
         None scores in memory and writes nothing. overwrite: rescore the given tasks even if
         finished or produced by another checkpoint or settings (other tasks are left alone).
@@ -114,7 +120,11 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
     template = load_chat_template(chat_template, ck.special_tokens) if chat_template else None
     if mode == "auto":
         mode = "chat" if template is not None or ck.has_chat_template else "base"
-    encoder = PromptEncoder(ck, mode, template)
+    if tokenizations not in TOKENIZATIONS:
+        raise OutputError(f"tokenizations {tokenizations!r} must be one of {', '.join(TOKENIZATIONS)}")
+    if max_tokenizations < 1:
+        raise OutputError(f"max_tokenizations must be a positive integer, got {max_tokenizations}")
+    encoder = PromptEncoder(ck, mode, template, tokenizations, max_tokenizations)
     sequences = {task.name: task_sequences(encoder, task) for task in tasks}  # validates everything
     load_seconds = time.perf_counter() - started
 
@@ -132,6 +142,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
         "mode": mode,
         "chat_template": chat.text if chat is not None else None,
         "enable_thinking": thinking,
+        "tokenizations": tokenizations if tokenizations == "canonical" else f"all<={max_tokenizations}",
         "engine_version": engine.__version__,
         "batch_invariant": batch_invariant,
         # Packed results depend on how prompts share rows; invariant ones do not.
@@ -149,6 +160,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
             checkpoint=str(ck.path.resolve()), fingerprint=ck.fingerprint,
             engine_version=engine.__version__, dtype=dtype_name, device=str(ck.device), mode=mode,
             chat_template_source=chat.source if chat is not None else None, enable_thinking=thinking,
+            tokenizations=tokenizations, max_tokenizations=max_tokenizations if tokenizations == "all" else None,
             torch_version=torch.__version__, batch_tokens=batch_tokens, batch_invariant=batch_invariant,
             timings={"load_and_validate_s": round(load_seconds, 3),
                      "total_s": round(time.perf_counter() - started, 3), "skipped_tasks": skipped})

@@ -14,6 +14,7 @@ import sys
 from engine.api import DEFAULT_BATCH_TOKENS, LABEL, ScoreResult, score_checkpoint
 from engine.errors import EngineError
 from engine.tasks import format_task_list, load_tasks
+from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args"]
 
@@ -39,12 +40,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="rescore the given tasks even if finished or scored from another checkpoint or "
                         "settings; other tasks under the label are left as they are")
+    p.add_argument("--tokenizations", choices=list(TOKENIZATIONS), default="canonical",
+                   help="canonical: each answer's own tokens (default); all: every token sequence that "
+                        "spells it (P of the answer's text), with the non-canonical share reported")
+    p.add_argument("--max-tokenizations", type=int, default=DEFAULT_MAX_TOKENIZATIONS, metavar="N",
+                   help=f"with --tokenizations all, refuse a variant with more than N (default "
+                        f"{DEFAULT_MAX_TOKENIZATIONS})")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
     args = p.parse_args(argv)
     if not args.list_tasks and not args.checkpoint:
         p.error("CHECKPOINT is required (or --list-tasks)")
     if args.batch_tokens < 1:
         p.error("--batch-tokens must be a positive integer")
+    if args.max_tokenizations < 1:
+        p.error("--max-tokenizations must be a positive integer")
     if args.label is not None and not LABEL.fullmatch(args.label):
         p.error(f"--label {args.label!r} must be a plain name (letters, digits, '.', '_', '-'), not a path")
     return args
@@ -59,7 +68,8 @@ def main(argv=None) -> int:
         result = score_checkpoint(
             args.checkpoint, tasks=args.tasks, mode=args.mode, dtype=args.dtype, device=args.device,
             out=args.out, label=args.label, batch_tokens=args.batch_tokens,
-            chat_template=args.chat_template, overwrite=args.overwrite)
+            chat_template=args.chat_template, overwrite=args.overwrite,
+            tokenizations=args.tokenizations, max_tokenizations=args.max_tokenizations)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
