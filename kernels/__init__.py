@@ -17,7 +17,16 @@ from __future__ import annotations
 import importlib.util
 import os
 
-__all__ = ["force_reference", "force_triton", "triton_available", "use_triton"]
+__all__ = ["KernelUnsupportedError", "force_reference", "force_triton", "triton_available",
+           "use_triton"]
+
+
+class KernelUnsupportedError(ValueError):
+    """A Triton kernel asked for a dtype, head_dim or GPU architecture it does not support.
+
+    The message is one line naming the torch reference to use instead (the engine switches to
+    the references with ``ENGINE_FORCE_REFERENCE=1``); raised before anything is compiled.
+    """
 
 
 def force_reference() -> bool:
