@@ -21,7 +21,7 @@ shipped in the triton wheel give:
 Checks (also run by tests/test_native_report.py in CI): no spill anywhere (stack 0, no STL);
 every bf16 matmul kernel (the LM head's vocabulary loop, tree attention) issues asynchronous
 copies (LDGSTS or UTMALDG), i.e. its main loop is software-pipelined; on sm_90 it also uses
-wgmma (HGMMA).
+wgmma (HGMMA); sm_80 tiles fit in 99 KiB of shared memory (sm_86 / sm_89 run them too).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 
 ARCHES = (80, 90)
+# Shared memory per block on sm_86 / sm_89 (A10, L4, L40, RTX 30/40): they run the sm_80 tiles.
+SM86_SHARED_KIB = 99
 # Instruction mnemonics counted in the SASS.
 OPS = ("LDGSTS", "UTMALDG", "HMMA", "HGMMA", "STL", "LDL")
 # Kernels whose main loop is a matmul, so bf16 must be pipelined (async copies) and use
@@ -50,12 +52,14 @@ MATMUL_KERNELS = ("_lse_partials_kernel", "_tree_attn_kernel")
 
 # Shipped configurations: what the engine runs. Tree attention: the models' head_dim (64 for
 # small models, 128 for OLMo 2 / Llama 3 / Qwen, 256 for some), every dtype the engine uses,
-# with and without OLMo 3's sliding window. 32 query heads over 8 kv heads, one packed row of
+# with and without a sliding window (OLMo 3). 32 query heads over 8 kv heads, one packed row of
 # 8173 positions (not a multiple of 16, as the engine's rows usually are not).
-TREE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+TREE_DTYPES = (torch.bfloat16, torch.float32)
 TREE_HEAD_DIMS = (64, 128, 256)
 TREE_T = 8173
 # LM head: D from 2048 (OLMo 2 1B) to 8192 (70B), V of OLMo 2 and Llama 3, N rows (any).
+# D and V are runtime ints (16-divisible ones specialise alike), so every (D, V) compiles to
+# the same kernel; the cases column lists D.
 LM_DTYPES = (torch.bfloat16, torch.float32)
 LM_DIMS = (2048, 4096, 8192)
 LM_VOCABS = (100352, 128256)
@@ -104,6 +108,7 @@ def recording(modules, arch: int):
                 saved.append((module, name, value))
                 setattr(module, name, _Recorder(value, launches))
         for name, value in (("_check_device", lambda *a, **k: None),
+                            ("check_device", lambda *a, **k: None),
                             ("device_capability", lambda *a, **k: divmod(arch, 10))):
             if hasattr(module, name):
                 saved.append((module, name, getattr(module, name)))
@@ -184,10 +189,14 @@ def compile_launch(fn, args, kwargs, arch: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Triton 3.9's FP-fusion default notice
         compiled = triton.compile(src, target=target, options=options.__dict__)
-    tiles = {k: v for k, v in kwargs.items() if k.isupper() and k not in ("F32_DOT",)}
-    desc = ",".join(f"{k}={v}" for k, v in tiles.items())
-    desc += f",warps={options.num_warps},stages={options.num_stages}"
+    tiles = [f"{SHORT[k]}{v}" for k, v in kwargs.items() if k in SHORT]
+    desc = " ".join(tiles + [f"w{options.num_warps}", f"s{options.num_stages}"])
     return compiled, desc
+
+
+# Launch constants shown in the config column (tile sizes), abbreviated; w = warps, s = stages.
+SHORT = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_V": "V", "BLOCK_K": "K", "SPLIT_V": "split",
+         "QK_CHUNK": "qk", "BLOCK_T": "T", "BLOCK": "B"}
 
 
 def read_cubin(cubin: bytes) -> tuple[int, int, Counter]:
@@ -219,7 +228,7 @@ def cases(arches=ARCHES) -> list[tuple[str, int, str, object]]:
         for dtype in LM_DTYPES:
             for d in LM_DIMS:
                 for v in LM_VOCABS:
-                    out.append(("lm_head", arch, f"D={d},V={v}",
+                    out.append(("lm_head", arch, f"D={d}",
                                 lambda a=arch, t=dtype, dd=d, vv=v: lm_launches(a, t, dd, vv)))
     return out
 
@@ -253,10 +262,12 @@ def build_rows(arches=ARCHES, progress=None) -> list[Row]:
                 key = (fn.__name__, arch, str(key_args), str(sorted(kwargs.items())))
                 if key not in rows:
                     rows[key] = Row(fn.__name__, arch, dtype, [], "", error=str(e)[:300])
-                rows[key].cases.append(label)
+                if label not in rows[key].cases:
+                    rows[key].cases.append(label)
                 continue
             if key in rows:
-                rows[key].cases.append(label)
+                if label not in rows[key].cases:
+                    rows[key].cases.append(label)
                 continue
             regs, stack, ops = read_cubin(compiled.asm["cubin"])
             rows[key] = Row(fn.__name__, arch, dtype, [label], desc, regs, stack,
@@ -279,11 +290,14 @@ def problems(rows: list[Row]) -> list[str]:
         if r.stack or r.ops.get("STL", 0) or r.ops.get("LDL", 0):
             out.append(f"{name}: spills ({r.stack} bytes of stack per thread, "
                        f"{r.ops.get('STL', 0)} STL / {r.ops.get('LDL', 0)} LDL)")
-        if r.kernel in MATMUL_KERNELS and r.dtype in ("bfloat16", "float16"):
+        if r.kernel in MATMUL_KERNELS and r.dtype == "bfloat16":
             if not (r.ops.get("LDGSTS", 0) or r.ops.get("UTMALDG", 0)):
                 out.append(f"{name}: main loop without asynchronous copies (no LDGSTS/UTMALDG)")
             if r.arch >= 90 and not r.ops.get("HGMMA", 0):
                 out.append(f"{name}: no wgmma (HGMMA) on Hopper")
+        if r.arch == 80 and r.shared_kib > SM86_SHARED_KIB:
+            out.append(f"{name}: {r.shared_kib:.0f} KiB of shared memory does not fit the "
+                       f"{SM86_SHARED_KIB} KiB of sm_86 / sm_89, which use the sm_80 tiles")
     return out
 
 
@@ -333,8 +347,8 @@ def main(argv=None) -> int:
     found = problems(rows)
     print()
     print("\n".join(f"PROBLEM: {p}" for p in found) if found else
-          f"all {len(rows)} compiled kernels pass: no spills, bf16/fp16 matmul loops pipelined "
-          "with asynchronous copies, wgmma on sm_90")
+          f"all {len(rows)} compiled kernels pass: no spills, bf16 matmul loops pipelined with "
+          "asynchronous copies, wgmma on sm_90, sm_80 tiles within 99 KiB of shared memory")
     return 1 if found else 0
 
 

@@ -32,10 +32,11 @@ not stored; masked or skipped blocks leave a row's softmax state bit-for-bit unc
 which other rows share a program never changes a row's result.
 
 Float32 (the exact mode) uses IEEE float32 dots, which run on CUDA cores with operands held in
-registers: with q resident, a [BLOCK_M, head_dim] operand spills at head_dim 128. So float32
-tiles set ``qk_chunk``: the q.k dot runs over head_dim in chunks, reloading q's chunk (from
-L1/L2) with each key block, which keeps every operand small. The float32 FMA dot accumulates
-over head_dim in order either way.
+registers: with q resident, a [BLOCK_M, head_dim] operand spills at head_dim 128 (11.7 KB per
+thread with the old 64x32 tiles). So float32 tiles set ``qk_chunk``: the q.k dot runs over
+head_dim in chunks, reloading q's chunk (from L1/L2) with each key block, which keeps every
+operand small. The float32 FMA dot accumulates over head_dim in order either way. bf16 at
+head_dim 256 does the same with 128-wide chunks, freeing q's registers for the accumulator.
 
 No [T, T] mask or scores ever reach global memory.
 """
@@ -71,14 +72,14 @@ class TreeAttentionConfig:
 # pipelined with async copies, wgmma on sm_90) and timed with `make bench` where a GPU was lent.
 # sm_80 tiles also fit the 99 KiB of shared memory of sm_86 / sm_89.
 TILES = {
-    (90, torch.bfloat16): {64: (128, 64, 4, 3, 0), 128: (128, 64, 8, 3, 0),
-                           256: (64, 32, 4, 2, 0)},
-    (80, torch.bfloat16): {64: (128, 64, 4, 3, 0), 128: (128, 32, 8, 2, 0),
-                           256: (64, 32, 8, 2, 0)},
-    (90, torch.float32): {64: (32, 32, 4, 2, 16), 128: (32, 32, 4, 2, 16),
-                          256: (32, 32, 4, 2, 16)},
-    (80, torch.float32): {64: (32, 32, 4, 2, 16), 128: (32, 32, 4, 2, 16),
-                          256: (32, 32, 4, 2, 16)},
+    (90, torch.bfloat16): {64: (128, 64, 8, 3, 0), 128: (128, 64, 8, 3, 0),
+                           256: (64, 32, 8, 3, 128)},
+    (80, torch.bfloat16): {64: (128, 64, 8, 3, 0), 128: (64, 64, 8, 3, 0),
+                           256: (64, 32, 8, 3, 128)},
+    (90, torch.float32): {64: (64, 32, 8, 2, 16), 128: (64, 32, 8, 2, 16),
+                          256: (64, 16, 8, 2, 16)},
+    (80, torch.float32): {64: (64, 32, 8, 2, 16), 128: (64, 32, 8, 2, 16),
+                          256: (64, 16, 8, 2, 16)},
 }
 
 

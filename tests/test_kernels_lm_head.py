@@ -208,7 +208,8 @@ def test_tile_config_never_depends_on_the_batch(kernel_module):
     """The tiles come from (D, V, dtype) only: the config function cannot even see N."""
     import inspect
 
-    assert list(inspect.signature(kernel_module.default_config).parameters) == ["d", "v", "dtype"]
+    assert list(inspect.signature(kernel_module.default_config).parameters) == ["d", "v", "dtype",
+                                                                               "arch"]
 
 
 @needs_kernels

@@ -605,12 +605,13 @@ def fixed_order_dot():
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 24])
-def test_triton_float32_qk_in_head_dim_chunks(kernel_module, head_dim):
-    """Float32's q.k over head_dim in chunks (q reloaded per chunk), a ragged last chunk at
-    head_dim 24, on a packed row with padding: equal to the float64 oracle."""
+def test_triton_qk_in_head_dim_chunks(kernel_module, head_dim, dtype):
+    """q.k over head_dim in chunks (q reloaded per chunk: float32's tiles, bf16 at head_dim
+    256), a ragged last chunk at head_dim 24, with padding: equal to the float64 oracle."""
     cfg = kernel_module.TreeAttentionConfig(block_m=16, block_n=16, block_scan=32, qk_chunk=16)
-    q, k, v, se, visible = make_problem(14, 1, 2, 2, head_dim, [(30, 25, 5)])
+    q, k, v, se, visible = make_problem(14, 1, 2, 2, head_dim, [(30, 25, 5)], dtype)
     got = tree_attention_triton(q, k, v, se, 0.2, config=cfg,
                                 out=torch.full_like(q, float("nan")))
-    assert_attention_close(got, attention_float64(q, k, v, visible, 0.2), torch.float32)
+    assert_attention_close(got, attention_float64(q, k, v, visible, 0.2), dtype)
