@@ -215,22 +215,26 @@ def read_cubin(cubin: bytes) -> tuple[int, int, Counter]:
     return regs, stack, ops
 
 
-def cases(arches=ARCHES) -> list[tuple[str, int, str, object]]:
-    """(kernel family, arch, case label, launches thunk) for every shipped configuration."""
+def cases(arches=ARCHES, pattern: str | None = None) -> list[tuple[str, int, str, object]]:
+    """(kernel family, arch, case label, launches thunk) for every shipped configuration, or
+    those whose "family dtype label" (e.g. "tree_attention bfloat16 Dh=128,window") matches
+    the regular expression ``pattern``."""
     out = []
     for arch in arches:
         for dtype in TREE_DTYPES:
             for dh in TREE_HEAD_DIMS:
                 for window in (None, 4096):
                     label = f"Dh={dh}" + ("" if window is None else ",window")
-                    out.append(("tree_attention", arch, label,
+                    out.append(("tree_attention", arch, dtype, label,
                                 lambda a=arch, d=dtype, h=dh, w=window: tree_launches(a, d, h, w)))
         for dtype in LM_DTYPES:
             for d in LM_DIMS:
                 for v in LM_VOCABS:
-                    out.append(("lm_head", arch, f"D={d}",
+                    out.append(("lm_head", arch, dtype, f"D={d}",
                                 lambda a=arch, t=dtype, dd=d, vv=v: lm_launches(a, t, dd, vv)))
-    return out
+    name = lambda family, dtype, label: f"{family} {str(dtype).removeprefix('torch.')} {label}"
+    return [(family, arch, label, thunk) for family, arch, dtype, label, thunk in out
+            if pattern is None or re.search(pattern, name(family, dtype, label))]
 
 
 def _dtype_of(args) -> str:
@@ -241,10 +245,10 @@ def _dtype_of(args) -> str:
     return "?"
 
 
-def build_rows(arches=ARCHES, progress=None) -> list[Row]:
+def build_rows(arches=ARCHES, progress=None, pattern: str | None = None) -> list[Row]:
     """Compile every shipped configuration (identical compiles once) and read each."""
     rows: dict[tuple, Row] = {}
-    for family, arch, label, launches in cases(arches):
+    for family, arch, label, launches in cases(arches, pattern):
         try:
             recorded = launches()
         except TypeError as e:  # an older kernel without this argument (e.g. window)
@@ -330,6 +334,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="compute capabilities to compile for (default: 80 90)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--quiet", action="store_true", help="no per-compile progress lines")
+    parser.add_argument("--filter", default=None, metavar="REGEX",
+                        help='only cases whose "family dtype label" matches, e.g. '
+                             '"tree_attention float32" or "Dh=128"')
     return parser.parse_args(argv)
 
 
@@ -339,7 +346,7 @@ def main(argv=None) -> int:
         print("native_report: unset TRITON_INTERPRET (it compiles natively)", file=sys.stderr)
         return 2
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    rows = build_rows(tuple(args.arch), progress)
+    rows = build_rows(tuple(args.arch), progress, args.filter)
     print(markdown(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
