@@ -9,7 +9,9 @@ Triton is imported lazily, only inside the Triton paths (the ``_*_triton`` modul
 CPU users never pay for it and never break when it is missing. A second reason: Triton decides
 when it is first imported whether ``@triton.jit`` code runs natively or in the interpreter
 (``TRITON_INTERPRET=1``, used by the CPU tests), so importing ``kernels`` must not import it
-before a test has had the chance to set that variable (see ``kernels/interpreter.py``).
+before a test has had the chance to set that variable (see ``kernels/interpreter.py``). What the
+Triton modules share (interpreter mode, the float32 dot, the device and architecture checks)
+lives in ``kernels/_triton_common.py``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import os
 import random
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -615,3 +616,27 @@ def test_triton_qk_in_head_dim_chunks(kernel_module, head_dim, dtype):
     got = tree_attention_triton(q, k, v, se, 0.2, config=cfg,
                                 out=torch.full_like(q, float("nan")))
     assert_attention_close(got, attention_float64(q, k, v, visible, 0.2), dtype)
+
+
+@needs_kernels
+def test_unsupported_dtype_head_dim_and_arch_name_the_reference(monkeypatch):
+    """float16, head_dim > 256 and GPUs older than sm_80 are one clear KernelUnsupportedError
+    naming the torch reference, raised before anything compiles."""
+    q, k, v, se, _ = make_problem(15, 1, 1, 1, 16, [(6, 4, 0)])
+    with pytest.raises(kernels.KernelUnsupportedError, match="dtype torch.float16.*"
+                       "tree_attention_reference"):
+        tree_attention_triton(q.half(), k.half(), v.half(), se, 1.0)
+    q, k, v, se, _ = make_problem(15, 1, 1, 1, 320, [(6, 4, 0)])
+    with pytest.raises(kernels.KernelUnsupportedError, match="head_dim 320.*ENGINE_FORCE_REF"):
+        tree_attention_triton(q, k, v, se, 1.0)
+    common = importlib.import_module("kernels._triton_common")
+    monkeypatch.setattr(common, "INTERPRET", False)
+    monkeypatch.setattr(common, "device_capability", lambda tensor: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    gpu_tensor = types.SimpleNamespace(is_cuda=True, device="cuda:0")
+    with pytest.raises(kernels.KernelUnsupportedError,
+                       match=r"sm_80 \(Ampere\) and newer, not sm_70 \(Tesla V100\).*reference"):
+        common.check_device(gpu_tensor, "tree-attention",
+                            "kernels.tree_attention.tree_attention_reference")
+    monkeypatch.setattr(common, "device_capability", lambda tensor: (8, 0))
+    common.check_device(gpu_tensor, "tree-attention", "ref")  # A100: fine
