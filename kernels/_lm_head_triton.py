@@ -16,8 +16,9 @@ Three launches, none of which writes [N, V] logits to global memory:
 
 Why splits: at N=256 one program per row block would leave most SMs idle. The split is still
 deterministic and batch-invariant because the number of splits, the tiles and the merge order
-depend only on (D, V, dtype, GPU architecture), never on N, and there are no atomics: a row's bits do not depend
-on which rows share its launch. Split partials cost 16 bytes per row and split.
+depend only on (D, V, dtype, GPU architecture), never on N, and there are no atomics: a row's
+bits do not depend on which rows share its launch. Split partials cost 16 bytes per row and
+split.
 
 Grid order: axis 0 (fastest-launched) is the split, so the programs resident at once share a
 few row blocks of H (kept in L2) and stream different parts of W; each W tile is then read from
