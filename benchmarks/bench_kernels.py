@@ -212,18 +212,26 @@ def compiled_lm_head_eager():
     return torch.compile(lm_head_eager)
 
 
-def lm_head_chunked(hidden, weight, targets, boundary_idx, chunk=CHUNKED_VOCAB):
+def boundary_chunks(boundary_idx: torch.Tensor, v: int, chunk: int = CHUNKED_VOCAB) -> list:
+    """The boundary ids of each vocabulary chunk, relative to the chunk (built once, outside
+    the timed region, as a user of the chunked approach would)."""
+    return [boundary_idx[(boundary_idx >= s) & (boundary_idx < s + chunk)] - s
+            for s in range(0, v, chunk)]
+
+
+def lm_head_chunked(hidden, weight, targets, chunks_boundary, chunk=CHUNKED_VOCAB):
     """The chunked peer (Liger-Kernel and others): cuBLAS bf16 matmul over vocabulary chunks,
-    float32 online log-sum-exp over the whole vocabulary and over the boundary tokens, target
-    logits from the gathered weight rows. Returns ``lm_head_eager``'s two log-prob tensors."""
-    n, v = hidden.shape[0], weight.shape[0]
+    float32 online log-sum-exp over the whole vocabulary and over the boundary tokens (their
+    per-chunk ids from ``boundary_chunks``), target logits from the gathered weight rows.
+    Returns ``lm_head_eager``'s two log-prob tensors."""
+    n = hidden.shape[0]
     lse = torch.full((n,), float("-inf"), device=hidden.device)
     blse = lse.clone()
-    for start in range(0, v, chunk):
+    for i, start in enumerate(range(0, weight.shape[0], chunk)):
         logits = (hidden @ weight[start:start + chunk].T).float()
         lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
-        ids = boundary_idx[(boundary_idx >= start) & (boundary_idx < start + chunk)] - start
-        blse = torch.logaddexp(blse, torch.logsumexp(logits.index_select(1, ids), dim=1))
+        blse = torch.logaddexp(blse, torch.logsumexp(logits.index_select(1, chunks_boundary[i]),
+                                                     dim=1))
     rows = weight[targets.clamp(min=0)].float()  # [N, K, D]
     target = torch.bmm(rows, hidden.float()[:, :, None])[..., 0]
     target = target.masked_fill(targets < 0, float("-inf"))
@@ -267,7 +275,8 @@ def bench_lm_head_shape(n, d, v, device, dtype, use_compile, configs=()) -> dict
         return fn
 
     variants = {"fused": call(lm_head_fused, mask), "eager": call(lm_head_eager, idx),
-                "chunked": call(lm_head_chunked, idx), "matmul": lambda: rot()[0] @ weight.T}
+                "chunked": call(lm_head_chunked, boundary_chunks(idx, v)),
+                "matmul": lambda: rot()[0] @ weight.T}
     if compiled is not None:
         variants["compile"] = call(compiled, idx)
     flop = 2.0 * n * d * v
@@ -289,7 +298,7 @@ def bench_lm_head_shape(n, d, v, device, dtype, use_compile, configs=()) -> dict
     lse, tl, blse = lm_head_logprobs_reference(hidden, weight, targets, mask)
     row["max_abs_diff_vs_reference"] = max(max_abs_diff(got[0], tl - lse[:, None]),
                                            max_abs_diff(got[1], blse - lse))
-    peer = lm_head_chunked(hidden, weight, targets, idx)
+    peer = lm_head_chunked(hidden, weight, targets, boundary_chunks(idx, v))
     row["chunked_max_abs_diff_vs_reference"] = max(max_abs_diff(peer[0], tl - lse[:, None]),
                                                    max_abs_diff(peer[1], blse - lse))
     row["config_sweep"] = []
@@ -679,9 +688,9 @@ def _sweep_lines(result: dict) -> list[str]:
 
 def update_results_md(path: Path, slug: str, section: str) -> None:
     """Replace this device's section of RESULTS.md (or add it), keeping the others."""
-    header = ("# Kernel benchmarks\n\nWritten by `make bench` (`python -m "
-              "benchmarks.bench_kernels`): one section per device, the latest run of a device "
-              "replacing its previous section; raw numbers in `benchmarks/results/`.\n")
+    header = ("# Kernel benchmarks\n\nWritten by `make bench BENCH_ARGS=--record` (`python -m "
+              "benchmarks.bench_kernels --record`): one section per device, the latest run of a "
+              "device replacing its previous section; raw numbers in `benchmarks/results/`.\n")
     text = path.read_text() if path.exists() else header
     begin, end = f"<!-- begin {slug} -->", f"<!-- end {slug} -->"
     block = f"{begin}\n{section}\n{end}"
