@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 import engine
-from engine.errors import OutputError
+from engine.errors import DeviceError, OutputError
 from engine.results import (
     MAIN_SCHEMA,
     VARIANT_SCHEMA,
@@ -35,6 +35,7 @@ from engine.results import (
 )
 from engine.tasks import Task, load_tasks
 from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
+from kernels import KernelUnsupportedError
 
 DEFAULT_BATCH_TOKENS = 8192
 LABEL = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")  # a directory name under --out, never a path
@@ -151,7 +152,10 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
     boundary = encoder.boundary
 
     def score(task):
-        return score_task(ck, encoder, task, sequences[task.name], boundary, batch_tokens, progress=bar)
+        try:
+            return score_task(ck, encoder, task, sequences[task.name], boundary, batch_tokens, progress=bar)
+        except KernelUnsupportedError as e:  # e.g. float16 or head_dim > 256 on the GPU
+            raise DeviceError(str(e)) from None
 
     def about(skipped: int) -> dict:
         import torch
