@@ -41,6 +41,7 @@ from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS, Token
 from engine.trie import DuplicateContinuation, Trie, build_trie
 from kernels import use_triton
 from kernels.lm_head import lm_head_logprobs
+from kernels.tree_attention import trie_span_end
 
 MODES = ("chat", "base")
 
@@ -355,15 +356,10 @@ def _layout(sequences: list[Sequence], parts: list[Part]) -> Batch:
         s, offset = sequences[part.seq], len(ids)
         p, trie = len(s.prompt_ids), s.trie
         local = {n: k for k, n in enumerate(part.nodes)}
-        size = [1] * len(part.nodes)  # subtree sizes within the part (pre-order: contiguous)
-        for k in range(len(part.nodes) - 1, -1, -1):
-            parent = trie.parent[part.nodes[k]]
-            if parent >= 0:
-                size[local[parent]] += size[k]
+        parents = [local.get(trie.parent[n], -1) for n in part.nodes]  # the part is ancestor-closed
         ids += s.prompt_ids + [trie.tokens[n] for n in part.nodes]
         positions += list(range(p)) + [p - 1 + trie.depth[n] for n in part.nodes]  # a node sits at its depth
-        span_end += [offset + p + len(part.nodes)] * p  # the prompt is causal and seen by its whole part
-        span_end += [offset + p + k + size[k] for k in range(len(part.nodes))]  # ancestors only
+        span_end += (trie_span_end(p, parents) + offset).tolist()  # prompt causal, trie: ancestors only
         placements.append((part, offset))
     as_row = lambda values, dtype: torch.tensor([values], dtype=dtype)
     return Batch(as_row(ids, torch.long), as_row(positions, torch.long), as_row(span_end, torch.int32), placements)
