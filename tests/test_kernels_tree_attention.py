@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import kernels  # noqa: E402
-from engine.scorer import Sequence, _layout, make_batches  # noqa: E402
+from engine.scorer import Sequence, _layout, make_batches, whole  # noqa: E402
 from engine.trie import build_trie  # noqa: E402
 from kernels.tree_attention import (  # noqa: E402
     dfs_preorder,
@@ -452,7 +452,7 @@ def packed_visibility(sequences, batch, window=None) -> torch.Tensor:
     block-diagonal over the placements, with the window applied on position ids."""
     t = batch.span_end.shape[1]
     vis = torch.zeros(t, t, dtype=torch.bool)
-    for i, offset in batch.placements:
+    for i, offset in ((part.seq, offset) for part, offset in batch.placements):
         s = sequences[i]
         n = len(s)
         vis[offset:offset + n, offset:offset + n] = tree_visibility(
@@ -476,7 +476,7 @@ def test_sequence_starts_on_engine_rows():
     for batch in packed_rows(seqs, 120):
         starts = sequence_starts(batch.span_end)
         want = torch.empty_like(starts)
-        for i, offset in batch.placements:
+        for i, offset in ((part.seq, offset) for part, offset in batch.placements):
             want[0, offset:offset + len(seqs[i])] = offset
         assert torch.equal(starts, want)
     se = trie_span_end(5, [-1, 0, -1], 12)[None]  # 8 positions, then 4 of padding
@@ -525,7 +525,7 @@ def count_visits(kernel_module, sequences, batch, cfg, window=None):
                                  window=window, visits=visits)
     visible = packed_visibility(sequences, batch, window)[0]
     passes, counts, bounds = [], [], []
-    for i, offset in sorted(batch.placements, key=lambda p: p[1]):
+    for i, offset in sorted(((part.seq, offset) for part, offset in batch.placements), key=lambda p: p[1]):
         end = offset + len(sequences[i])
         for m0 in range(offset - offset % cfg.block_m, end, cfg.block_m):
             r0, r1 = max(m0, offset), min(m0 + cfg.block_m, end)
@@ -585,8 +585,8 @@ def test_packed_rows_batch_invariant_bitwise(dtype, window, fixed_order_dot):
     results = []
     offsets = set()
     for order in layouts:
-        batch = _layout(seqs, order)  # the engine's row layout, sequences in this order
-        at = dict(batch.placements)[0]
+        batch = _layout(seqs, [whole(i, seqs[i]) for i in order])  # the engine's row layout
+        at = next(offset for part, offset in batch.placements if part.seq == 0)
         offsets.add(at)
         q, k, v = (torch.cat([qkv[i][n] for i in order], dim=2) for n in range(3))
         kwargs = {} if window is None else {"positions": batch.position_ids.to(DEVICE),
