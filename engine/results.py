@@ -191,6 +191,26 @@ def check_finite(table: pa.Table, where: str) -> None:
                 raise OutputError(f"{where}: refusing to write non-finite {name} values")
 
 
+def task_info(scores: TaskScores) -> dict:
+    """What the manifest records about a scored task besides its files."""
+    return {"task_hash": task_hash(scores.task), "source": scores.task.source,
+            "prompts": len(scores.prompts), "answers": len(scores.task.answers),
+            "tokens_needed": scores.tokens_needed, "tokens_processed": scores.tokens_processed,
+            "seconds": round(scores.seconds, 4)}
+
+
+def add_token_totals(manifest: dict) -> None:
+    """tokens_needed, tokens_processed and token_efficiency over a manifest's tasks: unique
+    tokens needed (prompt tokens + trie nodes) over tokens run through the model, 1.0 meaning
+    no padding and no repeated prefix."""
+    tasks = [t for t in manifest["tasks"].values() if "tokens_needed" in t]
+    needed = sum(t["tokens_needed"] for t in tasks)
+    processed = sum(t["tokens_processed"] for t in tasks)
+    manifest["tokens_needed"] = needed
+    manifest["tokens_processed"] = processed
+    manifest["token_efficiency"] = round(needed / processed, 6) if processed else None
+
+
 # ---------------------------------------------------------------------------------------------
 # One writer per label
 
@@ -333,13 +353,9 @@ class ResultsStore:
         remove_stale_temporaries(self.directory)
         self.manifest["run"] = self.run
 
-    def write_task(self, scores: TaskScores, **info) -> None:
-        name = scores.task.name
-        self.write_tables(name, main_table(scores, self.label), variant_table(scores, self.label),
-                          task_hash=task_hash(scores.task), source=scores.task.source,
-                          prompts=len(scores.prompts), answers=len(scores.task.answers),
-                          tokens_needed=scores.tokens_needed, tokens_processed=scores.tokens_processed,
-                          seconds=round(scores.seconds, 4), **info)
+    def write_task(self, scores: TaskScores) -> None:
+        self.write_tables(scores.task.name, main_table(scores, self.label), variant_table(scores, self.label),
+                          **task_info(scores))
 
     def write_tables(self, name: str, main: pa.Table, variants: pa.Table, **info) -> None:
         """Both tables of a task, then its manifest entry: the old files stay until each new
@@ -365,14 +381,7 @@ class ResultsStore:
 
     def save_manifest(self, **extra) -> None:
         self.manifest.update(extra)
-        tasks = [t for t in self.manifest["tasks"].values() if "tokens_needed" in t]
-        needed = sum(t["tokens_needed"] for t in tasks)
-        processed = sum(t["tokens_processed"] for t in tasks)
-        self.manifest["tokens_needed"] = needed
-        self.manifest["tokens_processed"] = processed
-        # Unique tokens needed (prompt tokens + trie nodes) over tokens run through the model:
-        # 1.0 means no padding and no repeated prefix.
-        self.manifest["token_efficiency"] = round(needed / processed, 6) if processed else None
+        add_token_totals(self.manifest)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             atomic_write(self.directory / MANIFEST, (json.dumps(self.manifest, indent=2) + "\n").encode())
