@@ -26,8 +26,9 @@ def tiny_checkpoint(tmp_path_factory):
     def make(**kwargs):
         key = repr(sorted(kwargs.items()))
         if key not in built:
-            built[key] = tmp_path_factory.mktemp("ckpt")
-            tiny.make_checkpoint(built[key], **kwargs)
+            directory = tmp_path_factory.mktemp("ckpt")
+            tiny.make_checkpoint(directory, **kwargs)
+            built[key] = directory  # only once complete
         return built[key]
 
     return make
