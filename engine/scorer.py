@@ -441,15 +441,6 @@ def lm_head_rows(s: Sequence, part: Part, offset: int) -> tuple[list[int], list[
     return positions, targets
 
 
-def _target_buckets(targets: list[list[int]]) -> list[list[int]]:
-    """Rows grouped by their number of targets (up to 4x apart), so that a trie root with a
-    thousand children does not pad every other row to a thousand targets."""
-    buckets: dict[int, list[int]] = {}
-    for r, t in enumerate(targets):
-        buckets.setdefault(max(1, len(t) - 1).bit_length() // 2, []).append(r)
-    return [buckets[k] for k in sorted(buckets)]
-
-
 @torch.inference_mode()
 def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
                 boundary: torch.Tensor, scores: dict[int, TrieScores]) -> None:
@@ -465,25 +456,24 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
         owners += [(part.seq, n) for n in part.owned]
         rows += positions
         targets += kids
-    for bucket in _target_buckets(targets):
-        k = max(1, max(len(targets[r]) for r in bucket))
-        target_ids = torch.full((len(bucket), k), -1, dtype=torch.long)
-        for i, r in enumerate(bucket):
-            target_ids[i, : len(targets[r])] = torch.tensor(targets[r], dtype=torch.long)
-        lse, target_logits, boundary_lse = lm_head_logprobs(
-            flat[torch.tensor([rows[r] for r in bucket], device=device)], checkpoint.model.output_weight,
-            target_ids.to(device), boundary.to(device),
-        )
-        lse = lse.double().cpu().numpy()
-        target_lp = target_logits.double().cpu().numpy() - lse[:, None]
-        boundary_lp = boundary_lse.double().cpu().numpy() - lse
-        for i, r in enumerate(bucket):
-            seq, n = owners[r]
-            trie, into = sequences[seq].trie, scores[seq]
-            for slot, child in enumerate(trie.children(n)):
-                into.node[child] = target_lp[i, slot]
-            if n >= 0:
-                into.boundary[n] = boundary_lp[i]
+    # Rows padded to the widest row's targets: even a root with a thousand children costs less
+    # to gather than the log-sum-exp over the vocabulary that every row needs anyway.
+    target_ids = torch.full((len(targets), max(1, max(map(len, targets)))), -1, dtype=torch.long)
+    for r, kids in enumerate(targets):
+        target_ids[r, : len(kids)] = torch.tensor(kids, dtype=torch.long)
+    lse, target_logits, boundary_lse = lm_head_logprobs(
+        flat[torch.tensor(rows, device=device)], checkpoint.model.output_weight,
+        target_ids.to(device), boundary.to(device),
+    )
+    lse = lse.double().cpu().numpy()
+    target_lp = target_logits.double().cpu().numpy() - lse[:, None]
+    boundary_lp = boundary_lse.double().cpu().numpy() - lse
+    for r, (seq, n) in enumerate(owners):
+        trie, into = sequences[seq].trie, scores[seq]
+        for slot, child in enumerate(trie.children(n)):
+            into.node[child] = target_lp[r, slot]
+        if n >= 0:
+            into.boundary[n] = boundary_lp[r]
 
 
 def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, sequences: list[Sequence],
