@@ -21,7 +21,7 @@ TASKS = ("card", "rng_1_100", "coin")
 
 @pytest.fixture(scope="module")
 def ckpt(tiny_checkpoint):
-    return tiny_checkpoint(arch="llama", kv_heads=2, init=0.1)
+    return tiny_checkpoint(arch="llama", hidden=32, heads=4, kv_heads=2, init=0.1)
 
 
 def run(ckpt, out, label, *extra) -> None:
