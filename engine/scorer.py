@@ -29,11 +29,11 @@ import torch
 
 from engine.chat import ChatTemplate
 from engine.checkpoint import Checkpoint
+from engine.distributed import lm_head_logprobs
 from engine.errors import ChatTemplateError, NonFiniteError, PromptTooLongError, TaskError
 from engine.tasks import Task, check_variants_tokenize
 from engine.trie import DuplicateContinuation, Trie, build_trie
 from kernels import use_triton
-from kernels.lm_head import lm_head_logprobs
 
 MODES = ("chat", "base")
 
@@ -345,9 +345,9 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
     target_ids = torch.full((len(all_targets), k), -1, dtype=torch.long)
     for n, t in enumerate(all_targets):
         target_ids[n, : len(t)] = torch.tensor(t, dtype=torch.long)
-    lse, target_logits, boundary_lse = lm_head_logprobs(
-        flat[torch.tensor(all_rows, device=device)], checkpoint.model.output_weight,
-        target_ids.to(device), boundary.to(device),
+    lse, target_logits, boundary_lse = lm_head_logprobs(  # merged across ranks under --tp
+        checkpoint.model, flat[torch.tensor(all_rows, device=device)], target_ids.to(device),
+        boundary.to(device),
     )
     lse = lse.double().cpu().numpy()
     target_lp = target_logits.double().cpu().numpy() - lse[:, None]
