@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 import engine
-from engine.errors import OutputError
+from engine.errors import EngineError, OutputError
 from engine.results import (
     MAIN_SCHEMA,
     VARIANT_SCHEMA,
@@ -191,6 +191,63 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
         if lead and created and directory.is_dir() and not (directory / "manifest.json").exists():
             shutil.rmtree(directory, ignore_errors=True)  # a failed first run leaves nothing behind
         raise
+
+
+def finished(checkpoint, tasks="all", mode: str = "auto", dtype: str = "float32", device: str = "auto",
+             out="results", label: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+             chat_template=None, tp: int = 1) -> bool:
+    """Whether `out/label` already holds every task for this checkpoint and these settings,
+    decided without reading the weights (engine.sweep skips such a checkpoint without loading it).
+
+    The label's manifest must list weight files of the same names, sizes and modification times
+    as the checkpoint's now (their recorded digests then stand for them, as make and rsync trust
+    a file's size and time; the small files are hashed again), and every task must be finished,
+    with intact files, for the very run `score_checkpoint` would make. False whenever in doubt:
+    `score_checkpoint` then decides per task, after reading every byte."""
+    import torch
+
+    from engine.chat import load_chat_template
+    from engine.checkpoint import (
+        fingerprint,
+        read_metadata,
+        resolve_device,
+        resolve_dtype,
+        weight_paths,
+    )
+    from engine.results import read_manifest, task_hash
+    from kernels import use_triton
+
+    try:
+        meta = read_metadata(checkpoint)
+        label = label or meta.path.resolve().name
+        manifest = read_manifest(Path(out) / label)
+        recorded = (manifest or {}).get("weight_files") or {}
+        paths = weight_paths(meta.path)
+        if not recorded or sorted(p.name for p in paths) != sorted(recorded):
+            return False
+        for path in paths:
+            stat, record = path.stat(), recorded[path.name]
+            if (stat.st_size, stat.st_mtime_ns) != (record.get("bytes"), record.get("mtime_ns")):
+                return False
+        known = fingerprint(meta.path, {name: record["digest"] for name, record in recorded.items()})
+        torch_device = resolve_device(device)
+        dtype_name = str(resolve_dtype(dtype, torch_device, meta.config)).removeprefix("torch.")
+        template = load_chat_template(chat_template, meta.special_tokens) if chat_template else None
+        if mode == "auto":
+            mode = "chat" if template is not None or meta.chat_template is not None else "base"
+        chat = (template or meta.chat_template) if mode == "chat" else None
+        if mode == "chat" and chat is None:
+            return False
+        # As packs_sequences decides: prompts share forward passes on the Triton path only.
+        batch_invariant = not use_triton(torch.empty(0, device=torch_device))
+        store = ResultsStore(out, label, run_key(known, dtype_name, mode, chat, batch_invariant,
+                                                 batch_tokens, tp))
+        tasks = tasks if isinstance(tasks, list) else load_tasks(tasks)
+        return all(task.name in store.manifest["tasks"] and store.entry_run(task.name) == store.run
+                   and store.entry(task.name).get("task_hash") == task_hash(task)
+                   and store.problem(task.name) is None for task in tasks)
+    except (EngineError, OSError, KeyError, TypeError):
+        return False
 
 
 def _group_of(ck):

@@ -164,6 +164,12 @@ def _describe(error: Exception, rank: int) -> str:
     return f"{type(error).__name__}: {error} (a bug: see rank {rank}'s traceback)"
 
 
+def everywhere(error: EngineError) -> EngineError:
+    """Mark an error every rank meets alike (same input, same check): rank 0 alone prints it."""
+    error.reported_by = 0
+    return error
+
+
 def reports(error: BaseException) -> bool:
     """Whether this process prints `error`: an error all ranks agreed on is printed by its
     group's first rank only; any other error by whoever meets it."""
@@ -213,9 +219,9 @@ def setup(tp: int = 1, device="auto", timeout_s: float | None = None) -> Layout:
         raise ParallelError(f"--tp {tp} needs {tp} processes: launch with torchrun --nproc-per-node {tp} "
                             "(e.g. torchrun --nproc-per-node 2 -m engine.score CHECKPOINT --tp 2)")
     if world % tp:
-        raise ParallelError(
+        raise everywhere(ParallelError(
             f"world size {world} (torchrun --nnodes x --nproc-per-node) is not a multiple of --tp {tp}; "
-            f"launch a multiple of {tp} processes or choose a --tp that divides {world}")
+            f"launch a multiple of {tp} processes or choose a --tp that divides {world}"))
     if world == 1:
         _layout = Layout(0, 1, SOLO, SOLO, SOLO, 0, 1)
         return _layout

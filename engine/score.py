@@ -78,10 +78,10 @@ def main(argv=None) -> int:
     try:
         layout = distributed.setup(args.tp, args.device, args.dist_timeout)
         if layout.world != args.tp:
-            raise ParallelError(
+            raise distributed.everywhere(ParallelError(
                 f"torchrun started {layout.world} processes but --tp is {args.tp}: engine.score splits "
                 f"one checkpoint across all of them; pass --tp {layout.world}, or score several "
-                "checkpoints with python -m engine.sweep")
+                "checkpoints with python -m engine.sweep"))
         result = score_checkpoint(
             args.checkpoint, tasks=args.tasks, mode=args.mode, dtype=args.dtype, device=args.device,
             out=args.out, label=args.label, batch_tokens=args.batch_tokens,
