@@ -188,7 +188,7 @@ def expand(sweep: Sweep) -> list[Item]:
             matches = [pattern]
         else:
             raise SweepError(f"{sweep.source}: checkpoint {pattern!r} is not a directory; fix 'checkpoints'")
-        checkpoints += [str(Path(m).resolve()) for m in matches]
+        checkpoints += [os.path.abspath(m) for m in matches]  # symlinks keep their own names
     checkpoints = list(dict.fromkeys(checkpoints))
     items, owner = [], {}
     for index, checkpoint in enumerate(checkpoints):
