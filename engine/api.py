@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 import engine
-from engine.errors import EngineError, OutputError
+from engine.errors import DeviceError, EngineError, OutputError
 from engine.results import (
     MAIN_SCHEMA,
     VARIANT_SCHEMA,
@@ -35,6 +35,8 @@ from engine.results import (
     variant_table,
 )
 from engine.tasks import Task, load_tasks
+from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
+from kernels import KernelUnsupportedError
 
 DEFAULT_BATCH_TOKENS = 8192
 LABEL = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")  # a directory name under --out, never a path
@@ -78,13 +80,18 @@ class ScoreResult:
 def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | None = None,
                      device: str | None = None, out=None, label: str | None = None,
                      batch_tokens: int = DEFAULT_BATCH_TOKENS, chat_template=None,
-                     overwrite: bool = False, progress: bool | None = None, tp: int = 1) -> ScoreResult:
+                     overwrite: bool = False, progress: bool | None = None,
+                     tokenizations: str = "canonical",
+                     max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS, tp: int = 1) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
     checkpoint: a local Hugging Face directory, or a `Checkpoint` from `engine.load` (then
         `dtype`, `device` and `tp` come from it). tasks: "all", "name,name", a .toml path, or a
         list of `Task`. mode: "auto" (chat when a template exists), "chat" or "base".
         chat_template: a checkpoint directory or template file to borrow a template from.
+        tokenizations: "canonical" scores each variant's own tokenization; "all" every token
+        sequence that spells it (at most `max_tokenizations` per variant, else an error), and
+        reports the non-canonical share of each answer's probability.
     out: a results root to write `out/label/` into, resuming finished tasks (as the CLI does);
         None scores in memory and writes nothing. overwrite: rescore the given tasks even if
         finished or produced by another checkpoint or settings (other tasks are left alone).
@@ -101,6 +108,10 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
     with group.step("checking the inputs"):
         if batch_tokens < 1:
             raise OutputError(f"batch_tokens must be a positive integer, got {batch_tokens}")
+        if tokenizations not in TOKENIZATIONS:
+            raise OutputError(f"tokenizations {tokenizations!r} must be one of {', '.join(TOKENIZATIONS)}")
+        if max_tokenizations < 1:
+            raise OutputError(f"max_tokenizations must be a positive integer, got {max_tokenizations}")
         if label is not None and not LABEL.fullmatch(label):
             raise OutputError(f"label {label!r} must be a plain name (letters, digits, '.', '_', '-'), not a path")
         tasks = list(tasks) if isinstance(tasks, (list, tuple)) and all(isinstance(t, Task) for t in tasks) \
@@ -113,7 +124,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
     else:
         ck = engine.load(checkpoint, dtype=dtype or "float32", device=device or "auto", tp=group)
     with group.step("preparing the prompts"):
-        prepared = _prepare(ck, tasks, mode, chat_template, label, batch_tokens, group.size)
+        prepared = _prepare(ck, tasks, mode, chat_template, label, batch_tokens, group.size,
+                            tokenizations, max_tokenizations)
     encoder, sequences, label, run = prepared
     mode, dtype_name = run["mode"], run["dtype"]
     chat = encoder.template if mode == "chat" else None
@@ -123,8 +135,11 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
         from engine.scorer import score_task
 
         with group.step(f"scoring {task.name}"):
-            return score_task(ck, encoder, task, sequences[task.name], encoder.boundary, batch_tokens,
-                              progress=bar)
+            try:
+                return score_task(ck, encoder, task, sequences[task.name], encoder.boundary, batch_tokens,
+                                  progress=bar)
+            except KernelUnsupportedError as e:  # e.g. float16 or head_dim > 256 on the GPU
+                raise DeviceError(str(e)) from None
 
     def about(skipped: int) -> dict:
         import torch
@@ -134,6 +149,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
             engine_version=engine.__version__, dtype=dtype_name, device=str(ck.device), mode=mode,
             chat_template_source=chat.source if chat is not None else None,
             enable_thinking=run["enable_thinking"], torch_version=torch.__version__,
+            tokenizations=tokenizations,
+            max_tokenizations=max_tokenizations if tokenizations == "all" else None,
             batch_tokens=batch_tokens, batch_invariant=run["batch_invariant"], tp=group.size,
             weight_files=ck.weight_files,
             timings={"load_and_validate_s": round(load_seconds, 3),
@@ -195,7 +212,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
 
 def finished(checkpoint, tasks="all", mode: str = "auto", dtype: str = "float32", device: str = "auto",
              out="results", label: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-             chat_template=None, tp: int = 1) -> bool:
+             chat_template=None, tp: int = 1, tokenizations: str = "canonical",
+             max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS) -> bool:
     """Whether `out/label` already holds every task for this checkpoint and these settings,
     decided without reading the weights (engine.sweep skips such a checkpoint without loading it).
 
@@ -241,7 +259,7 @@ def finished(checkpoint, tasks="all", mode: str = "auto", dtype: str = "float32"
         # As packs_sequences decides: prompts share forward passes on the Triton path only.
         batch_invariant = not use_triton(torch.empty(0, device=torch_device))
         store = ResultsStore(out, label, run_key(known, dtype_name, mode, chat, batch_invariant,
-                                                 batch_tokens, tp))
+                                                 batch_tokens, tp, tokenizations, max_tokenizations))
         tasks = tasks if isinstance(tasks, list) else load_tasks(tasks)
         return all(task.name in store.manifest["tasks"] and store.entry_run(task.name) == store.run
                    and store.entry(task.name).get("task_hash") == task_hash(task)
@@ -256,7 +274,7 @@ def _group_of(ck):
     return ck.model.tp or SOLO
 
 
-def _prepare(ck, tasks, mode, chat_template, label, batch_tokens, tp):
+def _prepare(ck, tasks, mode, chat_template, label, batch_tokens, tp, tokenizations, max_tokenizations):
     """Encoder, tokenized and validated sequences per task, label and run key of a scoring run."""
     from engine.chat import load_chat_template
     from engine.scorer import PromptEncoder, packs_sequences, task_sequences
@@ -264,19 +282,20 @@ def _prepare(ck, tasks, mode, chat_template, label, batch_tokens, tp):
     template = load_chat_template(chat_template, ck.special_tokens) if chat_template else None
     if mode == "auto":
         mode = "chat" if template is not None or ck.has_chat_template else "base"
-    encoder = PromptEncoder(ck, mode, template)
+    encoder = PromptEncoder(ck, mode, template, tokenizations, max_tokenizations)
     sequences = {task.name: task_sequences(encoder, task) for task in tasks}  # validates everything
     label = label or ck.path.resolve().name
     if not LABEL.fullmatch(label):
         raise OutputError(f"{ck.path}: its directory name {label!r} cannot be a label; pass a label")
     chat = encoder.template if mode == "chat" else None
     run = run_key(ck.fingerprint, str(ck.dtype).removeprefix("torch."), mode, chat,
-                  not packs_sequences(ck), batch_tokens, tp)
+                  not packs_sequences(ck), batch_tokens, tp, tokenizations, max_tokenizations)
     return encoder, sequences, label, run
 
 
 def run_key(fingerprint: str, dtype: str, mode: str, chat, batch_invariant: bool, batch_tokens: int,
-            tp: int) -> dict:
+            tp: int = 1, tokenizations: str = "canonical",
+            max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS) -> dict:
     """What identifies results (the `run` of the manifest and of each task): a rerun with an
     equal run skips finished tasks; a different one never mixes with them silently."""
     run = {
@@ -286,6 +305,7 @@ def run_key(fingerprint: str, dtype: str, mode: str, chat, batch_invariant: bool
         "chat_template": chat.text if chat is not None else None,
         # Qwen 3's hybrid-reasoning switch: scored with thinking off unless the template says otherwise.
         "enable_thinking": chat.enable_thinking if chat is not None and chat.uses_thinking_switch else None,
+        "tokenizations": tokenizations if tokenizations == "canonical" else f"all<={max_tokenizations}",
         "engine_version": engine.__version__,
         "batch_invariant": batch_invariant,
         # Packed results depend on how prompts share rows; invariant ones do not.

@@ -60,6 +60,10 @@ class Col:
     logprob = "logprob"  # log P(answer | prompt), summed over variants (variant table: one variant)
     prob = "prob"  # P(answer | prompt) / coverage
     coverage = "coverage"  # sum over answers of P(answer | prompt)
+    # With --tokenizations all: the share of the probability from non-canonical tokenizations
+    # (null when only the canonical ones were scored); variants: how many were scored.
+    noncanonical_share = "noncanonical_share"
+    tokenizations = "tokenizations"
 
 
 MAIN_SCHEMA = pa.schema([
@@ -77,6 +81,7 @@ MAIN_SCHEMA = pa.schema([
     (Col.logprob, pa.float64()),
     (Col.prob, pa.float64()),
     (Col.coverage, pa.float64()),
+    (Col.noncanonical_share, pa.float64()),
 ])
 
 VARIANT_SCHEMA = pa.schema([
@@ -88,7 +93,17 @@ VARIANT_SCHEMA = pa.schema([
     (Col.continuation, pa.string()),
     (Col.continuation_token_ids, pa.list_(pa.int64())),
     (Col.logprob, pa.float64()),  # log P(variant tokens | prompt) + log P(boundary | ...)
+    (Col.noncanonical_share, pa.float64()),
+    (Col.tokenizations, pa.int32()),
 ])
+# Columns added in 0.2: results written by 0.1 lack them and are still read.
+ADDED_COLUMNS = (Col.noncanonical_share, Col.tokenizations)
+
+
+def schema_matches(found: pa.Schema, schema: pa.Schema) -> bool:
+    """The results schema, or the 0.1 one (the same without ADDED_COLUMNS)."""
+    legacy = pa.schema([f for f in schema if f.name not in ADDED_COLUMNS])
+    return found.equals(schema, check_metadata=False) or found.equals(legacy, check_metadata=False)
 
 
 def task_hash(task: Task) -> str:
@@ -132,6 +147,7 @@ def main_table(scores: TaskScores, label: str) -> pa.Table:
     rows = {name: [] for name in MAIN_SCHEMA.names}
     for p in scores.prompts:
         s, dist, coverage = p.sequence, p.distribution, p.coverage
+        share = p.answer_noncanonical_share
         first = {a: s.answer_of.index(a) for a in range(len(scores.task.answers))}
         for a, answer in enumerate(scores.task.answers):
             v = first[a]
@@ -142,7 +158,7 @@ def main_table(scores: TaskScores, label: str) -> pa.Table:
                 (Col.prompt_token_ids, s.prompt_ids), (Col.continuation_token_ids, s.continuation_ids[v]),
                 (Col.answer, answer.name), (Col.answer_index, a),
                 (Col.logprob, float(p.answer_logprob[a])), (Col.prob, float(dist[a])),
-                (Col.coverage, coverage),
+                (Col.coverage, coverage), (Col.noncanonical_share, None if share is None else float(share[a])),
             ):
                 rows[key].append(value)
     return pa.table(rows, schema=MAIN_SCHEMA)
@@ -152,13 +168,15 @@ def variant_table(scores: TaskScores, label: str) -> pa.Table:
     """One row per (prompt, surface variant)."""
     rows = {name: [] for name in VARIANT_SCHEMA.names}
     for p in scores.prompts:
-        s = p.sequence
+        s, share = p.sequence, p.variant_noncanonical_share
         for v, cont in enumerate(s.continuations):
             for key, value in (
                 (Col.label, label), (Col.task, scores.task.name), (Col.mode, scores.mode),
                 (Col.prompt_id, s.prompt_id), (Col.answer, scores.task.answers[s.answer_of[v]].name),
                 (Col.continuation, cont), (Col.continuation_token_ids, s.continuation_ids[v]),
                 (Col.logprob, float(p.variant_logprob[v])),
+                (Col.noncanonical_share, None if share is None else float(share[v])),
+                (Col.tokenizations, s.path_variant.count(v)),
             ):
                 rows[key].append(value)
     return pa.table(rows, schema=VARIANT_SCHEMA)
@@ -166,9 +184,9 @@ def variant_table(scores: TaskScores, label: str) -> pa.Table:
 
 def check_finite(table: pa.Table, where: str) -> None:
     """Results with NaN or infinite numbers are never written."""
-    for name in (Col.logprob, Col.prob, Col.coverage):
+    for name in (Col.logprob, Col.prob, Col.coverage, Col.noncanonical_share):
         if name in table.column_names:
-            values = table.column(name).to_numpy()
+            values = table.column(name).drop_null().to_numpy()
             if not np.isfinite(values).all():
                 raise OutputError(f"{where}: refusing to write non-finite {name} values")
 
@@ -379,7 +397,7 @@ class ResultsStore:
             table = pq.read_table(self.directory / file)
         except Exception as e:  # pyarrow raises several types for a bad file
             raise OutputError(f"{self.directory / file}: unreadable parquet ({str(e).splitlines()[0]}); {fix}") from None
-        if not table.schema.equals(schema, check_metadata=False):
+        if not schema_matches(table.schema, schema):
             raise OutputError(f"{self.directory / file}: columns differ from the results schema; {fix}")
         if rows is not None and table.num_rows != rows:
             raise OutputError(f"{self.directory / file}: {table.num_rows} rows, the manifest says {rows}; {fix}")

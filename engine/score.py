@@ -18,6 +18,7 @@ import sys
 from engine.api import DEFAULT_BATCH_TOKENS, LABEL, ScoreResult, score_checkpoint
 from engine.errors import EngineError, ParallelError
 from engine.tasks import format_task_list, load_tasks
+from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args"]
 
@@ -49,6 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
                    help="how long a rank waits for the others at a collective before giving up "
                         "(default: 1800)")
+    p.add_argument("--tokenizations", choices=list(TOKENIZATIONS), default="canonical",
+                   help="canonical: each answer's own tokens (default); all: every token sequence that "
+                        "spells it (P of the answer's text), with the non-canonical share reported")
+    p.add_argument("--max-tokenizations", type=int, default=DEFAULT_MAX_TOKENIZATIONS, metavar="N",
+                   help=f"with --tokenizations all, refuse a variant with more than N (default "
+                        f"{DEFAULT_MAX_TOKENIZATIONS})")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
     args = p.parse_args(argv)
     if not args.list_tasks and not args.checkpoint:
@@ -59,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--tp must be a positive integer")
     if args.dist_timeout is not None and args.dist_timeout <= 0:
         p.error("--dist-timeout must be a positive number of seconds")
+    if args.max_tokenizations < 1:
+        p.error("--max-tokenizations must be a positive integer")
     if args.label is not None and not LABEL.fullmatch(args.label):
         p.error(f"--label {args.label!r} must be a plain name (letters, digits, '.', '_', '-'), not a path")
     return args
@@ -85,7 +94,8 @@ def main(argv=None) -> int:
         result = score_checkpoint(
             args.checkpoint, tasks=args.tasks, mode=args.mode, dtype=args.dtype, device=args.device,
             out=args.out, label=args.label, batch_tokens=args.batch_tokens,
-            chat_template=args.chat_template, overwrite=args.overwrite, tp=args.tp)
+            chat_template=args.chat_template, overwrite=args.overwrite,
+            tokenizations=args.tokenizations, max_tokenizations=args.max_tokenizations, tp=args.tp)
     except EngineError as e:
         if distributed.reports(e):
             print(f"error: {e}", file=sys.stderr)

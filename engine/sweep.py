@@ -11,6 +11,7 @@ SWEEP.toml (relative paths are relative to the file's directory):
     label = "{name}"         # {name} {parent} {mode} {dtype}; default "{name}", or "{name}-{mode}"
                              # with several modes
     # device = "auto", tp = 1, batch_tokens = 8192, chat_template = "/models/olmo2-1b-sft",
+    # tokenizations = "canonical", max_tokenizations = ..., (as engine.score's options)
     # dist_timeout = 1800 (seconds a rank waits for the others of its group)
 
 A glob's matches are sorted naturally (step200 before step1000). Alone, the sweep scores the
@@ -47,9 +48,10 @@ from engine.api import DEFAULT_BATCH_TOKENS, LABEL, finished, score_checkpoint
 from engine.errors import EngineError, OutputError, TaskError
 from engine.results import LabelLock, check_writable
 from engine.tasks import Task, load_tasks
+from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
 
 KEYS = ("checkpoints", "tasks", "modes", "dtype", "device", "out", "label", "tp", "batch_tokens",
-        "chat_template", "dist_timeout")
+        "chat_template", "tokenizations", "max_tokenizations", "dist_timeout")
 MODES = ("auto", "chat", "base")
 DTYPES = ("float32", "bfloat16")
 
@@ -73,6 +75,8 @@ class Sweep:
     tp: int = 1
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     chat_template: str | None = None
+    tokenizations: str = "canonical"
+    max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS
     dist_timeout: float | None = None
 
 
@@ -167,7 +171,9 @@ def load_sweep(path) -> Sweep:
         raise SweepError(f"{path}: 'out' must be a directory path")
     return Sweep(path, patterns, tasks, modes, choice("dtype", "float32", DTYPES), device,
                  Path(where(out)), label, number("tp", 1, int), number("batch_tokens", DEFAULT_BATCH_TOKENS, int),
-                 where(template) if template else None, number("dist_timeout", None, (int, float)))
+                 where(template) if template else None, choice("tokenizations", "canonical", TOKENIZATIONS),
+                 number("max_tokenizations", DEFAULT_MAX_TOKENIZATIONS, int),
+                 number("dist_timeout", None, (int, float)))
 
 
 def natural(text: str):
@@ -323,7 +329,8 @@ def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
     try:
         with group.step("checking for finished work"):
             done = [finished(item.checkpoint, sweep.tasks, mode, sweep.dtype, sweep.device, sweep.out, label,
-                             sweep.batch_tokens, sweep.chat_template, sweep.tp)
+                             sweep.batch_tokens, sweep.chat_template, sweep.tp, sweep.tokenizations,
+                             sweep.max_tokenizations)
                     for mode, label in item.labels] if group.lead else None
         done = group.broadcast(done, "sharing finished work")
         todo = []
@@ -339,7 +346,8 @@ def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
             try:
                 result = score_checkpoint(ck, sweep.tasks, mode, out=sweep.out, label=label,
                                           batch_tokens=sweep.batch_tokens, chat_template=sweep.chat_template,
-                                          progress=False)
+                                          tokenizations=sweep.tokenizations,
+                                          max_tokenizations=sweep.max_tokenizations, progress=False)
             except Exception as e:
                 row.error = _message(e)
             else:

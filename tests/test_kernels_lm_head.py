@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from kernels import interpreter
 from kernels.interpreter import interpret_without_cuda
 
 HAS_CUDA = torch.cuda.is_available()
@@ -165,27 +166,12 @@ def test_triton_matches_reference_and_float64(p, dtype):
 
 
 @pytest.fixture
-def fixed_order_dot(monkeypatch):
-    """Interpreted, give ``tl.dot`` a per-element accumulation order fixed by the tile's shape.
-
-    The interpreter runs ``tl.dot`` as ``numpy.matmul``, and the BLAS under numpy picks its
-    micro-kernels by tile shape and CPU, so on some CPUs (AMD EPYC) a row's bits depend on the
-    other rows of its tile. That is a property of the host BLAS, not of the kernel, and GPU
-    tensor cores have no such dependence. Replacing the dot by ``acc += a[:, k] * b[k, :]`` for
-    k in order takes the BLAS out, so the test checks what the kernel itself guarantees: tiles,
-    splits and merge order that never depend on N. Natively (CUDA) nothing is replaced.
-    """
-    if HAS_CUDA:
-        return
-    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        acc = d.data.copy()
-        for k in range(a.data.shape[-1]):
-            acc += a.data[:, k:k + 1].astype(acc.dtype) * b.data[k:k + 1, :].astype(acc.dtype)
-        return TensorHandle(acc, d.dtype.scalar)
-
-    monkeypatch.setattr(InterpreterBuilder, "create_dot", create_dot)
+def fixed_order_dot():
+    """Interpreted, a ``tl.dot`` with a fixed per-element order (numpy's BLAS has none; see
+    ``kernels.interpreter.fixed_order_dot``), so the test checks what the kernel guarantees:
+    tiles, splits and merge order that never depend on N. Natively nothing is replaced."""
+    with interpreter.fixed_order_dot():
+        yield
 
 
 @needs_kernels
@@ -222,7 +208,8 @@ def test_tile_config_never_depends_on_the_batch(kernel_module):
     """The tiles come from (D, V, dtype) only: the config function cannot even see N."""
     import inspect
 
-    assert list(inspect.signature(kernel_module.default_config).parameters) == ["d", "v", "dtype"]
+    assert list(inspect.signature(kernel_module.default_config).parameters) == ["d", "v", "dtype",
+                                                                               "arch"]
 
 
 @needs_kernels
