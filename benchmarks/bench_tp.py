@@ -61,6 +61,8 @@ def memory() -> dict[str, float]:
 def worker(checkpoint: str, tasks: str, out: Path) -> None:
     """One rank: load with --tp WORLD_SIZE, score in memory, write what it measured."""
     import engine
+    import engine.api
+    import engine.scorer  # noqa: F401 (every module the run needs, before the first measure)
     from engine import distributed
 
     tp = int(os.environ.get("WORLD_SIZE", "1"))
@@ -78,7 +80,8 @@ def worker(checkpoint: str, tasks: str, out: Path) -> None:
     peak = memory()
     logprobs = np.concatenate([t.column("logprob").to_numpy() for t in result.tables.values()])
     record = {"tp": tp, "rank": layout.rank, "before_mib": before["VmRSS"], "loaded_mib": loaded["VmRSS"],
-              "loaded_anon_mib": loaded["RssAnon"], "loaded_file_mib": loaded["RssFile"],
+              "loaded_anon_mib": loaded["RssAnon"] - before["RssAnon"],
+              "loaded_file_mib": loaded["RssFile"] - before["RssFile"],
               "peak_mib": peak["VmHWM"], "load_s": load_s, "score_s": score_s,
               "weights_mib": sum(p.numel() * p.element_size() for p in ck.model.parameters()) / 2**20,
               "logprobs": logprobs.tolist()}
@@ -126,7 +129,7 @@ def main(argv=None) -> None:
     described = f"{params / 1e6:.0f}M parameters, " if params else ""
     print(f"checkpoint: random Llama, {described}{size:.0f} MiB of float32 weights; tasks {args.tasks}, "
           "base mode, CPU, gloo, one thread per rank")
-    print(f"{'tp':>2} {'rank':>4} {'weights':>8} {'RSS before':>10} {'weights in':>10} {'(anon':>7} {'file)':>6} "
+    print(f"{'tp':>2} {'rank':>4} {'weights':>8} {'RSS before':>10} {'weights in':>10} {'+anon':>6} {'+file':>6} "
           f"{'peak':>7} {'load s':>7} {'score s':>8} {'wall s':>7}")
     for r in records:
         print(f"{r['tp']:>2} {r['rank']:>4} {r['weights_mib']:>8.0f} {r['before_mib']:>10.0f} {r['loaded_mib']:>10.0f} "
@@ -134,8 +137,11 @@ def main(argv=None) -> None:
               f"{r['score_s']:>8.2f} {walls[r['tp']]:>7.1f}")
     one, two = (np.array(r["logprobs"]) for r in records[:2])
     grown = {r["tp"]: r["loaded_mib"] - r["before_mib"] for r in records if r["rank"] == 0}
-    print("MiB of resident memory; 'weights in' - 'before' is what its weights cost a rank: "
-          f"{grown[1]:.0f} at tp=1, {grown[2]:.0f} at tp=2 ({grown[2] / grown[1]:.2f}x)")
+    print("MiB of resident memory ('+anon', '+file': growth from 'before' to 'weights in', in copies and "
+          f"in mapped file pages); what its weights cost a rank: {grown[1]:.0f} at tp=1, {grown[2]:.0f} at "
+          f"tp=2 ({grown[2] / grown[1]:.2f}x)")
+    print(f"load average when done: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine "
+          "gives two processes more CPU than one: the times are only as good as it is idle)")
     print(f"wall time tp=2 / tp=1 = {walls[2] / walls[1]:.2f}; scoring time tp=2 / tp=1 = "
           f"{records[1]['score_s'] / records[0]['score_s']:.2f}")
     print(f"max |dlogprob| / max(1, |logprob|) tp=2 vs tp=1: "

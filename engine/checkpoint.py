@@ -149,8 +149,10 @@ def load(path, dtype="float32", device="cpu", tp=1) -> Checkpoint:
     ck = Checkpoint(directory, config, model.args, model, meta.tokenizer, meta.special_tokens,
                     meta.chat_template, torch_dtype, torch_device, fingerprint(directory, digests), files)
     if len(set(group.gather_objects(ck.fingerprint, "comparing fingerprints"))) > 1:
-        raise ParallelError(f"{directory}: the ranks read different files (config, tokenizer or "
-                            "chat template differ between their copies); give every rank the same checkpoint")
+        error = ParallelError(f"{directory}: the ranks read different files (config, tokenizer or chat "
+                              "template differ between their copies); give every rank the same checkpoint")
+        error.reported_by = group.ranks[0]  # every rank of the group sees it
+        raise error
     return ck
 
 
@@ -285,13 +287,14 @@ def load_model_sharded(directory: Path, args: ModelArgs, dtype: torch.dtype, dev
     with group.step("opening the weight files"):
         files = [WeightFile(path) for path in weight_paths(directory)]
         holder = {name: f for f in files for name in f.names()}
+        has_head = "lm_head.weight" in holder
+        # A head is checked and planned even when the config ties it (see below).
+        with_head = replace(args, tie_embeddings=args.tie_embeddings and not has_head)
         with torch.device("meta"):
-            expected = {name: tuple(t.shape) for name, t in Transformer(args).state_dict().items()}
+            expected = {name: tuple(t.shape) for name, t in Transformer(with_head).state_dict().items()}
+            plan_model = Transformer(with_head, group)
         for f in files:
             check_names_and_shapes(f, expected)
-        has_head = "lm_head.weight" in holder
-        with torch.device("meta"):  # a head's slices are planned even when the config ties it
-            plan_model = Transformer(replace(args, tie_embeddings=args.tie_embeddings and not has_head), group)
         plan = {name: getattr(p, "tp_shard", None) for name, p in plan_model.named_parameters()}
         missing = sorted(set(plan) - set(holder))
         if missing:

@@ -136,6 +136,23 @@ def test_a_failing_checkpoint_is_recorded_and_the_others_are_scored(ladder, tmp_
     assert not (tmp_path / "out" / "b").exists()
 
 
+def test_edited_weights_are_never_skipped_as_finished(ladder, tmp_path):
+    """A checkpoint is skipped unread only while its weight files keep the sizes and times its
+    manifest records: edited weights are read, and then refused as another checkpoint's."""
+    shutil.copytree(ladder / "run" / "step100", tmp_path / "run" / "step100")
+    config = tmp_path / "s.toml"
+    config.write_text('checkpoints = ["run/*"]\ntasks = "coin"\nmodes = ["base"]\nout = "out"\n')
+    assert launch.python("engine.sweep", config).returncode == 0
+    weights = tmp_path / "run" / "step100" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 1  # a weight's low bits: same size
+    weights.write_bytes(data)
+    again = launch.python("engine.sweep", config)
+    assert again.returncode == 1, again.stderr
+    assert "0 scored, 0 skipped, 1 failed" in again.stdout
+    assert "holds results of another checkpoint" in again.stdout
+
+
 def test_two_sweeps_cannot_write_one_results_directory(ladder):
     config = sweep_file(ladder, "busy", tasks="all")
     first = subprocess.Popen([sys.executable, "-m", "engine.sweep", str(config)], env=launch.ENV,
