@@ -49,12 +49,21 @@ def build_checkpoint(directory: Path) -> int:
 
 
 def memory() -> dict[str, float]:
-    """This process's resident memory now and at its peak (MiB), from /proc/self/status."""
+    """This process's resident memory now and at its peak (MiB), from /proc/self/status, and the
+    resident pages of its mapped safetensors files (from /proc/self/smaps)."""
     fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             fields[key] = int(value.split()[0]) / 1024
+    mapped, weights = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line
+            weights = head[-1].endswith(".safetensors")
+        elif weights and head and head[0] == "Rss:":
+            mapped += int(head[1])
+    fields["weights_mapped"] = mapped / 1024
     return fields
 
 
@@ -82,6 +91,7 @@ def worker(checkpoint: str, tasks: str, out: Path) -> None:
     record = {"tp": tp, "rank": layout.rank, "before_mib": before["VmRSS"], "loaded_mib": loaded["VmRSS"],
               "loaded_anon_mib": loaded["RssAnon"] - before["RssAnon"],
               "loaded_file_mib": loaded["RssFile"] - before["RssFile"],
+              "weights_mapped_mib": loaded["weights_mapped"],
               "peak_mib": peak["VmHWM"], "load_s": load_s, "score_s": score_s,
               "weights_mib": sum(p.numel() * p.element_size() for p in ck.model.parameters()) / 2**20,
               "logprobs": logprobs.tolist()}
@@ -130,16 +140,19 @@ def main(argv=None) -> None:
     print(f"checkpoint: random Llama, {described}{size:.0f} MiB of float32 weights; tasks {args.tasks}, "
           "base mode, CPU, gloo, one thread per rank")
     print(f"{'tp':>2} {'rank':>4} {'weights':>8} {'RSS before':>10} {'weights in':>10} {'+anon':>6} {'+file':>6} "
-          f"{'peak':>7} {'load s':>7} {'score s':>8} {'wall s':>7}")
+          f"{'mapped':>7} {'peak':>7} {'load s':>7} {'score s':>8} {'wall s':>7}")
     for r in records:
         print(f"{r['tp']:>2} {r['rank']:>4} {r['weights_mib']:>8.0f} {r['before_mib']:>10.0f} {r['loaded_mib']:>10.0f} "
-              f"{r['loaded_anon_mib']:>7.0f} {r['loaded_file_mib']:>6.0f} {r['peak_mib']:>7.0f} {r['load_s']:>7.2f} "
-              f"{r['score_s']:>8.2f} {walls[r['tp']]:>7.1f}")
+              f"{r['loaded_anon_mib']:>6.0f} {r['loaded_file_mib']:>6.0f} {r['weights_mapped_mib']:>7.0f} "
+              f"{r['peak_mib']:>7.0f} {r['load_s']:>7.2f} {r['score_s']:>8.2f} {walls[r['tp']]:>7.1f}")
     one, two = (np.array(r["logprobs"]) for r in records[:2])
     grown = {r["tp"]: r["loaded_mib"] - r["before_mib"] for r in records if r["rank"] == 0}
-    print("MiB of resident memory ('+anon', '+file': growth from 'before' to 'weights in', in copies and "
-          f"in mapped file pages); what its weights cost a rank: {grown[1]:.0f} at tp=1, {grown[2]:.0f} at "
-          f"tp=2 ({grown[2] / grown[1]:.2f}x)")
+    print("MiB of resident memory. 'weights': the rank's parameters; '+anon', '+file': growth from 'before' "
+          "to 'weights in' in private memory (copies) and in file pages (the mapped weights, and library code "
+          "run for the first time); 'mapped': resident pages of the safetensors mapping itself")
+    print(f"growth from 'before' to 'weights in': {grown[1]:.0f} at tp=1, {grown[2]:.0f} at tp=2 "
+          f"({grown[2] / grown[1]:.2f}x); mapped weight pages + copies: " + ", ".join(
+              f"tp={r['tp']} rank {r['rank']} {r['weights_mapped_mib'] + r['loaded_anon_mib']:.0f}" for r in records))
     print(f"load average when done: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine "
           "gives two processes more CPU than one: the times are only as good as it is idle)")
     print(f"wall time tp=2 / tp=1 = {walls[2] / walls[1]:.2f}; scoring time tp=2 / tp=1 = "
