@@ -28,10 +28,12 @@ from engine.results import (
     VARIANT_SCHEMA,
     LabelLock,
     ResultsStore,
+    add_token_totals,
     check_writable,
     main_table,
     notice,
     summarize,
+    task_info,
     variant_table,
 )
 from engine.tasks import Task, load_tasks
@@ -170,7 +172,9 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
                 scores = score(task, bar)
                 result.tables[task.name] = main_table(scores, label)
                 result.variant_tables[task.name] = variant_table(scores, label)
+                result.manifest["tasks"][task.name] = task_info(scores)
         result.manifest.update(about(0))
+        add_token_totals(result.manifest)
         return result
 
     directory = Path(out) / label

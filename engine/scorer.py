@@ -41,6 +41,7 @@ from engine.tasks import Task, check_variants_tokenize
 from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS, TokenPieces
 from engine.trie import DuplicateContinuation, Trie, build_trie
 from kernels import use_triton
+from kernels.tree_attention import trie_span_end
 
 MODES = ("chat", "base")
 
@@ -355,15 +356,10 @@ def _layout(sequences: list[Sequence], parts: list[Part]) -> Batch:
         s, offset = sequences[part.seq], len(ids)
         p, trie = len(s.prompt_ids), s.trie
         local = {n: k for k, n in enumerate(part.nodes)}
-        size = [1] * len(part.nodes)  # subtree sizes within the part (pre-order: contiguous)
-        for k in range(len(part.nodes) - 1, -1, -1):
-            parent = trie.parent[part.nodes[k]]
-            if parent >= 0:
-                size[local[parent]] += size[k]
+        parents = [local.get(trie.parent[n], -1) for n in part.nodes]  # the part is ancestor-closed
         ids += s.prompt_ids + [trie.tokens[n] for n in part.nodes]
         positions += list(range(p)) + [p - 1 + trie.depth[n] for n in part.nodes]  # a node sits at its depth
-        span_end += [offset + p + len(part.nodes)] * p  # the prompt is causal and seen by its whole part
-        span_end += [offset + p + k + size[k] for k in range(len(part.nodes))]  # ancestors only
+        span_end += (trie_span_end(p, parents) + offset).tolist()  # prompt causal, trie: ancestors only
         placements.append((part, offset))
     as_row = lambda values, dtype: torch.tensor([values], dtype=dtype)
     return Batch(as_row(ids, torch.long), as_row(positions, torch.long), as_row(span_end, torch.int32), placements)
@@ -445,15 +441,6 @@ def lm_head_rows(s: Sequence, part: Part, offset: int) -> tuple[list[int], list[
     return positions, targets
 
 
-def _target_buckets(targets: list[list[int]]) -> list[list[int]]:
-    """Rows grouped by their number of targets (up to 4x apart), so that a trie root with a
-    thousand children does not pad every other row to a thousand targets."""
-    buckets: dict[int, list[int]] = {}
-    for r, t in enumerate(targets):
-        buckets.setdefault(max(1, len(t) - 1).bit_length() // 2, []).append(r)
-    return [buckets[k] for k in sorted(buckets)]
-
-
 @torch.inference_mode()
 def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
                 boundary: torch.Tensor, scores: dict[int, TrieScores]) -> None:
@@ -469,25 +456,24 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
         owners += [(part.seq, n) for n in part.owned]
         rows += positions
         targets += kids
-    for bucket in _target_buckets(targets):
-        k = max(1, max(len(targets[r]) for r in bucket))
-        target_ids = torch.full((len(bucket), k), -1, dtype=torch.long)
-        for i, r in enumerate(bucket):
-            target_ids[i, : len(targets[r])] = torch.tensor(targets[r], dtype=torch.long)
-        lse, target_logits, boundary_lse = lm_head_logprobs(  # merged across ranks under --tp
-            checkpoint.model, flat[torch.tensor([rows[r] for r in bucket], device=device)],
-            target_ids.to(device), boundary.to(device),
-        )
-        lse = lse.double().cpu().numpy()
-        target_lp = target_logits.double().cpu().numpy() - lse[:, None]
-        boundary_lp = boundary_lse.double().cpu().numpy() - lse
-        for i, r in enumerate(bucket):
-            seq, n = owners[r]
-            trie, into = sequences[seq].trie, scores[seq]
-            for slot, child in enumerate(trie.children(n)):
-                into.node[child] = target_lp[i, slot]
-            if n >= 0:
-                into.boundary[n] = boundary_lp[i]
+    # Rows padded to the widest row's targets: even a root with a thousand children costs less
+    # to gather than the log-sum-exp over the vocabulary that every row needs anyway.
+    target_ids = torch.full((len(targets), max(1, max(map(len, targets)))), -1, dtype=torch.long)
+    for r, kids in enumerate(targets):
+        target_ids[r, : len(kids)] = torch.tensor(kids, dtype=torch.long)
+    lse, target_logits, boundary_lse = lm_head_logprobs(  # merged across ranks under --tp
+        checkpoint.model, flat[torch.tensor(rows, device=device)], target_ids.to(device),
+        boundary.to(device),
+    )
+    lse = lse.double().cpu().numpy()
+    target_lp = target_logits.double().cpu().numpy() - lse[:, None]
+    boundary_lp = boundary_lse.double().cpu().numpy() - lse
+    for r, (seq, n) in enumerate(owners):
+        trie, into = sequences[seq].trie, scores[seq]
+        for slot, child in enumerate(trie.children(n)):
+            into.node[child] = target_lp[r, slot]
+        if n >= 0:
+            into.boundary[n] = boundary_lp[r]
 
 
 def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, sequences: list[Sequence],

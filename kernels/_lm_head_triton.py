@@ -84,6 +84,14 @@ def _online_fold(m, s, x):
 
 
 @triton.jit
+def _empty_lse_pairs(BLOCK: tl.constexpr):
+    """Running (max, sum) of nothing yet, for the whole vocabulary and for its boundary subset."""
+    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    s = tl.zeros([BLOCK], dtype=tl.float32)
+    return m, s, m, s
+
+
+@triton.jit
 def _pair_fold(m, s, pm, ps):
     """Merge a partial (pm, ps) into the running (m, s) of the same rows."""
     m_new = tl.maximum(m, pm)
@@ -131,10 +139,7 @@ def _lse_partials_kernel(h_ptr, w_ptr, bmask_ptr, part_ptr, N, V, D, S,
     row0 = tl.program_id(1) * BLOCK_N
     rows = row0 + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    s = tl.zeros([BLOCK_N], dtype=tl.float32)
-    mb = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    sb = tl.zeros([BLOCK_N], dtype=tl.float32)
+    m, s, mb, sb = _empty_lse_pairs(BLOCK_N)
     v_start = split * SPLIT_V
     v_stop = tl.minimum(v_start + SPLIT_V, V)
     for v0 in range(v_start, v_stop, BLOCK_V):
@@ -159,10 +164,7 @@ def _merge_kernel(part_ptr, lse_ptr, blse_ptr, N, S, BLOCK: tl.constexpr):
     """Merge the S split partials of each row in split order (fixed, N-independent)."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = rows < N
-    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
-    s = tl.zeros([BLOCK], dtype=tl.float32)
-    mb = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
-    sb = tl.zeros([BLOCK], dtype=tl.float32)
+    m, s, mb, sb = _empty_lse_pairs(BLOCK)
     plane = S * N
     for split in range(0, S):
         base = part_ptr + split * N + rows

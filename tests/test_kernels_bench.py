@@ -9,12 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kernels.interpreter import interpret_without_cuda
-
-interpret_without_cuda()  # harmless here; keeps later kernel test modules able to interpret
-
-import kernels  # noqa: E402
-from benchmarks import bench_kernels  # noqa: E402
+import kernels
+from benchmarks import bench_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,12 +1,7 @@
 """Tree attention: span_end encoding, reference vs float64, Triton kernel vs reference.
 
-Without CUDA the kernels run under Triton's interpreter, and TRITON_INTERPRET=1 must be set
-before anything imports ``triton`` (Triton compiles its own ``tl.*`` helpers natively or
-interpreted at import time; see ``kernels/interpreter.py``). So this module sets it at
-collection time, before importing anything that imports triton (nothing in ``kernels`` does at
-import). If another module imported triton natively earlier in the same pytest run, the kernel
-tests here cannot run in-process: they skip, and ``test_kernels_in_fresh_process`` re-runs this
-file in a fresh interpreter process instead, so nothing goes untested. Interpreted kernels are
+Without CUDA the kernels run under Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before anything imports triton). Interpreted kernels are
 ~200x slower than torch, hence the small shapes (the interpreter's 16x16 tiles still make them
 cross several query and key blocks); the same tests run natively wherever CUDA is present.
 
@@ -15,29 +10,19 @@ trie, padding sees itself), not from span_end, so it also checks the encoding.
 """
 
 import importlib
-import os
 import random
-import subprocess
-import sys
 import types
-from pathlib import Path
 
+import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
+import kernels
+from engine.scorer import Sequence, _layout, make_batches, whole
+from engine.trie import build_trie
 from kernels import interpreter
-from kernels.interpreter import interpret_without_cuda
-
-HAS_CUDA = torch.cuda.is_available()
-IN_PROCESS = interpret_without_cuda()  # must run before anything imports triton
-
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import kernels  # noqa: E402
-from engine.scorer import Sequence, _layout, make_batches  # noqa: E402
-from engine.trie import build_trie  # noqa: E402
-from kernels.tree_attention import (  # noqa: E402
+from kernels.tree_attention import (
     dfs_preorder,
     sequence_starts,
     span_end_visible,
@@ -46,7 +31,9 @@ from kernels.tree_attention import (  # noqa: E402
     tree_attention_triton,
     trie_span_end,
 )
+from tests.conftest import KERNELS_RUN  # TRITON_INTERPRET was set there, before triton's import
 
+HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
@@ -57,27 +44,14 @@ def budget(examples: int):
 
 
 needs_kernels = pytest.mark.skipif(
-    not (IN_PROCESS and kernels.triton_available()),
-    reason="triton missing, or imported natively before TRITON_INTERPRET=1 could be set (then "
-           "test_kernels_in_fresh_process runs these tests in a fresh process)")
+    not (KERNELS_RUN and kernels.triton_available()),
+    reason="triton missing, or imported natively before tests/conftest.py set TRITON_INTERPRET=1")
 
 
 @pytest.fixture(scope="module")
 def kernel_module():
     """The Triton kernel module (for its config class); imported only by kernel tests."""
     return importlib.import_module("kernels._tree_attention_triton")
-
-
-@pytest.mark.skipif(IN_PROCESS or not kernels.triton_available(),
-                    reason="the kernel tests ran in this process")
-def test_kernels_in_fresh_process():
-    """Triton was imported natively before this module could set TRITON_INTERPRET=1: run this
-    file again in a fresh process where it can."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           __file__], cwd=Path(__file__).resolve().parents[1], env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
 def random_trie(rng: random.Random, n: int) -> list[int]:
@@ -385,8 +359,8 @@ def test_window_triton_matches_reference_and_float64(seed, seqs, window, head_di
 @pytest.mark.parametrize("fn", ["reference", "triton"])
 def test_window_as_wide_as_the_row_is_no_window(fn):
     """window >= T (in positions) changes nothing: bitwise equal to window=None."""
-    if fn == "triton" and not (IN_PROCESS and kernels.triton_available()):
-        pytest.skip("kernels run in test_kernels_in_fresh_process")
+    if fn == "triton" and not (KERNELS_RUN and kernels.triton_available()):
+        pytest.skip("triton missing, or imported natively before TRITON_INTERPRET=1 could be set")
     impl = tree_attention_reference if fn == "reference" else tree_attention_triton
     q, k, v, se, pos, _ = windowed_problem(11, 1, 2, 16, [(30, 20, 2), (12, 30, 0)], 52)
     t = se.shape[1]
@@ -452,7 +426,7 @@ def packed_visibility(sequences, batch, window=None) -> torch.Tensor:
     block-diagonal over the placements, with the window applied on position ids."""
     t = batch.span_end.shape[1]
     vis = torch.zeros(t, t, dtype=torch.bool)
-    for i, offset in batch.placements:
+    for i, offset in ((part.seq, offset) for part, offset in batch.placements):
         s = sequences[i]
         n = len(s)
         vis[offset:offset + n, offset:offset + n] = tree_visibility(
@@ -476,7 +450,7 @@ def test_sequence_starts_on_engine_rows():
     for batch in packed_rows(seqs, 120):
         starts = sequence_starts(batch.span_end)
         want = torch.empty_like(starts)
-        for i, offset in batch.placements:
+        for i, offset in ((part.seq, offset) for part, offset in batch.placements):
             want[0, offset:offset + len(seqs[i])] = offset
         assert torch.equal(starts, want)
     se = trie_span_end(5, [-1, 0, -1], 12)[None]  # 8 positions, then 4 of padding
@@ -525,7 +499,7 @@ def count_visits(kernel_module, sequences, batch, cfg, window=None):
                                  window=window, visits=visits)
     visible = packed_visibility(sequences, batch, window)[0]
     passes, counts, bounds = [], [], []
-    for i, offset in sorted(batch.placements, key=lambda p: p[1]):
+    for i, offset in sorted(((part.seq, offset) for part, offset in batch.placements), key=lambda p: p[1]):
         end = offset + len(sequences[i])
         for m0 in range(offset - offset % cfg.block_m, end, cfg.block_m):
             r0, r1 = max(m0, offset), min(m0 + cfg.block_m, end)
@@ -585,8 +559,8 @@ def test_packed_rows_batch_invariant_bitwise(dtype, window, fixed_order_dot):
     results = []
     offsets = set()
     for order in layouts:
-        batch = _layout(seqs, order)  # the engine's row layout, sequences in this order
-        at = dict(batch.placements)[0]
+        batch = _layout(seqs, [whole(i, seqs[i]) for i in order])  # the engine's row layout
+        at = next(offset for part, offset in batch.placements if part.seq == 0)
         offsets.add(at)
         q, k, v = (torch.cat([qkv[i][n] for i in order], dim=2) for n in range(3))
         kwargs = {} if window is None else {"positions": batch.position_ids.to(DEVICE),
