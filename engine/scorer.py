@@ -29,6 +29,7 @@ import torch
 
 from engine.chat import ChatTemplate
 from engine.checkpoint import Checkpoint
+from engine.distributed import lm_head_logprobs
 from engine.errors import (
     ChatTemplateError,
     NonFiniteError,
@@ -40,7 +41,6 @@ from engine.tasks import Task, check_variants_tokenize
 from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS, TokenPieces
 from engine.trie import DuplicateContinuation, Trie, build_trie
 from kernels import use_triton
-from kernels.lm_head import lm_head_logprobs
 from kernels.tree_attention import trie_span_end
 
 MODES = ("chat", "base")
@@ -461,9 +461,9 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
     target_ids = torch.full((len(targets), max(1, max(map(len, targets)))), -1, dtype=torch.long)
     for r, kids in enumerate(targets):
         target_ids[r, : len(kids)] = torch.tensor(kids, dtype=torch.long)
-    lse, target_logits, boundary_lse = lm_head_logprobs(
-        flat[torch.tensor(rows, device=device)], checkpoint.model.output_weight,
-        target_ids.to(device), boundary.to(device),
+    lse, target_logits, boundary_lse = lm_head_logprobs(  # merged across ranks under --tp
+        checkpoint.model, flat[torch.tensor(rows, device=device)], target_ids.to(device),
+        boundary.to(device),
     )
     lse = lse.double().cpu().numpy()
     target_lp = target_logits.double().cpu().numpy() - lse[:, None]
