@@ -5,7 +5,7 @@
 Writes a random Llama-architecture checkpoint of about `--gb` GB (bfloat16 safetensors, with the
 tiny test tokenizer), then times `engine.load(..., dtype="float32")` (which reads and converts
 every byte) with the hashing on and with it replaced by a no-op, alternating, and prints the
-medians and the ratio. With `--cold` (needs root), the page cache is dropped before every load,
+medians and the ratio; for scale, the same reads and conversions by the safetensors package. With `--cold` (needs root), the page cache is dropped before every load,
 so the time includes reading the file from disk. A developer tool: transformers is not needed,
 but the tokenizer comes from tests/tiny.py.
 """
@@ -71,6 +71,19 @@ def time_load(directory: Path, cold: bool) -> float:
     return time.perf_counter() - start
 
 
+def time_safetensors(directory: Path, cold: bool) -> float:
+    """The same weights read and converted by the safetensors package (for scale)."""
+    from safetensors import safe_open
+
+    if cold:
+        drop_caches()
+    start = time.perf_counter()
+    with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
+        state = {name: f.get_tensor(name).to(torch.float32) for name in f.keys()}
+    del state
+    return time.perf_counter() - start
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gb", type=float, default=1.0)
@@ -83,7 +96,7 @@ def main(argv=None) -> None:
         directory = Path(tmp)
         params = write_checkpoint(directory, args.gb)
         size = (directory / "model.safetensors").stat().st_size
-        hashed, plain = [], []
+        hashed, plain, reference = [], [], []
         update = weights.BlockDigest.update
         time_load(directory, False)  # warm-up: imports, first allocations
         for _ in range(args.repeats):
@@ -93,11 +106,14 @@ def main(argv=None) -> None:
                 plain.append(time_load(directory, args.cold))
             finally:
                 weights.BlockDigest.update = update
+            reference.append(time_safetensors(directory, args.cold))
     h, n = statistics.median(hashed), statistics.median(plain)
     print(f"checkpoint: {params / 1e6:.0f}M bf16 parameters, {size / 1e9:.2f} GB, loaded as float32 on CPU, "
           f"{'cold' if args.cold else 'warm'} page cache, median of {args.repeats}")
     print(f"load with fingerprint   {h:7.3f} s   (runs: {', '.join(f'{x:.3f}' for x in hashed)})")
     print(f"load without hashing    {n:7.3f} s   (runs: {', '.join(f'{x:.3f}' for x in plain)})")
+    print(f"safetensors load_file   {statistics.median(reference):7.3f} s   (the same reads and conversions by "
+          "the safetensors package, no fingerprint)")
     print(f"fingerprint cost: {100 * (h - n) / n:+.1f}% of load time")
 
 

@@ -263,9 +263,8 @@ def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
     for f in files:
         check_names_and_shapes(f, expected)
         digest = BlockDigest()
-        for name, tensor in f.tensors(digest):
-            if name in expected:
-                state[name] = tensor.to(device=device, dtype=dtype)
+        for name, tensor in f.load(digest, expected, dtype, device):
+            state[name] = tensor
         digests[f.path.name] = file_record(f, digest.hexdigest())
     missing = sorted(set(expected) - set(state))
     if missing:
