@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,49 +236,53 @@ class WeightFile:
         yield from self.load(digest, {e.name for e in self.entries}, None, torch.device("cpu"))
 
     def load(self, digest: BlockDigest, wanted, dtype: torch.dtype | None, device: torch.device):
-        """(name, tensor in `dtype` on `device`) for the `wanted` tensors, in file order, reading
-        and hashing every byte of the file once.
+        """(name, tensor in `dtype` on `device`) for the `wanted` tensors, in file order, with
+        every byte of the file hashed into `digest` by the time the iteration ends.
 
-        A tensor already in `dtype` on the CPU is a zero-copy view of the mapping: its bytes are
-        hashed through read(2), which fills the page cache the view reads from later, without
-        mapping pages the model may never touch (embedding rows it never looks up). Any other
-        tensor is read through read(2) in 16 MiB pieces that are hashed and then converted or
-        copied into place while they are in cache: the bytes are read once, never through the
-        mapping as well."""
+        When every wanted tensor is already in `dtype` on the CPU, they are zero-copy views of
+        the mapping, and the bytes are hashed through read(2) (in file order, each tensor's
+        before it is handed out): that fills the page cache the views read from later without
+        mapping pages the model may never touch (embedding rows it never looks up). When
+        tensors are converted or moved, every byte is read through the mapping anyway: a thread
+        hashes the mapping front to back while this one converts, so the hash rides on the same
+        reads (it also reads ahead for the conversion) and costs no second pass."""
+        entries = [e for e in self.entries if e.name in wanted]
+        if device.type == "cpu" and all(dtype in (None, e.dtype) for e in entries):
+            yield from self._views_hashed_by_reads(entries, digest)
+            return
+        failure = []
+
+        def hash_all():
+            try:
+                view = memoryview(self.map)
+                for start in range(0, len(view), BLOCK_BYTES):
+                    digest.update(view[start:start + BLOCK_BYTES])
+            except BaseException as e:  # reported by the loading thread
+                failure.append(e)
+
+        hasher = threading.Thread(target=hash_all, name=f"hash {self.path.name}", daemon=True)
+        hasher.start()
+        try:
+            for e in entries:
+                yield e.name, self._view(e).to(device=device, dtype=dtype)
+        finally:
+            hasher.join()
+        if failure:
+            raise failure[0]
+
+    def _views_hashed_by_reads(self, entries: list[TensorEntry], digest: BlockDigest):
         # An anonymous mapping, not a bytearray: unmapped when done, so it leaves no RSS behind.
         scratch = mmap.mmap(-1, READ_BYTES)
         buffer = memoryview(scratch)
         try:
             with open(self.path, "rb", buffering=0) as f:
-                for e in self.entries:
-                    if e.name not in wanted:
-                        continue
-                    self._hash_until(f, e.start, digest, buffer)
-                    if device.type == "cpu" and dtype in (None, e.dtype):
-                        self._hash_until(f, e.end, digest, buffer)
-                        yield e.name, self._view(e)
-                    else:
-                        yield e.name, self._read_converted(f, e, digest, buffer, dtype, device)
+                for e in entries:
+                    self._hash_until(f, e.end, digest, buffer)
+                    yield e.name, self._view(e)
                 self._hash_until(f, len(self.map), digest, buffer)
         finally:
             buffer.release()
             scratch.close()
-
-    def _read_converted(self, f, e: TensorEntry, digest: BlockDigest, buffer: memoryview,
-                        dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        out = torch.empty(e.shape, dtype=dtype, device=device)
-        flat, done, size = out.view(-1), 0, e.dtype.itemsize
-        while (pos := f.tell()) < e.end:  # READ_BYTES is a multiple of every item size
-            n = f.readinto(buffer[:min(len(buffer), e.end - pos)])
-            if not n or n % size:
-                raise self._corrupt("the file shrank while it was read")
-            digest.update(buffer[:n])
-            with warnings.catch_warnings():  # the scratch buffer is writable in effect
-                warnings.simplefilter("ignore", UserWarning)
-                piece = torch.frombuffer(buffer[:n], dtype=e.dtype)
-            flat[done:done + n // size].copy_(piece)
-            done += n // size
-        return out
 
     def _hash_until(self, f, end: int, digest: BlockDigest, buffer: memoryview) -> None:
         """Feed the file's bytes from where `f` stands up to `end` into `digest`."""
