@@ -449,6 +449,8 @@ def load_task_file(path: str | Path) -> list[Task]:
 
 def builtin_task_names(group: str = "all") -> list[str]:
     """Names of the built-in tasks of a group (default: the suite "all"), sorted."""
+    if group not in TASK_GROUPS:
+        raise TaskError(f"unknown task group {group!r}; known groups: {', '.join(TASK_GROUPS)}")
     return sorted(n for n, (g, _) in _builtin_files().items() if g == group)
 
 
