@@ -9,12 +9,14 @@ float32, in one process, side by side:
     full log-softmax, batched as the harness batches (benchmarks/naive_scoring.py).
 
 Both sides score the same prompts: the first --naive-prompts of each task (default 5 of 15),
-which gives the measured ratio and the max |logprob difference|. The engine also scores every
-prompt of every task (the full-suite time it reports is measured). The naive side's full-suite
-time is NOT measured by default (it takes about 5.5 minutes on 2 idle cores, the whole default
-run about 2.5): it is estimated per task as its time on the first prompts times (its tokens on
-all prompts / its tokens on those), since its cost is one forward per token of prompt +
-answer, and printed as an estimate. `--naive-prompts 15` measures it instead.
+which gives the measured ratio and the max |logprob difference|. They alternate prompt by
+prompt (engine, then naive), so that load from other processes on a shared machine slows both
+alike; times include tokenizing, not loading. The engine also scores every prompt of every
+task (the full-suite time it reports is measured). The naive side's full-suite time is NOT
+measured by default (it took 5.5 minutes on 2 nearly idle cores, the whole default run 2.5):
+it is estimated per task as its time on the first prompts times (its tokens on all prompts /
+its tokens on those), since its cost is one forward per token of prompt + answer, and printed
+as an estimate. `--naive-prompts 15` measures it instead.
 
     python -m benchmarks.bench_large [--naive-prompts 5]
 
@@ -24,7 +26,6 @@ transformers is a test-only dependency, so this benchmark is a developer tool.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -39,52 +40,36 @@ import torch
 import engine
 from benchmarks.bench_scoring import build_checkpoint
 from benchmarks.naive_scoring import boundary_ids, naive_logprobs
-from engine.scorer import PromptEncoder, boundary_mask, score_task, task_sequences
+from engine.scorer import PromptEncoder, boundary_mask, score_task
 from engine.tasks import load_tasks
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def run_engine(ck, tasks) -> dict:
-    """Per task: seconds, tokens processed, token efficiency, and the variant log-probs."""
-    encoder = PromptEncoder(ck, "base")
-    boundary = boundary_mask(ck)
-    out = {}
-    for task in tasks:
+def run_task(ck, encoder, boundary, model, tok, naive_boundary, task, compared: int) -> dict:
+    """Score every prompt of `task` with the engine and the first `compared` prompts the
+    naive way, alternating prompt by prompt, so that other load on the machine falls on both
+    sides alike. Per side: seconds (tokenizing included), tokens processed."""
+    row = {"engine_s": [], "engine_tokens": [], "engine_needed": 0, "naive_s": [],
+           "naive_tokens": [], "max_abs_logprob_diff": 0.0}
+    for i, prompt in enumerate(task.prompts):
         start = time.perf_counter()
-        result = score_task(ck, encoder, task, task_sequences(encoder, task), boundary)
-        out[task.name] = {
-            "seconds": time.perf_counter() - start,
-            "tokens": result.tokens_processed,
-            "token_efficiency": result.tokens_needed / result.tokens_processed,
-            "scores": {p.sequence.prompt_id: (p.sequence, p.variant_logprob) for p in result.prompts},
-        }
-    return out
-
-
-@torch.no_grad()
-def naive_tokens(tok, task, engine_scores) -> int:
-    """Tokens the naive way runs through the model for every prompt of `task`."""
-    return sum(len(tok(task.render_base(p) + c).input_ids)
-               for p in task.prompts
-               for c in engine_scores[task.name]["scores"][p.id][0].continuations)
-
-
-def run_naive(model, tok, boundary, tasks, engine_scores) -> dict:
-    """Per task: seconds, tokens processed, and max |logprob difference| against the engine."""
-    out = {}
-    for task in tasks:
-        start = time.perf_counter()
-        tokens, worst = 0, 0.0
-        for prompt in task.prompts:
-            sequence, ours = engine_scores[task.name]["scores"][prompt.id]
-            text = task.render_base(prompt)
-            naive = naive_logprobs(model, tok, text, sequence.continuations, True, boundary)
-            tokens += sum(len(tok(text + c).input_ids) for c in sequence.continuations)
-            worst = max(worst, float(np.abs(np.array(naive) - ours).max()))
-        out[task.name] = {"seconds": time.perf_counter() - start, "tokens": tokens,
-                          "max_abs_logprob_diff": worst}
-    return out
+        sequence = encoder.sequence(task, prompt)
+        scores = score_task(ck, encoder, task, [sequence], boundary)
+        row["engine_s"].append(time.perf_counter() - start)
+        row["engine_tokens"].append(scores.tokens_processed)
+        row["engine_needed"] += scores.tokens_needed
+        text = task.render_base(prompt)
+        if i < compared:
+            start = time.perf_counter()
+            naive = naive_logprobs(model, tok, text, sequence.continuations, True, naive_boundary)
+            row["naive_s"].append(time.perf_counter() - start)
+            ours = scores.prompts[0].variant_logprob
+            row["max_abs_logprob_diff"] = max(row["max_abs_logprob_diff"],
+                                              float(np.abs(np.array(naive) - ours).max()))
+        # What the naive way runs through the model: prompt + continuation, per variant.
+        row["naive_tokens"].append(sum(len(tok(text + c).input_ids) for c in sequence.continuations))
+    return row
 
 
 def main(argv=None) -> None:
@@ -98,7 +83,6 @@ def main(argv=None) -> None:
         p.error("--naive-prompts must be at least 1")
     load_at_start = os.getloadavg()[0]
     tasks = load_tasks(args.tasks)
-    subset = [dataclasses.replace(t, prompts=t.prompts[: args.naive_prompts]) for t in tasks]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,33 +97,36 @@ def main(argv=None) -> None:
         boundary = boundary_ids(tok, model.config.vocab_size)
         naive_load = time.perf_counter() - start
         params = sum(p.numel() for p in ck.model.parameters())
-        ours_subset = run_engine(ck, subset)
-        naive = run_naive(model, tok, boundary, subset, ours_subset)
-        every = all(len(t.prompts) == len(s.prompts) for t, s in zip(tasks, subset, strict=True))
-        ours_full = ours_subset if every else run_engine(ck, tasks)
-        tokens_all = {t.name: naive_tokens(tok, t, ours_full) for t in tasks}
+        encoder = PromptEncoder(ck, "base")
+        engine_boundary = boundary_mask(ck)
+        runs = {t.name: run_task(ck, encoder, engine_boundary, model, tok, boundary, t,
+                                 args.naive_prompts) for t in tasks}
 
     rows = {}
-    for task, part in zip(tasks, subset, strict=True):
-        scale = tokens_all[task.name] / naive[task.name]["tokens"]
-        e, n, full = ours_subset[task.name], naive[task.name], ours_full[task.name]
+    for task in tasks:
+        r = runs[task.name]
+        m = len(r["naive_s"])
+        engine_s, naive_s = sum(r["engine_s"][:m]), sum(r["naive_s"])
+        # Estimate, when fewer prompts were compared: the naive cost is one forward per token
+        # of prompt + answer, so its time scales with its tokens over all prompts.
+        scale = sum(r["naive_tokens"]) / sum(r["naive_tokens"][:m])
         rows[task.name] = {
             "answers": len(task.answers),
             "variants": sum(len(a.variants) for a in task.answers),
             "prompts": len(task.prompts),
-            "prompts_compared": len(part.prompts),
-            "engine_seconds_compared": round(e["seconds"], 3),
-            "naive_seconds_compared": round(n["seconds"], 3),
-            "speedup_measured": round(n["seconds"] / e["seconds"], 2),
-            "engine_tokens_compared": e["tokens"],
-            "naive_tokens_compared": n["tokens"],
-            "max_abs_logprob_diff": n["max_abs_logprob_diff"],
-            "engine_seconds_all_prompts": round(full["seconds"], 3),
-            "engine_tokens_all_prompts": full["tokens"],
-            "engine_token_efficiency": round(full["token_efficiency"], 6),
-            "naive_tokens_all_prompts": tokens_all[task.name],
-            "naive_seconds_all_prompts": round(n["seconds"] * scale, 3),
-            "naive_all_prompts_estimated": len(part.prompts) < len(task.prompts),
+            "prompts_compared": m,
+            "engine_seconds_compared": round(engine_s, 3),
+            "naive_seconds_compared": round(naive_s, 3),
+            "speedup_measured": round(naive_s / engine_s, 2),
+            "engine_tokens_compared": sum(r["engine_tokens"][:m]),
+            "naive_tokens_compared": sum(r["naive_tokens"][:m]),
+            "max_abs_logprob_diff": r["max_abs_logprob_diff"],
+            "engine_seconds_all_prompts": round(sum(r["engine_s"]), 3),
+            "engine_tokens_all_prompts": sum(r["engine_tokens"]),
+            "engine_token_efficiency": round(r["engine_needed"] / sum(r["engine_tokens"]), 6),
+            "naive_tokens_all_prompts": sum(r["naive_tokens"]),
+            "naive_seconds_all_prompts": round(naive_s * scale, 3),
+            "naive_all_prompts_estimated": m < len(task.prompts),
         }
     total = {key: sum(r[key] for r in rows.values()) for key in (
         "engine_seconds_compared", "naive_seconds_compared", "engine_tokens_compared",
