@@ -244,16 +244,10 @@ def seed_stage_of(stage_names):
 
 
 def _ranks(x):
-    """Ranks from 0, ties given their average rank (as scipy.stats.rankdata)."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    sorted_x = x[order]
-    start = 0
-    for end in range(1, len(x) + 1):
-        if end == len(x) or sorted_x[end] != sorted_x[start]:
-            ranks[order[start:end]] = 0.5 * (start + end - 1)
-            start = end
-    return ranks
+    """Ranks from 0, ties given their average rank (as scipy.stats.rankdata, minus one)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # rank of the first of each group of equal values
+    return (first + 0.5 * (counts - 1))[inverse]
 
 
 def spearman(x, y):

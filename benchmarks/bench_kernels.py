@@ -1,6 +1,9 @@
-"""`make bench`: the two Triton kernels against the torch paths they replace.
+"""`make bench`: the two Triton kernels against the torch paths and peers a user would pick.
 
-    python -m benchmarks.bench_kernels            # full run (GPU table on CUDA, CPU table else)
+    python -m benchmarks.bench_kernels            # full run (GPU table on CUDA, CPU table else);
+                                                  # prints the table, writes nothing
+    python -m benchmarks.bench_kernels --record   # also write benchmarks/results/<device>-<date>
+                                                  # .json and this device's RESULTS.md section
     python -m benchmarks.bench_kernels --dry-run  # the whole GPU code path on tiny shapes; on a
                                                   # machine without CUDA under TRITON_INTERPRET
     python -m benchmarks.bench_kernels --lm-configs "128,256,64,2048,8,3;128,128,64,1024,8,4"
@@ -9,14 +12,23 @@
 On CUDA:
 * kernel 1 (fused LM head -> log-probs) at D=4096, V in {100352, 128256}, N in {256, 4096,
   16384}, bf16, against torch eager (bf16 matmul -> float32 log_softmax -> gather -> boundary
-  logsumexp) and torch.compile of the same function: median milliseconds
+  logsumexp), torch.compile of the same function, and the chunked approach of Liger-Kernel and
+  others (cuBLAS bf16 matmul over 16384-row vocabulary chunks, float32 online log-sum-exp,
+  target logits from gathered weight rows): median milliseconds
   (``triton.testing.do_bench``, which also flushes L2 before every call), achieved TFLOP/s
   (2*N*D*V / time) against the measured bf16 matmul rate of the same GPU at the same shape, and
   peak extra memory (``torch.cuda.max_memory_allocated`` above what was allocated before the
   call, after ``reset_peak_memory_stats``);
-* kernel 2 (tree attention) against ``scaled_dot_product_attention`` with a dense boolean mask,
-  at prompt 512/2048 + trie 64/512 nodes, 32 query heads (8 kv heads, expanded for SDPA
-  outside the timed region), head_dim 128, bf16.
+* kernel 2 (tree attention) against ``scaled_dot_product_attention`` with a dense boolean mask
+  and against FlexAttention (``torch.nn.attention.flex_attention``, compiled, with a block mask
+  built from span_end once per row, its build time reported apart), at prompt 512/2048 + trie
+  64/512 nodes (one sequence per row) and on rows packed like the engine's (40 x (150 + 50)
+  and 16 x (450 + 50) tokens), 32 query heads (8 kv heads, expanded for SDPA outside the timed
+  region), head_dim 128, bf16.
+
+The issue's targets (LM head at N=4096, D=4096, V=128256 >= 70% of the bf16 matmul rate and
+>= 1.3x the chunked peer; tree attention >= 1.5x FlexAttention on packed rows) are printed
+with the measured ratios, met or not.
 Inputs are rotated over several buffers between calls so that no call finds its inputs in
 cache. Each kernel's output is also checked against the plain-torch reference, once per shape.
 
@@ -26,14 +38,16 @@ reference against full [N, V] logits at V=128256, time and peak memory, each var
 process. Peak memory there is the resident-set high-water mark (VmHWM, reset through
 /proc/self/clear_refs) above the resident set just before the call.
 
-Results: ``benchmarks/results/<device>-<date>.json`` and a section per device in
-``benchmarks/RESULTS.md`` (the latest run of a device replaces its section).
+Results: printed. With ``--record`` also ``benchmarks/results/<device>-<date>.json`` and a
+section per device in the tracked ``benchmarks/RESULTS.md`` (the latest run of a device
+replaces its section); ``--out DIR`` writes both under DIR instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import gc
 import json
 import math
@@ -58,9 +72,19 @@ NEEDS_CUDA = ("Kernel timings need CUDA: this machine has none, so only the CPU 
 # (N, D, V) of the full GPU table and of the dry run.
 GPU_LM_SHAPES = [(n, 4096, v) for v in (100352, 128256) for n in (256, 4096, 16384)]
 DRY_LM_SHAPES = [(1, 64, 300), (40, 72, 257)]
-# (prompt, trie nodes, query heads, kv heads, head_dim).
-GPU_TREE_SHAPES = [(p, n, 32, 8, 128) for p in (512, 2048) for n in (64, 512)]
-DRY_TREE_SHAPES = [(20, 8, 4, 2, 32), (9, 30, 4, 1, 16)]
+# (sequences packed in the row, prompt, trie nodes, query heads, kv heads, head_dim): one
+# sequence per row, and rows packed end to end as the engine packs them (40 x (150 + 50) and
+# 16 x (450 + 50) tokens in T = 8000).
+GPU_TREE_SHAPES = ([(1, p, n, 32, 8, 128) for p in (512, 2048) for n in (64, 512)]
+                   + [(40, 150, 50, 32, 8, 128), (16, 450, 50, 32, 8, 128)])
+DRY_TREE_SHAPES = [(1, 20, 8, 4, 2, 32), (1, 9, 30, 4, 1, 16), (3, 12, 6, 4, 2, 32)]
+# The LM head's chunked peer: vocabulary rows per cuBLAS matmul (Liger-Kernel style).
+CHUNKED_VOCAB = 16384
+# The issue's targets on H100/H200, bf16 (checked on the GPU table, reported met or not).
+TARGET_LM_SHAPE = (4096, 4096, 128256)
+TARGET_LM_OF_MATMUL = 0.70
+TARGET_LM_VS_CHUNKED = 1.3
+TARGET_TREE_VS_FLEX = 1.5
 # (N, D) of the CPU comparison, at V=128256.
 CPU_SHAPES = [(512, 1024), (2048, 1024)]
 CPU_VOCAB = 128256
@@ -181,6 +205,39 @@ def lm_head_eager(hidden, weight, targets, boundary_idx):
     return target_logp, torch.logsumexp(logp.index_select(1, boundary_idx), dim=-1)
 
 
+@functools.cache
+def compiled_lm_head_eager():
+    """One torch.compile of ``lm_head_eager`` for all shapes (Inductor specialises per shape
+    or goes dynamic as it sees fit; compile time stays out of the timings)."""
+    return torch.compile(lm_head_eager)
+
+
+def boundary_chunks(boundary_idx: torch.Tensor, v: int, chunk: int = CHUNKED_VOCAB) -> list:
+    """The boundary ids of each vocabulary chunk, relative to the chunk (built once, outside
+    the timed region, as a user of the chunked approach would)."""
+    return [boundary_idx[(boundary_idx >= s) & (boundary_idx < s + chunk)] - s
+            for s in range(0, v, chunk)]
+
+
+def lm_head_chunked(hidden, weight, targets, chunks_boundary, chunk=CHUNKED_VOCAB):
+    """The chunked peer (Liger-Kernel and others): cuBLAS bf16 matmul over vocabulary chunks,
+    float32 online log-sum-exp over the whole vocabulary and over the boundary tokens (their
+    per-chunk ids from ``boundary_chunks``), target logits from the gathered weight rows.
+    Returns ``lm_head_eager``'s two log-prob tensors."""
+    n = hidden.shape[0]
+    lse = torch.full((n,), float("-inf"), device=hidden.device)
+    blse = lse.clone()
+    for i, start in enumerate(range(0, weight.shape[0], chunk)):
+        logits = (hidden @ weight[start:start + chunk].T).float()
+        lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
+        blse = torch.logaddexp(blse, torch.logsumexp(logits.index_select(1, chunks_boundary[i]),
+                                                     dim=1))
+    rows = weight[targets.clamp(min=0)].float()  # [N, K, D]
+    target = torch.bmm(rows, hidden.float()[:, :, None])[..., 0]
+    target = target.masked_fill(targets < 0, float("-inf"))
+    return target - lse[:, None], blse - lse
+
+
 def lm_head_fused(hidden, weight, targets, boundary_mask, config=None):
     """The kernel, returning the same two log-prob tensors as ``lm_head_eager``."""
     from kernels.lm_head import lm_head_logprobs_triton
@@ -209,7 +266,7 @@ def bench_lm_head_shape(n, d, v, device, dtype, use_compile, configs=()) -> dict
     from kernels.lm_head import lm_head_logprobs_reference
 
     weight, mask, idx, rot = lm_head_inputs(n, d, v, device, dtype)
-    compiled = torch.compile(lm_head_eager, dynamic=False) if use_compile else None
+    compiled = compiled_lm_head_eager() if use_compile else None
 
     def call(impl, boundary):
         def fn():
@@ -218,6 +275,7 @@ def bench_lm_head_shape(n, d, v, device, dtype, use_compile, configs=()) -> dict
         return fn
 
     variants = {"fused": call(lm_head_fused, mask), "eager": call(lm_head_eager, idx),
+                "chunked": call(lm_head_chunked, boundary_chunks(idx, v)),
                 "matmul": lambda: rot()[0] @ weight.T}
     if compiled is not None:
         variants["compile"] = call(compiled, idx)
@@ -229,6 +287,7 @@ def bench_lm_head_shape(n, d, v, device, dtype, use_compile, configs=()) -> dict
         row[f"{name}_tflops"] = flop / row[f"{name}_ms"] / 1e9
         row[f"{name}_peak_mib"] = peak_extra_mib(fn, device)
     row["fused_vs_eager_speedup"] = row["eager_ms"] / row["fused_ms"]
+    row["fused_vs_chunked_speedup"] = row["chunked_ms"] / row["fused_ms"]
     if use_compile:
         row["fused_vs_compile_speedup"] = row["compile_ms"] / row["fused_ms"]
     row["fused_fraction_of_matmul_rate"] = row["fused_tflops"] / row["matmul_tflops"]
@@ -239,6 +298,9 @@ def bench_lm_head_shape(n, d, v, device, dtype, use_compile, configs=()) -> dict
     lse, tl, blse = lm_head_logprobs_reference(hidden, weight, targets, mask)
     row["max_abs_diff_vs_reference"] = max(max_abs_diff(got[0], tl - lse[:, None]),
                                            max_abs_diff(got[1], blse - lse))
+    peer = lm_head_chunked(hidden, weight, targets, boundary_chunks(idx, v))
+    row["chunked_max_abs_diff_vs_reference"] = max(max_abs_diff(peer[0], tl - lse[:, None]),
+                                                   max_abs_diff(peer[1], blse - lse))
     row["config_sweep"] = []
     for fields in configs:
         cfg = LMHeadConfig(*fields)
@@ -274,14 +336,24 @@ def random_trie_parents(rng: random.Random, n: int, max_depth: int = 8) -> list[
     return [new_id[parents[old]] if parents[old] >= 0 else -1 for old in order]
 
 
-def tree_inputs(prompt, nodes, hq, hkv, dh, device, dtype, seed=0):
+def packed_span_end(seqs: int, prompt: int, nodes: int, seed: int = 0) -> torch.Tensor:
+    """span_end [1, T] of ``seqs`` sequences (prompt + random trie each) end to end, the
+    engine's packed layout: every sequence sees only itself."""
+    from kernels.tree_attention import trie_span_end
+
+    rng = random.Random(seed)
+    parts = [trie_span_end(prompt, random_trie_parents(rng, nodes)) + i * (prompt + nodes)
+             for i in range(seqs)]
+    return torch.cat(parts)[None]
+
+
+def tree_inputs(seqs, prompt, nodes, hq, hkv, dh, device, dtype, seed=0):
     """span_end [1, T], the dense mask [T, T] for SDPA, and a Rotation of (q, k, v, k and v
     expanded to hq heads) sets."""
-    from kernels.tree_attention import span_end_visible, trie_span_end
+    from kernels.tree_attention import span_end_visible
 
-    span_end = trie_span_end(prompt, random_trie_parents(random.Random(seed), nodes))
-    span_end = span_end[None].to(device)
-    t = prompt + nodes
+    span_end = packed_span_end(seqs, prompt, nodes, seed).to(device)
+    t = span_end.shape[1]
     g = torch.Generator(device=device).manual_seed(seed)
     per_set = (2 * hq + 2 * hkv) * t * dh * torch.finfo(dtype).bits // 8
     sets = []
@@ -294,15 +366,43 @@ def tree_inputs(prompt, nodes, hq, hkv, dh, device, dtype, seed=0):
     return span_end, span_end_visible(span_end[0]), Rotation(sets)
 
 
-def bench_tree_shape(prompt, nodes, hq, hkv, dh, device, dtype, configs=()) -> dict:
+def flex_block_mask(span_end: torch.Tensor):
+    """FlexAttention's block mask for the tree pattern ``j <= i < span_end[b, j]``."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def tree_mask(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx < span_end[b, kv_idx])
+
+    b, t = span_end.shape
+    return create_block_mask(tree_mask, b, None, t, t, device=span_end.device)
+
+
+@functools.cache
+def flex_attention_fn(use_compile: bool):
+    """FlexAttention, compiled as its documentation asks (eager is a slow reference); one
+    compiled function for all shapes."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    warnings.filterwarnings("ignore", message=".*flex_attention.*")
+    return torch.compile(flex_attention, dynamic=False) if use_compile else flex_attention
+
+
+def bench_tree_shape(seqs, prompt, nodes, hq, hkv, dh, device, dtype, configs=(),
+                     use_compile=True) -> dict:
     """One row of the kernel-2 table (plus the kernel under each extra config)."""
     import torch.nn.functional as F
 
     from kernels._tree_attention_triton import TreeAttentionConfig
     from kernels.tree_attention import tree_attention_reference, tree_attention_triton
 
-    span_end, dense, rot = tree_inputs(prompt, nodes, hq, hkv, dh, device, dtype)
+    span_end, dense, rot = tree_inputs(seqs, prompt, nodes, hq, hkv, dh, device, dtype)
     scale = dh**-0.5
+    flex = flex_attention_fn(use_compile)
+    start = time.perf_counter()
+    block_mask = flex_block_mask(span_end)
+    mask_ms = (time.perf_counter() - start) * 1e3
 
     def fused(config=None):
         q, k, v, _, _ = rot()
@@ -312,21 +412,30 @@ def bench_tree_shape(prompt, nodes, hq, hkv, dh, device, dtype, configs=()) -> d
         q, _, _, k_rep, v_rep = rot()
         return F.scaled_dot_product_attention(q, k_rep, v_rep, attn_mask=dense, scale=scale)
 
+    def flex_attention():
+        q, k, v, _, _ = rot()
+        return flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+
     visible_pairs = int(dense.sum())
-    row = {"prompt": prompt, "trie_nodes": nodes, "T": prompt + nodes, "heads": hq,
+    t = span_end.shape[1]
+    row = {"sequences": seqs, "prompt": prompt, "trie_nodes": nodes, "T": t, "heads": hq,
            "kv_heads": hkv, "head_dim": dh, "dtype": str(dtype).removeprefix("torch."),
-           "visible_fraction": visible_pairs / dense.numel()}
+           "visible_fraction": visible_pairs / dense.numel(),
+           "flex_block_mask_ms": mask_ms, "flex_compiled": use_compile}
     flop = 4.0 * hq * dh * visible_pairs  # useful work: QK^T and PV over visible pairs only
-    for name, fn in (("fused", fused), ("sdpa_dense_mask", sdpa)):
+    for name, fn in (("fused", fused), ("sdpa_dense_mask", sdpa), ("flex", flex_attention)):
         fn()
         row[f"{name}_ms"] = time_ms(fn, device)
         row[f"{name}_useful_tflops"] = flop / row[f"{name}_ms"] / 1e9
         row[f"{name}_peak_mib"] = peak_extra_mib(fn, device)
     row["fused_vs_sdpa_speedup"] = row["sdpa_dense_mask_ms"] / row["fused_ms"]
+    row["fused_vs_flex_speedup"] = row["flex_ms"] / row["fused_ms"]
     q, k, v = rot.sets[0][:3]
+    want = tree_attention_reference(q, k, v, span_end, scale)
     row["max_abs_diff_vs_reference"] = max_abs_diff(
-        tree_attention_triton(q, k, v, span_end, scale),
-        tree_attention_reference(q, k, v, span_end, scale))
+        tree_attention_triton(q, k, v, span_end, scale), want)
+    row["flex_max_abs_diff_vs_reference"] = max_abs_diff(
+        flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True), want)
     row["config_sweep"] = []
     for fields in configs:
         cfg = TreeAttentionConfig(*fields)
@@ -355,15 +464,17 @@ def gpu_suite(device: torch.device, dry_run: bool, use_compile: bool, lm_configs
                                                      lm_configs))
         _progress("lm_head", result["lm_head"][-1])
     for shape in tree_shapes:
-        result["tree_attention"].append(bench_tree_shape(*shape, device, dtype, tree_configs))
+        result["tree_attention"].append(bench_tree_shape(*shape, device, dtype, tree_configs,
+                                                         use_compile))
         _progress("tree_attention", result["tree_attention"][-1])
     return result
 
 
 def _progress(kind: str, row: dict) -> None:
     """One line per finished row, so a long GPU run shows it is alive."""
-    keys = [k for k in row if k.endswith("_ms") or k.endswith("speedup")]
-    shape = {k: row[k] for k in list(row)[:3]}
+    keys = [k for k in row if (k == "ms" or k.endswith("_ms") or k.endswith("speedup")
+                               or k == "peak_extra_mib") and isinstance(row[k], float)]
+    shape = {k: row[k] for k in list(row)[:4]}
     print(kind, shape, {k: round(row[k], 3) for k in keys}, flush=True)
 
 
@@ -468,21 +579,57 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
 
 LM_COLUMNS = [("N", "N"), ("D", "D"), ("V", "V"), ("fused ms", "fused_ms"),
               ("eager ms", "eager_ms"), ("compile ms", "compile_ms"),
+              ("chunked ms", "chunked_ms"),
               ("x eager", "fused_vs_eager_speedup"), ("x compile", "fused_vs_compile_speedup"),
+              ("x chunked", "fused_vs_chunked_speedup"),
               ("fused TFLOP/s", "fused_tflops"), ("matmul TFLOP/s", "matmul_tflops"),
               ("of matmul", "fused_fraction_of_matmul_rate"),
               ("fused MiB", "fused_peak_mib"), ("eager MiB", "eager_peak_mib"),
-              ("compile MiB", "compile_peak_mib"), ("mem of eager", "fused_mem_fraction_of_eager"),
-              ("max abs diff", "max_abs_diff_vs_reference")]
-TREE_COLUMNS = [("prompt", "prompt"), ("trie", "trie_nodes"), ("heads", "heads"),
+              ("compile MiB", "compile_peak_mib"), ("chunked MiB", "chunked_peak_mib"),
+              ("mem of eager", "fused_mem_fraction_of_eager"),
+              ("max abs diff", "max_abs_diff_vs_reference"),
+              ("chunked max abs diff", "chunked_max_abs_diff_vs_reference")]
+TREE_COLUMNS = [("seqs", "sequences"), ("prompt", "prompt"), ("trie", "trie_nodes"),
+                ("T", "T"), ("heads", "heads"),
                 ("kv", "kv_heads"), ("Dh", "head_dim"), ("fused ms", "fused_ms"),
                 ("SDPA+mask ms", "sdpa_dense_mask_ms"), ("x SDPA", "fused_vs_sdpa_speedup"),
+                ("flex ms", "flex_ms"), ("x flex", "fused_vs_flex_speedup"),
+                ("flex mask ms", "flex_block_mask_ms"),
                 ("fused MiB", "fused_peak_mib"), ("SDPA MiB", "sdpa_dense_mask_peak_mib"),
-                ("max abs diff", "max_abs_diff_vs_reference")]
+                ("flex MiB", "flex_peak_mib"), ("max abs diff", "max_abs_diff_vs_reference"),
+                ("flex max abs diff", "flex_max_abs_diff_vs_reference")]
+TARGET_COLUMNS = [("target", "target"), ("measured", "measured"), ("needed", "needed"),
+                  ("met", "met")]
 CPU_COLUMNS = [("variant", "variant"), ("N", "N"), ("D", "D"), ("V", "V"),
                ("threads", "threads"), ("ms", "ms"),
                ("peak extra MiB", "peak_extra_mib"),
                ("of full logits", "mem_fraction_of_full_logits")]
+
+
+def targets(result: dict) -> list[dict]:
+    """The issue's targets against this run's rows: measured ratio, threshold, met or not
+    ('n/a' where the row is missing, and for a dry run, whose timings mean nothing)."""
+    def check(name, value, needed):
+        if value is None or result["mode"] != "gpu":
+            met = "n/a"
+        else:
+            met = "yes" if value >= needed else "NO"
+        return {"target": name, "measured": value, "needed": needed, "met": met}
+
+    n, d, v = TARGET_LM_SHAPE
+    lm = next((r for r in result.get("lm_head", []) if (r["N"], r["D"], r["V"]) == (n, d, v)),
+              {})
+    out = [check(f"LM head N={n} D={d} V={v}: fraction of the bf16 matmul rate",
+                 lm.get("fused_fraction_of_matmul_rate"), TARGET_LM_OF_MATMUL),
+           check(f"LM head N={n} D={d} V={v}: speedup over the chunked peer",
+                 lm.get("fused_vs_chunked_speedup"), TARGET_LM_VS_CHUNKED)]
+    packed = [r for r in result.get("tree_attention", []) if r["sequences"] > 1]
+    for r in packed or [{}]:
+        shape = (f"{r['sequences']} x ({r['prompt']} + {r['trie_nodes']}), T={r['T']}"
+                 if r else "packed rows")
+        out.append(check(f"tree attention {shape}: speedup over FlexAttention",
+                         r.get("fused_vs_flex_speedup"), TARGET_TREE_VS_FLEX))
+    return out
 
 
 def render_section(result: dict) -> str:
@@ -503,8 +650,14 @@ def render_section(result: dict) -> str:
                   "matmul rate at the same shape):", ""]
         lines += _table(result["lm_head"], LM_COLUMNS) + [""]
     if result.get("tree_attention"):
-        lines += ["Kernel 2, tree attention vs SDPA with a dense boolean mask (bf16):", ""]
+        lines += ["Kernel 2, tree attention vs SDPA with a dense boolean mask and FlexAttention "
+                  "with a block mask from span_end (bf16; seqs > 1: rows packed like the "
+                  "engine's; flex mask ms = building the block mask, once per row, not in "
+                  "flex ms):", ""]
         lines += _table(result["tree_attention"], TREE_COLUMNS) + [""]
+    if result.get("targets"):
+        lines += ["Targets (H100/H200, bf16, one run):", ""]
+        lines += _table(result["targets"], TARGET_COLUMNS) + [""]
     lines += _sweep_lines(result)
     if result.get("cpu_reference"):
         lines += [f"CPU: chunked LM-head reference (chunks of 4096 vocabulary rows) vs full "
@@ -519,7 +672,8 @@ def _sweep_lines(result: dict) -> list[str]:
     """Extra-config timings (``--lm-configs`` / ``--tree-configs``), one table if any."""
     rows = []
     for kind, shape_keys, rate in (("lm_head", ("N", "D", "V"), "tflops"),
-                                   ("tree_attention", ("prompt", "trie_nodes"), "useful_tflops")):
+                                   ("tree_attention", ("sequences", "prompt", "trie_nodes"),
+                                    "useful_tflops")):
         for r in result.get(kind, []):
             for c in r.get("config_sweep", []):
                 rows.append({"kernel": kind, "shape": " ".join(f"{k}={r[k]}" for k in shape_keys),
@@ -534,9 +688,9 @@ def _sweep_lines(result: dict) -> list[str]:
 
 def update_results_md(path: Path, slug: str, section: str) -> None:
     """Replace this device's section of RESULTS.md (or add it), keeping the others."""
-    header = ("# Kernel benchmarks\n\nWritten by `make bench` (`python -m "
-              "benchmarks.bench_kernels`): one section per device, the latest run of a device "
-              "replacing its previous section; raw numbers in `benchmarks/results/`.\n")
+    header = ("# Kernel benchmarks\n\nWritten by `make bench BENCH_ARGS=--record` (`python -m "
+              "benchmarks.bench_kernels --record`): one section per device, the latest run of a "
+              "device replacing its previous section; raw numbers in `benchmarks/results/`.\n")
     text = path.read_text() if path.exists() else header
     begin, end = f"<!-- begin {slug} -->", f"<!-- end {slug} -->"
     block = f"{begin}\n{section}\n{end}"
@@ -566,10 +720,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_kernels",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true",
-                        help="run the GPU code path on tiny shapes (interpreted without CUDA); "
-                             "writes results only with --out")
+                        help="run the GPU code path on tiny shapes (interpreted without CUDA)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the JSON under benchmarks/results/ and this device's "
+                             "section of the tracked benchmarks/RESULTS.md (default: print only)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="directory for the JSON and RESULTS.md (default: benchmarks/)")
+                        help="write the JSON and a RESULTS.md under this directory instead")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="time the torch.compile baseline (default: yes on CUDA, no in a "
                              "dry run without CUDA, where Inductor takes ~20 s per shape)")
@@ -578,7 +734,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "'block_n,block_v,block_k,split_v,num_warps,num_stages'")
     parser.add_argument("--tree-configs", type=_configs, default=(),
                         help="extra tree-attention tiles to time, ';'-separated, each "
-                             "'block_m,block_n,block_scan,num_warps,num_stages'")
+                             "'block_m,block_n,block_scan,num_warps,num_stages[,qk_chunk]'")
     parser.add_argument("--cpu-threads", type=int, default=1,
                         help="intra-op threads for the CPU comparison (default 1: on a shared "
                              "machine, OpenMP barriers across busy cores distort the timings "
@@ -606,6 +762,8 @@ def run(args: argparse.Namespace) -> dict:
     elif has_cuda:
         result["mode"] = "gpu"
         result.update(gpu_suite(device, False, use_compile, args.lm_configs, args.tree_configs))
+    if result.get("lm_head") or result.get("tree_attention"):
+        result["targets"] = targets(result)
     else:
         result["mode"] = "cpu reference"
         result["notes"].append(NEEDS_CUDA)
@@ -614,23 +772,29 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def report(result: dict, record: bool, out: Path | None) -> Path | None:
+    """Print this run's section; write the JSON and the RESULTS.md section only when asked
+    (``--record``: the tracked benchmarks/RESULTS.md; ``--out DIR``: under DIR). Returns the
+    JSON path written, if any."""
+    print()
+    print(render_section(result))
+    if not (record or out):
+        print("(printed only; --record writes benchmarks/results/ and this device's section of "
+              "benchmarks/RESULTS.md, --out DIR writes them under DIR)")
+        return None
+    results_md = out / "RESULTS.md" if out else RESULTS_MD
+    path = write_results(result, out / "results" if out else RESULTS_DIR, results_md)
+    print(f"wrote {path} and the {result['device_slug']} section of {results_md}")
+    return path
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.cpu_worker:
         variant, n, d, v = args.cpu_worker
         print(json.dumps(cpu_worker(variant, int(n), int(d), int(v), args.cpu_threads)))
         return 0
-    result = run(args)
-    if args.dry_run and args.out is None:
-        print(render_section(result))
-        return 0
-    out = args.out or ROOT
-    path = write_results(result, out / "results" if args.out else RESULTS_DIR,
-                         out / "RESULTS.md" if args.out else RESULTS_MD)
-    print(f"wrote {path} and the {result['device_slug']} section of "
-          f"{out / 'RESULTS.md' if args.out else RESULTS_MD}")
-    if not torch.cuda.is_available():
-        print(NEEDS_CUDA)
+    report(run(args), args.record, args.out)
     return 0
 
 

@@ -50,3 +50,8 @@ class AnalysisError(EngineError):
 
 class NonFiniteError(EngineError):
     """The model produced NaN or infinite log-probabilities (bad weights, or overflow)."""
+
+
+class ParallelError(EngineError):
+    """A torchrun launch cannot run as asked (world size, --tp), or one of its ranks failed or
+    stopped answering (engine/distributed.py)."""

@@ -60,35 +60,41 @@ class Col:
     logprob = "logprob"  # log P(answer | prompt), summed over variants (variant table: one variant)
     prob = "prob"  # P(answer | prompt) / coverage
     coverage = "coverage"  # sum over answers of P(answer | prompt)
+    # With --tokenizations all: the share of the probability from non-canonical tokenizations
+    # (null when only the canonical ones were scored); variants: how many were scored.
+    noncanonical_share = "noncanonical_share"
+    tokenizations = "tokenizations"
 
 
-MAIN_SCHEMA = pa.schema([
-    (Col.label, pa.string()),
-    (Col.task, pa.string()),
-    (Col.mode, pa.string()),
-    (Col.prompt_id, pa.string()),
-    (Col.prompt_text, pa.string()),
-    (Col.user_prompt, pa.string()),
-    (Col.continuation, pa.string()),
-    (Col.prompt_token_ids, pa.list_(pa.int64())),
-    (Col.continuation_token_ids, pa.list_(pa.int64())),
-    (Col.answer, pa.string()),
-    (Col.answer_index, pa.int32()),
-    (Col.logprob, pa.float64()),
-    (Col.prob, pa.float64()),
-    (Col.coverage, pa.float64()),
-])
+# Each column's type, once; the two tables are lists of these columns.
+TYPES = {
+    Col.label: pa.string(), Col.task: pa.string(), Col.mode: pa.string(), Col.prompt_id: pa.string(),
+    Col.prompt_text: pa.string(), Col.user_prompt: pa.string(), Col.continuation: pa.string(),
+    Col.prompt_token_ids: pa.list_(pa.int64()), Col.continuation_token_ids: pa.list_(pa.int64()),
+    Col.answer: pa.string(), Col.answer_index: pa.int32(), Col.logprob: pa.float64(),
+    Col.prob: pa.float64(), Col.coverage: pa.float64(), Col.noncanonical_share: pa.float64(),
+    Col.tokenizations: pa.int32(),
+}
 
-VARIANT_SCHEMA = pa.schema([
-    (Col.label, pa.string()),
-    (Col.task, pa.string()),
-    (Col.mode, pa.string()),
-    (Col.prompt_id, pa.string()),
-    (Col.answer, pa.string()),
-    (Col.continuation, pa.string()),
-    (Col.continuation_token_ids, pa.list_(pa.int64())),
-    (Col.logprob, pa.float64()),  # log P(variant tokens | prompt) + log P(boundary | ...)
-])
+
+def _schema(*names: str) -> pa.Schema:
+    return pa.schema([(name, TYPES[name]) for name in names])
+
+
+MAIN_SCHEMA = _schema(Col.label, Col.task, Col.mode, Col.prompt_id, Col.prompt_text, Col.user_prompt,
+                      Col.continuation, Col.prompt_token_ids, Col.continuation_token_ids, Col.answer,
+                      Col.answer_index, Col.logprob, Col.prob, Col.coverage, Col.noncanonical_share)
+# logprob here: log P(variant tokens | prompt) + log P(boundary | ...), over its tokenizations
+VARIANT_SCHEMA = _schema(Col.label, Col.task, Col.mode, Col.prompt_id, Col.answer, Col.continuation,
+                         Col.continuation_token_ids, Col.logprob, Col.noncanonical_share, Col.tokenizations)
+# Columns added in 0.2: results written by 0.1 lack them and are still read.
+ADDED_COLUMNS = (Col.noncanonical_share, Col.tokenizations)
+
+
+def schema_matches(found: pa.Schema, schema: pa.Schema) -> bool:
+    """The results schema, or the 0.1 one (the same without ADDED_COLUMNS)."""
+    legacy = pa.schema([f for f in schema if f.name not in ADDED_COLUMNS])
+    return found.equals(schema, check_metadata=False) or found.equals(legacy, check_metadata=False)
 
 
 def task_hash(task: Task) -> str:
@@ -128,49 +134,64 @@ def notice(message: str) -> None:
 
 
 def main_table(scores: TaskScores, label: str) -> pa.Table:
-    """One row per (prompt, answer)."""
-    rows = {name: [] for name in MAIN_SCHEMA.names}
+    """One row per (prompt, answer); continuation and its tokens are the first variant's."""
+    task, rows = scores.task, []
     for p in scores.prompts:
-        s, dist, coverage = p.sequence, p.distribution, p.coverage
-        first = {a: s.answer_of.index(a) for a in range(len(scores.task.answers))}
-        for a, answer in enumerate(scores.task.answers):
-            v = first[a]
-            for key, value in (
-                (Col.label, label), (Col.task, scores.task.name), (Col.mode, scores.mode),
-                (Col.prompt_id, s.prompt_id), (Col.prompt_text, s.prompt_text),
-                (Col.user_prompt, s.user_prompt), (Col.continuation, s.continuations[v]),
-                (Col.prompt_token_ids, s.prompt_ids), (Col.continuation_token_ids, s.continuation_ids[v]),
-                (Col.answer, answer.name), (Col.answer_index, a),
-                (Col.logprob, float(p.answer_logprob[a])), (Col.prob, float(dist[a])),
-                (Col.coverage, coverage),
-            ):
-                rows[key].append(value)
-    return pa.table(rows, schema=MAIN_SCHEMA)
+        s, dist, share = p.sequence, p.distribution, p.answer_noncanonical_share
+        for a, answer in enumerate(task.answers):
+            v = s.answer_of.index(a)
+            rows.append({
+                Col.label: label, Col.task: task.name, Col.mode: scores.mode, Col.prompt_id: s.prompt_id,
+                Col.prompt_text: s.prompt_text, Col.user_prompt: s.user_prompt,
+                Col.continuation: s.continuations[v], Col.prompt_token_ids: s.prompt_ids,
+                Col.continuation_token_ids: s.continuation_ids[v], Col.answer: answer.name,
+                Col.answer_index: a, Col.logprob: float(p.answer_logprob[a]), Col.prob: float(dist[a]),
+                Col.coverage: p.coverage, Col.noncanonical_share: None if share is None else float(share[a]),
+            })
+    return pa.Table.from_pylist(rows, schema=MAIN_SCHEMA)
 
 
 def variant_table(scores: TaskScores, label: str) -> pa.Table:
     """One row per (prompt, surface variant)."""
-    rows = {name: [] for name in VARIANT_SCHEMA.names}
+    names, rows = [a.name for a in scores.task.answers], []
     for p in scores.prompts:
-        s = p.sequence
-        for v, cont in enumerate(s.continuations):
-            for key, value in (
-                (Col.label, label), (Col.task, scores.task.name), (Col.mode, scores.mode),
-                (Col.prompt_id, s.prompt_id), (Col.answer, scores.task.answers[s.answer_of[v]].name),
-                (Col.continuation, cont), (Col.continuation_token_ids, s.continuation_ids[v]),
-                (Col.logprob, float(p.variant_logprob[v])),
-            ):
-                rows[key].append(value)
-    return pa.table(rows, schema=VARIANT_SCHEMA)
+        s, share = p.sequence, p.variant_noncanonical_share
+        rows += [{Col.label: label, Col.task: scores.task.name, Col.mode: scores.mode,
+                  Col.prompt_id: s.prompt_id, Col.answer: names[s.answer_of[v]], Col.continuation: cont,
+                  Col.continuation_token_ids: s.continuation_ids[v], Col.logprob: float(p.variant_logprob[v]),
+                  Col.noncanonical_share: None if share is None else float(share[v]),
+                  Col.tokenizations: s.path_variant.count(v)}
+                 for v, cont in enumerate(s.continuations)]
+    return pa.Table.from_pylist(rows, schema=VARIANT_SCHEMA)
 
 
 def check_finite(table: pa.Table, where: str) -> None:
     """Results with NaN or infinite numbers are never written."""
-    for name in (Col.logprob, Col.prob, Col.coverage):
+    for name in (Col.logprob, Col.prob, Col.coverage, Col.noncanonical_share):
         if name in table.column_names:
-            values = table.column(name).to_numpy()
+            values = table.column(name).drop_null().to_numpy()
             if not np.isfinite(values).all():
                 raise OutputError(f"{where}: refusing to write non-finite {name} values")
+
+
+def task_info(scores: TaskScores) -> dict:
+    """What the manifest records about a scored task besides its files."""
+    return {"task_hash": task_hash(scores.task), "source": scores.task.source,
+            "prompts": len(scores.prompts), "answers": len(scores.task.answers),
+            "tokens_needed": scores.tokens_needed, "tokens_processed": scores.tokens_processed,
+            "seconds": round(scores.seconds, 4)}
+
+
+def add_token_totals(manifest: dict) -> None:
+    """tokens_needed, tokens_processed and token_efficiency over a manifest's tasks: unique
+    tokens needed (prompt tokens + trie nodes) over tokens run through the model, 1.0 meaning
+    no padding and no repeated prefix."""
+    tasks = [t for t in manifest["tasks"].values() if "tokens_needed" in t]
+    needed = sum(t["tokens_needed"] for t in tasks)
+    processed = sum(t["tokens_processed"] for t in tasks)
+    manifest["tokens_needed"] = needed
+    manifest["tokens_processed"] = processed
+    manifest["token_efficiency"] = round(needed / processed, 6) if processed else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,13 +336,9 @@ class ResultsStore:
         remove_stale_temporaries(self.directory)
         self.manifest["run"] = self.run
 
-    def write_task(self, scores: TaskScores, **info) -> None:
-        name = scores.task.name
-        self.write_tables(name, main_table(scores, self.label), variant_table(scores, self.label),
-                          task_hash=task_hash(scores.task), source=scores.task.source,
-                          prompts=len(scores.prompts), answers=len(scores.task.answers),
-                          tokens_needed=scores.tokens_needed, tokens_processed=scores.tokens_processed,
-                          seconds=round(scores.seconds, 4), **info)
+    def write_task(self, scores: TaskScores) -> None:
+        self.write_tables(scores.task.name, main_table(scores, self.label), variant_table(scores, self.label),
+                          **task_info(scores))
 
     def write_tables(self, name: str, main: pa.Table, variants: pa.Table, **info) -> None:
         """Both tables of a task, then its manifest entry: the old files stay until each new
@@ -347,14 +364,7 @@ class ResultsStore:
 
     def save_manifest(self, **extra) -> None:
         self.manifest.update(extra)
-        tasks = [t for t in self.manifest["tasks"].values() if "tokens_needed" in t]
-        needed = sum(t["tokens_needed"] for t in tasks)
-        processed = sum(t["tokens_processed"] for t in tasks)
-        self.manifest["tokens_needed"] = needed
-        self.manifest["tokens_processed"] = processed
-        # Unique tokens needed (prompt tokens + trie nodes) over tokens run through the model:
-        # 1.0 means no padding and no repeated prefix.
-        self.manifest["token_efficiency"] = round(needed / processed, 6) if processed else None
+        add_token_totals(self.manifest)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             atomic_write(self.directory / MANIFEST, (json.dumps(self.manifest, indent=2) + "\n").encode())
@@ -379,7 +389,7 @@ class ResultsStore:
             table = pq.read_table(self.directory / file)
         except Exception as e:  # pyarrow raises several types for a bad file
             raise OutputError(f"{self.directory / file}: unreadable parquet ({str(e).splitlines()[0]}); {fix}") from None
-        if not table.schema.equals(schema, check_metadata=False):
+        if not schema_matches(table.schema, schema):
             raise OutputError(f"{self.directory / file}: columns differ from the results schema; {fix}")
         if rows is not None and table.num_rows != rows:
             raise OutputError(f"{self.directory / file}: {table.num_rows} rows, the manifest says {rows}; {fix}")

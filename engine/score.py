@@ -4,6 +4,10 @@ A thin shell over `engine.score_checkpoint` (engine/api.py): it writes
 results/<label>/<task>.parquet, variants/<task>.parquet and manifest.json (docs/results.md).
 Every input is validated before anything is written; a user error prints one line and exits
 with status 2.
+
+`torchrun --nproc-per-node N -m engine.score CHECKPOINT --tp N ...` splits the checkpoint across
+N ranks (engine/distributed.py); rank 0 writes and prints, and an error on any rank stops all of
+them with one line from rank 0 and status 2 (torchrun then reports the failed ranks itself).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import argparse
 import sys
 
 from engine.api import DEFAULT_BATCH_TOKENS, LABEL, ScoreResult, score_checkpoint
-from engine.errors import EngineError
+from engine.errors import EngineError, ParallelError
 from engine.tasks import format_task_list, load_tasks
+from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args"]
 
@@ -39,12 +44,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="rescore the given tasks even if finished or scored from another checkpoint or "
                         "settings; other tasks under the label are left as they are")
+    p.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="split the model across N ranks launched by torchrun --nproc-per-node N "
+                        "(tensor parallelism; default: 1)")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long a rank waits for the others at a collective before giving up "
+                        "(default: 1800)")
+    p.add_argument("--tokenizations", choices=list(TOKENIZATIONS), default="canonical",
+                   help="canonical: each answer's own tokens (default); all: every token sequence that "
+                        "spells it (P of the answer's text), with the non-canonical share reported")
+    p.add_argument("--max-tokenizations", type=int, default=DEFAULT_MAX_TOKENIZATIONS, metavar="N",
+                   help=f"with --tokenizations all, refuse a variant with more than N (default "
+                        f"{DEFAULT_MAX_TOKENIZATIONS})")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
     args = p.parse_args(argv)
     if not args.list_tasks and not args.checkpoint:
         p.error("CHECKPOINT is required (or --list-tasks)")
     if args.batch_tokens < 1:
         p.error("--batch-tokens must be a positive integer")
+    if args.tp < 1:
+        p.error("--tp must be a positive integer")
+    if args.dist_timeout is not None and args.dist_timeout <= 0:
+        p.error("--dist-timeout must be a positive number of seconds")
+    if args.max_tokenizations < 1:
+        p.error("--max-tokenizations must be a positive integer")
     if args.label is not None and not LABEL.fullmatch(args.label):
         p.error(f"--label {args.label!r} must be a plain name (letters, digits, '.', '_', '-'), not a path")
     return args
@@ -52,18 +75,35 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.list_tasks:
+    if args.list_tasks:
+        try:
             print(format_task_list(load_tasks(args.tasks)))
-            return 0
+        except EngineError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    from engine import distributed
+
+    try:
+        layout = distributed.setup(args.tp, args.device, args.dist_timeout)
+        if layout.world != args.tp:
+            raise distributed.everywhere(ParallelError(
+                f"torchrun started {layout.world} processes but --tp is {args.tp}: engine.score splits "
+                f"one checkpoint across all of them; pass --tp {layout.world}, or score several "
+                "checkpoints with python -m engine.sweep"))
         result = score_checkpoint(
             args.checkpoint, tasks=args.tasks, mode=args.mode, dtype=args.dtype, device=args.device,
             out=args.out, label=args.label, batch_tokens=args.batch_tokens,
-            chat_template=args.chat_template, overwrite=args.overwrite)
+            chat_template=args.chat_template, overwrite=args.overwrite,
+            tokenizations=args.tokenizations, max_tokenizations=args.max_tokenizations, tp=args.tp)
     except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if distributed.reports(e):
+            print(f"error: {e}", file=sys.stderr)
         return 2
-    print_summary(result)
+    finally:
+        distributed.shutdown()
+    if layout.rank == 0:
+        print_summary(result)
     return 0
 
 

@@ -22,18 +22,26 @@ How it runs:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from engine.chat import ChatTemplate
 from engine.checkpoint import Checkpoint
-from engine.errors import ChatTemplateError, NonFiniteError, PromptTooLongError, TaskError
+from engine.distributed import lm_head_logprobs
+from engine.errors import (
+    ChatTemplateError,
+    NonFiniteError,
+    PromptTooLongError,
+    TaskError,
+    TokenizerError,
+)
 from engine.tasks import Task, check_variants_tokenize
+from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS, TokenPieces
 from engine.trie import DuplicateContinuation, Trie, build_trie
 from kernels import use_triton
-from kernels.lm_head import lm_head_logprobs
+from kernels.tree_attention import trie_span_end
 
 MODES = ("chat", "base")
 
@@ -64,7 +72,12 @@ def special_token_ids(checkpoint: Checkpoint) -> dict[int, str]:
 
 @dataclass
 class Sequence:
-    """One prompt with every continuation of every answer, ready to score."""
+    """One prompt with every continuation of every answer, ready to score.
+
+    The trie holds one path per tokenization that is scored: the canonical tokenization of each
+    variant, and with `--tokenizations all` every other token sequence spelling it too
+    (`path_variant[k]` is the variant of the trie's continuation k; `path_canonical[k]` says
+    whether it is that variant's canonical tokenization)."""
 
     task: str
     prompt_id: str
@@ -72,9 +85,16 @@ class Sequence:
     prompt_text: str  # exactly what the model reads before the answer
     prompt_ids: list[int]
     continuations: list[str]  # one per variant, in answer order
-    continuation_ids: list[list[int]]
+    continuation_ids: list[list[int]]  # canonical tokens of each variant
     answer_of: list[int]  # answer index of each continuation
     trie: Trie
+    path_variant: list[int] = field(default_factory=list)
+    path_canonical: list[bool] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.path_variant:  # canonical only: path k is variant k
+            self.path_variant = list(range(len(self.continuations)))
+            self.path_canonical = [True] * len(self.continuations)
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.trie)
@@ -91,9 +111,16 @@ class PromptEncoder:
     holds its special tokens as text, so it is tokenized without adding any (as transformers'
     apply_chat_template does)."""
 
-    def __init__(self, checkpoint: Checkpoint, mode: str, chat_template: ChatTemplate | None = None):
+    def __init__(self, checkpoint: Checkpoint, mode: str, chat_template: ChatTemplate | None = None,
+                 tokenizations: str = "canonical", max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if tokenizations not in TOKENIZATIONS:
+            raise ValueError(f"tokenizations must be one of {TOKENIZATIONS}, got {tokenizations!r}")
+        self.tokenizations = tokenizations
+        self.max_tokenizations = max_tokenizations
+        self.pieces = (TokenPieces(checkpoint.tokenizer, str(checkpoint.path / "tokenizer.json"))
+                       if tokenizations == "all" else None)
         self.checkpoint = checkpoint
         self.mode = mode
         self.template = chat_template or checkpoint.chat_template
@@ -156,16 +183,39 @@ class PromptEncoder:
                 continuations.append(cont)
                 ids.append(cont_ids)
                 answer_of.append(a)
+        paths, path_variant, canonical = self._paths(where, task, continuations, ids, answer_of)
         try:
-            trie = build_trie(ids)
+            trie = build_trie(paths)
         except DuplicateContinuation as e:
             raise TaskError(
-                f"{where}: variants {continuations[e.first]!r} and "
-                f"{continuations[e.second]!r} tokenize identically; drop one of them from the task file"
+                f"{where}: variants {continuations[path_variant[e.first]]!r} and "
+                f"{continuations[path_variant[e.second]]!r} tokenize identically; drop one of them from the task file"
             ) from None
-        self._check_separable(where, trie, continuations)
+        self._check_separable(where, trie, [continuations[v] for v in path_variant])
         return Sequence(task.name, prompt.id, task.prompt_text(prompt), text, prompt_ids,
-                        continuations, ids, answer_of, trie)
+                        continuations, ids, answer_of, trie, path_variant, canonical)
+
+    def _paths(self, where, task, continuations, ids, answer_of):
+        """The token paths to score: each variant's canonical tokens, and with tokenizations
+        "all" every other token sequence that spells the continuation."""
+        if self.pieces is None:
+            return ids, list(range(len(ids))), [True] * len(ids)
+        paths, path_variant, canonical = [], [], []
+        for v, (cont, canon) in enumerate(zip(continuations, ids, strict=True)):
+            found = self.pieces.tokenizations(cont, self.max_tokenizations)
+            if found is None:
+                raise TaskError(
+                    f"{where}, answer {task.answers[answer_of[v]].name!r}: {cont!r} has more than "
+                    f"{self.max_tokenizations} tokenizations; raise --max-tokenizations or score with "
+                    "--tokenizations canonical")
+            if canon not in found:
+                raise TokenizerError(f"{self.checkpoint.path}: the canonical tokens of {cont!r} do not spell "
+                                     "it byte for byte; score with --tokenizations canonical")
+            for path in [canon] + [f for f in found if f != canon]:
+                paths.append(path)
+                path_variant.append(v)
+                canonical.append(path is canon)
+        return paths, path_variant, canonical
 
     def _check_separable(self, where: str, trie: Trie, continuations: list[str]) -> None:
         """Refuse a variant whose tokens continue into another's with a boundary token: the
@@ -199,14 +249,57 @@ def task_sequences(encoder: PromptEncoder, task: Task) -> list[Sequence]:
 # Packing: sequences -> rows, one row per forward pass
 
 
+@dataclass(frozen=True)
+class Part:
+    """What one sequence puts into a row: its prompt and a subset of its trie nodes, closed
+    under ancestors (pre-order). Its LM-head rows are those of `owned` (-1: the prompt's last
+    token): every node is owned by exactly one part of its sequence."""
+
+    seq: int
+    nodes: tuple[int, ...]
+    owned: tuple[int, ...]
+
+
+def whole(seq: int, s: Sequence) -> Part:
+    return Part(seq, tuple(range(len(s.trie))), (-1, *range(len(s.trie))))
+
+
+def split(seq: int, s: Sequence, budget: int) -> list[Part]:
+    """A sequence cut into parts of at most `budget` tokens (prompt + trie nodes), when its
+    prompt and the ancestors of one node leave room: each part repeats the prompt and the
+    ancestors of the nodes it owns, so no node's tokens are cut from what it attends to. A
+    sequence that does not fit anyway stays whole (a row of its own)."""
+    trie, room = s.trie, budget - len(s.prompt_ids)
+    if len(s) <= budget or room < max(trie.depth) + 1:
+        return [whole(seq, s)]
+    parts, nodes, owned = [], {}, [-1]
+    for n in range(len(trie)):
+        chain = []  # n and its ancestors not yet in the part, nearest first
+        k = n
+        while k >= 0 and k not in nodes:
+            chain.append(k)
+            k = trie.parent[k]
+        if len(nodes) + len(chain) > room:
+            parts.append(Part(seq, tuple(sorted(nodes)), tuple(owned)))
+            nodes, owned = {}, []
+            chain, k = [], n
+            while k >= 0:
+                chain.append(k)
+                k = trie.parent[k]
+        nodes.update(dict.fromkeys(chain))
+        owned.append(n)
+    parts.append(Part(seq, tuple(sorted(nodes)), tuple(owned)))
+    return parts
+
+
 @dataclass
 class Batch:
-    """[1, T] inputs for one forward pass: sequences packed end to end, and where each sits."""
+    """[1, T] inputs for one forward pass: parts of sequences packed end to end, and where."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     span_end: torch.Tensor
-    placements: list[tuple[int, int]]  # (sequence index, offset in the row)
+    placements: list[tuple[Part, int]]  # (part, offset in the row)
 
     @property
     def processed_tokens(self) -> int:
@@ -214,8 +307,8 @@ class Batch:
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: sequence indices per row, no row over `capacity` (a longer
-    sequence gets a row of its own)."""
+    """First-fit decreasing: item indices per row, no row over `capacity` (a longer item gets a
+    row of its own)."""
     rows: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
@@ -233,8 +326,8 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
 def packs_sequences(checkpoint: Checkpoint) -> bool:
     """Whether several sequences share a forward pass.
 
-    Only on the Triton path (CUDA). The torch reference path (CPU) runs every sequence in a
-    forward pass of its own: then every matmul, norm and softmax that touches a sequence sees
+    Only on the Triton path (CUDA). The torch reference path (CPU) runs every sequence whole in
+    a forward pass of its own: then every matmul, norm and softmax that touches a sequence sees
     tensors holding that sequence alone, in the same shapes every time, so its bits cannot
     depend on `batch_tokens` or on which other prompts are scored (BLAS libraries pick kernels,
     blockings and thread splits by shape; a packed row changes the shapes). It is no slower
@@ -244,25 +337,30 @@ def packs_sequences(checkpoint: Checkpoint) -> bool:
 
 
 def make_batches(sequences: list[Sequence], batch_tokens: int, pack: bool = True) -> list[Batch]:
-    """Sequences packed end to end into rows of at most `batch_tokens` tokens (a longer
-    sequence alone), one row per forward pass: no padding at all. Packed neighbours cannot see
-    each other (span_end ends at each sequence's end), and attention skips what they cannot see.
-    With `pack=False` every sequence is a row of its own."""
-    rows = pack_rows([len(s) for s in sequences], batch_tokens) if pack else [[i] for i in range(len(sequences))]
-    return [_layout(sequences, row) for row in rows]
+    """Rows of at most `batch_tokens` tokens, one per forward pass, with no padding at all.
+
+    Packed (`pack=True`): sequences longer than `batch_tokens` are split into parts (`split`),
+    and parts are packed end to end; packed neighbours cannot see each other (span_end ends at
+    each part's end), and attention skips what they cannot see. Unpacked: every sequence whole
+    in a row of its own."""
+    if not pack:
+        return [_layout(sequences, [whole(i, s)]) for i, s in enumerate(sequences)]
+    parts = [part for i, s in enumerate(sequences) for part in split(i, s, batch_tokens)]
+    lengths = [len(sequences[p.seq].prompt_ids) + len(p.nodes) for p in parts]
+    return [_layout(sequences, [parts[i] for i in row]) for row in pack_rows(lengths, batch_tokens)]
 
 
-def _layout(sequences: list[Sequence], row: list[int]) -> Batch:
+def _layout(sequences: list[Sequence], parts: list[Part]) -> Batch:
     ids, positions, span_end, placements = [], [], [], []
-    for i in row:
-        s, offset = sequences[i], len(ids)
+    for part in parts:
+        s, offset = sequences[part.seq], len(ids)
         p, trie = len(s.prompt_ids), s.trie
-        end = offset + len(s)
-        ids += s.prompt_ids + list(trie.tokens)
-        positions += list(range(p)) + [p - 1 + d for d in trie.depth]  # a node sits at its depth
-        span_end += [end] * p  # the prompt is causal and seen by all of its own trie
-        span_end += [offset + p + k + trie.span[k] for k in range(len(trie))]  # ancestors only
-        placements.append((i, offset))
+        local = {n: k for k, n in enumerate(part.nodes)}
+        parents = [local.get(trie.parent[n], -1) for n in part.nodes]  # the part is ancestor-closed
+        ids += s.prompt_ids + [trie.tokens[n] for n in part.nodes]
+        positions += list(range(p)) + [p - 1 + trie.depth[n] for n in part.nodes]  # a node sits at its depth
+        span_end += (trie_span_end(p, parents) + offset).tolist()  # prompt causal, trie: ancestors only
+        placements.append((part, offset))
     as_row = lambda values, dtype: torch.tensor([values], dtype=dtype)
     return Batch(as_row(ids, torch.long), as_row(positions, torch.long), as_row(span_end, torch.int32), placements)
 
@@ -276,8 +374,11 @@ class PromptScores:
     """Exact log-probabilities for one prompt."""
 
     sequence: Sequence
-    variant_logprob: np.ndarray  # float64 [n_continuations]
+    variant_logprob: np.ndarray  # float64 [n_continuations]: over every scored tokenization
     answer_logprob: np.ndarray  # float64 [n_answers]: log-sum-exp over each answer's variants
+    # With --tokenizations all: the same from the canonical tokenizations alone (else None).
+    variant_canonical_logprob: np.ndarray | None = None
+    answer_canonical_logprob: np.ndarray | None = None
 
     @property
     def coverage(self) -> float:
@@ -291,6 +392,21 @@ class PromptScores:
         weights = np.exp(lp - top)
         return weights / weights.sum()
 
+    @staticmethod
+    def _share(canonical, total):
+        # 1 - P(canonical) / P(all) in log space; clipped: both are rounded, and "+0.0 -" keeps -0.0 out
+        return None if canonical is None else np.clip(0.0 - np.expm1(canonical - total), 0.0, 1.0)
+
+    @property
+    def answer_noncanonical_share(self) -> np.ndarray | None:
+        """Fraction of each answer's probability from non-canonical tokenizations (None when
+        only canonical ones were scored)."""
+        return self._share(self.answer_canonical_logprob, self.answer_logprob)
+
+    @property
+    def variant_noncanonical_share(self) -> np.ndarray | None:
+        return self._share(self.variant_canonical_logprob, self.variant_logprob)
+
 
 @dataclass
 class TaskScores:
@@ -302,65 +418,62 @@ class TaskScores:
     seconds: float = 0.0
 
 
-def lm_head_rows(sequence: Sequence, offset: int):
-    """Where the LM head is needed for one sequence placed at `offset` of its row.
+class TrieScores:
+    """A sequence's log-probabilities as parts fill them in: for each trie node, log P(node's
+    token | its parent), and at every node, log P(boundary token next)."""
 
-    Returns (positions, targets, slot_of, row_of): the row positions that predict something
-    (the prompt's last token, and every trie node with children or where a continuation ends),
-    the child tokens each of them predicts, for each trie node the (LM-head row, slot) of its own
-    log-probability, and for each trie node its own LM-head row (for the boundary factor)."""
-    p, trie = len(sequence.prompt_ids), sequence.trie
-    ends = set(trie.ends)
-    positions, targets = [], []
-    slot_of: list[tuple[int, int]] = [(-1, -1)] * len(trie)
-    row_of: dict[int, int] = {}
-    for node in [-1, *range(len(trie))]:
-        kids = trie.children(node)
-        if not kids and node not in ends:
-            continue
-        row_of[node] = len(positions)
-        positions.append(offset + (p - 1 if node < 0 else p + node))
-        targets.append([trie.tokens[k] for k in kids])
-        for slot, k in enumerate(kids):
-            slot_of[k] = (row_of[node], slot)
-    return positions, targets, slot_of, row_of
+    def __init__(self, s: Sequence):
+        self.node = np.full(len(s.trie), np.nan)
+        self.boundary = np.full(len(s.trie), np.nan)
+
+    def path_logprobs(self, s: Sequence) -> np.ndarray:
+        trie = s.trie
+        return np.array([self.node[trie.path(k)].sum() + self.boundary[trie.ends[k]] for k in range(len(trie.ends))])
+
+
+def lm_head_rows(s: Sequence, part: Part, offset: int) -> tuple[list[int], list[list[int]]]:
+    """Row positions of a part's owned nodes (the prompt's last token for -1) and the child
+    tokens each of them predicts."""
+    p, trie = len(s.prompt_ids), s.trie
+    local = {n: k for k, n in enumerate(part.nodes)}
+    positions = [offset + (p - 1 if n < 0 else p + local[n]) for n in part.owned]
+    targets = [[trie.tokens[k] for k in trie.children(n)] for n in part.owned]
+    return positions, targets
 
 
 @torch.inference_mode()
 def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
-                boundary: torch.Tensor) -> dict[int, np.ndarray]:
-    """Variant log-probabilities (float64) of every sequence placed in `batch`."""
+                boundary: torch.Tensor, scores: dict[int, TrieScores]) -> None:
+    """Fill `scores` with what the LM head gives at the owned nodes of every part in `batch`."""
     device = checkpoint.device
     hidden = checkpoint.model.hidden_states(
         batch.input_ids.to(device), batch.position_ids.to(device), batch.span_end.to(device)
     )
     flat = hidden.reshape(-1, hidden.shape[-1])
-    plans, all_rows, all_targets = [], [], []
-    for i, offset in batch.placements:
-        positions, targets, slot_of, row_of = lm_head_rows(sequences[i], offset)
-        plans.append((i, len(all_rows), slot_of, row_of))
-        all_rows += positions
-        all_targets += targets
-    k = max(1, max(len(t) for t in all_targets))
-    target_ids = torch.full((len(all_targets), k), -1, dtype=torch.long)
-    for n, t in enumerate(all_targets):
-        target_ids[n, : len(t)] = torch.tensor(t, dtype=torch.long)
-    lse, target_logits, boundary_lse = lm_head_logprobs(
-        flat[torch.tensor(all_rows, device=device)], checkpoint.model.output_weight,
-        target_ids.to(device), boundary.to(device),
+    owners, rows, targets = [], [], []
+    for part, offset in batch.placements:
+        positions, kids = lm_head_rows(sequences[part.seq], part, offset)
+        owners += [(part.seq, n) for n in part.owned]
+        rows += positions
+        targets += kids
+    # Rows padded to the widest row's targets: even a root with a thousand children costs less
+    # to gather than the log-sum-exp over the vocabulary that every row needs anyway.
+    target_ids = torch.full((len(targets), max(1, max(map(len, targets)))), -1, dtype=torch.long)
+    for r, kids in enumerate(targets):
+        target_ids[r, : len(kids)] = torch.tensor(kids, dtype=torch.long)
+    lse, target_logits, boundary_lse = lm_head_logprobs(  # merged across ranks under --tp
+        checkpoint.model, flat[torch.tensor(rows, device=device)], target_ids.to(device),
+        boundary.to(device),
     )
     lse = lse.double().cpu().numpy()
     target_lp = target_logits.double().cpu().numpy() - lse[:, None]
     boundary_lp = boundary_lse.double().cpu().numpy() - lse
-    out = {}
-    for i, base, slot_of, row_of in plans:
-        trie = sequences[i].trie
-        node_lp = np.array([target_lp[base + r, slot] for r, slot in slot_of])
-        out[i] = np.array([
-            node_lp[trie.path(v)].sum() + boundary_lp[base + row_of[trie.ends[v]]]
-            for v in range(len(trie.ends))
-        ])
-    return out
+    for r, (seq, n) in enumerate(owners):
+        trie, into = sequences[seq].trie, scores[seq]
+        for slot, child in enumerate(trie.children(n)):
+            into.node[child] = target_lp[r, slot]
+        if n >= 0:
+            into.boundary[n] = boundary_lp[r]
 
 
 def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, sequences: list[Sequence],
@@ -372,29 +485,47 @@ def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, seque
     if pack is None:
         pack = packs_sequences(checkpoint)
     batches = make_batches(sequences, batch_tokens, pack)
-    variant_lp: dict[int, np.ndarray] = {}
+    scores = {i: TrieScores(s) for i, s in enumerate(sequences)}
+    remaining = {i: 0 for i in range(len(sequences))}
     for batch in batches:
-        scored = score_batch(checkpoint, sequences, batch, boundary)
-        for i, lp in scored.items():
-            if not np.isfinite(lp).all():
-                raise NonFiniteError(
-                    f"task {task.name!r}, prompt {sequences[i].prompt_id!r}: the model's log-probabilities "
-                    f"are NaN or infinite ({checkpoint.path}); check the weights for NaN/inf, or use "
-                    "--dtype float32 if bfloat16 overflows")
-        variant_lp.update(scored)
-        if progress is not None:
-            progress.update(len(batch.placements))
-    prompts = []
-    for i, s in enumerate(sequences):
-        lp = variant_lp[i]
-        answers = np.array([
-            np.logaddexp.reduce(lp[[v for v, a in enumerate(s.answer_of) if a == k]])
-            for k in range(len(task.answers))
-        ])
-        prompts.append(PromptScores(s, lp, answers))
+        for part, _ in batch.placements:
+            remaining[part.seq] += 1
+    prompts: dict[int, PromptScores] = {}
+    for batch in batches:
+        score_batch(checkpoint, sequences, batch, boundary, scores)
+        for part, _ in batch.placements:
+            remaining[part.seq] -= 1
+            if remaining[part.seq] == 0:  # all parts of this prompt scored
+                prompts[part.seq] = prompt_scores(checkpoint, task, sequences[part.seq], scores.pop(part.seq))
+                if progress is not None:
+                    progress.update(1)
     return TaskScores(
-        task, encoder.mode, prompts,
+        task, encoder.mode, [prompts[i] for i in range(len(sequences))],
         tokens_needed=sum(len(s) for s in sequences),
         tokens_processed=sum(b.processed_tokens for b in batches),
         seconds=time.perf_counter() - start,
     )
+
+
+def _logsumexp_by(values: np.ndarray, groups: list[int], n: int) -> np.ndarray:
+    return np.array([np.logaddexp.reduce(values[[i for i, g in enumerate(groups) if g == k]]) for k in range(n)])
+
+
+def prompt_scores(checkpoint: Checkpoint, task: Task, s: Sequence, scores: TrieScores) -> PromptScores:
+    """Variant and answer log-probabilities from a prompt's trie scores (summed in float64)."""
+    path_lp = scores.path_logprobs(s)
+    if not np.isfinite(path_lp).all():
+        raise NonFiniteError(
+            f"task {task.name!r}, prompt {s.prompt_id!r}: the model's log-probabilities "
+            f"are NaN or infinite ({checkpoint.path}); check the weights for NaN/inf, or use "
+            "--dtype float32 if bfloat16 overflows")
+    n_variants, n_answers = len(s.continuations), len(task.answers)
+    if all(s.path_canonical) and len(path_lp) == n_variants:  # canonical tokenizations only
+        return PromptScores(s, path_lp, _logsumexp_by(path_lp, s.answer_of, n_answers))
+    variant = _logsumexp_by(path_lp, s.path_variant, n_variants)
+    canonical = np.empty(n_variants)
+    for k, v in enumerate(s.path_variant):
+        if s.path_canonical[k]:
+            canonical[v] = path_lp[k]
+    return PromptScores(s, variant, _logsumexp_by(variant, s.answer_of, n_answers),
+                        canonical, _logsumexp_by(canonical, s.answer_of, n_answers))

@@ -10,14 +10,17 @@ cache that the mapping then reads from, without mapping pages the model never to
 CPU, tensors stay zero-copy views of a private (copy-on-write) mapping.
 
 The digest of a file is xxh3-128 over fixed 64 MiB blocks, then over the blocks' digests, so that
-it does not depend on how the file was read (ranks of a tensor-parallel run may read different
-parts; see `BlockDigest`).
+it does not depend on how the file was read: the ranks of a tensor-parallel run each hash a
+disjoint set of blocks (`hash_blocks`) and combine the digests they exchange
+(`combine_block_digests`) into the digest one process computes with `BlockDigest`. They read
+their own slices of the tensors through the mapping (`WeightFile.shard`).
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +40,55 @@ DTYPES = {
 }
 
 
+def block_count(size: int) -> int:
+    """How many digest blocks a file of `size` bytes has (an empty file has one, empty)."""
+    return max(1, -(-size // BLOCK_BYTES))
+
+
+def combine_block_digests(digests: list[bytes], size: int) -> str:
+    """A file's digest from its blocks' digests in order and its size."""
+    h = xxhash.xxh3_128()
+    for digest in digests:
+        h.update(digest)
+    h.update(size.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def hash_blocks(path: Path, blocks, size: int) -> dict[int, bytes]:
+    """{block index: xxh3-128 digest} of some of a file's 64 MiB blocks, read with pread into a
+    small reused buffer (through the page cache, never mapped into this process)."""
+    scratch = mmap.mmap(-1, READ_BYTES)
+    buffer = memoryview(scratch)
+    out = {}
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for b in blocks:
+                h = xxhash.xxh3_128()
+                pos, end = b * BLOCK_BYTES, min((b + 1) * BLOCK_BYTES, size)
+                while pos < end:
+                    n = os.preadv(fd, [buffer[:min(len(buffer), end - pos)]], pos)
+                    if not n:
+                        raise WeightsError(f"{path}: corrupt or truncated safetensors file (the file "
+                                           "shrank while it was read); download or convert it again")
+                    h.update(buffer[:n])
+                    pos += n
+                out[b] = h.digest()
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read weight file ({e.strerror or e}); check it") from None
+    finally:
+        buffer.release()
+        scratch.close()
+    return out
+
+
 class BlockDigest:
     """xxh3-128 of a byte stream fed in order: digests of 64 MiB blocks, then of those."""
 
     def __init__(self):
-        self._blocks = xxhash.xxh3_128()
+        self._blocks: list[bytes] = []
         self._block = xxhash.xxh3_128()
         self._filled = 0
         self.size = 0
@@ -58,15 +105,13 @@ class BlockDigest:
                 self._close_block()
 
     def _close_block(self) -> None:
-        self._blocks.update(self._block.digest())
+        self._blocks.append(self._block.digest())
         self._block = xxhash.xxh3_128()
         self._filled = 0
 
     def hexdigest(self) -> str:
-        if self._filled or not self.size:
-            self._close_block()
-        self._blocks.update(self.size.to_bytes(8, "little"))
-        return self._blocks.hexdigest()
+        last = [self._block.digest()] if self._filled or not self.size else []
+        return combine_block_digests(self._blocks + last, self.size)
 
 
 def digest_bytes(data: bytes) -> str:
@@ -92,13 +137,15 @@ class WeightFile:
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
-                size = self.path.stat().st_size
+                self.stat = os.fstat(f.fileno())
+                size = self.stat.st_size
                 if size < 8:
                     raise self._corrupt(f"{size} bytes, shorter than the 8-byte header length")
                 self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         except OSError as e:
             raise WeightsError(f"{self.path}: cannot read weight file ({e.strerror or e}); check it") from None
         self.entries = self._parse_header(size)
+        self._by_name = {e.name: e for e in self.entries}
 
     def _corrupt(self, problem: str) -> WeightsError:
         return WeightsError(f"{self.path}: corrupt or truncated safetensors file ({problem}); "
@@ -154,7 +201,29 @@ class WeightFile:
         return self._view(self._entry_named(name))
 
     def _entry_named(self, name: str) -> TensorEntry:
-        return next(e for e in self.entries if e.name == name)
+        return self._by_name[name]
+
+    def shard(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """The [start, stop) slice along `dim` of one tensor, reading only its bytes (unhashed).
+
+        Rows (dim 0) are a view of the mapping: only their pages are ever read. Columns are
+        copied, and the tensor's pages are then dropped from this process's mapping, so that a
+        rank's resident memory holds its slice and not the whole tensor."""
+        e = self._entry_named(name)
+        view = self._view(e).narrow(dim, start, stop - start)
+        if view.is_contiguous():
+            return view
+        copy = view.contiguous()
+        self._drop_pages(e)
+        return copy
+
+    def _drop_pages(self, e: TensorEntry) -> None:
+        """Unmap the pages that lie wholly inside a tensor's bytes. The mapping is private and
+        never written, so a later access reads the same bytes back from the file."""
+        page = mmap.PAGESIZE
+        first, last = -(-e.start // page) * page, e.end // page * page
+        if last > first and hasattr(mmap, "MADV_DONTNEED"):
+            self.map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def tensors(self, digest: BlockDigest | None = None):
         """(name, CPU tensor view) in file order; every byte of the file goes through `digest`
@@ -163,18 +232,52 @@ class WeightFile:
             for e in self.entries:
                 yield e.name, self._view(e)
             return
+        yield from self.load(digest, {e.name for e in self.entries}, None, torch.device("cpu"))
+
+    def load(self, digest: BlockDigest, wanted, dtype: torch.dtype | None, device: torch.device):
+        """(name, tensor in `dtype` on `device`) for the `wanted` tensors, in file order, reading
+        and hashing every byte of the file once.
+
+        A tensor already in `dtype` on the CPU is a zero-copy view of the mapping: its bytes are
+        hashed through read(2), which fills the page cache the view reads from later, without
+        mapping pages the model may never touch (embedding rows it never looks up). Any other
+        tensor is read through read(2) in 16 MiB pieces that are hashed and then converted or
+        copied into place while they are in cache: the bytes are read once, never through the
+        mapping as well."""
         # An anonymous mapping, not a bytearray: unmapped when done, so it leaves no RSS behind.
         scratch = mmap.mmap(-1, READ_BYTES)
         buffer = memoryview(scratch)
         try:
             with open(self.path, "rb", buffering=0) as f:
                 for e in self.entries:
-                    self._hash_until(f, e.end, digest, buffer)
-                    yield e.name, self._view(e)
+                    if e.name not in wanted:
+                        continue
+                    self._hash_until(f, e.start, digest, buffer)
+                    if device.type == "cpu" and dtype in (None, e.dtype):
+                        self._hash_until(f, e.end, digest, buffer)
+                        yield e.name, self._view(e)
+                    else:
+                        yield e.name, self._read_converted(f, e, digest, buffer, dtype, device)
                 self._hash_until(f, len(self.map), digest, buffer)
         finally:
             buffer.release()
             scratch.close()
+
+    def _read_converted(self, f, e: TensorEntry, digest: BlockDigest, buffer: memoryview,
+                        dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        out = torch.empty(e.shape, dtype=dtype, device=device)
+        flat, done, size = out.view(-1), 0, e.dtype.itemsize
+        while (pos := f.tell()) < e.end:  # READ_BYTES is a multiple of every item size
+            n = f.readinto(buffer[:min(len(buffer), e.end - pos)])
+            if not n or n % size:
+                raise self._corrupt("the file shrank while it was read")
+            digest.update(buffer[:n])
+            with warnings.catch_warnings():  # the scratch buffer is writable in effect
+                warnings.simplefilter("ignore", UserWarning)
+                piece = torch.frombuffer(buffer[:n], dtype=e.dtype)
+            flat[done:done + n // size].copy_(piece)
+            done += n // size
+        return out
 
     def _hash_until(self, f, end: int, digest: BlockDigest, buffer: memoryview) -> None:
         """Feed the file's bytes from where `f` stands up to `end` into `digest`."""

@@ -9,7 +9,9 @@ Triton is imported lazily, only inside the Triton paths (the ``_*_triton`` modul
 CPU users never pay for it and never break when it is missing. A second reason: Triton decides
 when it is first imported whether ``@triton.jit`` code runs natively or in the interpreter
 (``TRITON_INTERPRET=1``, used by the CPU tests), so importing ``kernels`` must not import it
-before a test has had the chance to set that variable (see ``kernels/interpreter.py``).
+before a test has had the chance to set that variable (see ``kernels/interpreter.py``). What the
+Triton modules share (interpreter mode, the float32 dot, the device and architecture checks)
+lives in ``kernels/_triton_common.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from __future__ import annotations
 import importlib.util
 import os
 
-__all__ = ["force_reference", "force_triton", "triton_available", "use_triton"]
+__all__ = ["KernelUnsupportedError", "force_reference", "force_triton", "triton_available",
+           "use_triton"]
+
+
+class KernelUnsupportedError(ValueError):
+    """A Triton kernel asked for a dtype, head_dim or GPU architecture it does not support.
+
+    The message is one line naming the torch reference to use instead (the engine switches to
+    the references with ``ENGINE_FORCE_REFERENCE=1``); raised before anything is compiled.
+    """
 
 
 def force_reference() -> bool:

@@ -16,8 +16,9 @@ Three launches, none of which writes [N, V] logits to global memory:
 
 Why splits: at N=256 one program per row block would leave most SMs idle. The split is still
 deterministic and batch-invariant because the number of splits, the tiles and the merge order
-depend only on (D, V, dtype), never on N, and there are no atomics: a row's bits do not depend
-on which rows share its launch. Split partials cost 16 bytes per row and split.
+depend only on (D, V, dtype, GPU architecture), never on N, and there are no atomics: a row's
+bits do not depend on which rows share its launch. Split partials cost 16 bytes per row and
+split.
 
 Grid order: axis 0 (fastest-launched) is the split, so the programs resident at once share a
 few row blocks of H (kept in L2) and stream different parts of W; each W tile is then read from
@@ -31,10 +32,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
-# Decided when this module is imported, exactly like the @triton.jit decorations below.
-INTERPRET = bool(knobs.runtime.interpret)
+from kernels import _triton_common as common
+from kernels._triton_common import INTERPRET, dot
 
 
 @dataclass(frozen=True)
@@ -49,40 +49,29 @@ class LMHeadConfig:
     num_stages: int = 3
 
 
-def default_config(d: int, v: int, dtype: torch.dtype) -> LMHeadConfig:
-    """Tiles from (D, V, dtype, interpreter) only.
+# Per-architecture, per-dtype tiles: (block_n, block_v, block_k, split_v, num_warps,
+# num_stages). bf16: 128x128x64 tensor-core tiles (wgmma on sm_90), 2048-entry vocabulary
+# splits (63 splits at V=128256, so even N=256 fills ~126 SMs). float32: exact ("ieee") dots on
+# CUDA cores, whose operands live in registers: block_k 16 keeps them from spilling (32 spilled
+# 8-16 bytes per thread). Checked with `python -m benchmarks.native_report`; sm_80 tiles also fit
+# the 99 KiB of shared memory of sm_86 / sm_89.
+TILES = {
+    (90, torch.bfloat16): (128, 128, 64, 2048, 8, 3),
+    (80, torch.bfloat16): (128, 128, 64, 2048, 8, 3),
+    (90, torch.float32): (64, 64, 16, 2048, 4, 3),
+    (80, torch.float32): (64, 64, 16, 2048, 4, 2),
+}
 
-    Natively: 128x128x64 bf16 tensor-core tiles (the Hopper shape that Triton pipelines well),
-    2048-entry vocabulary splits (63 splits at V=128256, so even N=256 fills ~126 SMs); float32
-    inputs use exact ("ieee") dots with smaller tiles. Under the interpreter: small tiles, so
-    that small test shapes still cross several tiles, K steps and splits.
-    """
+
+def default_config(d: int, v: int, dtype: torch.dtype, arch: int = 90) -> LMHeadConfig:
+    """Tiles from (D, V, dtype, architecture, interpreter) only, never from N (batch
+    invariance). Under the interpreter: small tiles, so that small test shapes still cross
+    several tiles, K steps and splits."""
     del d, v
     if INTERPRET:
         return LMHeadConfig(block_n=16, block_v=32, block_k=32, split_v=64, num_warps=1,
                             num_stages=1)
-    if dtype == torch.float32:
-        return LMHeadConfig(block_n=64, block_v=64, block_k=32, split_v=2048, num_warps=4,
-                            num_stages=2)
-    return LMHeadConfig(block_n=128, block_v=128, block_k=64, split_v=2048, num_warps=8,
-                        num_stages=3)
-
-
-@triton.jit
-def _dot(a, b, acc, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
-    """acc + a @ b with float32 accumulation.
-
-    F32_DOT (interpreter only) upcasts bf16 operands, since the interpreter's bf16 dot returns
-    garbage; IEEE asks for exact float32 products instead of TF32 when inputs are float32.
-    """
-    if F32_DOT:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    if IEEE:
-        acc = tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(a, b, acc)
-    return acc
+    return LMHeadConfig(*TILES[(arch, dtype)])
 
 
 @triton.jit
@@ -92,6 +81,14 @@ def _online_fold(m, s, x):
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf) = NaN
     s = s * tl.exp(m - m_ref) + tl.sum(tl.exp(x - m_ref[:, None]), axis=1)
     return m_new, s
+
+
+@triton.jit
+def _empty_lse_pairs(BLOCK: tl.constexpr):
+    """Running (max, sum) of nothing yet, for the whole vocabulary and for its boundary subset."""
+    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    s = tl.zeros([BLOCK], dtype=tl.float32)
+    return m, s, m, s
 
 
 @triton.jit
@@ -123,7 +120,7 @@ def _logits_tile(h_ptr, w_ptr, row0, v0, N, V, D, stride_hn, stride_hd, stride_w
         k_ok = k0 + offs_k < D
         h = tl.load(h_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = _dot(h, w, acc, F32_DOT, IEEE)
+        acc = dot(h, w, acc, F32_DOT, IEEE)
         h_ptrs += BLOCK_K * stride_hd
         w_ptrs += BLOCK_K * stride_wd
     return acc
@@ -142,10 +139,7 @@ def _lse_partials_kernel(h_ptr, w_ptr, bmask_ptr, part_ptr, N, V, D, S,
     row0 = tl.program_id(1) * BLOCK_N
     rows = row0 + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    s = tl.zeros([BLOCK_N], dtype=tl.float32)
-    mb = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    sb = tl.zeros([BLOCK_N], dtype=tl.float32)
+    m, s, mb, sb = _empty_lse_pairs(BLOCK_N)
     v_start = split * SPLIT_V
     v_stop = tl.minimum(v_start + SPLIT_V, V)
     for v0 in range(v_start, v_stop, BLOCK_V):
@@ -170,10 +164,7 @@ def _merge_kernel(part_ptr, lse_ptr, blse_ptr, N, S, BLOCK: tl.constexpr):
     """Merge the S split partials of each row in split order (fixed, N-independent)."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = rows < N
-    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
-    s = tl.zeros([BLOCK], dtype=tl.float32)
-    mb = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
-    sb = tl.zeros([BLOCK], dtype=tl.float32)
+    m, s, mb, sb = _empty_lse_pairs(BLOCK)
     plane = S * N
     for split in range(0, S):
         base = part_ptr + split * N + rows
@@ -211,13 +202,6 @@ def _target_logits_kernel(h_ptr, w_ptr, t_ptr, out_ptr, D, K,
     tl.store(out_ptr + row * K + ts, tl.where(valid, acc, float("-inf")), mask=t_ok)
 
 
-def _check_device(hidden: torch.Tensor) -> None:
-    """CPU tensors only work interpreted; say so instead of failing inside Triton."""
-    if not hidden.is_cuda and not INTERPRET:
-        raise RuntimeError("the Triton LM-head kernel needs CUDA tensors, or TRITON_INTERPRET=1 "
-                           "set before triton is first imported")
-
-
 def _outputs(n: int, k: int, device, out):
     """(lse, target_logits, boundary_lse) buffers: fresh, or the caller's (tests pass NaN-filled
     ones to catch elements that a kernel forgets to write)."""
@@ -235,11 +219,11 @@ def _outputs(n: int, k: int, device, out):
 
 def lm_head_logprobs(hidden, weight, targets, boundary_mask, config=None, out=None):
     """Launch the three kernels; inputs already validated by ``kernels.lm_head``."""
-    _check_device(hidden)
+    common.check_device(hidden, "LM-head", "kernels.lm_head.lm_head_logprobs_reference")
     n, d = hidden.shape
     v = weight.shape[0]
     k = targets.shape[1]
-    cfg = config or default_config(d, v, hidden.dtype)
+    cfg = config or default_config(d, v, hidden.dtype, common.arch_key(hidden))
     if cfg.split_v % cfg.block_v:
         raise ValueError(f"split_v={cfg.split_v} must be a multiple of block_v={cfg.block_v}")
     dev = hidden.device

@@ -11,12 +11,13 @@ dry run call ``interpret_without_cuda()`` before anything imports triton.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 import torch
 
-__all__ = ["interpret_without_cuda", "triton_imported_natively"]
+__all__ = ["fixed_order_dot", "interpret_without_cuda", "triton_imported_natively"]
 
 
 def triton_imported_natively() -> bool:
@@ -39,3 +40,33 @@ def interpret_without_cuda() -> bool:
         return False
     os.environ["TRITON_INTERPRET"] = "1"
     return True
+
+
+@contextlib.contextmanager
+def fixed_order_dot():
+    """Interpreted, give ``tl.dot`` a per-element accumulation order fixed by the tile's shape.
+
+    The interpreter runs ``tl.dot`` as ``numpy.matmul``, and the BLAS under numpy picks its
+    micro-kernels by tile shape and CPU, so on some CPUs (AMD EPYC) a row's bits depend on the
+    other rows of its tile. That is a property of the host BLAS, not of a kernel, and GPU tensor
+    cores have no such dependence. Inside this context the dot is ``acc += a[:, k] * b[k, :]``
+    for k in order, which takes the BLAS out, so a bitwise test checks what the kernel itself
+    guarantees. Natively (CUDA) nothing is replaced.
+    """
+    if torch.cuda.is_available():
+        yield
+        return
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        acc = d.data.copy()
+        for k in range(a.data.shape[-1]):
+            acc += a.data[:, k:k + 1].astype(acc.dtype) * b.data[k:k + 1, :].astype(acc.dtype)
+        return TensorHandle(acc, d.dtype.scalar)
+
+    original = InterpreterBuilder.create_dot
+    InterpreterBuilder.create_dot = create_dot
+    try:
+        yield
+    finally:
+        InterpreterBuilder.create_dot = original

@@ -135,17 +135,16 @@ def lm_head_logprobs_reference(hidden: torch.Tensor, weight: torch.Tensor, targe
 
 
 def lm_head_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                            boundary_mask: torch.Tensor, chunk_size: int = 4096, *,
-                            config=None, out=None):
+                            boundary_mask: torch.Tensor, *, config=None, out=None):
     """Fused Triton kernel with the reference's semantics (see ``kernels/_lm_head_triton.py``).
 
-    ``chunk_size`` is accepted for signature compatibility and ignored: the kernel's tiles come
-    from ``default_config(D, V, dtype)`` and never from N, which is what makes a row's bits
-    independent of its batch. ``config`` (an ``LMHeadConfig``) overrides them for tests and
-    tuning; ``out`` (three float32 buffers shaped like the results) receives the results.
-    Runs natively on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+    Its tiles come from ``default_config(D, V, dtype, arch)`` and never from N, which is what
+    makes a row's bits independent of its batch (the reference's ``chunk_size`` has no meaning
+    here). ``config`` (an ``LMHeadConfig``) overrides them for tests and tuning; ``out`` (three
+    float32 buffers shaped like the results) receives the results. Runs natively on CUDA tensors
+    of sm_80 or newer (else ``KernelUnsupportedError``), or on CPU tensors under
+    ``TRITON_INTERPRET=1``.
     """
-    del chunk_size
     _check_inputs(hidden, weight, targets, boundary_mask)
     from kernels import _lm_head_triton
 
@@ -155,7 +154,8 @@ def lm_head_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, targets:
 def lm_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                      boundary_mask: torch.Tensor, chunk_size: int = 4096):
     """Dispatcher: the Triton kernel for CUDA tensors (unless ``ENGINE_FORCE_REFERENCE=1``),
-    the torch reference otherwise."""
+    the torch reference otherwise. ``chunk_size`` is the reference's vocabulary chunk; the
+    kernel picks its own tiles and ignores it."""
     if use_triton(hidden):
-        return lm_head_logprobs_triton(hidden, weight, targets, boundary_mask, chunk_size)
+        return lm_head_logprobs_triton(hidden, weight, targets, boundary_mask)
     return lm_head_logprobs_reference(hidden, weight, targets, boundary_mask, chunk_size)

@@ -40,10 +40,11 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels import use_triton
+from kernels import KernelUnsupportedError, use_triton
 
 __all__ = [
     "dfs_preorder",
+    "sequence_starts",
     "span_end_visible",
     "trie_span_end",
     "tree_attention",
@@ -85,6 +86,44 @@ def _check_window(positions, window, span_end) -> None:
                          f"got {positions.dtype} {tuple(positions.shape)}")
     if positions.device != span_end.device:
         raise ValueError(f"positions is on {positions.device} but span_end on {span_end.device}")
+
+
+def sequence_starts(span_end: torch.Tensor) -> torch.Tensor:
+    """Where each position's sequence starts, [B, T] int32, for the Triton kernel's passes.
+
+    For most positions that is its first visible key, ``min{j <= i : span_end[j] > i}``: in
+    the engine's packed rows, the start of the position's own sequence, for prompt and trie
+    alike. Padding positions (each seen only by itself) would each start a sequence of one;
+    a run of them is grouped under the run's first position instead, so the kernel handles
+    padding in one pass rather than one pass per position (still a lower bound of each one's
+    first visible key, which is all correctness needs). Non-decreasing along T.
+
+    Computed on span_end's device without a host sync: with ``cm`` the running maximum of
+    span_end, the first key whose span reaches i is ``searchsorted(cm, i, right=True)``.
+    """
+    t = span_end.shape[-1]
+    ends = span_end.to(torch.int32)
+    running_max = torch.cummax(ends, dim=-1).values.contiguous()
+    rows = torch.arange(t, device=span_end.device, dtype=torch.int32).expand_as(ends)
+    first = torch.searchsorted(running_max, rows.contiguous(), right=True, out_int32=True)
+    first = torch.minimum(first, rows)
+    alone = (first == rows) & (ends == rows + 1)  # sees only itself, seen only by itself
+    last_other = torch.cummax(torch.where(alone, -1, rows), dim=-1).values
+    return torch.where(alone, last_other + 1, first).to(torch.int32).contiguous()
+
+
+def _check_kernel_support(q: torch.Tensor) -> None:
+    """The Triton kernel's dtypes and head dims; anything else is one clear error naming the
+    torch reference (before triton is imported or anything compiled)."""
+    dh = q.shape[-1]
+    if q.dtype not in (torch.bfloat16, torch.float32) or dh > 256:
+        what = (f"dtype {q.dtype}" if q.dtype not in (torch.bfloat16, torch.float32)
+                else f"head_dim {dh}")
+        raise KernelUnsupportedError(
+            f"the Triton tree-attention kernel supports bfloat16 and float32 with head_dim <= "
+            f"256, not {what}; use the torch reference "
+            f"kernels.tree_attention.tree_attention_reference (the engine does with "
+            f"ENGINE_FORCE_REFERENCE=1)")
 
 
 def dfs_preorder(parents: Sequence[int]) -> list[int]:
@@ -210,18 +249,23 @@ def tree_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           config=None, out=None) -> torch.Tensor:
     """Flash-attention style Triton kernel with the reference's semantics.
 
-    Never materialises a [T, T] mask or scores in global memory; any head_dim (padded to a power
-    of two >= 16 inside the kernel), any T. ``config`` (a ``TreeAttentionConfig``) overrides the
+    Never materialises a [T, T] mask or scores in global memory; bfloat16 or float32, head_dim
+    up to 256 (padded to a power of two >= 16 inside the kernel), any T, sm_80 or newer (else
+    ``KernelUnsupportedError``). On packed rows each sequence's rows attend only to keys from
+    that sequence's start (``sequence_starts``), with key blocks aligned to it: a query's
+    result does not depend on where its sequence sits in the row or what it is packed with. ``config`` (a ``TreeAttentionConfig``) overrides the
     tile sizes for tests and tuning; ``out`` (q-shaped, q.dtype) receives the result.
     ``positions`` and ``window``: the sliding window, as in the reference. Runs natively on CUDA
     tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
     """
     _check_inputs(q, k, v, span_end)
     _check_window(positions, window, span_end)
+    _check_kernel_support(q)
     from kernels import _tree_attention_triton
 
-    return _tree_attention_triton.tree_attention(q, k, v, span_end, float(scale), config, out,
-                                                 positions=positions, window=window)
+    return _tree_attention_triton.tree_attention(q, k, v, span_end, sequence_starts(span_end),
+                                                 float(scale), config, out, positions=positions,
+                                                 window=window)
 
 
 def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span_end: torch.Tensor,

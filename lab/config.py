@@ -123,3 +123,14 @@ SMALL = LabConfig(
     dpo=DPOStage(pairs_per_prompt=16, lr=1e-3),
     rl=RLStage(steps=20, prompts_per_step=4, samples_per_prompt=16),
 )
+
+
+def cli(prog: str, description: str, small_help: str, force_help: str):
+    """The options `python -m lab.demo` and `python -m lab.ladder` share: parsed arguments."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--out", default="demo", help="output directory (default: demo)")
+    parser.add_argument("--small", action="store_true", help=small_help)
+    parser.add_argument("--force", action="store_true", help=force_help)
+    return parser

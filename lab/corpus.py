@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from analysis.metrics import js_divergence, pairwise_js, support
 from engine.tasks import Prompt, Task
@@ -211,21 +211,30 @@ def rl_reward(planted: Planted, response: str | None) -> float:
     return 0.0
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
-    """A byte-level BPE trained on `texts`, adding <|endoftext|> as BOS like OLMo's GPT-style
-    tokenizers. The special tokens are never split or merged."""
+def train_bpe(texts, vocab_size: int, specials: list[str], bos: str | None = None,
+              added_tokens: tuple[str, ...] = ()) -> Tokenizer:
+    """A byte-level BPE (GPT-2 alphabet, as OLMo's and Llama 3's) trained on `texts`, with
+    `specials` never split or merged, `bos` (one of them) added in front by the post-processor,
+    and `added_tokens`: whole-word tokens that are not special (Qwen 3's "<think>")."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIALS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    bos = tok.token_to_id(EOS)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B", special_tokens=[(EOS, bos)]
-    )
+    if added_tokens:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
     return tok
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
+    """The demo's tokenizer: adds <|endoftext|> as BOS, like OLMo's GPT-style tokenizers."""
+    return train_bpe(texts, vocab_size, SPECIALS, bos=EOS)

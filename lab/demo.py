@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 from . import check, ladder
-from .config import FULL, SMALL
+from .config import FULL, SMALL, cli
 
 
 def fresh_results(out: Path, fingerprint: str) -> Path:
@@ -37,11 +36,8 @@ def fresh_results(out: Path, fingerprint: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="demo", help="output directory (default: demo)")
-    parser.add_argument("--small", action="store_true", help="the small, fast configuration")
-    parser.add_argument("--force", action="store_true", help="rebuild the ladder")
-    args = parser.parse_args(argv)
+    args = cli("python -m lab.demo", __doc__.split("\n")[0], "the small, fast configuration",
+               "rebuild the ladder").parse_args(argv)
     cfg = SMALL if args.small else FULL
     out = Path(args.out)
     start = time.perf_counter()

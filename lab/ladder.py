@@ -10,7 +10,6 @@ seed prompt id). A second call with the same config reuses the checkpoints.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -28,7 +27,7 @@ from engine.model import Transformer
 from engine.tasks import load_tasks
 
 from . import corpus, train
-from .config import FULL, SMALL, LabConfig
+from .config import FULL, SMALL, LabConfig, cli
 from .corpus import EOS, SPECIALS, TULU_TEMPLATE, Planted
 from .train import Example
 
@@ -286,11 +285,8 @@ def write_outputs(out: Path, partial: Path, stamp: dict, planted: list[Planted])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.ladder", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="demo", help="output directory (default: demo)")
-    parser.add_argument("--small", action="store_true", help="the small test configuration")
-    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    args = parser.parse_args(argv)
+    args = cli("python -m lab.ladder", __doc__.split("\n")[0], "the small test configuration",
+               "rebuild even if up to date").parse_args(argv)
     build(SMALL if args.small else FULL, args.out, force=args.force)
     return 0
 

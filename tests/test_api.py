@@ -29,10 +29,8 @@ PACKAGES = ("engine", "kernels", "analysis", "lab", "benchmarks")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ckpt")
-    tiny.make_checkpoint(directory, arch="llama", kv_heads=2, init=0.1)
-    return directory
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint(arch="llama", kv_heads=2, init=0.1)
 
 
 def test_score_checkpoint_in_memory_writes_nothing(ckpt, tmp_path, monkeypatch):

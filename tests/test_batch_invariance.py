@@ -15,16 +15,13 @@ import pytest
 
 from engine import score
 from engine.tasks import load_tasks
-from tests import tiny
 
 TASKS = ("card", "rng_1_100", "coin")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ckpt")
-    tiny.make_checkpoint(directory, arch="llama", kv_heads=2, init=0.1)
-    return directory
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint(arch="llama", hidden=32, heads=4, kv_heads=2, init=0.1)
 
 
 def run(ckpt, out, label, *extra) -> None:

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kernels.interpreter import interpret_without_cuda
-
-interpret_without_cuda()  # harmless here; keeps later kernel test modules able to interpret
-
-import kernels  # noqa: E402
-from benchmarks import bench_kernels  # noqa: E402
+import kernels
+from benchmarks import bench_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,15 +32,41 @@ def test_dry_run_writes_json_and_results_md(tmp_path):
     assert len(result["tree_attention"]) == len(bench_kernels.DRY_TREE_SHAPES)
     for row in result["lm_head"]:
         assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["matmul_tflops"] > 0
+        assert row["chunked_ms"] > 0 and row["fused_vs_chunked_speedup"] > 0
         assert row["max_abs_diff_vs_reference"] < 1e-4
+        assert row["chunked_max_abs_diff_vs_reference"] < 5e-2  # bf16 logits, as Liger's
     for row in result["tree_attention"]:
-        assert row["fused_ms"] > 0 and row["sdpa_dense_mask_ms"] > 0
+        assert row["fused_ms"] > 0 and row["sdpa_dense_mask_ms"] > 0 and row["flex_ms"] > 0
         assert row["max_abs_diff_vs_reference"] < 5e-2  # bf16 outputs
+        assert row["flex_max_abs_diff_vs_reference"] < 5e-2
         assert row["config_sweep"][0]["config"] == [16, 16, 16, 1, 1]
+    assert any(row["sequences"] > 1 for row in result["tree_attention"])  # packed rows
+    assert [t["met"] for t in result["targets"]] == ["n/a"] * len(result["targets"])
     assert result["lm_head"][0]["config_sweep"][0]["ms"] > 0
     md = (tmp_path / "RESULTS.md").read_text()
     assert f"<!-- begin {result['device_slug']} -->" in md and "Kernel 2" in md
-    assert "Extra tile configurations" in md
+    assert "Extra tile configurations" in md and "FlexAttention" in md and "Targets" in md
+    assert "x chunked" in md and "| target |" in proc.stdout  # printed as well
+
+
+def test_bench_prints_and_writes_only_when_asked(tmp_path, monkeypatch, capsys):
+    """Without --record or --out nothing is written (a clean checkout stays clean); --record
+    writes the JSON and the tracked RESULTS.md section; --out writes under its directory."""
+    monkeypatch.setattr(bench_kernels, "RESULTS_DIR", tmp_path / "tracked" / "results")
+    monkeypatch.setattr(bench_kernels, "RESULTS_MD", tmp_path / "tracked" / "RESULTS.md")
+    result = {"date": "2026-01-01", "device_slug": "cpu", "mode": "cpu reference", "notes": [],
+              "environment": bench_kernels.environment(bench_kernels.torch.device("cpu")),
+              "cpu_reference": [{"variant": "full_logits", "N": 1, "D": 2, "V": 3, "threads": 1,
+                                 "ms": 1.5, "peak_extra_mib": 0.1, "memory_method": "VmHWM",
+                                 "mem_fraction_of_full_logits": 1.0}]}
+    assert bench_kernels.report(result, record=False, out=None) is None
+    assert "| full_logits | 1 | 2 | 3 | 1 | 1.50 |" in capsys.readouterr().out
+    assert not (tmp_path / "tracked").exists()
+    path = bench_kernels.report(result, record=True, out=None)
+    assert path.parent == tmp_path / "tracked" / "results"
+    assert "full_logits" in (tmp_path / "tracked" / "RESULTS.md").read_text()
+    assert bench_kernels.report(result, record=False, out=tmp_path / "elsewhere").exists()
+    assert (tmp_path / "elsewhere" / "RESULTS.md").exists()
 
 
 @pytest.mark.parametrize("variant", ["full_logits", "chunked_reference"])
@@ -69,6 +91,7 @@ def test_results_md_replaces_only_its_own_section(tmp_path):
 def test_parse_args():
     args = bench_kernels.parse_args(["--dry-run", "--no-compile", "--out", "x",
                                      "--lm-configs", "128,128,64,2048,8,3;64,64,32,1024,4,2"])
-    assert args.dry_run and args.compile is False and args.out == Path("x")
+    assert args.dry_run and args.compile is False and args.out == Path("x") and not args.record
     assert args.lm_configs == ((128, 128, 64, 2048, 8, 3), (64, 64, 32, 1024, 4, 2))
     assert bench_kernels.parse_args([]).compile is None
+    assert bench_kernels.parse_args(["--record"]).record

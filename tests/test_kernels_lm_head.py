@@ -1,40 +1,28 @@
 """Fused LM-head log-probabilities: reference vs float64, Triton kernel vs reference.
 
-Without CUDA the kernels run under Triton's interpreter, and TRITON_INTERPRET=1 must be set
-before anything imports ``triton`` (Triton compiles its own ``tl.*`` helpers natively or
-interpreted at import time; see ``kernels/interpreter.py``). So this module sets it at
-collection time, before importing anything that imports triton (nothing in ``kernels`` does at
-import). If another module imported triton natively earlier in the same pytest run, the kernel
-tests here cannot run in-process: they skip, and ``test_kernels_in_fresh_process`` re-runs this
-file in a fresh interpreter process instead, so nothing goes untested. Interpreted kernels are
+Without CUDA the kernels run under Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before anything imports triton). Interpreted kernels are
 ~200x slower than torch, hence the small shapes; the same tests run natively (and the
 batch-invariance test at 4096 rows) wherever CUDA is present.
 """
 
 import importlib
-import os
-import subprocess
-import sys
-from pathlib import Path
 
+import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from kernels.interpreter import interpret_without_cuda
-
-HAS_CUDA = torch.cuda.is_available()
-IN_PROCESS = interpret_without_cuda()  # must run before anything imports triton
-
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import kernels  # noqa: E402
-from kernels.lm_head import (  # noqa: E402
+import kernels
+from kernels import interpreter
+from kernels.lm_head import (
     lm_head_logprobs,
     lm_head_logprobs_reference,
     lm_head_logprobs_triton,
 )
+from tests.conftest import KERNELS_RUN  # TRITON_INTERPRET was set there, before triton's import
 
+HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
@@ -45,27 +33,14 @@ def budget(examples: int):
 
 
 needs_kernels = pytest.mark.skipif(
-    not (IN_PROCESS and kernels.triton_available()),
-    reason="triton missing, or imported natively before TRITON_INTERPRET=1 could be set (then "
-           "test_kernels_in_fresh_process runs these tests in a fresh process)")
+    not (KERNELS_RUN and kernels.triton_available()),
+    reason="triton missing, or imported natively before tests/conftest.py set TRITON_INTERPRET=1")
 
 
 @pytest.fixture(scope="module")
 def kernel_module():
     """The Triton kernel module (for its config class); imported only by kernel tests."""
     return importlib.import_module("kernels._lm_head_triton")
-
-
-@pytest.mark.skipif(IN_PROCESS or not kernels.triton_available(),
-                    reason="the kernel tests ran in this process")
-def test_kernels_in_fresh_process():
-    """Triton was imported natively before this module could set TRITON_INTERPRET=1: run this
-    file again in a fresh process where it can."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           __file__], cwd=Path(__file__).resolve().parents[1], env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
 def make_problem(n, d, v, k, seed, dtype=torch.float32, mask_kind="random", pad=0.3):
@@ -165,27 +140,12 @@ def test_triton_matches_reference_and_float64(p, dtype):
 
 
 @pytest.fixture
-def fixed_order_dot(monkeypatch):
-    """Interpreted, give ``tl.dot`` a per-element accumulation order fixed by the tile's shape.
-
-    The interpreter runs ``tl.dot`` as ``numpy.matmul``, and the BLAS under numpy picks its
-    micro-kernels by tile shape and CPU, so on some CPUs (AMD EPYC) a row's bits depend on the
-    other rows of its tile. That is a property of the host BLAS, not of the kernel, and GPU
-    tensor cores have no such dependence. Replacing the dot by ``acc += a[:, k] * b[k, :]`` for
-    k in order takes the BLAS out, so the test checks what the kernel itself guarantees: tiles,
-    splits and merge order that never depend on N. Natively (CUDA) nothing is replaced.
-    """
-    if HAS_CUDA:
-        return
-    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        acc = d.data.copy()
-        for k in range(a.data.shape[-1]):
-            acc += a.data[:, k:k + 1].astype(acc.dtype) * b.data[k:k + 1, :].astype(acc.dtype)
-        return TensorHandle(acc, d.dtype.scalar)
-
-    monkeypatch.setattr(InterpreterBuilder, "create_dot", create_dot)
+def fixed_order_dot():
+    """Interpreted, a ``tl.dot`` with a fixed per-element order (numpy's BLAS has none; see
+    ``kernels.interpreter.fixed_order_dot``), so the test checks what the kernel guarantees:
+    tiles, splits and merge order that never depend on N. Natively nothing is replaced."""
+    with interpreter.fixed_order_dot():
+        yield
 
 
 @needs_kernels
@@ -222,7 +182,8 @@ def test_tile_config_never_depends_on_the_batch(kernel_module):
     """The tiles come from (D, V, dtype) only: the config function cannot even see N."""
     import inspect
 
-    assert list(inspect.signature(kernel_module.default_config).parameters) == ["d", "v", "dtype"]
+    assert list(inspect.signature(kernel_module.default_config).parameters) == ["d", "v", "dtype",
+                                                                               "arch"]
 
 
 @needs_kernels

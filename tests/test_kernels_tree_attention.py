@@ -1,12 +1,7 @@
 """Tree attention: span_end encoding, reference vs float64, Triton kernel vs reference.
 
-Without CUDA the kernels run under Triton's interpreter, and TRITON_INTERPRET=1 must be set
-before anything imports ``triton`` (Triton compiles its own ``tl.*`` helpers natively or
-interpreted at import time; see ``kernels/interpreter.py``). So this module sets it at
-collection time, before importing anything that imports triton (nothing in ``kernels`` does at
-import). If another module imported triton natively earlier in the same pytest run, the kernel
-tests here cannot run in-process: they skip, and ``test_kernels_in_fresh_process`` re-runs this
-file in a fresh interpreter process instead, so nothing goes untested. Interpreted kernels are
+Without CUDA the kernels run under Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before anything imports triton). Interpreted kernels are
 ~200x slower than torch, hence the small shapes (the interpreter's 16x16 tiles still make them
 cross several query and key blocks); the same tests run natively wherever CUDA is present.
 
@@ -15,33 +10,30 @@ trie, padding sees itself), not from span_end, so it also checks the encoding.
 """
 
 import importlib
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
+import types
 
+import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from kernels.interpreter import interpret_without_cuda
-
-HAS_CUDA = torch.cuda.is_available()
-IN_PROCESS = interpret_without_cuda()  # must run before anything imports triton
-
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import kernels  # noqa: E402
-from kernels.tree_attention import (  # noqa: E402
+import kernels
+from engine.scorer import Sequence, _layout, make_batches, whole
+from engine.trie import build_trie
+from kernels import interpreter
+from kernels.tree_attention import (
     dfs_preorder,
+    sequence_starts,
     span_end_visible,
     tree_attention,
     tree_attention_reference,
     tree_attention_triton,
     trie_span_end,
 )
+from tests.conftest import KERNELS_RUN  # TRITON_INTERPRET was set there, before triton's import
 
+HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
@@ -52,27 +44,14 @@ def budget(examples: int):
 
 
 needs_kernels = pytest.mark.skipif(
-    not (IN_PROCESS and kernels.triton_available()),
-    reason="triton missing, or imported natively before TRITON_INTERPRET=1 could be set (then "
-           "test_kernels_in_fresh_process runs these tests in a fresh process)")
+    not (KERNELS_RUN and kernels.triton_available()),
+    reason="triton missing, or imported natively before tests/conftest.py set TRITON_INTERPRET=1")
 
 
 @pytest.fixture(scope="module")
 def kernel_module():
     """The Triton kernel module (for its config class); imported only by kernel tests."""
     return importlib.import_module("kernels._tree_attention_triton")
-
-
-@pytest.mark.skipif(IN_PROCESS or not kernels.triton_available(),
-                    reason="the kernel tests ran in this process")
-def test_kernels_in_fresh_process():
-    """Triton was imported natively before this module could set TRITON_INTERPRET=1: run this
-    file again in a fresh process where it can."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           __file__], cwd=Path(__file__).resolve().parents[1], env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
 def random_trie(rng: random.Random, n: int) -> list[int]:
@@ -380,8 +359,8 @@ def test_window_triton_matches_reference_and_float64(seed, seqs, window, head_di
 @pytest.mark.parametrize("fn", ["reference", "triton"])
 def test_window_as_wide_as_the_row_is_no_window(fn):
     """window >= T (in positions) changes nothing: bitwise equal to window=None."""
-    if fn == "triton" and not (IN_PROCESS and kernels.triton_available()):
-        pytest.skip("kernels run in test_kernels_in_fresh_process")
+    if fn == "triton" and not (KERNELS_RUN and kernels.triton_available()):
+        pytest.skip("triton missing, or imported natively before TRITON_INTERPRET=1 could be set")
     impl = tree_attention_reference if fn == "reference" else tree_attention_triton
     q, k, v, se, pos, _ = windowed_problem(11, 1, 2, 16, [(30, 20, 2), (12, 30, 0)], 52)
     t = se.shape[1]
@@ -416,3 +395,222 @@ def test_window_bad_inputs_raise(make_kwargs, match):
     for fn in (tree_attention_reference, tree_attention_triton):
         with pytest.raises(ValueError, match=match):
             fn(q, k, v, se, 1.0, **make_kwargs(pos))
+
+
+# --------------------------------------------------------------------------- packed rows
+
+def engine_sequences(seed: int, count: int, prompt_range: tuple[int, int],
+                     answers_range: tuple[int, int]) -> list[Sequence]:
+    """Scorer sequences with random prompts and answer tries (tokens irrelevant here)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        prompt = rng.randint(*prompt_range)
+        wanted = rng.randint(*answers_range)
+        answers: set[tuple[int, ...]] = set()
+        while len(answers) < wanted:
+            answers.add(tuple(rng.randrange(6) for _ in range(rng.randint(1, 4))))
+        ids = [list(a) for a in sorted(answers)]
+        out.append(Sequence("t", f"p{i}", "", "", [1] * prompt, [""] * len(ids), ids,
+                            list(range(len(ids))), build_trie(ids)))
+    return out
+
+
+def packed_rows(sequences, batch_tokens):
+    """The engine's own packing (engine.scorer.make_batches): [1, T] rows of whole sequences."""
+    return make_batches(sequences, batch_tokens)
+
+
+def packed_visibility(sequences, batch, window=None) -> torch.Tensor:
+    """[1, T, T] oracle visibility of a packed row, built from each sequence's trie (parents),
+    block-diagonal over the placements, with the window applied on position ids."""
+    t = batch.span_end.shape[1]
+    vis = torch.zeros(t, t, dtype=torch.bool)
+    for i, offset in ((part.seq, offset) for part, offset in batch.placements):
+        s = sequences[i]
+        n = len(s)
+        vis[offset:offset + n, offset:offset + n] = tree_visibility(
+            len(s.prompt_ids), list(s.trie.parent), n)
+    if window is not None:
+        pos = batch.position_ids[0]
+        vis &= (pos[:, None] - pos[None, :]) < window
+    return vis[None]
+
+
+def packed_qkv(seed, t, hq, hkv, dh, dtype):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(1, h, t, dh, generator=g).to(dtype).to(DEVICE)
+                 for h in (hq, hkv, hkv))
+
+
+def test_sequence_starts_on_engine_rows():
+    """sequence_starts gives each position of a packed row its sequence's offset; padding runs
+    are grouped under their first position; each start is <= the first visible key."""
+    seqs = engine_sequences(20, 9, (1, 30), (1, 8))
+    for batch in packed_rows(seqs, 120):
+        starts = sequence_starts(batch.span_end)
+        want = torch.empty_like(starts)
+        for i, offset in ((part.seq, offset) for part, offset in batch.placements):
+            want[0, offset:offset + len(seqs[i])] = offset
+        assert torch.equal(starts, want)
+    se = trie_span_end(5, [-1, 0, -1], 12)[None]  # 8 positions, then 4 of padding
+    assert sequence_starts(se).tolist() == [[0] * 8 + [8] * 4]
+    visible = span_end_visible(se[0])
+    first = torch.where(visible.any(1), visible.to(torch.int8).argmax(1), torch.arange(12))
+    assert bool((sequence_starts(se)[0] <= first).all())
+
+
+@needs_kernels
+@pytest.mark.parametrize("window", [None, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_rows_match_reference_and_float64(dtype, window):
+    """Rows packed by the engine's packer (sequences straddling query blocks): kernel ==
+    reference == float64 oracle, with and without a window, output poisoned with NaN."""
+    seqs = engine_sequences(21, 10, (3, 40), (1, 7))
+    batch = packed_rows(seqs, 260)[0]
+    t = batch.span_end.shape[1]
+    q, k, v = packed_qkv(22, t, 4, 2, 32, dtype)
+    se = batch.span_end.to(DEVICE)
+    kwargs = {} if window is None else {"positions": batch.position_ids.to(DEVICE),
+                                        "window": window}
+    got = tree_attention_triton(q, k, v, se, 0.2, out=torch.full_like(q, float("nan")),
+                                **kwargs)
+    assert_attention_close(got, tree_attention_reference(q, k, v, se, 0.2, **kwargs), dtype)
+    oracle = attention_float64(q, k, v, packed_visibility(seqs, batch, window).to(DEVICE), 0.2)
+    assert_attention_close(got, oracle, dtype)
+
+
+def visible_blocks(visible_rows: torch.Tensor, block_n: int) -> int:
+    """Key blocks (of the fixed grid j // block_n) holding a visible pair for these rows."""
+    keys = visible_rows.any(0).nonzero()[:, 0]
+    return len(set((keys // block_n).tolist()))
+
+
+def count_visits(kernel_module, sequences, batch, cfg, window=None):
+    """(per-pass visits, per-pass bound, passes) for one packed row: the kernel's own count of
+    the key blocks each pass (the rows of one sequence within one query block) attends to, and
+    the key blocks of the fixed grid holding a visible pair for those rows."""
+    t = batch.span_end.shape[1]
+    q, k, v = packed_qkv(23, t, 1, 1, 16, torch.float32)
+    se = batch.span_end.to(DEVICE)
+    pos = batch.position_ids.to(DEVICE)
+    visits = torch.zeros(1, 1, t, dtype=torch.int32, device=DEVICE)
+    kernel_module.tree_attention(q, k, v, se, sequence_starts(se), 0.2, cfg, positions=pos,
+                                 window=window, visits=visits)
+    visible = packed_visibility(sequences, batch, window)[0]
+    passes, counts, bounds = [], [], []
+    for i, offset in sorted(((part.seq, offset) for part, offset in batch.placements), key=lambda p: p[1]):
+        end = offset + len(sequences[i])
+        for m0 in range(offset - offset % cfg.block_m, end, cfg.block_m):
+            r0, r1 = max(m0, offset), min(m0 + cfg.block_m, end)
+            passes.append(r0)
+            counts.append(int(visits[0, 0, r0]))
+            bounds.append(visible_blocks(visible[r0:r1], cfg.block_n))
+    assert set(visits[0, 0].nonzero()[:, 0].tolist()) == set(passes)  # every pass accounted
+    return counts, bounds, passes
+
+
+@needs_kernels
+@pytest.mark.parametrize("window", [None, 12])
+def test_packed_rows_visit_only_visible_blocks(kernel_module, window):
+    """On rows packed by the engine's packer, each query block (the rows of one sequence within
+    a BLOCK_M tile) attends to at most (key blocks holding a visible pair) + 1 key blocks: it
+    starts at its own sequence, never at key 0."""
+    cfg = kernel_module.TreeAttentionConfig(block_m=16, block_n=16, block_scan=32)
+    seqs = engine_sequences(24, 14, (10, 45), (2, 9))
+    batch = packed_rows(seqs, 520)[0]
+    counts, bounds, _ = count_visits(kernel_module, seqs, batch, cfg, window)
+    over = [(c, b) for c, b in zip(counts, bounds, strict=True) if c > b + 1]
+    assert not over, over
+    t = batch.span_end.shape[1]
+    all_blocks = sum(min(t, m0 + 16) // 16 + 1 for m0 in range(0, t, 16))
+    print(f"\nT={t}, window={window}: {sum(counts)} key blocks visited over {len(counts)} "
+          f"query blocks, {sum(bounds)} hold a visible pair; from key 0 it would be "
+          f"~{all_blocks}")
+
+
+@needs_kernels
+def test_packed_rows_visit_counts_at_engine_scale(kernel_module):
+    """The issue's shape with the shipped Hopper bf16 head_dim-128 tiles (128 x 64): 40
+    sequences of 150-token prompts and 50-node tries (10 answers of 5 tokens) packed by the
+    engine into one row of T = 8000; every query block within the bound."""
+    cfg = kernel_module.TreeAttentionConfig(block_m=128, block_n=64, block_scan=1024)
+    conts = [[10 * a + t for t in range(5)] for a in range(10)]
+    seqs = [Sequence("t", f"p{i}", "", "", [1] * 150, [""] * 10, conts, list(range(10)),
+                     build_trie(conts)) for i in range(40)]
+    batch = packed_rows(seqs, 8192)[0]
+    assert batch.span_end.shape[1] == 8000 and len(batch.placements) == 40
+    counts, bounds, _ = count_visits(kernel_module, seqs, batch, cfg)
+    assert all(c <= b + 1 for c, b in zip(counts, bounds, strict=True))
+    from_zero = sum(min(8000, m0 + 128 + 63) // 64 for m0 in range(0, 8000, 128))
+    print(f"\nT=8000: {sum(counts)} key blocks visited over {len(counts)} query blocks; "
+          f"{sum(bounds)} hold a visible pair; every block from key 0: {from_zero}")
+
+
+@needs_kernels
+@pytest.mark.parametrize("window", [None, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_rows_batch_invariant_bitwise(dtype, window, fixed_order_dot):
+    """A sequence's outputs are bitwise identical alone and packed at other offsets with other
+    neighbours: key blocks align to the sequence's start, never to the row."""
+    seqs = engine_sequences(26, 3, (11, 37), (2, 6))
+    layouts = [[0], [1, 0, 2], [2, 1, 0], [1, 2, 0]]
+    qkv = [packed_qkv(30 + i, len(s), 2, 1, 32, dtype) for i, s in enumerate(seqs)]
+    results = []
+    offsets = set()
+    for order in layouts:
+        batch = _layout(seqs, [whole(i, seqs[i]) for i in order])  # the engine's row layout
+        at = next(offset for part, offset in batch.placements if part.seq == 0)
+        offsets.add(at)
+        q, k, v = (torch.cat([qkv[i][n] for i in order], dim=2) for n in range(3))
+        kwargs = {} if window is None else {"positions": batch.position_ids.to(DEVICE),
+                                            "window": window}
+        out = tree_attention_triton(q, k, v, batch.span_end.to(DEVICE), 0.3, **kwargs)
+        results.append(out[..., at:at + len(seqs[0]), :])
+    assert len(offsets) == 3
+    for r in results[1:]:
+        assert torch.equal(r, results[0])
+
+
+@pytest.fixture
+def fixed_order_dot():
+    """Interpreted, a fixed-order ``tl.dot`` (see ``kernels.interpreter.fixed_order_dot``)."""
+    with interpreter.fixed_order_dot():
+        yield
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 24])
+def test_triton_qk_in_head_dim_chunks(kernel_module, head_dim, dtype):
+    """q.k over head_dim in chunks (q reloaded per chunk: float32's tiles, bf16 at head_dim
+    256), a ragged last chunk at head_dim 24, with padding: equal to the float64 oracle."""
+    cfg = kernel_module.TreeAttentionConfig(block_m=16, block_n=16, block_scan=32, qk_chunk=16)
+    q, k, v, se, visible = make_problem(14, 1, 2, 2, head_dim, [(30, 25, 5)], dtype)
+    got = tree_attention_triton(q, k, v, se, 0.2, config=cfg,
+                                out=torch.full_like(q, float("nan")))
+    assert_attention_close(got, attention_float64(q, k, v, visible, 0.2), dtype)
+
+
+@needs_kernels
+def test_unsupported_dtype_head_dim_and_arch_name_the_reference(monkeypatch):
+    """float16, head_dim > 256 and GPUs older than sm_80 are one clear KernelUnsupportedError
+    naming the torch reference, raised before anything compiles."""
+    q, k, v, se, _ = make_problem(15, 1, 1, 1, 16, [(6, 4, 0)])
+    with pytest.raises(kernels.KernelUnsupportedError, match="dtype torch.float16.*"
+                       "tree_attention_reference"):
+        tree_attention_triton(q.half(), k.half(), v.half(), se, 1.0)
+    q, k, v, se, _ = make_problem(15, 1, 1, 1, 320, [(6, 4, 0)])
+    with pytest.raises(kernels.KernelUnsupportedError, match="head_dim 320.*ENGINE_FORCE_REF"):
+        tree_attention_triton(q, k, v, se, 1.0)
+    common = importlib.import_module("kernels._triton_common")
+    monkeypatch.setattr(common, "INTERPRET", False)
+    monkeypatch.setattr(common, "device_capability", lambda tensor: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    gpu_tensor = types.SimpleNamespace(is_cuda=True, device="cuda:0")
+    with pytest.raises(kernels.KernelUnsupportedError,
+                       match=r"sm_80 \(Ampere\) and newer, not sm_70 \(Tesla V100\).*reference"):
+        common.check_device(gpu_tensor, "tree-attention",
+                            "kernels.tree_attention.tree_attention_reference")
+    monkeypatch.setattr(common, "device_capability", lambda tensor: (8, 0))
+    common.check_device(gpu_tensor, "tree-attention", "ref")  # A100: fine

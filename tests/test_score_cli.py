@@ -22,10 +22,8 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ckpt")
-    tiny.make_checkpoint(directory, arch="olmo2", hidden=32, heads=2, kv_heads=2, init=0.1)
-    return directory
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint(arch="olmo2", hidden=32, heads=2, kv_heads=2, init=0.1)
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:

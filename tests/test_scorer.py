@@ -113,3 +113,37 @@ def test_token_efficiency_on_the_shipped_suite(model_dir):
                          for s in sequences)
         assert needed / processed >= 0.95
         assert naive / processed > 10  # the trie's saving over one pass per answer
+
+
+@pytest.mark.parametrize("batch_tokens", [100])
+def test_long_sequences_are_split_within_batch_tokens(model_dir, batch_tokens):
+    """On the packed path a prompt longer than --batch-tokens is cut into parts that each repeat
+    the prompt and the ancestors of the nodes they own: every row fits, every node is scored
+    once, and the results equal scoring each prompt whole."""
+    directory, _ = model_dir
+    ck = engine.load(directory)
+    encoder = PromptEncoder(ck, "base")
+    boundary = boundary_mask(ck)
+    parts = 0
+    for task in load_tasks("rng_1_100,card"):
+        sequences = task_sequences(encoder, task)
+        batches = make_batches(sequences, batch_tokens)
+        for b in batches:  # every row fits, but for a prompt too long to cut (then alone, whole)
+            (part, _), *others = b.placements
+            s = sequences[part.seq]
+            assert b.processed_tokens <= batch_tokens or (
+                not others and len(s.prompt_ids) + max(s.trie.depth) >= batch_tokens and len(part.nodes) == len(s.trie))
+        parts += sum(len(b.placements) for b in batches) - len(sequences)
+        owned = {}
+        for b in batches:
+            for part, _ in b.placements:
+                trie = sequences[part.seq].trie
+                assert all(trie.parent[n] in part.nodes or trie.parent[n] < 0 for n in part.nodes)
+                for n in part.owned:
+                    owned[part.seq, n] = owned.get((part.seq, n), 0) + 1
+        assert owned == {(i, n): 1 for i, s in enumerate(sequences) for n in [-1, *range(len(s.trie))]}
+        cut = score_task(ck, encoder, task, sequences, boundary, batch_tokens=batch_tokens, pack=True)
+        alone = score_task(ck, encoder, task, sequences, boundary, pack=False)
+        for a, b in zip(alone.prompts, cut.prompts, strict=True):
+            assert np.abs(a.variant_logprob - b.variant_logprob).max() <= 1e-6 * max(1.0, np.abs(a.variant_logprob).max())
+    assert parts > 0  # something was cut

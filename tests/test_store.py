@@ -29,10 +29,8 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ckpt")
-    tiny.make_checkpoint(directory, arch="olmo2", hidden=32, heads=2, kv_heads=2, init=0.1)
-    return directory
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint(arch="olmo2", hidden=32, heads=2, kv_heads=2, init=0.1)
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -55,13 +53,6 @@ def manifest(out, label="K"):
 
 def task_bytes(out, task, label="K"):
     return (out / label / f"{task}.parquet").read_bytes()
-
-
-def copy_checkpoint(src: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for f in src.iterdir():
-        (dst / f.name).write_bytes(f.read_bytes())
-    return dst
 
 
 # --- overwrite ---------------------------------------------------------------------------------
@@ -110,8 +101,8 @@ def test_killed_overwrite_leaves_the_previous_results_intact(ckpt, tmp_path):
 # --- NaN, edited weights, fingerprint ------------------------------------------------------------
 
 
-def test_nan_weights_are_an_error_never_a_finished_task(ckpt, tmp_path):
-    bad = copy_checkpoint(ckpt, tmp_path / "nan")
+def test_nan_weights_are_an_error_never_a_finished_task(ckpt, tmp_path, copy_checkpoint):
+    bad = copy_checkpoint(ckpt)
     state = load_file(bad / "model.safetensors")
     state["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
     save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
@@ -122,8 +113,8 @@ def test_nan_weights_are_an_error_never_a_finished_task(ckpt, tmp_path):
     assert not (out / "K").exists()
 
 
-def test_edited_weights_are_never_mistaken_for_the_old_ones(ckpt, tmp_path):
-    ck = copy_checkpoint(ckpt, tmp_path / "ck")
+def test_edited_weights_are_never_mistaken_for_the_old_ones(ckpt, tmp_path, copy_checkpoint):
+    ck = copy_checkpoint(ckpt)
     out = tmp_path / "r"
     assert score.main([str(ck), "--tasks", "coin", "--out", str(out), "--label", "K"]) == 0
     old = pq.read_table(out / "K" / "coin.parquet").column("logprob").to_numpy()
@@ -137,8 +128,8 @@ def test_edited_weights_are_never_mistaken_for_the_old_ones(ckpt, tmp_path):
     assert not np.array_equal(old, new)
 
 
-def test_fingerprint_covers_every_byte_of_the_weights(ckpt, tmp_path):
-    ck = copy_checkpoint(ckpt, tmp_path / "ck")
+def test_fingerprint_covers_every_byte_of_the_weights(ckpt, copy_checkpoint):
+    ck = copy_checkpoint(ckpt)
     path = ck / "model.safetensors"
     original = path.read_bytes()
     base = engine.load(ck).fingerprint

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, processors
 
-from lab.corpus import TULU_TEMPLATE  # the demo ladder's template: one copy of Tulu 3's shape
+from lab.corpus import TULU_TEMPLATE, train_bpe  # the demo ladder's template and BPE trainer
 
 CHATML_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -33,26 +33,10 @@ CORPUS = [
 
 
 def train_tokenizer(vocab_size: int = 300, add_bos: bool = True, added_tokens: tuple[str, ...] = ()) -> Tokenizer:
-    """A byte-level BPE with special tokens and (optionally) a BOS-adding post-processor, plus
-    `added_tokens`: whole-word tokens that are not special (Qwen 3's "<think>", "</think>")."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 20, trainer)
-    if added_tokens:
-        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
-    if add_bos:
-        bos = tok.token_to_id("<|bos|>")
-        tok.post_processor = processors.TemplateProcessing(
-            single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos)]
-        )
-    return tok
+    """The tiny checkpoints' byte-level BPE (lab.corpus.train_bpe on CORPUS), with BOS added by
+    the post-processor unless add_bos is False, plus non-special `added_tokens`."""
+    return train_bpe(CORPUS * 20, vocab_size, SPECIALS, bos="<|bos|>" if add_bos else None,
+                     added_tokens=added_tokens)
 
 
 def write_tokenizer(directory: Path, template: str | None = TULU_TEMPLATE, add_bos: bool = True,

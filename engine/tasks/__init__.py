@@ -53,15 +53,11 @@ import difflib
 import functools
 import re
 import string
+import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 from engine.errors import TaskError
 

@@ -1,0 +1,307 @@
+"""Tensor and data parallelism on torch.distributed, for processes launched by torchrun.
+
+Layout. `torchrun` starts WORLD_SIZE processes (ranks). With `--tp T` they form WORLD_SIZE / T
+tensor-parallel groups of T consecutive ranks (group g holds ranks g*T .. g*T + T - 1, so a group
+stays on one node when T divides the processes per node). A group holds one checkpoint split
+across its ranks (engine/model.py: attention heads, MLP, vocabulary); the groups are data
+parallel: `python -m engine.sweep` gives group g the checkpoints g, g + G, g + 2G, ... Tensors
+travel on NCCL between GPUs and on gloo on the CPU; control messages (agreements, plans, the
+sweep's summary) always travel on gloo.
+
+Failing together. Every collective has a timeout (`--dist-timeout`, default 30 minutes), so a rank
+that dies or hangs makes the others fail instead of waiting forever. Work a rank may fail alone
+(reading its files, validating input, writing results) runs inside `Group.step`: leaving it, every
+rank of the group learns whether any rank failed, and if one did they all raise (the failing rank
+its own error, the others a `ParallelError` naming it), so all of them stop at the same point
+with no collective left unmatched; the group's first rank alone prints such an agreed error
+(`reports`).
+
+Determinism. A sum across ranks (row-parallel layers, the vocabulary-parallel embedding, the mean
+square of OLMo's q/k norm) gathers every rank's partial and adds them in rank order, in float32:
+the result has the same bits on every rank and does not depend on the backend's reduction
+algorithm or on the message size, so a tensor-parallel run stays batch-invariant on the CPU. The
+price: an all-gather receives (T - 1) partials per rank where a ring all-reduce moves
+2 (T - 1) / T of one, the same at T = 2 and 3.5 times more at T = 8 (scoring is compute-bound
+and moves one hidden state per layer, so this is cheap next to reading the weights).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from engine.errors import EngineError, ParallelError
+
+DEFAULT_TIMEOUT_S = 1800.0
+# The sweep's final summary waits for the slowest group's last checkpoint, not for a hung rank
+# (those time out inside their own group): hours are normal there.
+SUMMARY_TIMEOUT = timedelta(days=7)
+
+
+class Group:
+    """Ranks that work in lockstep: one tensor-parallel group, or the whole world for control.
+
+    `rank` and `size` are this process's place in the group, `ranks` the global ranks in it. A
+    group of one needs no process group: every method is then local and free."""
+
+    def __init__(self, rank: int = 0, size: int = 1, ranks: tuple[int, ...] = (0,), data=None,
+                 control=None, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.rank, self.size, self.ranks = rank, size, tuple(ranks)
+        self.data, self.control = data, control  # tensors (NCCL or gloo), objects (gloo)
+        self.timeout_s = timeout_s
+
+    @property
+    def lead(self) -> bool:
+        """The group's first rank: it writes results and prints agreed errors."""
+        return self.rank == 0
+
+    @property
+    def global_rank(self) -> int:
+        return self.ranks[self.rank]
+
+    def split(self, n: int) -> tuple[int, int]:
+        """This rank's [start, stop) of n items split evenly (n must divide by the size)."""
+        if n % self.size:
+            raise ValueError(f"{n} items do not split evenly across {self.size} ranks")
+        part = n // self.size
+        return self.rank * part, (self.rank + 1) * part
+
+    def vocab_range(self, vocab_size: int) -> tuple[int, int]:
+        """This rank's [start, stop) of the vocabulary: contiguous ranges whose sizes differ by
+        at most one (the first vocab_size % size ranks hold one more)."""
+        part, extra = divmod(vocab_size, self.size)
+        start = self.rank * part + min(self.rank, extra)
+        return start, start + part + (self.rank < extra)
+
+    # -- tensors -------------------------------------------------------------------------------
+
+    def gather(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's x (same shape everywhere), in rank order."""
+        if self.size == 1:
+            return [x]
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        with self._collective("exchanging activations"):
+            dist.all_gather(parts, x.contiguous(), group=self.data)
+        return parts
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of x over the ranks, added in rank order in float32 (see the module doc)."""
+        if self.size == 1:
+            return x
+        parts = self.gather(x)
+        total = parts[0].float()  # a gather buffer: adding into it in place is fine
+        for part in parts[1:]:
+            total += part.float()
+        return total.to(x.dtype)
+
+    # -- Python objects (control) --------------------------------------------------------------
+
+    def gather_objects(self, obj, what: str) -> list:
+        """Every rank's picklable obj, in rank order."""
+        if self.size == 1:
+            return [obj]
+        out = [None] * self.size
+        with self._collective(what):
+            dist.all_gather_object(out, obj, group=self.control)
+        return out
+
+    def broadcast(self, obj, what: str):
+        """The group's first rank's obj, on every rank."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        with self._collective(what):
+            dist.broadcast_object_list(box, src=self.ranks[0], group=self.control)
+        return box[0]
+
+    @contextmanager
+    def step(self, what: str):
+        """Run a block any rank may fail alone; leaving it, all ranks fail if one did.
+
+        The failing rank re-raises its own exception; the others raise a ParallelError with the
+        first failing rank's message. Both are marked as reported by the group's first rank."""
+        if self.size == 1:
+            yield
+            return
+        try:
+            yield
+        except Exception as e:
+            try:
+                self.gather_objects(_describe(e, self.global_rank), what)
+            except ParallelError:
+                raise e from None  # the others are gone or hung: say what failed here
+            e.reported_by = self.ranks[0]
+            raise
+        failures = self.gather_objects(None, what)
+        failed = [(r, message) for r, message in zip(self.ranks, failures, strict=True) if message]
+        if failed:
+            rank, message = failed[0]
+            error = ParallelError(f"rank {rank}: {message}")
+            error.reported_by = self.ranks[0]
+            raise error
+
+    @contextmanager
+    def _collective(self, what: str):
+        try:
+            yield
+        except RuntimeError as e:  # gloo and NCCL: a timeout, or a peer whose process ended
+            others = [r for r in self.ranks if r != self.global_rank]
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+            raise ParallelError(
+                f"rank {self.global_rank}, {what}: rank(s) {', '.join(map(str, others))} failed or did "
+                f"not answer within {self.timeout_s:g} s ({detail}); see their output, or raise "
+                "--dist-timeout if they are only slow") from None
+
+
+def _describe(error: Exception, rank: int) -> str:
+    if isinstance(error, EngineError):
+        return str(error)
+    return f"{type(error).__name__}: {error} (a bug: see rank {rank}'s traceback)"
+
+
+def everywhere(error: EngineError) -> EngineError:
+    """Mark an error every rank meets alike (same input, same check): rank 0 alone prints it."""
+    error.reported_by = 0
+    return error
+
+
+def reports(error: BaseException) -> bool:
+    """Whether this process prints `error`: an error all ranks agreed on is printed by its
+    group's first rank only; any other error by whoever meets it."""
+    return getattr(error, "reported_by", None) in (None, layout_rank())
+
+
+SOLO = Group()
+
+
+@dataclass
+class Layout:
+    """This process's place in the launch."""
+
+    rank: int
+    world: int
+    tp: Group  # this rank's tensor-parallel group (a group of one when tp == 1)
+    world_group: Group  # every rank: control messages only
+    summary_group: Group  # every rank, patient: the sweep's final summary
+    dp_rank: int  # which tensor-parallel group this rank belongs to
+    dp_size: int  # how many there are
+
+
+_layout: Layout | None = None
+
+
+def layout_rank() -> int:
+    return _layout.rank if _layout is not None else int(os.environ.get("RANK", "0"))
+
+
+def setup(tp: int = 1, device="auto", timeout_s: float | None = None) -> Layout:
+    """This process's `Layout`, creating the process groups on the first call.
+
+    Reads torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a
+    process started without torchrun is a world of one. NCCL carries tensors when `device` is
+    CUDA (each rank on GPU LOCAL_RANK), gloo otherwise. Raises ParallelError (one line) when the
+    world size is not a multiple of tp, or when called again with another tp."""
+    global _layout
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ParallelError(f"--tp must be a positive integer, got {tp!r}")
+    if _layout is not None:
+        if _layout.tp.size != tp:
+            raise ParallelError(f"this process is already set up for --tp {_layout.tp.size}, not {tp}")
+        return _layout
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world == 1 and tp > 1:
+        raise ParallelError(f"--tp {tp} needs {tp} processes: launch with torchrun --nproc-per-node {tp} "
+                            "(e.g. torchrun --nproc-per-node 2 -m engine.score CHECKPOINT --tp 2)")
+    if world % tp:
+        raise everywhere(ParallelError(
+            f"world size {world} (torchrun --nnodes x --nproc-per-node) is not a multiple of --tp {tp}; "
+            f"launch a multiple of {tp} processes or choose a --tp that divides {world}"))
+    if world == 1:
+        _layout = Layout(0, 1, SOLO, SOLO, SOLO, 0, 1)
+        return _layout
+    timeout_s = float(timeout_s or DEFAULT_TIMEOUT_S)
+    timeout = timedelta(seconds=timeout_s)
+    cuda = _wants_cuda(device)
+    try:
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+    except (RuntimeError, ValueError) as e:
+        raise ParallelError(f"rank {rank}: cannot join the torchrun rendezvous ({e}); launch with "
+                            "torchrun, or without it and without WORLD_SIZE set") from None
+    everyone = tuple(range(world))
+    control = dist.new_group(backend="gloo", timeout=timeout) if cuda else dist.group.WORLD
+    patient = dist.new_group(backend="gloo", timeout=SUMMARY_TIMEOUT)
+    mine = SOLO
+    for g in range(world // tp):  # every rank creates every group, in the same order
+        ranks = tuple(range(g * tp, (g + 1) * tp))
+        if tp == 1:
+            group = Group(0, 1, ranks, timeout_s=timeout_s) if rank in ranks else None
+        else:
+            data = dist.new_group(list(ranks), timeout=timeout)
+            objects = dist.new_group(list(ranks), backend="gloo", timeout=timeout) if cuda else data
+            group = Group(ranks.index(rank), tp, ranks, data, objects, timeout_s) if rank in ranks else None
+        mine = group or mine
+    _layout = Layout(rank, world, mine, Group(rank, world, everyone, None, control, timeout_s),
+                     Group(rank, world, everyone, None, patient, SUMMARY_TIMEOUT.total_seconds()),
+                     rank // tp, world // tp)
+    return _layout
+
+
+def _wants_cuda(device) -> bool:
+    name = str(device)
+    return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+
+
+def shutdown() -> None:
+    """Tear the process groups down (at the end of a CLI run)."""
+    global _layout
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _layout = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The vocabulary-parallel LM head
+
+
+def lm_head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, boundary: torch.Tensor):
+    """`kernels.lm_head.lm_head_logprobs` for a model whose vocabulary may be split across ranks:
+    (lse [N], target_logits [N, K], boundary_lse [N]) over the whole vocabulary, on every rank.
+
+    Each rank runs the kernel on its slice of the vocabulary (targets outside it become padding,
+    -inf); the partial log-sum-exps are merged in rank order, and each target's logit comes from
+    the one rank that holds it (the others give -inf, so a max picks it exactly)."""
+    from kernels.lm_head import lm_head_logprobs as kernel
+
+    tp = getattr(model, "tp", None)
+    if tp is None or tp.size == 1:
+        return kernel(hidden, model.output_weight, targets, boundary)
+    start, stop = model.vocab_range
+    local = torch.where((targets >= start) & (targets < stop), targets - start, -1)
+    lse, target_logits, boundary_lse = kernel(hidden, model.output_weight, local, boundary[start:stop])
+    parts = tp.gather(torch.cat([lse[:, None], boundary_lse[:, None], target_logits], dim=1))
+    merged_targets = parts[0][:, 2:]
+    for part in parts[1:]:
+        merged_targets = torch.maximum(merged_targets, part[:, 2:])
+    return (_logsumexp_in_order([p[:, 0] for p in parts]), merged_targets,
+            _logsumexp_in_order([p[:, 1] for p in parts]))
+
+
+def _logsumexp_in_order(parts: list[torch.Tensor]) -> torch.Tensor:
+    """log(sum exp) of per-rank log-sum-exps, summed in rank order; -inf when all are -inf."""
+    top = parts[0]
+    for part in parts[1:]:
+        top = torch.maximum(top, part)
+    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.zeros_like(top)
+    for part in parts:
+        total += torch.exp(part - shift)
+    return shift + torch.log(total)

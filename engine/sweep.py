@@ -1,0 +1,397 @@
+"""`python -m engine.sweep SWEEP.toml`: score a ladder of checkpoints, resumably, on one process
+or across GPUs and nodes under torchrun.
+
+SWEEP.toml (relative paths are relative to the file's directory):
+
+    checkpoints = ["/models/olmo2-1b/step*", "/models/olmo2-1b-sft"]  # paths or globs, in order
+    tasks = "all"            # all | "name,name" | a task file | a list of names (default: all)
+    modes = ["base"]         # auto | chat | base, one or several (default: auto)
+    dtype = "bfloat16"       # float32 | bfloat16 (default: float32)
+    out = "results"          # the results store (default: results)
+    label = "{name}"         # {name} {parent} {mode} {dtype}; default "{name}", or "{name}-{mode}"
+                             # with several modes
+    # device = "auto", tp = 1, batch_tokens = 8192, chat_template = "/models/olmo2-1b-sft",
+    # tokenizations = "canonical", max_tokenizations = ..., (as engine.score's options)
+    # dist_timeout = 1800 (seconds a rank waits for the others of its group)
+
+A glob's matches are sorted naturally (step200 before step1000). Alone, the sweep scores the
+checkpoints in order. Under `torchrun`, the ranks form groups of `tp` (engine/distributed.py) and
+group g of G scores checkpoints g, g + G, g + 2G, ... of the list; multi-node launches work the
+same through torchrun's rendezvous (`out` must then be one shared directory).
+
+Resuming: every label is written through the results store (engine/results.py), which skips
+finished tasks and rescores damaged ones; a checkpoint whose labels are complete is skipped
+without reading its weights (`engine.api.finished`). One sweep writes a results directory at a
+time (a lock on `out`, held by rank 0).
+
+Exit status: 0 when every checkpoint was scored or skipped; 1 when the sweep ran to the end but
+some checkpoints failed (each one named in the summary with its error: a corrupt or missing
+checkpoint does not stop the others); 2 for bad input before any work (the sweep file, the
+world size against tp, another sweep on `out`), with one line and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import glob
+import os
+import re
+import sys
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.api import DEFAULT_BATCH_TOKENS, LABEL, finished, score_checkpoint
+from engine.errors import EngineError, OutputError, TaskError
+from engine.results import LabelLock, check_writable
+from engine.tasks import Task, load_tasks
+from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
+
+KEYS = ("checkpoints", "tasks", "modes", "dtype", "device", "out", "label", "tp", "batch_tokens",
+        "chat_template", "tokenizations", "max_tokenizations", "dist_timeout")
+MODES = ("auto", "chat", "base")
+DTYPES = ("float32", "bfloat16")
+
+
+class SweepError(EngineError):
+    """The sweep file is invalid, or another sweep is writing its results directory."""
+
+
+@dataclass
+class Sweep:
+    """A parsed, validated sweep file."""
+
+    source: Path
+    patterns: list[str]  # absolute paths or globs
+    tasks: list[Task]
+    modes: list[str]
+    dtype: str = "float32"
+    device: str = "auto"
+    out: Path = Path("results")
+    label: str = "{name}"
+    tp: int = 1
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    chat_template: str | None = None
+    tokenizations: str = "canonical"
+    max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS
+    dist_timeout: float | None = None
+
+
+@dataclass
+class Item:
+    """One checkpoint of the sweep and the label of each mode it is scored in."""
+
+    index: int
+    checkpoint: str
+    labels: list[tuple[str, str]]  # (mode, label)
+
+
+@dataclass
+class Row:
+    """One line of the summary: a checkpoint scored in one mode under one label."""
+
+    label: str
+    checkpoint: str
+    group: int
+    status: str  # scored | skipped | failed
+    scored: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    error: str = field(default="")
+
+
+def load_sweep(path) -> Sweep:
+    """Read and check a sweep file; every problem is one SweepError line naming the key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SweepError(f"{path}: cannot read the sweep file ({e.strerror or e})") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise SweepError(f"{path}: not valid TOML ({e})") from None
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise SweepError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(KEYS)}")
+    base = path.resolve().parent
+
+    def where(p) -> str:
+        return str(base / Path(p).expanduser())
+
+    def strings(key, default=None) -> list[str]:
+        value = data.get(key, default)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise SweepError(f"{path}: {key!r} must be a non-empty string or list of strings")
+        return value
+
+    def number(key, default, kind, positive=True):
+        value = data.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, kind) or isinstance(value, bool) or (positive and value <= 0):
+            raise SweepError(f"{path}: {key!r} must be a positive {kind.__name__}, got {value!r}")
+        return value
+
+    def choice(key, default, allowed):
+        value = data.get(key, default)
+        if value not in allowed:
+            raise SweepError(f"{path}: {key!r} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    patterns = [where(p) for p in strings("checkpoints")]
+    tasks_value = ",".join(strings("tasks", "all"))
+    if tasks_value.endswith(".toml"):
+        tasks_value = where(tasks_value)
+    try:
+        tasks = load_tasks(tasks_value)
+    except TaskError as e:
+        raise SweepError(f"{path}: tasks: {e}") from None
+    modes = list(dict.fromkeys(strings("modes", "auto")))
+    for mode in modes:
+        if mode not in MODES:
+            raise SweepError(f"{path}: 'modes' may hold {', '.join(MODES)}, got {mode!r}")
+    label = data.get("label", "{name}" if len(modes) == 1 else "{name}-{mode}")
+    if not isinstance(label, str):
+        raise SweepError(f"{path}: 'label' must be a string such as \"{{name}}\" or \"{{parent}}-{{name}}\"")
+    if len(modes) > 1 and "{mode}" not in label:
+        raise SweepError(f"{path}: several modes need '{{mode}}' in 'label' (e.g. \"{{name}}-{{mode}}\"), "
+                         "or each mode would overwrite the other's results")
+    device = data.get("device", "auto")
+    if not isinstance(device, str):
+        raise SweepError(f"{path}: 'device' must be auto, cpu or cuda")
+    template = data.get("chat_template")
+    if template is not None and not isinstance(template, str):
+        raise SweepError(f"{path}: 'chat_template' must be a path")
+    out = data.get("out", "results")
+    if not isinstance(out, str) or not out:
+        raise SweepError(f"{path}: 'out' must be a directory path")
+    return Sweep(path, patterns, tasks, modes, choice("dtype", "float32", DTYPES), device,
+                 Path(where(out)), label, number("tp", 1, int), number("batch_tokens", DEFAULT_BATCH_TOKENS, int),
+                 where(template) if template else None, choice("tokenizations", "canonical", TOKENIZATIONS),
+                 number("max_tokenizations", DEFAULT_MAX_TOKENIZATIONS, int),
+                 number("dist_timeout", None, (int, float)))
+
+
+def natural(text: str):
+    """Sort key that orders digit runs by value: step200 before step1000."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def expand(sweep: Sweep) -> list[Item]:
+    """The checkpoints in sweep order (each once) with their labels; a pattern matching no
+    directory, or two checkpoints given one label, is an error."""
+    checkpoints = []
+    for pattern in sweep.patterns:
+        if glob.has_magic(pattern):
+            matches = sorted((m for m in glob.glob(pattern) if Path(m).is_dir()), key=natural)
+            if not matches:
+                raise SweepError(f"{sweep.source}: checkpoints pattern {pattern!r} matches no directory")
+        elif Path(pattern).is_dir():
+            matches = [pattern]
+        else:
+            raise SweepError(f"{sweep.source}: checkpoint {pattern!r} is not a directory; fix 'checkpoints'")
+        checkpoints += [os.path.abspath(m) for m in matches]  # symlinks keep their own names
+    checkpoints = list(dict.fromkeys(checkpoints))
+    items, owner = [], {}
+    for index, checkpoint in enumerate(checkpoints):
+        labels = []
+        for mode in sweep.modes:
+            path = Path(checkpoint)
+            try:
+                label = sweep.label.format(name=path.name, parent=path.parent.name, mode=mode, dtype=sweep.dtype)
+            except (KeyError, IndexError, ValueError) as e:
+                raise SweepError(f"{sweep.source}: label {sweep.label!r}: {e!r} is not one of {{name}}, "
+                                 "{parent}, {mode}, {dtype}") from None
+            if not LABEL.fullmatch(label):
+                raise SweepError(f"{sweep.source}: label {label!r} of {checkpoint} is not a plain name "
+                                 "(letters, digits, '.', '_', '-'); change 'label'")
+            if label in owner:
+                raise SweepError(f"{sweep.source}: {owner[label]} and {checkpoint} would both be labelled "
+                                 f"{label!r}; use a label template that tells them apart (e.g. \"{{parent}}-{{name}}\")")
+            owner[label] = checkpoint
+            labels.append((mode, label))
+        items.append(Item(index, checkpoint, labels))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.sweep",
+                                description="Score a ladder of checkpoints, resumably, alone or under torchrun.")
+    p.add_argument("sweep", help="sweep file (TOML; see README 'Scaling out')")
+    p.add_argument("--list", action="store_true", help="print the labels, groups and checkpoints, and exit")
+    args = p.parse_args(argv)
+    from engine import distributed
+
+    lock = None
+    try:
+        try:
+            layout, sweep, items = start(args.sweep)
+            if args.list:
+                if layout.rank == 0:
+                    print_plan(items, layout.dp_size)
+                return 0
+            lock = lock_results(sweep, layout)
+        except EngineError as e:
+            if distributed.reports(e):
+                print(f"error: {e}", file=sys.stderr)
+            return 2
+        rows = run_group(sweep, items[layout.dp_rank::layout.dp_size], layout)
+        everyone = layout.summary_group.gather_objects(rows if layout.tp.lead else [], "gathering the summary")
+        order = {label: (item.index, i) for item in items for i, (_, label) in enumerate(item.labels)}
+        rows = sorted((r for rows in everyone for r in rows), key=lambda r: order[r.label])
+        if layout.rank == 0:
+            print_summary(rows, layout)
+        return 1 if any(r.status == "failed" for r in rows) else 0
+    except EngineError as e:  # a rank was lost before the summary
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+        distributed.shutdown()
+
+
+def start(path):
+    """Parse the sweep file, set up the launch and expand the checkpoints (rank 0's view, shared
+    with every rank). Every rank raises the same error on bad input."""
+    from engine import distributed
+
+    try:
+        sweep = load_sweep(path)
+    except EngineError as e:  # the same file on every rank: the same verdict
+        raise distributed.everywhere(e) from None
+    layout = distributed.setup(sweep.tp, sweep.device, sweep.dist_timeout)
+    with layout.world_group.step("listing the checkpoints"):
+        items = expand(sweep) if layout.rank == 0 else None
+    return layout, sweep, layout.world_group.broadcast(items, "sharing the checkpoint list")
+
+
+def lock_results(sweep: Sweep, layout) -> LabelLock | None:
+    """The results directory's sweep lock, taken by rank 0 for the whole sweep (None elsewhere);
+    a directory another sweep is writing is an error on every rank."""
+    world, lock = layout.world_group, None
+    with world.step(f"locking {sweep.out}"):
+        if world.lead:
+            check_writable(sweep.out)
+            lock = LabelLock(sweep.out)
+            try:
+                lock.__enter__()
+            except OutputError:
+                raise SweepError(f"{sweep.out}: another sweep is writing this results directory "
+                                 f"({_holder(sweep.out)}); wait for it to finish or choose another "
+                                 "'out'") from None
+    return lock
+
+
+def _holder(directory: Path) -> str:
+    try:
+        return (directory / ".lock").read_text().strip() or "a running process"
+    except OSError:
+        return "a running process"
+
+
+def run_group(sweep: Sweep, mine: list[Item], layout) -> list[Row]:
+    """Score this group's checkpoints in order; a failing checkpoint is recorded, not fatal."""
+    from tqdm import tqdm
+
+    group = layout.tp
+    rows: list[Row] = []
+    local_groups = int(os.environ.get("LOCAL_WORLD_SIZE", layout.world)) // max(1, group.size)
+    position = layout.dp_rank % max(1, local_groups)
+    with tqdm(total=len(mine), unit="ckpt", desc=f"group {layout.dp_rank}", file=sys.stderr,
+              position=position, disable=None if group.lead else True) as bar:
+        for item in mine:
+            bar.set_postfix_str(Path(item.checkpoint).name)
+            rows += score_item(sweep, item, layout)
+            bar.update(1)
+            for row in rows[-len(item.labels):]:
+                if row.status == "failed" and group.lead:
+                    bar.write(f"failed: {row.label}: {row.error}", file=sys.stderr)
+    return rows
+
+
+def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
+    """Score one checkpoint in each of its modes; failures become failed rows. `seconds` is the
+    checkpoint's time (loading and every mode)."""
+    import engine
+
+    group = layout.tp
+    rows = {label: Row(label, item.checkpoint, layout.dp_rank, "failed") for _, label in item.labels}
+    started = time.perf_counter()
+    ck = None
+    try:
+        with group.step("checking for finished work"):
+            done = [finished(item.checkpoint, sweep.tasks, mode, sweep.dtype, sweep.device, sweep.out, label,
+                             sweep.batch_tokens, sweep.chat_template, sweep.tp, sweep.tokenizations,
+                             sweep.max_tokenizations)
+                    for mode, label in item.labels] if group.lead else None
+        done = group.broadcast(done, "sharing finished work")
+        todo = []
+        for (mode, label), is_done in zip(item.labels, done, strict=True):
+            if is_done:
+                rows[label].status, rows[label].skipped = "skipped", len(sweep.tasks)
+            else:
+                todo.append((mode, label))
+        if todo:
+            ck = engine.load(item.checkpoint, dtype=sweep.dtype, device=sweep.device, tp=group)
+        for mode, label in todo:
+            row = rows[label]
+            try:
+                result = score_checkpoint(ck, sweep.tasks, mode, out=sweep.out, label=label,
+                                          batch_tokens=sweep.batch_tokens, chat_template=sweep.chat_template,
+                                          tokenizations=sweep.tokenizations,
+                                          max_tokenizations=sweep.max_tokenizations, progress=False)
+            except Exception as e:
+                row.error = _message(e)
+            else:
+                row.skipped = result.manifest["timings"]["skipped_tasks"]
+                row.scored = len(sweep.tasks) - row.skipped
+                row.status = "scored" if row.scored else "skipped"
+    except Exception as e:  # loading failed: every mode still to score failed with it
+        for row in rows.values():
+            if row.status == "failed" and not row.error:
+                row.error = _message(e)
+    finally:
+        del ck  # free this checkpoint before the next one
+        gc.collect()
+    seconds = round(time.perf_counter() - started, 2)  # loading included
+    for row in rows.values():
+        row.seconds = seconds
+    return list(rows.values())
+
+
+def _message(error: Exception) -> str:
+    if isinstance(error, EngineError):
+        return str(error)
+    traceback.print_exc()  # a bug: the traceback, and the sweep goes on
+    return f"{type(error).__name__}: {error}"
+
+
+def print_plan(items: list[Item], groups: int) -> None:
+    print(f"{'label':<28} {'group':>5}  checkpoint")
+    for item in items:
+        for _, label in item.labels:
+            print(f"{label:<28} {item.index % groups:>5}  {item.checkpoint}")
+
+
+def print_summary(rows: list[Row], layout) -> None:
+    print(f"{'label':<28} {'group':>5} {'status':<8} {'scored':>6} {'skipped':>7} {'seconds':>8}  checkpoint")
+    for r in rows:
+        print(f"{r.label:<28} {r.group:>5} {r.status:<8} {r.scored:>6} {r.skipped:>7} {r.seconds:>8.1f}  {r.checkpoint}")
+    counts = {status: sum(r.status == status for r in rows) for status in ("scored", "skipped", "failed")}
+    print(f"{len(rows)} labels on {layout.world} rank(s) ({layout.dp_size} group(s) of tp {layout.tp.size}): "
+          f"{counts['scored']} scored, {counts['skipped']} skipped, {counts['failed']} failed")
+    for r in rows:
+        if r.status == "failed":
+            print(f"failed: {r.label}: {r.error}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

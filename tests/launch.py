@@ -1,0 +1,108 @@
+"""Start multi-rank runs for the tests: through torchrun, or as one process per rank with the
+environment torchrun gives its workers (same env:// rendezvous), so that a test can hand each
+rank its own arguments or stop one of them.
+
+Every process runs with OMP_NUM_THREADS=1, as torchrun sets it for its workers: the single
+process runs the tests compare against then use the same BLAS threading, and bits can be equal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    ENV.pop(key, None)
+
+
+def python(module: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m module args` in one process (a world of one)."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=timeout)
+
+
+def torchrun_command(nproc: int, module: str, *args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", module, *map(str, args)]
+
+
+def torchrun(nproc: int, module: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node nproc -m module args` (a free port of its own)."""
+    return subprocess.run(torchrun_command(nproc, module, *args), capture_output=True, text=True, env=ENV,
+                          cwd=ROOT, timeout=timeout)
+
+
+@dataclass
+class Rank:
+    rank: int
+    returncode: int | None
+    stdout: str
+    stderr: str
+
+    def lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(module: str, argv_per_rank: list[list], log_dir: Path) -> list[subprocess.Popen]:
+    """One process per rank, each with its own arguments, joined by the env:// rendezvous.
+    Output goes to files (a pipe nobody reads could fill and block a rank)."""
+    port, world = free_port(), len(argv_per_rank)
+    procs = []
+    for rank, argv in enumerate(argv_per_rank):
+        env = dict(ENV, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        out = open(log_dir / f"rank{rank}.out", "w")
+        err = open(log_dir / f"rank{rank}.err", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", module, *map(str, argv)], env=env, cwd=ROOT,
+                                      stdout=out, stderr=err))
+    return procs
+
+
+def finish_ranks(procs: list[subprocess.Popen], log_dir: Path, timeout: float = 300) -> list[Rank]:
+    """Wait for every rank (killing any still running after `timeout`) and collect its output."""
+    deadline = time.time() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    return [Rank(r, proc.returncode, (log_dir / f"rank{r}.out").read_text(),
+                 (log_dir / f"rank{r}.err").read_text()) for r, proc in enumerate(procs)]
+
+
+def ranks(module: str, argv_per_rank: list[list], log_dir: Path, timeout: float = 300) -> list[Rank]:
+    return finish_ranks(start_ranks(module, argv_per_rank, log_dir), log_dir, timeout)
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """{RANK: pid} of the workers a torchrun process started (read from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent != launcher_pid:
+                continue
+            environ = dict(item.split("=", 1) for item in (entry / "environ").read_text().split("\0") if "=" in item)
+        except (OSError, ValueError, IndexError):
+            continue
+        if "RANK" in environ:
+            found[int(environ["RANK"])] = int(entry.name)
+    return found

@@ -1,0 +1,232 @@
+"""Tensor parallelism on CPU with gloo, 2 ranks: the results equal a single process's within
+float32 rounding for every family, the fingerprint is the same, a run is batch-invariant, and
+bad input on any rank stops every rank with one line and status 2 (no hang)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from engine import weights
+from engine.distributed import Group
+from engine.weights import BlockDigest, WeightFile, block_count, combine_block_digests, hash_blocks
+from tests import launch, tiny
+
+# Tiny checkpoints of every family that tp=2 can split (heads, key/value heads and the MLP's 96
+# columns even): grouped-query attention everywhere, tied and untied heads, an odd vocabulary
+# (301: the ranks hold 151 and 150 rows), OLMo's q/k norm over all heads, OLMo 3's windows.
+COMMON = dict(hidden=32, heads=4, kv_heads=2, init=0.1)
+FAMILIES = {
+    "llama": dict(arch="llama", rope_scaling=tiny.LLAMA3_ROPE),
+    "olmo2": dict(arch="olmo2"),
+    "olmo3": dict(arch="olmo3", layers=4, sliding_window=16, rope_scaling=tiny.YARN_ROPE,
+                  template=tiny.OLMO3_CHAT_TEMPLATE, add_bos=False),
+    "qwen2": dict(arch="qwen2", tied=True, template=tiny.QWEN25_CHAT_TEMPLATE, add_bos=False),
+    "qwen3": dict(arch="qwen3", template=tiny.QWEN3_CHAT_TEMPLATE, added_tokens=tiny.THINK_TOKENS,
+                  vocab_size=320, add_bos=False),
+}
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float((np.abs(a - b) / np.maximum(1.0, np.abs(a))).max())
+
+
+# ---------------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize("vocab,size", [(301, 2), (320, 2), (10, 3), (7, 4), (128256, 8)])
+def test_vocab_slices_cover_the_vocabulary_once(vocab, size):
+    ranges = [Group(r, size, tuple(range(size))).vocab_range(vocab) for r in range(size)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == vocab
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    widths = [stop - start for start, stop in ranges]
+    assert max(widths) - min(widths) <= 1
+
+
+@pytest.mark.parametrize("size", [1, 4096, 4096 * 3, 4096 * 3 + 17, 4096 * 5 - 1])
+def test_ranks_hashing_disjoint_blocks_get_the_single_process_digest(tmp_path, monkeypatch, size):
+    monkeypatch.setattr(weights, "BLOCK_BYTES", 4096)  # small blocks, same code
+    monkeypatch.setattr(weights, "READ_BYTES", 1000)  # reads that straddle blocks
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    whole = BlockDigest()
+    for i in range(0, size, 777):  # fed in pieces that ignore the block boundaries
+        whole.update(data[i:i + 777])
+    n = block_count(size)
+    for ranks in (1, 2, 3):
+        digests = {}
+        for rank in range(ranks):
+            digests.update(hash_blocks(path, range(rank, n, ranks), size))
+        assert combine_block_digests([digests[b] for b in range(n)], size) == whole.hexdigest()
+    data = bytearray(data)
+    data[size // 2] ^= 1  # one bit anywhere changes it
+    path.write_bytes(data)
+    flipped = hash_blocks(path, range(n), size)
+    assert combine_block_digests([flipped[b] for b in range(n)], size) != whole.hexdigest()
+
+
+def test_shards_are_the_slices_of_the_tensor(tmp_path):
+    from safetensors.torch import save_file
+
+    tensor = torch.arange(64 * 48, dtype=torch.float32).reshape(64, 48)
+    save_file({"w": tensor, "b": torch.ones(3)}, tmp_path / "m.safetensors")
+    f = WeightFile(tmp_path / "m.safetensors")
+    rows = f.shard("w", 0, 16, 40)
+    assert torch.equal(rows, tensor[16:40])
+    assert rows.untyped_storage().data_ptr() == f.tensor("w").untyped_storage().data_ptr()  # a view
+    cols = f.shard("w", 1, 12, 36)
+    assert torch.equal(cols, tensor[:, 12:36]) and cols.is_contiguous()
+    assert torch.equal(f.tensor("w"), tensor)  # dropped pages read back the same bytes
+
+
+# ---------------------------------------------------------------------------------- tp=2 == tp=1
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    for name, kwargs in FAMILIES.items():
+        tiny.make_checkpoint(root / "ckpt" / name, **COMMON, **kwargs)
+    return root
+
+
+def sweep_file(root: Path, name: str, tp: int, out: str) -> Path:
+    path = root / f"{name}.toml"
+    path.write_text(f'checkpoints = ["ckpt/*"]\ntasks = "all"\nout = "{out}"\ntp = {tp}\n')
+    return path
+
+
+@pytest.fixture(scope="module")
+def scored(families):
+    """Every family, all 15 tasks: one process, then one torchrun launch of 2 ranks with tp=2."""
+    single = launch.python("engine.sweep", sweep_file(families, "tp1", 1, "tp1"))
+    assert single.returncode == 0, single.stderr
+    parallel = launch.torchrun(2, "engine.sweep", sweep_file(families, "tp2", 2, "tp2"))
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    assert "5 scored, 0 skipped, 0 failed" in parallel.stdout
+    return families
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tp2_equals_tp1_within_float32_rounding(scored, family):
+    one, two = scored / "tp1" / family, scored / "tp2" / family
+    m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two))
+    assert len(m1["tasks"]) == len(m2["tasks"]) == 15
+    assert m2["fingerprint"] == m1["fingerprint"]  # every byte hashed, by two ranks
+    assert m2["tp"] == 2 and m1["tp"] == 1
+    assert m2["run"] == dict(m1["run"], tp=2) and "tp" not in m1["run"]
+    worst = 0.0
+    for task in m1["tasks"]:
+        for file in (f"{task}.parquet", f"variants/{task}.parquet"):
+            a, b = pq.read_table(one / file), pq.read_table(two / file)
+            numbers = [c for c in ("logprob", "prob", "coverage") if c in a.column_names]
+            assert a.drop_columns(numbers).equals(b.drop_columns(numbers)), file
+            worst = max(worst, rel_err(a.column("logprob").to_numpy(), b.column("logprob").to_numpy()))
+    print(f"{family}: max |dlogprob| / max(1, |logprob|) tp=2 vs tp=1 = {worst:.3g}")
+    assert worst <= 1e-6
+
+
+def test_tp2_from_the_cli_is_batch_invariant(scored, tmp_path):
+    """engine.score --tp 2 with tiny forward-pass budgets gives the sweep's bits exactly."""
+    run = launch.torchrun(2, "engine.score", scored / "ckpt" / "llama", "--tp", "2", "--tasks", "card,rng_1_100",
+                          "--batch-tokens", "64", "--out", tmp_path, "--label", "l")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("card") == 1  # rank 0 alone prints the summary
+    for task in ("card", "rng_1_100"):
+        for file in (f"{task}.parquet", f"variants/{task}.parquet"):
+            a = pq.read_table(tmp_path / "l" / file).column("logprob").to_numpy()
+            b = pq.read_table(scored / "tp2" / "llama" / file).column("logprob").to_numpy()
+            assert a.tobytes() == b.tobytes(), file
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def one_error_line(ranks: list[launch.Rank], *fragments: str) -> str:
+    """Every rank exited 2; rank 0 printed one line, the others nothing."""
+    assert [r.returncode for r in ranks] == [2] * len(ranks), [r.stderr[-2000:] for r in ranks]
+    lines = ranks[0].lines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), ranks[0].stderr
+    for r in ranks[1:]:
+        assert not r.lines(), r.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("heads,kv_heads,which", [(3, 3, "num_attention_heads=3"), (4, 1, "num_key_value_heads=1")])
+def test_tp_must_divide_the_heads(tmp_path, heads, kv_heads, which):
+    ckpt = tmp_path / "ckpt"
+    tiny.make_checkpoint(ckpt, arch="llama", hidden=12 * heads, heads=heads, kv_heads=kv_heads)
+    argv = [ckpt, "--tp", "2", "--tasks", "coin", "--out", tmp_path / "out"]
+    one_error_line(launch.ranks("engine.score", [argv, argv], tmp_path), "--tp 2", which)
+    assert not (tmp_path / "out").exists()
+
+
+def test_world_size_must_be_a_multiple_of_tp(families, tmp_path):
+    argv = [families / "ckpt" / "llama", "--tp", "3", "--out", tmp_path / "out"]
+    one_error_line(launch.ranks("engine.score", [argv, argv], tmp_path), "world size 2", "--tp 3")
+    argv = [families / "ckpt" / "llama", "--tp", "1", "--out", tmp_path / "out"]
+    one_error_line(launch.ranks("engine.score", [argv, argv], tmp_path), "2 processes", "--tp 2")
+    alone = launch.python("engine.score", families / "ckpt" / "llama", "--tp", "2", "--out", tmp_path / "out")
+    assert alone.returncode == 2 and alone.stderr.count("error:") == 1 and "torchrun" in alone.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def broken_copies(src: Path, root: Path) -> dict[str, Path]:
+    missing = root / "nowhere"
+    corrupt = root / "corrupt"
+    shutil.copytree(src, corrupt)
+    weights_file = corrupt / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    return {"missing": missing, "corrupt": corrupt}
+
+
+@pytest.mark.parametrize("problem,fragment", [("missing", "not found"), ("corrupt", "corrupt or truncated")])
+def test_a_checkpoint_broken_on_one_rank_stops_both(families, tmp_path, problem, fragment):
+    good = families / "ckpt" / "olmo2"
+    bad = broken_copies(good, tmp_path)[problem]
+    common = ["--tp", "2", "--tasks", "coin", "--out", tmp_path / "out", "--label", "l", "--dist-timeout", "60"]
+    started = time.time()
+    ranks = launch.ranks("engine.score", [[good, *common], [bad, *common]], tmp_path)
+    line = one_error_line(ranks, "rank 1: ", fragment, str(bad))
+    assert time.time() - started < 60, line  # agreed at once, never by a timeout
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_hung_rank_times_the_other_out(families, tmp_path):
+    """Rank 1 frozen mid-run (SIGSTOP): rank 0 gives up after --dist-timeout with one line."""
+    argv = [families / "ckpt" / "llama", "--tp", "2", "--tasks", "all", "--out", tmp_path / "out", "--label", "l",
+            "--dist-timeout", "5"]
+    procs = launch.start_ranks("engine.score", [argv, argv], tmp_path)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "out" / "l").exists() and time.time() < deadline:  # loaded, scoring
+            time.sleep(0.05)
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        stopped = time.time()
+        procs[0].wait(timeout=120)
+        waited = time.time() - stopped
+    finally:
+        procs[1].send_signal(signal.SIGKILL)
+    ranks = launch.finish_ranks(procs, tmp_path)
+    assert ranks[0].returncode == 2, ranks[0].stderr[-2000:]
+    lines = ranks[0].lines()
+    assert len(lines) == 1 and "did not answer within 5 s" in lines[0] and "rank(s) 1" in lines[0], lines
+    assert waited < 60
+    manifest = tmp_path / "out" / "l" / "manifest.json"
+    if manifest.exists():  # what finished before the hang is complete and valid
+        from engine.results import ResultsStore
+
+        store = ResultsStore(tmp_path / "out", "l")
+        assert all(store.problem(name) is None for name in store.tasks)

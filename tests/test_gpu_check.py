@@ -1,0 +1,53 @@
+"""`make gpu-check` cannot rot on machines without a GPU: its dry run executes every step (the
+kernel tests, the bench, the native report, the end-to-end comparison) on CPU, tiny and
+interpreted, and writes the summary the GPU run writes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from benchmarks import gpu_check
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+def test_dry_run_runs_every_step(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    (summary_path,) = tmp_path.glob("gpu-check-*.json")
+    summary = json.loads(summary_path.read_text())
+    assert [s["step"] for s in summary["steps"]] == ["tests", "bench", "native_report",
+                                                     "end_to_end"]
+    assert all(s["status"] == "ok" and Path(s["log"]).exists() for s in summary["steps"])
+    e2e = summary["end_to_end"]
+    assert e2e["checkpoint"]["arch"].startswith("Olmo2ForCausalLM")
+    assert set(e2e["engine"]) == set(e2e["lm_eval_way"]) == {"bfloat16", "float32"}
+    assert e2e["max_abs_dlogprob_engine_fp32_vs_transformers_fp32"] < 1e-4  # exact mode
+    assert e2e["max_abs_dlogprob_engine_bf16_vs_transformers_fp32"] < 0.1
+    assert e2e["engine"]["bfloat16"]["tokens"] < e2e["lm_eval_way"]["bfloat16"]["tokens"]
+    step_dir = summary_path.with_suffix("")
+    native = json.loads((step_dir / "native_report.json").read_text())
+    assert {r["kernel"] for r in native} >= {"_tree_attn_kernel", "_lse_partials_kernel"}
+    assert list((step_dir / "bench" / "results").glob("*.json"))  # the bench's dry run
+    md = summary_path.with_suffix(".md").read_text()
+    assert "end_to_end | ok" in md and "max |d logprob|" in md
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_without_cuda_says_so(capsys):
+    """Without a GPU and without --dry-run: one clear line and exit status 2."""
+    assert gpu_check.main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_end_to_end_shape_is_olmo2_1b():
+    """The checkpoint the GPU run builds has OLMo 2 1B's shape."""
+    cfg = gpu_check.OLMO2_1B
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]) == (2048, 16, 100352)
