@@ -14,7 +14,7 @@ import pytest
 
 import engine
 from engine.api import DEFAULT_BATCH_TOKENS
-from engine.scorer import PromptEncoder, task_sequences
+from engine.scorer import PromptEncoder, make_batches, task_sequences
 from engine.tasks import load_tasks
 from tests import tiny
 
@@ -60,6 +60,10 @@ def test_large_tasks_tokenize_cleanly_and_fit_one_pass(request, vocabulary, mode
             assert len(s.trie.ends) == n_variants
             assert len(s.trie) <= sum(map(len, s.continuation_ids))
             assert len(s) <= DEFAULT_BATCH_TOKENS, (task.name, s.prompt_id, len(s))
+        # The packed (CUDA) path at the default budget: nothing split, nothing run twice.
+        packed = make_batches(sequences, DEFAULT_BATCH_TOKENS, pack=True)
+        processed = sum(b.processed_tokens for b in packed)
+        assert sum(len(s) for s in sequences) / processed >= 0.95
 
 
 def few_prompts(n):
