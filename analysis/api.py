@@ -19,8 +19,8 @@ from analysis.cli import ladder_list
 from analysis.phases import TAU, Results, load_results
 from analysis.phases import analyse as _analyse
 
-STAGE_COLUMNS = ("entropy_bits", "entropy_norm", "liquidity", "distinct", "dispersion", "coverage",
-                 "nucleation")
+STAGE_COLUMNS = ("entropy_bits", "entropy_norm", "effective_support", "consensus_support",
+                 "liquidity", "distinct", "dispersion", "coverage", "nucleation")
 SETTLING_COLUMNS = ("retention", "drift", "spearman")
 SEED_COLUMNS = ("found", "seed_prompt_id", "nearest_prompt_id", "js", "median_js", "margin")
 

@@ -24,9 +24,11 @@ def _fmt(x, digits=3):
 
 
 def format_tables(phases):
-    """Compact text tables: one block per ladder and task, one row per stage."""
+    """Compact text tables: one block per ladder and task, one row per stage. effK and consK
+    are the effective support sizes (per prompt, of the consensus) in answers."""
     head = (
-        f"{'stage':<8}{'label':<24}{'H':>7}{'H/logK':>8}{'liquid':>8}{'dist':>6}{'disp':>7}"
+        f"{'stage':<8}{'label':<24}{'H':>7}{'H/logK':>8}{'effK':>8}{'consK':>8}{'liquid':>8}"
+        f"{'dist':>6}{'disp':>7}"
         f"{'cover':>7}{'nucl':>8}{'retain':>8}{'drift':>7}{'rho':>7}  phase"
     )
     lines = []
@@ -46,7 +48,8 @@ def format_tables(phases):
                 st = t["settling"].get(stage, {})
                 lines.append(
                     f"    {stage:<8}{m['label'][:23]:<24}{_fmt(m['entropy_bits'], 2):>7}"
-                    f"{_fmt(m['entropy_norm'], 2):>8}{_fmt(m['liquidity']):>8}{m['distinct']:>6}"
+                    f"{_fmt(m['entropy_norm'], 2):>8}{_fmt(m['effective_support'], 1):>8}"
+                    f"{_fmt(m['consensus_support'], 1):>8}{_fmt(m['liquidity']):>8}{m['distinct']:>6}"
                     f"{_fmt(m['dispersion']):>7}{_fmt(m['coverage']):>7}"
                     f"{_fmt(m['nucleation'], 2):>8}{_fmt(st.get('retention')):>8}"
                     f"{_fmt(st.get('drift')):>7}{_fmt(st.get('spearman'), 2):>7}  {m['phase']}"

@@ -5,6 +5,7 @@ pair of arguments must have the same shape; a 1-D input gives a float, a 2-D inp
 per row):
 
 - ``entropy(p)``            H(p) = -sum_a p_a log2 p_a                          (0 log 0 = 0)
+- ``perplexity(p)``         2 ** H(p): the effective support size, in answers (1 .. K)
 - ``kl_divergence(p, q)``   KL(p||q) = sum_a p_a (log2 p_a - log2 q_a); +inf if p_a > 0 = q_a
 - ``js_divergence(p, q)``   JS(p, q) = KL(p||m)/2 + KL(q||m)/2, m = (p + q)/2; in [0, 1]
 - ``total_variation(p, q)`` TV(p, q) = sum_a |p_a - q_a| / 2
@@ -31,6 +32,7 @@ from numba import njit, prange
 
 __all__ = [
     "entropy",
+    "perplexity",
     "kl_divergence",
     "js_divergence",
     "total_variation",
@@ -260,6 +262,14 @@ def entropy(p):
     """Shannon entropy in bits, H(p) = -sum_a p_a log2 p_a, with 0 log 0 = 0."""
     P, one = _as_rows(p, "p")
     return _result(_entropy_rows(P), one)
+
+
+def perplexity(p):
+    """2 ** H(p): the effective support size, the number of equally likely answers that would
+    have the same entropy. In [1, K]; 1 for a point mass, K only for the uniform distribution,
+    and never more than the number of answers with p_a > 0."""
+    P, one = _as_rows(p, "p")
+    return _result(np.exp2(_entropy_rows(P)), one)
 
 
 def kl_divergence(p, q):

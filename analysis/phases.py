@@ -4,6 +4,8 @@ Formulas and thresholds are documented in docs/metrics.md. In short, for one che
 task with N prompt variants P_1..P_N over K answers (all in bits):
 
 - entropy_bits = mean_i H(P_i); entropy_norm = entropy_bits / log2 K
+- effective_support = 2 ** entropy_bits (answers a prompt spreads over, geometric mean over
+  prompts); consensus_support = 2 ** H(C) (answers the checkpoint uses over all prompts)
 - liquidity    = mean over pairs i != j of JS(P_i, P_j)
 - distinct     = number of complete-linkage clusters of prompts at JS <= tau
 - consensus    = C = mean_i P_i;  dispersion = mean_i JS(P_i, C);  coverage = mean coverage
@@ -41,7 +43,14 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from analysis.metrics import entropy, js_divergence, mass_within, pairwise_js, support
+from analysis.metrics import (
+    entropy,
+    js_divergence,
+    mass_within,
+    pairwise_js,
+    perplexity,
+    support,
+)
 from engine.errors import AnalysisError
 from engine.results import Col, read_results
 
@@ -214,6 +223,9 @@ def task_metrics(P, coverage=None, tau=TAU):
         "n_answers": k,
         "entropy_bits": float(h.mean()),
         "entropy_norm": float(h.mean() / math.log2(k)) if k > 1 else 0.0,
+        # In answers, so that they read the same at K = 2 and K = 1000 (docs/metrics.md).
+        "effective_support": float(2.0 ** h.mean()),
+        "consensus_support": float(perplexity(consensus)),
         "liquidity": float(D.sum() / (n * (n - 1))) if n > 1 else 0.0,
         "distinct": count_clusters(D, tau),
         "dispersion": float(js_divergence(P, np.broadcast_to(consensus, P.shape)).mean()),

@@ -7,6 +7,13 @@ ladder and task: a prompts x answers heatmap per stage, and the seed match besid
 settling picture (stage consensus against its seed, answers ordered by seed probability
 with the seed's 90% support shaded).
 
+Large answer sets (more than LARGE_K answers, e.g. a thousand) would give heatmaps and bar
+charts with one sub-pixel column per answer. There, the heatmaps and the seed bars show the
+TOP_ANSWERS answers with the most consensus mass over the stages (titles say how much mass
+they hold), the heatmaps gain a row of sorted rank-probability curves per stage (log-log, one
+line per prompt, the consensus in black, its effective support sizes marked), and the settling
+panel plots all answers by rank under the seed on log-log axes.
+
 Entry point: ``build_report(phases, results, out_dir)``, called by ``python -m analysis.phases
 ... --report DIR``. Every file is written atomically; index.html is written last.
 """
@@ -30,6 +37,9 @@ PHASE_COLOURS = {
     "settled": "#74c476",
     "unclear": "#bdbdbd",
 }
+LARGE_K = 60  # above this many answers, plots switch to top answers and rank curves
+TOP_ANSWERS = 30  # answers named in heatmaps and bars of a large answer set
+PROB_FLOOR = 1e-6  # the bottom of log probability axes; smaller values are drawn on it
 SERIES = (  # (metric key, legend, colour) for the trajectory panels; all lie in [0, 1]
     ("entropy_norm", "entropy / log2 K", "#3f007d"),
     ("liquidity", "liquidity (mean pairwise JS)", "#d94801"),
@@ -93,33 +103,86 @@ def trajectory_figure(ladder):
     return fig
 
 
+def top_answers(task_phase, n=TOP_ANSWERS):
+    """Indices of the n answers with the most consensus mass summed over the stages, most
+    first (ties: lower index first)."""
+    total = sum(np.array(m["consensus"]) for m in task_phase["stages"].values())
+    return np.argsort(-total, kind="mergesort")[:n]
+
+
+def _shown_answers(task_phase):
+    """(answer indices to draw, whether the answer set is large): all of them, or the top."""
+    k = len(task_phase["answers"])
+    return (top_answers(task_phase), True) if k > LARGE_K else (np.arange(k), False)
+
+
 def heatmap_figure(task_phase, stage_data, seed_row):
-    """One prompts x answers heatmap per stage, on one colour scale; seed row outlined."""
+    """One prompts x answers heatmap per stage, on one colour scale; seed row outlined. For a
+    large answer set: the top answers only, and below each heatmap the rank curves."""
     stages = list(stage_data)
     answers = task_phase["answers"]
+    shown, large = _shown_answers(task_phase)
+    names = [answers[a] for a in shown]
     n = max(td.P.shape[0] for td in stage_data.values())
-    # 0 to the largest probability of any stage: with K = 100 answers a 0..1 scale is all dark.
-    top = max(float(td.P.max()) for td in stage_data.values())
+    # 0 to the largest probability shown: with K = 100 answers a 0..1 scale is all dark.
+    top = max(float(td.P[:, shown].max()) for td in stage_data.values())
     # Figure size grows with K and N, within bounds that keep it on a screen.
-    width = _clamp(0.3 * len(answers), 2.5, 5.0) * len(stages) + 1.5
-    fig = Figure(figsize=(width, _clamp(0.25 * n + 2.2, 4.0, 12.0)), layout="constrained")
-    axes = fig.subplots(1, len(stages), squeeze=False)[0]
-    for j, (ax, stage) in enumerate(zip(axes, stages, strict=True)):
+    width = _clamp(0.3 * len(shown), 2.5, 5.0) * len(stages) + 1.5
+    height = _clamp(0.25 * n + 2.2, 4.0, 12.0)
+    fig = Figure(figsize=(width, height + 3.2 * large), layout="constrained")
+    grid = fig.subplots(1 + large, len(stages), squeeze=False,
+                        height_ratios=[height, 3.2] if large else None)
+    for j, (ax, stage) in enumerate(zip(grid[0], stages, strict=True)):
         td = stage_data[stage]
         image = ax.imshow(
-            td.P, aspect="auto", vmin=0, vmax=top, cmap="viridis", interpolation="none"
+            td.P[:, shown], aspect="auto", vmin=0, vmax=top, cmap="viridis", interpolation="none"
         )
         m = task_phase["stages"][stage]
-        ax.set_title(f"{stage}: {m['phase']}\nliquidity {m['liquidity']:.3f}", fontsize=9)
-        _ticks(ax, answers)
+        title = f"{stage}: {m['phase']}\nliquidity {m['liquidity']:.3f}"
+        if large:
+            held = float(td.P[:, shown].sum(axis=1).mean())
+            title += f"\ntop {len(shown)} of {len(answers)} answers: {held:.0%} of the mass"
+        ax.set_title(title, fontsize=9)
+        _ticks(ax, names, most=TOP_ANSWERS)
         _ticks(ax, td.prompt_ids, axis="y", most=40)
         if j == 0 and seed_row is not None:
             ax.add_patch(
-                Rectangle((-0.5, seed_row - 0.5), len(answers), 1, fill=False, ec="red", lw=2)
+                Rectangle((-0.5, seed_row - 0.5), len(shown), 1, fill=False, ec="red", lw=2)
             )
             ax.set_ylabel("prompt (seed outlined in red)", fontsize=8)
-    fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label="P(answer | prompt)")
+        if large:
+            _rank_curves(grid[1, j], td.P, m, seed_row if j == 0 else None)
+    fig.colorbar(image, ax=grid[0].tolist(), shrink=0.8, label="P(answer | prompt)")
     return fig
+
+
+def _log_axes(ax, k):
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(0.8, k * 1.25)
+    ax.set_ylim(PROB_FLOOR, 1.5)
+
+
+def _rank_curves(ax, P, metrics, seed_row):
+    """Each prompt's probabilities sorted, against their rank (log-log): how many answers
+    carry its mass, whatever they are. Consensus in black, its support sizes as lines."""
+    ranks = np.arange(1, P.shape[1] + 1)
+    for row in P:
+        ax.plot(ranks, np.maximum(np.sort(row)[::-1], PROB_FLOOR), color="#969696", lw=0.7)
+    if seed_row is not None:
+        ax.plot(ranks, np.maximum(np.sort(P[seed_row])[::-1], PROB_FLOOR), color="red", lw=1.2,
+                label="seed prompt")
+    consensus = np.sort(np.array(metrics["consensus"]))[::-1]
+    ax.plot(ranks, np.maximum(consensus, PROB_FLOOR), color="black", lw=1.8, label="consensus")
+    ax.axvline(metrics["effective_support"], color="#3f007d", ls=":",
+               label=f"effective support {metrics['effective_support']:.1f}")
+    ax.axvline(metrics["consensus_support"], color="#d94801", ls="--",
+               label=f"consensus support {metrics['consensus_support']:.1f}")
+    _log_axes(ax, P.shape[1])
+    ax.set_xlabel("rank of the answer (prompts in grey)", fontsize=8)
+    ax.set_ylabel("probability", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="lower left")
 
 
 def seed_figure(task_phase, base_consensus):
@@ -129,38 +192,56 @@ def seed_figure(task_phase, base_consensus):
     seed_dist = np.array(seed["distribution"])
     who = "seed, base prompt" if seed["found"] else "nearest base prompt"
     k = len(answers)
-    fig = Figure(figsize=(_clamp(k + 3.0, 9.0, 18.0), 3.8), layout="constrained")
+    shown, large = _shown_answers(task_phase)
+    fig = Figure(figsize=(_clamp(len(shown) + 3.0, 9.0, 18.0), 3.8 + 0.4 * large),
+                 layout="constrained")
     left, right = fig.subplots(1, 2)
 
-    x = np.arange(k)
+    x = np.arange(len(shown))
     target = np.array(task_phase["stages"][seed["stage"]]["consensus"])
-    left.bar(x - 0.27, seed_dist, 0.27, color="#d62728", label=f"{who} {seed['nearest_prompt_id']}")
-    left.bar(x, target, 0.27, color=PHASE_COLOURS["nucleated"], label=f"{seed['stage']} consensus")
-    left.bar(x + 0.27, base_consensus, 0.27, color=PHASE_COLOURS["liquid"], label="base consensus")
+    left.bar(x - 0.27, seed_dist[shown], 0.27, color="#d62728",
+             label=f"{who} {seed['nearest_prompt_id']}")
+    left.bar(x, target[shown], 0.27, color=PHASE_COLOURS["nucleated"],
+             label=f"{seed['stage']} consensus")
+    left.bar(x + 0.27, base_consensus[shown], 0.27, color=PHASE_COLOURS["liquid"],
+             label="base consensus")
     verdict = f"seed {seed['seed_prompt_id']}" if seed["found"] else "no seed"
-    left.set_title(
-        f"{verdict}: JS {seed['js']:.3f} bits vs median {seed['median_js']:.3f}", fontsize=9
-    )
-    _ticks(left, answers)
+    title = f"{verdict}: JS {seed['js']:.3f} bits vs median {seed['median_js']:.3f}"
+    if large:
+        title += (f"\ntop {len(shown)} of {k} answers, holding {seed_dist[shown].sum():.0%} of "
+                  f"the seed and {target[shown].sum():.0%} of the {seed['stage']} consensus")
+    left.set_title(title, fontsize=9)
+    _ticks(left, [answers[a] for a in shown], most=TOP_ANSWERS)
     left.set_ylabel("probability")
     left.legend(fontsize=7)
 
     order = np.argsort(-seed_dist, kind="mergesort")
     inside = int(support(seed_dist, SUPPORT_MASS).sum())
+    # Large: x is the rank 1..K on a log axis (answer names cannot be read there), y is log.
+    x = np.arange(1, k + 1) if large else np.arange(k)
+    lift = (lambda p: np.maximum(p, PROB_FLOOR)) if large else (lambda p: p)
+    marker, small = (None, None) if large else (".", 3)
     right.axvspan(
-        -0.5, inside - 0.5, color="#fee6ce", label=f"its {int(SUPPORT_MASS * 100)}% support"
+        x[0] - 0.5, x[0] + inside - 0.5, color="#fee6ce",
+        label=f"its {int(SUPPORT_MASS * 100)}% support",
     )
-    right.plot(x, seed_dist[order], "k--", marker=".", label=f"{who} {seed['nearest_prompt_id']}")
+    right.plot(x, lift(seed_dist[order]), "k--", marker=marker,
+               label=f"{who} {seed['nearest_prompt_id']}")
     for stage, s in task_phase["settling"].items():
         c = np.array(task_phase["stages"][stage]["consensus"])[order]
         right.plot(
             x,
-            c,
-            marker="o",
-            ms=3,
+            lift(c),
+            marker="o" if small else None,
+            ms=small,
             label=f"{stage}: keeps {s['retention']:.2f}, drift {s['drift']:.3f}",
         )
-    _ticks(right, [answers[i] for i in order])
+    if large:
+        _log_axes(right, k)
+        right.set_xlabel(f"rank of the answer under P(answer | {seed['nearest_prompt_id']})")
+        right.set_ylabel("probability")
+    else:
+        _ticks(right, [answers[i] for i in order])
     right.set_title(
         f"settling: stage consensus, answers by P(answer | {seed['nearest_prompt_id']})",
         fontsize=9,

@@ -8,11 +8,16 @@ A planted ladder for one task, N prompts over K answers:
 - dpo, rl: settled. The seed sharpened (p^beta, renormalised, beta = 2 then 3) with the same
   kind of noise, so that the mass stays inside the seed's support.
 
-    python -m analysis.synthetic OUT_DIR     writes OUT_DIR/<label>/<task>.parquet, manifests
+A large task (LARGE_TASKS, K = 1000) is planted the same way, with the Dirichlet
+concentration capped at MAX_TOTAL_ALPHA over the whole answer set (as the demo's lab does), so
+that its prompts are about as peaked as a small task's rather than spread over every answer.
+
+    python -m analysis.synthetic OUT_DIR [--tasks random_number,random_number_1000]
+        writes OUT_DIR/<label>/<task>.parquet and manifests (default: the TASKS)
 """
 
+import argparse
 import math
-import sys
 
 import numpy as np
 
@@ -21,6 +26,9 @@ TASKS = {
     "random_color": ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"],
     "random_animal": ["cat", "dog", "owl", "fox", "bee", "elk"],
 }
+LARGE_TASKS = {"random_number_1000": [str(i) for i in range(1, 1001)]}
+ANSWERS = {**TASKS, **LARGE_TASKS}
+MAX_TOTAL_ALPHA = 8.0  # at most this Dirichlet mass over a whole answer set
 STAGES = ("base", "sft", "dpo", "rl")
 SHARPEN = {"dpo": 2.0, "rl": 3.0}
 
@@ -30,10 +38,12 @@ def _noisy(p, rng, sigma):
     return q / q.sum(axis=-1, keepdims=True)
 
 
-def planted_ladder(rng, n_prompts, n_answers, seed_index, base=None, alpha=0.3, sigma=0.1):
+def planted_ladder(rng, n_prompts, n_answers, seed_index, base=None, alpha=None, sigma=0.1):
     """{stage: (P [N, K], coverage [N])} with base liquid, sft on base[seed_index], dpo/rl
     sharpened inside the seed's support. A given base array is reused (two ladders from one
-    base model)."""
+    base model). alpha defaults to 0.3 per answer, capped at MAX_TOTAL_ALPHA in all."""
+    if alpha is None:
+        alpha = min(0.3, MAX_TOTAL_ALPHA / n_answers)
     if base is None:
         base = rng.dirichlet(np.full(n_answers, alpha), size=n_prompts)
         base = np.maximum(base, 1e-12)
@@ -85,7 +95,8 @@ def write_manifest(results_dir, label):
 
 
 def write_planted_store(results_dir, n_prompts=12, rng_seed=0, tasks=None):
-    """Write two planted ladders, "olmo" and "tulu", over `tasks` (default: all of TASKS).
+    """Write two planted ladders, "olmo" and "tulu", over `tasks` (names from TASKS or
+    LARGE_TASKS; default: all of TASKS).
 
     Returns (ladders, seeds): ladders = [(name, [(stage, label), ...])] ready for
     analysis.phases.analyse, seeds = {ladder: {task: planted seed prompt id}}. The tulu ladder
@@ -101,16 +112,25 @@ def write_planted_store(results_dir, n_prompts=12, rng_seed=0, tasks=None):
         for t, task in enumerate(tasks):
             index = (3 + t) % n_prompts if name == "olmo" or t == 0 else (7 + 2 * t) % n_prompts
             seeds[name][task] = f"p{index:02d}"
-            planted = planted_ladder(rng, n_prompts, len(TASKS[task]), index)
+            planted = planted_ladder(rng, n_prompts, len(ANSWERS[task]), index)
             for stage, label in stages:
-                write_task(results_dir, label, task, TASKS[task], *planted[stage])
+                write_task(results_dir, label, task, ANSWERS[task], *planted[stage])
         for _, label in stages:
             write_manifest(results_dir, label)
     return ladders, seeds
 
 
 if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else "synthetic_results"
-    ladders, _ = write_planted_store(out)
+    parser = argparse.ArgumentParser(prog="python -m analysis.synthetic",
+                                     description="Write a results store with planted phases.")
+    parser.add_argument("out", nargs="?", default="synthetic_results")
+    parser.add_argument("--tasks", help=f"comma-separated, from {', '.join(ANSWERS)} "
+                                        "(default: all but the large ones)")
+    args = parser.parse_args()
+    tasks = args.tasks.split(",") if args.tasks else None
+    unknown = sorted(set(tasks or ()) - set(ANSWERS))
+    if unknown:
+        parser.error(f"unknown task {unknown[0]!r}; known: {', '.join(ANSWERS)}")
+    ladders, _ = write_planted_store(args.out, tasks=tasks)
     for name, stages in ladders:
         print(f"--ladder {name}:" + ",".join(f"{s}={label}" for s, label in stages))

@@ -87,6 +87,9 @@ def test_analysis_api_gives_the_numbers_the_cli_writes(tmp_path):
     for row in stages:
         metrics = written["ladders"][row["ladder"]]["tasks"][row["task"]]["stages"][row["stage"]]
         assert row["liquidity"] == metrics["liquidity"] and row["phase"] == metrics["phase"]
+        for column in ("effective_support", "consensus_support", "entropy_norm"):
+            assert row[column] == metrics[column]
+        assert 1.0 <= row["effective_support"] <= row["consensus_support"]
     found = {(r["ladder"], r["task"]): r["seed_prompt_id"] for r in result.seeds.to_pylist()}
     assert found == {(n, t): s for n, ts in seeds.items() for t, s in ts.items()}
     assert set(result.to_pandas()) == {"stages", "seeds", "cross_ladder"}

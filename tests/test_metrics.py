@@ -20,6 +20,7 @@ from analysis.metrics import (
     kl_divergence,
     mass_within,
     pairwise_js,
+    perplexity,
     support,
     total_variation,
 )
@@ -169,12 +170,38 @@ def test_entropy_at_most_log2k_with_equality_only_for_uniform(ps):
 
 
 @PROPERTY
+@given(dist_tuple(1, max_k=40))
+def test_perplexity_is_the_effective_support_size(ps):
+    """2^H(p) against scipy's entropy; between 1 and the number of answers with p_a > 0 (hence
+    K), K only for the uniform distribution, 1 only for a point mass."""
+    (p,) = ps
+    k = p.size
+    got = perplexity(p)
+    assert close(got, 2.0 ** scipy_entropy(p, base=2), tol=1e-11)
+    assert 1.0 - 1e-12 <= got <= np.count_nonzero(p) * (1 + 1e-12)
+    if total_variation(p, np.full(k, 1.0 / k)) > 1e-6:
+        assert got < k
+    if p.max() < 1.0 - 1e-6:
+        assert got > 1.0
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 193, 1000])
+def test_perplexity_counts_equally_likely_answers_whatever_k(m):
+    """Uniform over m of K = 1000 answers (the rest exactly 0): support m, for every m."""
+    p = np.zeros(1000)
+    p[np.random.default_rng(m).choice(1000, m, replace=False)] = 1.0 / m
+    assert perplexity(p) == pytest.approx(m, rel=1e-12)
+    assert np.allclose(perplexity(np.stack([p, p[::-1]])), [m, m], rtol=1e-12)
+
+
+@PROPERTY
 @given(dist_tuple(2), st.randoms(use_true_random=False))
 def test_permutation_invariance(ps, rnd):
     p, q = ps
     perm = np.array(rnd.sample(range(p.size), p.size))
     pp, qp = p[perm], q[perm]
     assert close(entropy(pp), entropy(p))
+    assert close(perplexity(pp), perplexity(p))
     assert close(kl_divergence(pp, qp), kl_divergence(p, q))
     assert close(js_divergence(pp, qp), js_divergence(p, q))
     assert close(total_variation(pp, qp), total_variation(p, q))
@@ -208,6 +235,7 @@ def test_pairwise_js_row_permutation(P, rnd):
 def test_stacked_rows_match_single_rows(P):
     Q = P[::-1].copy()
     assert np.allclose(entropy(P), [entropy(p) for p in P], rtol=0, atol=1e-12)
+    assert np.allclose(perplexity(P), [perplexity(p) for p in P], rtol=1e-12, atol=0)
     for fn in (kl_divergence, js_divergence, total_variation):
         singles = [fn(p, q) for p, q in zip(P, Q, strict=True)]
         assert np.allclose(fn(P, Q), singles, rtol=0, atol=1e-12)
@@ -315,6 +343,7 @@ def test_pairwise_js_matches_scipy_pdist():
         (lambda: total_variation([0.5, 0.5], [0.3, 0.3]), "q: sums to 0.6"),
         (lambda: pairwise_js([0.5, 0.5]), "expected shape [N, K]"),
         (lambda: entropy([]), "empty"),
+        (lambda: perplexity([0.5, 0.6]), "p: sums to 1.1"),
         (lambda: entropy(np.ones((2, 2, 2)) / 2), "expected shape"),
         (lambda: support([0.5, 0.5], mass=0.0), "mass: must be in (0, 1]"),
         (lambda: mass_within([0.5, 0.5], [1, 0]), "boolean"),

@@ -12,7 +12,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr
 
-from analysis.metrics import js_divergence, pairwise_js
+from analysis.metrics import entropy, js_divergence, pairwise_js
 from analysis.phases import (
     TaskData,
     count_clusters,
@@ -74,6 +74,41 @@ def test_task_metrics_on_two_planted_groups():
     assert m["dispersion"] == pytest.approx(js_divergence(np.array([1.0, 0.0]), [0.5, 0.5]))
     assert m["coverage"] == pytest.approx(0.5)
     assert (m["n_prompts"], m["n_answers"]) == (4, 2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(1, 1000),
+       st.sampled_from([0.01, 0.1, 1.0, 10.0]))
+def test_effective_supports_are_ordered_and_count_answers(rng_seed, n, k, alpha):
+    """1 <= effective_support <= consensus_support <= K (entropy is concave), effective_support
+    is 2^entropy_bits, and log2 of their ratio is the information radius H(C) - mean H(P_i),
+    which for two prompts is their JS divergence, i.e. the liquidity."""
+    P = np.random.default_rng(rng_seed).dirichlet(np.full(k, alpha), size=n)
+    P /= P.sum(axis=1, keepdims=True)
+    m = task_metrics(P)
+    eff, cons = m["effective_support"], m["consensus_support"]
+    assert 1.0 - 1e-9 <= eff <= cons * (1 + 1e-9) and cons <= k * (1 + 1e-9)
+    assert eff == pytest.approx(2.0 ** m["entropy_bits"], rel=1e-12)
+    if k > 1:
+        assert np.log(eff) / np.log(k) == pytest.approx(m["entropy_norm"], abs=1e-9)
+    radius = entropy(np.array(m["consensus"])) - m["entropy_bits"]
+    assert np.log2(cons / eff) == pytest.approx(radius, abs=1e-9)
+    if n == 2:
+        assert np.log2(cons / eff) == pytest.approx(m["liquidity"], abs=1e-9)
+
+
+def test_effective_supports_of_planted_distributions():
+    """Three prompts each uniform over its own 10 of 1000 answers: every prompt spreads over 10
+    answers, the checkpoint over 30. The same prompts all equal: 10 and 10."""
+    P = np.zeros((3, 1000))
+    for i in range(3):
+        P[i, 10 * i : 10 * i + 10] = 0.1
+    m = task_metrics(P)
+    assert m["effective_support"] == pytest.approx(10.0, rel=1e-12)
+    assert m["consensus_support"] == pytest.approx(30.0, rel=1e-12)
+    same = task_metrics(np.tile(P[0], (3, 1)))
+    assert same["effective_support"] == pytest.approx(10.0, rel=1e-12)
+    assert same["consensus_support"] == pytest.approx(10.0, rel=1e-12)
 
 
 def test_task_metrics_identical_prompts_and_single_prompt():
@@ -219,6 +254,15 @@ def test_cli_writes_phases_json_with_planted_seeds(store, tmp_path, capsys):
     assert 0 < pair["tasks"]["random_color"]["js_between_seeds"] <= 1
     printed = capsys.readouterr().out
     assert "ladder olmo" in printed and "nucleated" in printed and "settled" in printed
+    # The effective support sizes are printed, one decimal, beside the entropies.
+    header = next(line for line in printed.splitlines() if "H/logK" in line).split()
+    assert header[header.index("H/logK") + 1 : header.index("H/logK") + 3] == ["effK", "consK"]
+    base = phases["ladders"]["olmo"]["tasks"]["random_number"]["stages"]["base"]
+    lines = printed.splitlines()
+    block = lines[next(i for i, line in enumerate(lines) if "task random_number" in line):]
+    row = next(line for line in block if line.split()[:2] == ["base", "olmo-base"])
+    cells = row.split()
+    assert cells[4:6] == [f"{base['effective_support']:.1f}", f"{base['consensus_support']:.1f}"]
 
 
 def test_cli_plain_ladder_default_output(store, tmp_path):

@@ -7,9 +7,11 @@ one base prompt's distribution, DPO and RL sharpened inside that seed's support.
 import json
 import re
 
+import numpy as np
 import pytest
 
 from analysis.phases import main, phase_summary
+from analysis.report import TOP_ANSWERS, top_answers
 from analysis.synthetic import write_planted_store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,3 +72,108 @@ def test_first_screen_shows_the_phases_and_seeds(built):
         for seed_id in tasks.values():
             assert f"<td>{seed_id} <small>" in first
     assert "Seeds of olmo vs tulu" in first
+
+
+# ------------------------------------------------------------------- a thousand answers
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory):
+    """A planted store with one task of K = 1000 answers, analysed, with its report."""
+    root = tmp_path_factory.mktemp("large")
+    ladders, seeds = write_planted_store(root / "results", n_prompts=10,
+                                         tasks=["random_number_1000"])
+    flags = []
+    for name, stages in ladders:
+        flags += ["--ladder", f"{name}:" + ",".join(f"{s}={label}" for s, label in stages)]
+    out = root / "phases.json"
+    rc = main([str(root / "results"), *flags, "--out", str(out), "--report", str(root / "report")])
+    assert rc == 0
+    return root, json.loads(out.read_text()), seeds
+
+
+@pytest.fixture(scope="module")
+def figures(large):
+    from analysis.phases import load_results
+    from analysis.report import heatmap_figure, seed_figure
+
+    root, phases, _ = large
+    ladder = phases["ladders"]["olmo"]
+    t = ladder["tasks"]["random_number_1000"]
+    results = load_results(root / "results")
+    data = {s["stage"]: results.data[s["label"]]["random_number_1000"] for s in ladder["stages"]}
+    base = np.array(t["stages"]["base"]["consensus"])
+    return t, heatmap_figure(t, data, 0), seed_figure(t, base)
+
+
+def test_large_answer_sets_are_planted_and_detected(large):
+    _, phases, seeds = large
+    summary = phase_summary(phases)
+    for ladder, tasks in seeds.items():
+        assert summary[ladder]["random_number_1000"]["seed_prompt_id"] == tasks["random_number_1000"]
+        assert summary[ladder]["random_number_1000"]["phases"] == {
+            "base": "liquid", "sft": "nucleated", "dpo": "settled", "rl": "settled"}
+        base = phases["ladders"][ladder]["tasks"]["random_number_1000"]["stages"]["base"]
+        # A liquid base: each prompt spreads over a few answers, the prompts over many more.
+        assert base["effective_support"] < 100 < base["consensus_support"] <= 1000
+
+
+def test_top_answers_are_the_most_consensus_mass_over_the_stages(figures):
+    t, _, _ = figures
+    total = sum(np.array(m["consensus"]) for m in t["stages"].values())
+    top = top_answers(t)
+    assert len(top) == TOP_ANSWERS == len(set(top.tolist()))
+    assert total[top].min() >= np.delete(total, top).max()
+    assert list(total[top]) == sorted(total[top], reverse=True)
+
+
+def test_heatmaps_show_top_answers_and_rank_curves_when_k_is_large(figures):
+    t, heat, _ = figures
+    stages = len(t["stages"])
+    images = [ax for ax in heat.axes if ax.images]
+    assert len(images) == stages
+    for ax in images:
+        n_prompts = ax.images[0].get_array().shape[0]
+        assert ax.images[0].get_array().shape == (n_prompts, TOP_ANSWERS)
+        assert [label.get_text() for label in ax.get_xticklabels()] == [
+            t["answers"][a] for a in top_answers(t)]
+    curves = [ax for ax in heat.axes if ax.get_xscale() == "log"]
+    assert len(curves) == stages
+    for ax in curves:
+        assert ax.get_yscale() == "log"
+        assert all(len(line.get_xdata()) == 1000 for line in ax.get_lines()
+                   if len(line.get_xdata()) > 2)  # curves span every rank; vlines have 2 points
+
+
+def test_seed_figure_bars_top_answers_and_settles_on_log_axes(figures):
+    t, _, seed = figures
+    left, right = seed.axes
+    assert len(left.patches) == 3 * TOP_ANSWERS
+    assert len(left.get_xticklabels()) == TOP_ANSWERS
+    assert right.get_xscale() == "log" and right.get_yscale() == "log"
+    assert {len(line.get_xdata()) for line in right.get_lines()} == {1000}
+
+
+def test_small_answer_sets_keep_one_column_per_answer(built):
+    from analysis.phases import load_results
+    from analysis.report import heatmap_figure
+
+    _, report, phases, _ = built
+    ladder = phases["ladders"]["olmo"]
+    t = ladder["tasks"]["random_color"]
+    results = load_results(report.parent / "results")
+    data = {s["stage"]: results.data[s["label"]]["random_color"] for s in ladder["stages"]}
+    heat = heatmap_figure(t, data, 0)
+    assert len(heat.axes) == len(data) + 1  # heatmaps and the colour bar, no rank curves
+    assert all(ax.images[0].get_array().shape[1] == len(t["answers"])
+               for ax in heat.axes if ax.images)
+
+
+def test_large_report_pngs_exist(large):
+    root, _, _ = large
+    report = root / "report"
+    page = (report / "index.html").read_text()
+    referenced = set(re.findall(r'<img src="([^"]+)"', page))
+    assert referenced == {p.name for p in report.glob("*.png")} and len(referenced) == 2 * 3
+    for name in referenced:
+        assert (report / name).read_bytes().startswith(PNG_MAGIC)

@@ -21,6 +21,7 @@ from engine.tasks import (
     load_task_file,
     load_tasks,
     parse_tasks,
+    task_groups,
 )
 
 RANKS = ["Ace"] + [str(i) for i in range(2, 11)] + ["Jack", "Queen", "King"]
@@ -157,6 +158,76 @@ def test_builtin_prompts_are_diverse():
         ids = {p.id for p in task.prompts}
         assert {"plain", "think_of", "pirate", "terse", "polite", "casual"} <= ids, task.name
         assert any("{" in p.text for p in task.prompts), task.name
+
+
+# ---------------------------------------------------------------------------------------------
+# The large group
+
+
+LARGE = ["country", "first_name", "rng_1_1000"]
+
+
+def test_groups_keep_all_unchanged_and_add_large():
+    groups = task_groups()
+    assert list(groups) == ["all", "large"]
+    assert groups["all"] == builtin_task_names() and len(groups["all"]) == 15
+    assert groups["large"] == builtin_task_names("large") == LARGE
+    assert [t.name for t in load_tasks("large")] == LARGE
+    assert not set(groups) & {n for names in groups.values() for n in names}
+    with pytest.raises(TaskError, match="unknown task group 'huge'; known groups: all, large"):
+        builtin_task_names("huge")
+    mixed = load_tasks("coin,large,all")
+    assert [t.name for t in mixed] == ["coin", *LARGE, *[n for n in groups["all"] if n != "coin"]]
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_large_task_is_well_formed(name):
+    (task,) = load_tasks(name)
+    assert task.source == f"engine/tasks/large/{name}.toml"
+    assert task.description and task.base_format == DEFAULT_BASE_FORMAT
+    assert len(task.prompts) >= 12
+    ids = {p.id for p in task.prompts}
+    assert {"plain", "think_of", "pirate", "terse", "polite", "casual"} <= ids
+    texts = [task.prompt_text(p) for p in task.prompts]
+    assert len(set(texts)) == len(texts)
+    for p, text in zip(task.prompts, texts, strict=True):
+        assert text == text.strip() and "{" not in text and "}" not in text
+        # No prompt lists the answer set: with hundreds of answers the prompt would dominate
+        # the tokens scored and overflow small models' contexts.
+        assert len(text) < 200, p.id
+    path = Path(__file__).resolve().parents[1] / "engine" / "tasks" / "large" / f"{name}.toml"
+    (again,) = load_task_file(path)
+    assert (again.name, again.answers, again.prompts) == (task.name, task.answers, task.prompts)
+
+
+def test_rng_1_1000_answers():
+    (task,) = load_tasks("rng_1_1000")
+    assert list(task.answer_names) == [str(i) for i in range(1, 1001)]
+    assert all(a.variants == (a.name,) for a in task.answers)
+
+
+def test_country_is_the_193_un_member_states():
+    (task,) = load_tasks("country")
+    names = task.answer_names
+    assert len(names) == 193 and list(names) == sorted(names)
+    # The pairs the prefix rule constrains, named as docs/tasks.md and the file explain.
+    assert {"Republic of Guinea", "Guinea-Bissau", "Equatorial Guinea", "Papua New Guinea",
+            "Republic of the Congo", "Democratic Republic of the Congo", "Niger", "Nigeria",
+            "Dominica", "Dominican Republic", "Sudan", "South Sudan", "United States",
+            "United Kingdom", "North Korea", "South Korea"} <= set(names)
+    variants = {v for a in task.answers for v in a.variants}
+    assert not {"Guinea", "Congo"} & variants
+    assert {"Czechia", "Timor-Leste", "Côte d'Ivoire", "USA"} <= variants
+    assert all(v[0].isupper() for v in variants)  # proper nouns: no lower-case variants
+
+
+def test_first_name_is_a_thousand_capitalised_single_words():
+    (task,) = load_tasks("first_name")
+    names = task.answer_names
+    assert len(names) == 1000 and list(names) == sorted(names)
+    assert all(n.isalpha() and n[0].isupper() and n[1:].islower() for n in names)
+    assert all(a.variants == (a.name,) for a in task.answers)
+    assert {"Mary", "James", "Olivia", "Oliver", "Niamh", "Callum"} <= set(names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,6 +605,7 @@ def test_spec_unknown_name_lists_known():
     message = str(info.value)
     assert "unknown task 'dice'" in message
     assert "rng_1_10" in message and "coin" in message
+    assert "'large'" in message and "rng_1_1000" in message
     assert "\n" not in message
 
 

@@ -1,8 +1,11 @@
 """The task suite: stochastic tasks, their answer sets and prompt variants, loaded from TOML.
 
 A task is a question with a finite answer set ("pick a random number between 1 and 10") asked
-in many phrasings. Fifteen tasks ship as data files beside this module (`engine/tasks/*.toml`,
-one task per file, the file named after the task); users add their own with `--tasks FILE`.
+in many phrasings. Built-in tasks ship as data files beside this module, one task per file, the
+file named after the task, in groups (`TASK_GROUPS`): the default suite "all" (fifteen tasks,
+`engine/tasks/*.toml`) and "large" (hundreds to a thousand answers each,
+`engine/tasks/large/*.toml`), each task also loadable by name; users add their own with
+`--tasks FILE`.
 
 File format (one task per file)::
 
@@ -62,6 +65,7 @@ __all__ = [
     "DEFAULT_BASE_FORMAT",
     "Answer",
     "Prompt",
+    "TASK_GROUPS",
     "Task",
     "builtin_task_names",
     "check_variants_tokenize",
@@ -69,6 +73,7 @@ __all__ = [
     "load_task_file",
     "load_tasks",
     "parse_tasks",
+    "task_groups",
 ]
 
 DEFAULT_BASE_FORMAT = "{prompt}\nAnswer:"
@@ -80,6 +85,10 @@ _PROMPT_PLACEHOLDERS = ("options", "n")
 _BASE_PLACEHOLDERS = ("prompt",)
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 _BUILTIN_DIR = "engine/tasks"
+# Built-in task groups: group name -> the subdirectory of engine/tasks holding its files. "all"
+# is the default suite (what the demo trains on and `--tasks` defaults to); the large answer
+# spaces are opt-in, since scoring them costs a hundred times more.
+TASK_GROUPS = {"all": "", "large": "large"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,22 +443,34 @@ def load_task_file(path: str | Path) -> list[Task]:
     return parse_tasks(text, str(path))
 
 
-def builtin_task_names() -> list[str]:
-    """Names of the tasks that ship with the package, sorted."""
-    return sorted(_builtin_files())
+def builtin_task_names(group: str = "all") -> list[str]:
+    """Names of the built-in tasks of a group (default: the suite "all"), sorted."""
+    if group not in TASK_GROUPS:
+        raise TaskError(f"unknown task group {group!r}; known groups: {', '.join(TASK_GROUPS)}")
+    return sorted(n for n, (g, _) in _builtin_files().items() if g == group)
+
+
+def task_groups() -> dict[str, list[str]]:
+    """{group: sorted task names} for every built-in group, in `TASK_GROUPS` order."""
+    return {group: builtin_task_names(group) for group in TASK_GROUPS}
 
 
 @functools.lru_cache(maxsize=1)
-def _builtin_files() -> dict[str, str]:
-    """Map built-in task name -> file name, from the package's *.toml data files."""
-    return {f.name[:-5]: f.name for f in resources.files(__name__).iterdir()
-            if f.name.endswith(".toml")}
+def _builtin_files() -> dict[str, tuple[str, str]]:
+    """Map built-in task name -> (group, file path relative to this package)."""
+    files: dict[str, tuple[str, str]] = {}
+    for group, subdir in TASK_GROUPS.items():
+        folder = resources.files(__name__).joinpath(subdir) if subdir else resources.files(__name__)
+        for f in folder.iterdir():
+            if f.name.endswith(".toml"):
+                files[f.name[:-5]] = (group, f"{subdir}/{f.name}" if subdir else f.name)
+    return files
 
 
 @functools.lru_cache(maxsize=None)
 def _builtin_task(name: str) -> Task:
     """Load one built-in task; its file must hold exactly that task."""
-    filename = _builtin_files()[name]
+    filename = _builtin_files()[name][1]
     source = f"{_BUILTIN_DIR}/{filename}"
     tasks = parse_tasks(resources.files(__name__).joinpath(filename).read_text("utf-8"), source)
     if len(tasks) != 1 or tasks[0].name != name:
@@ -458,9 +479,10 @@ def _builtin_task(name: str) -> Task:
 
 
 def load_tasks(spec: str = "all") -> list[Task]:
-    """Load tasks from a spec: "all", built-in names, .toml paths, or a comma-separated mix.
+    """Load tasks from a spec: group names ("all", "large"), built-in task names, .toml paths,
+    or a comma-separated mix.
 
-    Order follows the spec ("all" expands to the built-ins sorted by name); a task named twice
+    Order follows the spec (a group expands to its tasks sorted by name); a task named twice
     is kept once; two different tasks with the same name are an error.
     """
     items = [spec] if Path(spec).expanduser().is_file() else [s.strip() for s in spec.split(",")]
@@ -476,15 +498,16 @@ def load_tasks(spec: str = "all") -> list[Task]:
 
 
 def _load_item(item: str) -> list[Task]:
-    """Tasks for one spec item: 'all', a built-in name, or a path to a task file."""
-    if item == "all":
-        return [_builtin_task(n) for n in builtin_task_names()]
+    """Tasks for one spec item: a group, a built-in name, or a path to a task file."""
+    if item in TASK_GROUPS:
+        return [_builtin_task(n) for n in builtin_task_names(item)]
     if item in _builtin_files():
         return [_builtin_task(item)]
     if item.endswith(".toml") or "/" in item or "\\" in item or Path(item).expanduser().exists():
         return load_task_file(item)
-    raise TaskError(f"unknown task {item!r}; known tasks: {', '.join(builtin_task_names())}, "
-                    "or 'all', or a path to a .toml task file")
+    groups = ", ".join(f"{g!r} ({', '.join(names)})" for g, names in task_groups().items())
+    raise TaskError(f"unknown task {item!r}; known task groups: {groups}; or a path to a .toml "
+                    "task file")
 
 
 def format_task_list(tasks: Iterable[Task]) -> str:
