@@ -17,7 +17,7 @@ import sys
 
 from engine.api import DEFAULT_BATCH_TOKENS, LABEL, ScoreResult, score_checkpoint
 from engine.errors import EngineError, ParallelError
-from engine.tasks import format_task_list, load_tasks
+from engine.tasks import format_task_list, load_tasks, task_groups
 from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args"]
@@ -29,7 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Score every answer of every task exactly (teacher forcing, no sampling) for one checkpoint.",
     )
     p.add_argument("checkpoint", nargs="?", help="local Hugging Face checkpoint directory")
-    p.add_argument("--tasks", default="all", help="all | name,name | path/to/tasks.toml (default: all)")
+    p.add_argument("--tasks", default="all",
+                   help="all (the 15-task suite) | large (hundreds to 1000 answers each) | name,name | "
+                        "path/to/tasks.toml, or a comma-separated mix (default: all)")
     p.add_argument("--mode", choices=["auto", "chat", "base"], default="auto",
                    help="chat: user message through the chat template; base: plain completion; "
                         "auto: chat when a template exists (default)")
@@ -75,9 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.list_tasks:
+    if args.list_tasks:  # every group, unless --tasks names some
+        specs = [args.tasks] if args.tasks != "all" else list(task_groups())
         try:
-            print(format_task_list(load_tasks(args.tasks)))
+            print("\n\n".join(f"{spec}:\n{format_task_list(load_tasks(spec))}" for spec in specs))
         except EngineError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

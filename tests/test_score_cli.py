@@ -42,8 +42,10 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
 def test_list_tasks():
     result = cli("--list-tasks")
     assert result.returncode == 0
-    for name in ("rng_1_10", "coin", "card", "continent", "rng_1_100"):
+    for name in ("rng_1_10", "coin", "card", "continent", "rng_1_100", "large:", "rng_1_1000", "country"):
         assert name in result.stdout
+    only = cli("--list-tasks", "--tasks", "coin")
+    assert "coin" in only.stdout and "card" not in only.stdout
 
 
 def test_unknown_task_lists_the_known_ones(ckpt, tmp_path):
