@@ -516,8 +516,16 @@ def cpu_variant(variant: str, n: int, d: int, v: int):
 
 def cpu_worker(variant: str, n: int, d: int, v: int, threads: int = 1) -> dict:
     """Run in a fresh process: warm up on a tiny problem, then peak memory of one call and the
-    median time of three, on ``threads`` intra-op threads."""
+    median time of three, on ``threads`` intra-op threads (the caller's count is restored)."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _cpu_measure(variant, n, d, v, threads)
+    finally:  # called in-process by the tests: a leaked count changes every later result's bits
+        torch.set_num_threads(previous)
+
+
+def _cpu_measure(variant: str, n: int, d: int, v: int, threads: int) -> dict:
     cpu_variant(variant, 2, 8, 64)()  # thread pools and lazy initialisation, not measured
     fn = cpu_variant(variant, n, d, v)
     gc.collect()

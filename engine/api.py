@@ -151,6 +151,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
             engine_version=engine.__version__, dtype=dtype_name, device=str(ck.device), mode=mode,
             chat_template_source=chat.source if chat is not None else None,
             enable_thinking=run["enable_thinking"], torch_version=torch.__version__,
+            threads=torch.get_num_threads(),  # CPU bits can depend on it (docs/results.md)
             tokenizations=tokenizations,
             max_tokenizations=max_tokenizations if tokenizations == "all" else None,
             batch_tokens=batch_tokens, batch_invariant=run["batch_invariant"], tp=group.size,

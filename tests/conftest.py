@@ -16,6 +16,20 @@ import pytest  # noqa: E402
 from tests import tiny  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged():
+    """Fail a test that leaves torch's thread count changed: CPU results' bits can depend on it,
+    and tests compare results scored in this process with results scored in subprocesses."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        found = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        pytest.fail(f"the test left torch.get_num_threads() at {found} (was {threads})")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """`tiny_checkpoint(**kwargs)`: the directory of a random checkpoint written by transformers
