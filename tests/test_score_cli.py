@@ -3,40 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from engine import score
 from tests import tiny
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+from tests.cli import ENV, ROOT, cli, one_line_error
 
 
 @pytest.fixture(scope="module")
 def ckpt(tiny_checkpoint):
     return tiny_checkpoint(arch="olmo2", hidden=32, heads=2, kv_heads=2, init=0.1)
-
-
-def cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.score", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, timeout=timeout, cwd=ROOT)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_list_tasks():
@@ -50,7 +33,7 @@ def test_list_tasks():
 
 def test_unknown_task_lists_the_known_ones(ckpt, tmp_path):
     result = cli(ckpt, "--tasks", "coin,dice", "--out", tmp_path / "out")
-    assert_user_error(result, "dice", "coin", "rng_1_10")
+    one_line_error(result, "dice", "coin", "rng_1_10")
     assert not (tmp_path / "out").exists()
 
 
@@ -62,14 +45,14 @@ def test_label_must_be_a_plain_name(ckpt, tmp_path, label):
 
 
 def test_missing_checkpoint(tmp_path):
-    assert_user_error(cli(tmp_path / "nope", "--out", tmp_path / "out"), "nope")
+    one_line_error(cli(tmp_path / "nope", "--out", tmp_path / "out"), "nope")
     assert not (tmp_path / "out").exists()
 
 
 def test_output_not_writable(ckpt, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_user_error(cli(ckpt, "--tasks", "coin", "--out", blocker / "results"), "file")
+    one_line_error(cli(ckpt, "--tasks", "coin", "--out", blocker / "results"), "file")
 
 
 def test_prompt_longer_than_context(ckpt, tmp_path):
@@ -78,15 +61,15 @@ def test_prompt_longer_than_context(ckpt, tmp_path):
     cfg = json.loads((short / "config.json").read_text())
     cfg["max_position_embeddings"] = 24
     (short / "config.json").write_text(json.dumps(cfg))
-    assert_user_error(cli(short, "--tasks", "coin", "--mode", "base", "--out", tmp_path / "out"),
-                      "coin", "context", "24")
+    one_line_error(cli(short, "--tasks", "coin", "--mode", "base", "--out", tmp_path / "out"),
+                   "coin", "context", "24")
     assert not (tmp_path / "out").exists()
 
 
 def test_chat_mode_without_template(tmp_path):
     tiny.make_checkpoint(tmp_path / "base", arch="olmo2", hidden=32, heads=2, kv_heads=2, template=None)
-    assert_user_error(cli(tmp_path / "base", "--tasks", "coin", "--mode", "chat", "--out", tmp_path / "out"),
-                      "chat template")
+    one_line_error(cli(tmp_path / "base", "--tasks", "coin", "--mode", "chat", "--out", tmp_path / "out"),
+                   "chat template")
     assert not (tmp_path / "out").exists()
 
 
@@ -101,7 +84,7 @@ def test_borrowed_template_scores_a_base_model_in_chat_format(ckpt, tmp_path):
 def test_bad_task_file(ckpt, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "mine"\nanswers = []\n[[prompts]]\nid = "p"\ntext = "Pick."\n')
-    assert_user_error(cli(ckpt, "--tasks", bad, "--out", tmp_path / "out"), "bad.toml", "mine")
+    one_line_error(cli(ckpt, "--tasks", bad, "--out", tmp_path / "out"), "bad.toml", "mine")
     assert not (tmp_path / "out").exists()
 
 
@@ -111,7 +94,7 @@ def test_prompt_tokens_not_a_prefix_is_an_error(ckpt, tmp_path):
     task.write_text('name = "merge"\nassistant_prefix = "Hea"\nanswers = ["ds", "rt"]\n'
                     '[[prompts]]\nid = "p"\ntext = "Say a word."\n')
     result = cli(ckpt, "--tasks", task, "--mode", "chat", "--out", tmp_path / "out")
-    assert_user_error(result, "merge", "'p'", "not a prefix")
+    one_line_error(result, "merge", "'p'", "not a prefix")
     assert not (tmp_path / "out").exists()
 
 

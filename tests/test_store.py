@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,28 +22,12 @@ from engine import score
 from engine.errors import OutputError
 from engine.results import ResultsStore
 from tests import tiny
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+from tests.cli import ENV, ROOT, cli, one_line_error
 
 
 @pytest.fixture(scope="module")
 def ckpt(tiny_checkpoint):
     return tiny_checkpoint(arch="olmo2", hidden=32, heads=2, kv_heads=2, init=0.1)
-
-
-def cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.score", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, timeout=timeout, cwd=ROOT)
-
-
-def one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("note:")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def manifest(out, label="K"):
