@@ -5,13 +5,12 @@ prints them as text tables, writes phases.json and, with --report, the HTML repo
 (analysis/report.py). Bad input: one line and exit status 2, nothing written.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from analysis.phases import TAU, analyse, load_results
-from engine.errors import AnalysisError, EngineError
+from engine.errors import AnalysisError, ArgumentParser, EngineError
 from engine.files import write_output
 
 
@@ -102,7 +101,7 @@ def parse_ladder(spec):
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m analysis.phases",
         description="Phase metrics (liquid / nucleated / settled) of answer distributions.",
     )

@@ -1,7 +1,11 @@
 """Errors a user can cause. Each carries one line: what is wrong, where, and how to fix it.
 
-The CLIs catch `EngineError`, print its message and exit with status 2, writing nothing.
+The CLIs catch `EngineError`, print its message and exit with status 2, writing nothing; their
+argument parsers (`ArgumentParser` below) keep the same contract for bad flags.
 """
+
+import argparse
+import sys
 
 
 class EngineError(Exception):
@@ -55,3 +59,12 @@ class NonFiniteError(EngineError):
 class ParallelError(EngineError):
     """A torchrun launch cannot run as asked (world size, --tp), or one of its ranks failed or
     stopped answering (engine/distributed.py)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as every other bad input is reported: one `error:` line,
+    exit status 2 (argparse's own usage line first would make it two)."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)

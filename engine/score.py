@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from engine.api import DEFAULT_BATCH_TOKENS, LABEL, ScoreResult, score_checkpoint
-from engine.errors import EngineError, ParallelError
+from engine.errors import ArgumentParser, EngineError, ParallelError
 from engine.tasks import format_task_list, load_tasks, task_groups
 from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
 
@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m engine.score",
         description="Score every answer of every task exactly (teacher forcing, no sampling) for one checkpoint.",
     )

@@ -32,7 +32,6 @@ world size against tp, another sweep on `out`), with one line and nothing writte
 
 from __future__ import annotations
 
-import argparse
 import gc
 import glob
 import os
@@ -45,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.api import DEFAULT_BATCH_TOKENS, LABEL, finished, score_checkpoint
-from engine.errors import EngineError, OutputError, TaskError
+from engine.errors import ArgumentParser, EngineError, OutputError, TaskError
 from engine.results import LabelLock, check_writable
 from engine.tasks import Task, load_tasks
 from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
@@ -222,7 +221,7 @@ def expand(sweep: Sweep) -> list[Item]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.sweep",
+    p = ArgumentParser(prog="python -m engine.sweep",
                                 description="Score a ladder of checkpoints, resumably, alone or under torchrun.")
     p.add_argument("sweep", help="sweep file (TOML; see README 'Scaling out')")
     p.add_argument("--list", action="store_true", help="print the labels, groups and checkpoints, and exit")

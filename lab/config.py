@@ -127,9 +127,9 @@ SMALL = LabConfig(
 
 def cli(prog: str, description: str, small_help: str, force_help: str):
     """The options `python -m lab.demo` and `python -m lab.ladder` share: parsed arguments."""
-    import argparse
+    from engine.errors import ArgumentParser
 
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--out", default="demo", help="output directory (default: demo)")
     parser.add_argument("--small", action="store_true", help=small_help)
     parser.add_argument("--force", action="store_true", help=force_help)

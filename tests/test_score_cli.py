@@ -151,3 +151,18 @@ def test_bfloat16_scores_stay_close_to_float32(ckpt, tmp_path):
         assert json.loads((tmp_path / dtype / "manifest.json").read_text())["dtype"] == dtype
     worst = max(abs(a["prob"] - b["prob"]) for a, b in zip(runs["float32"], runs["bfloat16"], strict=True))
     assert 0 < worst < 0.05
+
+
+@pytest.mark.parametrize("module, args, fragment", [
+    ("engine.score", ["ckpt", "--batch-tokens", "0"], "--batch-tokens"),
+    ("engine.score", ["ckpt", "--dtype", "float16"], "float16"),
+    ("engine.score", [], "CHECKPOINT"),
+    ("engine.sweep", [], "sweep"),
+    ("analysis", ["results"], "--ladder"),
+    ("lab.demo", ["--bogus"], "--bogus"),
+])
+def test_a_bad_flag_is_one_error_line_and_exit_2(module, args, fragment, tmp_path):
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                            env=ENV, cwd=tmp_path, timeout=120)
+    one_line_error(result, fragment, "--help")
+    assert list(tmp_path.iterdir()) == []
