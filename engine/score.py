@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="borrow a chat template from another checkpoint directory or a .jinja file")
     p.add_argument("--out", default="results", help="results root directory (default: results)")
     p.add_argument("--label", help="name of this checkpoint's results (default: the directory name)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weights and activations; float32 is the exact reference (default: float32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
                    help=f"tokens per forward pass on the packed (CUDA) path (default: {DEFAULT_BATCH_TOKENS})")
