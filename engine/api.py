@@ -97,7 +97,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
     out: a results root to write `out/label/` into, resuming finished tasks (as the CLI does);
         None scores in memory and writes nothing. overwrite: rescore the given tasks even if
         finished or produced by another checkpoint or settings (other tasks are left alone).
-    progress: a progress bar on stderr (None: only on a terminal).
+    progress: a progress bar on stderr (None: on a terminal or in a Jupyter notebook).
     tp: split the model across this many ranks of a torchrun launch (every rank calls this;
         engine/distributed.py). Rank 0 of the group writes the results and returns them; the
         other ranks return the manifest with no tables when `out` is given.
@@ -322,4 +322,8 @@ def run_key(fingerprint: str, dtype: str, mode: str, chat, batch_invariant: bool
 
 
 def _quiet(progress: bool | None):
-    return None if progress is None else not progress
+    """tqdm's `disable`. None: a bar on a terminal, and in a Jupyter kernel too (its stderr is no
+    terminal, but it shows the bar's text), none when output goes to a file or pipe."""
+    if progress is None:
+        return False if "ipykernel" in sys.modules else None
+    return not progress

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,13 @@ def test_thinking_switch_is_recorded_in_the_manifest_and_the_run(tmp_path):
     llama = tmp_path / "llama"
     tiny.make_checkpoint(llama, arch="llama", hidden=32, heads=2, kv_heads=2, init=0.1)
     assert engine.score_checkpoint(llama, tasks="coin", mode="chat").manifest["enable_thinking"] is None
+
+
+def test_progress_bar_in_a_notebook_but_not_into_a_pipe(ckpt, monkeypatch, capsys):
+    engine.score_checkpoint(ckpt, tasks="coin")  # pytest's stderr is no terminal: no bar
+    assert "prompt" not in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # as in Jupyter
+    engine.score_checkpoint(ckpt, tasks="coin")
+    assert "15/15" in capsys.readouterr().err
+    engine.score_checkpoint(ckpt, tasks="coin", progress=False)
+    assert "prompt" not in capsys.readouterr().err
