@@ -324,8 +324,7 @@ def load_model_sharded(directory: Path, args: ModelArgs, dtype: torch.dtype, dev
             [digest[b] for b in range(block_count(f.stat.st_size))], f.stat.st_size))
     tied = args.tie_embeddings and (not has_head or all(same for _, same in shared))
     if args.tie_embeddings and not tied and group.lead:
-        print(f"warning: {holder['lm_head.weight'].path}: config.json ties the embeddings, but the "
-              "checkpoint has its own lm_head.weight; using it, as transformers does", file=sys.stderr)
+        warn_own_head(holder["lm_head.weight"].path)
     if tied:
         state.pop("lm_head.weight", None)
     args = replace(args, tie_embeddings=tied)
@@ -355,9 +354,13 @@ def untie_if_the_checkpoint_has_a_head(args: ModelArgs, files: list[WeightFile])
     embed_file = holder.get("model.embed_tokens.weight")
     if embed_file is not None and torch.equal(head, embed_file.tensor("model.embed_tokens.weight")):
         return args
-    print(f"warning: {holder['lm_head.weight'].path}: config.json ties the embeddings, but the "
-          "checkpoint has its own lm_head.weight; using it, as transformers does", file=sys.stderr)
+    warn_own_head(holder["lm_head.weight"].path)
     return replace(args, tie_embeddings=False)
+
+
+def warn_own_head(path: Path) -> None:
+    print(f"warning: {path}: config.json ties the embeddings, but the checkpoint has its own "
+          "lm_head.weight; using it, as transformers does", file=sys.stderr)
 
 
 def check_names_and_shapes(f: WeightFile, expected: dict) -> None:

@@ -265,7 +265,7 @@ def test_byte_split_answers_do_not_absorb_each_other(ckpt, tmp_path):
         encoder.sequence(load_tasks(str(file))[0], load_tasks(str(file))[0].prompts[0])
 
 
-def test_tied_config_with_its_own_head_uses_the_head_like_transformers(tmp_path):
+def test_tied_config_with_its_own_head_uses_the_head_like_transformers(tmp_path, capsys):
     model = tiny.make_checkpoint(tmp_path, arch="llama", tied=False)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["tie_word_embeddings"] = True
@@ -274,6 +274,7 @@ def test_tied_config_with_its_own_head_uses_the_head_like_transformers(tmp_path)
     with torch.no_grad():
         want = model(ids).logits  # the untied model transformers 5.x loads from these files
     assert torch.equal(engine.load(tmp_path).logits(ids), want)
+    assert "ties the embeddings, but the checkpoint has its own lm_head.weight" in capsys.readouterr().err
 
 
 def test_store_module_imports_no_torch():
