@@ -130,8 +130,11 @@ def build_checkpoint(directory: Path, config_kwargs: dict, device: torch.device)
     return params
 
 
-def engine_scores(directory: Path, tasks, dtype: str, device: torch.device) -> dict:
-    """Engine wall (load + score) and scoring seconds, tokens, variant log-probs per prompt."""
+def engine_scores(directory: Path, tasks, dtype: str, device: torch.device, pack: bool | None = None,
+                  batch_tokens: int = 8192) -> dict:
+    """Engine wall (load + score) and scoring seconds, tokens, variant log-probs per prompt.
+    pack: None as the engine decides (packed on CUDA), False one pass per prompt
+    (`--batch-invariant`)."""
     import engine
     from engine.scorer import PromptEncoder, boundary_mask, score_task, task_sequences
 
@@ -142,7 +145,7 @@ def engine_scores(directory: Path, tasks, dtype: str, device: torch.device) -> d
     boundary = boundary_mask(ck)
     scoring, tokens, scores = 0.0, 0, {}
     for task in tasks:
-        result = score_task(ck, encoder, task, task_sequences(encoder, task), boundary)
+        result = score_task(ck, encoder, task, task_sequences(encoder, task), boundary, batch_tokens, pack=pack)
         scoring += result.seconds
         tokens += result.tokens_processed
         for p in result.prompts:
@@ -212,6 +215,7 @@ def end_to_end(dry_run: bool) -> dict:
         warmup = {dt: engine_scores(directory, tasks[:1], dt, device)["wall_seconds"]
                   for dt in ("bfloat16", "float32")}
         ours = {dt: engine_scores(directory, tasks, dt, device) for dt in ("bfloat16", "float32")}
+        invariance = batch_invariance(directory, tasks, device, ours["bfloat16"])
         naive = {str(dt).removeprefix("torch."): naive_scores(directory, tasks,
                                                               ours["float32"]["scores"], dt,
                                                               device)
@@ -234,7 +238,23 @@ def end_to_end(dry_run: bool) -> dict:
                                                                       naive["float32"]),
         "max_abs_dlogprob_engine_fp32_vs_transformers_fp32": max_diff(ours["float32"],
                                                                       naive["float32"]),
+        "batch_invariance_bf16": invariance,
     }
+
+
+def batch_invariance(directory: Path, tasks, device: torch.device, packed: dict) -> dict:
+    """What `--batch-invariant` costs on this device (a pass per prompt against packed rows of
+    8192 tokens), whether it repeats bit for bit, and how far packing at another
+    --batch-tokens moves results without it."""
+    invariant = [engine_scores(directory, tasks, "bfloat16", device, pack=False) for _ in range(2)]
+    repacked = engine_scores(directory, tasks, "bfloat16", device, batch_tokens=1024)
+    bits = lambda r: [r["scores"][k][1].tobytes() for k in sorted(r["scores"])]
+    return {"scoring_seconds_packed": packed["scoring_seconds"],
+            "scoring_seconds_invariant": invariant[0]["scoring_seconds"],
+            "slowdown": invariant[0]["scoring_seconds"] / packed["scoring_seconds"],
+            "invariant_repeats_bitwise": bits(invariant[0]) == bits(invariant[1]),
+            "packed_8192_vs_1024_max_abs_dlogprob": max(
+                float(np.abs(lp - repacked["scores"][key][1]).max()) for key, (_, lp) in packed["scores"].items())}
 
 
 # --------------------------------------------------------------------------- summary
@@ -263,6 +283,12 @@ def render(summary: dict) -> str:
                   f"max |d logprob| against transformers float32: engine bf16 "
                   f"{e2e['max_abs_dlogprob_engine_bf16_vs_transformers_fp32']:.2e}, engine "
                   f"float32 {e2e['max_abs_dlogprob_engine_fp32_vs_transformers_fp32']:.2e}."]
+        inv = e2e["batch_invariance_bf16"]
+        lines += [f"--batch-invariant (bf16): scoring {inv['scoring_seconds_invariant']:.2f} s against "
+                  f"{inv['scoring_seconds_packed']:.2f} s packed ({inv['slowdown']:.2f}x); repeats "
+                  f"bit for bit: {inv['invariant_repeats_bitwise']}; packed at --batch-tokens 1024 "
+                  f"instead of 8192 moves logprobs by up to "
+                  f"{inv['packed_8192_vs_1024_max_abs_dlogprob']:.2e}."]
     return "\n".join(lines) + "\n"
 
 

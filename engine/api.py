@@ -84,7 +84,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
                      batch_tokens: int = DEFAULT_BATCH_TOKENS, chat_template=None,
                      overwrite: bool = False, progress: bool | None = None,
                      tokenizations: str = "canonical",
-                     max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS, tp: int = 1) -> ScoreResult:
+                     max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS, tp: int = 1,
+                     batch_invariant: bool = False) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
     checkpoint: a local Hugging Face directory, or a `Checkpoint` from `engine.load` (then
@@ -101,6 +102,9 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
     tp: split the model across this many ranks of a torchrun launch (every rank calls this;
         engine/distributed.py). Rank 0 of the group writes the results and returns them; the
         other ranks return the manifest with no tables when `out` is given.
+    batch_invariant: on the GPU, give every prompt a forward pass of its own instead of packing
+        prompts together, so that results are bitwise independent of `batch_tokens` and of the
+        other prompts, as they always are on the CPU (fewer tokens per pass: slower).
     """
     from engine.checkpoint import Checkpoint, tensor_parallel_group
 
@@ -127,7 +131,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
         ck = engine.load(checkpoint, dtype=dtype or "float32", device=device or "auto", tp=group)
     with group.step("preparing the prompts"):
         prepared = _prepare(ck, tasks, mode, chat_template, label, batch_tokens, group.size,
-                            tokenizations, max_tokenizations)
+                            tokenizations, max_tokenizations, batch_invariant)
     encoder, sequences, label, run = prepared
     mode, dtype_name = run["mode"], run["dtype"]
     chat = encoder.template if mode == "chat" else None
@@ -139,7 +143,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
         with group.step(f"scoring {task.name}"):
             try:
                 return score_task(ck, encoder, task, sequences[task.name], encoder.boundary, batch_tokens,
-                                  progress=bar)
+                                  pack=not run["batch_invariant"], progress=bar)
             except KernelUnsupportedError as e:  # e.g. float16 or head_dim > 256 on the GPU
                 raise DeviceError(str(e)) from None
 
@@ -218,7 +222,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
 def finished(checkpoint, tasks="all", mode: str = "auto", dtype: str = "float32", device: str = "auto",
              out="results", label: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
              chat_template=None, tp: int = 1, tokenizations: str = "canonical",
-             max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS) -> bool:
+             max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS, batch_invariant: bool = False) -> bool:
     """Whether `out/label` already holds every task for this checkpoint and these settings,
     decided without reading the weights (engine.sweep skips such a checkpoint without loading it).
 
@@ -262,8 +266,8 @@ def finished(checkpoint, tasks="all", mode: str = "auto", dtype: str = "float32"
         if mode == "chat" and chat is None:
             return False
         # As packs_sequences decides: prompts share forward passes on the Triton path only.
-        batch_invariant = not use_triton(torch.empty(0, device=torch_device))
-        store = ResultsStore(out, label, run_key(known, dtype_name, mode, chat, batch_invariant,
+        invariant = batch_invariant or not use_triton(torch.empty(0, device=torch_device))
+        store = ResultsStore(out, label, run_key(known, dtype_name, mode, chat, invariant,
                                                  batch_tokens, tp, tokenizations, max_tokenizations))
         tasks = tasks if isinstance(tasks, list) else load_tasks(tasks)
         return all(task.name in store.manifest["tasks"] and store.entry_run(task.name) == store.run
@@ -279,7 +283,8 @@ def _group_of(ck):
     return ck.model.tp or SOLO
 
 
-def _prepare(ck, tasks, mode, chat_template, label, batch_tokens, tp, tokenizations, max_tokenizations):
+def _prepare(ck, tasks, mode, chat_template, label, batch_tokens, tp, tokenizations, max_tokenizations,
+             batch_invariant):
     """Encoder, tokenized and validated sequences per task, label and run key of a scoring run."""
     from engine.chat import load_chat_template
     from engine.scorer import PromptEncoder, packs_sequences, task_sequences
@@ -294,7 +299,7 @@ def _prepare(ck, tasks, mode, chat_template, label, batch_tokens, tp, tokenizati
         raise OutputError(f"{ck.path}: its directory name {label!r} cannot be a label; pass a label")
     chat = encoder.template if mode == "chat" else None
     run = run_key(ck.fingerprint, str(ck.dtype).removeprefix("torch."), mode, chat,
-                  not packs_sequences(ck), batch_tokens, tp, tokenizations, max_tokenizations)
+                  not packs_sequences(ck, batch_invariant), batch_tokens, tp, tokenizations, max_tokenizations)
     return encoder, sequences, label, run
 
 

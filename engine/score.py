@@ -44,6 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
                    help=f"tokens per forward pass on the packed (CUDA) path (default: {DEFAULT_BATCH_TOKENS})")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="on the GPU, a forward pass per prompt instead of packing prompts together: "
+                        "results bitwise independent of --batch-tokens and of the other prompts, as "
+                        "they always are on the CPU (slower)")
     p.add_argument("--overwrite", action="store_true",
                    help="rescore the given tasks even if finished or scored from another checkpoint or "
                         "settings; other tasks under the label are left as they are")
@@ -99,7 +103,8 @@ def main(argv=None) -> int:
             args.checkpoint, tasks=args.tasks, mode=args.mode, dtype=args.dtype, device=args.device,
             out=args.out, label=args.label, batch_tokens=args.batch_tokens,
             chat_template=args.chat_template, overwrite=args.overwrite,
-            tokenizations=args.tokenizations, max_tokenizations=args.max_tokenizations, tp=args.tp)
+            tokenizations=args.tokenizations, max_tokenizations=args.max_tokenizations, tp=args.tp,
+            batch_invariant=args.batch_invariant)
     except EngineError as e:
         if distributed.reports(e):
             print(f"error: {e}", file=sys.stderr)

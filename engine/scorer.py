@@ -323,17 +323,19 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def packs_sequences(checkpoint: Checkpoint) -> bool:
+def packs_sequences(checkpoint: Checkpoint, batch_invariant: bool = False) -> bool:
     """Whether several sequences share a forward pass.
 
-    Only on the Triton path (CUDA). The torch reference path (CPU) runs every sequence whole in
-    a forward pass of its own: then every matmul, norm and softmax that touches a sequence sees
-    tensors holding that sequence alone, in the same shapes every time, so its bits cannot
-    depend on `batch_tokens` or on which other prompts are scored (BLAS libraries pick kernels,
-    blockings and thread splits by shape; a packed row changes the shapes). It is no slower
-    there: the bench_scoring suite runs faster one sequence per pass than packed on 2 cores.
+    Only on the Triton path (CUDA), and there not with `batch_invariant`. Otherwise every
+    sequence runs whole in a forward pass of its own: then every matmul, norm and softmax that
+    touches a sequence sees tensors holding that sequence alone, in the same shapes every time,
+    so its bits cannot depend on `batch_tokens` or on which other prompts are scored (BLAS
+    libraries and cuBLAS pick kernels, blockings and thread splits by shape, and a packed row
+    changes the shapes; the Triton kernels' per-row arithmetic is fixed by their tiles). On the
+    CPU that is no slower: the bench_scoring suite runs faster one sequence per pass than packed
+    on 2 cores. On a GPU packing fills the device better.
     """
-    return use_triton(checkpoint.model.output_weight)
+    return use_triton(checkpoint.model.output_weight) and not batch_invariant
 
 
 def make_batches(sequences: list[Sequence], batch_tokens: int, pack: bool = True) -> list[Batch]:

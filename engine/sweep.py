@@ -11,7 +11,8 @@ SWEEP.toml (relative paths are relative to the file's directory):
     label = "{name}"         # {name} {parent} {mode} {dtype}; default "{name}", or "{name}-{mode}"
                              # with several modes
     # device = "auto", tp = 1, batch_tokens = 8192, chat_template = "/models/olmo2-1b-sft",
-    # tokenizations = "canonical", max_tokenizations = ..., (as engine.score's options)
+    # tokenizations = "canonical", max_tokenizations = ..., batch_invariant = false
+    # (as engine.score's options)
     # dist_timeout = 1800 (seconds a rank waits for the others of its group)
 
 A glob's matches are sorted naturally (step200 before step1000). Alone, the sweep scores the
@@ -50,7 +51,7 @@ from engine.tasks import Task, load_tasks
 from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
 
 KEYS = ("checkpoints", "tasks", "modes", "dtype", "device", "out", "label", "tp", "batch_tokens",
-        "chat_template", "tokenizations", "max_tokenizations", "dist_timeout")
+        "chat_template", "tokenizations", "max_tokenizations", "dist_timeout", "batch_invariant")
 MODES = ("auto", "chat", "base")
 DTYPES = ("float32", "bfloat16")
 
@@ -77,6 +78,7 @@ class Sweep:
     tokenizations: str = "canonical"
     max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS
     dist_timeout: float | None = None
+    batch_invariant: bool = False
 
 
 @dataclass
@@ -168,11 +170,14 @@ def load_sweep(path) -> Sweep:
     out = data.get("out", "results")
     if not isinstance(out, str) or not out:
         raise SweepError(f"{path}: 'out' must be a directory path")
+    batch_invariant = data.get("batch_invariant", False)
+    if not isinstance(batch_invariant, bool):
+        raise SweepError(f"{path}: 'batch_invariant' must be true or false, got {batch_invariant!r}")
     return Sweep(path, patterns, tasks, modes, choice("dtype", "float32", DTYPES), device,
                  Path(where(out)), label, number("tp", 1, int), number("batch_tokens", DEFAULT_BATCH_TOKENS, int),
                  where(template) if template else None, choice("tokenizations", "canonical", TOKENIZATIONS),
                  number("max_tokenizations", DEFAULT_MAX_TOKENIZATIONS, int),
-                 number("dist_timeout", None, (int, float)))
+                 number("dist_timeout", None, (int, float)), batch_invariant)
 
 
 def natural(text: str):
@@ -329,7 +334,7 @@ def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
         with group.step("checking for finished work"):
             done = [finished(item.checkpoint, sweep.tasks, mode, sweep.dtype, sweep.device, sweep.out, label,
                              sweep.batch_tokens, sweep.chat_template, sweep.tp, sweep.tokenizations,
-                             sweep.max_tokenizations)
+                             sweep.max_tokenizations, sweep.batch_invariant)
                     for mode, label in item.labels] if group.lead else None
         done = group.broadcast(done, "sharing finished work")
         todo = []
@@ -346,7 +351,8 @@ def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
                 result = score_checkpoint(ck, sweep.tasks, mode, out=sweep.out, label=label,
                                           batch_tokens=sweep.batch_tokens, chat_template=sweep.chat_template,
                                           tokenizations=sweep.tokenizations,
-                                          max_tokenizations=sweep.max_tokenizations, progress=False)
+                                          max_tokenizations=sweep.max_tokenizations,
+                                          batch_invariant=sweep.batch_invariant, progress=False)
             except Exception as e:
                 row.error = _message(e)
             else:

@@ -38,6 +38,10 @@ def test_dry_run_runs_every_step(tmp_path):
     assert list((step_dir / "bench" / "results").glob("*.json"))  # the bench's dry run
     md = summary_path.with_suffix(".md").read_text()
     assert "end_to_end | ok" in md and "max |d logprob|" in md
+    invariance = e2e["batch_invariance_bf16"]  # on the CPU every run is unpacked: equal bits
+    assert invariance["invariant_repeats_bitwise"] is True
+    assert invariance["packed_8192_vs_1024_max_abs_dlogprob"] == 0.0
+    assert "--batch-invariant (bf16)" in md
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -76,6 +76,9 @@ def test_a_rerun_skips_everything_without_rescoring(serial, ladder):
     assert again.returncode == 0, again.stderr
     assert "0 scored, 8 skipped, 0 failed" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == stamps
+    # On the CPU every run is batch-invariant already: asking for it is the same run.
+    invariant = launch.python("engine.sweep", sweep_file(ladder, "serial", batch_invariant=True))
+    assert "0 scored, 8 skipped, 0 failed" in invariant.stdout, invariant.stderr
 
 
 def test_two_ranks_write_the_serial_sweeps_files(serial, ladder):
@@ -192,6 +195,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ('checkpoints = ["run/*"]\nlabel = "{step}"\n', "{step}"),
     ('checkpoints = ["run/*"]\ntp = 0\n', "'tp' must be a positive int"),
     ('checkpoints = ["run/*"]\ndtype = "float64"\n', "'dtype' must be one of"),
+    ('checkpoints = ["run/*"]\nbatch_invariant = 1\n', "'batch_invariant' must be true or false"),
     ('checkpoints = [', "not valid TOML"),
 ])
 def test_bad_sweep_files_are_one_line(ladder, tmp_path, capsys, text, fragment):
