@@ -265,7 +265,7 @@ def finished(checkpoint, tasks="all", mode: str = "auto", dtype: str = "float32"
         chat = (template or meta.chat_template) if mode == "chat" else None
         if mode == "chat" and chat is None:
             return False
-        # As packs_sequences decides: prompts share forward passes on the Triton path only.
+        # As packs_sequences decides: prompts share passes on the Triton path, unless batch_invariant.
         invariant = batch_invariant or not use_triton(torch.empty(0, device=torch_device))
         store = ResultsStore(out, label, run_key(known, dtype_name, mode, chat, invariant,
                                                  batch_tokens, tp, tokenizations, max_tokenizations))
