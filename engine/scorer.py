@@ -272,21 +272,21 @@ def split(seq: int, s: Sequence, budget: int) -> list[Part]:
     trie, room = s.trie, budget - len(s.prompt_ids)
     if len(s) <= budget or room < max(trie.depth) + 1:
         return [whole(seq, s)]
+    def chain(n, nodes):  # n and its ancestors not yet in the part, nearest first
+        out = []
+        while n >= 0 and n not in nodes:
+            out.append(n)
+            n = trie.parent[n]
+        return out
+
     parts, nodes, owned = [], {}, [-1]
     for n in range(len(trie)):
-        chain = []  # n and its ancestors not yet in the part, nearest first
-        k = n
-        while k >= 0 and k not in nodes:
-            chain.append(k)
-            k = trie.parent[k]
-        if len(nodes) + len(chain) > room:
+        new = chain(n, nodes)
+        if len(nodes) + len(new) > room:
             parts.append(Part(seq, tuple(sorted(nodes)), tuple(owned)))
             nodes, owned = {}, []
-            chain, k = [], n
-            while k >= 0:
-                chain.append(k)
-                k = trie.parent[k]
-        nodes.update(dict.fromkeys(chain))
+            new = chain(n, nodes)
+        nodes.update(dict.fromkeys(new))
         owned.append(n)
     parts.append(Part(seq, tuple(sorted(nodes)), tuple(owned)))
     return parts
@@ -510,7 +510,11 @@ def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, seque
 
 
 def _logsumexp_by(values: np.ndarray, groups: list[int], n: int) -> np.ndarray:
-    return np.array([np.logaddexp.reduce(values[[i for i, g in enumerate(groups) if g == k]]) for k in range(n)])
+    """log-sum-exp of `values` per group 0..n-1, each group's values added in order (the bits of
+    np.logaddexp.reduce over the group); one pass, not one per group (a thousand answers)."""
+    out = np.full(n, -np.inf)
+    np.logaddexp.at(out, np.asarray(groups, dtype=np.intp), values)
+    return out
 
 
 def prompt_scores(checkpoint: Checkpoint, task: Task, s: Sequence, scores: TrieScores) -> PromptScores:
