@@ -27,6 +27,8 @@ and moves one hidden state per layer, so this is cheap next to reading the weigh
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -252,6 +254,7 @@ def setup(tp: int = 1, device="auto", timeout_s: float | None = None) -> Layout:
     _layout = Layout(rank, world, mine, Group(rank, world, everyone, None, control, timeout_s),
                      Group(rank, world, everyone, None, patient, SUMMARY_TIMEOUT.total_seconds()),
                      rank // tp, world // tp)
+    atexit.register(shutdown)  # for Python callers (score_checkpoint(tp=...)) that never call it
     return _layout
 
 
@@ -261,11 +264,24 @@ def _wants_cuda(device) -> bool:
 
 
 def shutdown() -> None:
-    """Tear the process groups down (at the end of a CLI run)."""
+    """Tear the process groups down and wait for their threads: at the end of a CLI run, and at
+    interpreter exit for Python callers (atexit handlers run before finalisation begins).
+
+    A gloo process group's worker threads stop only when its last Python reference goes, and
+    `destroy_process_group` drops only torch's own. Left alive to interpreter exit, a worker that
+    is still letting go of the last collective's tensors needs the GIL after finalisation began
+    and aborts the process (SIGABRT, "terminate called without an active exception"): a rank that
+    printed its error and returned at once exited -6 about one run in four. So every reference
+    this module handed out is cut here, and a collection frees those held by tracebacks, while
+    the interpreter still runs: the groups' destructors then join their threads."""
     global _layout
+    if _layout is not None:
+        for group in (_layout.tp, _layout.world_group, _layout.summary_group):
+            group.data = group.control = None
+    _layout = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _layout = None
+    gc.collect()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,6 +204,20 @@ def test_a_checkpoint_broken_on_one_rank_stops_both(families, tmp_path, problem,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+@pytest.mark.parametrize("how", ["explicit", "--at-exit"])
+def test_shutdown_joins_the_gloo_threads(how):
+    """shutdown() leaves no gloo thread running, even with an error's traceback still held, and
+    runs at exit for Python callers that never call it: a thread left to interpreter exit aborted
+    a rank one run in four (SIGABRT, exit -6)."""
+    run = launch.torchrun(2, "tests.shutdown_probe", *([how] if how != "explicit" else []))
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = sorted(line for line in run.stdout.splitlines() if line.startswith("rank "))
+    assert lines[0].startswith("rank 0: ParallelError, gloo threads") and lines[2].startswith("rank 1: EngineError")
+    assert int(lines[0].rsplit(" ", 1)[1]) > 0  # the probe sees the threads it expects to end
+    assert lines[1] == "rank 0: gloo threads after shutdown 0" and lines[3] == "rank 1: gloo threads after shutdown 0"
+
+
 def test_a_hung_rank_times_the_other_out(families, tmp_path):
     """Rank 1 frozen mid-run (SIGSTOP): rank 0 gives up after --dist-timeout with one line."""
     argv = [families / "ckpt" / "llama", "--tp", "2", "--tasks", "all", "--out", tmp_path / "out", "--label", "l",
