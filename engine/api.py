@@ -4,27 +4,34 @@
     result = engine.score_checkpoint("/models/olmo2-1b", tasks="coin,rng_1_10", out="results")
     result.to_pandas()             # one row per (prompt, answer); variants=True: per variant
 
-`python -m engine.score` is a thin shell over `score_checkpoint`. Every input is validated
-(checkpoint, tasks, tokenization of every prompt and answer, context length, output location)
-before anything is written; a user error raises an `EngineError` with one line.
+`python -m engine.score` and `python -m engine.sweep` are thin shells over `score`, which takes
+the settings as one `engine.spec.RunSpec`. Every input is validated (settings, checkpoint,
+tasks, tokenization of every prompt and answer, context length, output location) before
+anything is written; a user error raises an `EngineError` with one line.
+
+A run, top to bottom (`Scoring.into`): resolve the settings against the checkpoint, tokenize
+and check every prompt, ask the store which tasks it lacks, score them one by one, writing each
+as it is done, then the manifest. The store is the results store (`LabelStore`, out=ROOT) or
+memory (`MemoryStore`, out=None). engine/tp.py runs the same steps across the ranks of a
+tensor-parallel group.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 import engine
-from engine.errors import DeviceError, EngineError, OutputError
+from engine.errors import DeviceError, EngineError
 from engine.results import (
     MAIN_SCHEMA,
+    MANIFEST,
     VARIANT_SCHEMA,
     LabelLock,
     ResultsStore,
@@ -36,12 +43,10 @@ from engine.results import (
     task_info,
     variant_table,
 )
-from engine.tasks import Task, load_tasks
-from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
+from engine.spec import RunSpec, resolve
 from kernels import KernelUnsupportedError
 
-DEFAULT_BATCH_TOKENS = 8192
-LABEL = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")  # a directory name under --out, never a path
+DEFAULT_BATCH_TOKENS = RunSpec.batch_tokens
 
 
 @dataclass
@@ -79,12 +84,12 @@ class ScoreResult:
         return {name: summarize(table) for name, table in self.tables.items()}
 
 
-def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | None = None,
+def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: str | None = None,
                      device: str | None = None, out=None, label: str | None = None,
-                     batch_tokens: int = DEFAULT_BATCH_TOKENS, chat_template=None,
+                     batch_tokens: int = RunSpec.batch_tokens, chat_template=None,
                      overwrite: bool = False, progress: bool | None = None,
-                     tokenizations: str = "canonical",
-                     max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS, tp: int = 1,
+                     tokenizations: str = RunSpec.tokenizations,
+                     max_tokenizations: int = RunSpec.max_tokenizations, tp: int = RunSpec.tp,
                      batch_invariant: bool = False) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
@@ -100,154 +105,193 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = "auto", dtype: str | N
         finished or produced by another checkpoint or settings (other tasks are left alone).
     progress: a progress bar on stderr (None: on a terminal or in a Jupyter notebook).
     tp: split the model across this many ranks of a torchrun launch (every rank calls this;
-        engine/distributed.py). Rank 0 of the group writes the results and returns them; the
-        other ranks return the manifest with no tables when `out` is given.
+        engine/tp.py). Rank 0 of the group writes the results and returns them; the other ranks
+        return the manifest with no tables when `out` is given.
     batch_invariant: on the GPU, give every prompt a forward pass of its own instead of packing
         prompts together, so that results are bitwise independent of `batch_tokens` and of the
         other prompts, as they always are on the CPU (fewer tokens per pass: slower).
+    A setting with a value it cannot take raises `engine.spec.SettingError` naming it.
     """
-    from engine.checkpoint import Checkpoint, tensor_parallel_group
+    spec = RunSpec(tasks=tasks, mode=mode, dtype=dtype or RunSpec.dtype,
+                   device=device or RunSpec.device, out=out, label=label,
+                   batch_tokens=batch_tokens, batch_invariant=batch_invariant,
+                   chat_template=chat_template, tokenizations=tokenizations,
+                   max_tokenizations=max_tokenizations, tp=tp, overwrite=overwrite,
+                   progress=progress)
+    return score(checkpoint, spec)
 
-    group = (_group_of(checkpoint) if isinstance(checkpoint, Checkpoint)
-             else tensor_parallel_group(tp, device or "auto"))
-    lead = group.lead
-    with group.step("checking the inputs"):
-        if batch_tokens < 1:
-            raise OutputError(f"batch_tokens must be a positive integer, got {batch_tokens}")
-        if tokenizations not in TOKENIZATIONS:
-            raise OutputError(f"tokenizations {tokenizations!r} must be one of {', '.join(TOKENIZATIONS)}")
-        if max_tokenizations < 1:
-            raise OutputError(f"max_tokenizations must be a positive integer, got {max_tokenizations}")
-        if label is not None and not LABEL.fullmatch(label):
-            raise OutputError(f"label {label!r} must be a plain name (letters, digits, '.', '_', '-'), not a path")
-        tasks = list(tasks) if isinstance(tasks, (list, tuple)) and all(isinstance(t, Task) for t in tasks) \
-            else load_tasks(tasks)
-        if out is not None and lead:
-            check_writable(Path(out), label)
-    started = time.perf_counter()
+
+def score(checkpoint, spec: RunSpec) -> ScoreResult:
+    """`score_checkpoint` with its settings as one RunSpec (what the CLI and the sweep call).
+    A loaded `Checkpoint` brings its own dtype, device and tensor-parallel degree."""
+    from engine.checkpoint import Checkpoint
+
     if isinstance(checkpoint, Checkpoint):
-        ck = checkpoint
-    else:
-        ck = engine.load(checkpoint, dtype=dtype or "float32", device=device or "auto", tp=group)
-    with group.step("preparing the prompts"):
-        prepared = _prepare(ck, tasks, mode, chat_template, label, batch_tokens, group.size,
-                            tokenizations, max_tokenizations, batch_invariant)
-    encoder, sequences, label, run = prepared
-    mode, dtype_name = run["mode"], run["dtype"]
-    chat = encoder.template if mode == "chat" else None
-    load_seconds = time.perf_counter() - started
+        spec = spec.replace(dtype=str(checkpoint.dtype).removeprefix("torch."),
+                            device=str(checkpoint.device), tp=checkpoint.group.size)
+    if spec.tp > 1:
+        from engine.tp import score_split
 
-    def score(task, bar):
-        from engine.scorer import score_task
+        return score_split(checkpoint, spec)
+    started = time.perf_counter()
+    if spec.out is not None:
+        check_writable(spec.out, spec.label)
+    ck = checkpoint if isinstance(checkpoint, Checkpoint) else engine.load(
+        checkpoint, dtype=spec.dtype, device=spec.device)
+    job = Scoring(ck, spec, started)
+    return job.into(job.store())
 
-        with group.step(f"scoring {task.name}"):
-            try:
-                return score_task(ck, encoder, task, sequences[task.name], encoder.boundary, batch_tokens,
-                                  pack=not run["batch_invariant"], progress=bar)
-            except KernelUnsupportedError as e:  # e.g. float16 or head_dim > 256 on the GPU
-                raise DeviceError(str(e)) from None
 
-    def about(skipped: int) -> dict:
-        import torch
+class Scoring:
+    """One checkpoint's run: its settings resolved against it, and every prompt of every task
+    tokenized and validated, before anything is scored or written."""
 
-        return dict(
-            checkpoint=str(ck.path.resolve()), fingerprint=ck.fingerprint,
-            engine_version=engine.__version__, dtype=dtype_name, device=str(ck.device), mode=mode,
-            chat_template_source=chat.source if chat is not None else None,
-            enable_thinking=run["enable_thinking"], torch_version=torch.__version__,
-            threads=torch.get_num_threads(),  # CPU bits can depend on it (docs/results.md)
-            tokenizations=tokenizations,
-            max_tokenizations=max_tokenizations if tokenizations == "all" else None,
-            batch_tokens=batch_tokens, batch_invariant=run["batch_invariant"], tp=group.size,
-            weight_files=ck.weight_files,
-            timings={"load_and_validate_s": round(load_seconds, 3),
-                     "total_s": round(time.perf_counter() - started, 3), "skipped_tasks": skipped})
+    def __init__(self, ck, spec: RunSpec, started: float):
+        from engine.scorer import PromptEncoder, task_sequences
 
-    from tqdm import tqdm
+        self.ck, self.spec, self.started = ck, spec, started
+        self.run = resolve(spec, ck)
+        self.key = self.run.key(ck.fingerprint)
+        self.encoder = PromptEncoder(ck, self.run.mode, self.run.chat, spec.tokenizations,
+                                     spec.max_tokenizations)
+        self.sequences = {task.name: task_sequences(self.encoder, task) for task in spec.tasks}
+        self.load_seconds = time.perf_counter() - started
 
-    def progress_bar(todo):
-        return tqdm(total=sum(len(t.prompts) for t in todo), unit="prompt", file=sys.stderr,
-                    disable=_quiet(progress) if lead else True)
+    def store(self):
+        """Where this run's results go: out/label, or memory when out is None."""
+        if self.spec.out is None:
+            return MemoryStore(self.run.label, self.key)
+        return LabelStore(self.spec.out, self.run.label, self.key)
 
-    if out is None:
-        result = ScoreResult(label, {"label": label, "run": run, "tasks": {}})
-        with progress_bar(tasks) as bar:
-            for task in tasks:
-                bar.set_description(task.name)
-                scores = score(task, bar)
-                result.tables[task.name] = main_table(scores, label)
-                result.variant_tables[task.name] = variant_table(scores, label)
-                result.manifest["tasks"][task.name] = task_info(scores)
-        result.manifest.update(about(0))
-        add_token_totals(result.manifest)
-        return result
-
-    directory = Path(out) / label
-    created = not directory.exists()
-    try:
-        with contextlib.ExitStack() as held:
-            with group.step(f"locking {directory}"):
-                if lead:
-                    held.enter_context(LabelLock(directory))
-                    store = ResultsStore(out, label, run)
-                    todo = store.plan(tasks, overwrite)
-                    store.begin()
-            names = group.broadcast([t.name for t in todo] if lead else None, "sharing the plan")
-            todo = [t for t in tasks if t.name in names]
-            with progress_bar(todo) as bar:
+    def into(self, store) -> ScoreResult:
+        """Score every task the store lacks, one after the other, writing each when it is done."""
+        tasks = self.spec.tasks
+        with store.session():
+            todo = store.plan(tasks, self.spec.overwrite)
+            with self.progress_bar(todo) as bar:
                 for task in todo:
                     bar.set_description(task.name)
-                    scores = score(task, bar)
-                    with group.step(f"writing {task.name}"):
-                        if lead:
-                            store.write_task(scores)
-            with group.step("writing the manifest"):
-                if lead:
-                    store.save_manifest(**about(len(tasks) - len(todo)))
-                    others = [n for n in store.tasks if store.entry_run(n) != run]
-                    if others:
-                        notice(f"{directory} also holds {', '.join(others)} from another checkpoint "
-                               "or other settings (left as they are)")
-                    result = ScoreResult(label, store.manifest, {t.name: store.read_task(t.name) for t in tasks},
-                                         {t.name: store.read_task(t.name, variants=True) for t in tasks},
-                                         directory)
-            manifest = group.broadcast(store.manifest if lead else None, "sharing the manifest")
-            return result if lead else ScoreResult(label, manifest)
-    except BaseException:
-        if lead and created and directory.is_dir() and not (directory / "manifest.json").exists():
-            shutil.rmtree(directory, ignore_errors=True)  # a failed first run leaves nothing behind
-        raise
+                    store.write(self.score(task, bar))
+            return store.finish(self.manifest_fields(skipped=len(tasks) - len(todo)), tasks)
+
+    def score(self, task, bar):
+        from engine.scorer import score_task
+
+        try:
+            return score_task(self.ck, self.encoder, task, self.sequences[task.name],
+                              self.encoder.boundary, self.spec.batch_tokens, progress=bar,
+                              pack=self.run.packs)
+        except KernelUnsupportedError as e:  # e.g. head_dim > 256 on the GPU
+            raise DeviceError(str(e)) from None
+
+    def progress_bar(self, todo, shown: bool = True):
+        from tqdm import tqdm
+
+        return tqdm(total=sum(len(t.prompts) for t in todo), unit="prompt", file=sys.stderr,
+                    disable=_quiet(self.spec.progress) if shown else True)
+
+    def manifest_fields(self, skipped: int) -> dict:
+        """What the manifest records about the run, besides its tasks."""
+        import torch
+
+        ck, spec, run, key = self.ck, self.spec, self.run, self.key
+        return dict(
+            checkpoint=str(ck.path.resolve()), fingerprint=ck.fingerprint,
+            engine_version=engine.__version__, dtype=spec.dtype, device=str(ck.device),
+            mode=run.mode, chat_template_source=run.chat.source if run.chat is not None else None,
+            enable_thinking=key["enable_thinking"], torch_version=torch.__version__,
+            threads=torch.get_num_threads(),  # CPU bits can depend on it (docs/results.md)
+            tokenizations=spec.tokenizations,
+            max_tokenizations=spec.max_tokenizations if spec.tokenizations == "all" else None,
+            batch_tokens=spec.batch_tokens, batch_invariant=key["batch_invariant"], tp=spec.tp,
+            weight_files=ck.weight_files,
+            timings={"load_and_validate_s": round(self.load_seconds, 3),
+                     "total_s": round(time.perf_counter() - self.started, 3),
+                     "skipped_tasks": skipped})
 
 
-def finished(checkpoint, tasks="all", mode: str = "auto", dtype: str = "float32", device: str = "auto",
-             out="results", label: str | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-             chat_template=None, tp: int = 1, tokenizations: str = "canonical",
-             max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS, batch_invariant: bool = False) -> bool:
-    """Whether `out/label` already holds every task for this checkpoint and these settings,
+class MemoryStore:
+    """Results kept in memory (out=None): every task is scored, nothing is written."""
+
+    def __init__(self, label: str, key: dict):
+        self.result = ScoreResult(label, {"label": label, "run": key, "tasks": {}})
+
+    @contextmanager
+    def session(self):
+        yield self
+
+    def plan(self, tasks, overwrite: bool) -> list:
+        return list(tasks)
+
+    def write(self, scores) -> None:
+        name, result = scores.task.name, self.result
+        result.tables[name] = main_table(scores, result.label)
+        result.variant_tables[name] = variant_table(scores, result.label)
+        result.manifest["tasks"][name] = task_info(scores)
+
+    def finish(self, fields: dict, tasks) -> ScoreResult:
+        self.result.manifest.update(fields)
+        add_token_totals(self.result.manifest)
+        return self.result
+
+
+class LabelStore:
+    """Results written to out/label (engine/results.py), which the run holds locked; a task of
+    this run that is already there, intact, is not scored again."""
+
+    def __init__(self, out: Path, label: str, key: dict):
+        self.out, self.label, self.key = Path(out), label, key
+        self.directory = self.out / label
+
+    @contextmanager
+    def session(self):
+        created = not self.directory.exists()
+        try:
+            with LabelLock(self.directory):
+                self.store = ResultsStore(self.out, self.label, self.key)
+                yield self
+        except BaseException:
+            if created and self.directory.is_dir() and not (self.directory / MANIFEST).exists():
+                shutil.rmtree(self.directory, ignore_errors=True)  # a failed first run: nothing
+            raise
+
+    def plan(self, tasks, overwrite: bool) -> list:
+        todo = self.store.plan(tasks, overwrite)
+        self.store.begin()
+        return todo
+
+    def write(self, scores) -> None:
+        self.store.write_task(scores)
+
+    def finish(self, fields: dict, tasks) -> ScoreResult:
+        store = self.store
+        store.save_manifest(**fields)
+        others = [n for n in store.tasks if store.entry_run(n) != self.key]
+        if others:
+            notice(f"{self.directory} also holds {', '.join(others)} from another checkpoint "
+                   "or other settings (left as they are)")
+        return ScoreResult(self.label, store.manifest,
+                           {t.name: store.read_task(t.name) for t in tasks},
+                           {t.name: store.read_task(t.name, variants=True) for t in tasks},
+                           self.directory)
+
+
+def finished(checkpoint, spec: RunSpec) -> bool:
+    """Whether `spec.out/label` already holds every task for this checkpoint and these settings,
     decided without reading the weights (engine.sweep skips such a checkpoint without loading it).
 
     The label's manifest must list weight files of the same names, sizes and modification times
     as the checkpoint's now (their recorded digests then stand for them, as make and rsync trust
     a file's size and time; the small files are hashed again), and every task must be finished,
-    with intact files, for the very run `score_checkpoint` would make. False whenever in doubt:
-    `score_checkpoint` then decides per task, after reading every byte."""
-    import torch
-
-    from engine.chat import load_chat_template
-    from engine.checkpoint import (
-        fingerprint,
-        read_metadata,
-        resolve_device,
-        resolve_dtype,
-        weight_paths,
-    )
+    with intact files, for the very run `score` would make. False whenever in doubt: `score`
+    then decides per task, after reading every byte."""
+    from engine.checkpoint import fingerprint, read_metadata, weight_paths
     from engine.results import read_manifest, task_hash
-    from kernels import use_triton
 
     try:
         meta = read_metadata(checkpoint)
-        label = label or meta.path.resolve().name
-        manifest = read_manifest(Path(out) / label)
+        run = resolve(spec, meta)
+        manifest = read_manifest(spec.out / run.label)
         recorded = (manifest or {}).get("weight_files") or {}
         paths = weight_paths(meta.path)
         if not recorded or sorted(p.name for p in paths) != sorted(recorded):
@@ -256,74 +300,13 @@ def finished(checkpoint, tasks="all", mode: str = "auto", dtype: str = "float32"
             stat, record = path.stat(), recorded[path.name]
             if (stat.st_size, stat.st_mtime_ns) != (record.get("bytes"), record.get("mtime_ns")):
                 return False
-        known = fingerprint(meta.path, {name: record["digest"] for name, record in recorded.items()})
-        torch_device = resolve_device(device)
-        dtype_name = str(resolve_dtype(dtype, torch_device, meta.config)).removeprefix("torch.")
-        template = load_chat_template(chat_template, meta.special_tokens) if chat_template else None
-        if mode == "auto":
-            mode = "chat" if template is not None or meta.chat_template is not None else "base"
-        chat = (template or meta.chat_template) if mode == "chat" else None
-        if mode == "chat" and chat is None:
-            return False
-        # As packs_sequences decides: prompts share passes on the Triton path, unless batch_invariant.
-        invariant = batch_invariant or not use_triton(torch.empty(0, device=torch_device))
-        store = ResultsStore(out, label, run_key(known, dtype_name, mode, chat, invariant,
-                                                 batch_tokens, tp, tokenizations, max_tokenizations))
-        tasks = tasks if isinstance(tasks, list) else load_tasks(tasks)
+        known = fingerprint(meta.path, {name: r["digest"] for name, r in recorded.items()})
+        store = ResultsStore(spec.out, run.label, run.key(known))
         return all(task.name in store.manifest["tasks"] and store.entry_run(task.name) == store.run
                    and store.entry(task.name).get("task_hash") == task_hash(task)
-                   and store.problem(task.name) is None for task in tasks)
+                   and store.problem(task.name) is None for task in spec.tasks)
     except (EngineError, OSError, KeyError, TypeError):
         return False
-
-
-def _group_of(ck):
-    from engine.distributed import SOLO
-
-    return ck.model.tp or SOLO
-
-
-def _prepare(ck, tasks, mode, chat_template, label, batch_tokens, tp, tokenizations, max_tokenizations,
-             batch_invariant):
-    """Encoder, tokenized and validated sequences per task, label and run key of a scoring run."""
-    from engine.chat import load_chat_template
-    from engine.scorer import PromptEncoder, packs_sequences, task_sequences
-
-    template = load_chat_template(chat_template, ck.special_tokens) if chat_template else None
-    if mode == "auto":
-        mode = "chat" if template is not None or ck.has_chat_template else "base"
-    encoder = PromptEncoder(ck, mode, template, tokenizations, max_tokenizations)
-    sequences = {task.name: task_sequences(encoder, task) for task in tasks}  # validates everything
-    label = label or ck.path.resolve().name
-    if not LABEL.fullmatch(label):
-        raise OutputError(f"{ck.path}: its directory name {label!r} cannot be a label; pass a label")
-    chat = encoder.template if mode == "chat" else None
-    run = run_key(ck.fingerprint, str(ck.dtype).removeprefix("torch."), mode, chat,
-                  not packs_sequences(ck, batch_invariant), batch_tokens, tp, tokenizations, max_tokenizations)
-    return encoder, sequences, label, run
-
-
-def run_key(fingerprint: str, dtype: str, mode: str, chat, batch_invariant: bool, batch_tokens: int,
-            tp: int = 1, tokenizations: str = "canonical",
-            max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS) -> dict:
-    """What identifies results (the `run` of the manifest and of each task): a rerun with an
-    equal run skips finished tasks; a different one never mixes with them silently."""
-    run = {
-        "fingerprint": fingerprint,
-        "dtype": dtype,
-        "mode": mode,
-        "chat_template": chat.text if chat is not None else None,
-        # Qwen 3's hybrid-reasoning switch: scored with thinking off unless the template says otherwise.
-        "enable_thinking": chat.enable_thinking if chat is not None and chat.uses_thinking_switch else None,
-        "tokenizations": tokenizations if tokenizations == "canonical" else f"all<={max_tokenizations}",
-        "engine_version": engine.__version__,
-        "batch_invariant": batch_invariant,
-        # Packed results depend on how prompts share rows; invariant ones do not.
-        "batch_tokens": None if batch_invariant else batch_tokens,
-    }
-    if tp > 1:  # tensor parallelism sums in another order: within rounding, not bit for bit
-        run["tp"] = tp
-    return run
 
 
 def _quiet(progress: bool | None):

@@ -178,6 +178,18 @@ def special_tokens(tokenizer_config: dict) -> dict[str, object]:
     return out
 
 
+def chat_template_for(borrowed: ChatTemplate | None, own: ChatTemplate | None, checkpoint: Path
+                      ) -> ChatTemplate:
+    """The template chat mode renders with: the borrowed one (`--chat-template`), else the
+    checkpoint's own; an error when there is neither."""
+    template = borrowed or own
+    if template is None:
+        raise ChatTemplateError(
+            f"{checkpoint}: chat mode needs a chat template and the checkpoint has none; "
+            "use --mode base or --chat-template PATH_OR_CHECKPOINT")
+    return template
+
+
 def load_chat_template(path, special: dict[str, object]) -> ChatTemplate:
     """A template to borrow (`--chat-template`): a checkpoint directory (its template and its
     special tokens), a .jinja file, or a JSON file with a "chat_template" key. A file's template

@@ -7,13 +7,13 @@ tensor at a time. Every byte of every weight file is hashed as it is read, and t
 (config, tokenizer, template) whole: `Checkpoint.fingerprint` identifies the exact contents.
 Pickle checkpoints (*.bin, *.pt) are refused: unpickling can run arbitrary code.
 
-Under tensor parallelism (`load(..., tp=group)`) each rank reads only its slices of the tensors
-(`WeightFile.shard`) and hashes a disjoint share of the files' 64 MiB blocks; the ranks exchange
-their block digests, so `fingerprint` is the one a single process computes, while each rank
-reads about 1/tp of the bytes for its weights and 1/tp for the hash (2/tp in all; on one node the
-ranks share the page cache, so the disk is read about once). Every step a rank may fail alone
-ends in an agreement (engine/distributed.py): a checkpoint missing or corrupt on one rank stops
-all of them with the same error.
+Under tensor parallelism (`load(..., tp=N)` on every rank of a torchrun launch) each rank reads
+only its slices of the tensors and hashes a disjoint share of the files' blocks (engine/tp.py),
+so `fingerprint` is the one a single process computes, while each rank reads about 1/tp of the
+bytes for its weights and 1/tp for the hash (2/tp in all; on one node the ranks share the page
+cache, so the disk is read about once). Every step a rank may fail alone ends in an agreement
+(engine/distributed.py): a checkpoint missing or corrupt on one rank stops all of them with the
+same error.
 """
 
 from __future__ import annotations
@@ -28,18 +28,16 @@ from tokenizers import Tokenizer
 
 from engine.chat import ChatTemplate, find_template_text, special_tokens
 from engine.config import parse_config, read_json
+from engine.distributed import SOLO, Group
 from engine.errors import CheckpointError, DeviceError, ParallelError, TokenizerError, WeightsError
 from engine.model import ModelArgs, Transformer
+from engine.spec import DTYPES, check_setting, device_problem
 from engine.weights import (
     BlockDigest,
     WeightFile,
-    block_count,
-    combine_block_digests,
     digest_bytes,
-    hash_blocks,
 )
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Tensors some checkpoints carry that the model recomputes or shares; never an error.
 IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -72,6 +70,7 @@ class Checkpoint:
     # {weight file name: {"bytes", "mtime_ns", "digest"}}: lets a sweep see that the files are
     # the ones a label was scored from without reading them again
     weight_files: dict[str, dict] = field(default_factory=dict)
+    group: Group = SOLO  # the ranks the model is split across (engine/tp.py); SOLO: not split
 
     @torch.inference_mode()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -129,52 +128,39 @@ def read_metadata(path) -> Metadata:
     return Metadata(directory, config, args, tokenizer, special, template)
 
 
-def load(path, dtype="float32", device="cpu", tp=1) -> Checkpoint:
-    """Load the checkpoint directory at `path` for inference in `dtype` on `device`.
+def load(path, dtype="float32", device="cpu", tp: int = 1) -> Checkpoint:
+    """Load the checkpoint directory at `path` for inference in `dtype` (float32, bfloat16, or
+    auto: config.json's) on `device`.
 
-    tp: split the model across this many ranks of a torchrun launch (each rank calls `load`;
-    see engine/distributed.py), or an engine.distributed.Group to split it across."""
-    group = tensor_parallel_group(tp, device)
+    tp: split the model across this many ranks of a torchrun launch, every rank calling `load`
+    (engine/tp.py); the launch's process groups are set up on the first call."""
+    check_setting("tp", tp)
+    group = SOLO
+    if tp > 1:
+        from engine import distributed
+        from engine import tp as tensor_parallel
+
+        group = distributed.setup(tp, device).tp
     with group.step("reading the checkpoint's config and tokenizer"):
         meta = read_metadata(path)
         directory, config, args = meta.path, meta.config, meta.args
-        check_tensor_parallel(args, group.size, directory / "config.json")
+        if group.size > 1:
+            tensor_parallel.check_divides(args, group.size, directory / "config.json")
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device, config)
     if group.size == 1:
         model, files = load_model(directory, args, torch_dtype, torch_device)
     else:
-        model, files = load_model_sharded(directory, args, torch_dtype, torch_device, group)
+        model, files = tensor_parallel.load_split(directory, args, torch_dtype, torch_device, group)
     digests = {name: f["digest"] for name, f in files.items()}
     ck = Checkpoint(directory, config, model.args, model, meta.tokenizer, meta.special_tokens,
-                    meta.chat_template, torch_dtype, torch_device, fingerprint(directory, digests), files)
+                    meta.chat_template, torch_dtype, torch_device, fingerprint(directory, digests),
+                    files, group)
     if len(set(group.gather_objects(ck.fingerprint, "comparing fingerprints"))) > 1:
-        error = ParallelError(f"{directory}: the ranks read different files (config, tokenizer or chat "
-                              "template differ between their copies); give every rank the same checkpoint")
-        error.reported_by = group.ranks[0]  # every rank of the group sees it
-        raise error
+        raise ParallelError(f"{directory}: the ranks read different files (config, tokenizer or chat "
+                            "template differ between their copies); give every rank the same "
+                            "checkpoint", reported_by=group.ranks[0])  # every rank sees it
     return ck
-
-
-def tensor_parallel_group(tp, device):
-    """The engine.distributed.Group to split a model across: `tp` itself when it is one, else
-    this rank's group of a launch set up for tp ranks per group (none to set up for tp=1)."""
-    from engine import distributed
-
-    if not isinstance(tp, int):
-        return tp
-    return distributed.SOLO if tp == 1 else distributed.setup(tp, device).tp
-
-
-def check_tensor_parallel(args: ModelArgs, tp: int, config_path: Path) -> None:
-    """Split the model across tp ranks only where whole heads and MLP columns fall to each."""
-    for key, n in (("num_attention_heads", args.n_heads), ("num_key_value_heads", args.n_kv_heads),
-                   ("intermediate_size", args.intermediate_size)):
-        if n % tp:
-            raise ParallelError(
-                f"{config_path}: --tp {tp} does not divide {key}={n} (heads {args.n_heads}, key/value "
-                f"heads {args.n_kv_heads}, intermediate size {args.intermediate_size}); choose a --tp "
-                "that divides all three")
 
 
 def fingerprint(directory: Path, weight_digests: dict[str, str]) -> str:
@@ -190,31 +176,31 @@ def fingerprint(directory: Path, weight_digests: dict[str, str]) -> str:
 
 
 def resolve_device(device) -> torch.device:
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
+    name = str(device) if isinstance(device, torch.device) else device
+    problem = device_problem(name)
+    if problem:
+        raise DeviceError(f"device {problem}")
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch_device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DeviceError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-    if torch_device.type not in ("cpu", "cuda"):
-        raise DeviceError(f"device {device!r} is not supported; use auto, cpu or cuda")
-    return torch_device
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    return torch.device(name)
 
 
 def resolve_dtype(dtype, device: torch.device, config: dict) -> torch.dtype:
+    """A dtype name (or "auto": the one config.json saves, float32 if none) as a torch dtype."""
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
-    if dtype == "auto":
+    saved = dtype == "auto"
+    if saved:
         dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
     if dtype not in DTYPES:
-        raise DeviceError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+        where = "config.json's dtype" if saved else "dtype"
+        raise DeviceError(f"{where} {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DeviceError(f"bfloat16 is not available on {torch.cuda.get_device_name(device)}; use --dtype float32")
-    return DTYPES[dtype]
+        raise DeviceError(f"bfloat16 is not available on {torch.cuda.get_device_name(device)}; "
+                          "use --dtype float32")
+    return getattr(torch, dtype)
 
 
 def load_tokenizer(directory: Path) -> tuple[Tokenizer, dict]:
@@ -277,62 +263,6 @@ def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
 
 def file_record(f: WeightFile, digest: str) -> dict:
     return {"bytes": f.stat.st_size, "mtime_ns": f.stat.st_mtime_ns, "digest": digest}
-
-
-def load_model_sharded(directory: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device, group
-                       ) -> tuple[Transformer, dict[str, dict]]:
-    """`load_model` for one rank of a tensor-parallel group: its slices of the tensors, and its
-    share of the files' blocks hashed; the digests are exchanged and combined on every rank."""
-    with group.step("opening the weight files"):
-        files = [WeightFile(path) for path in weight_paths(directory)]
-        holder = {name: f for f in files for name in f.names()}
-        has_head = "lm_head.weight" in holder
-        # A head is checked and planned even when the config ties it (see below).
-        with_head = replace(args, tie_embeddings=args.tie_embeddings and not has_head)
-        with torch.device("meta"):
-            expected = {name: tuple(t.shape) for name, t in Transformer(with_head).state_dict().items()}
-            plan_model = Transformer(with_head, group)
-        for f in files:
-            check_names_and_shapes(f, expected)
-        plan = {name: getattr(p, "tp_shard", None) for name, p in plan_model.named_parameters()}
-        missing = sorted(set(plan) - set(holder))
-        if missing:
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; the weights are incomplete")
-    with group.step("reading this rank's slices of the weights"):
-        state = {}
-        for name, spec in plan.items():
-            f = holder[name]
-            tensor = f.shard(name, *spec) if spec else f.tensor(name)
-            state[name] = tensor.to(device=device, dtype=dtype)
-        same_head = None
-        if args.tie_embeddings and has_head:  # compare this rank's rows only; all ranks vote
-            dim, start, stop = plan["model.embed_tokens.weight"]
-            same_head = torch.equal(holder["lm_head.weight"].shard("lm_head.weight", dim, start, stop),
-                                    holder["model.embed_tokens.weight"].shard("model.embed_tokens.weight",
-                                                                              dim, start, stop))
-        blocks = [(f.path.name, b) for f in files for b in range(block_count(f.stat.st_size))]
-        mine = {}
-        for f in files:
-            share = [b for i, (name, b) in enumerate(blocks) if name == f.path.name and i % group.size == group.rank]
-            mine[f.path.name] = hash_blocks(f.path, share, f.stat.st_size)
-    shared = group.gather_objects((mine, same_head), "exchanging block digests")
-    records = {}
-    for f in files:
-        digest = {b: d for blocks_of_rank, _ in shared for b, d in blocks_of_rank[f.path.name].items()}
-        records[f.path.name] = file_record(f, combine_block_digests(
-            [digest[b] for b in range(block_count(f.stat.st_size))], f.stat.st_size))
-    tied = args.tie_embeddings and (not has_head or all(same for _, same in shared))
-    if args.tie_embeddings and not tied and group.lead:
-        warn_own_head(holder["lm_head.weight"].path)
-    if tied:
-        state.pop("lm_head.weight", None)
-    args = replace(args, tie_embeddings=tied)
-    with torch.device("meta"):
-        model = Transformer(args, group)
-    model.load_state_dict(state, assign=True, strict=True)
-    model.reset_rope(device)
-    return model.eval().requires_grad_(False), records
 
 
 def weight_paths(directory: Path) -> list[Path]:

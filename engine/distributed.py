@@ -3,7 +3,7 @@
 Layout. `torchrun` starts WORLD_SIZE processes (ranks). With `--tp T` they form WORLD_SIZE / T
 tensor-parallel groups of T consecutive ranks (group g holds ranks g*T .. g*T + T - 1, so a group
 stays on one node when T divides the processes per node). A group holds one checkpoint split
-across its ranks (engine/model.py: attention heads, MLP, vocabulary); the groups are data
+across its ranks (engine/tp.py: attention heads, MLP, vocabulary); the groups are data
 parallel: `python -m engine.sweep` gives group g the checkpoints g, g + G, g + 2G, ... Tensors
 travel on NCCL between GPUs and on gloo on the CPU; control messages (agreements, plans, the
 sweep's summary) always travel on gloo.
@@ -38,8 +38,9 @@ import torch
 import torch.distributed as dist
 
 from engine.errors import EngineError, ParallelError
+from engine.spec import RunSpec
 
-DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_TIMEOUT_S = RunSpec.dist_timeout
 # The sweep's final summary waits for the slowest group's last checkpoint, not for a hung rank
 # (those time out inside their own group): hours are normal there.
 SUMMARY_TIMEOUT = timedelta(days=7)
@@ -137,15 +138,14 @@ class Group:
                 self.gather_objects(_describe(e, self.global_rank), what)
             except ParallelError:
                 raise e from None  # the others are gone or hung: say what failed here
-            e.reported_by = self.ranks[0]
+            if isinstance(e, EngineError):
+                e.reported_by = self.ranks[0]
             raise
         failures = self.gather_objects(None, what)
         failed = [(r, message) for r, message in zip(self.ranks, failures, strict=True) if message]
         if failed:
             rank, message = failed[0]
-            error = ParallelError(f"rank {rank}: {message}")
-            error.reported_by = self.ranks[0]
-            raise error
+            raise ParallelError(f"rank {rank}: {message}", reported_by=self.ranks[0])
 
     @contextmanager
     def _collective(self, what: str):
@@ -209,8 +209,6 @@ def setup(tp: int = 1, device="auto", timeout_s: float | None = None) -> Layout:
     CUDA (each rank on GPU LOCAL_RANK), gloo otherwise. Raises ParallelError (one line) when the
     world size is not a multiple of tp, or when called again with another tp."""
     global _layout
-    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
-        raise ParallelError(f"--tp must be a positive integer, got {tp!r}")
     if _layout is not None:
         if _layout.tp.size != tp:
             raise ParallelError(f"this process is already set up for --tp {_layout.tp.size}, not {tp}")
@@ -282,42 +280,3 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     gc.collect()
-
-
-# ---------------------------------------------------------------------------------------------
-# The vocabulary-parallel LM head
-
-
-def lm_head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, boundary: torch.Tensor):
-    """`kernels.lm_head.lm_head_logprobs` for a model whose vocabulary may be split across ranks:
-    (lse [N], target_logits [N, K], boundary_lse [N]) over the whole vocabulary, on every rank.
-
-    Each rank runs the kernel on its slice of the vocabulary (targets outside it become padding,
-    -inf); the partial log-sum-exps are merged in rank order, and each target's logit comes from
-    the one rank that holds it (the others give -inf, so a max picks it exactly)."""
-    from kernels.lm_head import lm_head_logprobs as kernel
-
-    tp = getattr(model, "tp", None)
-    if tp is None or tp.size == 1:
-        return kernel(hidden, model.output_weight, targets, boundary)
-    start, stop = model.vocab_range
-    local = torch.where((targets >= start) & (targets < stop), targets - start, -1)
-    lse, target_logits, boundary_lse = kernel(hidden, model.output_weight, local, boundary[start:stop])
-    parts = tp.gather(torch.cat([lse[:, None], boundary_lse[:, None], target_logits], dim=1))
-    merged_targets = parts[0][:, 2:]
-    for part in parts[1:]:
-        merged_targets = torch.maximum(merged_targets, part[:, 2:])
-    return (_logsumexp_in_order([p[:, 0] for p in parts]), merged_targets,
-            _logsumexp_in_order([p[:, 1] for p in parts]))
-
-
-def _logsumexp_in_order(parts: list[torch.Tensor]) -> torch.Tensor:
-    """log(sum exp) of per-rank log-sum-exps, summed in rank order; -inf when all are -inf."""
-    top = parts[0]
-    for part in parts[1:]:
-        top = torch.maximum(top, part)
-    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    total = torch.zeros_like(top)
-    for part in parts:
-        total += torch.exp(part - shift)
-    return shift + torch.log(total)

@@ -9,7 +9,14 @@ import sys
 
 
 class EngineError(Exception):
-    """Base class for user-caused errors (bad path, corrupt file, bad task file, ...)."""
+    """Base class for user-caused errors (bad path, corrupt file, bad task file, ...).
+
+    `reported_by`: under torchrun, the one rank that prints an error every rank of a group meets
+    (engine/distributed.py); None: printed by whichever rank meets it."""
+
+    def __init__(self, message: str = "", reported_by: int | None = None):
+        super().__init__(message)
+        self.reported_by = reported_by
 
 
 class CheckpointError(EngineError):

@@ -18,14 +18,10 @@ nodes count their depth in the sequence, as transformers counts a plain sequence
 Numerics follow transformers exactly where it matters for bitwise-close float32 logits:
 RMSNorm in float32, rotary tables computed in float32, softmax in float32.
 
-Tensor parallelism (`Transformer(args, tp)`, tp an engine.distributed.Group of several ranks):
-each rank holds the query heads and key/value groups of its slice, q/k/v and the MLP's gate/up
-split by output (column parallel), o_proj and down_proj split by input (row parallel: the
-partial outputs are summed across ranks, then the bias added), and a contiguous slice of the
-vocabulary for the embedding (each rank looks up the ids it holds; summed across ranks) and the
-LM head (engine.distributed.lm_head_logprobs merges the partials). Each split parameter carries
-`tp_shard = (dim, start, stop)`, the slice of the checkpoint's tensor it holds, which is what
-the loader reads. With tp None the model is exactly the single-process one.
+The model owns its LM head: `answer_logprobs` gives the log-probabilities the scorer needs at
+the rows that predict a trie node, through the fused kernel (kernels/lm_head.py), never the
+[tokens x vocab] logits. engine/tp.py splits this model across the ranks of a tensor-parallel
+group; nothing here knows about ranks.
 """
 
 from __future__ import annotations
@@ -37,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.lm_head import lm_head_logprobs
 from kernels.tree_attention import tree_attention
 
 FULL, SLIDING = "full_attention", "sliding_attention"  # transformers' `layer_types` names
@@ -117,81 +114,21 @@ class ModelArgs:
         return ropes
 
 
-def shard(param: nn.Parameter, dim: int, start: int, stop: int) -> nn.Parameter:
-    """Mark `param` as the [start, stop) slice along `dim` of the checkpoint's tensor."""
-    param.tp_shard = (dim, start, stop)
-    return param
-
-
-def linear(d_in: int, d_out: int, bias: bool, tp=None, split: str | None = None) -> nn.Linear:
-    """nn.Linear, or with tensor parallelism this rank's part of it: split "out" (column
-    parallel: its rows of the weight and bias) or "in" (row parallel: its columns; the outputs
-    are summed across ranks)."""
-    if tp is None or split is None:
-        return nn.Linear(d_in, d_out, bias=bias)
-    if split == "out":
-        start, stop = tp.split(d_out)
-        layer = nn.Linear(d_in, stop - start, bias=bias)
-        shard(layer.weight, 0, start, stop)
-        if bias:
-            shard(layer.bias, 0, start, stop)
-        return layer
-    return RowParallelLinear(d_in, d_out, bias, tp)
-
-
-class RowParallelLinear(nn.Linear):
-    """This rank's columns of a Linear; the partial products are summed across ranks, then the
-    (whole, replicated) bias is added once."""
-
-    def __init__(self, d_in: int, d_out: int, bias: bool, tp):
-        start, stop = tp.split(d_in)
-        super().__init__(stop - start, d_out, bias=bias)
-        shard(self.weight, 1, start, stop)
-        self.tp = tp
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tp.reduce(F.linear(x, self.weight))
-        return y if self.bias is None else y + self.bias
-
-
-class VocabParallelEmbedding(nn.Embedding):
-    """This rank's rows [start, stop) of the embedding: ids it holds are looked up, the others
-    give zeros, and the sum across ranks is each id's row (exactly: one rank holds it)."""
-
-    def __init__(self, vocab_size: int, dim: int, tp):
-        start, stop = tp.vocab_range(vocab_size)
-        super().__init__(stop - start, dim)
-        shard(self.weight, 0, start, stop)
-        self.start, self.tp = start, tp
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        local = ids - self.start
-        inside = (local >= 0) & (local < self.num_embeddings)
-        x = F.embedding(local.clamp(0, self.num_embeddings - 1), self.weight)
-        return self.tp.reduce(x.masked_fill(~inside[..., None], 0))
-
-
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, weight_in_float32: bool, tp=None):
-        """tp: the normalised dimension is split across ranks (OLMo's q/k norm under tensor
-        parallelism): this rank holds its slice of the weight, and the mean square sums the
-        ranks' partial sums of squares."""
+    def __init__(self, dim: int, eps: float, weight_in_float32: bool):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim if tp is None else dim // tp.size))
-        if tp is not None:
-            shard(self.weight, 0, *tp.split(dim))
+        self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
         self.weight_in_float32 = weight_in_float32
         self.dim = dim
-        self.tp = tp
+
+    def mean_square(self, x: torch.Tensor) -> torch.Tensor:
+        return x.pow(2).mean(-1, keepdim=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
-        if self.tp is None:
-            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        else:
-            x = x * torch.rsqrt(self.tp.reduce(x.pow(2).sum(-1, keepdim=True)) / self.dim + self.eps)
+        x = x * torch.rsqrt(self.mean_square(x) + self.eps)
         if self.weight_in_float32:
             return (self.weight * x).to(dtype)
         return self.weight * x.to(dtype)
@@ -280,7 +217,7 @@ def window_mask(positions: torch.Tensor, window: int) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, layer: int = 0, tp=None):
+    def __init__(self, args: ModelArgs, layer: int = 0):
         super().__init__()
         self.args = args
         self.window = args.layer_window(layer)
@@ -288,15 +225,13 @@ class Attention(nn.Module):
         style = args.style
         hd, bias = args.head_dim, args.attention_bias
         qkv_bias = bias or style.qkv_bias
-        # Under tensor parallelism a rank holds whole heads: n_heads / tp query heads and the
-        # n_kv_heads / tp key/value groups they read (contiguous heads share contiguous groups).
-        self.q_proj = linear(args.dim, args.n_heads * hd, qkv_bias, tp, "out")
-        self.k_proj = linear(args.dim, args.n_kv_heads * hd, qkv_bias, tp, "out")
-        self.v_proj = linear(args.dim, args.n_kv_heads * hd, qkv_bias, tp, "out")
-        self.o_proj = linear(args.n_heads * hd, args.dim, bias, tp, "in")
+        self.q_proj = nn.Linear(args.dim, args.n_heads * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=qkv_bias)
+        self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=bias)
         if style.qk_norm == "full":
-            self.q_norm = RMSNorm(args.n_heads * hd, args.norm_eps, style.norm_weight_in_float32, tp)
-            self.k_norm = RMSNorm(args.n_kv_heads * hd, args.norm_eps, style.norm_weight_in_float32, tp)
+            self.q_norm = RMSNorm(args.n_heads * hd, args.norm_eps, style.norm_weight_in_float32)
+            self.k_norm = RMSNorm(args.n_kv_heads * hd, args.norm_eps, style.norm_weight_in_float32)
         elif style.qk_norm == "head":
             self.q_norm = RMSNorm(hd, args.norm_eps, style.norm_weight_in_float32)
             self.k_norm = RMSNorm(hd, args.norm_eps, style.norm_weight_in_float32)
@@ -331,25 +266,25 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, args: ModelArgs, tp=None):
+    def __init__(self, args: ModelArgs):
         super().__init__()
         bias = args.mlp_bias
-        self.gate_proj = linear(args.dim, args.intermediate_size, bias, tp, "out")
-        self.up_proj = linear(args.dim, args.intermediate_size, bias, tp, "out")
-        self.down_proj = linear(args.intermediate_size, args.dim, bias, tp, "in")
+        self.gate_proj = nn.Linear(args.dim, args.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(args.dim, args.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=bias)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, args: ModelArgs, layer: int = 0, tp=None):
+    def __init__(self, args: ModelArgs, layer: int = 0):
         super().__init__()
         style = args.style
         self.post_norm = style.post_norm
         norm = lambda: RMSNorm(args.dim, args.norm_eps, style.norm_weight_in_float32)
-        self.self_attn = Attention(args, layer, tp)
-        self.mlp = MLP(args, tp)
+        self.self_attn = Attention(args, layer)
+        self.mlp = MLP(args)
         self.post_attention_layernorm = norm()
         if style.post_norm:
             self.post_feedforward_layernorm = norm()
@@ -367,30 +302,20 @@ class DecoderLayer(nn.Module):
 class Backbone(nn.Module):
     """Embedding, decoder layers and final norm: Hugging Face's `model.` prefix."""
 
-    def __init__(self, args: ModelArgs, tp=None):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        self.embed_tokens = (nn.Embedding(args.vocab_size, args.dim) if tp is None
-                             else VocabParallelEmbedding(args.vocab_size, args.dim, tp))
-        self.layers = nn.ModuleList(DecoderLayer(args, i, tp) for i in range(args.n_layers))
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(DecoderLayer(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps, args.style.norm_weight_in_float32)
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs, tp=None):
-        """tp: an engine.distributed.Group of several ranks to split the model across (the
-        module doc), or None."""
+    def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
-        self.tp = tp if tp is not None and tp.size > 1 else None
-        tp = self.tp
-        self.model = Backbone(args, tp)
-        # This rank's slice of the vocabulary in the embedding and the LM head (all of it alone).
-        self.vocab_range = (0, args.vocab_size) if tp is None else tp.vocab_range(args.vocab_size)
+        self.model = Backbone(args)
         if not args.tie_embeddings:
-            start, stop = self.vocab_range
-            self.lm_head = nn.Linear(args.dim, stop - start, bias=False)
-            if tp is not None:
-                shard(self.lm_head.weight, 0, start, stop)
+            self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.rope_attention_scaling: dict[str, float] = {}
         for kind in args.ropes():
             self.register_buffer(self._inv_freq_name(kind), torch.empty(0), persistent=False)
@@ -411,8 +336,7 @@ class Transformer(nn.Module):
 
     @property
     def output_weight(self) -> torch.Tensor:
-        """The [vocab, dim] LM-head matrix (the embedding when tied); under tensor parallelism
-        this rank's rows `vocab_range` of it."""
+        """The [vocab, dim] LM-head matrix (the embedding when tied)."""
         if self.args.tie_embeddings:
             return self.model.embed_tokens.weight
         return self.lm_head.weight
@@ -446,6 +370,21 @@ class Transformer(nn.Module):
             x = layer(x, ropes, position_ids, span_end)
         return self.model.norm(x)
 
+    def answer_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, boundary: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the scorer reads off the LM head at rows `hidden` [N, dim] (final-norm states):
+        float64 log P(token) of each of a row's `targets` [N, K] (-1 pads a row's list) and
+        log P(the next token is one where `boundary` [vocab] is True) [N]. The [N, vocab] logits
+        are never built (kernels/lm_head.py)."""
+        lse, target_logits, boundary_lse = self.head_statistics(hidden, targets, boundary)
+        lse = lse.double()
+        return target_logits.double() - lse[:, None], boundary_lse.double() - lse
+
+    def head_statistics(self, hidden: torch.Tensor, targets: torch.Tensor, boundary: torch.Tensor):
+        """(log-sum-exp over the vocabulary [N], the targets' logits [N, K], log-sum-exp over the
+        boundary tokens [N]) of the LM head at `hidden`, in float32."""
+        return lm_head_logprobs(hidden, self.output_weight, targets, boundary)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Full causal logits [B, T, vocab] in float32: a testing and debugging aid. Runs the
         tree-attention path (the scorer's) with a causal span_end."""
@@ -453,11 +392,4 @@ class Transformer(nn.Module):
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
         span_end = torch.full((B, T), T, dtype=torch.int32, device=input_ids.device)
         h = self.hidden_states(input_ids, positions, span_end)
-        logits = (h @ self.output_weight.T).float()
-        if self.tp is None:
-            return logits
-        # Vocabulary slices differ by at most one row: pad to the widest, gather, trim, join.
-        part, extra = divmod(self.args.vocab_size, self.tp.size)
-        width = part + (extra > 0)
-        parts = self.tp.gather(F.pad(logits, (0, width - logits.shape[-1])))
-        return torch.cat([p[..., :part + (r < extra)] for r, p in enumerate(parts)], dim=-1)
+        return (h @ self.output_weight.T).float()

@@ -15,69 +15,86 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.api import DEFAULT_BATCH_TOKENS, LABEL, ScoreResult, score_checkpoint
+from engine.api import DEFAULT_BATCH_TOKENS, ScoreResult, score
 from engine.errors import ArgumentParser, EngineError, ParallelError
+from engine.spec import DEFAULT_OUT, DTYPES, MODES, TOKENIZATIONS, RunSpec, SettingError
 from engine.tasks import format_task_list, load_tasks, task_groups
-from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
 
-__all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args"]
+__all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args", "spec_of"]
+
+# The flags that are RunSpec settings, by setting name; their defaults are RunSpec's.
+SETTINGS = ("tasks", "mode", "chat_template", "out", "label", "dtype", "device", "batch_tokens",
+            "batch_invariant", "overwrite", "tp", "dist_timeout", "tokenizations",
+            "max_tokenizations")
+
+
+def flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    p = parser()
+    args = p.parse_args(argv)
+    if not args.list_tasks and not args.checkpoint:
+        p.error("CHECKPOINT is required (or --list-tasks)")
+    return args
+
+
+def parser() -> ArgumentParser:
+    d = RunSpec
     p = ArgumentParser(
         prog="python -m engine.score",
-        description="Score every answer of every task exactly (teacher forcing, no sampling) for one checkpoint.",
+        description="Score every answer of every task exactly (teacher forcing, no sampling) for "
+                    "one checkpoint.",
     )
     p.add_argument("checkpoint", nargs="?", help="local Hugging Face checkpoint directory")
-    p.add_argument("--tasks", default="all",
-                   help="all (the 15-task suite) | large (hundreds to 1000 answers each) | name,name | "
-                        "path/to/tasks.toml, or a comma-separated mix (default: all)")
-    p.add_argument("--mode", choices=["auto", "chat", "base"], default="auto",
+    p.add_argument("--tasks", default=d.tasks,
+                   help="all (the 15-task suite) | large (hundreds to 1000 answers each) | "
+                        "name,name | path/to/tasks.toml, or a comma-separated mix "
+                        f"(default: {d.tasks})")
+    p.add_argument("--mode", default=d.mode, metavar="{" + ",".join(MODES) + "}",
                    help="chat: user message through the chat template; base: plain completion; "
-                        "auto: chat when a template exists (default)")
+                        f"auto: chat when a template exists (default: {d.mode})")
     p.add_argument("--chat-template", metavar="PATH_OR_CHECKPOINT",
                    help="borrow a chat template from another checkpoint directory or a .jinja file")
-    p.add_argument("--out", default="results", help="results root directory (default: results)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results root directory (default: {DEFAULT_OUT})")
     p.add_argument("--label", help="name of this checkpoint's results (default: the directory name)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="weights and activations; float32 is the exact reference (default: float32)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
-                   help=f"tokens per forward pass on the packed (CUDA) path (default: {DEFAULT_BATCH_TOKENS})")
+    p.add_argument("--dtype", default=d.dtype, metavar="{" + ",".join(DTYPES) + "}",
+                   help=f"weights and activations; float32 is the exact reference (default: {d.dtype})")
+    p.add_argument("--device", default=d.device, help=f"auto | cpu | cuda (default: {d.device})")
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
+                   help=f"tokens per forward pass on the packed (CUDA) path (default: {d.batch_tokens})")
     p.add_argument("--batch-invariant", action="store_true",
                    help="on the GPU, a forward pass per prompt instead of packing prompts together: "
                         "results bitwise independent of --batch-tokens and of the other prompts, as "
                         "they always are on the CPU (slower)")
     p.add_argument("--overwrite", action="store_true",
-                   help="rescore the given tasks even if finished or scored from another checkpoint or "
-                        "settings; other tasks under the label are left as they are")
-    p.add_argument("--tp", type=int, default=1, metavar="N",
+                   help="rescore the given tasks even if finished or scored from another checkpoint "
+                        "or settings; other tasks under the label are left as they are")
+    p.add_argument("--tp", type=int, default=d.tp, metavar="N",
                    help="split the model across N ranks launched by torchrun --nproc-per-node N "
-                        "(tensor parallelism; default: 1)")
-    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                        f"(tensor parallelism; default: {d.tp})")
+    p.add_argument("--dist-timeout", type=float, default=d.dist_timeout, metavar="SECONDS",
                    help="how long a rank waits for the others at a collective before giving up "
-                        "(default: 1800)")
-    p.add_argument("--tokenizations", choices=list(TOKENIZATIONS), default="canonical",
-                   help="canonical: each answer's own tokens (default); all: every token sequence that "
-                        "spells it (P of the answer's text), with the non-canonical share reported")
-    p.add_argument("--max-tokenizations", type=int, default=DEFAULT_MAX_TOKENIZATIONS, metavar="N",
+                        f"(default: {d.dist_timeout:g})")
+    p.add_argument("--tokenizations", default=d.tokenizations,
+                   metavar="{" + ",".join(TOKENIZATIONS) + "}",
+                   help="canonical: each answer's own tokens (default); all: every token sequence "
+                        "that spells it (P of the answer's text), with the non-canonical share "
+                        "reported")
+    p.add_argument("--max-tokenizations", type=int, default=d.max_tokenizations, metavar="N",
                    help=f"with --tokenizations all, refuse a variant with more than N (default "
-                        f"{DEFAULT_MAX_TOKENIZATIONS})")
+                        f"{d.max_tokenizations})")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
-    args = p.parse_args(argv)
-    if not args.list_tasks and not args.checkpoint:
-        p.error("CHECKPOINT is required (or --list-tasks)")
-    if args.batch_tokens < 1:
-        p.error("--batch-tokens must be a positive integer")
-    if args.tp < 1:
-        p.error("--tp must be a positive integer")
-    if args.dist_timeout is not None and args.dist_timeout <= 0:
-        p.error("--dist-timeout must be a positive number of seconds")
-    if args.max_tokenizations < 1:
-        p.error("--max-tokenizations must be a positive integer")
-    if args.label is not None and not LABEL.fullmatch(args.label):
-        p.error(f"--label {args.label!r} must be a plain name (letters, digits, '.', '_', '-'), not a path")
-    return args
+    return p
+
+
+def spec_of(args: argparse.Namespace) -> RunSpec:
+    """The run the flags describe; a bad value is one `error:` line naming its flag, exit 2."""
+    try:
+        return RunSpec(**{name: getattr(args, name) for name in SETTINGS})
+    except SettingError as e:
+        parser().error(e.worded(flag(e.key)))
 
 
 def main(argv=None) -> int:
@@ -93,18 +110,17 @@ def main(argv=None) -> int:
     from engine import distributed
 
     try:
-        layout = distributed.setup(args.tp, args.device, args.dist_timeout)
-        if layout.world != args.tp:
+        try:
+            spec = spec_of(args)
+        except EngineError as e:  # a task file: every rank of a launch reads the same ones
+            raise distributed.everywhere(e) from None
+        layout = distributed.setup(spec.tp, spec.device, spec.dist_timeout)
+        if layout.world != spec.tp:
             raise distributed.everywhere(ParallelError(
-                f"torchrun started {layout.world} processes but --tp is {args.tp}: engine.score splits "
-                f"one checkpoint across all of them; pass --tp {layout.world}, or score several "
-                "checkpoints with python -m engine.sweep"))
-        result = score_checkpoint(
-            args.checkpoint, tasks=args.tasks, mode=args.mode, dtype=args.dtype, device=args.device,
-            out=args.out, label=args.label, batch_tokens=args.batch_tokens,
-            chat_template=args.chat_template, overwrite=args.overwrite,
-            tokenizations=args.tokenizations, max_tokenizations=args.max_tokenizations, tp=args.tp,
-            batch_invariant=args.batch_invariant)
+                f"torchrun started {layout.world} processes but --tp is {spec.tp}: engine.score "
+                f"splits one checkpoint across all of them; pass --tp {layout.world}, or score "
+                "several checkpoints with python -m engine.sweep"))
+        result = score(args.checkpoint, spec)
     except EngineError as e:
         if distributed.reports(e):
             print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Exact answer probabilities: one forward pass per prompt and its whole answer trie.
 
-Definitions (DESIGN.md, binding):
+Definitions (docs/results.md):
   P(answer | prompt) = sum over variants v of P(tokens of v | prompt) * P(boundary | prompt, v)
 where the tokens of v are those of tokenize(prompt_text + continuation) past the prompt's own
 tokens, and a boundary token is a special token or one whose text on its own is empty or starts
@@ -27,23 +27,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.chat import ChatTemplate
+from engine.chat import ChatTemplate, chat_template_for
 from engine.checkpoint import Checkpoint
-from engine.distributed import lm_head_logprobs
 from engine.errors import (
-    ChatTemplateError,
     NonFiniteError,
     PromptTooLongError,
     TaskError,
     TokenizerError,
 )
+from engine.spec import RunSpec
 from engine.tasks import Task, check_variants_tokenize
-from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS, TokenPieces
+from engine.tokenizations import TokenPieces
 from engine.trie import DuplicateContinuation, Trie, build_trie
 from kernels import use_triton
 from kernels.tree_attention import trie_span_end
-
-MODES = ("chat", "base")
 
 
 def boundary_mask(checkpoint: Checkpoint) -> torch.Tensor:
@@ -112,23 +109,18 @@ class PromptEncoder:
     apply_chat_template does)."""
 
     def __init__(self, checkpoint: Checkpoint, mode: str, chat_template: ChatTemplate | None = None,
-                 tokenizations: str = "canonical", max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if tokenizations not in TOKENIZATIONS:
-            raise ValueError(f"tokenizations must be one of {TOKENIZATIONS}, got {tokenizations!r}")
+                 tokenizations: str = RunSpec.tokenizations,
+                 max_tokenizations: int = RunSpec.max_tokenizations):
+        """mode: "chat" or "base" (as `engine.spec.resolve` decides it); chat_template: one to
+        render with instead of the checkpoint's own."""
         self.tokenizations = tokenizations
         self.max_tokenizations = max_tokenizations
         self.pieces = (TokenPieces(checkpoint.tokenizer, str(checkpoint.path / "tokenizer.json"))
                        if tokenizations == "all" else None)
         self.checkpoint = checkpoint
         self.mode = mode
-        self.template = chat_template or checkpoint.chat_template
-        if mode == "chat" and self.template is None:
-            raise ChatTemplateError(
-                f"{checkpoint.path}: chat mode needs a chat template and the checkpoint has none; "
-                "use --mode base or --chat-template PATH_OR_CHECKPOINT"
-            )
+        self.template = (chat_template_for(chat_template, checkpoint.chat_template, checkpoint.path)
+                         if mode == "chat" else None)
         self.add_special = mode == "base"
         self.suffix = self._post_processor_suffix()
         self.boundary = boundary_mask(checkpoint)
@@ -323,8 +315,9 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def packs_sequences(checkpoint: Checkpoint, batch_invariant: bool = False) -> bool:
-    """Whether several sequences share a forward pass.
+def packs_sequences(device: torch.device, batch_invariant: bool = False) -> bool:
+    """Whether several sequences share a forward pass on `device` (decided once per run, by
+    `engine.spec.resolve`).
 
     Only on the Triton path (CUDA), and there not with `batch_invariant`. Otherwise every
     sequence runs whole in a forward pass of its own: then every matmul, norm and softmax that
@@ -335,7 +328,7 @@ def packs_sequences(checkpoint: Checkpoint, batch_invariant: bool = False) -> bo
     CPU that is no slower: the bench_scoring suite runs faster one sequence per pass than packed
     on 2 cores. On a GPU packing fills the device better.
     """
-    return use_triton(checkpoint.model.output_weight) and not batch_invariant
+    return use_triton(torch.empty(0, device=device)) and not batch_invariant
 
 
 def make_batches(sequences: list[Sequence], batch_tokens: int, pack: bool = True) -> list[Batch]:
@@ -463,13 +456,9 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
     target_ids = torch.full((len(targets), max(1, max(map(len, targets)))), -1, dtype=torch.long)
     for r, kids in enumerate(targets):
         target_ids[r, : len(kids)] = torch.tensor(kids, dtype=torch.long)
-    lse, target_logits, boundary_lse = lm_head_logprobs(  # merged across ranks under --tp
-        checkpoint.model, flat[torch.tensor(rows, device=device)], target_ids.to(device),
-        boundary.to(device),
-    )
-    lse = lse.double().cpu().numpy()
-    target_lp = target_logits.double().cpu().numpy() - lse[:, None]
-    boundary_lp = boundary_lse.double().cpu().numpy() - lse
+    target_lp, boundary_lp = checkpoint.model.answer_logprobs(
+        flat[torch.tensor(rows, device=device)], target_ids.to(device), boundary.to(device))
+    target_lp, boundary_lp = target_lp.cpu().numpy(), boundary_lp.cpu().numpy()
     for r, (seq, n) in enumerate(owners):
         trie, into = sequences[seq].trie, scores[seq]
         for slot, child in enumerate(trie.children(n)):
@@ -479,13 +468,13 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
 
 
 def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, sequences: list[Sequence],
-               boundary: torch.Tensor, batch_tokens: int = 8192, progress=None,
+               boundary: torch.Tensor, batch_tokens: int = RunSpec.batch_tokens, progress=None,
                pack: bool | None = None) -> TaskScores:
     """Score every prompt of `task` (sequences from `task_sequences`). `pack` None follows
     `packs_sequences` (the device's path); tests force it either way."""
     start = time.perf_counter()
     if pack is None:
-        pack = packs_sequences(checkpoint)
+        pack = packs_sequences(checkpoint.device)
     batches = make_batches(sequences, batch_tokens, pack)
     scores = {i: TrieScores(s) for i, s in enumerate(sequences)}
     remaining = {i: 0 for i in range(len(sequences))}

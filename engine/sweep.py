@@ -44,16 +44,17 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.api import DEFAULT_BATCH_TOKENS, LABEL, finished, score_checkpoint
+from engine.api import finished, score
 from engine.errors import ArgumentParser, EngineError, OutputError, TaskError
 from engine.results import LabelLock, check_writable
-from engine.tasks import Task, load_tasks
-from engine.tokenizations import DEFAULT_MAX_TOKENIZATIONS, TOKENIZATIONS
+from engine.spec import DEFAULT_OUT, RunSpec, SettingError, check_setting, label_problem
 
-KEYS = ("checkpoints", "tasks", "modes", "dtype", "device", "out", "label", "tp", "batch_tokens",
-        "chat_template", "tokenizations", "max_tokenizations", "dist_timeout", "batch_invariant")
-MODES = ("auto", "chat", "base")
-DTYPES = ("float32", "bfloat16")
+# The sweep's own keys, then the RunSpec settings a sweep file may set (mode and label are set
+# per checkpoint, from `modes` and the `label` template).
+OWN_KEYS = ("checkpoints", "modes", "label")
+SETTINGS = ("tasks", "dtype", "device", "out", "tp", "batch_tokens", "chat_template",
+            "tokenizations", "max_tokenizations", "dist_timeout", "batch_invariant")
+KEYS = OWN_KEYS + SETTINGS
 
 
 class SweepError(EngineError):
@@ -66,19 +67,9 @@ class Sweep:
 
     source: Path
     patterns: list[str]  # absolute paths or globs
-    tasks: list[Task]
     modes: list[str]
-    dtype: str = "float32"
-    device: str = "auto"
-    out: Path = Path("results")
-    label: str = "{name}"
-    tp: int = 1
-    batch_tokens: int = DEFAULT_BATCH_TOKENS
-    chat_template: str | None = None
-    tokenizations: str = "canonical"
-    max_tokenizations: int = DEFAULT_MAX_TOKENIZATIONS
-    dist_timeout: float | None = None
-    batch_invariant: bool = False
+    label: str  # the template, e.g. "{name}-{mode}"
+    spec: RunSpec  # every other setting, shared by all the checkpoints
 
 
 @dataclass
@@ -118,8 +109,8 @@ def load_sweep(path) -> Sweep:
         raise SweepError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(KEYS)}")
     base = path.resolve().parent
 
-    def where(p) -> str:
-        return str(base / Path(p).expanduser())
+    def where(p):  # paths are relative to the sweep file; a value of another type is left to RunSpec
+        return str(base / Path(p).expanduser()) if isinstance(p, str) and p else p
 
     def strings(key, default=None) -> list[str]:
         value = data.get(key, default)
@@ -129,55 +120,30 @@ def load_sweep(path) -> Sweep:
             raise SweepError(f"{path}: {key!r} must be a non-empty string or list of strings")
         return value
 
-    def number(key, default, kind, positive=True):
-        value = data.get(key, default)
-        if value is None:
-            return None
-        if not isinstance(value, kind) or isinstance(value, bool) or (positive and value <= 0):
-            raise SweepError(f"{path}: {key!r} must be a positive {kind.__name__}, got {value!r}")
-        return value
-
-    def choice(key, default, allowed):
-        value = data.get(key, default)
-        if value not in allowed:
-            raise SweepError(f"{path}: {key!r} must be one of {', '.join(allowed)}, got {value!r}")
-        return value
-
     patterns = [where(p) for p in strings("checkpoints")]
-    tasks_value = ",".join(strings("tasks", "all"))
-    if tasks_value.endswith(".toml"):
-        tasks_value = where(tasks_value)
-    try:
-        tasks = load_tasks(tasks_value)
-    except TaskError as e:
-        raise SweepError(f"{path}: tasks: {e}") from None
-    modes = list(dict.fromkeys(strings("modes", "auto")))
-    for mode in modes:
-        if mode not in MODES:
-            raise SweepError(f"{path}: 'modes' may hold {', '.join(MODES)}, got {mode!r}")
+    settings = {key: data[key] for key in SETTINGS if key in data}
+    settings["tasks"] = ",".join(strings("tasks", RunSpec.tasks))
+    if settings["tasks"].endswith(".toml"):
+        settings["tasks"] = where(settings["tasks"])
+    settings["out"] = where(data.get("out", DEFAULT_OUT))
+    if "chat_template" in settings:
+        settings["chat_template"] = where(settings["chat_template"])
+    modes = list(dict.fromkeys(strings("modes", RunSpec.mode)))
     label = data.get("label", "{name}" if len(modes) == 1 else "{name}-{mode}")
     if not isinstance(label, str):
         raise SweepError(f"{path}: 'label' must be a string such as \"{{name}}\" or \"{{parent}}-{{name}}\"")
     if len(modes) > 1 and "{mode}" not in label:
         raise SweepError(f"{path}: several modes need '{{mode}}' in 'label' (e.g. \"{{name}}-{{mode}}\"), "
                          "or each mode would overwrite the other's results")
-    device = data.get("device", "auto")
-    if not isinstance(device, str):
-        raise SweepError(f"{path}: 'device' must be auto, cpu or cuda")
-    template = data.get("chat_template")
-    if template is not None and not isinstance(template, str):
-        raise SweepError(f"{path}: 'chat_template' must be a path")
-    out = data.get("out", "results")
-    if not isinstance(out, str) or not out:
-        raise SweepError(f"{path}: 'out' must be a directory path")
-    batch_invariant = data.get("batch_invariant", False)
-    if not isinstance(batch_invariant, bool):
-        raise SweepError(f"{path}: 'batch_invariant' must be true or false, got {batch_invariant!r}")
-    return Sweep(path, patterns, tasks, modes, choice("dtype", "float32", DTYPES), device,
-                 Path(where(out)), label, number("tp", 1, int), number("batch_tokens", DEFAULT_BATCH_TOKENS, int),
-                 where(template) if template else None, choice("tokenizations", "canonical", TOKENIZATIONS),
-                 number("max_tokenizations", DEFAULT_MAX_TOKENIZATIONS, int),
-                 number("dist_timeout", None, (int, float)), batch_invariant)
+    try:
+        for mode in modes:
+            check_setting("mode", mode)
+        spec = RunSpec(**settings)
+    except SettingError as e:
+        raise SweepError(f"{path}: {e.worded(repr('modes' if e.key == 'mode' else e.key))}") from None
+    except TaskError as e:
+        raise SweepError(f"{path}: tasks: {e}") from None
+    return Sweep(path, patterns, modes, label, spec)
 
 
 def natural(text: str):
@@ -206,11 +172,12 @@ def expand(sweep: Sweep) -> list[Item]:
         for mode in sweep.modes:
             path = Path(checkpoint)
             try:
-                label = sweep.label.format(name=path.name, parent=path.parent.name, mode=mode, dtype=sweep.dtype)
+                label = sweep.label.format(name=path.name, parent=path.parent.name, mode=mode,
+                                           dtype=sweep.spec.dtype)
             except (KeyError, IndexError, ValueError) as e:
                 raise SweepError(f"{sweep.source}: label {sweep.label!r}: {e!r} is not one of {{name}}, "
                                  "{parent}, {mode}, {dtype}") from None
-            if not LABEL.fullmatch(label):
+            if label_problem(label):
                 raise SweepError(f"{sweep.source}: label {label!r} of {checkpoint} is not a plain name "
                                  "(letters, digits, '.', '_', '-'); change 'label'")
             if label in owner:
@@ -271,7 +238,8 @@ def start(path):
         sweep = load_sweep(path)
     except EngineError as e:  # the same file on every rank: the same verdict
         raise distributed.everywhere(e) from None
-    layout = distributed.setup(sweep.tp, sweep.device, sweep.dist_timeout)
+    spec = sweep.spec
+    layout = distributed.setup(spec.tp, spec.device, spec.dist_timeout)
     with layout.world_group.step("listing the checkpoints"):
         items = expand(sweep) if layout.rank == 0 else None
     return layout, sweep, layout.world_group.broadcast(items, "sharing the checkpoint list")
@@ -280,16 +248,16 @@ def start(path):
 def lock_results(sweep: Sweep, layout) -> LabelLock | None:
     """The results directory's sweep lock, taken by rank 0 for the whole sweep (None elsewhere);
     a directory another sweep is writing is an error on every rank."""
-    world, lock = layout.world_group, None
-    with world.step(f"locking {sweep.out}"):
+    world, lock, out = layout.world_group, None, sweep.spec.out
+    with world.step(f"locking {out}"):
         if world.lead:
-            check_writable(sweep.out)
-            lock = LabelLock(sweep.out)
+            check_writable(out)
+            lock = LabelLock(out)
             try:
                 lock.__enter__()
             except OutputError:
-                raise SweepError(f"{sweep.out}: another sweep is writing this results directory "
-                                 f"({_holder(sweep.out)}); wait for it to finish or choose another "
+                raise SweepError(f"{out}: another sweep is writing this results directory "
+                                 f"({_holder(out)}); wait for it to finish or choose another "
                                  "'out'") from None
     return lock
 
@@ -326,38 +294,33 @@ def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
     checkpoint's time (loading and every mode)."""
     import engine
 
-    group = layout.tp
-    rows = {label: Row(label, item.checkpoint, layout.dp_rank, "failed") for _, label in item.labels}
+    group, shared = layout.tp, sweep.spec
+    specs = {label: shared.replace(mode=mode, label=label, progress=False) for mode, label in item.labels}
+    rows = {label: Row(label, item.checkpoint, layout.dp_rank, "failed") for label in specs}
+    n_tasks = len(shared.tasks)
     started = time.perf_counter()
     ck = None
     try:
         with group.step("checking for finished work"):
-            done = [finished(item.checkpoint, sweep.tasks, mode, sweep.dtype, sweep.device, sweep.out, label,
-                             sweep.batch_tokens, sweep.chat_template, sweep.tp, sweep.tokenizations,
-                             sweep.max_tokenizations, sweep.batch_invariant)
-                    for mode, label in item.labels] if group.lead else None
+            done = [finished(item.checkpoint, spec) for spec in specs.values()] if group.lead else None
         done = group.broadcast(done, "sharing finished work")
         todo = []
-        for (mode, label), is_done in zip(item.labels, done, strict=True):
+        for label, is_done in zip(specs, done, strict=True):
             if is_done:
-                rows[label].status, rows[label].skipped = "skipped", len(sweep.tasks)
+                rows[label].status, rows[label].skipped = "skipped", n_tasks
             else:
-                todo.append((mode, label))
+                todo.append(label)
         if todo:
-            ck = engine.load(item.checkpoint, dtype=sweep.dtype, device=sweep.device, tp=group)
-        for mode, label in todo:
+            ck = engine.load(item.checkpoint, dtype=shared.dtype, device=shared.device, tp=shared.tp)
+        for label in todo:
             row = rows[label]
             try:
-                result = score_checkpoint(ck, sweep.tasks, mode, out=sweep.out, label=label,
-                                          batch_tokens=sweep.batch_tokens, chat_template=sweep.chat_template,
-                                          tokenizations=sweep.tokenizations,
-                                          max_tokenizations=sweep.max_tokenizations,
-                                          batch_invariant=sweep.batch_invariant, progress=False)
+                result = score(ck, specs[label])
             except Exception as e:
                 row.error = _message(e)
             else:
                 row.skipped = result.manifest["timings"]["skipped_tasks"]
-                row.scored = len(sweep.tasks) - row.skipped
+                row.scored = n_tasks - row.skipped
                 row.status = "scored" if row.scored else "skipped"
     except Exception as e:  # loading failed: every mode still to score failed with it
         for row in rows.values():

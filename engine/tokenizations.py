@@ -17,9 +17,6 @@ from tokenizers import Tokenizer
 
 from engine.errors import TokenizerError
 
-TOKENIZATIONS = ("canonical", "all")
-DEFAULT_MAX_TOKENIZATIONS = 256  # per variant, with --tokenizations all
-
 
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:

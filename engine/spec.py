@@ -1,0 +1,225 @@
+"""A scoring run's settings: one frozen `RunSpec`, validated once when it is built, and resolved
+once against a checkpoint (`resolve`) into what the run does: its mode, label, chat template and
+packing, and the run key that identifies its results.
+
+`python -m engine.score`'s flags, a sweep file's keys and `engine.score_checkpoint`'s keyword
+arguments all become a RunSpec, so every default and every check of a setting lives here. A bad
+value raises a `SettingError` that names the setting; each front end words the name its own
+way (`--batch-tokens` on the command line, `'batch_tokens'` in a sweep file, `batch_tokens` in
+Python) with `SettingError.worded`.
+
+This module imports neither torch nor triton (the CLIs build a RunSpec before loading either).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import engine
+from engine.errors import EngineError, OutputError
+from engine.tasks import Task, load_tasks
+
+if TYPE_CHECKING:
+    from engine.chat import ChatTemplate
+
+MODES = ("auto", "chat", "base")  # auto: chat when the checkpoint (or --chat-template) has a template
+DTYPES = ("float32", "bfloat16")  # the dtypes the kernels and the references both support
+TOKENIZATIONS = ("canonical", "all")
+LABEL = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")  # a directory name under --out, never a path
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEFAULT_OUT = "results"  # the results root of the CLI and the sweep (the API scores in memory)
+
+
+class SettingError(EngineError):
+    """A setting has a value it cannot take. `key` is the setting's name in RunSpec, `problem`
+    what is wrong with the value ("must be a positive integer, got 0")."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key} {problem}")
+        self.key, self.problem = key, problem
+
+    def worded(self, name: str) -> str:
+        """The message with the setting called `name` (a flag, a sweep key)."""
+        return f"{name} {self.problem}"
+
+
+# -- the checks: each returns what is wrong with a value, or None --------------------------------
+
+
+def _positive_int(value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"must be a positive integer, got {value!r}"
+    return None
+
+
+def _positive_seconds(value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return f"must be a positive number of seconds, got {value!r}"
+    return None
+
+
+def _one_of(allowed: tuple[str, ...]):
+    def check(value) -> str | None:
+        if not isinstance(value, str) or value not in allowed:
+            return f"must be one of {', '.join(allowed)}, got {value!r}"
+        return None
+    return check
+
+
+def _flag(value) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+
+
+def _optional_flag(value) -> str | None:
+    return None if value is None else _flag(value)
+
+
+def label_problem(value) -> str | None:
+    """What is wrong with a label (a plain directory name under the results root), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not LABEL.fullmatch(value):
+        return (f"must be a plain name (letters, digits, '.', '_', '-'), not a path, "
+                f"got {value!r}")
+    return None
+
+
+def device_problem(value) -> str | None:
+    """What is wrong with a device name (auto, cpu, cuda, cuda:N), or None."""
+    if not isinstance(value, str) or not DEVICE.fullmatch(value):
+        return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
+    return None
+
+
+def _optional_path(value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        return f"must be a path, got {value!r}"
+    return None
+
+
+def _tasks(value) -> str | None:
+    if isinstance(value, tuple) and all(isinstance(t, Task) for t in value) and value:
+        return None
+    return ("must be 'all', a group, task names ('coin,die'), a task file, or a list of Task, "
+            f"got {value!r}")
+
+
+def _setting(default, check):
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Every setting of a scoring run, as README and `python -m engine.score --help` describe."""
+
+    tasks: tuple[Task, ...] = _setting("all", _tasks)  # a --tasks spec, or Task objects
+    mode: str = _setting("auto", _one_of(MODES))
+    dtype: str = _setting("float32", _one_of(DTYPES))
+    device: str = _setting("auto", device_problem)
+    out: Path | None = _setting(None, _optional_path)  # the results root; None: in memory
+    label: str | None = _setting(None, label_problem)  # None: the checkpoint directory's name
+    batch_tokens: int = _setting(8192, _positive_int)  # tokens per forward pass when packing
+    batch_invariant: bool = _setting(False, _flag)  # a forward pass per prompt on the GPU too
+    chat_template: str | None = _setting(None, _optional_path)  # a directory or file to borrow
+    tokenizations: str = _setting("canonical", _one_of(TOKENIZATIONS))
+    max_tokenizations: int = _setting(256, _positive_int)  # per variant, with tokenizations all
+    tp: int = _setting(1, _positive_int)  # ranks of a torchrun launch to split the model across
+    dist_timeout: float = _setting(1800.0, _positive_seconds)  # seconds at a collective
+    overwrite: bool = _setting(False, _flag)  # rescore the given tasks whatever the store holds
+    progress: bool | None = _setting(None, _optional_flag)  # None: on a terminal or in Jupyter
+
+    def __post_init__(self):
+        if isinstance(self.tasks, (str, os.PathLike)):
+            self._set("tasks", tuple(load_tasks(os.fspath(self.tasks))))  # TaskError names it
+        elif isinstance(self.tasks, list):
+            self._set("tasks", tuple(self.tasks))
+        if type(self.device).__module__ == "torch":  # a torch.device, as engine.load takes
+            self._set("device", str(self.device))
+        for f in fields(self):
+            problem = f.metadata["check"](getattr(self, f.name))
+            if problem:
+                raise SettingError(f.name, problem)
+        if self.out is not None:
+            self._set("out", Path(self.out))
+        if self.chat_template is not None:
+            self._set("chat_template", os.fspath(self.chat_template))
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)  # normalising in __post_init__ of a frozen class
+
+    def replace(self, **changes) -> RunSpec:
+        """A copy with some settings changed, validated like the original."""
+        return replace(self, **changes)
+
+
+def check_setting(name: str, value) -> None:
+    """Raise a SettingError if RunSpec's setting `name` cannot take `value` (for functions that
+    take one setting alone, such as engine.load's tp)."""
+    problem = next(f for f in fields(RunSpec) if f.name == name).metadata["check"](value)
+    if problem:
+        raise SettingError(name, problem)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A RunSpec resolved against one checkpoint: what the run does, decided once."""
+
+    spec: RunSpec
+    mode: str  # "chat" or "base"
+    label: str
+    chat: ChatTemplate | None  # what chat mode renders prompts with; None in base mode
+    packs: bool  # whether prompts share forward passes (engine.scorer.packs_sequences)
+
+    def key(self, fingerprint: str) -> dict:
+        """What identifies the results (the `run` of the manifest and of each task): a rerun with
+        an equal key skips finished tasks; a different one never mixes with them silently."""
+        spec, chat = self.spec, self.chat
+        key = {
+            "fingerprint": fingerprint,
+            "dtype": spec.dtype,
+            "mode": self.mode,
+            "chat_template": chat.text if chat is not None else None,
+            # Qwen 3's hybrid-reasoning switch: scored with thinking off unless the template says so.
+            "enable_thinking": (chat.enable_thinking if chat is not None and chat.uses_thinking_switch
+                                else None),
+            "tokenizations": (spec.tokenizations if spec.tokenizations == "canonical"
+                              else f"all<={spec.max_tokenizations}"),
+            "engine_version": engine.__version__,
+            "batch_invariant": not self.packs,
+            # Packed results depend on how prompts share rows; invariant ones do not.
+            "batch_tokens": spec.batch_tokens if self.packs else None,
+        }
+        if spec.tp > 1:  # tensor parallelism sums in another order: within rounding, not bit for bit
+            key["tp"] = spec.tp
+        return key
+
+
+def resolve(spec: RunSpec, checkpoint) -> Run:
+    """Decide mode, label, chat template and packing of `spec` for one checkpoint.
+
+    `checkpoint` is a loaded `engine.Checkpoint` or the `Metadata` that `engine.sweep` reads
+    without the weights: its path names the default label, and its chat template (or the one
+    `spec.chat_template` borrows) decides what auto mode means."""
+    from engine.chat import chat_template_for, load_chat_template
+    from engine.checkpoint import resolve_device
+    from engine.scorer import packs_sequences
+
+    borrowed = (load_chat_template(spec.chat_template, checkpoint.special_tokens)
+                if spec.chat_template else None)
+    mode = spec.mode
+    if mode == "auto":
+        mode = "chat" if borrowed is not None or checkpoint.chat_template is not None else "base"
+    chat = (chat_template_for(borrowed, checkpoint.chat_template, checkpoint.path)
+            if mode == "chat" else None)
+    label = spec.label or checkpoint.path.resolve().name
+    if label_problem(label):
+        raise OutputError(f"{checkpoint.path}: its directory name {label!r} cannot be a label; "
+                          "pass a label")
+    packs = packs_sequences(resolve_device(spec.device), spec.batch_invariant)
+    return Run(spec, mode, label, chat, packs)
