@@ -4,7 +4,7 @@
     result = engine.score_checkpoint("/models/olmo2-1b", tasks="coin,rng_1_10", out="results")
     result.to_pandas()             # one row per (prompt, answer); variants=True: per variant
 
-`python -m engine.score` and `python -m engine.sweep` are thin shells over `score`, which takes
+`python -m engine.score` and `python -m engine.sweep` are thin shells over `run_spec`, which takes
 the settings as one `engine.spec.RunSpec`. Every input is validated (settings, checkpoint,
 tasks, tokenization of every prompt and answer, context length, output location) before
 anything is written; a user error raises an `EngineError` with one line.
@@ -90,7 +90,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                      overwrite: bool = False, progress: bool | None = None,
                      tokenizations: str = RunSpec.tokenizations,
                      max_tokenizations: int = RunSpec.max_tokenizations, tp: int = RunSpec.tp,
-                     batch_invariant: bool = False) -> ScoreResult:
+                     batch_invariant: bool = False,
+                     dist_timeout: float = RunSpec.dist_timeout) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
     checkpoint: a local Hugging Face directory, or a `Checkpoint` from `engine.load` (then
@@ -110,18 +111,19 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
     batch_invariant: on the GPU, give every prompt a forward pass of its own instead of packing
         prompts together, so that results are bitwise independent of `batch_tokens` and of the
         other prompts, as they always are on the CPU (fewer tokens per pass: slower).
+    dist_timeout: with tp > 1, the seconds a rank waits for the others at a collective.
     A setting with a value it cannot take raises `engine.spec.SettingError` naming it.
     """
     spec = RunSpec(tasks=tasks, mode=mode, dtype=dtype or RunSpec.dtype,
                    device=device or RunSpec.device, out=out, label=label,
                    batch_tokens=batch_tokens, batch_invariant=batch_invariant,
                    chat_template=chat_template, tokenizations=tokenizations,
-                   max_tokenizations=max_tokenizations, tp=tp, overwrite=overwrite,
-                   progress=progress)
-    return score(checkpoint, spec)
+                   max_tokenizations=max_tokenizations, tp=tp, dist_timeout=dist_timeout,
+                   overwrite=overwrite, progress=progress)
+    return run_spec(checkpoint, spec)
 
 
-def score(checkpoint, spec: RunSpec) -> ScoreResult:
+def run_spec(checkpoint, spec: RunSpec) -> ScoreResult:
     """`score_checkpoint` with its settings as one RunSpec (what the CLI and the sweep call).
     A loaded `Checkpoint` brings its own dtype, device and tensor-parallel degree."""
     from engine.checkpoint import Checkpoint
@@ -150,9 +152,9 @@ class Scoring:
         from engine.scorer import PromptEncoder, task_sequences
 
         self.ck, self.spec, self.started = ck, spec, started
-        self.run = resolve(spec, ck)
-        self.key = self.run.key(ck.fingerprint)
-        self.encoder = PromptEncoder(ck, self.run.mode, self.run.chat, spec.tokenizations,
+        self.resolved = resolve(spec, ck)
+        self.key = self.resolved.key(ck.fingerprint)
+        self.encoder = PromptEncoder(ck, self.resolved.mode, self.resolved.chat, spec.tokenizations,
                                      spec.max_tokenizations)
         self.sequences = {task.name: task_sequences(self.encoder, task) for task in spec.tasks}
         self.load_seconds = time.perf_counter() - started
@@ -160,8 +162,8 @@ class Scoring:
     def store(self):
         """Where this run's results go: out/label, or memory when out is None."""
         if self.spec.out is None:
-            return MemoryStore(self.run.label, self.key)
-        return LabelStore(self.spec.out, self.run.label, self.key)
+            return MemoryStore(self.resolved.label, self.key)
+        return LabelStore(self.spec.out, self.resolved.label, self.key)
 
     def into(self, store) -> ScoreResult:
         """Score every task the store lacks, one after the other, writing each when it is done."""
@@ -180,7 +182,7 @@ class Scoring:
         try:
             return score_task(self.ck, self.encoder, task, self.sequences[task.name],
                               self.encoder.boundary, self.spec.batch_tokens, progress=bar,
-                              pack=self.run.packs)
+                              pack=self.resolved.packs)
         except KernelUnsupportedError as e:  # e.g. head_dim > 256 on the GPU
             raise DeviceError(str(e)) from None
 
@@ -194,7 +196,7 @@ class Scoring:
         """What the manifest records about the run, besides its tasks."""
         import torch
 
-        ck, spec, run, key = self.ck, self.spec, self.run, self.key
+        ck, spec, run, key = self.ck, self.spec, self.resolved, self.key
         return dict(
             checkpoint=str(ck.path.resolve()), fingerprint=ck.fingerprint,
             engine_version=engine.__version__, dtype=spec.dtype, device=str(ck.device),
@@ -283,7 +285,7 @@ def finished(checkpoint, spec: RunSpec) -> bool:
     The label's manifest must list weight files of the same names, sizes and modification times
     as the checkpoint's now (their recorded digests then stand for them, as make and rsync trust
     a file's size and time; the small files are hashed again), and every task must be finished,
-    with intact files, for the very run `score` would make. False whenever in doubt: `score`
+    with intact files, for the very run `run_spec` would make. False whenever in doubt: `run_spec`
     then decides per task, after reading every byte."""
     from engine.checkpoint import fingerprint, read_metadata, weight_paths
     from engine.results import read_manifest, task_hash

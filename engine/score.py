@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.api import DEFAULT_BATCH_TOKENS, ScoreResult, score
+from engine.api import DEFAULT_BATCH_TOKENS, ScoreResult, run_spec
 from engine.errors import ArgumentParser, EngineError, ParallelError
 from engine.spec import DEFAULT_OUT, DTYPES, MODES, TOKENIZATIONS, RunSpec, SettingError
 from engine.tasks import format_task_list, load_tasks, task_groups
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                 f"torchrun started {layout.world} processes but --tp is {spec.tp}: engine.score "
                 f"splits one checkpoint across all of them; pass --tp {layout.world}, or score "
                 "several checkpoints with python -m engine.sweep"))
-        result = score(args.checkpoint, spec)
+        result = run_spec(args.checkpoint, spec)
     except EngineError as e:
         if distributed.reports(e):
             print(f"error: {e}", file=sys.stderr)

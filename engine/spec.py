@@ -167,7 +167,7 @@ def check_setting(name: str, value) -> None:
 
 
 @dataclass(frozen=True)
-class Run:
+class Resolved:
     """A RunSpec resolved against one checkpoint: what the run does, decided once."""
 
     spec: RunSpec
@@ -200,7 +200,7 @@ class Run:
         return key
 
 
-def resolve(spec: RunSpec, checkpoint) -> Run:
+def resolve(spec: RunSpec, checkpoint) -> Resolved:
     """Decide mode, label, chat template and packing of `spec` for one checkpoint.
 
     `checkpoint` is a loaded `engine.Checkpoint` or the `Metadata` that `engine.sweep` reads
@@ -222,4 +222,4 @@ def resolve(spec: RunSpec, checkpoint) -> Run:
         raise OutputError(f"{checkpoint.path}: its directory name {label!r} cannot be a label; "
                           "pass a label")
     packs = packs_sequences(resolve_device(spec.device), spec.batch_invariant)
-    return Run(spec, mode, label, chat, packs)
+    return Resolved(spec, mode, label, chat, packs)

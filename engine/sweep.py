@@ -44,7 +44,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.api import finished, score
+from engine.api import finished, run_spec
 from engine.errors import ArgumentParser, EngineError, OutputError, TaskError
 from engine.results import LabelLock, check_writable
 from engine.spec import DEFAULT_OUT, RunSpec, SettingError, check_setting, label_problem
@@ -315,7 +315,7 @@ def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
         for label in todo:
             row = rows[label]
             try:
-                result = score(ck, specs[label])
+                result = run_spec(ck, specs[label])
             except Exception as e:
                 row.error = _message(e)
             else:

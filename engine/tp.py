@@ -256,7 +256,7 @@ def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
 
 
 def score_split(checkpoint, spec: RunSpec) -> ScoreResult:
-    """engine.api.score for a checkpoint split across this rank's group: every rank of the
+    """engine.api.run_spec for a checkpoint split across this rank's group: every rank of the
     group calls it with the same settings."""
     from engine import distributed
 
@@ -272,7 +272,7 @@ def score_split(checkpoint, spec: RunSpec) -> ScoreResult:
         job = SplitScoring(ck, spec, started, group)
     if spec.out is None:  # every rank has every score: each keeps its own tables
         return job.into(job.store())
-    return job.into(LeadStore(group, job.store() if group.lead else None, job.run.label))
+    return job.into(LeadStore(group, job.store() if group.lead else None, job.resolved.label))
 
 
 class SplitScoring(Scoring):
