@@ -31,7 +31,7 @@ from engine.config import parse_config, read_json
 from engine.distributed import SOLO, Group
 from engine.errors import CheckpointError, DeviceError, ParallelError, TokenizerError, WeightsError
 from engine.model import ModelArgs, Transformer
-from engine.spec import DTYPES, check_setting, device_problem
+from engine.spec import DTYPES, RunSpec, check_setting, device_problem
 from engine.weights import (
     BlockDigest,
     WeightFile,
@@ -128,7 +128,7 @@ def read_metadata(path) -> Metadata:
     return Metadata(directory, config, args, tokenizer, special, template)
 
 
-def load(path, dtype="float32", device="cpu", tp: int = 1) -> Checkpoint:
+def load(path, dtype=RunSpec.dtype, device="cpu", tp: int = RunSpec.tp) -> Checkpoint:
     """Load the checkpoint directory at `path` for inference in `dtype` (float32, bfloat16, or
     auto: config.json's) on `device`.
 

@@ -201,13 +201,14 @@ def layout_rank() -> int:
     return _layout.rank if _layout is not None else int(os.environ.get("RANK", "0"))
 
 
-def setup(tp: int = 1, device="auto", timeout_s: float | None = None) -> Layout:
+def setup(tp: int, device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Layout:
     """This process's `Layout`, creating the process groups on the first call.
 
     Reads torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a
     process started without torchrun is a world of one. NCCL carries tensors when `device` is
-    CUDA (each rank on GPU LOCAL_RANK), gloo otherwise. Raises ParallelError (one line) when the
-    world size is not a multiple of tp, or when called again with another tp."""
+    CUDA (each rank on GPU LOCAL_RANK), gloo otherwise. tp, device and timeout_s are RunSpec
+    settings, checked there. Raises ParallelError (one line) when the world size is not a
+    multiple of tp, or when called again with another tp."""
     global _layout
     if _layout is not None:
         if _layout.tp.size != tp:
@@ -225,7 +226,7 @@ def setup(tp: int = 1, device="auto", timeout_s: float | None = None) -> Layout:
     if world == 1:
         _layout = Layout(0, 1, SOLO, SOLO, SOLO, 0, 1)
         return _layout
-    timeout_s = float(timeout_s or DEFAULT_TIMEOUT_S)
+    timeout_s = float(timeout_s)
     timeout = timedelta(seconds=timeout_s)
     cuda = _wants_cuda(device)
     try:
