@@ -39,8 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.bench_env import default_device, device_slug
+from benchmarks.bench_record import RESULTS_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 BUDGET_S = 8 * 60
 # OLMo 2 1B's shape (allenai/OLMo-2-0425-1B): built from the config, random weights.
 OLMO2_1B = dict(vocab_size=100352, hidden_size=2048, intermediate_size=8192,
@@ -51,12 +53,6 @@ TINY = dict(vocab_size=301, hidden_size=64, intermediate_size=96, num_hidden_lay
 KERNEL_TESTS = ["tests/test_kernels_lm_head.py", "tests/test_kernels_tree_attention.py"]
 # (step, timeout in seconds): generous per step; the whole run is held to BUDGET_S.
 TIMEOUTS = {"tests": 300, "bench": 300, "native_report": 240, "end_to_end": 300}
-
-
-def device_slug() -> str:
-    from benchmarks.bench_kernels import device_slug as slug
-
-    return slug(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 # --------------------------------------------------------------------------- steps
@@ -130,8 +126,8 @@ def build_checkpoint(directory: Path, config_kwargs: dict, device: torch.device)
     return params
 
 
-def engine_scores(directory: Path, tasks, dtype: str, device: torch.device, pack: bool | None = None,
-                  batch_tokens: int = 8192) -> dict:
+def engine_scores(directory: Path, tasks, dtype: str, device: torch.device,
+                  pack: bool | None = None, batch_tokens: int = 8192) -> dict:
     """Engine wall (load + score) and scoring seconds, tokens, variant log-probs per prompt.
     pack: None as the engine decides (packed on CUDA), False one pass per prompt
     (`--batch-invariant`)."""
@@ -145,7 +141,8 @@ def engine_scores(directory: Path, tasks, dtype: str, device: torch.device, pack
     boundary = boundary_mask(ck)
     scoring, tokens, scores = 0.0, 0, {}
     for task in tasks:
-        result = score_task(ck, encoder, task, task_sequences(encoder, task), boundary, batch_tokens, pack=pack)
+        result = score_task(ck, encoder, task, task_sequences(encoder, task), boundary,
+                            batch_tokens, pack=pack)
         scoring += result.seconds
         tokens += result.tokens_processed
         for p in result.prompts:
@@ -202,7 +199,7 @@ def end_to_end(dry_run: bool) -> dict:
     """The end-to-end comparison; on CPU (dry run) a tiny checkpoint and two tasks."""
     from engine.tasks import load_tasks
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     config_kwargs = TINY if dry_run else OLMO2_1B
     tasks = load_tasks("coin,die" if dry_run else "all")
     with tempfile.TemporaryDirectory() as tmp:
@@ -254,7 +251,8 @@ def batch_invariance(directory: Path, tasks, device: torch.device, packed: dict)
             "slowdown": invariant[0]["scoring_seconds"] / packed["scoring_seconds"],
             "invariant_repeats_bitwise": bits(invariant[0]) == bits(invariant[1]),
             "packed_8192_vs_1024_max_abs_dlogprob": max(
-                float(np.abs(lp - repacked["scores"][key][1]).max()) for key, (_, lp) in packed["scores"].items())}
+                float(np.abs(lp - repacked["scores"][key][1]).max())
+                for key, (_, lp) in packed["scores"].items())}
 
 
 # --------------------------------------------------------------------------- summary
@@ -284,9 +282,10 @@ def render(summary: dict) -> str:
                   f"{e2e['max_abs_dlogprob_engine_bf16_vs_transformers_fp32']:.2e}, engine "
                   f"float32 {e2e['max_abs_dlogprob_engine_fp32_vs_transformers_fp32']:.2e}."]
         inv = e2e["batch_invariance_bf16"]
-        lines += [f"--batch-invariant (bf16): scoring {inv['scoring_seconds_invariant']:.2f} s against "
-                  f"{inv['scoring_seconds_packed']:.2f} s packed ({inv['slowdown']:.2f}x); repeats "
-                  f"bit for bit: {inv['invariant_repeats_bitwise']}; packed at --batch-tokens 1024 "
+        lines += [f"--batch-invariant (bf16): scoring {inv['scoring_seconds_invariant']:.2f} s "
+                  f"against {inv['scoring_seconds_packed']:.2f} s packed "
+                  f"({inv['slowdown']:.2f}x); repeats bit for bit: "
+                  f"{inv['invariant_repeats_bitwise']}; packed at --batch-tokens 1024 "
                   f"instead of 8192 moves logprobs by up to "
                   f"{inv['packed_8192_vs_1024_max_abs_dlogprob']:.2e}."]
     return "\n".join(lines) + "\n"
@@ -316,14 +315,15 @@ def main(argv=None) -> int:
               "the plumbing on CPU", file=sys.stderr)
         return 2
     date = _dt.date.today().isoformat()
-    name = f"gpu-check-{device_slug()}-{date}"
+    slug = device_slug(default_device())
+    name = f"gpu-check-{slug}-{date}"
     step_dir = args.out / name
     step_dir.mkdir(parents=True, exist_ok=True)
     record = args.out.resolve() == RESULTS_DIR.resolve() and not args.dry_run
     start = time.perf_counter()
     steps = [run_step(step, cmd, step_env(step, args.dry_run), step_dir, TIMEOUTS[step])
              for step, cmd in step_commands(args.dry_run, args.out, step_dir, record).items()]
-    summary = {"device": device_slug(), "mode": "dry run on CPU" if args.dry_run else "gpu",
+    summary = {"device": slug, "mode": "dry run on CPU" if args.dry_run else "gpu",
                "date": date, "steps": steps, "total_seconds": time.perf_counter() - start}
     e2e_json = step_dir / "end_to_end.json"
     if e2e_json.exists():

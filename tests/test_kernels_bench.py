@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import kernels
-from benchmarks import bench_kernels
+from benchmarks import bench_kernels, bench_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,9 +80,9 @@ def test_cpu_worker_reports_time_and_memory(variant):
 def test_results_md_replaces_only_its_own_section(tmp_path):
     """A new run of one device replaces that device's section and keeps the others."""
     path = tmp_path / "RESULTS.md"
-    bench_kernels.update_results_md(path, "cpu", "cpu one")
-    bench_kernels.update_results_md(path, "nvidia-h100", "gpu one")
-    bench_kernels.update_results_md(path, "cpu", "cpu two")
+    bench_record.update_results_md(path, "cpu", "cpu one")
+    bench_record.update_results_md(path, "nvidia-h100", "gpu one")
+    bench_record.update_results_md(path, "cpu", "cpu two")
     text = path.read_text()
     assert "cpu two" in text and "gpu one" in text and "cpu one" not in text
     assert text.count("<!-- begin cpu -->") == 1
