@@ -1,0 +1,217 @@
+"""The task data model: `Task`, `Answer` and `Prompt`, and every check on them. Constructing a
+`Task` runs the tokenizer-free checks (`TaskError` at the first problem, one line naming the
+source, the task and the entry); `check_variants_tokenize` is the one check that needs a
+tokenizer. The rules are in docs/tasks.md (Validation)."""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+from dataclasses import dataclass
+from typing import Callable
+
+from engine.errors import TaskError
+
+DEFAULT_BASE_FORMAT = "{prompt}\nAnswer:"
+
+_PROMPT_PLACEHOLDERS = ("options", "n")
+_BASE_PLACEHOLDERS = ("prompt",)
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data model
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A canonical answer and its surface variants (the first variant is the answer itself)."""
+
+    name: str
+    variants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One phrasing of a task; `text` may hold the placeholders {options} and {n}."""
+
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A validated stochastic task. Constructing one runs every tokenizer-free check."""
+
+    name: str
+    description: str
+    answers: tuple[Answer, ...]
+    prompts: tuple[Prompt, ...]
+    base_format: str = DEFAULT_BASE_FORMAT
+    assistant_prefix: str = ""
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def answer_names(self) -> tuple[str, ...]:
+        """The canonical answers, in order."""
+        return tuple(a.name for a in self.answers)
+
+    def prompt(self, prompt_id: str) -> Prompt:
+        """The prompt with this id (KeyError if there is none)."""
+        for p in self.prompts:
+            if p.id == prompt_id:
+                return p
+        raise KeyError(prompt_id)
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The prompt's text with {options} and {n} filled: the chat-mode user message."""
+        return prompt.text.format(options=", ".join(self.answer_names), n=len(self.answers))
+
+    def render_base(self, prompt: Prompt) -> str:
+        """The base-mode prompt: base_format around the filled text (the scorer adds the space)."""
+        return self.base_format.format(prompt=self.prompt_text(prompt))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def _fail(source: str, task: str | None, entry: str | None, problem: str) -> TaskError:
+    """Build a one-line TaskError: '<source>: task '<name>': <entry>: <problem>'."""
+    parts = [source]
+    if task is not None:
+        parts.append(f"task {task!r}")
+    if entry:
+        parts.append(entry)
+    parts.append(problem)
+    return TaskError(": ".join(parts).replace("\r", " ").replace("\n", " "))
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of a constructed Task (no tokenizer needed)
+
+
+def _validate(task: Task) -> None:
+    """Run every tokenizer-free check on a task; raise TaskError at the first problem."""
+    fail = functools.partial(_fail, task.source, task.name)
+    if not isinstance(task.name, str) or not _SLUG.match(task.name):
+        raise _fail(task.source, None, f"task name {task.name!r}",
+                    "must be letters, digits, '_' or '-', starting with a letter or digit")
+    if not task.answers:
+        raise fail("answers", "the answer set is empty; list at least one answer")
+    if not task.prompts:
+        raise fail("prompts", "no prompts; add at least one [[prompts]] table")
+    _check_answers(task.answers, fail)
+    _check_variants([(a.name, v) for a in task.answers for v in a.variants], fail)
+    _check_prompts(task.prompts, fail)
+    _check_base_format(task.base_format, fail)
+
+
+def _check_answers(answers: tuple[Answer, ...], fail: Callable[..., TaskError]) -> None:
+    """Answer names are unique, and each answer's first variant is the answer itself."""
+    seen: set[str] = set()
+    for a in answers:
+        if a.name in seen:
+            raise fail(f"answer {a.name!r}", "duplicate answer; list each answer once")
+        seen.add(a.name)
+        if not a.variants:
+            raise fail(f"answer {a.name!r}", "variants is empty; omit it to use the answer alone")
+        if a.variants[0] != a.name:
+            raise fail(f"answer {a.name!r}",
+                       f"first variant is {a.variants[0]!r}; the first variant must be the "
+                       "answer itself")
+
+
+def _check_variants(pairs: list[tuple[str, str]], fail: Callable[..., TaskError]) -> None:
+    """Variants are non-empty, unpadded, distinct, and no variant can absorb another."""
+    owner: dict[str, str] = {}
+    for answer, v in pairs:
+        entry = f"answer {answer!r}, variant {v!r}"
+        if not v.strip():
+            raise fail(entry, "variant is empty or whitespace; remove it")
+        if v != v.strip():
+            raise fail(entry, "variant has leading or trailing whitespace; remove the whitespace")
+        if v in owner:
+            where = "twice" if owner[v] == answer else f"also under answer {owner[v]!r}"
+            raise fail(entry, f"duplicate variant (listed {where}); variants must be distinct")
+        owner[v] = answer
+    pair = _absorbing_pair(list(owner))
+    if pair:
+        short, long = pair
+        raise fail(f"answer {owner[short]!r}, variant {short!r}",
+                   f"is a prefix of variant {long!r} (answer {owner[long]!r}) followed by "
+                   f"{long[len(short)]!r}, so it would absorb that variant's probability; "
+                   "remove or rename one of them")
+
+
+def _absorbing_pair(variants: list[str]) -> tuple[str, str] | None:
+    """A pair (short, long) where long = short + a non-alphanumeric character + ..., if any."""
+    ordered = sorted(variants)
+    for i, short in enumerate(ordered):
+        # Strings that start with `short` sit right after it in sorted order.
+        for long in ordered[i + 1:]:
+            if not long.startswith(short):
+                break
+            if not long[len(short)].isalnum():
+                return short, long
+    return None
+
+
+def _check_prompts(prompts: tuple[Prompt, ...], fail: Callable[..., TaskError]) -> None:
+    """Prompt ids are unique slugs; texts are non-empty and use only known placeholders."""
+    seen: set[str] = set()
+    for p in prompts:
+        entry = f"prompt {p.id!r}"
+        if not _SLUG.match(p.id):
+            raise fail(entry, "prompt id must be letters, digits, '_' or '-', starting with a "
+                              "letter or digit")
+        if p.id in seen:
+            raise fail(entry, "duplicate prompt id; give each prompt its own id")
+        seen.add(p.id)
+        if not p.text.strip():
+            raise fail(entry, "prompt text is empty; write the request")
+        _check_placeholders(p.text, _PROMPT_PLACEHOLDERS, fail, entry)
+
+
+def _check_base_format(base_format: str, fail: Callable[..., TaskError]) -> None:
+    """base_format contains {prompt}, nothing else, and does not end with whitespace."""
+    entry = f"base_format {base_format!r}"
+    found = _check_placeholders(base_format, _BASE_PLACEHOLDERS, fail, entry)
+    if "prompt" not in found:
+        raise fail(entry, "base_format must contain {prompt}")
+    if base_format != base_format.rstrip():
+        raise fail(entry, "base_format ends with whitespace; remove it (the scorer puts one "
+                          "space before the answer)")
+
+
+def _check_placeholders(text: str, allowed: tuple[str, ...], fail: Callable[..., TaskError],
+                        entry: str) -> set[str]:
+    """Raise on a malformed or unknown placeholder; return the placeholder names found."""
+    allowed_text = ", ".join("{" + a + "}" for a in allowed)
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text)
+                  if f is not None]
+    except ValueError as exc:
+        raise fail(entry, f"malformed placeholder ({exc}); write {{{{ and }}}} for literal "
+                          "braces") from None
+    found = set()
+    for field, spec, conv in fields:
+        shown = "{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        if field not in allowed or spec or conv:
+            raise fail(entry, f"unknown placeholder {shown}; allowed here: {allowed_text}; "
+                              "write {{ and }} for literal braces")
+        found.add(field)
+    return found
+
+
+def check_variants_tokenize(task: Task, encode: Callable[[str], list[int]]) -> None:
+    """Raise TaskError if any variant of `task` encodes to no tokens at all under `encode`."""
+    for a in task.answers:
+        for v in a.variants:
+            if len(encode(v)) == 0:
+                raise _fail(task.source, task.name, f"answer {a.name!r}, variant {v!r}",
+                            "tokenizes to nothing with this tokenizer; change or remove it")
