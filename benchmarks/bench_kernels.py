@@ -26,7 +26,7 @@ On CUDA:
   and 16 x (450 + 50) tokens), 32 query heads (8 kv heads, expanded for SDPA outside the timed
   region), head_dim 128, bf16.
 
-The issue's targets (LM head at N=4096, D=4096, V=128256 >= 70% of the bf16 matmul rate and
+The performance targets (LM head at N=4096, D=4096, V=128256 >= 70% of the bf16 matmul rate and
 >= 1.3x the chunked peer; tree attention >= 1.5x FlexAttention on packed rows) are printed
 with the measured ratios, met or not.
 Inputs are rotated over several buffers between calls so that no call finds its inputs in

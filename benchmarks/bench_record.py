@@ -12,7 +12,7 @@ from benchmarks.bench_cpu import CPU_VOCAB
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-# The issue's targets on H100/H200, bf16 (checked on the GPU table, reported met or not).
+# The performance targets on H100/H200, bf16 (checked on the GPU table, reported met or not).
 TARGET_LM_SHAPE = (4096, 4096, 128256)
 TARGET_LM_OF_MATMUL = 0.70
 TARGET_LM_VS_CHUNKED = 1.3
@@ -64,7 +64,7 @@ CPU_COLUMNS = [("variant", "variant"), ("N", "N"), ("D", "D"), ("V", "V"),
 
 
 def targets(result: dict) -> list[dict]:
-    """The issue's targets against this run's rows: measured ratio, threshold, met or not
+    """The performance targets against this run's rows: measured ratio, threshold, met or not
     ('n/a' where the row is missing, and for a dry run, whose timings mean nothing)."""
     def check(name, value, needed):
         if value is None or result["mode"] != "gpu":

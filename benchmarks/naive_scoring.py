@@ -2,11 +2,11 @@
 
 One transformers forward per (prompt, continuation) pair over the whole prompt + continuation,
 a full log-softmax over the vocabulary at every position, the continuation's token log-probs
-gathered and summed; plus, for DESIGN.md's definition, the log of the boundary-token mass after
-the continuation. Independent of the engine (its own tokenization with the transformers
-tokenizer, its own boundary set), so it serves as the exactness reference in the tests and as
-the peer in the scoring benchmark. transformers is a test-only dependency: import this only
-from tests and benchmarks.
+gathered and summed; plus the log of the boundary-token mass after the continuation (the
+boundary factor of the answer probability, as docs/results.md defines it). Independent of the
+engine (its own tokenization with the transformers tokenizer, its own boundary set), so it
+serves as the exactness reference in the tests and as the peer in the scoring benchmark.
+transformers is a test-only dependency: import this only from tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def boundary_ids(hf_tokenizer, vocab_size: int) -> torch.Tensor:
     special |= {i for i, t in hf_tokenizer.added_tokens_decoder.items() if t.special}
     ids = []
     for i in range(vocab_size):
-        text = hf_tokenizer.decode([i], clean_up_tokenization_spaces=False) if i < len(hf_tokenizer) else ""
+        text = (hf_tokenizer.decode([i], clean_up_tokenization_spaces=False)
+                if i < len(hf_tokenizer) else "")
         if i in special or not text or (text[0] != "\ufffd" and not text[0].isalnum()):
             ids.append(i)
     return torch.tensor(ids)
@@ -31,16 +32,19 @@ def boundary_ids(hf_tokenizer, vocab_size: int) -> torch.Tensor:
 def continuation_ids(hf_tokenizer, prompt_text: str, continuation: str, add_special_tokens: bool):
     """(prompt ids, continuation ids): the joint tokenization split after the prompt's tokens."""
     prompt = hf_tokenizer(prompt_text, add_special_tokens=add_special_tokens).input_ids
-    joint = hf_tokenizer(prompt_text + continuation, add_special_tokens=add_special_tokens).input_ids
+    joint = hf_tokenizer(prompt_text + continuation,
+                         add_special_tokens=add_special_tokens).input_ids
     assert joint[: len(prompt)] == prompt, (prompt_text, continuation)
     return prompt, joint[len(prompt):]
 
 
 @torch.no_grad()
-def naive_logprobs(model, hf_tokenizer, prompt_text: str, continuations: list[str], add_special_tokens: bool,
-                   boundary: torch.Tensor, batch_size: int = 32) -> list[float]:
+def naive_logprobs(model, hf_tokenizer, prompt_text: str, continuations: list[str],
+                   add_special_tokens: bool, boundary: torch.Tensor,
+                   batch_size: int = 32) -> list[float]:
     """log P(continuation tokens | prompt) + log P(boundary next), one row per continuation."""
-    pairs = [continuation_ids(hf_tokenizer, prompt_text, c, add_special_tokens) for c in continuations]
+    pairs = [continuation_ids(hf_tokenizer, prompt_text, c, add_special_tokens)
+             for c in continuations]
     out = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]

@@ -33,7 +33,7 @@ which other rows share a program never changes a row's result.
 
 Float32 (the exact mode) uses IEEE float32 dots, which run on CUDA cores with operands held in
 registers: with q resident, a [BLOCK_M, head_dim] operand spills at head_dim 128 (11.7 KB per
-thread with the old 64x32 tiles). So float32 tiles set ``qk_chunk``: the q.k dot runs over
+thread at 64x32 tiles). So float32 tiles set ``qk_chunk``: the q.k dot runs over
 head_dim in chunks, reloading q's chunk (from L1/L2) with each key block, which keeps every
 operand small. The float32 FMA dot accumulates over head_dim in order either way. bf16 at
 head_dim 256 does the same with 128-wide chunks, freeing q's registers for the accumulator.

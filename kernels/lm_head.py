@@ -7,7 +7,8 @@ numbers from the vocabulary distribution, never the distribution itself:
 * ``target_logits``: h·w_t for a short list of target ids (the trie children of that position;
   a trie root may have ~100 of them), so that log P(t) = target_logit - lse;
 * ``boundary_lse``: log-sum-exp over the boundary tokens only, so that log P(boundary) =
-  boundary_lse - lse (see DESIGN.md: the boundary factor ends an answer).
+  boundary_lse - lse (the boundary factor that ends an answer; docs/results.md defines the
+  boundary tokens).
 
 A full [N, V] float32 logits tensor at N=4096, V=128256 is 2 GiB; everything here streams the
 vocabulary instead. The reference runs on CPU (it is the engine's exactness path); the Triton

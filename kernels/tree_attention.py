@@ -190,8 +190,8 @@ def _attend_rows(q, k, v, visible, scale) -> torch.Tensor:
     q [Hkv, G, R, Dh], k/v [Hkv, 1, T, Dh] (GQA by broadcasting, no copy), visible [R, T].
     The operation order is that of Hugging Face's eager attention (scale after q @ k^T,
     softmax, then @ v), so that the float32 CPU path reproduces transformers' float32 forward
-    to the last bits rather than to ~1e-5 (DESIGN.md's exactness requirement). Rows with no
-    visible key come out as zeros instead of NaN.
+    to the last bits rather than to ~1e-5 (the exactness guarantee of docs/results.md). Rows
+    with no visible key come out as zeros instead of NaN.
     """
     scores = (q @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~visible, float("-inf"))
@@ -253,10 +253,11 @@ def tree_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     up to 256 (padded to a power of two >= 16 inside the kernel), any T, sm_80 or newer (else
     ``KernelUnsupportedError``). On packed rows each sequence's rows attend only to keys from
     that sequence's start (``sequence_starts``), with key blocks aligned to it: a query's
-    result does not depend on where its sequence sits in the row or what it is packed with. ``config`` (a ``TreeAttentionConfig``) overrides the
-    tile sizes for tests and tuning; ``out`` (q-shaped, q.dtype) receives the result.
-    ``positions`` and ``window``: the sliding window, as in the reference. Runs natively on CUDA
-    tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+    result does not depend on where its sequence sits in the row or what it is packed with.
+    ``config`` (a ``TreeAttentionConfig``) overrides the tile sizes for tests and tuning;
+    ``out`` (q-shaped, q.dtype) receives the result. ``positions`` and ``window``: the sliding
+    window, as in the reference. Runs natively on CUDA tensors, or on CPU tensors under
+    ``TRITON_INTERPRET=1``.
     """
     _check_inputs(q, k, v, span_end)
     _check_window(positions, window, span_end)

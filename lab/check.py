@@ -23,8 +23,8 @@ import numpy as np
 from analysis.metrics import js_divergence
 from analysis.phases import load_results
 
-# Acceptance thresholds of the toy ladder (issue 6), out of the 15 tasks of the full suite;
-# `acceptance` scales them to the number of tasks actually built.
+# Acceptance thresholds of the toy ladder (docs/demo.md, Acceptance), out of the 15 tasks of
+# the full suite; `acceptance` scales them to the number of tasks actually built.
 SEEDS_RECOVERED = 12 / 15
 LIQUIDITY_FALLS = 13 / 15
 DPO_RETAINS = 13 / 15
@@ -89,7 +89,7 @@ def compare(phases: dict, planted: dict[str, str], base_js: dict[str, float]) ->
 
 
 def acceptance(rows: dict) -> dict:
-    """Counts of the issue's acceptance properties, and whether each holds."""
+    """Counts of the demo's acceptance properties (docs/demo.md), and whether each holds."""
     n = len(rows)
     seeds = sum(r["planted_seed"] == r["detected_seed"] for r in rows.values())
     falls = sum(r["liquidity"]["sft"] < r["liquidity"]["base"] for r in rows.values())
