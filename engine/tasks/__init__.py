@@ -2,7 +2,7 @@
 phrasings) and the built-in task files beside this module (`*.toml` for the default suite
 "all", `large/*.toml` for the group "large").
 
-`engine.tasks.model` holds `Task`, `Answer`, `Prompt` and their checks; `engine.tasks.loader`
+`engine.tasks.task` holds `Task`, `Answer`, `Prompt` and their checks; `engine.tasks.loader`
 reads task files, the built-in groups and `--tasks` specs. The file format, placeholders,
 modes and validation rules are in docs/tasks.md.
 """
@@ -16,7 +16,7 @@ from engine.tasks.loader import (
     parse_tasks,
     task_groups,
 )
-from engine.tasks.model import (
+from engine.tasks.task import (
     DEFAULT_BASE_FORMAT,
     Answer,
     Prompt,

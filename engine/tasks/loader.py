@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from engine.errors import TaskError
-from engine.tasks.model import DEFAULT_BASE_FORMAT, Answer, Prompt, Task, _fail
+from engine.tasks.task import DEFAULT_BASE_FORMAT, Answer, Prompt, Task, _fail
 
 _TASK_KEYS = ("name", "description", "base_format", "assistant_prefix", "answers", "prompts")
 _ANSWER_KEYS = ("answer", "variants")
