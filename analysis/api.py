@@ -45,7 +45,8 @@ class PhaseResult:
         except ModuleNotFoundError:
             raise ModuleNotFoundError("PhaseResult.to_pandas needs pandas: pip install "
                                       "'answerdist[pandas]' (or use the Arrow tables)") from None
-        return {name: getattr(self, name).to_pandas() for name in ("stages", "seeds", "cross_ladder")}
+        return {name: getattr(self, name).to_pandas()
+                for name in ("stages", "seeds", "cross_ladder")}
 
 
 def load(results_dir, labels=None) -> Results:
@@ -71,7 +72,8 @@ def _stage_table(phases: dict) -> pa.Table:
                 rows.append({"ladder": ladder, "task": task, "stage": stage, "label": m["label"],
                              **{k: m[k] for k in STAGE_COLUMNS},
                              **{k: settling.get(k) for k in SETTLING_COLUMNS}, "phase": m["phase"]})
-    numbers = [(k, pa.int64() if k == "distinct" else pa.float64()) for k in STAGE_COLUMNS + SETTLING_COLUMNS]
+    numbers = [(k, pa.int64() if k == "distinct" else pa.float64())
+               for k in STAGE_COLUMNS + SETTLING_COLUMNS]
     schema = pa.schema([("ladder", pa.string()), ("task", pa.string()), ("stage", pa.string()),
                         ("label", pa.string()), *numbers, ("phase", pa.string())])
     return pa.Table.from_pylist(rows, schema=schema)
@@ -90,7 +92,8 @@ def _seed_table(phases: dict) -> pa.Table:
 
 def _cross_table(phases: dict) -> pa.Table:
     rows = [{"ladder_a": pair["ladders"][0], "ladder_b": pair["ladders"][1], "task": task,
-             "seed_prompt_id_a": c["seed_prompt_ids"][0], "seed_prompt_id_b": c["seed_prompt_ids"][1],
+             "seed_prompt_id_a": c["seed_prompt_ids"][0],
+             "seed_prompt_id_b": c["seed_prompt_ids"][1],
              "js_between_seeds": c["js_between_seeds"], "same_prompt": c["same_prompt"]}
             for pair in phases["cross_ladder"] for task, c in pair["tasks"].items()]
     schema = pa.schema([("ladder_a", pa.string()), ("ladder_b", pa.string()), ("task", pa.string()),

@@ -48,7 +48,8 @@ def format_tables(phases):
                 lines.append(
                     f"    {stage:<8}{m['label'][:23]:<24}{_fmt(m['entropy_bits'], 2):>7}"
                     f"{_fmt(m['entropy_norm'], 2):>8}{_fmt(m['effective_support'], 1):>8}"
-                    f"{_fmt(m['consensus_support'], 1):>8}{_fmt(m['liquidity']):>8}{m['distinct']:>6}"
+                    f"{_fmt(m['consensus_support'], 1):>8}{_fmt(m['liquidity']):>8}"
+                    f"{m['distinct']:>6}"
                     f"{_fmt(m['dispersion']):>7}{_fmt(m['coverage']):>7}"
                     f"{_fmt(m['nucleation'], 2):>8}{_fmt(st.get('retention')):>8}"
                     f"{_fmt(st.get('drift')):>7}{_fmt(st.get('spearman'), 2):>7}  {m['phase']}"
@@ -93,8 +94,8 @@ def parse_ladder(spec):
     labels = [label for _, label in stages]
     if len(set(labels)) != len(labels):
         twice = next(label for label in labels if labels.count(label) > 1)
-        raise AnalysisError(f"--ladder {spec!r}: label {twice!r} is given for two stages; each stage "
-                            "is a different checkpoint")
+        raise AnalysisError(f"--ladder {spec!r}: label {twice!r} is given for two stages; "
+                            "each stage is a different checkpoint")
     if len(stages) < 2:
         raise AnalysisError(f"--ladder {spec!r}: give a base and at least one later stage")
     return (name or stages[0][1]), stages

@@ -93,7 +93,8 @@ def load_results(results_dir, labels=None):
     validated by the results store (engine/results.py)."""
     root = Path(results_dir)
     tables = read_results(root, labels)
-    return Results(root, {label: {task: task_data(table, label, task) for task, table in tasks.items()}
+    return Results(root, {label: {task: task_data(table, label, task)
+                                  for task, table in tasks.items()}
                           for label, tasks in tables.items()})
 
 
@@ -105,7 +106,8 @@ def task_data(table, label, task):
     modes = cols[Col.mode]
     # Prompt ids are unique within a mode; only when a file mixes modes do they need prefixing.
     several_modes = len(set(modes)) > 1
-    keys = [f"{m}:{p}" if several_modes else p for m, p in zip(modes, cols[Col.prompt_id], strict=True)]
+    keys = [f"{m}:{p}" if several_modes else p
+            for m, p in zip(modes, cols[Col.prompt_id], strict=True)]
     rows_of = {}
     for r, key in enumerate(keys):
         rows_of.setdefault(key, []).append(r)

@@ -74,12 +74,14 @@ def write_task(results_dir, label, task, answers, P, coverage, mode="chat"):
                    Col.prompt_text: text + " Answer:", Col.user_prompt: text,
                    Col.continuation: " " + answer, Col.prompt_token_ids: [1, 2, 3 + i],
                    Col.continuation_token_ids: [100 + a], Col.answer: answer, Col.answer_index: a,
-                   Col.logprob: math.log(prob * cov), Col.prob: float(prob), Col.coverage: float(cov),
+                   Col.logprob: math.log(prob * cov), Col.prob: float(prob),
+                   Col.coverage: float(cov),
                    Col.noncanonical_share: None}
             for column, value in row.items():
                 main[column].append(value)
     main = pa.table(main, schema=MAIN_SCHEMA)
-    variants = main.select([c for c in VARIANT_SCHEMA.names if c != Col.tokenizations]).append_column(
+    variants = main.select([c for c in VARIANT_SCHEMA.names
+                            if c != Col.tokenizations]).append_column(
         Col.tokenizations, pa.array([1] * main.num_rows, pa.int32())).cast(VARIANT_SCHEMA)
     store = ResultsStore(results_dir, label, {"fingerprint": f"synthetic/{label}"})
     store.write_tables(task, main, variants, prompts=len(P), answers=len(answers))

@@ -68,7 +68,8 @@ def run_task(ck, encoder, boundary, model, tok, naive_boundary, task, compared: 
             row["max_abs_logprob_diff"] = max(row["max_abs_logprob_diff"],
                                               float(np.abs(np.array(naive) - ours).max()))
         # What the naive way runs through the model: prompt + continuation, per variant.
-        row["naive_tokens"].append(sum(len(tok(text + c).input_ids) for c in sequence.continuations))
+        row["naive_tokens"].append(sum(len(tok(text + c).input_ids)
+                                       for c in sequence.continuations))
     return row
 
 

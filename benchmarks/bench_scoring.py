@@ -51,13 +51,15 @@ def build_checkpoint(directory: Path, vocab_size: int = 32000) -> None:
     tok.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=256, intermediate_size=704, num_hidden_layers=6,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048,
-                         tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=256, intermediate_size=704,
+                         num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
+                         max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=0,
+                         eos_token_id=0)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).float()
     model.save_pretrained(directory)
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(directory)
+    PreTrainedTokenizerFast(tokenizer_object=tok,
+                            eos_token="<|endoftext|>").save_pretrained(directory)
 
 
 def run_engine(directory: Path, tasks) -> tuple[float, int, dict]:

@@ -62,7 +62,8 @@ def compare(canonical, every) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", help="a checkpoint directory (default: bench_scoring's random Llama)")
+    p.add_argument("--checkpoint",
+                   help="a checkpoint directory (default: bench_scoring's random Llama)")
     p.add_argument("--tasks", default="all")
     p.add_argument("--mode", default="base", choices=["base", "chat"])
     p.add_argument("--max-tokenizations", type=int, default=2000,
@@ -85,13 +86,15 @@ def main(argv=None) -> None:
                 continue
             rows[task.name] = compare(canonical, every) | {"seconds_canonical": seconds,
                                                             "seconds_all": seconds_all}
-    print(f"checkpoint {args.checkpoint or 'random Llama 20.8M (bench_scoring)'}, {args.mode} mode, "
-          f"float32, CPU, --max-tokenizations {args.max_tokenizations}")
+    print(f"checkpoint {args.checkpoint or 'random Llama 20.8M (bench_scoring)'}, "
+          f"{args.mode} mode, float32, CPU, --max-tokenizations {args.max_tokenizations}")
     print(f"{'task':<11}{'tokens':>8}{'(all)':>8}{'s':>7}{'(all)':>7}{'paths/var':>10}{'max':>6}"
           f"{'share mean':>12}{'share max':>11}{'JS bits':>10}{'max|dp|':>9}")
     for task, r in rows.items():
-        print(f"{task:<11}{r['tokens_canonical']:>8}{r['tokens_all']:>8}{r['seconds_canonical']:>7.2f}"
-              f"{r['seconds_all']:>7.2f}{r['paths_per_variant_mean']:>10.1f}{r['paths_per_variant_max']:>6}"
+        print(f"{task:<11}{r['tokens_canonical']:>8}{r['tokens_all']:>8}"
+              f"{r['seconds_canonical']:>7.2f}"
+              f"{r['seconds_all']:>7.2f}{r['paths_per_variant_mean']:>10.1f}"
+              f"{r['paths_per_variant_max']:>6}"
               f"{r['share_mean']:>12.4f}{r['share_max']:>11.4f}{r['js_mean_bits']:>10.5f}"
               f"{r['max_abs_dprob_mean']:>9.4f}")
     for task, why in refused.items():
@@ -102,8 +105,9 @@ def main(argv=None) -> None:
           f"all {all_s:.2f} s ({all_s / canonical_s:.1f}x)")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"tokenizations-{time.strftime('%Y-%m-%d')}.json"
-    out.write_text(json.dumps({"checkpoint": args.checkpoint or "bench_scoring random Llama", "mode": args.mode,
-                               "max_tokenizations": args.max_tokenizations, "tasks": rows,
+    out.write_text(json.dumps({"checkpoint": args.checkpoint or "bench_scoring random Llama",
+                               "mode": args.mode, "max_tokenizations": args.max_tokenizations,
+                               "tasks": rows,
                                "refused": refused}, indent=2) + "\n")
     print(f"wrote {out}")
 

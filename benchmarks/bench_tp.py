@@ -38,9 +38,10 @@ def build_checkpoint(directory: Path) -> int:
 
     from tests.tiny import write_tokenizer
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-                         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=0, initializer_range=0.02)
+    config = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
+                         num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
+                         max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=1,
+                         eos_token_id=0, initializer_range=0.02)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).float()
     model.save_pretrained(directory)
@@ -88,12 +89,14 @@ def worker(checkpoint: str, tasks: str, out: Path) -> None:
     score_s = time.perf_counter() - start
     peak = memory()
     logprobs = np.concatenate([t.column("logprob").to_numpy() for t in result.tables.values()])
-    record = {"tp": tp, "rank": layout.rank, "before_mib": before["VmRSS"], "loaded_mib": loaded["VmRSS"],
+    record = {"tp": tp, "rank": layout.rank, "before_mib": before["VmRSS"],
+              "loaded_mib": loaded["VmRSS"],
               "loaded_anon_mib": loaded["RssAnon"] - before["RssAnon"],
               "loaded_file_mib": loaded["RssFile"] - before["RssFile"],
               "weights_mapped_mib": loaded["weights_mapped"],
               "peak_mib": peak["VmHWM"], "load_s": load_s, "score_s": score_s,
-              "weights_mib": sum(p.numel() * p.element_size() for p in ck.model.parameters()) / 2**20,
+              "weights_mib": sum(p.numel() * p.element_size()
+                                 for p in ck.model.parameters()) / 2**20,
               "logprobs": logprobs.tolist()}
     (out / f"tp{tp}-rank{layout.rank}.json").write_text(json.dumps(record))
     distributed.shutdown()
@@ -101,17 +104,20 @@ def worker(checkpoint: str, tasks: str, out: Path) -> None:
 
 def launch(nproc: int, checkpoint: Path, tasks: str, out: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "benchmarks.bench_tp", "--worker", str(checkpoint), "--tasks", tasks, "--results", str(out)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "benchmarks.bench_tp", "--worker",
+               str(checkpoint), "--tasks", tasks, "--results", str(out)]
     start = time.perf_counter()
-    subprocess.run(command, env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command, env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="coin,rng_1_10,card")
-    p.add_argument("--repeats", type=int, default=1, help="launches per tp, interleaved (best kept)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="launches per tp, interleaved (best kept)")
     p.add_argument("--checkpoint", help="reuse (or build once into) this directory")
     p.add_argument("--worker", metavar="CHECKPOINT", help=argparse.SUPPRESS)
     p.add_argument("--results", help=argparse.SUPPRESS)
@@ -137,24 +143,31 @@ def main(argv=None) -> None:
         records = [records[key] for key in sorted(records)]
         walls = {tp: min(times) for tp, times in walls.items()}
     described = f"{params / 1e6:.0f}M parameters, " if params else ""
-    print(f"checkpoint: random Llama, {described}{size:.0f} MiB of float32 weights; tasks {args.tasks}, "
-          "base mode, CPU, gloo, one thread per rank")
-    print(f"{'tp':>2} {'rank':>4} {'weights':>8} {'RSS before':>10} {'weights in':>10} {'+anon':>6} {'+file':>6} "
+    print(f"checkpoint: random Llama, {described}{size:.0f} MiB of float32 weights; "
+          f"tasks {args.tasks}, base mode, CPU, gloo, one thread per rank")
+    print(f"{'tp':>2} {'rank':>4} {'weights':>8} {'RSS before':>10} {'weights in':>10} "
+          f"{'+anon':>6} {'+file':>6} "
           f"{'mapped':>7} {'peak':>7} {'load s':>7} {'score s':>8} {'wall s':>7}")
     for r in records:
-        print(f"{r['tp']:>2} {r['rank']:>4} {r['weights_mib']:>8.0f} {r['before_mib']:>10.0f} {r['loaded_mib']:>10.0f} "
-              f"{r['loaded_anon_mib']:>6.0f} {r['loaded_file_mib']:>6.0f} {r['weights_mapped_mib']:>7.0f} "
-              f"{r['peak_mib']:>7.0f} {r['load_s']:>7.2f} {r['score_s']:>8.2f} {walls[r['tp']]:>7.1f}")
+        print(f"{r['tp']:>2} {r['rank']:>4} {r['weights_mib']:>8.0f} {r['before_mib']:>10.0f} "
+              f"{r['loaded_mib']:>10.0f} "
+              f"{r['loaded_anon_mib']:>6.0f} {r['loaded_file_mib']:>6.0f} "
+              f"{r['weights_mapped_mib']:>7.0f} "
+              f"{r['peak_mib']:>7.0f} {r['load_s']:>7.2f} {r['score_s']:>8.2f} "
+              f"{walls[r['tp']]:>7.1f}")
     one, two = (np.array(r["logprobs"]) for r in records[:2])
     grown = {r["tp"]: r["loaded_mib"] - r["before_mib"] for r in records if r["rank"] == 0}
-    print("MiB of resident memory. 'weights': the rank's parameters; '+anon', '+file': growth from 'before' "
-          "to 'weights in' in private memory (copies) and in file pages (the mapped weights, and library code "
-          "run for the first time); 'mapped': resident pages of the safetensors mapping itself")
+    print("MiB of resident memory. 'weights': the rank's parameters; '+anon', '+file': "
+          "growth from 'before' to 'weights in' in private memory (copies) and in file pages "
+          "(the mapped weights, and library code run for the first time); 'mapped': resident "
+          "pages of the safetensors mapping itself")
     print(f"growth from 'before' to 'weights in': {grown[1]:.0f} at tp=1, {grown[2]:.0f} at tp=2 "
           f"({grown[2] / grown[1]:.2f}x); mapped weight pages + copies: " + ", ".join(
-              f"tp={r['tp']} rank {r['rank']} {r['weights_mapped_mib'] + r['loaded_anon_mib']:.0f}" for r in records))
-    print(f"load average when done: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine "
-          "gives two processes more CPU than one: the times are only as good as it is idle)")
+              f"tp={r['tp']} rank {r['rank']} "
+              f"{r['weights_mapped_mib'] + r['loaded_anon_mib']:.0f}" for r in records))
+    print(f"load average when done: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+          "(a shared machine gives two processes more CPU than one: the times are only as "
+          "good as it is idle)")
     print(f"wall time tp=2 / tp=1 = {walls[2] / walls[1]:.2f}; scoring time tp=2 / tp=1 = "
           f"{records[1]['score_s'] / records[0]['score_s']:.2f}")
     print(f"max |dlogprob| / max(1, |logprob|) tp=2 vs tp=1: "

@@ -230,7 +230,8 @@ def train_bpe(texts, vocab_size: int, specials: list[str], bos: str | None = Non
         tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
     if bos is not None:
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+            special_tokens=[(bos, tok.token_to_id(bos))]
         )
     return tok
 

@@ -108,7 +108,8 @@ def sequence_logprobs(model: Transformer, examples: list[Example], pad_id: int) 
     return (token_logprobs(model, ids) * mask).sum(-1)
 
 
-def token_batches(lengths: list[int], batch_tokens: int, rng: np.random.Generator) -> list[list[int]]:
+def token_batches(lengths: list[int], batch_tokens: int,
+                  rng: np.random.Generator) -> list[list[int]]:
     """Shuffled batches of indices, each within a padded-token budget.
 
     Sequences are shuffled, then sorted by length inside windows of a few thousand, so that a
@@ -204,7 +205,8 @@ def train_dpo(policy: Transformer, reference: Transformer, pairs: list[tuple[Exa
             for i in range(0, len(pairs), 256)
         ]).view(-1, 2)
     order = [rng.permutation(len(pairs)) for _ in range(stage.epochs)]
-    batches = [o[i : i + stage.batch_pairs] for o in order for i in range(0, len(o), stage.batch_pairs)]
+    batches = [o[i : i + stage.batch_pairs]
+               for o in order for i in range(0, len(o), stage.batch_pairs)]
     opt, scheduler = optimizer(policy, stage.lr, len(batches), stage.warmup_steps)
     policy.train()
     progress = Progress("dpo", len(batches), log)
