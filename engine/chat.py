@@ -24,7 +24,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import ChatTemplateError
 
-SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
+                      "mask_token")
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -48,7 +49,8 @@ def _raise_exception(message):
 
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
     # Like transformers: jinja's own tojson would HTML-escape the text.
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
 
 
 def _strftime_now(fmt):
@@ -92,7 +94,8 @@ class ChatTemplate:
     `enable_thinking` (default False: score with thinking disabled) is passed to the template
     on every render unless a call overrides it."""
 
-    def __init__(self, source: str, text: str, special_tokens: dict[str, object], enable_thinking: bool = False):
+    def __init__(self, source: str, text: str, special_tokens: dict[str, object],
+                 enable_thinking: bool = False):
         self.source = source  # where it came from, for error messages
         self.text = text
         self.special_tokens = special_tokens
@@ -103,7 +106,8 @@ class ChatTemplate:
             self._variables = jinja2.meta.find_undeclared_variables(environment.parse(text))
         except jinja2.exceptions.TemplateSyntaxError as e:
             raise ChatTemplateError(
-                f"{source}: chat template syntax error at line {e.lineno}: {e.message}; fix the template"
+                f"{source}: chat template syntax error at line {e.lineno}: {e.message}; "
+                "fix the template"
             ) from None
 
     @property
@@ -111,17 +115,21 @@ class ChatTemplate:
         """Whether the template reads `enable_thinking` (Qwen 3's hybrid-reasoning switch)."""
         return "enable_thinking" in self._variables
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, **template_kwargs) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True,
+               **template_kwargs) -> str:
         """The rendered conversation. `template_kwargs` are extra template variables, as for
         transformers' apply_chat_template (e.g. enable_thinking=True for this call only)."""
-        variables = {**self.special_tokens, "enable_thinking": self.enable_thinking, **template_kwargs}
+        variables = {**self.special_tokens, "enable_thinking": self.enable_thinking,
+                     **template_kwargs}
         try:
             return self._template.render(
-                messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
+                messages=messages, tools=None, documents=None,
+                add_generation_prompt=add_generation_prompt, **variables
             )
         except jinja2.exceptions.SecurityError as e:
             raise ChatTemplateError(
-                f"{self.source}: chat template tried to leave its sandbox ({e}); use a trusted template"
+                f"{self.source}: chat template tried to leave its sandbox ({e}); "
+                "use a trusted template"
             ) from None
         except Exception as e:  # a template is a program: any failure is the template's
             raise ChatTemplateError(
@@ -146,7 +154,8 @@ def find_template_text(directory: Path, tokenizer_config: dict) -> tuple[str, st
             text = json.loads(_read_text(json_file))["chat_template"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ChatTemplateError(
-                f"{json_file}: expected a JSON object with a 'chat_template' string; fix or delete the file"
+                f"{json_file}: expected a JSON object with a 'chat_template' string; "
+                "fix or delete the file"
             ) from None
         return str(json_file), text
     value = tokenizer_config.get("chat_template")
@@ -159,7 +168,8 @@ def find_template_text(directory: Path, tokenizer_config: dict) -> tuple[str, st
         if value is None:
             raise ChatTemplateError(f"{source}: chat_template list has no 'default' entry; add one")
     if not isinstance(value, str):
-        raise ChatTemplateError(f"{source}: chat_template must be a string; fix tokenizer_config.json")
+        raise ChatTemplateError(f"{source}: chat_template must be a string; "
+                                "fix tokenizer_config.json")
     return source, value
 
 
@@ -172,9 +182,11 @@ def special_tokens(tokenizer_config: dict) -> dict[str, object]:
             value = value.get("content")
         if isinstance(value, str):
             out[key] = value
-    extra = tokenizer_config.get("additional_special_tokens") or tokenizer_config.get("extra_special_tokens")
+    extra = (tokenizer_config.get("additional_special_tokens")
+             or tokenizer_config.get("extra_special_tokens"))
     if isinstance(extra, list):
-        out["additional_special_tokens"] = [t.get("content") if isinstance(t, dict) else t for t in extra]
+        out["additional_special_tokens"] = [t.get("content") if isinstance(t, dict) else t
+                                            for t in extra]
     return out
 
 
@@ -205,16 +217,19 @@ def load_chat_template(path, special: dict[str, object]) -> ChatTemplate:
                 raise ChatTemplateError(f"{config_path}: not valid JSON ({e})") from None
         found = find_template_text(path, config)
         if found is None:
-            raise ChatTemplateError(f"{path}: checkpoint has no chat template to borrow; pass one that has")
+            raise ChatTemplateError(f"{path}: checkpoint has no chat template to borrow; "
+                                    "pass one that has")
         return ChatTemplate(found[0], found[1], special_tokens(config) or special)
     if not path.is_file():
-        raise ChatTemplateError(f"{path}: chat template not found; pass a checkpoint directory or a .jinja file")
+        raise ChatTemplateError(f"{path}: chat template not found; "
+                                "pass a checkpoint directory or a .jinja file")
     text = _read_text(path)
     if path.suffix == ".json":
         try:
             text = json.loads(text)["chat_template"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise ChatTemplateError(f"{path}: expected a JSON object with a 'chat_template' string") from None
+            raise ChatTemplateError(f"{path}: expected a JSON object with a 'chat_template' "
+                                    "string") from None
     return ChatTemplate(str(path), text, special)
 
 

@@ -88,13 +88,16 @@ class Checkpoint:
     def has_chat_template(self) -> bool:
         return self.chat_template is not None
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, **template_kwargs) -> str:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    **template_kwargs) -> str:
         """The chat template applied (thinking disabled unless enable_thinking=True is passed)."""
         if self.chat_template is None:
             raise CheckpointError(
-                f"{self.path}: the checkpoint has no chat template; use --mode base or --chat-template"
+                f"{self.path}: the checkpoint has no chat template; "
+                "use --mode base or --chat-template"
             )
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **template_kwargs)
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt,
+                                         **template_kwargs)
 
 
 @dataclass
@@ -113,14 +116,16 @@ def read_metadata(path) -> Metadata:
     """Config, tokenizer and chat template of the checkpoint directory at `path`, validated."""
     directory = Path(path)
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: checkpoint directory not found; pass a local Hugging Face model directory")
+        raise CheckpointError(f"{directory}: checkpoint directory not found; "
+                              "pass a local Hugging Face model directory")
     config = Config(read_json(directory / "config.json", "config.json"))
     args = parse_config(config, directory / "config.json")
     tokenizer, tokenizer_config = load_tokenizer(directory)
     if tokenizer.get_vocab_size(with_added_tokens=True) > args.vocab_size:
         raise TokenizerError(
-            f"{directory / 'tokenizer.json'}: {tokenizer.get_vocab_size(with_added_tokens=True)} tokens but "
-            f"config.json says vocab_size={args.vocab_size}; the tokenizer belongs to another model"
+            f"{directory / 'tokenizer.json'}: {tokenizer.get_vocab_size(with_added_tokens=True)} "
+            f"tokens but config.json says vocab_size={args.vocab_size}; "
+            "the tokenizer belongs to another model"
         )
     special = special_tokens(tokenizer_config)
     found = find_template_text(directory, tokenizer_config)
@@ -157,9 +162,9 @@ def load(path, dtype=RunSpec.dtype, device="cpu", tp: int = RunSpec.tp) -> Check
                     meta.chat_template, torch_dtype, torch_device, fingerprint(directory, digests),
                     files, group)
     if len(set(group.gather_objects(ck.fingerprint, "comparing fingerprints"))) > 1:
-        raise ParallelError(f"{directory}: the ranks read different files (config, tokenizer or chat "
-                            "template differ between their copies); give every rank the same "
-                            "checkpoint", reported_by=group.ranks[0])  # every rank sees it
+        raise ParallelError(f"{directory}: the ranks read different files (config, tokenizer or "
+                            "chat template differ between their copies); give every rank the "
+                            "same checkpoint", reported_by=group.ranks[0])  # every rank sees it
     return ck
 
 
@@ -183,7 +188,8 @@ def resolve_device(device) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+        raise DeviceError(f"device {name!r} requested but CUDA is not available here; "
+                          "use --device cpu")
     return torch.device(name)
 
 
@@ -206,13 +212,15 @@ def resolve_dtype(dtype, device: torch.device, config: dict) -> torch.dtype:
 def load_tokenizer(directory: Path) -> tuple[Tokenizer, dict]:
     path = directory / "tokenizer.json"
     if not path.is_file():
-        raise TokenizerError(f"{path}: tokenizer.json not found; the engine needs a fast-tokenizer file")
+        raise TokenizerError(f"{path}: tokenizer.json not found; "
+                             "the engine needs a fast-tokenizer file")
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises plain Exception subclasses for bad files
         raise TokenizerError(f"{path}: cannot read tokenizer ({e}); restore the file") from None
     config_path = directory / "tokenizer_config.json"
-    tokenizer_config = read_json(config_path, "tokenizer_config.json") if config_path.exists() else {}
+    tokenizer_config = (read_json(config_path, "tokenizer_config.json") if config_path.exists()
+                        else {})
     return tokenizer, tokenizer_config
 
 
@@ -230,8 +238,8 @@ def weight_files(directory: Path) -> dict[str, Path] | list[Path]:
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(
-            f"{directory / pickles[0]}: pickle checkpoints are refused because loading them can run "
-            "arbitrary code; convert the weights to safetensors (model.safetensors)"
+            f"{directory / pickles[0]}: pickle checkpoints are refused because loading them can "
+            "run arbitrary code; convert the weights to safetensors (model.safetensors)"
         )
     raise WeightsError(f"{directory}: no model.safetensors or model.safetensors.index.json found")
 
@@ -254,8 +262,10 @@ def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
         digests[f.path.name] = file_record(f, digest.hexdigest())
     missing = sorted(set(expected) - set(state))
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; the weights are incomplete")
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
+                                          if len(missing) > 3 else "")
+        raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; "
+                           "the weights are incomplete")
     model.load_state_dict(state, assign=True, strict=True)
     model.reset_rope(device)  # rotary buffers are not in checkpoints: built on the meta device
     return model.eval().requires_grad_(False), digests
@@ -300,10 +310,12 @@ def check_names_and_shapes(f: WeightFile, expected: dict) -> None:
             if name.endswith(IGNORED_TENSOR_SUFFIXES) or name == "lm_head.weight":  # tied head
                 continue
             raise WeightsError(
-                f"{f.path}: unexpected tensor {name!r}; config.json does not describe this checkpoint's architecture"
+                f"{f.path}: unexpected tensor {name!r}; config.json does not describe this "
+                "checkpoint's architecture"
             )
         shape = f.shape(name)
         if shape != expected[name]:
             raise WeightsError(
-                f"{f.path}: tensor {name!r} has shape {list(shape)} but config.json implies {list(expected[name])}"
+                f"{f.path}: tensor {name!r} has shape {list(shape)} but config.json implies "
+                f"{list(expected[name])}"
             )

@@ -26,14 +26,17 @@ ROPE_TYPES = {  # per family: the rope types its checkpoints use, each tested ag
 # Defaults of the families' transformers config classes where they differ from the engine's
 # (rope_theta 10000, rms_norm_eps 1e-6, 4096 positions, head_dim = hidden_size // heads).
 FAMILY_DEFAULTS = {
-    "Olmo3ForCausalLM": {"rope_theta": 500000.0, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048},
+    "Olmo3ForCausalLM": {"rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+                         "max_position_embeddings": 2048},
     "Qwen2ForCausalLM": {"max_position_embeddings": 32768},
     "Qwen3ForCausalLM": {"max_position_embeddings": 32768, "head_dim": 128},
 }
 # Families whose MLP honours `mlp_bias`; the others have none whatever the config says.
 MLP_BIAS_KEY = ("LlamaForCausalLM", "Olmo2ForCausalLM")
-LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-YARN_OPTIONAL_KEYS = ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate")
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+                    "original_max_position_embeddings")
+YARN_OPTIONAL_KEYS = ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+                      "truncate")
 
 
 def default(arch: str, key: str, fallback):
@@ -43,18 +46,22 @@ def default(arch: str, key: str, fallback):
 def read_json(path: Path, what: str) -> dict:
     """Parse a JSON file of the checkpoint, turning every failure into one clear line."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: {what} not found; a Hugging Face checkpoint directory needs it")
+        raise CheckpointError(f"{path}: {what} not found; "
+                              "a Hugging Face checkpoint directory needs it")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read {what} ({e}); restore the file from the original checkpoint") from None
+        raise CheckpointError(f"{path}: cannot read {what} ({e}); "
+                              "restore the file from the original checkpoint") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: {what} must hold a JSON object; restore the file from the original checkpoint")
+        raise CheckpointError(f"{path}: {what} must hold a JSON object; "
+                              "restore the file from the original checkpoint")
     return data
 
 
-def rope_settings(cfg: dict, path: Path, arch: str = "LlamaForCausalLM") -> tuple[float, dict | None]:
+def rope_settings(cfg: dict, path: Path,
+                  arch: str = "LlamaForCausalLM") -> tuple[float, dict | None]:
     """(rope_theta, scaling dict or None) from either the 4.x or the 5.x keys (one RoPE for
     every layer)."""
     params = cfg.get("rope_parameters") or {}
@@ -66,37 +73,46 @@ def rope_settings(cfg: dict, path: Path, arch: str = "LlamaForCausalLM") -> tupl
 def rope_scaling(rope: dict, cfg: dict, path: Path, arch: str) -> dict | None:
     """The checked scaling dict of one RoPE ({"rope_type": ..., parameters}), None for default."""
     if not isinstance(rope, dict):
-        raise CheckpointError(f"{path}: rope parameters must be a JSON object, found {rope!r}; fix config.json")
+        raise CheckpointError(f"{path}: rope parameters must be a JSON object, found {rope!r}; "
+                              "fix config.json")
     rope_type = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
     supported = ROPE_TYPES[arch]
     if rope_type not in supported:
         raise ArchitectureError(
-            f"{path}: rope type {rope_type!r} is not supported for {arch} (supported: {', '.join(supported)})"
+            f"{path}: rope type {rope_type!r} is not supported for {arch} "
+            f"(supported: {', '.join(supported)})"
         )
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ArchitectureError(f"{path}: partial_rotary_factor {rope['partial_rotary_factor']} is not supported "
-                                "(only rotary embeddings over the whole head)")
+        raise ArchitectureError(f"{path}: partial_rotary_factor {rope['partial_rotary_factor']} "
+                                "is not supported (only rotary embeddings over the whole head)")
     if rope_type == "default":
         return None
     if rope_type == "llama3":
         missing = [k for k in LLAMA3_ROPE_KEYS if k not in rope]
         if missing:
-            raise CheckpointError(f"{path}: llama3 rope scaling lacks {', '.join(missing)}; add them to config.json")
+            raise CheckpointError(f"{path}: llama3 rope scaling lacks {', '.join(missing)}; "
+                                  "add them to config.json")
         return {"rope_type": "llama3", **{k: _number(rope[k], k, path) for k in LLAMA3_ROPE_KEYS}}
     if "factor" not in rope:
         raise CheckpointError(f"{path}: yarn rope scaling lacks 'factor'; add it to config.json")
-    # transformers falls back to max_position_embeddings (a top-level key takes priority, Phi 3 style)
-    old_context = cfg.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
-    old_context = old_context or cfg.get("max_position_embeddings") or default(arch, "max_position_embeddings", 4096)
-    scaling = {"rope_type": "yarn", "factor": rope["factor"], "original_max_position_embeddings": old_context,
+    # transformers falls back to max_position_embeddings (a top-level key takes priority,
+    # Phi 3 style)
+    old_context = (cfg.get("original_max_position_embeddings")
+                   or rope.get("original_max_position_embeddings"))
+    old_context = (old_context or cfg.get("max_position_embeddings")
+                   or default(arch, "max_position_embeddings", 4096))
+    scaling = {"rope_type": "yarn", "factor": rope["factor"],
+               "original_max_position_embeddings": old_context,
                **{k: rope[k] for k in YARN_OPTIONAL_KEYS if k in rope}}
     for key, value in scaling.items():  # null means "derive it", as in transformers
         if key not in ("rope_type", "truncate") and value is not None:
-            _number(value, key, path, positive=key in ("factor", "original_max_position_embeddings"))
+            _number(value, key, path,
+                    positive=key in ("factor", "original_max_position_embeddings"))
     return scaling
 
 
-def olmo3_ropes(cfg: dict, path: Path) -> tuple[tuple[float, dict | None], tuple[float, dict | None]]:
+def olmo3_ropes(cfg: dict, path: Path
+                ) -> tuple[tuple[float, dict | None], tuple[float, dict | None]]:
     """((theta, scaling) of the full-attention layers, that of the sliding-window layers).
 
     transformers 5.x nests `rope_parameters` by layer type; 4.x wrote `rope_scaling` (YaRN) and
@@ -108,14 +124,16 @@ def olmo3_ropes(cfg: dict, path: Path) -> tuple[tuple[float, dict | None], tuple
         ropes = []
         for kind in (FULL, SLIDING):
             rope = params.get(kind) or {}
-            theta = _number(rope.get("rope_theta", top_theta), f"rope_parameters.{kind}.rope_theta", path)
+            theta = _number(rope.get("rope_theta", top_theta), f"rope_parameters.{kind}.rope_theta",
+                            path)
             ropes.append((theta, rope_scaling(rope, cfg, path, arch)))
         return ropes[0], ropes[1]
     theta, scaling = rope_settings(cfg, path, arch)
     return (theta, scaling), (theta, None)
 
 
-def attention_layout(cfg: dict, arch: str, n_layers: int, path: Path) -> tuple[tuple[str, ...], int | None]:
+def attention_layout(cfg: dict, arch: str, n_layers: int,
+                     path: Path) -> tuple[tuple[str, ...], int | None]:
     """(layer types, sliding window), with transformers' defaults for each family:
     OLMo 3 slides on three of every four layers (window 4096 unless given); Qwen only when
     `use_sliding_window` is true, then on layers >= `max_window_layers` unless `layer_types`
@@ -130,16 +148,19 @@ def attention_layout(cfg: dict, arch: str, n_layers: int, path: Path) -> tuple[t
     else:
         return (), None
     types = cfg.get("layer_types") or default
-    if not isinstance(types, list) or len(types) != n_layers or any(t not in (FULL, SLIDING) for t in types):
+    if (not isinstance(types, list) or len(types) != n_layers
+            or any(t not in (FULL, SLIDING) for t in types)):
         raise CheckpointError(
-            f"{path}: 'layer_types' must list {n_layers} entries, each {FULL!r} or {SLIDING!r}; fix config.json"
+            f"{path}: 'layer_types' must list {n_layers} entries, each {FULL!r} or {SLIDING!r}; "
+            "fix config.json"
         )
     if SLIDING not in types:
         return tuple(types), None
     if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
         raise CheckpointError(
-            f"{path}: layers are {SLIDING!r} but 'sliding_window' is {window!r} (use_sliding_window="
-            f"{cfg.get('use_sliding_window')}); set a positive window or make every layer {FULL!r}"
+            f"{path}: layers are {SLIDING!r} but 'sliding_window' is {window!r} "
+            f"(use_sliding_window={cfg.get('use_sliding_window')}); set a positive window or make "
+            f"every layer {FULL!r}"
         )
     # A window wider than the context is legal (Qwen 2.5 ships sliding_window 131072 with 32768
     # positions, as transformers accepts): it never binds inside the context, so it is kept as is.
@@ -148,9 +169,11 @@ def attention_layout(cfg: dict, arch: str, n_layers: int, path: Path) -> tuple[t
 
 def _number(value, key: str, path: Path, positive: bool = True) -> float:
     """A (positive) number from a rope setting, or one clear line."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 or not positive):
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not (value > 0 or not positive)):
         what = "a positive number" if positive else "a number"
-        raise CheckpointError(f"{path}: rope setting {key!r} must be {what}, found {value!r}; fix config.json")
+        raise CheckpointError(f"{path}: rope setting {key!r} must be {what}, found {value!r}; "
+                              "fix config.json")
     return float(value)
 
 
@@ -159,7 +182,8 @@ def _int(cfg: dict, key: str, path: Path, default=None) -> int:
     if value is None:  # absent or null: transformers falls back to the default too
         value = default
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise CheckpointError(f"{path}: {key!r} must be a positive integer, found {value!r}; fix config.json")
+        raise CheckpointError(f"{path}: {key!r} must be a positive integer, found {value!r}; "
+                              "fix config.json")
     return value
 
 
@@ -169,7 +193,8 @@ def parse_config(cfg: dict, path: Path) -> ModelArgs:
     arch = archs[0]
     if arch not in ARCHITECTURES:
         raise ArchitectureError(
-            f"{path}: architecture {arch!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
+            f"{path}: architecture {arch!r} is not supported; "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}"
         )
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
@@ -179,11 +204,13 @@ def parse_config(cfg: dict, path: Path) -> ModelArgs:
     n_kv_heads = _int(cfg, "num_key_value_heads", path, default=n_heads)
     if n_heads % n_kv_heads:
         raise CheckpointError(
-            f"{path}: num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv_heads}"
+            f"{path}: num_attention_heads={n_heads} is not a multiple of "
+            f"num_key_value_heads={n_kv_heads}"
         )
     head_dim = cfg.get("head_dim") or default(arch, "head_dim", dim // n_heads)
     n_layers = _int(cfg, "num_hidden_layers", path)
-    max_positions = _int(cfg, "max_position_embeddings", path, default=default(arch, "max_position_embeddings", 4096))
+    max_positions = _int(cfg, "max_position_embeddings", path,
+                         default=default(arch, "max_position_embeddings", 4096))
     sliding_rope = None
     if arch == "Olmo3ForCausalLM":
         (theta, scaling), sliding_rope = olmo3_ropes(cfg, path)

@@ -155,9 +155,9 @@ class Group:
             others = [r for r in self.ranks if r != self.global_rank]
             detail = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
             raise ParallelError(
-                f"rank {self.global_rank}, {what}: rank(s) {', '.join(map(str, others))} failed or did "
-                f"not answer within {self.timeout_s:g} s ({detail}); see their output, or raise "
-                "--dist-timeout if they are only slow") from None
+                f"rank {self.global_rank}, {what}: rank(s) {', '.join(map(str, others))} failed "
+                f"or did not answer within {self.timeout_s:g} s ({detail}); see their output, or "
+                "raise --dist-timeout if they are only slow") from None
 
 
 def _describe(error: Exception, rank: int) -> str:
@@ -212,17 +212,20 @@ def setup(tp: int, device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Layout:
     global _layout
     if _layout is not None:
         if _layout.tp.size != tp:
-            raise ParallelError(f"this process is already set up for --tp {_layout.tp.size}, not {tp}")
+            raise ParallelError(f"this process is already set up for --tp {_layout.tp.size}, "
+                                f"not {tp}")
         return _layout
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world == 1 and tp > 1:
-        raise ParallelError(f"--tp {tp} needs {tp} processes: launch with torchrun --nproc-per-node {tp} "
-                            "(e.g. torchrun --nproc-per-node 2 -m engine.score CHECKPOINT --tp 2)")
+        raise ParallelError(f"--tp {tp} needs {tp} processes: launch with torchrun "
+                            f"--nproc-per-node {tp} (e.g. torchrun --nproc-per-node 2 -m "
+                            "engine.score CHECKPOINT --tp 2)")
     if world % tp:
         raise everywhere(ParallelError(
-            f"world size {world} (torchrun --nnodes x --nproc-per-node) is not a multiple of --tp {tp}; "
-            f"launch a multiple of {tp} processes or choose a --tp that divides {world}"))
+            f"world size {world} (torchrun --nnodes x --nproc-per-node) is not a multiple of "
+            f"--tp {tp}; launch a multiple of {tp} processes or choose a --tp that divides "
+            f"{world}"))
     if world == 1:
         _layout = Layout(0, 1, SOLO, SOLO, SOLO, 0, 1)
         return _layout
@@ -248,7 +251,8 @@ def setup(tp: int, device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Layout:
         else:
             data = dist.new_group(list(ranks), timeout=timeout)
             objects = dist.new_group(list(ranks), backend="gloo", timeout=timeout) if cuda else data
-            group = Group(ranks.index(rank), tp, ranks, data, objects, timeout_s) if rank in ranks else None
+            group = (Group(ranks.index(rank), tp, ranks, data, objects, timeout_s) if rank in ranks
+                     else None)
         mine = group or mine
     _layout = Layout(rank, world, mine, Group(rank, world, everyone, None, control, timeout_s),
                      Group(rank, world, everyone, None, patient, SUMMARY_TIMEOUT.total_seconds()),

@@ -33,7 +33,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporaries left by writers killed mid-write (call it holding the directory's lock)."""
+    """Delete temporaries left by writers killed mid-write (call it holding the directory's
+    lock)."""
     for stale in Path(directory).rglob(".*.tmp*"):
         stale.unlink(missing_ok=True)
 
@@ -53,4 +54,5 @@ def write_output(path: Path, data: str | bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
     except OSError as err:
-        raise OutputError(f"{path}: cannot write ({err.strerror or err}); choose a writable path") from None
+        raise OutputError(f"{path}: cannot write ({err.strerror or err}); "
+                          "choose a writable path") from None

@@ -62,7 +62,8 @@ ARCHITECTURES = {
         post_norm=True, qk_norm="full", norm_weight_in_float32=True, rope_in_float32=True
     ),
     "Qwen2ForCausalLM": ArchStyle(
-        post_norm=False, qk_norm=None, norm_weight_in_float32=False, rope_in_float32=False, qkv_bias=True
+        post_norm=False, qk_norm=None, norm_weight_in_float32=False, rope_in_float32=False,
+        qkv_bias=True
     ),
     "Qwen3ForCausalLM": ArchStyle(
         post_norm=False, qk_norm="head", norm_weight_in_float32=False, rope_in_float32=False
@@ -82,7 +83,8 @@ class ModelArgs:
     intermediate_size: int
     norm_eps: float
     rope_theta: float
-    rope_scaling: dict | None  # None, {"rope_type": "llama3", "factor": ...} or {"rope_type": "yarn", ...}
+    # None, {"rope_type": "llama3", "factor": ...} or {"rope_type": "yarn", ...}
+    rope_scaling: dict | None
     tie_embeddings: bool
     attention_bias: bool = False
     mlp_bias: bool = False
@@ -103,8 +105,10 @@ class ModelArgs:
         return self.sliding_window if self.layer_type(layer) == SLIDING else None
 
     def rope_kind(self, layer: int) -> str:
-        """Which rotary table the layer reads: SLIDING only where the sliding layers have their own."""
-        return SLIDING if self.sliding_rope is not None and self.layer_type(layer) == SLIDING else FULL
+        """Which rotary table the layer reads: SLIDING only where the sliding layers have their
+        own."""
+        return (SLIDING if self.sliding_rope is not None and self.layer_type(layer) == SLIDING
+                else FULL)
 
     def ropes(self) -> dict[str, tuple[float, dict | None]]:
         """{rope kind: (theta, scaling)} for every rotary table the model needs."""
@@ -161,8 +165,8 @@ def _llama3(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
-def _yarn(dim: int, theta: float, pos_freqs: torch.Tensor, scaling: dict, max_position_embeddings: int
-          ) -> tuple[torch.Tensor, float]:
+def _yarn(dim: int, theta: float, pos_freqs: torch.Tensor, scaling: dict,
+          max_position_embeddings: int) -> tuple[torch.Tensor, float]:
     """YaRN: dimensions that rotate many times within the original context keep their frequency
     (extrapolation), slow ones are divided by `factor` (interpolation), a linear ramp between;
     cos and sin are scaled by the attention factor (0.1 ln(factor) + 1 unless given)."""
@@ -177,7 +181,8 @@ def _yarn(dim: int, theta: float, pos_freqs: torch.Tensor, scaling: dict, max_po
     attention_factor = scaling.get("attention_factor")
     if attention_factor is None:
         m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
-        attention_factor = float(mscale(factor, m) / mscale(factor, m_all)) if m and m_all else mscale(factor)
+        attention_factor = (float(mscale(factor, m) / mscale(factor, m_all)) if m and m_all
+                            else mscale(factor))
     beta_fast = scaling.get("beta_fast") or 32
     beta_slow = scaling.get("beta_slow") or 1
     theta_log = math.log(theta)
@@ -193,13 +198,15 @@ def _yarn(dim: int, theta: float, pos_freqs: torch.Tensor, scaling: dict, max_po
         high += 0.001  # as transformers: avoid a zero-width ramp
     ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
     extrapolation = 1 - ramp
-    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    inv_freq = ((1.0 / (factor * pos_freqs)) * (1 - extrapolation)
+                + (1.0 / pos_freqs) * extrapolation)
     return inv_freq, attention_factor
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     """Inverse rotary frequencies (float32) of the full-attention layers."""
-    return rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling, args.max_position_embeddings)[0]
+    return rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling,
+                            args.max_position_embeddings)[0]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -253,11 +260,14 @@ class Attention(nn.Module):
         q = (q * cos + rotate_half(q) * sin).to(x.dtype)
         k = (k * cos + rotate_half(k) * sin).to(x.dtype)
         scale = self.args.head_dim**-0.5
-        if span_end is None and self.window is None:  # plain causal (training): torch's fused attention
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        if span_end is None and self.window is None:
+            # plain causal (training): torch's fused attention
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                 enable_gqa=True)
         elif span_end is None:
             mask = window_mask(positions, self.window)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                                 enable_gqa=True)
         elif self.window is None:
             out = tree_attention(q, k, v, span_end, scale)
         else:
@@ -363,7 +373,8 @@ class Transformer(nn.Module):
         training): it runs torch's fused attention instead of the tree kernel, with an explicit
         mask on sliding-window layers."""
         if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            position_ids = torch.arange(input_ids.shape[1],
+                                        device=input_ids.device).expand_as(input_ids)
         x = self.model.embed_tokens(input_ids)
         ropes = {kind: self.rope_tables(position_ids, x.dtype, kind) for kind in self.args.ropes()}
         for layer in self.model.layers:

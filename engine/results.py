@@ -68,8 +68,9 @@ class Col:
 
 # Each column's type, once; the two tables are lists of these columns.
 TYPES = {
-    Col.label: pa.string(), Col.task: pa.string(), Col.mode: pa.string(), Col.prompt_id: pa.string(),
-    Col.prompt_text: pa.string(), Col.user_prompt: pa.string(), Col.continuation: pa.string(),
+    Col.label: pa.string(), Col.task: pa.string(), Col.mode: pa.string(),
+    Col.prompt_id: pa.string(), Col.prompt_text: pa.string(), Col.user_prompt: pa.string(),
+    Col.continuation: pa.string(),
     Col.prompt_token_ids: pa.list_(pa.int64()), Col.continuation_token_ids: pa.list_(pa.int64()),
     Col.answer: pa.string(), Col.answer_index: pa.int32(), Col.logprob: pa.float64(),
     Col.prob: pa.float64(), Col.coverage: pa.float64(), Col.noncanonical_share: pa.float64(),
@@ -81,12 +82,14 @@ def _schema(*names: str) -> pa.Schema:
     return pa.schema([(name, TYPES[name]) for name in names])
 
 
-MAIN_SCHEMA = _schema(Col.label, Col.task, Col.mode, Col.prompt_id, Col.prompt_text, Col.user_prompt,
-                      Col.continuation, Col.prompt_token_ids, Col.continuation_token_ids, Col.answer,
-                      Col.answer_index, Col.logprob, Col.prob, Col.coverage, Col.noncanonical_share)
+MAIN_SCHEMA = _schema(Col.label, Col.task, Col.mode, Col.prompt_id, Col.prompt_text,
+                      Col.user_prompt, Col.continuation, Col.prompt_token_ids,
+                      Col.continuation_token_ids, Col.answer, Col.answer_index, Col.logprob,
+                      Col.prob, Col.coverage, Col.noncanonical_share)
 # logprob here: log P(variant tokens | prompt) + log P(boundary | ...), over its tokenizations
 VARIANT_SCHEMA = _schema(Col.label, Col.task, Col.mode, Col.prompt_id, Col.answer, Col.continuation,
-                         Col.continuation_token_ids, Col.logprob, Col.noncanonical_share, Col.tokenizations)
+                         Col.continuation_token_ids, Col.logprob, Col.noncanonical_share,
+                         Col.tokenizations)
 # Columns added in 0.2: results written by 0.1 lack them and are still read.
 ADDED_COLUMNS = (Col.noncanonical_share, Col.tokenizations)
 
@@ -141,12 +144,14 @@ def main_table(scores: TaskScores, label: str) -> pa.Table:
         for a, answer in enumerate(task.answers):
             v = s.answer_of.index(a)
             rows.append({
-                Col.label: label, Col.task: task.name, Col.mode: scores.mode, Col.prompt_id: s.prompt_id,
-                Col.prompt_text: s.prompt_text, Col.user_prompt: s.user_prompt,
+                Col.label: label, Col.task: task.name, Col.mode: scores.mode,
+                Col.prompt_id: s.prompt_id, Col.prompt_text: s.prompt_text,
+                Col.user_prompt: s.user_prompt,
                 Col.continuation: s.continuations[v], Col.prompt_token_ids: s.prompt_ids,
                 Col.continuation_token_ids: s.continuation_ids[v], Col.answer: answer.name,
-                Col.answer_index: a, Col.logprob: float(p.answer_logprob[a]), Col.prob: float(dist[a]),
-                Col.coverage: p.coverage, Col.noncanonical_share: None if share is None else float(share[a]),
+                Col.answer_index: a, Col.logprob: float(p.answer_logprob[a]),
+                Col.prob: float(dist[a]), Col.coverage: p.coverage,
+                Col.noncanonical_share: None if share is None else float(share[a]),
             })
     return pa.Table.from_pylist(rows, schema=MAIN_SCHEMA)
 
@@ -157,8 +162,9 @@ def variant_table(scores: TaskScores, label: str) -> pa.Table:
     for p in scores.prompts:
         s, share = p.sequence, p.variant_noncanonical_share
         rows += [{Col.label: label, Col.task: scores.task.name, Col.mode: scores.mode,
-                  Col.prompt_id: s.prompt_id, Col.answer: names[s.answer_of[v]], Col.continuation: cont,
-                  Col.continuation_token_ids: s.continuation_ids[v], Col.logprob: float(p.variant_logprob[v]),
+                  Col.prompt_id: s.prompt_id, Col.answer: names[s.answer_of[v]],
+                  Col.continuation: cont, Col.continuation_token_ids: s.continuation_ids[v],
+                  Col.logprob: float(p.variant_logprob[v]),
                   Col.noncanonical_share: None if share is None else float(share[v]),
                   Col.tokenizations: s.path_variant.count(v)}
                  for v, cont in enumerate(s.continuations)]
@@ -223,7 +229,8 @@ class LabelLock:
         left = os.pread(fd, 512, 0).decode(errors="replace").strip()
         if left:
             notice(f"{self.directory}: taking over the lock left by {left} (no longer running)")
-        me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
+        me = (f"pid {os.getpid()} on {socket.gethostname()} "
+              f"since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
         os.ftruncate(fd, 0)
         os.pwrite(fd, me.encode(), 0)
         self._fd = fd
@@ -247,9 +254,11 @@ def read_manifest(directory: Path) -> dict | None:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise OutputError(f"{path}: unreadable ({e}); delete {path.parent} to start this label afresh") from None
+        raise OutputError(f"{path}: unreadable ({e}); "
+                          f"delete {path.parent} to start this label afresh") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("tasks"), dict):
-        raise OutputError(f"{path}: not a results manifest; delete {path.parent} to start this label afresh")
+        raise OutputError(f"{path}: not a results manifest; "
+                          f"delete {path.parent} to start this label afresh")
     return manifest
 
 
@@ -273,9 +282,9 @@ class ResultsStore:
         directory = Path(directory)
         store = cls(directory.parent, directory.name)
         if not (directory / MANIFEST).exists():
-            raise OutputError(f"{directory}: no {MANIFEST}; it was not written by python -m engine.score "
-                              "(or no task finished): score the checkpoint with --label "
-                              f"{directory.name}")
+            raise OutputError(f"{directory}: no {MANIFEST}; it was not written by python -m "
+                              "engine.score (or no task finished): score the checkpoint with "
+                              f"--label {directory.name}")
         return store
 
     @property
@@ -337,8 +346,8 @@ class ResultsStore:
         self.manifest["run"] = self.run
 
     def write_task(self, scores: TaskScores) -> None:
-        self.write_tables(scores.task.name, main_table(scores, self.label), variant_table(scores, self.label),
-                          **task_info(scores))
+        self.write_tables(scores.task.name, main_table(scores, self.label),
+                          variant_table(scores, self.label), **task_info(scores))
 
     def write_tables(self, name: str, main: pa.Table, variants: pa.Table, **info) -> None:
         """Both tables of a task, then its manifest entry: the old files stay until each new
@@ -367,9 +376,11 @@ class ResultsStore:
         add_token_totals(self.manifest)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.directory / MANIFEST, (json.dumps(self.manifest, indent=2) + "\n").encode())
+            atomic_write(self.directory / MANIFEST,
+                         (json.dumps(self.manifest, indent=2) + "\n").encode())
         except OSError as e:
-            raise OutputError(f"{self.directory}: cannot write {MANIFEST} ({e.strerror or e})") from None
+            raise OutputError(f"{self.directory}: cannot write {MANIFEST} "
+                              f"({e.strerror or e})") from None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -377,22 +388,26 @@ class ResultsStore:
         """A task's table, validated against the manifest (digest, schema, row count)."""
         if name not in self.manifest["tasks"]:
             raise OutputError(f"{self.directory}: no finished task {name!r} (finished: "
-                              f"{', '.join(self.tasks) or 'none'}); score it with python -m engine.score")
+                              f"{', '.join(self.tasks) or 'none'}); "
+                              "score it with python -m engine.score")
         entry = self.entry(name)
         fix = f"rerun python -m engine.score with --label {self.label} (it rescores damaged tasks)"
         problem = self.problem(name)
         if problem:
             raise OutputError(f"{problem}; {fix}")
-        file, schema, rows = ((entry["variants_file"], VARIANT_SCHEMA, entry.get("variant_rows")) if variants
-                              else (entry["file"], MAIN_SCHEMA, entry.get("rows")))
+        file, schema, rows = ((entry["variants_file"], VARIANT_SCHEMA, entry.get("variant_rows"))
+                              if variants else (entry["file"], MAIN_SCHEMA, entry.get("rows")))
         try:
             table = pq.read_table(self.directory / file)
         except Exception as e:  # pyarrow raises several types for a bad file
-            raise OutputError(f"{self.directory / file}: unreadable parquet ({str(e).splitlines()[0]}); {fix}") from None
+            raise OutputError(f"{self.directory / file}: unreadable parquet "
+                              f"({str(e).splitlines()[0]}); {fix}") from None
         if not schema_matches(table.schema, schema):
-            raise OutputError(f"{self.directory / file}: columns differ from the results schema; {fix}")
+            raise OutputError(f"{self.directory / file}: columns differ from the results schema; "
+                              f"{fix}")
         if rows is not None and table.num_rows != rows:
-            raise OutputError(f"{self.directory / file}: {table.num_rows} rows, the manifest says {rows}; {fix}")
+            raise OutputError(f"{self.directory / file}: {table.num_rows} rows, "
+                              f"the manifest says {rows}; {fix}")
         return table
 
 
@@ -403,10 +418,12 @@ def read_results(results_dir, labels=None) -> dict[str, dict[str, pa.Table]]:
     labels present."""
     root = Path(results_dir)
     if not root.is_dir():
-        raise OutputError(f"results dir {root}: not a directory; pass the folder that engine.score wrote")
+        raise OutputError(f"results dir {root}: not a directory; "
+                          "pass the folder that engine.score wrote")
     present = sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
     if not present:
-        raise OutputError(f"results dir {root}: no <label>/{MANIFEST} (expected {root}/<label>/<task>.parquet); "
+        raise OutputError(f"results dir {root}: no <label>/{MANIFEST} "
+                          f"(expected {root}/<label>/<task>.parquet); "
                           "run python -m engine.score first or fix the path")
     out = {}
     for label in (present if labels is None else labels):
@@ -415,7 +432,8 @@ def read_results(results_dir, labels=None) -> dict[str, dict[str, pa.Table]]:
                               f"{', '.join(present)}; fix the label or score that checkpoint")
         store = ResultsStore(root, label)
         if not store.tasks:
-            raise OutputError(f"label '{label}': no finished task in {root / label}; score that checkpoint")
+            raise OutputError(f"label '{label}': no finished task in {root / label}; "
+                              "score that checkpoint")
         out[label] = {name: store.read_task(name) for name in store.tasks}
     return out
 

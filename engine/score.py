@@ -57,20 +57,24 @@ def parser() -> ArgumentParser:
                         f"auto: chat when a template exists (default: {d.mode})")
     p.add_argument("--chat-template", metavar="PATH_OR_CHECKPOINT",
                    help="borrow a chat template from another checkpoint directory or a .jinja file")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"results root directory (default: {DEFAULT_OUT})")
-    p.add_argument("--label", help="name of this checkpoint's results (default: the directory name)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"results root directory (default: {DEFAULT_OUT})")
+    p.add_argument("--label",
+                   help="name of this checkpoint's results (default: the directory name)")
     p.add_argument("--dtype", default=d.dtype, metavar="{" + ",".join(DTYPES) + "}",
-                   help=f"weights and activations; float32 is the exact reference (default: {d.dtype})")
+                   help=f"weights and activations; float32 is the exact reference "
+                        f"(default: {d.dtype})")
     p.add_argument("--device", default=d.device, help=f"auto | cpu | cuda (default: {d.device})")
     p.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
-                   help=f"tokens per forward pass on the packed (CUDA) path (default: {d.batch_tokens})")
+                   help=f"tokens per forward pass on the packed (CUDA) path "
+                        f"(default: {d.batch_tokens})")
     p.add_argument("--batch-invariant", action="store_true",
-                   help="on the GPU, a forward pass per prompt instead of packing prompts together: "
-                        "results bitwise independent of --batch-tokens and of the other prompts, as "
-                        "they always are on the CPU (slower)")
+                   help="on the GPU, a forward pass per prompt instead of packing prompts "
+                        "together: results bitwise independent of --batch-tokens and of the other "
+                        "prompts, as they always are on the CPU (slower)")
     p.add_argument("--overwrite", action="store_true",
-                   help="rescore the given tasks even if finished or scored from another checkpoint "
-                        "or settings; other tasks under the label are left as they are")
+                   help="rescore the given tasks even if finished or scored from another "
+                        "checkpoint or settings; other tasks under the label are left as they are")
     p.add_argument("--tp", type=int, default=d.tp, metavar="N",
                    help="split the model across N ranks launched by torchrun --nproc-per-node N "
                         f"(tensor parallelism; default: {d.tp})")
@@ -134,8 +138,10 @@ def main(argv=None) -> int:
 
 def print_summary(result: ScoreResult) -> None:
     manifest = result.manifest
-    print(f"{result.directory}  ({manifest['mode']} mode, token efficiency {manifest['token_efficiency']:.3f})")
-    print(f"{'task':<12} {'prompts':>7} {'entropy':>8} {'top answer':<20} {'p(top)':>7} {'coverage':>8}")
+    print(f"{result.directory}  ({manifest['mode']} mode, "
+          f"token efficiency {manifest['token_efficiency']:.3f})")
+    print(f"{'task':<12} {'prompts':>7} {'entropy':>8} {'top answer':<20} {'p(top)':>7} "
+          f"{'coverage':>8}")
     for name, s in result.summary().items():
         print(f"{name:<12} {s['prompts']:>7} {s['entropy_bits']:>8.3f} {s['top_answer'][:20]:<20} "
               f"{s['top_prob']:>7.3f} {s['coverage']:>8.3f}")

@@ -64,7 +64,8 @@ def boundary_mask(checkpoint: Checkpoint) -> torch.Tensor:
 
 def special_token_ids(checkpoint: Checkpoint) -> dict[int, str]:
     """{id: text} of the tokenizer's special tokens (EOS, end of turn, chat markers, ...)."""
-    return {i: t.content for i, t in checkpoint.tokenizer.get_added_tokens_decoder().items() if t.special}
+    return {i: t.content for i, t in checkpoint.tokenizer.get_added_tokens_decoder().items()
+            if t.special}
 
 
 @dataclass
@@ -132,7 +133,8 @@ class PromptEncoder:
             return 0
         with_special = self.checkpoint.encode("a", add_special_tokens=True)
         plain = self.checkpoint.encode("a", add_special_tokens=False)
-        start = next(i for i in range(len(with_special)) if with_special[i : i + len(plain)] == plain)
+        start = next(i for i in range(len(with_special))
+                     if with_special[i : i + len(plain)] == plain)
         return len(with_special) - start - len(plain)
 
     def encode(self, text: str) -> list[int]:
@@ -152,8 +154,8 @@ class PromptEncoder:
         where = f"task {task.name!r}, prompt {prompt.id!r}"
         special = next((t for t in self.specials.values() if t in task.prompt_text(prompt)), None)
         if special is not None:
-            raise TaskError(f"{where}: the prompt contains the special token {special!r}; prompts are "
-                            "plain text (the chat template adds the special tokens)")
+            raise TaskError(f"{where}: the prompt contains the special token {special!r}; "
+                            "prompts are plain text (the chat template adds the special tokens)")
         text = self.prompt_text(task, prompt)
         prompt_ids = self.encode(text)
         continuations, ids, answer_of = [], [], []
@@ -170,8 +172,9 @@ class PromptEncoder:
                 cont_ids = joint[len(prompt_ids):]
                 special = next((self.specials[i] for i in cont_ids if i in self.specials), None)
                 if special is not None:
-                    raise TaskError(f"{where}, answer {answer.name!r}: variant {variant!r} contains the "
-                                    f"special token {special!r}; answers are plain text")
+                    raise TaskError(f"{where}, answer {answer.name!r}: variant {variant!r} "
+                                    f"contains the special token {special!r}; "
+                                    "answers are plain text")
                 continuations.append(cont)
                 ids.append(cont_ids)
                 answer_of.append(a)
@@ -181,7 +184,8 @@ class PromptEncoder:
         except DuplicateContinuation as e:
             raise TaskError(
                 f"{where}: variants {continuations[path_variant[e.first]]!r} and "
-                f"{continuations[path_variant[e.second]]!r} tokenize identically; drop one of them from the task file"
+                f"{continuations[path_variant[e.second]]!r} tokenize identically; "
+                "drop one of them from the task file"
             ) from None
         self._check_separable(where, trie, [continuations[v] for v in path_variant])
         return Sequence(task.name, prompt.id, task.prompt_text(prompt), text, prompt_ids,
@@ -198,11 +202,12 @@ class PromptEncoder:
             if found is None:
                 raise TaskError(
                     f"{where}, answer {task.answers[answer_of[v]].name!r}: {cont!r} has more than "
-                    f"{self.max_tokenizations} tokenizations; raise --max-tokenizations or score with "
-                    "--tokenizations canonical")
+                    f"{self.max_tokenizations} tokenizations; raise --max-tokenizations or score "
+                    "with --tokenizations canonical")
             if canon not in found:
-                raise TokenizerError(f"{self.checkpoint.path}: the canonical tokens of {cont!r} do not spell "
-                                     "it byte for byte; score with --tokenizations canonical")
+                raise TokenizerError(f"{self.checkpoint.path}: the canonical tokens of {cont!r} "
+                                     "do not spell it byte for byte; score with "
+                                     "--tokenizations canonical")
             for path in [canon] + [f for f in found if f != canon]:
                 paths.append(path)
                 path_variant.append(v)
@@ -216,11 +221,13 @@ class PromptEncoder:
         for node, v in end_of.items():
             for child in trie.children(node):
                 if self.boundary[trie.tokens[child]]:
-                    w = next(w for w, n in enumerate(trie.ends) if child <= n < child + trie.span[child])
+                    w = next(w for w, n in enumerate(trie.ends)
+                             if child <= n < child + trie.span[child])
                     raise TaskError(
-                        f"{where}: after the tokens of {continuations[v]!r}, variant {continuations[w]!r} "
-                        f"goes on with a token that ends answers, so the first would absorb the second's "
-                        "probability; remove or rename one of them")
+                        f"{where}: after the tokens of {continuations[v]!r}, variant "
+                        f"{continuations[w]!r} goes on with a token that ends answers, so the "
+                        "first would absorb the second's probability; remove or rename one of "
+                        "them")
 
 
 def task_sequences(encoder: PromptEncoder, task: Task) -> list[Sequence]:
@@ -232,7 +239,8 @@ def task_sequences(encoder: PromptEncoder, task: Task) -> list[Sequence]:
         if s.max_position >= limit:
             raise PromptTooLongError(
                 f"task {task.name!r}, prompt {s.prompt_id!r}: prompt plus longest answer needs "
-                f"{s.max_position + 1} positions but the model's context is {limit}; shorten the prompt"
+                f"{s.max_position + 1} positions but the model's context is {limit}; "
+                "shorten the prompt"
             )
     return sequences
 
@@ -353,11 +361,14 @@ def _layout(sequences: list[Sequence], parts: list[Part]) -> Batch:
         local = {n: k for k, n in enumerate(part.nodes)}
         parents = [local.get(trie.parent[n], -1) for n in part.nodes]  # the part is ancestor-closed
         ids += s.prompt_ids + [trie.tokens[n] for n in part.nodes]
-        positions += list(range(p)) + [p - 1 + trie.depth[n] for n in part.nodes]  # a node sits at its depth
-        span_end += (trie_span_end(p, parents) + offset).tolist()  # prompt causal, trie: ancestors only
+        # a node sits at its depth
+        positions += list(range(p)) + [p - 1 + trie.depth[n] for n in part.nodes]
+        # prompt causal, trie: ancestors only
+        span_end += (trie_span_end(p, parents) + offset).tolist()
         placements.append((part, offset))
     as_row = lambda values, dtype: torch.tensor([values], dtype=dtype)
-    return Batch(as_row(ids, torch.long), as_row(positions, torch.long), as_row(span_end, torch.int32), placements)
+    return Batch(as_row(ids, torch.long), as_row(positions, torch.long),
+                 as_row(span_end, torch.int32), placements)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +400,8 @@ class PromptScores:
 
     @staticmethod
     def _share(canonical, total):
-        # 1 - P(canonical) / P(all) in log space; clipped: both are rounded, and "+0.0 -" keeps -0.0 out
+        # 1 - P(canonical) / P(all) in log space; clipped: both are rounded, and
+        # "+0.0 -" keeps -0.0 out
         return None if canonical is None else np.clip(0.0 - np.expm1(canonical - total), 0.0, 1.0)
 
     @property
@@ -423,7 +435,8 @@ class TrieScores:
 
     def path_logprobs(self, s: Sequence) -> np.ndarray:
         trie = s.trie
-        return np.array([self.node[trie.path(k)].sum() + self.boundary[trie.ends[k]] for k in range(len(trie.ends))])
+        return np.array([self.node[trie.path(k)].sum() + self.boundary[trie.ends[k]]
+                         for k in range(len(trie.ends))])
 
 
 def lm_head_rows(s: Sequence, part: Part, offset: int) -> tuple[list[int], list[list[int]]]:
@@ -467,8 +480,9 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
             into.boundary[n] = boundary_lp[r]
 
 
-def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, sequences: list[Sequence],
-               boundary: torch.Tensor, batch_tokens: int = RunSpec.batch_tokens, progress=None,
+def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task,
+               sequences: list[Sequence], boundary: torch.Tensor,
+               batch_tokens: int = RunSpec.batch_tokens, progress=None,
                pack: bool | None = None) -> TaskScores:
     """Score every prompt of `task` (sequences from `task_sequences`). `pack` None follows
     `packs_sequences` (the device's path); tests force it either way."""
@@ -487,7 +501,8 @@ def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task, seque
         for part, _ in batch.placements:
             remaining[part.seq] -= 1
             if remaining[part.seq] == 0:  # all parts of this prompt scored
-                prompts[part.seq] = prompt_scores(checkpoint, task, sequences[part.seq], scores.pop(part.seq))
+                prompts[part.seq] = prompt_scores(checkpoint, task, sequences[part.seq],
+                                                  scores.pop(part.seq))
                 if progress is not None:
                     progress.update(1)
     return TaskScores(
@@ -506,7 +521,8 @@ def _logsumexp_by(values: np.ndarray, groups: list[int], n: int) -> np.ndarray:
     return out
 
 
-def prompt_scores(checkpoint: Checkpoint, task: Task, s: Sequence, scores: TrieScores) -> PromptScores:
+def prompt_scores(checkpoint: Checkpoint, task: Task, s: Sequence,
+                  scores: TrieScores) -> PromptScores:
     """Variant and answer log-probabilities from a prompt's trie scores (summed in float64)."""
     path_lp = scores.path_logprobs(s)
     if not np.isfinite(path_lp).all():

@@ -26,7 +26,8 @@ from engine.tasks import Task, load_tasks
 if TYPE_CHECKING:
     from engine.chat import ChatTemplate
 
-MODES = ("auto", "chat", "base")  # auto: chat when the checkpoint (or --chat-template) has a template
+# auto: chat when the checkpoint (or --chat-template) has a template
+MODES = ("auto", "chat", "base")
 DTYPES = ("float32", "bfloat16")  # the dtypes the kernels and the references both support
 TOKENIZATIONS = ("canonical", "all")
 LABEL = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")  # a directory name under --out, never a path
@@ -185,9 +186,10 @@ class Resolved:
             "dtype": spec.dtype,
             "mode": self.mode,
             "chat_template": chat.text if chat is not None else None,
-            # Qwen 3's hybrid-reasoning switch: scored with thinking off unless the template says so.
-            "enable_thinking": (chat.enable_thinking if chat is not None and chat.uses_thinking_switch
-                                else None),
+            # Qwen 3's hybrid-reasoning switch: scored with thinking off unless the template says
+            # so.
+            "enable_thinking": (chat.enable_thinking
+                                if chat is not None and chat.uses_thinking_switch else None),
             "tokenizations": (spec.tokenizations if spec.tokenizations == "canonical"
                               else f"all<={spec.max_tokenizations}"),
             "engine_version": engine.__version__,
@@ -195,7 +197,8 @@ class Resolved:
             # Packed results depend on how prompts share rows; invariant ones do not.
             "batch_tokens": spec.batch_tokens if self.packs else None,
         }
-        if spec.tp > 1:  # tensor parallelism sums in another order: within rounding, not bit for bit
+        # tensor parallelism sums in another order: within rounding, not bit for bit
+        if spec.tp > 1:
             key["tp"] = spec.tp
         return key
 

@@ -109,14 +109,16 @@ def load_sweep(path) -> Sweep:
         raise SweepError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(KEYS)}")
     base = path.resolve().parent
 
-    def where(p):  # paths are relative to the sweep file; a value of another type is left to RunSpec
+    def where(p):
+        # paths are relative to the sweep file; a value of another type is left to RunSpec
         return str(base / Path(p).expanduser()) if isinstance(p, str) and p else p
 
     def strings(key, default=None) -> list[str]:
         value = data.get(key, default)
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, str) and v for v in value)):
             raise SweepError(f"{path}: {key!r} must be a non-empty string or list of strings")
         return value
 
@@ -131,16 +133,19 @@ def load_sweep(path) -> Sweep:
     modes = list(dict.fromkeys(strings("modes", RunSpec.mode)))
     label = data.get("label", "{name}" if len(modes) == 1 else "{name}-{mode}")
     if not isinstance(label, str):
-        raise SweepError(f"{path}: 'label' must be a string such as \"{{name}}\" or \"{{parent}}-{{name}}\"")
+        raise SweepError(f"{path}: 'label' must be a string such as \"{{name}}\" or "
+                         f"\"{{parent}}-{{name}}\"")
     if len(modes) > 1 and "{mode}" not in label:
-        raise SweepError(f"{path}: several modes need '{{mode}}' in 'label' (e.g. \"{{name}}-{{mode}}\"), "
+        raise SweepError(f"{path}: several modes need '{{mode}}' in 'label' "
+                         f"(e.g. \"{{name}}-{{mode}}\"), "
                          "or each mode would overwrite the other's results")
     try:
         for mode in modes:
             check_setting("mode", mode)
         spec = RunSpec(**settings)
     except SettingError as e:
-        raise SweepError(f"{path}: {e.worded(repr('modes' if e.key == 'mode' else e.key))}") from None
+        raise SweepError(
+            f"{path}: {e.worded(repr('modes' if e.key == 'mode' else e.key))}") from None
     except TaskError as e:
         raise SweepError(f"{path}: tasks: {e}") from None
     return Sweep(path, patterns, modes, label, spec)
@@ -159,11 +164,13 @@ def expand(sweep: Sweep) -> list[Item]:
         if glob.has_magic(pattern):
             matches = sorted((m for m in glob.glob(pattern) if Path(m).is_dir()), key=natural)
             if not matches:
-                raise SweepError(f"{sweep.source}: checkpoints pattern {pattern!r} matches no directory")
+                raise SweepError(f"{sweep.source}: checkpoints pattern {pattern!r} "
+                                 "matches no directory")
         elif Path(pattern).is_dir():
             matches = [pattern]
         else:
-            raise SweepError(f"{sweep.source}: checkpoint {pattern!r} is not a directory; fix 'checkpoints'")
+            raise SweepError(f"{sweep.source}: checkpoint {pattern!r} is not a directory; "
+                             "fix 'checkpoints'")
         checkpoints += [os.path.abspath(m) for m in matches]  # symlinks keep their own names
     checkpoints = list(dict.fromkeys(checkpoints))
     items, owner = [], {}
@@ -175,14 +182,15 @@ def expand(sweep: Sweep) -> list[Item]:
                 label = sweep.label.format(name=path.name, parent=path.parent.name, mode=mode,
                                            dtype=sweep.spec.dtype)
             except (KeyError, IndexError, ValueError) as e:
-                raise SweepError(f"{sweep.source}: label {sweep.label!r}: {e!r} is not one of {{name}}, "
-                                 "{parent}, {mode}, {dtype}") from None
+                raise SweepError(f"{sweep.source}: label {sweep.label!r}: {e!r} is not one of "
+                                 "{name}, {parent}, {mode}, {dtype}") from None
             if label_problem(label):
-                raise SweepError(f"{sweep.source}: label {label!r} of {checkpoint} is not a plain name "
-                                 "(letters, digits, '.', '_', '-'); change 'label'")
+                raise SweepError(f"{sweep.source}: label {label!r} of {checkpoint} is not a plain "
+                                 "name (letters, digits, '.', '_', '-'); change 'label'")
             if label in owner:
-                raise SweepError(f"{sweep.source}: {owner[label]} and {checkpoint} would both be labelled "
-                                 f"{label!r}; use a label template that tells them apart (e.g. \"{{parent}}-{{name}}\")")
+                raise SweepError(f"{sweep.source}: {owner[label]} and {checkpoint} would both be "
+                                 f"labelled {label!r}; use a label template that tells them "
+                                 f"apart (e.g. \"{{parent}}-{{name}}\")")
             owner[label] = checkpoint
             labels.append((mode, label))
         items.append(Item(index, checkpoint, labels))
@@ -194,9 +202,11 @@ def expand(sweep: Sweep) -> list[Item]:
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m engine.sweep",
-                                description="Score a ladder of checkpoints, resumably, alone or under torchrun.")
+                       description="Score a ladder of checkpoints, resumably, alone or under "
+                                   "torchrun.")
     p.add_argument("sweep", help="sweep file (TOML; see README 'Scaling out')")
-    p.add_argument("--list", action="store_true", help="print the labels, groups and checkpoints, and exit")
+    p.add_argument("--list", action="store_true",
+                   help="print the labels, groups and checkpoints, and exit")
     args = p.parse_args(argv)
     from engine import distributed
 
@@ -214,8 +224,10 @@ def main(argv=None) -> int:
                 print(f"error: {e}", file=sys.stderr)
             return 2
         rows = run_group(sweep, items[layout.dp_rank::layout.dp_size], layout)
-        everyone = layout.summary_group.gather_objects(rows if layout.tp.lead else [], "gathering the summary")
-        order = {label: (item.index, i) for item in items for i, (_, label) in enumerate(item.labels)}
+        everyone = layout.summary_group.gather_objects(rows if layout.tp.lead else [],
+                                                       "gathering the summary")
+        order = {label: (item.index, i) for item in items
+                 for i, (_, label) in enumerate(item.labels)}
         rows = sorted((r for rows in everyone for r in rows), key=lambda r: order[r.label])
         if layout.rank == 0:
             print_summary(rows, layout)
@@ -295,14 +307,16 @@ def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
     import engine
 
     group, shared = layout.tp, sweep.spec
-    specs = {label: shared.replace(mode=mode, label=label, progress=False) for mode, label in item.labels}
+    specs = {label: shared.replace(mode=mode, label=label, progress=False)
+             for mode, label in item.labels}
     rows = {label: Row(label, item.checkpoint, layout.dp_rank, "failed") for label in specs}
     n_tasks = len(shared.tasks)
     started = time.perf_counter()
     ck = None
     try:
         with group.step("checking for finished work"):
-            done = [finished(item.checkpoint, spec) for spec in specs.values()] if group.lead else None
+            done = ([finished(item.checkpoint, spec) for spec in specs.values()] if group.lead
+                    else None)
         done = group.broadcast(done, "sharing finished work")
         todo = []
         for label, is_done in zip(specs, done, strict=True):
@@ -311,7 +325,8 @@ def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
             else:
                 todo.append(label)
         if todo:
-            ck = engine.load(item.checkpoint, dtype=shared.dtype, device=shared.device, tp=shared.tp)
+            ck = engine.load(item.checkpoint, dtype=shared.dtype, device=shared.device,
+                             tp=shared.tp)
         for label in todo:
             row = rows[label]
             try:
@@ -350,11 +365,15 @@ def print_plan(items: list[Item], groups: int) -> None:
 
 
 def print_summary(rows: list[Row], layout) -> None:
-    print(f"{'label':<28} {'group':>5} {'status':<8} {'scored':>6} {'skipped':>7} {'seconds':>8}  checkpoint")
+    print(f"{'label':<28} {'group':>5} {'status':<8} {'scored':>6} {'skipped':>7} "
+          f"{'seconds':>8}  checkpoint")
     for r in rows:
-        print(f"{r.label:<28} {r.group:>5} {r.status:<8} {r.scored:>6} {r.skipped:>7} {r.seconds:>8.1f}  {r.checkpoint}")
-    counts = {status: sum(r.status == status for r in rows) for status in ("scored", "skipped", "failed")}
-    print(f"{len(rows)} labels on {layout.world} rank(s) ({layout.dp_size} group(s) of tp {layout.tp.size}): "
+        print(f"{r.label:<28} {r.group:>5} {r.status:<8} {r.scored:>6} {r.skipped:>7} "
+              f"{r.seconds:>8.1f}  {r.checkpoint}")
+    counts = {status: sum(r.status == status for r in rows)
+              for status in ("scored", "skipped", "failed")}
+    print(f"{len(rows)} labels on {layout.world} rank(s) ({layout.dp_size} group(s) of tp "
+          f"{layout.tp.size}): "
           f"{counts['scored']} scored, {counts['skipped']} skipped, {counts['failed']} failed")
     for r in rows:
         if r.status == "failed":

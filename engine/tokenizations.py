@@ -21,7 +21,8 @@ from engine.errors import TokenizerError
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet: the printable character that stands for each byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -43,8 +44,9 @@ class TokenPieces:
 
     def __init__(self, tokenizer: Tokenizer, source: str):
         if not _is_byte_level(tokenizer):
-            raise TokenizerError(f"{source}: --tokenizations all needs a byte-level BPE tokenizer (its "
-                                 "tokens must spell fixed bytes); score with --tokenizations canonical")
+            raise TokenizerError(f"{source}: --tokenizations all needs a byte-level BPE tokenizer "
+                                 "(its tokens must spell fixed bytes); score with "
+                                 "--tokenizations canonical")
         alphabet = _byte_decoder()
         added = tokenizer.get_added_tokens_decoder()
         self.ids: dict[bytes, int] = {}
@@ -57,7 +59,8 @@ class TokenPieces:
                 piece = bytes(alphabet[c] for c in token)
             else:
                 raise TokenizerError(f"{source}: token {token!r} (id {i}) is not in the byte-level "
-                                     "alphabet, so its bytes are unknown; score with --tokenizations canonical")
+                                     "alphabet, so its bytes are unknown; score with "
+                                     "--tokenizations canonical")
             self.ids.setdefault(piece, i)
         self.longest = max(map(len, self.ids), default=0)
 

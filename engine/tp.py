@@ -147,8 +147,10 @@ class SplitTransformer(Transformer):
         (the others give -inf, so a max picks it exactly)."""
         start, stop = self.vocab_range
         local = torch.where((targets >= start) & (targets < stop), targets - start, -1)
-        lse, target_logits, boundary_lse = super().head_statistics(hidden, local, boundary[start:stop])
-        parts = self.group.gather(torch.cat([lse[:, None], boundary_lse[:, None], target_logits], dim=1))
+        lse, target_logits, boundary_lse = super().head_statistics(hidden, local,
+                                                                   boundary[start:stop])
+        parts = self.group.gather(torch.cat([lse[:, None], boundary_lse[:, None], target_logits],
+                                            dim=1))
         merged_targets = parts[0][:, 2:]
         for part in parts[1:]:
             merged_targets = torch.maximum(merged_targets, part[:, 2:])
@@ -183,9 +185,9 @@ def check_divides(args: ModelArgs, tp: int, config_path: Path) -> None:
                    ("intermediate_size", args.intermediate_size)):
         if n % tp:
             raise ParallelError(
-                f"{config_path}: --tp {tp} does not divide {key}={n} (heads {args.n_heads}, key/value "
-                f"heads {args.n_kv_heads}, intermediate size {args.intermediate_size}); choose a --tp "
-                "that divides all three")
+                f"{config_path}: --tp {tp} does not divide {key}={n} (heads {args.n_heads}, "
+                f"key/value heads {args.n_kv_heads}, intermediate size {args.intermediate_size}); "
+                "choose a --tp that divides all three")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,16 +206,18 @@ def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
         # A head is checked and planned even when the config ties it (see below).
         with_head = replace(args, tie_embeddings=args.tie_embeddings and not has_head)
         with torch.device("meta"):
-            expected = {name: tuple(t.shape) for name, t in Transformer(with_head).state_dict().items()}
+            expected = {name: tuple(t.shape)
+                        for name, t in Transformer(with_head).state_dict().items()}
             plan_model = SplitTransformer(with_head, group)
         for f in files:
             check_names_and_shapes(f, expected)
         plan = {name: getattr(p, "tp_shard", None) for name, p in plan_model.named_parameters()}
         missing = sorted(set(plan) - set(holder))
         if missing:
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; the weights "
-                               "are incomplete")
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
+                                              if len(missing) > 3 else "")
+            raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; "
+                               "the weights are incomplete")
     with group.step("reading this rank's slices of the weights"):
         state = {}
         for name, spec in plan.items():
@@ -223,9 +227,10 @@ def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
         same_head = None
         if args.tie_embeddings and has_head:  # compare this rank's rows only; all ranks vote
             dim, start, stop = plan["model.embed_tokens.weight"]
-            same_head = torch.equal(holder["lm_head.weight"].shard("lm_head.weight", dim, start, stop),
-                                    holder["model.embed_tokens.weight"].shard("model.embed_tokens.weight",
-                                                                              dim, start, stop))
+            same_head = torch.equal(
+                holder["lm_head.weight"].shard("lm_head.weight", dim, start, stop),
+                holder["model.embed_tokens.weight"].shard("model.embed_tokens.weight",
+                                                          dim, start, stop))
         blocks = [(f.path.name, b) for f in files for b in range(block_count(f.stat.st_size))]
         mine = {}
         for f in files:
@@ -235,7 +240,8 @@ def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
     shared = group.gather_objects((mine, same_head), "exchanging block digests")
     records = {}
     for f in files:
-        digest = {b: d for blocks_of_rank, _ in shared for b, d in blocks_of_rank[f.path.name].items()}
+        digest = {b: d for blocks_of_rank, _ in shared
+                  for b, d in blocks_of_rank[f.path.name].items()}
         records[f.path.name] = file_record(f, combine_block_digests(
             [digest[b] for b in range(block_count(f.stat.st_size))], f.stat.st_size))
     tied = args.tie_embeddings and (not has_head or all(same for _, same in shared))

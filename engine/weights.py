@@ -70,15 +70,17 @@ def hash_blocks(path: Path, blocks, size: int) -> dict[int, bytes]:
                 while pos < end:
                     n = os.preadv(fd, [buffer[:min(len(buffer), end - pos)]], pos)
                     if not n:
-                        raise WeightsError(f"{path}: corrupt or truncated safetensors file (the file "
-                                           "shrank while it was read); download or convert it again")
+                        raise WeightsError(f"{path}: corrupt or truncated safetensors file "
+                                           "(the file shrank while it was read); download or "
+                                           "convert it again")
                     h.update(buffer[:n])
                     pos += n
                 out[b] = h.digest()
         finally:
             os.close(fd)
     except OSError as e:
-        raise WeightsError(f"{path}: cannot read weight file ({e.strerror or e}); check it") from None
+        raise WeightsError(f"{path}: cannot read weight file ({e.strerror or e}); "
+                           "check it") from None
     finally:
         buffer.release()
         scratch.close()
@@ -144,7 +146,8 @@ class WeightFile:
                     raise self._corrupt(f"{size} bytes, shorter than the 8-byte header length")
                 self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         except OSError as e:
-            raise WeightsError(f"{self.path}: cannot read weight file ({e.strerror or e}); check it") from None
+            raise WeightsError(f"{self.path}: cannot read weight file ({e.strerror or e}); "
+                               "check it") from None
         self.entries = self._parse_header(size)
         self._by_name = {e.name: e for e in self.entries}
 
@@ -297,6 +300,6 @@ class WeightFile:
             return torch.empty(e.shape, dtype=e.dtype)
         with warnings.catch_warnings():  # the private mapping is writable in effect
             warnings.simplefilter("ignore", UserWarning)
-            flat = torch.frombuffer(self.map, dtype=e.dtype, count=(e.end - e.start) // e.dtype.itemsize,
-                                    offset=e.start)
+            flat = torch.frombuffer(self.map, dtype=e.dtype,
+                                    count=(e.end - e.start) // e.dtype.itemsize, offset=e.start)
         return flat.view(e.shape)

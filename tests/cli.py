@@ -14,8 +14,8 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.score", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, timeout=timeout, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "engine.score", *map(str, args)],
+                          capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
 
 
 def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:

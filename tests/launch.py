@@ -25,19 +25,19 @@ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR
 
 def python(module: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m module args` in one process (a world of one)."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=ENV, cwd=ROOT, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
+                          text=True, env=ENV, cwd=ROOT, timeout=timeout)
 
 
 def torchrun_command(nproc: int, module: str, *args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", module, *map(str, args)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", module, *map(str, args)]
 
 
 def torchrun(nproc: int, module: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node nproc -m module args` (a free port of its own)."""
-    return subprocess.run(torchrun_command(nproc, module, *args), capture_output=True, text=True, env=ENV,
-                          cwd=ROOT, timeout=timeout)
+    return subprocess.run(torchrun_command(nproc, module, *args), capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=timeout)
 
 
 @dataclass
@@ -67,8 +67,8 @@ def start_ranks(module: str, argv_per_rank: list[list], log_dir: Path) -> list[s
                    LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         out = open(log_dir / f"rank{rank}.out", "w")
         err = open(log_dir / f"rank{rank}.err", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *map(str, argv)], env=env, cwd=ROOT,
-                                      stdout=out, stderr=err))
+        procs.append(subprocess.Popen([sys.executable, "-m", module, *map(str, argv)], env=env,
+                                      cwd=ROOT, stdout=out, stderr=err))
     return procs
 
 
@@ -85,7 +85,8 @@ def finish_ranks(procs: list[subprocess.Popen], log_dir: Path, timeout: float = 
                  (log_dir / f"rank{r}.err").read_text()) for r, proc in enumerate(procs)]
 
 
-def ranks(module: str, argv_per_rank: list[list], log_dir: Path, timeout: float = 300) -> list[Rank]:
+def ranks(module: str, argv_per_rank: list[list], log_dir: Path,
+          timeout: float = 300) -> list[Rank]:
     return finish_ranks(start_ranks(module, argv_per_rank, log_dir), log_dir, timeout)
 
 
@@ -100,7 +101,8 @@ def worker_pids(launcher_pid: int) -> dict[int, int]:
             parent = int(stat.rsplit(")", 1)[1].split()[1])
             if parent != launcher_pid:
                 continue
-            environ = dict(item.split("=", 1) for item in (entry / "environ").read_text().split("\0") if "=" in item)
+            environ = dict(item.split("=", 1)
+                           for item in (entry / "environ").read_text().split("\0") if "=" in item)
         except (OSError, ValueError, IndexError):
             continue
         if "RANK" in environ:

@@ -17,12 +17,14 @@ def say(line: str) -> None:
 
 def gloo_threads() -> int:
     tasks = os.listdir("/proc/self/task")
-    return sum(open(f"/proc/self/task/{t}/comm").read().startswith(("pt_gloo", "gloo_")) for t in tasks)
+    return sum(open(f"/proc/self/task/{t}/comm").read().startswith(("pt_gloo", "gloo_"))
+               for t in tasks)
 
 
 at_exit = sys.argv[1:] == ["--at-exit"]
 if at_exit:  # atexit runs last-registered first: this count comes after setup()'s shutdown
-    atexit.register(lambda: say(f"rank {layout.rank}: gloo threads after shutdown {gloo_threads()}"))
+    atexit.register(lambda: say(f"rank {layout.rank}: gloo threads after shutdown "
+                                f"{gloo_threads()}"))
 layout = distributed.setup(2, "cpu", 60)
 kept = []
 try:

@@ -56,7 +56,8 @@ def engine_tasks(spec):
 
 
 def test_score_checkpoint_writes_what_the_cli_writes(ckpt, tmp_path):
-    assert score.main([str(ckpt), "--tasks", "coin,suit", "--out", str(tmp_path / "cli"), "--label", "L"]) == 0
+    assert score.main([str(ckpt), "--tasks", "coin,suit", "--out", str(tmp_path / "cli"),
+                       "--label", "L"]) == 0
     result = engine.score_checkpoint(ckpt, tasks="coin,suit", out=tmp_path / "api", label="L")
     assert result.directory == tmp_path / "api" / "L"
     for task in ("coin", "suit"):
@@ -64,7 +65,8 @@ def test_score_checkpoint_writes_what_the_cli_writes(ckpt, tmp_path):
         assert cli.equals(pq.read_table(tmp_path / "api" / "L" / f"{task}.parquet"))
         assert cli.equals(result.tables[task])
     # a loaded checkpoint can be scored again without reloading, and resumes from the store
-    again = engine.score_checkpoint(engine.load(ckpt), tasks="coin,suit", out=tmp_path / "api", label="L")
+    again = engine.score_checkpoint(engine.load(ckpt), tasks="coin,suit", out=tmp_path / "api",
+                                    label="L")
     assert again.manifest["timings"]["skipped_tasks"] == 2
     assert again.tables["coin"].equals(result.tables["coin"])
 
@@ -78,10 +80,12 @@ def test_to_pandas_without_pandas_names_the_extra(ckpt, monkeypatch):
 
 def test_analysis_api_gives_the_numbers_the_cli_writes(tmp_path):
     ladders, seeds = write_planted_store(tmp_path, n_prompts=8)
-    flags = [f for name, stages in ladders for f in ("--ladder", f"{name}:" + ",".join(f"{s}={lab}" for s, lab in stages))]
+    flags = [f for name, stages in ladders
+             for f in ("--ladder", f"{name}:" + ",".join(f"{s}={lab}" for s, lab in stages))]
     assert analysis.phases.main([str(tmp_path), *flags]) == 0
     written = json.loads((tmp_path / "phases.json").read_text())
-    result = analysis.analyse(analysis.load(tmp_path), {name: dict(stages) for name, stages in ladders})
+    result = analysis.analyse(analysis.load(tmp_path),
+                              {name: dict(stages) for name, stages in ladders})
     assert result.phases == written
     stages = result.stages.to_pylist()
     assert len(stages) == sum(len(s) * len(written["ladders"][n]["tasks"]) for n, s in ladders)
@@ -104,7 +108,8 @@ def test_readme_from_python_example_runs(tmp_path, monkeypatch):
     code = README_EXAMPLE.search((ROOT / "README.md").read_text()).group(1)
     models = tmp_path / "models"
     for i, name in enumerate(sorted(set(re.findall(r"/models/([\w.-]+)", code)))):
-        tiny.make_checkpoint(models / name, arch="olmo2", hidden=32, heads=2, kv_heads=2, seed=i, init=0.1)
+        tiny.make_checkpoint(models / name, arch="olmo2", hidden=32, heads=2, kv_heads=2, seed=i,
+                             init=0.1)
     monkeypatch.chdir(tmp_path)
     exec(compile(code.replace("/models/", f"{models}/"), "README.md", "exec"), {})
     assert (tmp_path / "results").is_dir()
@@ -115,12 +120,15 @@ def test_outputs_follow_the_umask(ckpt, tmp_path):
     old = os.umask(0o022)
     try:
         name, stages = ladders[0]
-        assert analysis.phases.main([str(tmp_path / "r"), "--ladder", ",".join(f"{s}={lab}" for s, lab in stages),
+        assert analysis.phases.main([str(tmp_path / "r"), "--ladder",
+                                     ",".join(f"{s}={lab}" for s, lab in stages),
                                      "--report", str(tmp_path / "report")]) == 0
-        assert score.main([str(ckpt), "--tasks", "coin", "--out", str(tmp_path / "s"), "--label", "L"]) == 0
+        assert score.main([str(ckpt), "--tasks", "coin", "--out", str(tmp_path / "s"), "--label",
+                           "L"]) == 0
     finally:
         os.umask(old)
-    files = [tmp_path / "r" / "phases.json", *(tmp_path / "report").iterdir(), *(tmp_path / "s" / "L").glob("*.*")]
+    files = [tmp_path / "r" / "phases.json", *(tmp_path / "report").iterdir(),
+             *(tmp_path / "s" / "L").glob("*.*")]
     assert files and all(f.stat().st_mode & 0o777 == 0o644 for f in files), [
         (f.name, oct(f.stat().st_mode)) for f in files]
 
@@ -128,7 +136,8 @@ def test_outputs_follow_the_umask(ckpt, tmp_path):
 def test_importing_analysis_or_reading_results_loads_no_torch():
     code = ("import sys, analysis, engine.results, analysis.api, analysis.cli\n"
             "print(sorted(m for m in ('torch', 'triton') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
+                         cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
@@ -140,7 +149,8 @@ def module_imports(path: Path, module: str) -> set[str]:
     for node in tree.body:
         if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
             continue
-        for sub in ast.walk(node) if isinstance(node, (ast.Import, ast.ImportFrom, ast.If, ast.Try)) else ():
+        for sub in (ast.walk(node)
+                    if isinstance(node, (ast.Import, ast.ImportFrom, ast.If, ast.Try)) else ()):
             if isinstance(sub, ast.Import):
                 found |= {a.name for a in sub.names}
             elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
@@ -155,14 +165,16 @@ def test_no_import_cycle_in_the_package():
         for path in (ROOT / package).glob("*.py"):
             name = package if path.stem == "__init__" else f"{package}.{path.stem}"
             modules[name] = path
-    graph = {name: {m for m in module_imports(path, name) if m in modules} for name, path in modules.items()}
+    graph = {name: {m for m in module_imports(path, name) if m in modules}
+             for name, path in modules.items()}
     state = {}
 
     def visit(node, stack):
         state[node] = "open"
         for nxt in graph[node]:
             if state.get(nxt) == "open":
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: "
+                                     + " -> ".join(stack[stack.index(nxt):] + [nxt]))
             if nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -174,14 +186,17 @@ def test_no_import_cycle_in_the_package():
 
 def test_thinking_switch_is_recorded_in_the_manifest_and_the_run(tmp_path):
     qwen3 = tmp_path / "qwen3"
-    tiny.make_checkpoint(qwen3, arch="qwen3", kv_heads=1, hidden=32, heads=2, init=0.1, add_bos=False,
-                         template=tiny.QWEN3_CHAT_TEMPLATE, added_tokens=tiny.THINK_TOKENS, vocab_size=320)
+    tiny.make_checkpoint(qwen3, arch="qwen3", kv_heads=1, hidden=32, heads=2, init=0.1,
+                         add_bos=False, template=tiny.QWEN3_CHAT_TEMPLATE,
+                         added_tokens=tiny.THINK_TOKENS, vocab_size=320)
     result = engine.score_checkpoint(qwen3, tasks="coin", mode="chat")
-    assert result.manifest["enable_thinking"] is False and result.manifest["run"]["enable_thinking"] is False
+    assert (result.manifest["enable_thinking"] is False
+            and result.manifest["run"]["enable_thinking"] is False)
     assert "<think>\n\n</think>\n\n" in result.tables["coin"].column("prompt_text")[0].as_py()
     llama = tmp_path / "llama"
     tiny.make_checkpoint(llama, arch="llama", hidden=32, heads=2, kv_heads=2, init=0.1)
-    assert engine.score_checkpoint(llama, tasks="coin", mode="chat").manifest["enable_thinking"] is None
+    assert engine.score_checkpoint(llama, tasks="coin",
+                                   mode="chat").manifest["enable_thinking"] is None
 
 
 def test_progress_bar_in_a_notebook_but_not_into_a_pipe(ckpt, monkeypatch, capsys):

@@ -140,7 +140,8 @@ def test_tokenizer_larger_than_the_vocabulary(ckpt):
 def test_unsupported_architecture_lists_supported(ckpt):
     edit_config(ckpt, architectures=["MistralForCausalLM"])
     message = error_of(ArchitectureError, ckpt)
-    assert "MistralForCausalLM" in message and "LlamaForCausalLM" in message and "Olmo2ForCausalLM" in message
+    assert ("MistralForCausalLM" in message and "LlamaForCausalLM" in message
+            and "Olmo2ForCausalLM" in message)
 
 
 def test_unsupported_rope_type(ckpt):
@@ -152,7 +153,8 @@ def test_pickle_checkpoints_are_refused(ckpt):
     (ckpt / "model.safetensors").unlink()
     (ckpt / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     message = error_of(CheckpointError, ckpt)
-    assert "pytorch_model.bin" in message and "arbitrary code" in message and "safetensors" in message
+    assert ("pytorch_model.bin" in message and "arbitrary code" in message
+            and "safetensors" in message)
 
 
 def test_cuda_requested_without_cuda(ckpt):
@@ -187,5 +189,6 @@ def test_bad_template_syntax_fails_at_load(ckpt):
 
 
 def test_all_errors_are_engine_errors():
-    for exc in (CheckpointError, WeightsError, ArchitectureError, TokenizerError, DeviceError, ChatTemplateError):
+    for exc in (CheckpointError, WeightsError, ArchitectureError, TokenizerError, DeviceError,
+                ChatTemplateError):
         assert issubclass(exc, engine.EngineError)

@@ -86,7 +86,8 @@ def triton_path(monkeypatch):
     import kernels.tree_attention as ta
 
     if torch.cuda.is_available():
-        pytest.skip("with CUDA the Triton path is the default one; the CPU check is for machines without")
+        pytest.skip("with CUDA the Triton path is the default one; "
+                    "the CPU check is for machines without")
     monkeypatch.setenv("ENGINE_FORCE_TRITON", "1")
     calls = []
     original = ta.tree_attention_triton
@@ -99,7 +100,8 @@ def triton_path(monkeypatch):
     return calls
 
 
-def test_batch_invariant_flag_runs_a_pass_per_prompt_on_the_triton_path(ckpt, tmp_path, triton_path):
+def test_batch_invariant_flag_runs_a_pass_per_prompt_on_the_triton_path(ckpt, tmp_path,
+                                                                        triton_path):
     coin = load_tasks("coin")[0]
     prompts = coin.prompts[:4]  # the interpreter is slow: four prompts make the point
     one_prompt_task_file(tmp_path / "four.toml", coin, *prompts)
@@ -123,4 +125,5 @@ def test_batch_invariant_flag_runs_a_pass_per_prompt_on_the_triton_path(ckpt, tm
     run(ckpt, tmp_path, "alone", "--tasks", str(tmp_path / "one.toml"), "--batch-invariant")
     table = pq.read_table(tmp_path / "inv8192" / "coin.parquet")
     among = table.filter(table.column("prompt_id").to_numpy(zero_copy_only=False) == prompts[2].id)
-    assert logprobs(tmp_path, "alone", "coin").tobytes() == among.column("logprob").to_numpy().tobytes()
+    assert (logprobs(tmp_path, "alone", "coin").tobytes()
+            == among.column("logprob").to_numpy().tobytes())

@@ -13,7 +13,8 @@ from tests import tiny
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Pick a random number between 1 and 10."}],
-    [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Flip a coin!"}],
+    [{"role": "system", "content": "You are a pirate."},
+     {"role": "user", "content": "Flip a coin!"}],
     [
         {"role": "user", "content": "Name a color."},
         {"role": "assistant", "content": "Blue"},
@@ -28,7 +29,8 @@ def transformers_tokenizer(directory):
     return PreTrainedTokenizerFast.from_pretrained(str(directory))
 
 
-@pytest.mark.parametrize("template", [tiny.TULU_TEMPLATE, tiny.CHATML_TEMPLATE, tiny.LLAMA3_CHAT_TEMPLATE],
+@pytest.mark.parametrize("template",
+                         [tiny.TULU_TEMPLATE, tiny.CHATML_TEMPLATE, tiny.LLAMA3_CHAT_TEMPLATE],
                          ids=["tulu", "chatml", "llama3"])
 @pytest.mark.parametrize("generation_prompt", [True, False])
 def test_render_chat_matches_apply_chat_template(tmp_path, template, generation_prompt):
@@ -36,15 +38,18 @@ def test_render_chat_matches_apply_chat_template(tmp_path, template, generation_
     ck = engine.load(tmp_path)
     hf = transformers_tokenizer(tmp_path)
     for messages in CONVERSATIONS[: 2 if template is tiny.LLAMA3_CHAT_TEMPLATE else 3]:
-        theirs = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        theirs = hf.apply_chat_template(messages, tokenize=False,
+                                        add_generation_prompt=generation_prompt)
         ours = ck.render_chat(messages, add_generation_prompt=generation_prompt)
         assert ours == theirs
         # Same ids too: transformers tokenizes a rendered chat without adding special tokens.
-        assert ck.encode(ours, add_special_tokens=False) == hf(theirs, add_special_tokens=False).input_ids
+        assert (ck.encode(ours, add_special_tokens=False)
+                == hf(theirs, add_special_tokens=False).input_ids)
 
 
 def test_chat_template_jinja_file_takes_precedence(tmp_path):
-    tiny.make_checkpoint(tmp_path, arch="olmo2", template=tiny.TULU_TEMPLATE, hidden=32, heads=2, kv_heads=2)
+    tiny.make_checkpoint(tmp_path, arch="olmo2", template=tiny.TULU_TEMPLATE, hidden=32, heads=2,
+                         kv_heads=2)
     (tmp_path / "chat_template.jinja").write_text(tiny.CHATML_TEMPLATE)
     ck = engine.load(tmp_path)
     assert ck.render_chat(CONVERSATIONS[0]).endswith("<|im_start|>assistant\n")
@@ -71,7 +76,8 @@ HOSTILE_TEMPLATES = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_TEMPLATES))
 def test_bad_or_hostile_templates_are_chat_template_errors(tmp_path, name):
-    tiny.make_checkpoint(tmp_path, arch="olmo2", template=HOSTILE_TEMPLATES[name], hidden=32, heads=2, kv_heads=2)
+    tiny.make_checkpoint(tmp_path, arch="olmo2", template=HOSTILE_TEMPLATES[name], hidden=32,
+                         heads=2, kv_heads=2)
     with pytest.raises(ChatTemplateError) as info:
         engine.load(tmp_path).render_chat(CONVERSATIONS[0])
     message = str(info.value)
@@ -82,11 +88,12 @@ def test_bad_or_hostile_templates_are_chat_template_errors(tmp_path, name):
 def llama3_checkpoint(tmp_path_factory):
     """A tiny model over the real 128k Llama 3 vocabulary."""
     directory = tmp_path_factory.mktemp("llama3vocab")
-    tiny.make_checkpoint(directory, arch="llama", vocab_size=128256, hidden=16, heads=2, kv_heads=1, layers=1,
-                         template=tiny.LLAMA3_CHAT_TEMPLATE)
+    tiny.make_checkpoint(directory, arch="llama", vocab_size=128256, hidden=16, heads=2, kv_heads=1,
+                         layers=1, template=tiny.LLAMA3_CHAT_TEMPLATE)
     tiny.llama3_tokenizer().save(str(directory / "tokenizer.json"))
     cfg = json.loads((directory / "tokenizer_config.json").read_text())
-    cfg.update(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token=None, added_tokens_decoder={})
+    cfg.update(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token=None,
+               added_tokens_decoder={})
     (directory / "tokenizer_config.json").write_text(json.dumps(cfg))
     return directory
 
@@ -114,14 +121,16 @@ def test_llama3_vocabulary_ids_equal_transformers(llama3_checkpoint):
         ours = ck.encode(text)
         assert ours == hf(text).input_ids, text
         assert ours[0] == 128000  # BOS from the tokenizer's own post-processor
-        assert ck.encode(text, add_special_tokens=False) == hf(text, add_special_tokens=False).input_ids
+        assert (ck.encode(text, add_special_tokens=False)
+                == hf(text, add_special_tokens=False).input_ids)
         if "<|" not in text:  # tiktoken itself, a third independent implementation
             assert ours == tik.encode(text, bos=True, eos=False), text
     rendered = ck.render_chat([{"role": "user", "content": PROMPTS[0]}])
     assert rendered.startswith("<|begin_of_text|><|start_header_id|>system")
     ids = ck.encode(rendered, add_special_tokens=False)
-    assert ids == hf.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=False)
+    assert ids == hf.apply_chat_template([{"role": "user", "content": PROMPTS[0]}],
+                                         add_generation_prompt=True, tokenize=True,
+                                         return_dict=False)
     assert ck.logits(torch.tensor([ids])).shape == (1, len(ids), 128256)
 
 

@@ -131,15 +131,17 @@ def test_tp2_equals_tp1_within_float32_rounding(scored, family):
             a, b = pq.read_table(one / file), pq.read_table(two / file)
             numbers = [c for c in ("logprob", "prob", "coverage") if c in a.column_names]
             assert a.drop_columns(numbers).equals(b.drop_columns(numbers)), file
-            worst = max(worst, rel_err(a.column("logprob").to_numpy(), b.column("logprob").to_numpy()))
+            worst = max(worst, rel_err(a.column("logprob").to_numpy(),
+                                       b.column("logprob").to_numpy()))
     print(f"{family}: max |dlogprob| / max(1, |logprob|) tp=2 vs tp=1 = {worst:.3g}")
     assert worst <= 1e-6
 
 
 def test_tp2_from_the_cli_is_batch_invariant(scored, tmp_path):
     """engine.score --tp 2 with tiny forward-pass budgets gives the sweep's bits exactly."""
-    run = launch.torchrun(2, "engine.score", scored / "ckpt" / "llama", "--tp", "2", "--tasks", "card,rng_1_100",
-                          "--batch-tokens", "64", "--out", tmp_path, "--label", "l")
+    run = launch.torchrun(2, "engine.score", scored / "ckpt" / "llama", "--tp", "2", "--tasks",
+                          "card,rng_1_100", "--batch-tokens", "64", "--out", tmp_path, "--label",
+                          "l")
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("card") == 1  # rank 0 alone prints the summary
     for task in ("card", "rng_1_100"):
@@ -164,7 +166,8 @@ def one_error_line(ranks: list[launch.Rank], *fragments: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("heads,kv_heads,which", [(3, 3, "num_attention_heads=3"), (4, 1, "num_key_value_heads=1")])
+@pytest.mark.parametrize("heads,kv_heads,which",
+                         [(3, 3, "num_attention_heads=3"), (4, 1, "num_key_value_heads=1")])
 def test_tp_must_divide_the_heads(tmp_path, heads, kv_heads, which):
     ckpt = tmp_path / "ckpt"
     tiny.make_checkpoint(ckpt, arch="llama", hidden=12 * heads, heads=heads, kv_heads=kv_heads)
@@ -178,8 +181,10 @@ def test_world_size_must_be_a_multiple_of_tp(families, tmp_path):
     one_error_line(launch.ranks("engine.score", [argv, argv], tmp_path), "world size 2", "--tp 3")
     argv = [families / "ckpt" / "llama", "--tp", "1", "--out", tmp_path / "out"]
     one_error_line(launch.ranks("engine.score", [argv, argv], tmp_path), "2 processes", "--tp 2")
-    alone = launch.python("engine.score", families / "ckpt" / "llama", "--tp", "2", "--out", tmp_path / "out")
-    assert alone.returncode == 2 and alone.stderr.count("error:") == 1 and "torchrun" in alone.stderr
+    alone = launch.python("engine.score", families / "ckpt" / "llama", "--tp", "2", "--out",
+                          tmp_path / "out")
+    assert (alone.returncode == 2 and alone.stderr.count("error:") == 1
+            and "torchrun" in alone.stderr)
     assert not (tmp_path / "out").exists()
 
 
@@ -192,11 +197,13 @@ def broken_copies(src: Path, root: Path) -> dict[str, Path]:
     return {"missing": missing, "corrupt": corrupt}
 
 
-@pytest.mark.parametrize("problem,fragment", [("missing", "not found"), ("corrupt", "corrupt or truncated")])
+@pytest.mark.parametrize("problem,fragment",
+                         [("missing", "not found"), ("corrupt", "corrupt or truncated")])
 def test_a_checkpoint_broken_on_one_rank_stops_both(families, tmp_path, problem, fragment):
     good = families / "ckpt" / "olmo2"
     bad = broken_copies(good, tmp_path)[problem]
-    common = ["--tp", "2", "--tasks", "coin", "--out", tmp_path / "out", "--label", "l", "--dist-timeout", "60"]
+    common = ["--tp", "2", "--tasks", "coin", "--out", tmp_path / "out", "--label", "l",
+              "--dist-timeout", "60"]
     started = time.time()
     ranks = launch.ranks("engine.score", [[good, *common], [bad, *common]], tmp_path)
     line = one_error_line(ranks, "rank 1: ", fragment, str(bad))
@@ -204,7 +211,8 @@ def test_a_checkpoint_broken_on_one_rank_stops_both(families, tmp_path, problem,
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(),
+                    reason="counts threads through Linux's /proc")
 @pytest.mark.parametrize("how", ["explicit", "--at-exit"])
 def test_shutdown_joins_the_gloo_threads(how):
     """shutdown() leaves no gloo thread running, even with an error's traceback still held, and
@@ -213,15 +221,17 @@ def test_shutdown_joins_the_gloo_threads(how):
     run = launch.torchrun(2, "tests.shutdown_probe", *([how] if how != "explicit" else []))
     assert run.returncode == 0, run.stderr[-3000:]
     lines = sorted(line for line in run.stdout.splitlines() if line.startswith("rank "))
-    assert lines[0].startswith("rank 0: ParallelError, gloo threads") and lines[2].startswith("rank 1: EngineError")
+    assert (lines[0].startswith("rank 0: ParallelError, gloo threads")
+            and lines[2].startswith("rank 1: EngineError"))
     assert int(lines[0].rsplit(" ", 1)[1]) > 0  # the probe sees the threads it expects to end
-    assert lines[1] == "rank 0: gloo threads after shutdown 0" and lines[3] == "rank 1: gloo threads after shutdown 0"
+    assert (lines[1] == "rank 0: gloo threads after shutdown 0"
+            and lines[3] == "rank 1: gloo threads after shutdown 0")
 
 
 def test_a_hung_rank_times_the_other_out(families, tmp_path):
     """Rank 1 frozen mid-run (SIGSTOP): rank 0 gives up after --dist-timeout with one line."""
-    argv = [families / "ckpt" / "llama", "--tp", "2", "--tasks", "all", "--out", tmp_path / "out", "--label", "l",
-            "--dist-timeout", "5"]
+    argv = [families / "ckpt" / "llama", "--tp", "2", "--tasks", "all", "--out", tmp_path / "out",
+            "--label", "l", "--dist-timeout", "5"]
     procs = launch.start_ranks("engine.score", [argv, argv], tmp_path)
     try:
         deadline = time.time() + 120
@@ -236,7 +246,8 @@ def test_a_hung_rank_times_the_other_out(families, tmp_path):
     ranks = launch.finish_ranks(procs, tmp_path)
     assert ranks[0].returncode == 2, ranks[0].stderr[-2000:]
     lines = ranks[0].lines()
-    assert len(lines) == 1 and "did not answer within 5 s" in lines[0] and "rank(s) 1" in lines[0], lines
+    assert (len(lines) == 1 and "did not answer within 5 s" in lines[0]
+            and "rank(s) 1" in lines[0]), lines
     assert waited < 60
     manifest = tmp_path / "out" / "l" / "manifest.json"
     if manifest.exists():  # what finished before the hang is complete and valid

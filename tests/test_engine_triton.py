@@ -44,7 +44,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the kernel path is the default one")
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="with CUDA the kernel path is the default one")
 def test_scores_through_the_triton_kernels_equal_the_reference(tmp_path):
     ckpt = tmp_path / "ckpt"
     tiny.make_checkpoint(ckpt, arch="llama", hidden=32, heads=2, kv_heads=1, init=0.1)
@@ -52,7 +53,8 @@ def test_scores_through_the_triton_kernels_equal_the_reference(tmp_path):
     assert score.main(args + ["--out", str(tmp_path / "reference")]) == 0
     env = dict(os.environ, TRITON_INTERPRET="1", ENGINE_FORCE_TRITON="1", PYTHONPATH=str(ROOT))
     env.pop("ENGINE_FORCE_REFERENCE", None)
-    result = subprocess.run([sys.executable, "-c", SCRIPT, *args, "--out", str(tmp_path / "kernels")],
+    result = subprocess.run([sys.executable, "-c", SCRIPT, *args, "--out",
+                             str(tmp_path / "kernels")],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     calls = next(json.loads(line) for line in result.stdout.splitlines() if line.startswith("{"))

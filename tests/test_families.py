@@ -42,8 +42,8 @@ CASES = {
     "qwen2_gqa2_tied_yarn": dict(arch="qwen2", kv_heads=2, tied=True, rope_scaling=tiny.YARN_ROPE),
     "qwen2_gqa4_window": dict(arch="qwen2", kv_heads=1, **QWEN_WINDOW),
     "qwen3_gqa2_untied": dict(arch="qwen3", kv_heads=2),
-    "qwen3_mha_tied_bias_yarn_headdim32": dict(arch="qwen3", tied=True, attention_bias=True, head_dim=32,
-                                               rope_scaling=tiny.YARN_ROPE),
+    "qwen3_mha_tied_bias_yarn_headdim32": dict(arch="qwen3", tied=True, attention_bias=True,
+                                               head_dim=32, rope_scaling=tiny.YARN_ROPE),
     "qwen3_gqa2_window": dict(arch="qwen3", kv_heads=2, **QWEN_WINDOW),
 }
 ARCH_NAMES = {"olmo3": "Olmo3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -79,7 +79,8 @@ def edited_copy(directory, destination, **changes):
 def transformers_logits(directory, ids):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").float().eval()
+    model = AutoModelForCausalLM.from_pretrained(directory,
+                                                 attn_implementation="eager").float().eval()
     with torch.no_grad():
         return model(ids).logits.float()
 
@@ -99,7 +100,8 @@ def test_float32_logits_match_transformers(pair):
     scale = expected.abs().max().item()
     assert scale > 1.0, "random logits should have a real spread"
     diff = (got - expected).abs().max().item()
-    print(f"{name}: max |dlogit| = {diff:.3e} (max |logit| {scale:.2f}, bitwise {torch.equal(got, expected)})")
+    print(f"{name}: max |dlogit| = {diff:.3e} (max |logit| {scale:.2f}, "
+          f"bitwise {torch.equal(got, expected)})")
     assert diff <= 1e-6 * scale, name  # float32 rounding (measured: bitwise equal on this CPU)
     assert (got.log_softmax(-1) - expected.log_softmax(-1)).abs().max().item() <= 1e-5, name
 
@@ -136,25 +138,30 @@ def test_the_window_changes_the_logits(case, tmp_path):
     tiny.make_checkpoint(directory, add_bos=False, **CASES[case])
     ids = token_ids(seed=3)
     windowed = engine.load(directory).logits(ids)
-    full = edited_copy(directory, tmp_path / "full", layer_types=["full_attention"] * CASES[case]["layers"])
+    full = edited_copy(directory, tmp_path / "full",
+                       layer_types=["full_attention"] * CASES[case]["layers"])
     no_window = engine.load(full).logits(ids)
     assert (windowed - no_window).abs().max().item() > 1e-3
-    assert (no_window - transformers_logits(full, ids)).abs().max().item() <= 1e-5 * no_window.abs().max().item()
+    assert ((no_window - transformers_logits(full, ids)).abs().max().item()
+            <= 1e-5 * no_window.abs().max().item())
 
 
 def test_yarn_changes_the_logits_of_full_attention_layers_only(tmp_path):
     tiny.make_checkpoint(tmp_path / "yarn", add_bos=False, **CASES["olmo3_mha_untied"])
     cfg = json.loads((tmp_path / "yarn" / "config.json").read_text())
     ropes = cfg["rope_parameters"]
-    assert ropes["full_attention"]["rope_type"] == "yarn" and ropes["sliding_attention"]["rope_type"] == "default"
+    assert (ropes["full_attention"]["rope_type"] == "yarn"
+            and ropes["sliding_attention"]["rope_type"] == "default")
     args = engine.load(tmp_path / "yarn").args
     assert args.rope_scaling["rope_type"] == "yarn" and args.sliding_rope[1] is None
-    plain = dict(ropes, full_attention={"rope_type": "default", "rope_theta": ropes["full_attention"]["rope_theta"]})
+    plain = dict(ropes, full_attention={"rope_type": "default",
+                                        "rope_theta": ropes["full_attention"]["rope_theta"]})
     edited_copy(tmp_path / "yarn", tmp_path / "plain", rope_parameters=plain)
     ids = token_ids(seed=4)
     a, b = engine.load(tmp_path / "yarn").logits(ids), engine.load(tmp_path / "plain").logits(ids)
     assert (a - b).abs().max().item() > 1e-3
-    assert (b - transformers_logits(tmp_path / "plain", ids)).abs().max().item() <= 1e-5 * b.abs().max().item()
+    assert ((b - transformers_logits(tmp_path / "plain", ids)).abs().max().item()
+            <= 1e-5 * b.abs().max().item())
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -165,8 +172,10 @@ SCORING = {  # init 0.1: logits of a realistic size, as in tests/test_scorer.py
     "olmo3": dict(arch="olmo3", layers=4, kv_heads=2, sliding_window=SCORING_WINDOW,
                   rope_scaling=tiny.YARN_ROPE, template=tiny.OLMO3_CHAT_TEMPLATE),
     "qwen2": dict(arch="qwen2", kv_heads=2, tied=True, use_sliding_window=True,
-                  sliding_window=SCORING_WINDOW, max_window_layers=1, template=tiny.QWEN25_CHAT_TEMPLATE),
-    "qwen3": dict(arch="qwen3", kv_heads=1, template=tiny.QWEN3_CHAT_TEMPLATE, added_tokens=tiny.THINK_TOKENS,
+                  sliding_window=SCORING_WINDOW, max_window_layers=1,
+                  template=tiny.QWEN25_CHAT_TEMPLATE),
+    "qwen3": dict(arch="qwen3", kv_heads=1, template=tiny.QWEN3_CHAT_TEMPLATE,
+                  added_tokens=tiny.THINK_TOKENS,
                   vocab_size=320),  # room for the think tokens: Qwen pads its vocabulary too
 }
 
@@ -183,8 +192,8 @@ def test_scores_equal_the_naive_transformers_computation(scoring_dir, mode, tmp_
     from transformers import PreTrainedTokenizerFast
 
     family, directory, hf_model = scoring_dir
-    assert score.main([str(directory), "--tasks", SCORING_TASKS, "--mode", mode, "--out", str(tmp_path),
-                       "--label", "x"]) == 0
+    assert score.main([str(directory), "--tasks", SCORING_TASKS, "--mode", mode, "--out",
+                       str(tmp_path), "--label", "x"]) == 0
     hf_tok = PreTrainedTokenizerFast.from_pretrained(str(directory))
     boundary = boundary_ids(hf_tok, hf_model.config.vocab_size)
     worst, shortest = 0.0, math.inf
@@ -198,14 +207,15 @@ def test_scores_equal_the_naive_transformers_computation(scoring_dir, mode, tmp_
             if mode == "chat" and family == "qwen3":  # thinking disabled: an empty think block
                 assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
             vrows = [v for v in variants if v["prompt_id"] == prompt.id]
-            naive = naive_logprobs(hf_model, hf_tok, text, [v["continuation"] for v in vrows], mode == "base",
-                                   boundary)
+            naive = naive_logprobs(hf_model, hf_tok, text, [v["continuation"] for v in vrows],
+                                   mode == "base", boundary)
             worst = max(worst, max(abs(n - v["logprob"]) / max(1.0, abs(n))
                                    for n, v in zip(naive, vrows, strict=True)))
             for r in mine:
                 expected = np.logaddexp.reduce([n for n, v in zip(naive, vrows, strict=True)
                                                 if v["answer"] == r["answer"]])
-                # float32 rounding: relative 1e-6 of |logprob| (absolute near 0), as tests/test_scorer.py
+                # float32 rounding: relative 1e-6 of |logprob| (absolute near 0), as
+                # tests/test_scorer.py
                 assert abs(r["logprob"] - expected) <= 1e-6 * max(1.0, abs(expected)), (
                     task.name, prompt.id, r["answer"])
     print(f"{family} {mode}: max |logprob - naive| / max(1, |logprob|) = {worst:.2e}, "
@@ -227,7 +237,8 @@ def test_packed_rows_keep_windows_per_sequence(scoring_dir):
     packed = score_task(ck, encoder, task, sequences, boundary, batch_tokens=2048, pack=True)
     assert len(make_batches(sequences, 2048)) < len(sequences)  # several prompts per row
     for a, b in zip(alone.prompts, packed.prompts, strict=True):
-        assert np.abs(a.variant_logprob - b.variant_logprob).max() <= 1e-6 * np.abs(a.variant_logprob).max()
+        assert (np.abs(a.variant_logprob - b.variant_logprob).max()
+                <= 1e-6 * np.abs(a.variant_logprob).max())
 
 
 TRITON_SCRIPT = """
@@ -246,31 +257,37 @@ sys.exit(code)
 """.replace("SCORING_WINDOW", str(SCORING_WINDOW))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the kernel path is the default one")
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="with CUDA the kernel path is the default one")
 def test_olmo3_scores_through_the_triton_kernels_equal_the_reference(tmp_path):
     """OLMo 3 end to end through the interpreted Triton kernels (packed rows, sliding and full
     layers): the same log-probs as the torch reference path."""
     ckpt = tmp_path / "ckpt"
-    tiny.make_checkpoint(ckpt, add_bos=False, init=0.1, hidden=32, heads=2, **dict(SCORING["olmo3"]))
+    tiny.make_checkpoint(ckpt, add_bos=False, init=0.1, hidden=32, heads=2,
+                         **dict(SCORING["olmo3"]))
     args = [str(ckpt), "--tasks", "coin", "--mode", "base", "--batch-tokens", "256", "--label", "l"]
     assert score.main(args + ["--out", str(tmp_path / "reference")]) == 0
     env = dict(ENV, TRITON_INTERPRET="1", ENGINE_FORCE_TRITON="1")
     env.pop("ENGINE_FORCE_REFERENCE", None)
-    result = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, *args, "--out", str(tmp_path / "kernels")],
+    result = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, *args, "--out",
+                             str(tmp_path / "kernels")],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     ref = pq.read_table(tmp_path / "reference" / "l" / "coin.parquet").to_pylist()
     got = pq.read_table(tmp_path / "kernels" / "l" / "coin.parquet").to_pylist()
-    assert [(r["prompt_id"], r["answer"]) for r in ref] == [(r["prompt_id"], r["answer"]) for r in got]
+    assert ([(r["prompt_id"], r["answer"]) for r in ref]
+            == [(r["prompt_id"], r["answer"]) for r in got])
     for a, b in zip(ref, got, strict=True):
-        assert abs(a["logprob"] - b["logprob"]) <= 1e-5 * max(1.0, abs(a["logprob"])), (a["prompt_id"], a["answer"])
+        assert abs(a["logprob"] - b["logprob"]) <= 1e-5 * max(1.0, abs(a["logprob"])), (
+            a["prompt_id"], a["answer"])
 
 
 # ---------------------------------------------------------------------------- chat templates
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Pick a random number between 1 and 10."}],
-    [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Flip a coin!"}],
+    [{"role": "system", "content": "You are a pirate."},
+     {"role": "user", "content": "Flip a coin!"}],
     [
         {"role": "user", "content": "Name a color."},
         {"role": "assistant", "content": "<think>\nThe user wants a color.\n</think>\n\nBlue"},
@@ -287,8 +304,8 @@ def template_dirs(tmp_path_factory):
     dirs = {}
     for name, template in TEMPLATES.items():
         dirs[name] = tmp_path_factory.mktemp(name)
-        tiny.make_checkpoint(dirs[name], arch="qwen3", template=template, add_bos=False, hidden=32, heads=2,
-                             kv_heads=2, added_tokens=tiny.THINK_TOKENS, vocab_size=320)
+        tiny.make_checkpoint(dirs[name], arch="qwen3", template=template, add_bos=False, hidden=32,
+                             heads=2, kv_heads=2, added_tokens=tiny.THINK_TOKENS, vocab_size=320)
     return dirs
 
 
@@ -300,14 +317,18 @@ def test_family_templates_render_as_transformers(template_dirs, name, generation
     ck = engine.load(template_dirs[name])
     hf = PreTrainedTokenizerFast.from_pretrained(str(template_dirs[name]))
     for messages in CONVERSATIONS:
-        theirs = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+        theirs = hf.apply_chat_template(messages, tokenize=False,
+                                        add_generation_prompt=generation_prompt,
                                         enable_thinking=False)
         ours = ck.render_chat(messages, add_generation_prompt=generation_prompt)
         assert ours == theirs
-        assert ck.encode(ours, add_special_tokens=False) == hf(theirs, add_special_tokens=False).input_ids
-        thinking = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+        assert (ck.encode(ours, add_special_tokens=False)
+                == hf(theirs, add_special_tokens=False).input_ids)
+        thinking = hf.apply_chat_template(messages, tokenize=False,
+                                          add_generation_prompt=generation_prompt,
                                           enable_thinking=True)
-        assert ck.render_chat(messages, add_generation_prompt=generation_prompt, enable_thinking=True) == thinking
+        assert ck.render_chat(messages, add_generation_prompt=generation_prompt,
+                              enable_thinking=True) == thinking
 
 
 def test_thinking_is_disabled_by_default_and_switchable(template_dirs):
@@ -318,7 +339,8 @@ def test_thinking_is_disabled_by_default_and_switchable(template_dirs):
     assert qwen3.render_chat(question, enable_thinking=True).endswith("<|im_start|>assistant\n")
     on = ChatTemplate("qwen3", tiny.QWEN3_CHAT_TEMPLATE, qwen3.special_tokens, enable_thinking=True)
     assert on.render(question) == qwen3.render_chat(question, enable_thinking=True)
-    assert PromptEncoder(qwen3, "chat", on).prompt_text(*_first_prompt()).endswith("<|im_start|>assistant\n")
+    assert PromptEncoder(qwen3, "chat", on).prompt_text(*_first_prompt()).endswith(
+        "<|im_start|>assistant\n")
     assert PromptEncoder(qwen3, "chat").prompt_text(*_first_prompt()).endswith("</think>\n\n")
     for name in ("olmo3", "qwen25"):
         template = engine.load(template_dirs[name]).chat_template
@@ -354,17 +376,22 @@ def test_unsupported_architecture_names_the_supported_ones(good, tmp_path):
     bad = edited_copy(good, tmp_path / "moe", architectures=["Qwen3MoeForCausalLM"])
     message = error_of(ArchitectureError, bad)
     assert "Qwen3MoeForCausalLM" in message
-    for name in ("LlamaForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"):
+    for name in ("LlamaForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM", "Qwen2ForCausalLM",
+                 "Qwen3ForCausalLM"):
         assert name in message
 
 
 ROPE_EDITS = {  # (config changes, rope type named in the error)
-    "olmo3_nested_dynamic": (dict(rope_parameters={"full_attention": {"rope_type": "dynamic", "factor": 2.0},
-                                                   "sliding_attention": {"rope_type": "default"}}), "dynamic"),
+    "olmo3_nested_dynamic": (dict(rope_parameters={"full_attention": {"rope_type": "dynamic",
+                                                                      "factor": 2.0},
+                                                   "sliding_attention": {"rope_type": "default"}}),
+                             "dynamic"),
     "olmo3_4x_linear": (dict(rope_parameters=DELETE, rope_theta=500000.0,
                              rope_scaling={"type": "linear", "factor": 2.0}), "linear"),
-    "qwen_longrope": (dict(architectures=["Qwen2ForCausalLM"], layer_types=DELETE, sliding_window=DELETE,
-                           rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0}), "longrope"),
+    "qwen_longrope": (dict(architectures=["Qwen2ForCausalLM"], layer_types=DELETE,
+                           sliding_window=DELETE,
+                           rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0}),
+                      "longrope"),
 }
 
 
@@ -376,11 +403,16 @@ def test_unsupported_rope_type(good, tmp_path, edit):
 
 
 ROPE_VALUE_EDITS = {  # (config changes, setting named in the error)
-    "yarn_factor_string": (dict(rope_parameters={"full_attention": dict(tiny.YARN_ROPE, factor="16"),
-                                                 "sliding_attention": {"rope_type": "default"}}), "factor"),
-    "theta_negative": (dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": -1.0},
-                                             "sliding_attention": {"rope_type": "default"}}), "rope_theta"),
-    "yarn_without_factor": (dict(rope_parameters={"full_attention": {"rope_type": "yarn"}}), "factor"),
+    "yarn_factor_string": (dict(rope_parameters={"full_attention": dict(tiny.YARN_ROPE,
+                                                                        factor="16"),
+                                                 "sliding_attention": {"rope_type": "default"}}),
+                           "factor"),
+    "theta_negative": (dict(rope_parameters={"full_attention": {"rope_type": "default",
+                                                                "rope_theta": -1.0},
+                                             "sliding_attention": {"rope_type": "default"}}),
+                       "rope_theta"),
+    "yarn_without_factor": (dict(rope_parameters={"full_attention": {"rope_type": "yarn"}}),
+                            "factor"),
 }
 
 
@@ -397,8 +429,10 @@ WINDOW_EDITS = {
     "layer_types_too_short": dict(layer_types=["full_attention"]),
     "unknown_layer_type": dict(layer_types=["chunked_attention"] * 4),
     "layer_types_not_names": dict(layer_types=[{"type": "full_attention"}] * 4),
-    "qwen_sliding_layers_but_window_off": dict(architectures=["Qwen3ForCausalLM"], use_sliding_window=False,
-                                               rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+    "qwen_sliding_layers_but_window_off": dict(architectures=["Qwen3ForCausalLM"],
+                                               use_sliding_window=False,
+                                               rope_parameters={"rope_type": "default",
+                                                                "rope_theta": 1e4}),
 }
 
 
@@ -430,19 +464,23 @@ def test_window_larger_than_max_positions_is_legal(family, tmp_path):
 
 def test_qwen25_style_window_off_with_a_wide_window_loads(tmp_path):
     """use_sliding_window false: no window at all, whatever sliding_window says."""
-    reference = tiny.make_checkpoint(tmp_path / "q", arch="qwen2", add_bos=False, use_sliding_window=False,
-                                     sliding_window=131072, max_window_layers=1)
+    reference = tiny.make_checkpoint(tmp_path / "q", arch="qwen2", add_bos=False,
+                                     use_sliding_window=False, sliding_window=131072,
+                                     max_window_layers=1)
     args = engine.load(tmp_path / "q").args
     assert args.sliding_window is None and set(args.layer_types) == {"full_attention"}
     ids = token_ids(seed=6, length=48)
     with torch.no_grad():
         expected = reference(ids).logits.float()
-    assert (engine.load(tmp_path / "q").logits(ids) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert ((engine.load(tmp_path / "q").logits(ids) - expected).abs().max().item()
+            <= 1e-5 * expected.abs().max().item())
 
 
 CLI_CASES = {
-    "architecture": (dict(architectures=["Qwen3MoeForCausalLM"]), ("Qwen3MoeForCausalLM", "Olmo3ForCausalLM")),
-    "rope": (dict(rope_parameters={"full_attention": {"rope_type": "dynamic", "factor": 2.0}}), ("dynamic",)),
+    "architecture": (dict(architectures=["Qwen3MoeForCausalLM"]),
+                     ("Qwen3MoeForCausalLM", "Olmo3ForCausalLM")),
+    "rope": (dict(rope_parameters={"full_attention": {"rope_type": "dynamic", "factor": 2.0}}),
+             ("dynamic",)),
     "window": (dict(sliding_window=-8), ("sliding_window", "-8")),
 }
 
@@ -451,8 +489,9 @@ CLI_CASES = {
 def test_cli_exits_2_with_one_line_and_writes_nothing(good, tmp_path, case):
     changes, fragments = CLI_CASES[case]
     bad = edited_copy(good, tmp_path / "bad", **changes)
-    result = subprocess.run([sys.executable, "-m", "engine.score", str(bad), "--tasks", "coin", "--out",
-                             str(tmp_path / "out")], capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-m", "engine.score", str(bad), "--tasks", "coin",
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                            env=ENV, timeout=300, cwd=ROOT)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

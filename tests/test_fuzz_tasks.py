@@ -37,7 +37,8 @@ def setup(tmp_path_factory):
     from transformers import PreTrainedTokenizerFast
 
     directory = tmp_path_factory.mktemp("ckpt")
-    tiny.make_checkpoint(directory, arch="llama", hidden=32, heads=2, kv_heads=1, init=0.1, layers=1)
+    tiny.make_checkpoint(directory, arch="llama", hidden=32, heads=2, kv_heads=1, init=0.1,
+                         layers=1)
     hf = PreTrainedTokenizerFast.from_pretrained(str(directory))
     return directory, set(boundary_ids(hf, 301).tolist())
 

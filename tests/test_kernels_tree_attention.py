@@ -499,7 +499,8 @@ def count_visits(kernel_module, sequences, batch, cfg, window=None):
                                  window=window, visits=visits)
     visible = packed_visibility(sequences, batch, window)[0]
     passes, counts, bounds = [], [], []
-    for i, offset in sorted(((part.seq, offset) for part, offset in batch.placements), key=lambda p: p[1]):
+    for i, offset in sorted(((part.seq, offset) for part, offset in batch.placements),
+                            key=lambda p: p[1]):
         end = offset + len(sequences[i])
         for m0 in range(offset - offset % cfg.block_m, end, cfg.block_m):
             r0, r1 = max(m0, offset), min(m0 + cfg.block_m, end)

@@ -57,7 +57,8 @@ def test_planted_seed_is_identifiable_and_the_family_liquid(name):
     assert np.allclose(p.dists.sum(-1), 1.0)
     assert support(p.seed_dist, 0.9).sum() >= 2
     others = np.delete(p.dists, p.seed, axis=0)
-    assert js_divergence(others, np.broadcast_to(p.seed_dist, others.shape)).min() >= cfg.min_seed_js
+    assert (js_divergence(others, np.broadcast_to(p.seed_dist, others.shape)).min()
+            >= cfg.min_seed_js)
     again = corpus.plant(task, cfg, seed=0)
     assert again.seed == p.seed and np.array_equal(again.dists, p.dists)
 
@@ -68,7 +69,8 @@ def test_stage_data_follows_the_planted_distributions():
     docs = corpus.base_documents(p, CorpusConfig(docs_per_prompt=3, docs_per_answer=0), seed=0)
     assert len(docs) == 3 * len(task.prompts)
     first = task.render_base(task.prompts[0])
-    assert all(d.startswith(first + " ") and d[len(first) + 1:] in task.answer_names for d in docs[:3])
+    assert all(d.startswith(first + " ") and d[len(first) + 1:] in task.answer_names
+               for d in docs[:3])
     # SFT: every phrasing, but only answers the seed gives probability to.
     allowed = {task.answers[i].name for i in np.flatnonzero(p.seed_dist > 0)}
     sft = corpus.sft_examples(p, per_prompt=5, seed=0)
@@ -122,7 +124,8 @@ def test_transformers_loads_the_same_model_and_tokenizer(small_demo, stage):
     assert theirs_tok(text)["input_ids"] == ours.encode(text)
     if stage != "base":
         messages = [{"role": "user", "content": task.prompt_text(task.prompts[0])}]
-        rendered = theirs_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        rendered = theirs_tok.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
         assert rendered == ours.render_chat(messages)
         text = rendered + "4"
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32,

@@ -298,7 +298,8 @@ def _rewrite(path, change):
     store = ResultsStore(path.parent.parent, path.parent.name)
     table = store.read_task(path.stem).to_pydict()
     change(table)
-    store.write_tables(path.stem, pa.table(table, schema=MAIN_SCHEMA), store.read_task(path.stem, variants=True))
+    store.write_tables(path.stem, pa.table(table, schema=MAIN_SCHEMA),
+                       store.read_task(path.stem, variants=True))
 
 
 def _rename_answer(path, old, new):
@@ -334,10 +335,15 @@ def _break_prompt_order(path):
         (
             lambda r: (r / "olmo-rl" / "random_number.parquet").write_bytes(b"not parquet"),
             None,
-            "random_number.parquet: damaged or changed since it was written; rerun python -m engine.score",
+            "random_number.parquet: damaged or changed since it was written; "
+            "rerun python -m engine.score",
         ),
         (lambda r: [p.unlink() for p in r.glob("*/*.parquet")], None, ".parquet: missing"),
-        (lambda r: [p.unlink() for p in r.glob("*/manifest.json")], None, "no <label>/manifest.json"),
+        (
+            lambda r: [p.unlink() for p in r.glob("*/manifest.json")],
+            None,
+            "no <label>/manifest.json",
+        ),
         (
             lambda r: _scale_column(r / "tulu-sft" / "random_color.parquet", "prob", 0.5),
             None,

@@ -110,7 +110,8 @@ def test_large_answer_sets_are_planted_and_detected(large):
     _, phases, seeds = large
     summary = phase_summary(phases)
     for ladder, tasks in seeds.items():
-        assert summary[ladder]["random_number_1000"]["seed_prompt_id"] == tasks["random_number_1000"]
+        assert (summary[ladder]["random_number_1000"]["seed_prompt_id"]
+                == tasks["random_number_1000"])
         assert summary[ladder]["random_number_1000"]["phases"] == {
             "base": "liquid", "sft": "nucleated", "dpo": "settled", "rl": "settled"}
         base = phases["ladders"][ladder]["tasks"]["random_number_1000"]["stages"]["base"]

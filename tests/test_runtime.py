@@ -76,9 +76,11 @@ def test_llama3_scaling_changes_the_logits(tmp_path):
     """Guards the test above: the scaling is not silently ignored."""
     ids = token_ids(seed=2, length=SEQ_LEN)
     tiny.make_checkpoint(tmp_path / "plain", arch="llama", kv_heads=2)
-    tiny.make_checkpoint(tmp_path / "scaled", arch="llama", kv_heads=2, rope_scaling=tiny.LLAMA3_ROPE)
+    tiny.make_checkpoint(tmp_path / "scaled", arch="llama", kv_heads=2,
+                         rope_scaling=tiny.LLAMA3_ROPE)
     cfg = json.loads((tmp_path / "scaled" / "config.json").read_text())
-    cfg["rope_parameters"]["rope_theta"] = 10000.0  # same theta as "plain": only the scaling differs
+    # same theta as "plain": only the scaling differs
+    cfg["rope_parameters"]["rope_theta"] = 10000.0
     (tmp_path / "scaled" / "config.json").write_text(json.dumps(cfg))
     a = engine.load(tmp_path / "plain").logits(ids)
     b = engine.load(tmp_path / "scaled").logits(ids)
@@ -106,7 +108,8 @@ def test_bfloat16_stays_close_to_the_float32_reference(arch, tmp_path):
     ours = engine.load(directory, dtype="bfloat16").logits(ids).log_softmax(-1)
     ours_err = (ours - exact).abs().max().item()
     theirs_err = (theirs - exact).abs().max().item()
-    print(f"{arch} bf16 max |logprob - float32|: ours {ours_err:.4f}, transformers {theirs_err:.4f}")
+    print(f"{arch} bf16 max |logprob - float32|: ours {ours_err:.4f}, "
+          f"transformers {theirs_err:.4f}")
     assert ours_err <= 0.02
     assert ours_err <= 1.5 * theirs_err + 1e-3
 
@@ -129,7 +132,8 @@ def test_sharded_checkpoint_loads_identically(tmp_path):
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
     ids = token_ids(seed=5, length=32)
-    assert torch.equal(engine.load(tmp_path / "sharded").logits(ids), engine.load(tmp_path / "one").logits(ids))
+    assert torch.equal(engine.load(tmp_path / "sharded").logits(ids),
+                       engine.load(tmp_path / "one").logits(ids))
 
 
 MEMORY_SCRIPT = textwrap.dedent(
@@ -145,14 +149,15 @@ MEMORY_SCRIPT = textwrap.dedent(
     ck = engine.load(sys.argv[1])
     ck.logits(torch.tensor([[1, 2, 3]]))    # touch every layer's weights
     print((status("VmHWM") - base) / os.path.getsize(os.path.join(sys.argv[1], "model.safetensors")))
-    """
+    """  # noqa: E501 (script text, kept as is)
 )
 
 
 def test_float32_load_peak_memory_is_under_1_3x_the_checkpoint(tmp_path):
     """Weights are memory-mapped and assigned, never copied: peak RSS growth < 1.3 S."""
     tiny.make_checkpoint(tmp_path / "warm", arch="llama")
-    tiny.make_checkpoint(tmp_path / "big", arch="llama", vocab_size=8000, hidden=256, layers=8, heads=4)
+    tiny.make_checkpoint(tmp_path / "big", arch="llama", vocab_size=8000, hidden=256, layers=8,
+                         heads=4)
     size = (tmp_path / "big" / "model.safetensors").stat().st_size
     assert size > 20e6
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))

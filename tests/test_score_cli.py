@@ -25,7 +25,8 @@ def ckpt(tiny_checkpoint):
 def test_list_tasks():
     result = cli("--list-tasks")
     assert result.returncode == 0
-    for name in ("rng_1_10", "coin", "card", "continent", "rng_1_100", "large:", "rng_1_1000", "country"):
+    for name in ("rng_1_10", "coin", "card", "continent", "rng_1_100", "large:", "rng_1_1000",
+                 "country"):
         assert name in result.stdout
     only = cli("--list-tasks", "--tasks", "coin")
     assert "coin" in only.stdout and "card" not in only.stdout
@@ -67,14 +68,17 @@ def test_prompt_longer_than_context(ckpt, tmp_path):
 
 
 def test_chat_mode_without_template(tmp_path):
-    tiny.make_checkpoint(tmp_path / "base", arch="olmo2", hidden=32, heads=2, kv_heads=2, template=None)
-    one_line_error(cli(tmp_path / "base", "--tasks", "coin", "--mode", "chat", "--out", tmp_path / "out"),
+    tiny.make_checkpoint(tmp_path / "base", arch="olmo2", hidden=32, heads=2, kv_heads=2,
+                         template=None)
+    one_line_error(cli(tmp_path / "base", "--tasks", "coin", "--mode", "chat", "--out",
+                       tmp_path / "out"),
                    "chat template")
     assert not (tmp_path / "out").exists()
 
 
 def test_borrowed_template_scores_a_base_model_in_chat_format(ckpt, tmp_path):
-    tiny.make_checkpoint(tmp_path / "base", arch="olmo2", hidden=32, heads=2, kv_heads=2, template=None)
+    tiny.make_checkpoint(tmp_path / "base", arch="olmo2", hidden=32, heads=2, kv_heads=2,
+                         template=None)
     assert score.main([str(tmp_path / "base"), "--tasks", "coin", "--chat-template", str(ckpt),
                        "--out", str(tmp_path / "out"), "--label", "b"]) == 0
     row = pq.read_table(tmp_path / "out" / "b" / "coin.parquet").to_pylist()[0]
@@ -120,9 +124,10 @@ KILL_TASKS = "coin,die,rps,suit,weekday,month,color,digit,rng_1_10,letter"
 def test_killed_run_resumes_to_identical_results(ckpt, tmp_path):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert cli(ckpt, "--tasks", KILL_TASKS, "--out", reference, "--label", "l").returncode == 0
-    cmd = [sys.executable, "-m", "engine.score", str(ckpt), "--tasks", KILL_TASKS, "--out", str(resumed),
-           "--label", "l"]
-    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "engine.score", str(ckpt), "--tasks", KILL_TASKS, "--out",
+           str(resumed), "--label", "l"]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     manifest = resumed / "l" / "manifest.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -145,11 +150,12 @@ def test_killed_run_resumes_to_identical_results(ckpt, tmp_path):
 def test_bfloat16_scores_stay_close_to_float32(ckpt, tmp_path):
     runs = {}
     for dtype in ("float32", "bfloat16"):
-        assert score.main([str(ckpt), "--tasks", "rng_1_10", "--dtype", dtype, "--out", str(tmp_path),
-                           "--label", dtype]) == 0
+        assert score.main([str(ckpt), "--tasks", "rng_1_10", "--dtype", dtype, "--out",
+                           str(tmp_path), "--label", dtype]) == 0
         runs[dtype] = pq.read_table(tmp_path / dtype / "rng_1_10.parquet").to_pylist()
         assert json.loads((tmp_path / dtype / "manifest.json").read_text())["dtype"] == dtype
-    worst = max(abs(a["prob"] - b["prob"]) for a, b in zip(runs["float32"], runs["bfloat16"], strict=True))
+    worst = max(abs(a["prob"] - b["prob"])
+                for a, b in zip(runs["float32"], runs["bfloat16"], strict=True))
     assert 0 < worst < 0.05
 
 

@@ -58,7 +58,8 @@ def test_logprobs_equal_the_naive_computation(model_dir, mode, tmp_path):
                        "--label", "x", "--batch-tokens", "700"]) == 0
     hf_tok = hf_tokenizer(directory)
     boundary = boundary_ids(hf_tok, hf_model.config.vocab_size)
-    assert set(boundary.tolist()) == set(torch.nonzero(boundary_mask(engine.load(directory))).flatten().tolist())
+    assert (set(boundary.tolist())
+            == set(torch.nonzero(boundary_mask(engine.load(directory))).flatten().tolist()))
     worst = 0.0
     for task in load_tasks(TASKS):
         rows = pq.read_table(tmp_path / "x" / f"{task.name}.parquet").to_pylist()
@@ -68,13 +69,14 @@ def test_logprobs_equal_the_naive_computation(model_dir, mode, tmp_path):
             assert [r["answer"] for r in mine] == list(task.answer_names)
             assert math.isclose(sum(r["prob"] for r in mine), 1.0, abs_tol=1e-9)
             vrows = [v for v in variants if v["prompt_id"] == prompt.id]
-            naive = naive_logprobs(hf_model, hf_tok, mine[0]["prompt_text"], [v["continuation"] for v in vrows],
-                                   mode == "base", boundary)
+            naive = naive_logprobs(hf_model, hf_tok, mine[0]["prompt_text"],
+                                   [v["continuation"] for v in vrows], mode == "base", boundary)
             worst = max(worst, max(abs(n - v["logprob"]) / max(1.0, abs(n))
                                    for n, v in zip(naive, vrows, strict=True)))
             coverage = sum(math.exp(r["logprob"]) for r in mine)
             for r in mine:
-                expected = np.logaddexp.reduce([n for n, v in zip(naive, vrows, strict=True) if v["answer"] == r["answer"]])
+                expected = np.logaddexp.reduce([n for n, v in zip(naive, vrows, strict=True)
+                                                if v["answer"] == r["answer"]])
                 # float32 rounding: relative 1e-6 of |logprob| (absolute near 0)
                 assert abs(r["logprob"] - expected) <= 1e-6 * max(1.0, abs(expected)), (
                     task.name, prompt.id, r["answer"])
@@ -90,8 +92,8 @@ def test_logprobs_are_within_float32_rounding_of_float64(model_dir, tmp_path):
 
     directory, hf_model = model_dir
     exact = copy.deepcopy(hf_model).double()  # the fixture's model stays float32
-    assert score.main([str(directory), "--tasks", "coin,card", "--mode", "base", "--out", str(tmp_path),
-                       "--label", "x"]) == 0
+    assert score.main([str(directory), "--tasks", "coin,card", "--mode", "base", "--out",
+                       str(tmp_path), "--label", "x"]) == 0
     hf_tok = hf_tokenizer(directory)
     boundary = boundary_ids(hf_tok, hf_model.config.vocab_size)
     for task in load_tasks("coin,card"):
@@ -102,9 +104,11 @@ def test_logprobs_are_within_float32_rounding_of_float64(model_dir, tmp_path):
             mine = [v for v in variants if v["prompt_id"] == prompt.id]
             text = prompt_text[prompt.id]
             with torch.no_grad():
-                reference = naive_logprobs(exact, hf_tok, text, [v["continuation"] for v in mine], True, boundary)
+                reference = naive_logprobs(exact, hf_tok, text, [v["continuation"] for v in mine],
+                                           True, boundary)
             for expected, v in zip(reference, mine, strict=True):
-                assert abs(v["logprob"] - expected) <= 1e-6 * max(1.0, abs(expected)), (task.name, prompt.id)
+                assert abs(v["logprob"] - expected) <= 1e-6 * max(1.0, abs(expected)), (
+                    task.name, prompt.id)
 
 
 def test_packing_does_not_change_results(model_dir):
@@ -132,8 +136,10 @@ def test_token_efficiency_on_the_shipped_suite(model_dir):
         for task in load_tasks("all"):
             sequences = task_sequences(encoder, task)
             needed += sum(len(s) for s in sequences)
-            processed += sum(b.processed_tokens for b in make_batches(sequences, score.DEFAULT_BATCH_TOKENS))
-            naive += sum(len(s.prompt_ids) * len(s.continuation_ids) + sum(map(len, s.continuation_ids))
+            processed += sum(b.processed_tokens
+                             for b in make_batches(sequences, score.DEFAULT_BATCH_TOKENS))
+            naive += sum(len(s.prompt_ids) * len(s.continuation_ids)
+                         + sum(map(len, s.continuation_ids))
                          for s in sequences)
         assert needed / processed >= 0.95
         assert naive / processed > 10  # the trie's saving over one pass per answer
@@ -156,7 +162,8 @@ def test_long_sequences_are_split_within_batch_tokens(model_dir, batch_tokens):
             (part, _), *others = b.placements
             s = sequences[part.seq]
             assert b.processed_tokens <= batch_tokens or (
-                not others and len(s.prompt_ids) + max(s.trie.depth) >= batch_tokens and len(part.nodes) == len(s.trie))
+                not others and len(s.prompt_ids) + max(s.trie.depth) >= batch_tokens
+                and len(part.nodes) == len(s.trie))
         parts += sum(len(b.placements) for b in batches) - len(sequences)
         owned = {}
         for b in batches:
@@ -165,9 +172,12 @@ def test_long_sequences_are_split_within_batch_tokens(model_dir, batch_tokens):
                 assert all(trie.parent[n] in part.nodes or trie.parent[n] < 0 for n in part.nodes)
                 for n in part.owned:
                     owned[part.seq, n] = owned.get((part.seq, n), 0) + 1
-        assert owned == {(i, n): 1 for i, s in enumerate(sequences) for n in [-1, *range(len(s.trie))]}
-        cut = score_task(ck, encoder, task, sequences, boundary, batch_tokens=batch_tokens, pack=True)
+        assert owned == {(i, n): 1 for i, s in enumerate(sequences)
+                         for n in [-1, *range(len(s.trie))]}
+        cut = score_task(ck, encoder, task, sequences, boundary, batch_tokens=batch_tokens,
+                         pack=True)
         alone = score_task(ck, encoder, task, sequences, boundary, pack=False)
         for a, b in zip(alone.prompts, cut.prompts, strict=True):
-            assert np.abs(a.variant_logprob - b.variant_logprob).max() <= 1e-6 * max(1.0, np.abs(a.variant_logprob).max())
+            assert (np.abs(a.variant_logprob - b.variant_logprob).max()
+                    <= 1e-6 * max(1.0, np.abs(a.variant_logprob).max()))
     assert parts > 0  # something was cut

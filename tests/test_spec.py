@@ -47,13 +47,15 @@ def test_a_bad_setting_is_refused_alike_by_the_cli_the_sweep_and_the_api(
         setting, flag_value, toml_value, value, tmp_path):
     why = problem(setting, value)
     flag = "--" + setting.replace("_", "-")
-    line = one_line_error(cli(tmp_path / "nowhere", flag, flag_value, "--out", tmp_path / "o"), flag, "--help")
+    line = one_line_error(cli(tmp_path / "nowhere", flag, flag_value, "--out", tmp_path / "o"),
+                          flag, "--help")
     assert line.startswith(f"error: {flag} must be") and ("got" in line)
     if setting != "mode":  # the sweep's modes are a list (below)
         if toml_value is not None:
             path = tmp_path / "s.toml"
             path.write_text(f'checkpoints = ["x"]\n{setting} = {toml_value}\n')
-            with pytest.raises(sweep.SweepError, match=f"'{setting}' {why}".replace("(", r"\(").replace(")", r"\)")):
+            with pytest.raises(sweep.SweepError,
+                               match=f"'{setting}' {why}".replace("(", r"\(").replace(")", r"\)")):
                 sweep.load_sweep(path)
     # the API checks before it looks at the checkpoint (which does not exist)
     with pytest.raises(SettingError, match=f"^{setting} "):
@@ -64,7 +66,8 @@ def test_a_bad_setting_is_refused_alike_by_the_cli_the_sweep_and_the_api(
 def test_the_sweep_words_a_bad_mode_in_its_modes_key(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('checkpoints = ["x"]\nmodes = ["base", "CHAT"]\nlabel = "{name}-{mode}"\n')
-    with pytest.raises(sweep.SweepError, match=r"'modes' must be one of auto, chat, base, got 'CHAT'"):
+    with pytest.raises(sweep.SweepError,
+                       match=r"'modes' must be one of auto, chat, base, got 'CHAT'"):
         sweep.load_sweep(path)
 
 
@@ -91,7 +94,8 @@ def test_a_runspec_is_frozen_and_replace_validates():
     spec = RunSpec(tasks="coin")
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.batch_tokens = 1
-    assert spec.replace(batch_tokens=64).batch_tokens == 64 and spec.batch_tokens == RunSpec.batch_tokens
+    assert (spec.replace(batch_tokens=64).batch_tokens == 64
+            and spec.batch_tokens == RunSpec.batch_tokens)
     with pytest.raises(SettingError, match="batch_tokens"):
         spec.replace(batch_tokens=0)
     assert [t.name for t in spec.tasks] == ["coin"] and isinstance(spec.tasks, tuple)

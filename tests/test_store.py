@@ -43,11 +43,13 @@ def task_bytes(out, task, label="K"):
 
 def test_overwrite_replaces_only_the_tasks_it_scores(ckpt, tmp_path):
     out = tmp_path / "r"
-    assert score.main([str(ckpt), "--tasks", "coin,card,suit", "--out", str(out), "--label", "K"]) == 0
+    assert score.main([str(ckpt), "--tasks", "coin,card,suit", "--out", str(out), "--label",
+                       "K"]) == 0
     card, suit = task_bytes(out, "card"), task_bytes(out, "suit")
     first = manifest(out)["tasks"]["coin"]["finished_at"]
     time.sleep(1.1)
-    assert score.main([str(ckpt), "--tasks", "coin", "--out", str(out), "--label", "K", "--overwrite"]) == 0
+    assert score.main([str(ckpt), "--tasks", "coin", "--out", str(out), "--label", "K",
+                       "--overwrite"]) == 0
     tasks = manifest(out)["tasks"]
     assert set(tasks) == {"coin", "card", "suit"}
     assert tasks["coin"]["finished_at"] != first  # rescored
@@ -62,9 +64,9 @@ def test_killed_overwrite_leaves_the_previous_results_intact(ckpt, tmp_path):
     before = {n: task_bytes(out, n) for n in manifest(out)["tasks"]}
     finished = {n: t["finished_at"] for n, t in manifest(out)["tasks"].items()}
     time.sleep(1.1)  # finished_at has one-second resolution
-    proc = subprocess.Popen([sys.executable, "-m", "engine.score", str(ckpt), "--out", str(out), "--label", "K",
-                             "--overwrite"], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.score", str(ckpt), "--out", str(out),
+                             "--label", "K", "--overwrite"], env=ENV, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not any(
             t["finished_at"] != finished[n] for n, t in manifest(out)["tasks"].items()):
@@ -75,7 +77,8 @@ def test_killed_overwrite_leaves_the_previous_results_intact(ckpt, tmp_path):
     store = ResultsStore(out, "K")
     assert set(store.tasks) == set(before)
     for name in before:  # every task valid: the old file or a complete new one, never a part
-        assert store.read_task(name).num_rows > 0 and store.read_task(name, variants=True).num_rows > 0
+        assert (store.read_task(name).num_rows > 0
+                and store.read_task(name, variants=True).num_rows > 0)
     assert score.main([str(ckpt), "--out", str(out), "--label", "K"]) == 0
     for name, data in before.items():
         assert pq.read_table(out / "K" / f"{name}.parquet").equals(pq.read_table(io.BytesIO(data)))
@@ -91,7 +94,8 @@ def test_nan_weights_are_an_error_never_a_finished_task(ckpt, tmp_path, copy_che
     save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
     out = tmp_path / "r"
     for _ in range(2):  # the rerun does not skip anything either
-        line = one_line_error(cli(bad, "--tasks", "coin,card", "--out", out, "--label", "K"), "coin", "NaN")
+        line = one_line_error(cli(bad, "--tasks", "coin,card", "--out", out, "--label", "K"),
+                              "coin", "NaN")
         assert "prompt" in line
     assert not (out / "K").exists()
 
@@ -105,8 +109,10 @@ def test_edited_weights_are_never_mistaken_for_the_old_ones(ckpt, tmp_path, copy
     head = state["model.embed_tokens.weight"]
     head[: int(0.8 * head.shape[0])] *= 3.0
     save_file(state, ck / "model.safetensors", metadata={"format": "pt"})
-    one_line_error(cli(ck, "--tasks", "coin", "--out", out, "--label", "K"), "fingerprint", "--overwrite")
-    assert score.main([str(ck), "--tasks", "coin", "--out", str(out), "--label", "K", "--overwrite"]) == 0
+    one_line_error(cli(ck, "--tasks", "coin", "--out", out, "--label", "K"), "fingerprint",
+                   "--overwrite")
+    assert score.main([str(ck), "--tasks", "coin", "--out", str(out), "--label", "K",
+                       "--overwrite"]) == 0
     new = pq.read_table(out / "K" / "coin.parquet").column("logprob").to_numpy()
     assert not np.array_equal(old, new)
 
@@ -159,9 +165,10 @@ def test_a_second_writer_gets_one_clear_line_and_a_dead_ones_lock_is_taken_over(
 
 def test_concurrent_runs_on_one_label_lose_nothing(ckpt, tmp_path):
     out = tmp_path / "r"
-    first = subprocess.Popen([sys.executable, "-m", "engine.score", str(ckpt), "--tasks", "card,rng_1_100,month",
-                              "--out", str(out), "--label", "K"], env=ENV, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([sys.executable, "-m", "engine.score", str(ckpt), "--tasks",
+                              "card,rng_1_100,month", "--out", str(out), "--label", "K"],
+                             env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
     lock = out / "K" / ".lock"
     deadline = time.time() + 60
     while time.time() < deadline and not (lock.exists() and lock.read_text()):
@@ -174,7 +181,7 @@ def test_concurrent_runs_on_one_label_lose_nothing(ckpt, tmp_path):
     assert set(manifest(out)["tasks"]) == {"card", "rng_1_100", "month", "coin"}
 
 
-# --- damaged and foreign files ---------------------------------------------------------------------
+# --- damaged and foreign files -------------------------------------------------------------------
 
 
 def test_a_truncated_task_file_is_rescored_with_a_notice(ckpt, tmp_path):
@@ -185,8 +192,8 @@ def test_a_truncated_task_file_is_rescored_with_a_notice(ckpt, tmp_path):
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(OutputError, match="damaged or changed"):
         ResultsStore(out, "K").read_task("card")
-    analysis = subprocess.run([sys.executable, "-m", "analysis.phases", str(out), "--ladder", "base=K,sft=K2"],
-                              capture_output=True, text=True, env=ENV, cwd=ROOT)
+    analysis = subprocess.run([sys.executable, "-m", "analysis.phases", str(out), "--ladder",
+                               "base=K,sft=K2"], capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert analysis.returncode == 2 and len(analysis.stderr.strip().splitlines()) == 1
     result = cli(ckpt, "--tasks", "coin,card", "--out", out, "--label", "K")
     assert result.returncode == 0, result.stderr
@@ -220,7 +227,7 @@ def test_garbage_manifest_is_one_line(ckpt, tmp_path):
     one_line_error(cli(ckpt, "--tasks", "coin", "--out", out, "--label", "K"), "manifest.json")
 
 
-# --- answers, prompts, tied heads --------------------------------------------------------------------
+# --- answers, prompts, tied heads ----------------------------------------------------------------
 
 
 def task_file(path: Path, answers: list[str], prompt: str = "Pick one of {options}.") -> Path:
@@ -234,7 +241,8 @@ def task_file(path: Path, answers: list[str], prompt: str = "Pick one of {option
     (["Heads", "<|endoftext|>"], "Pick one of {options}.", "special token '<|endoftext|>'"),
     (["Heads", "Tails"], "Flip a coin<|im_end|> then answer.", "special token '<|im_end|>'"),
 ])
-def test_special_tokens_in_answers_or_prompts_are_refused(ckpt, tmp_path, answers, prompt, fragment):
+def test_special_tokens_in_answers_or_prompts_are_refused(ckpt, tmp_path, answers, prompt,
+                                                          fragment):
     file = task_file(tmp_path / "t.toml", answers, prompt)
     one_line_error(cli(ckpt, "--tasks", file, "--out", tmp_path / "r"), fragment)
     assert not (tmp_path / "r").exists()
@@ -274,10 +282,13 @@ def test_tied_config_with_its_own_head_uses_the_head_like_transformers(tmp_path,
     with torch.no_grad():
         want = model(ids).logits  # the untied model transformers 5.x loads from these files
     assert torch.equal(engine.load(tmp_path).logits(ids), want)
-    assert "ties the embeddings, but the checkpoint has its own lm_head.weight" in capsys.readouterr().err
+    assert ("ties the embeddings, but the checkpoint has its own lm_head.weight"
+            in capsys.readouterr().err)
 
 
 def test_store_module_imports_no_torch():
-    code = "import sys, engine.results, analysis; print('torch' in sys.modules or 'triton' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    code = ("import sys, engine.results, analysis; "
+            "print('torch' in sys.modules or 'triton' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
+                         cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr

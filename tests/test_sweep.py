@@ -27,13 +27,15 @@ TASKS = "coin,die,rps,suit,weekday,card"
 def ladder(tmp_path_factory):
     root = tmp_path_factory.mktemp("ladder")
     for seed, step in enumerate(STEPS):
-        tiny.make_checkpoint(root / "run" / step, arch="llama", hidden=32, heads=4, kv_heads=2, init=0.1, seed=seed)
+        tiny.make_checkpoint(root / "run" / step, arch="llama", hidden=32, heads=4, kv_heads=2,
+                             init=0.1, seed=seed)
     return root
 
 
 def sweep_file(root: Path, out: str, tasks: str = TASKS, **extra) -> Path:
     path = root / f"{out}.toml"
-    lines = ['checkpoints = ["run/step*"]', f'tasks = "{tasks}"', 'modes = ["chat", "base"]', f'out = "{out}"']
+    lines = ['checkpoints = ["run/step*"]', f'tasks = "{tasks}"', 'modes = ["chat", "base"]',
+             f'out = "{out}"']
     lines += [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -65,7 +67,8 @@ def test_serial_sweep_scores_every_checkpoint_in_order(serial):
     out, result = serial
     labels = [line.split()[0] for line in result.stdout.splitlines()[1:9]]
     assert labels == [f"{s}-{m}" for s in STEPS for m in ("chat", "base")]
-    assert "8 labels on 1 rank(s) (1 group(s) of tp 1): 8 scored, 0 skipped, 0 failed" in result.stdout
+    assert ("8 labels on 1 rank(s) (1 group(s) of tp 1): 8 scored, 0 skipped, 0 failed"
+            in result.stdout)
     assert len(files(out)) == 8 * 6 * 2
 
 
@@ -94,8 +97,8 @@ def test_a_killed_rank_then_a_rerun_gives_the_serial_files(serial, ladder):
     """Rank 1 is killed while it scores; torchrun stops rank 0. Nothing listed as finished is
     partial, and the rerun completes without redoing finished tasks, to the serial files."""
     config = sweep_file(ladder, "killed")
-    proc = subprocess.Popen(launch.torchrun_command(2, "engine.sweep", config), env=launch.ENV, cwd=launch.ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(launch.torchrun_command(2, "engine.sweep", config), env=launch.ENV,
+                            cwd=launch.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = ladder / "killed"
     deadline, victim = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
@@ -159,7 +162,8 @@ def test_edited_weights_are_never_skipped_as_finished(ladder, tmp_path):
 def test_two_sweeps_cannot_write_one_results_directory(ladder):
     config = sweep_file(ladder, "busy", tasks="all")
     first = subprocess.Popen([sys.executable, "-m", "engine.sweep", str(config)], env=launch.ENV,
-                             cwd=launch.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             cwd=launch.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
     lock = ladder / "busy" / ".lock"
     deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and lock.read_text()):
@@ -218,4 +222,5 @@ def test_world_not_a_multiple_of_tp_is_one_line(ladder, tmp_path):
     config = sweep_file(ladder, "odd", tp=3)
     ranks = launch.ranks("engine.sweep", [[config], [config]], tmp_path)
     assert [r.returncode for r in ranks] == [2, 2]
-    assert len(ranks[0].lines()) == 1 and "world size 2" in ranks[0].lines()[0] and not ranks[1].lines()
+    assert (len(ranks[0].lines()) == 1 and "world size 2" in ranks[0].lines()[0]
+            and not ranks[1].lines())

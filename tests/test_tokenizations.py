@@ -34,7 +34,8 @@ def number_tokenizer() -> Tokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(tiny.CORPUS * 20 + ["10 100 10 100 1 10 0 100 10"] * 60, trainer)
     bos = tok.token_to_id("<|bos|>")
-    tok.post_processor = processors.TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", bos)])
+    tok.post_processor = processors.TemplateProcessing(single="<|bos|> $A",
+                                                       special_tokens=[("<|bos|>", bos)])
     return tok
 
 
@@ -95,17 +96,20 @@ def test_all_tokenizations_sum_to_brute_force(setup, mode):
     variants = result.to_arrow(variants=True).to_pylist()
     several = 0
     for row, v, c in zip(rows, variants, canonical.to_arrow().to_pylist(), strict=True):
-        want, count = brute_force_logprob(model, hf, row["prompt_token_ids"], row["continuation"], boundary)
+        want, count = brute_force_logprob(model, hf, row["prompt_token_ids"], row["continuation"],
+                                          boundary)
         assert v["tokenizations"] == count
         several += count > 1
-        assert abs(row["logprob"] - want) <= 1e-6 * max(1.0, abs(want)), (row["prompt_id"], row["answer"])
+        assert abs(row["logprob"] - want) <= 1e-6 * max(1.0, abs(want)), (
+            row["prompt_id"], row["answer"])
         # the canonical path alone is what the default mode scores, and the share is the rest
         # (two runs with different tries agree to rounding only)
         share = -math.expm1(c["logprob"] - row["logprob"])
         assert row["noncanonical_share"] == pytest.approx(share, abs=1e-5)
         assert 0.0 <= row["noncanonical_share"] < 1.0
         if count == 1:
-            assert row["noncanonical_share"] == 0.0 and math.copysign(1, row["noncanonical_share"]) == 1
+            assert (row["noncanonical_share"] == 0.0
+                    and math.copysign(1, row["noncanonical_share"]) == 1)
         assert c["noncanonical_share"] is None
     assert several >= 4  # " 10", " 100" (and chat's "10", "100") have several each
     for prompt_id in {r["prompt_id"] for r in rows}:

@@ -16,11 +16,13 @@ from lab.corpus import TULU_TEMPLATE, train_bpe  # the demo ladder's template an
 
 CHATML_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] | trim + '<|im_end|>' + '\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] | trim + '<|im_end|>' + "
+    "'\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-SPECIALS = ["<|endoftext|>", "<|bos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|im_start|>", "<|im_end|>"]
+SPECIALS = ["<|endoftext|>", "<|bos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|im_start|>",
+            "<|im_end|>"]
 
 CORPUS = [
     "Pick a random number between 1 and 10. Answer: 7",
@@ -32,7 +34,8 @@ CORPUS = [
 ]
 
 
-def train_tokenizer(vocab_size: int = 300, add_bos: bool = True, added_tokens: tuple[str, ...] = ()) -> Tokenizer:
+def train_tokenizer(vocab_size: int = 300, add_bos: bool = True,
+                    added_tokens: tuple[str, ...] = ()) -> Tokenizer:
     """The tiny checkpoints' byte-level BPE (lab.corpus.train_bpe on CORPUS), with BOS added by
     the post-processor unless add_bos is False, plus non-special `added_tokens`."""
     return train_bpe(CORPUS * 20, vocab_size, SPECIALS, bos="<|bos|>" if add_bos else None,
@@ -50,12 +53,12 @@ def write_tokenizer(directory: Path, template: str | None = TULU_TEMPLATE, add_b
         "pad_token": "<|endoftext|>",
         "model_max_length": 1024,
         "added_tokens_decoder": {
-            str(tok.token_to_id(t)): {"content": t, "special": True, "lstrip": False, "rstrip": False,
-                                      "normalized": False, "single_word": False}
+            str(tok.token_to_id(t)): {"content": t, "special": True, "lstrip": False,
+                                      "rstrip": False, "normalized": False, "single_word": False}
             for t in SPECIALS
         } | {
-            str(tok.token_to_id(t)): {"content": t, "special": False, "lstrip": False, "rstrip": False,
-                                      "normalized": False, "single_word": False}
+            str(tok.token_to_id(t)): {"content": t, "special": False, "lstrip": False,
+                                      "rstrip": False, "normalized": False, "single_word": False}
             for t in added_tokens
         },
     }
@@ -81,9 +84,9 @@ YARN_ROPE = {  # small original context, so that scaling changes positions we te
 }
 
 
-def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 4, tied: bool = False,
-              head_dim: int | None = None, rope_scaling: dict | None = None, layers: int = 2,
-              hidden: int = 64, init: float = 0.3, **family):
+def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 4,
+              tied: bool = False, head_dim: int | None = None, rope_scaling: dict | None = None,
+              layers: int = 2, hidden: int = 64, init: float = 0.3, **family):
     """A transformers config for `arch` in llama, olmo2, olmo3, qwen2, qwen3. `family` passes
     family-specific keys through (sliding_window, use_sliding_window, max_window_layers,
     layer_types, attention_bias, max_position_embeddings, ...). OLMo 3's `rope_scaling` goes
@@ -93,7 +96,8 @@ def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 
     common = dict(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=96, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
-        tie_word_embeddings=tied, initializer_range=init, bos_token_id=1, eos_token_id=0, pad_token_id=0,
+        tie_word_embeddings=tied, initializer_range=init, bos_token_id=1, eos_token_id=0,
+        pad_token_id=0,
     )
     common.update(family)
     if head_dim is not None:
@@ -112,9 +116,11 @@ def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 
     return LlamaConfig(**common)
 
 
-def make_checkpoint(directory: Path, arch: str = "llama", seed: int = 0, template: str | None = TULU_TEMPLATE,
-                    add_bos: bool = True, added_tokens: tuple[str, ...] = (), **config_kwargs):
-    """Write a random checkpoint with transformers; returns the transformers model (float32, eval)."""
+def make_checkpoint(directory: Path, arch: str = "llama", seed: int = 0,
+                    template: str | None = TULU_TEMPLATE, add_bos: bool = True,
+                    added_tokens: tuple[str, ...] = (), **config_kwargs):
+    """Write a random checkpoint with transformers; returns the transformers model (float32,
+    eval)."""
     from transformers import AutoModelForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -134,9 +140,9 @@ def make_checkpoint(directory: Path, arch: str = "llama", seed: int = 0, templat
 
 
 def to_transformers_4x_config(directory: Path) -> None:
-    """Rewrite config.json with the keys transformers 4.x wrote (rope_theta, rope_scaling, torch_dtype).
-    OLMo 3's per-layer-type rope_parameters become the full-attention layers' rope_scaling and
-    one rope_theta, as 4.x wrote them."""
+    """Rewrite config.json with the keys transformers 4.x wrote (rope_theta, rope_scaling,
+    torch_dtype). OLMo 3's per-layer-type rope_parameters become the full-attention layers'
+    rope_scaling and one rope_theta, as 4.x wrote them."""
     path = directory / "config.json"
     cfg = json.loads(path.read_text())
     rope = cfg.pop("rope_parameters", None) or {}
@@ -150,13 +156,17 @@ def to_transformers_4x_config(directory: Path) -> None:
 
 
 LLAMA3_CHAT_TEMPLATE = (  # the shape of Llama 3.1's template: bos, headers, eot, strftime_now
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
-    "{% set messages = messages[1:] %}{% else %}{% set system = 'Today Date: ' + strftime_now('%d %b %Y') %}"
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] %}"
+    "{% set messages = messages[1:] %}{% else %}"
+    "{% set system = 'Today Date: ' + strftime_now('%d %b %Y') %}"
     "{% endif %}{{ '<|start_header_id|>system<|end_header_id|>\n\n' + system + '<|eot_id|>' }}"
     "{% for message in messages %}{% if message['role'] not in ['user', 'assistant'] %}"
     "{{ raise_exception('Only user and assistant roles are supported') }}{% endif %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' "
+    "+ message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 
 
@@ -211,7 +221,7 @@ OLMO3_CHAT_TEMPLATE = r"""
 {{ '<|im_start|>assistant\n' }}
 {%- endif -%}
 {%- endfor -%}
-"""
+"""  # noqa: E501 (template text, kept as is)
 
 QWEN25_CHAT_TEMPLATE = r"""
 {%- if messages[0]['role'] == 'system' %}
@@ -254,7 +264,7 @@ QWEN25_CHAT_TEMPLATE = r"""
 {%- if add_generation_prompt %}
     {{- '<|im_start|>assistant\n' }}
 {%- endif %}
-"""
+"""  # noqa: E501 (template text, kept as is)
 
 QWEN3_CHAT_TEMPLATE = r"""
 {%- if messages[0].role == 'system' %}
@@ -295,5 +305,5 @@ QWEN3_CHAT_TEMPLATE = r"""
         {{- '<think>\n\n</think>\n\n' }}
     {%- endif %}
 {%- endif %}
-"""
+"""  # noqa: E501 (template text, kept as is)
 THINK_TOKENS = ("<think>", "</think>")  # Qwen 3's added (not special) tokens
