@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: setup
+# Lint first: a long line or an unused import fails `make test`, and so CI.
+test: lint
 	$(PY) -m pytest -q
 
 # Prints the table; `make bench BENCH_ARGS=--record` also writes benchmarks/results/ and RESULTS.md.

@@ -1,12 +1,13 @@
 """`python -m engine.score CHECKPOINT ...`: exact answer distributions of one checkpoint.
 
-A thin shell over `engine.score_checkpoint` (engine/api.py): it writes
+A thin shell over engine/api.py: the flags become an `engine.spec.RunSpec` (defaults and
+checks live there; a bad value is one line naming its flag), which `run_spec` scores into
 results/<label>/<task>.parquet, variants/<task>.parquet and manifest.json (docs/results.md).
 Every input is validated before anything is written; a user error prints one line and exits
 with status 2.
 
 `torchrun --nproc-per-node N -m engine.score CHECKPOINT --tp N ...` splits the checkpoint across
-N ranks (engine/distributed.py); rank 0 writes and prints, and an error on any rank stops all of
+N ranks (engine/tp.py); rank 0 writes and prints, and an error on any rank stops all of
 them with one line from rank 0 and status 2 (torchrun then reports the failed ranks itself).
 """
 
