@@ -260,12 +260,7 @@ def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
         for name, tensor in f.load(digest, expected, dtype, device):
             state[name] = tensor
         digests[f.path.name] = file_record(f, digest.hexdigest())
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
-                                          if len(missing) > 3 else "")
-        raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; "
-                           "the weights are incomplete")
+    check_complete(directory, expected, state)
     model.load_state_dict(state, assign=True, strict=True)
     model.reset_rope(device)  # rotary buffers are not in checkpoints: built on the meta device
     return model.eval().requires_grad_(False), digests
@@ -296,6 +291,16 @@ def untie_if_the_checkpoint_has_a_head(args: ModelArgs, files: list[WeightFile])
         return args
     warn_own_head(holder["lm_head.weight"].path)
     return replace(args, tie_embeddings=False)
+
+
+def check_complete(directory: Path, needed, found) -> None:
+    """Every tensor the model needs is in the checkpoint's files."""
+    missing = sorted(set(needed) - set(found))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
+                                          if len(missing) > 3 else "")
+        raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; "
+                           "the weights are incomplete")
 
 
 def warn_own_head(path: Path) -> None:

@@ -38,12 +38,13 @@ import engine
 from engine.api import ScoreResult, Scoring
 from engine.checkpoint import (
     Checkpoint,
+    check_complete,
     check_names_and_shapes,
     file_record,
     warn_own_head,
     weight_paths,
 )
-from engine.errors import ParallelError, WeightsError
+from engine.errors import ParallelError
 from engine.model import ModelArgs, RMSNorm, Transformer
 from engine.results import check_writable
 from engine.spec import RunSpec
@@ -212,12 +213,7 @@ def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
         for f in files:
             check_names_and_shapes(f, expected)
         plan = {name: getattr(p, "tp_shard", None) for name, p in plan_model.named_parameters()}
-        missing = sorted(set(plan) - set(holder))
-        if missing:
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
-                                              if len(missing) > 3 else "")
-            raise WeightsError(f"{directory}: tensor {shown} missing from the checkpoint; "
-                               "the weights are incomplete")
+        check_complete(directory, plan, holder)
     with group.step("reading this rank's slices of the weights"):
         state = {}
         for name, spec in plan.items():

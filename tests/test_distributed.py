@@ -194,11 +194,19 @@ def broken_copies(src: Path, root: Path) -> dict[str, Path]:
     shutil.copytree(src, corrupt)
     weights_file = corrupt / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[:1000])
-    return {"missing": missing, "corrupt": corrupt}
+    incomplete = root / "incomplete"
+    shutil.copytree(src, incomplete)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(incomplete / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, incomplete / "model.safetensors", metadata={"format": "pt"})
+    return {"missing": missing, "corrupt": corrupt, "incomplete": incomplete}
 
 
 @pytest.mark.parametrize("problem,fragment",
-                         [("missing", "not found"), ("corrupt", "corrupt or truncated")])
+                         [("missing", "not found"), ("corrupt", "corrupt or truncated"),
+                          ("incomplete", "model.layers.1.mlp.up_proj.weight missing")])
 def test_a_checkpoint_broken_on_one_rank_stops_both(families, tmp_path, problem, fragment):
     good = families / "ckpt" / "olmo2"
     bad = broken_copies(good, tmp_path)[problem]
