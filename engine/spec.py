@@ -186,8 +186,7 @@ class Resolved:
             "dtype": spec.dtype,
             "mode": self.mode,
             "chat_template": chat.text if chat is not None else None,
-            # Qwen 3's hybrid-reasoning switch: scored with thinking off unless the template says
-            # so.
+            # Qwen 3's hybrid-reasoning switch: thinking off unless the template says otherwise.
             "enable_thinking": (chat.enable_thinking
                                 if chat is not None and chat.uses_thinking_switch else None),
             "tokenizations": (spec.tokenizations if spec.tokenizations == "canonical"
