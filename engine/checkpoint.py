@@ -309,8 +309,16 @@ def warn_own_head(path: Path) -> None:
 
 
 def check_names_and_shapes(f: WeightFile, expected: dict) -> None:
-    """Every tensor of the file is one the config implies, with the shape it implies."""
+    """Every tensor of the file is one the config implies, with the shape it implies, and holds
+    floating-point numbers (an integer dtype would be cast into garbage weights)."""
     for name in f.names():
+        if name.endswith(IGNORED_TENSOR_SUFFIXES):
+            continue
+        stored = f.dtype(name)
+        if not stored.is_floating_point:
+            raise WeightsError(
+                f"{f.path}: tensor {name!r} is stored as {str(stored).removeprefix('torch.')}, "
+                "not floating point; the file is not a checkpoint of weights (re-export it)")
         if name not in expected:
             if name.endswith(IGNORED_TENSOR_SUFFIXES) or name == "lm_head.weight":  # tied head
                 continue

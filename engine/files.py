@@ -6,21 +6,28 @@ Torch-free: the results store and the analysis layer both write through here.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import xxhash
+
+TEMPORARY = ".answerdist-tmp-"  # in every temporary's name, and in no name a user would choose
+_TEMPORARY_NAME = re.compile(r"\..+" + re.escape(TEMPORARY) + r"\d+")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` all at once: a temporary file beside it, fsync, then rename.
 
     A crash leaves either the old file or the new one, never a partial one (the temporary
-    `.name.tmpPID` is removed by the next writer of the directory, see `remove_stale_temporaries`).
-    The file gets the mode a plain open() would give it (0666 less the umask).
+    `.NAME.answerdist-tmp-PID` is removed by the next writer of the directory, see
+    `remove_stale_temporaries`). The temporary is created afresh, never through a link that
+    happens to have its name. The file gets the mode a plain open() would give it (0666 less
+    the umask).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    tmp = path.with_name(f".{path.name}{TEMPORARY}{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -32,11 +39,15 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporaries left by writers killed mid-write (call it holding the directory's
-    lock)."""
-    for stale in Path(directory).rglob(".*.tmp*"):
-        stale.unlink(missing_ok=True)
+def remove_stale_temporaries(*directories: Path) -> None:
+    """Delete the temporaries that writers killed mid-write left in `directories` (call it
+    holding their lock): only names `atomic_write` makes, only plain files, no subdirectories."""
+    for directory in directories:
+        if not Path(directory).is_dir():
+            continue
+        for stale in Path(directory).iterdir():
+            if _TEMPORARY_NAME.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
+                stale.unlink(missing_ok=True)
 
 
 def file_digest(path: Path) -> str:

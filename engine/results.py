@@ -18,11 +18,13 @@ This module imports neither torch nor triton: the analysis layer reads results t
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -217,24 +219,45 @@ class LabelLock:
         self._fd = None
 
     def __enter__(self) -> LabelLock:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise OutputError(f"{self.directory}: being written by {holder}; wait for that run "
-                              "to finish or use another --label") from None
-        left = os.pread(fd, 512, 0).decode(errors="replace").strip()
-        if left:
-            notice(f"{self.directory}: taking over the lock left by {left} (no longer running)")
-        me = (f"pid {os.getpid()} on {socket.gethostname()} "
-              f"since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
+            raise OutputError(f"{self.directory}: being written by {holder[:200]}; wait for that "
+                              "run to finish or use another --label") from None
+        try:
+            left = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            if left:
+                notice(f"{self.directory}: taking over the lock left by {left[:200]} (no longer "
+                       "running)")
+            me = (f"pid {os.getpid()} on {socket.gethostname()} since "
+                  f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me.encode(), 0)
+        except OSError as e:  # a full disk
+            os.close(fd)
+            raise OutputError(f"{self.path}: cannot write the lock file ({e.strerror or e}); "
+                              "free some space or choose another --out") from None
         self._fd = fd
         return self
+
+    def _open(self) -> int:
+        """The lock file, opened without following a link: a `.lock` that is a link or not a
+        plain file is refused, so that nothing outside the directory is ever written."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        except OSError as e:
+            why = ("is a symbolic link" if e.errno == errno.ELOOP
+                   else f"cannot be opened ({e.strerror or e})")
+            raise OutputError(f"{self.path}: {why}; remove it or choose another --out") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutputError(f"{self.path}: is not a plain file; remove it or choose another "
+                              "--out")
+        return fd
 
     def __exit__(self, *exc) -> None:
         os.ftruncate(self._fd, 0)  # a clean exit leaves no holder to report
@@ -303,16 +326,17 @@ class ResultsStore:
     def plan(self, tasks: list[Task], overwrite: bool = False) -> list[Task]:
         """The tasks this run must score; the others are finished and valid for this run.
 
-        A task of another run is an error unless `overwrite`; a task whose files are missing,
+        A task finished by another run, or under another definition (prompts, answers, formats:
+        its `task_hash`), is an error unless `overwrite`; a task whose files are missing,
         damaged or changed since they were written is rescored, with a one-line notice."""
-        todo, foreign = [], []
+        todo, foreign, redefined = [], [], []
         for task in tasks:
-            if task.name not in self.manifest["tasks"]:
+            if task.name not in self.manifest["tasks"] or overwrite:
                 todo.append(task)
             elif self.entry_run(task.name) != self.run:
-                (todo if overwrite else foreign).append(task)
-            elif overwrite or self.entry(task.name).get("task_hash") != task_hash(task):
-                todo.append(task)
+                foreign.append(task)
+            elif self.entry(task.name).get("task_hash") != task_hash(task):
+                redefined.append(task)
             elif problem := self.problem(task.name):
                 notice(f"{problem}; rescoring {task.name}")
                 todo.append(task)
@@ -322,6 +346,12 @@ class ResultsStore:
                 f"{self.directory}: holds results of another checkpoint or other settings for "
                 f"{', '.join(t.name for t in foreign)} ({', '.join(keys)} differ); rescore them "
                 "with --overwrite or use another --label")
+        if redefined:
+            raise OutputError(
+                f"{self.directory}: holds results of another definition of "
+                f"{', '.join(t.name for t in redefined)} (from "
+                f"{self.entry(redefined[0].name).get('source')}; its prompts, answers or formats "
+                "differ from this one's); rescore with --overwrite or use another --label")
         return todo
 
     def problem(self, name: str) -> str | None:
@@ -342,7 +372,7 @@ class ResultsStore:
 
     def begin(self) -> None:
         """Start a run: the manifest names it, temporaries of killed writers go."""
-        remove_stale_temporaries(self.directory)
+        remove_stale_temporaries(self.directory, self.directory / "variants")
         self.manifest["run"] = self.run
 
     def write_task(self, scores: TaskScores) -> None:

@@ -29,6 +29,9 @@ SETTINGS = ("tasks", "mode", "chat_template", "out", "label", "dtype", "device",
             "max_tokenizations")
 
 
+PROG = "python -m engine.score"
+
+
 def flag(setting: str) -> str:
     return "--" + setting.replace("_", "-")
 
@@ -44,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def parser() -> ArgumentParser:
     d = RunSpec
     p = ArgumentParser(
-        prog="python -m engine.score",
+        prog=PROG,
         description="Score every answer of every task exactly (teacher forcing, no sampling) for "
                     "one checkpoint.",
     )
@@ -95,11 +98,11 @@ def parser() -> ArgumentParser:
 
 
 def spec_of(args: argparse.Namespace) -> RunSpec:
-    """The run the flags describe; a bad value is one `error:` line naming its flag, exit 2."""
+    """The run the flags describe; a bad value raises an EngineError naming its flag."""
     try:
         return RunSpec(**{name: getattr(args, name) for name in SETTINGS})
     except SettingError as e:
-        parser().error(e.worded(flag(e.key)))
+        raise EngineError(f"{e.worded(flag(e.key))} (see {PROG} --help)") from None
 
 
 def main(argv=None) -> int:
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
     try:
         try:
             spec = spec_of(args)
-        except EngineError as e:  # a task file: every rank of a launch reads the same ones
+        except EngineError as e:  # every rank of a launch reads the same flags and task files
             raise distributed.everywhere(e) from None
         layout = distributed.setup(spec.tp, spec.device, spec.dist_timeout)
         if layout.world != spec.tp:

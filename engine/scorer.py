@@ -152,10 +152,14 @@ class PromptEncoder:
 
     def sequence(self, task: Task, prompt) -> Sequence:
         where = f"task {task.name!r}, prompt {prompt.id!r}"
-        special = next((t for t in self.specials.values() if t in task.prompt_text(prompt)), None)
-        if special is not None:
-            raise TaskError(f"{where}: the prompt contains the special token {special!r}; "
-                            "prompts are plain text (the chat template adds the special tokens)")
+        wrapper = "base_format" if self.mode == "base" else "assistant_prefix"
+        for what, text in (("the prompt", task.prompt_text(prompt)),
+                           (f"the task's {wrapper}", getattr(task, wrapper))):
+            special = next((t for t in self.specials.values() if t in text), None)
+            if special is not None:
+                raise TaskError(f"{where}: {what} contains the special token {special!r}; "
+                                "task text is plain text (the chat template or the tokenizer "
+                                "adds the special tokens)")
         text = self.prompt_text(task, prompt)
         prompt_ids = self.encode(text)
         continuations, ids, answer_of = [], [], []

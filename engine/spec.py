@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 MODES = ("auto", "chat", "base")
 DTYPES = ("float32", "bfloat16")  # the dtypes the kernels and the references both support
 TOKENIZATIONS = ("canonical", "all")
-LABEL = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")  # a directory name under --out, never a path
+# A directory name under --out: never a path, never hidden (the store's own files start with a
+# dot: .lock), short enough for any file system.
+LABEL = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 DEFAULT_OUT = "results"  # the results root of the CLI and the sweep (the API scores in memory)
 
@@ -51,28 +53,35 @@ class SettingError(EngineError):
 # -- the checks: each returns what is wrong with a value, or None --------------------------------
 
 
+def shown(value) -> str:
+    """A value as an error message quotes it: its repr, cut short (a label template can expand
+    to 100,000 characters)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:50] + "..." + text[-7:]
+
+
 def _positive_int(value) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return f"must be a positive integer, got {value!r}"
+        return f"must be a positive integer, got {shown(value)}"
     return None
 
 
 def _positive_seconds(value) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        return f"must be a positive number of seconds, got {value!r}"
+        return f"must be a positive number of seconds, got {shown(value)}"
     return None
 
 
 def _one_of(allowed: tuple[str, ...]):
     def check(value) -> str | None:
         if not isinstance(value, str) or value not in allowed:
-            return f"must be one of {', '.join(allowed)}, got {value!r}"
+            return f"must be one of {', '.join(allowed)}, got {shown(value)}"
         return None
     return check
 
 
 def _flag(value) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    return None if isinstance(value, bool) else f"must be true or false, got {shown(value)}"
 
 
 def _optional_flag(value) -> str | None:
@@ -84,15 +93,15 @@ def label_problem(value) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not LABEL.fullmatch(value):
-        return (f"must be a plain name (letters, digits, '.', '_', '-'), not a path, "
-                f"got {value!r}")
+        return ("must be a plain name of at most 128 letters, digits, '.', '_', '-', not "
+                f"starting with '.' (not a path), got {shown(value)}")
     return None
 
 
 def device_problem(value) -> str | None:
     """What is wrong with a device name (auto, cpu, cuda, cuda:N), or None."""
     if not isinstance(value, str) or not DEVICE.fullmatch(value):
-        return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
+        return f"must be auto, cpu, cuda or cuda:N, got {shown(value)}"
     return None
 
 
@@ -100,7 +109,16 @@ def _optional_path(value) -> str | None:
     if value is None:
         return None
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        return f"must be a path, got {value!r}"
+        return f"must be a path, got {shown(value)}"
+    return None
+
+
+def _template_source(value) -> str | None:
+    problem = _optional_path(value)
+    if problem or value is None:
+        return problem
+    if not os.path.exists(value):
+        return f"must be a checkpoint directory or a template file, and {shown(value)} is not found"
     return None
 
 
@@ -108,7 +126,7 @@ def _tasks(value) -> str | None:
     if isinstance(value, tuple) and all(isinstance(t, Task) for t in value) and value:
         return None
     return ("must be 'all', a group, task names ('coin,die'), a task file, or a list of Task, "
-            f"got {value!r}")
+            f"got {shown(value)}")
 
 
 def _setting(default, check):
@@ -127,7 +145,7 @@ class RunSpec:
     label: str | None = _setting(None, label_problem)  # None: the checkpoint directory's name
     batch_tokens: int = _setting(8192, _positive_int)  # tokens per forward pass when packing
     batch_invariant: bool = _setting(False, _flag)  # a forward pass per prompt on the GPU too
-    chat_template: str | None = _setting(None, _optional_path)  # a directory or file to borrow
+    chat_template: str | None = _setting(None, _template_source)  # a directory or file to borrow
     tokenizations: str = _setting("canonical", _one_of(TOKENIZATIONS))
     max_tokenizations: int = _setting(256, _positive_int)  # per variant, with tokenizations all
     tp: int = _setting(1, _positive_int)  # ranks of a torchrun launch to split the model across
@@ -221,7 +239,7 @@ def resolve(spec: RunSpec, checkpoint) -> Resolved:
             if mode == "chat" else None)
     label = spec.label or checkpoint.path.resolve().name
     if label_problem(label):
-        raise OutputError(f"{checkpoint.path}: its directory name {label!r} cannot be a label; "
-                          "pass a label")
+        raise OutputError(f"{checkpoint.path}: its directory name {shown(label)} cannot be a "
+                          "label; pass a label")
     packs = packs_sequences(resolve_device(spec.device), spec.batch_invariant)
     return Resolved(spec, mode, label, chat, packs)

@@ -37,6 +37,7 @@ import gc
 import glob
 import os
 import re
+import string
 import sys
 import time
 import tomllib
@@ -47,7 +48,15 @@ from pathlib import Path
 from engine.api import finished, run_spec
 from engine.errors import ArgumentParser, EngineError, OutputError, TaskError
 from engine.results import LabelLock, check_writable
-from engine.spec import DEFAULT_OUT, RunSpec, SettingError, check_setting, label_problem
+from engine.spec import (
+    DEFAULT_OUT,
+    RunSpec,
+    SettingError,
+    check_setting,
+    label_problem,
+    shown,
+)
+from engine.tasks.loader import is_builtin, names_a_file
 
 # The sweep's own keys, then the RunSpec settings a sweep file may set (mode and label are set
 # per checkpoint, from `modes` and the `label` template).
@@ -124,9 +133,10 @@ def load_sweep(path) -> Sweep:
 
     patterns = [where(p) for p in strings("checkpoints")]
     settings = {key: data[key] for key in SETTINGS if key in data}
-    settings["tasks"] = ",".join(strings("tasks", RunSpec.tasks))
-    if settings["tasks"].endswith(".toml"):
-        settings["tasks"] = where(settings["tasks"])
+    # A task file is found beside the sweep file, never in the working directory.
+    items = [i.strip() for value in strings("tasks", RunSpec.tasks) for i in value.split(",")]
+    settings["tasks"] = ",".join(where(i) if names_a_file(i) and not is_builtin(i) else i
+                                 for i in items if i)
     settings["out"] = where(data.get("out", DEFAULT_OUT))
     if "chat_template" in settings:
         settings["chat_template"] = where(settings["chat_template"])
@@ -135,6 +145,7 @@ def load_sweep(path) -> Sweep:
     if not isinstance(label, str):
         raise SweepError(f"{path}: 'label' must be a string such as \"{{name}}\" or "
                          f"\"{{parent}}-{{name}}\"")
+    check_label_template(path, label)
     if len(modes) > 1 and "{mode}" not in label:
         raise SweepError(f"{path}: several modes need '{{mode}}' in 'label' "
                          f"(e.g. \"{{name}}-{{mode}}\"), "
@@ -149,6 +160,22 @@ def load_sweep(path) -> Sweep:
     except TaskError as e:
         raise SweepError(f"{path}: tasks: {e}") from None
     return Sweep(path, patterns, modes, label, spec)
+
+
+LABEL_FIELDS = ("name", "parent", "mode", "dtype")
+
+
+def check_label_template(path: Path, template: str) -> None:
+    """Only plain {name} {parent} {mode} {dtype} fields: no format spec or conversion (a width
+    such as {name:a>100000} would make a label of any length)."""
+    wrong = f"{path}: 'label' {shown(template)}: its fields must be plain {{name}}, {{parent}}, " \
+            "{mode} or {dtype}"
+    try:
+        fields_ = [f for f in string.Formatter().parse(template) if f[1] is not None]
+    except ValueError as e:
+        raise SweepError(f"{wrong} ({e})") from None
+    if any(name not in LABEL_FIELDS or spec or conversion for _, name, spec, conversion in fields_):
+        raise SweepError(wrong)
 
 
 def natural(text: str):
@@ -178,15 +205,12 @@ def expand(sweep: Sweep) -> list[Item]:
         labels = []
         for mode in sweep.modes:
             path = Path(checkpoint)
-            try:
-                label = sweep.label.format(name=path.name, parent=path.parent.name, mode=mode,
-                                           dtype=sweep.spec.dtype)
-            except (KeyError, IndexError, ValueError) as e:
-                raise SweepError(f"{sweep.source}: label {sweep.label!r}: {e!r} is not one of "
-                                 "{name}, {parent}, {mode}, {dtype}") from None
-            if label_problem(label):
-                raise SweepError(f"{sweep.source}: label {label!r} of {checkpoint} is not a plain "
-                                 "name (letters, digits, '.', '_', '-'); change 'label'")
+            label = sweep.label.format(name=path.name, parent=path.parent.name, mode=mode,
+                                       dtype=sweep.spec.dtype)
+            problem = label_problem(label)
+            if problem:
+                raise SweepError(f"{sweep.source}: 'label' gives {checkpoint} a label that "
+                                 f"{problem}; change 'label'")
             if label in owner:
                 raise SweepError(f"{sweep.source}: {owner[label]} and {checkpoint} would both be "
                                  f"labelled {label!r}; use a label template that tells them "

@@ -200,6 +200,9 @@ class WeightFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._entry_named(name).shape
 
+    def dtype(self, name: str) -> torch.dtype:
+        return self._entry_named(name).dtype
+
     def tensor(self, name: str) -> torch.Tensor:
         """One tensor as a CPU view, unhashed (for a look before the hashed pass)."""
         return self._view(self._entry_named(name))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine import sweep
+from engine.files import TEMPORARY
 from engine.results import ResultsStore
 from tests import launch, tiny
 
@@ -123,7 +124,7 @@ def test_a_killed_rank_then_a_rerun_gives_the_serial_files(serial, ladder):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert files(out) == files(serial[0])
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished work was not redone
-    assert not list(out.rglob(".*.tmp*"))
+    assert not list(out.rglob(f"*{TEMPORARY}*"))
 
 
 def test_a_failing_checkpoint_is_recorded_and_the_others_are_scored(ladder, tmp_path):

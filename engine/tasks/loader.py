@@ -237,13 +237,23 @@ def load_tasks(spec: str = "all") -> list[Task]:
     return list(unique.values())
 
 
+def is_builtin(item: str) -> bool:
+    """Whether a spec item names a task group or a built-in task (not a file)."""
+    return item in TASK_GROUPS or item in _builtin_files()
+
+
+def names_a_file(item: str) -> bool:
+    """Whether a spec item that is not built in is written as a path (`x.toml`, `dir/x`)."""
+    return item.endswith(".toml") or "/" in item or "\\" in item
+
+
 def _load_item(item: str) -> list[Task]:
     """Tasks for one spec item: a group, a built-in name, or a path to a task file."""
     if item in TASK_GROUPS:
         return [_builtin_task(n) for n in builtin_task_names(item)]
     if item in _builtin_files():
         return [_builtin_task(item)]
-    if item.endswith(".toml") or "/" in item or "\\" in item or Path(item).expanduser().exists():
+    if names_a_file(item) or Path(item).expanduser().exists():
         return load_task_file(item)
     groups = ", ".join(f"{g!r} ({', '.join(names)})" for g, names in task_groups().items())
     raise TaskError(f"unknown task {item!r}; known task groups: {groups}; or a path to a .toml "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import re
 import string
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
@@ -127,8 +128,10 @@ def _check_answers(answers: tuple[Answer, ...], fail: Callable[..., TaskError]) 
 
 
 def _check_variants(pairs: list[tuple[str, str]], fail: Callable[..., TaskError]) -> None:
-    """Variants are non-empty, unpadded, distinct, and no variant can absorb another."""
+    """Variants are non-empty, unpadded, distinct (also to the eye), and no variant can absorb
+    another."""
     owner: dict[str, str] = {}
+    seen_as: dict[str, str] = {}  # lookalike key -> the variant that has it
     for answer, v in pairs:
         entry = f"answer {answer!r}, variant {v!r}"
         if not v.strip():
@@ -138,7 +141,15 @@ def _check_variants(pairs: list[tuple[str, str]], fail: Callable[..., TaskError]
         if v in owner:
             where = "twice" if owner[v] == answer else f"also under answer {owner[v]!r}"
             raise fail(entry, f"duplicate variant (listed {where}); variants must be distinct")
-        owner[v] = answer
+        key = lookalike(v)
+        if not key:
+            raise fail(entry, "variant is made of invisible characters only; remove it")
+        if key in seen_as:
+            other = seen_as[key]
+            raise fail(entry, f"looks the same as variant {other!r} (answer {owner[other]!r}): "
+                              "they differ only in Unicode normalisation or invisible characters "
+                              "(zero-width, bidi controls); keep one spelling")
+        owner[v], seen_as[key] = answer, v
     pair = _absorbing_pair(list(owner))
     if pair:
         short, long = pair
@@ -146,6 +157,12 @@ def _check_variants(pairs: list[tuple[str, str]], fail: Callable[..., TaskError]
                    f"is a prefix of variant {long!r} (answer {owner[long]!r}) followed by "
                    f"{long[len(short)]!r}, so it would absorb that variant's probability; "
                    "remove or rename one of them")
+
+
+def lookalike(text: str) -> str:
+    """What a reader sees of `text`: NFC-normalised, without format characters (Unicode category
+    Cf: zero-width spaces and joiners, bidi controls, soft hyphens)."""
+    return unicodedata.normalize("NFC", "".join(c for c in text if unicodedata.category(c) != "Cf"))
 
 
 def _absorbing_pair(variants: list[str]) -> tuple[str, str] | None:
