@@ -39,6 +39,7 @@ from engine.results import (
     check_writable,
     main_table,
     notice,
+    prompts_digest,
     summarize,
     task_info,
     variant_table,
@@ -91,7 +92,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                      tokenizations: str = RunSpec.tokenizations,
                      max_tokenizations: int = RunSpec.max_tokenizations, tp: int = RunSpec.tp,
                      batch_invariant: bool = False,
-                     dist_timeout: float = RunSpec.dist_timeout) -> ScoreResult:
+                     dist_timeout: float = RunSpec.dist_timeout,
+                     template_date: str = RunSpec.template_date) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
     checkpoint: a local Hugging Face directory, or a `Checkpoint` from `engine.load` (then
@@ -112,6 +114,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
         prompts together, so that results are bitwise independent of `batch_tokens` and of the
         other prompts, as they always are on the CPU (fewer tokens per pass: slower).
     dist_timeout: with tp > 1, the seconds a rank waits for the others at a collective.
+    template_date: the day (YYYY-MM-DD) a chat template's `strftime_now` renders.
     A setting with a value it cannot take raises `engine.spec.SettingError` naming it.
     """
     spec = RunSpec(tasks=tasks, mode=mode, dtype=dtype or RunSpec.dtype,
@@ -119,7 +122,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                    batch_tokens=batch_tokens, batch_invariant=batch_invariant,
                    chat_template=chat_template, tokenizations=tokenizations,
                    max_tokenizations=max_tokenizations, tp=tp, dist_timeout=dist_timeout,
-                   overwrite=overwrite, progress=progress)
+                   overwrite=overwrite, progress=progress, template_date=template_date)
     return run_spec(checkpoint, spec)
 
 
@@ -157,6 +160,8 @@ class Scoring:
         self.encoder = PromptEncoder(ck, self.resolved.mode, self.resolved.chat, spec.tokenizations,
                                      spec.max_tokenizations)
         self.sequences = {task.name: task_sequences(self.encoder, task) for task in spec.tasks}
+        self.prompts = {name: prompts_digest(s.prompt_text for s in sequences)
+                        for name, sequences in self.sequences.items()}
         self.load_seconds = time.perf_counter() - started
 
     def store(self):
@@ -169,7 +174,7 @@ class Scoring:
         """Score every task the store lacks, one after the other, writing each when it is done."""
         tasks = self.spec.tasks
         with store.session():
-            todo = store.plan(tasks, self.spec.overwrite)
+            todo = store.plan(tasks, self.spec.overwrite, self.prompts)
             with self.progress_bar(todo) as bar:
                 for task in todo:
                     bar.set_description(task.name)
@@ -201,6 +206,8 @@ class Scoring:
             checkpoint=str(ck.path.resolve()), fingerprint=ck.fingerprint,
             engine_version=engine.__version__, dtype=spec.dtype, device=str(ck.device),
             mode=run.mode, chat_template_source=run.chat.source if run.chat is not None else None,
+            chat_template_special_tokens=run.chat.special_source if run.chat is not None else None,
+            template_date=run.template_date,
             enable_thinking=key["enable_thinking"], torch_version=torch.__version__,
             threads=torch.get_num_threads(),  # CPU bits can depend on it (docs/results.md)
             tokenizations=spec.tokenizations,
@@ -222,7 +229,7 @@ class MemoryStore:
     def session(self):
         yield self
 
-    def plan(self, tasks, overwrite: bool) -> list:
+    def plan(self, tasks, overwrite: bool, prompts: dict) -> list:
         return list(tasks)
 
     def write(self, scores) -> None:
@@ -257,8 +264,8 @@ class LabelStore:
                 shutil.rmtree(self.directory, ignore_errors=True)  # a failed first run: nothing
             raise
 
-    def plan(self, tasks, overwrite: bool) -> list:
-        todo = self.store.plan(tasks, overwrite)
+    def plan(self, tasks, overwrite: bool, prompts: dict) -> list:
+        todo = self.store.plan(tasks, overwrite, prompts)
         self.store.begin()
         return todo
 
@@ -289,6 +296,7 @@ def finished(checkpoint, spec: RunSpec) -> bool:
     then decides per task, after reading every byte."""
     from engine.checkpoint import fingerprint, read_metadata, weight_paths
     from engine.results import read_manifest, task_hash
+    from engine.scorer import render_prompt
 
     try:
         meta = read_metadata(checkpoint)
@@ -304,8 +312,11 @@ def finished(checkpoint, spec: RunSpec) -> bool:
                 return False
         known = fingerprint(meta.path, {name: r["digest"] for name, r in recorded.items()})
         store = ResultsStore(spec.out, run.label, run.key(known))
+        prompts = {task.name: prompts_digest(render_prompt(task, p, run.mode, run.chat)
+                                             for p in task.prompts) for task in spec.tasks}
         return all(task.name in store.manifest["tasks"] and store.entry_run(task.name) == store.run
                    and store.entry(task.name).get("task_hash") == task_hash(task)
+                   and store.same_prompts(task.name, prompts)
                    and store.problem(task.name) is None for task in spec.tasks)
     except (EngineError, OSError, KeyError, TypeError):
         return False

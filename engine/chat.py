@@ -13,8 +13,9 @@ the setting changed anything, for the results' manifest.
 
 from __future__ import annotations
 
+import copy
 import json
-from datetime import datetime
+from datetime import date, datetime, time
 from pathlib import Path
 
 import jinja2
@@ -53,10 +54,6 @@ def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False
                       sort_keys=sort_keys)
 
 
-def _strftime_now(fmt):
-    return datetime.now().strftime(fmt)
-
-
 class _Namespace(jinja2.utils.Namespace):
     """`namespace(...)` that refuses underscore names, as transformers' does."""
 
@@ -83,7 +80,6 @@ def _environment() -> ImmutableSandboxedEnvironment:
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
     env.globals["namespace"] = _Namespace
     return env
 
@@ -95,11 +91,13 @@ class ChatTemplate:
     on every render unless a call overrides it."""
 
     def __init__(self, source: str, text: str, special_tokens: dict[str, object],
-                 enable_thinking: bool = False):
+                 enable_thinking: bool = False, special_source: str | None = None):
         self.source = source  # where it came from, for error messages
         self.text = text
         self.special_tokens = special_tokens
+        self.special_source = special_source  # the tokenizer_config the special tokens come from
         self.enable_thinking = enable_thinking
+        self.today: date | None = None  # what strftime_now renders; None: the real today
         environment = _environment()
         try:
             self._template = environment.from_string(text)
@@ -109,6 +107,22 @@ class ChatTemplate:
                 f"{source}: chat template syntax error at line {e.lineno}: {e.message}; "
                 "fix the template"
             ) from None
+
+    def dated(self, today: str) -> ChatTemplate:
+        """This template with `strftime_now` fixed at `today` (YYYY-MM-DD), so that a prompt
+        renders the same on any day."""
+        fixed = copy.copy(self)
+        fixed.today = date.fromisoformat(today)
+        return fixed
+
+    @property
+    def uses_date(self) -> bool:
+        """Whether the template reads the date (`strftime_now`: Llama 3.1 to 3.3)."""
+        return "strftime_now" in self._variables
+
+    def _strftime_now(self, fmt: str) -> str:
+        now = datetime.now() if self.today is None else datetime.combine(self.today, time())
+        return now.strftime(fmt)
 
     @property
     def uses_thinking_switch(self) -> bool:
@@ -120,7 +134,7 @@ class ChatTemplate:
         """The rendered conversation. `template_kwargs` are extra template variables, as for
         transformers' apply_chat_template (e.g. enable_thinking=True for this call only)."""
         variables = {**self.special_tokens, "enable_thinking": self.enable_thinking,
-                     **template_kwargs}
+                     "strftime_now": self._strftime_now, **template_kwargs}
         try:
             return self._template.render(
                 messages=messages, tools=None, documents=None,
@@ -202,10 +216,12 @@ def chat_template_for(borrowed: ChatTemplate | None, own: ChatTemplate | None, c
     return template
 
 
-def load_chat_template(path, special: dict[str, object]) -> ChatTemplate:
-    """A template to borrow (`--chat-template`): a checkpoint directory (its template and its
-    special tokens), a .jinja file, or a JSON file with a "chat_template" key. A file's template
-    sees `special`, the special tokens of the checkpoint being scored."""
+def load_chat_template(path, special: dict[str, object], special_source: str) -> ChatTemplate:
+    """A template to borrow (`--chat-template`): a checkpoint directory (its template, with that
+    directory's special tokens when its tokenizer_config.json names any), a .jinja file, or a
+    JSON file with a "chat_template" key. Otherwise the template sees `special`, the special
+    tokens of the checkpoint being scored, read from `special_source`; `special_source` of the
+    result says which (the manifest records it)."""
     path = Path(path)
     if path.is_dir():
         config_path = path / "tokenizer_config.json"
@@ -219,7 +235,9 @@ def load_chat_template(path, special: dict[str, object]) -> ChatTemplate:
         if found is None:
             raise ChatTemplateError(f"{path}: checkpoint has no chat template to borrow; "
                                     "pass one that has")
-        return ChatTemplate(found[0], found[1], special_tokens(config) or special)
+        donor = special_tokens(config)
+        return ChatTemplate(found[0], found[1], donor or special,
+                            special_source=str(config_path) if donor else special_source)
     if not path.is_file():
         raise ChatTemplateError(f"{path}: chat template not found; "
                                 "pass a checkpoint directory or a .jinja file")
@@ -230,7 +248,7 @@ def load_chat_template(path, special: dict[str, object]) -> ChatTemplate:
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ChatTemplateError(f"{path}: expected a JSON object with a 'chat_template' "
                                     "string") from None
-    return ChatTemplate(str(path), text, special)
+    return ChatTemplate(str(path), text, special, special_source=special_source)
 
 
 def _read_text(path: Path) -> str:

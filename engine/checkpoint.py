@@ -129,7 +129,9 @@ def read_metadata(path) -> Metadata:
         )
     special = special_tokens(tokenizer_config)
     found = find_template_text(directory, tokenizer_config)
-    template = ChatTemplate(found[0], found[1], special) if found else None
+    template = (ChatTemplate(found[0], found[1], special,
+                             special_source=str(directory / "tokenizer_config.json"))
+                if found else None)
     return Metadata(directory, config, args, tokenizer, special, template)
 
 

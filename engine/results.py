@@ -109,6 +109,15 @@ def task_hash(task: Task) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def prompts_digest(texts) -> str:
+    """Changes whenever what the model reads before a task's answers changes, though the task
+    and the settings do not: a template's date, its special tokens."""
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -184,7 +193,9 @@ def check_finite(table: pa.Table, where: str) -> None:
 
 def task_info(scores: TaskScores) -> dict:
     """What the manifest records about a scored task besides its files."""
-    return {"task_hash": task_hash(scores.task), "source": scores.task.source,
+    return {"task_hash": task_hash(scores.task),
+            "prompts_digest": prompts_digest(p.sequence.prompt_text for p in scores.prompts),
+            "source": scores.task.source,
             "prompts": len(scores.prompts), "answers": len(scores.task.answers),
             "tokens_needed": scores.tokens_needed, "tokens_processed": scores.tokens_processed,
             "seconds": round(scores.seconds, 4)}
@@ -323,13 +334,15 @@ class ResultsStore:
 
     # -- deciding what to score ----------------------------------------------------------------
 
-    def plan(self, tasks: list[Task], overwrite: bool = False) -> list[Task]:
+    def plan(self, tasks: list[Task], overwrite: bool = False,
+             prompts: dict[str, str] | None = None) -> list[Task]:
         """The tasks this run must score; the others are finished and valid for this run.
 
-        A task finished by another run, or under another definition (prompts, answers, formats:
-        its `task_hash`), is an error unless `overwrite`; a task whose files are missing,
-        damaged or changed since they were written is rescored, with a one-line notice."""
-        todo, foreign, redefined = [], [], []
+        A task finished by another run, under another definition (prompts, answers, formats:
+        its `task_hash`), or with other rendered prompts (`prompts`: {task: prompts_digest}) is
+        an error unless `overwrite`; a task whose files are missing, damaged or changed since
+        they were written is rescored, with a one-line notice."""
+        todo, foreign, redefined, reworded = [], [], [], []
         for task in tasks:
             if task.name not in self.manifest["tasks"] or overwrite:
                 todo.append(task)
@@ -337,6 +350,8 @@ class ResultsStore:
                 foreign.append(task)
             elif self.entry(task.name).get("task_hash") != task_hash(task):
                 redefined.append(task)
+            elif not self.same_prompts(task.name, prompts):
+                reworded.append(task)
             elif problem := self.problem(task.name):
                 notice(f"{problem}; rescoring {task.name}")
                 todo.append(task)
@@ -352,7 +367,26 @@ class ResultsStore:
                 f"{', '.join(t.name for t in redefined)} (from "
                 f"{self.entry(redefined[0].name).get('source')}; its prompts, answers or formats "
                 "differ from this one's); rescore with --overwrite or use another --label")
+        others = [n for n in self.tasks if n not in {t.name for t in tasks}
+                  and self.entry_run(n) != self.run]
+        if others and not overwrite:
+            keys = _differing(self.entry_run(others[0]) or {}, self.run)
+            raise OutputError(
+                f"{self.directory}: holds {', '.join(others)} from another checkpoint or other "
+                f"settings ({', '.join(keys)} differ), and a label holds one run; use another "
+                "--label (or --overwrite to add to it all the same)")
+        if reworded:
+            raise OutputError(
+                f"{self.directory}: holds results of {', '.join(t.name for t in reworded)} "
+                "scored on other prompt text than this run renders (the chat template or its "
+                "special tokens changed); rescore with --overwrite or use another --label")
         return todo
+
+    def same_prompts(self, name: str, prompts: dict[str, str] | None) -> bool:
+        """Whether a finished task was scored on the prompts `prompts` names (results written
+        before prompts were recorded count as the same)."""
+        recorded = self.entry(name).get("prompts_digest")
+        return prompts is None or recorded is None or recorded == prompts.get(name)
 
     def problem(self, name: str) -> str | None:
         """Why a finished task's files cannot be trusted, or None. (Manifests before 0.2 kept

@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args", "spec_of"]
 # The flags that are RunSpec settings, by setting name; their defaults are RunSpec's.
 SETTINGS = ("tasks", "mode", "chat_template", "out", "label", "dtype", "device", "batch_tokens",
             "batch_invariant", "overwrite", "tp", "dist_timeout", "tokenizations",
-            "max_tokenizations")
+            "max_tokenizations", "template_date")
 
 
 PROG = "python -m engine.score"
@@ -93,6 +93,10 @@ def parser() -> ArgumentParser:
     p.add_argument("--max-tokenizations", type=int, default=d.max_tokenizations, metavar="N",
                    help=f"with --tokenizations all, refuse a variant with more than N (default "
                         f"{d.max_tokenizations})")
+    p.add_argument("--template-date", default=d.template_date, metavar="YYYY-MM-DD",
+                   help="the date a chat template's strftime_now renders (Llama 3.x templates put "
+                        f"it in the prompt), fixed so that a run is the same any day (default: "
+                        f"{d.template_date})")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
     return p
 

@@ -102,6 +102,15 @@ class Sequence:
         return len(self.prompt_ids) - 1 + max(self.trie.depth)
 
 
+def render_prompt(task: Task, prompt, mode: str, template: ChatTemplate | None) -> str:
+    """Exactly what the model reads before an answer: in base mode the task's base_format around
+    the prompt, in chat mode the user message through the template, then assistant_prefix."""
+    if mode == "base":
+        return task.render_base(prompt)
+    messages = [{"role": "user", "content": task.prompt_text(prompt)}]
+    return template.render(messages, add_generation_prompt=True) + task.assistant_prefix
+
+
 class PromptEncoder:
     """Renders a task's prompts for one mode and tokenizes prompt and continuations.
 
@@ -142,10 +151,7 @@ class PromptEncoder:
         return ids[: len(ids) - self.suffix]
 
     def prompt_text(self, task: Task, prompt) -> str:
-        if self.mode == "base":
-            return task.render_base(prompt)
-        messages = [{"role": "user", "content": task.prompt_text(prompt)}]
-        return self.template.render(messages, add_generation_prompt=True) + task.assistant_prefix
+        return render_prompt(task, prompt, self.mode, self.template)
 
     def continuation(self, variant: str) -> str:
         return " " + variant if self.mode == "base" else variant

@@ -13,6 +13,7 @@ This module imports neither torch nor triton (the CLIs build a RunSpec before lo
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -122,6 +123,17 @@ def _template_source(value) -> str | None:
     return None
 
 
+def _date(value) -> str | None:
+    problem = f"must be a date YYYY-MM-DD, got {shown(value)}"
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        return problem
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        return problem
+    return None
+
+
 def _tasks(value) -> str | None:
     if isinstance(value, tuple) and all(isinstance(t, Task) for t in value) and value:
         return None
@@ -152,6 +164,10 @@ class RunSpec:
     dist_timeout: float = _setting(1800.0, _positive_seconds)  # seconds at a collective
     overwrite: bool = _setting(False, _flag)  # rescore the given tasks whatever the store holds
     progress: bool | None = _setting(None, _optional_flag)  # None: on a terminal or in Jupyter
+    # What a template's strftime_now renders (Llama 3.1 to 3.3 put the date in the prompt): a
+    # fixed day, so that a run is the same on any day; this one is the date Llama 3.1's own
+    # template falls back to.
+    template_date: str = _setting("2024-07-26", _date)
 
     def __post_init__(self):
         if isinstance(self.tasks, (str, os.PathLike)):
@@ -194,6 +210,7 @@ class Resolved:
     label: str
     chat: ChatTemplate | None  # what chat mode renders prompts with; None in base mode
     packs: bool  # whether prompts share forward passes (engine.scorer.packs_sequences)
+    own_special_source: str  # the checkpoint's tokenizer_config.json, which its fingerprint covers
 
     def key(self, fingerprint: str) -> dict:
         """What identifies the results (the `run` of the manifest and of each task): a rerun with
@@ -217,7 +234,17 @@ class Resolved:
         # tensor parallelism sums in another order: within rounding, not bit for bit
         if spec.tp > 1:
             key["tp"] = spec.tp
+        if self.template_date is not None:
+            key["template_date"] = self.template_date
+        if chat is not None and chat.special_source != self.own_special_source:
+            # A borrowed template's special tokens: the fingerprint covers only the checkpoint's.
+            key["template_special_tokens"] = chat.special_tokens
         return key
+
+    @property
+    def template_date(self) -> str | None:
+        """The date the prompts hold, where the template renders one."""
+        return self.spec.template_date if self.chat is not None and self.chat.uses_date else None
 
 
 def resolve(spec: RunSpec, checkpoint) -> Resolved:
@@ -230,16 +257,19 @@ def resolve(spec: RunSpec, checkpoint) -> Resolved:
     from engine.checkpoint import resolve_device
     from engine.scorer import packs_sequences
 
-    borrowed = (load_chat_template(spec.chat_template, checkpoint.special_tokens)
-                if spec.chat_template else None)
+    own_special_source = str(checkpoint.path / "tokenizer_config.json")
+    borrowed = None
+    if spec.chat_template:
+        borrowed = load_chat_template(spec.chat_template, checkpoint.special_tokens,
+                                      own_special_source)
     mode = spec.mode
     if mode == "auto":
         mode = "chat" if borrowed is not None or checkpoint.chat_template is not None else "base"
     chat = (chat_template_for(borrowed, checkpoint.chat_template, checkpoint.path)
-            if mode == "chat" else None)
+            .dated(spec.template_date) if mode == "chat" else None)
     label = spec.label or checkpoint.path.resolve().name
     if label_problem(label):
         raise OutputError(f"{checkpoint.path}: its directory name {shown(label)} cannot be a "
                           "label; pass a label")
     packs = packs_sequences(resolve_device(spec.device), spec.batch_invariant)
-    return Resolved(spec, mode, label, chat, packs)
+    return Resolved(spec, mode, label, chat, packs, own_special_source)

@@ -62,7 +62,8 @@ from engine.tasks.loader import is_builtin, names_a_file
 # per checkpoint, from `modes` and the `label` template).
 OWN_KEYS = ("checkpoints", "modes", "label")
 SETTINGS = ("tasks", "dtype", "device", "out", "tp", "batch_tokens", "chat_template",
-            "tokenizations", "max_tokenizations", "dist_timeout", "batch_invariant")
+            "tokenizations", "max_tokenizations", "dist_timeout", "batch_invariant",
+            "template_date")
 KEYS = OWN_KEYS + SETTINGS
 
 

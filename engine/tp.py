@@ -307,9 +307,10 @@ class LeadStore:
                     held.enter_context(self.store.session())
             yield self
 
-    def plan(self, tasks, overwrite: bool) -> list:
+    def plan(self, tasks, overwrite: bool, prompts: dict) -> list:
         with self.group.step("planning"):
-            names = [t.name for t in self.store.plan(tasks, overwrite)] if self.store else None
+            names = ([t.name for t in self.store.plan(tasks, overwrite, prompts)]
+                     if self.store else None)
         names = self.group.broadcast(names, "sharing the plan")
         return [t for t in tasks if t.name in names]
 

@@ -179,3 +179,76 @@ def test_float_weights_labelled_as_integers_are_refused(ckpt, copy_checkpoint):
     with pytest.raises(WeightsError, match=f"{name}.*int32, not floating point"):
         engine.load(bad)
     assert os.path.exists(bad / "model.safetensors")
+
+
+# --- reproducible prompts ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dated(tiny_checkpoint):
+    """A checkpoint whose template puts the date in the prompt, as Llama 3.1 to 3.3 do."""
+    from tests import tiny
+
+    return tiny_checkpoint(arch="llama", hidden=32, heads=2, kv_heads=2, init=0.1,
+                           template=tiny.LLAMA3_CHAT_TEMPLATE)
+
+
+def test_a_template_date_is_fixed_recorded_and_part_of_the_run(dated, tmp_path, capsys,
+                                                                monkeypatch):
+    import datetime as real
+
+    import engine.chat
+
+    class Tomorrow(real.datetime):  # any other day: the prompts must not move
+        @classmethod
+        def now(cls, tz=None):
+            return real.datetime(2031, 5, 17, 9, 30)
+
+    out = tmp_path / "o"
+    assert score.main([str(dated), "--tasks", "coin", "--out", str(out), "--label", "L"]) == 0
+    first = pq.read_table(out / "L" / "coin.parquet")
+    assert "Today Date: 26 Jul 2024" in first.column("prompt_text")[0].as_py()
+    manifest = json.loads((out / "L" / "manifest.json").read_text())
+    assert manifest["template_date"] == "2024-07-26" == manifest["run"]["template_date"]
+    monkeypatch.setattr(engine.chat, "datetime", Tomorrow)
+    assert score.main([str(dated), "--tasks", "coin", "--out", str(out), "--label", "M"]) == 0
+    assert pq.read_table(out / "M" / "coin.parquet").equals(first.set_column(
+        0, "label", pq.read_table(out / "M" / "coin.parquet").column("label")))
+    line = error_line(capsys, [dated, "--tasks", "die", "--out", out, "--label", "L",
+                               "--template-date", "2026-12-01"])
+    assert "template_date" in line and "another --label" in line
+    assert score.main([str(dated), "--tasks", "coin", "--out", str(out), "--label", "N",
+                       "--template-date", "2026-12-01"]) == 0
+    assert "Today Date: 01 Dec 2026" in pq.read_table(out / "N" / "coin.parquet").column(
+        "prompt_text")[0].as_py()
+    capsys.readouterr()
+
+
+def test_a_borrowed_templates_special_tokens_are_part_of_the_run(ckpt, tiny_checkpoint, tmp_path,
+                                                                 capsys, copy_checkpoint):
+    from tests import tiny
+
+    donor = copy_checkpoint(tiny_checkpoint(arch="llama", hidden=32, heads=2, kv_heads=2,
+                                            template=tiny.CHATML_TEMPLATE), "donor")
+    out, argv = tmp_path / "o", [ckpt, "--chat-template", donor, "--out", tmp_path / "o",
+                                 "--label", "L", "--mode", "chat"]
+    assert score.main([str(a) for a in argv] + ["--tasks", "coin"]) == 0
+    manifest = json.loads((out / "L" / "manifest.json").read_text())
+    assert manifest["chat_template_special_tokens"] == str(donor / "tokenizer_config.json")
+    capsys.readouterr()
+    config = json.loads((donor / "tokenizer_config.json").read_text())
+    config["bos_token"] = "<|im_start|>"  # the donor changes: its prompts render otherwise
+    (donor / "tokenizer_config.json").write_text(json.dumps(config))
+    line = error_line(capsys, [*argv, "--tasks", "die"])
+    assert "template_special_tokens" in line
+
+
+def test_finished_results_of_other_prompt_text_are_refused(ckpt, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert score.main([str(ckpt), "--tasks", "coin", "--out", str(out), "--label", "L"]) == 0
+    path = out / "L" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["tasks"]["coin"]["prompts_digest"] = "0" * 16  # as if rendered from other text
+    path.write_text(json.dumps(manifest))
+    line = error_line(capsys, [ckpt, "--tasks", "coin", "--out", out, "--label", "L"])
+    assert "other prompt text" in line

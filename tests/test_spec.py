@@ -105,7 +105,7 @@ def test_resolution_decides_mode_label_template_and_packing(ckpt, tiny_checkpoin
     meta = read_metadata(ckpt)
     run = resolve(RunSpec(tasks="coin"), meta)
     assert (run.mode, run.label, run.packs) == ("chat", ckpt.resolve().name, False)
-    assert run.chat is meta.chat_template
+    assert run.chat.text == meta.chat_template.text and str(run.chat.today) == RunSpec.template_date
     key = run.key("f")
     assert key["batch_invariant"] is True and key["batch_tokens"] is None and "tp" not in key
     base = resolve(RunSpec(tasks="coin", mode="base", label="L"), meta)
