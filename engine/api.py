@@ -93,7 +93,9 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                      max_tokenizations: int = RunSpec.max_tokenizations, tp: int = RunSpec.tp,
                      batch_invariant: bool = False,
                      dist_timeout: float = RunSpec.dist_timeout,
-                     template_date: str = RunSpec.template_date) -> ScoreResult:
+                     template_date: str = RunSpec.template_date,
+                     template_timeout: float = RunSpec.template_timeout,
+                     template_max_chars: int = RunSpec.template_max_chars) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
     checkpoint: a local Hugging Face directory, or a `Checkpoint` from `engine.load` (then
@@ -115,6 +117,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
         other prompts, as they always are on the CPU (fewer tokens per pass: slower).
     dist_timeout: with tp > 1, the seconds a rank waits for the others at a collective.
     template_date: the day (YYYY-MM-DD) a chat template's `strftime_now` renders.
+    template_timeout, template_max_chars: bounds on rendering one prompt (seconds, characters).
     A setting with a value it cannot take raises `engine.spec.SettingError` naming it.
     """
     spec = RunSpec(tasks=tasks, mode=mode, dtype=dtype or RunSpec.dtype,
@@ -122,7 +125,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                    batch_tokens=batch_tokens, batch_invariant=batch_invariant,
                    chat_template=chat_template, tokenizations=tokenizations,
                    max_tokenizations=max_tokenizations, tp=tp, dist_timeout=dist_timeout,
-                   overwrite=overwrite, progress=progress, template_date=template_date)
+                   overwrite=overwrite, progress=progress, template_date=template_date,
+                   template_timeout=template_timeout, template_max_chars=template_max_chars)
     return run_spec(checkpoint, spec)
 
 

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
+import threading
+import time as time_module
+from contextlib import contextmanager
 from datetime import date, datetime, time
 from pathlib import Path
 
@@ -24,7 +28,9 @@ import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import ChatTemplateError
+from engine.spec import RunSpec
 
+MAX_TEMPLATE_CHARS = 1 << 20  # real templates are a few thousand characters, the largest ~50k
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
                       "mask_token")
 
@@ -74,14 +80,84 @@ class _Namespace(jinja2.utils.Namespace):
             raise jinja2.exceptions.SecurityError(f"underscore attribute {name!r} on a namespace")
 
 
+class _OutOfBounds(Exception):
+    """A render ran past its time or its output bound (`problem` says which)."""
+
+    def __init__(self, problem: str):
+        super().__init__(problem)
+        self.problem = problem
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, watching the clock at every call, attribute and item a template touches (a
+    render off the main thread has no alarm, see `_alarm`), and refusing repetitions and powers
+    whose result alone would pass the output bound ("a" * 10**10 is one step of C code that no
+    clock check could interrupt)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+    deadline = float("inf")
+    max_chars = 10**6
+
+    def _tick(self) -> None:
+        if time_module.monotonic() > self.deadline:
+            raise _OutOfBounds("time")
+
+    def call(__self, __context, __obj, *args, **kwargs):  # jinja's signature
+        __self._tick()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj, attribute):
+        self._tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj, argument):
+        self._tick()
+        return super().getitem(obj, argument)
+
+    def call_binop(self, context, operator, left, right):
+        self._tick()
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and \
+                        len(seq) * n > self.max_chars:
+                    raise _OutOfBounds("size")
+        elif isinstance(left, int) and isinstance(right, int) and \
+                abs(left) > 1 and right * abs(left).bit_length() > 8 * self.max_chars:
+            raise _OutOfBounds("size")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["namespace"] = _Namespace
+    # jinja's text generator runs in C-speed Python for as long as asked; no template needs it.
+    env.globals.pop("lipsum", None)
     return env
+
+
+@contextmanager
+def _alarm(seconds: float):
+    """SIGALRM after `seconds`, raising _OutOfBounds wherever the render is (between two
+    bytecodes, even in a loop that calls nothing); only the main thread receives signals, and
+    elsewhere the environment's clock checks alone bound the render."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _OutOfBounds("time")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class ChatTemplate:
@@ -98,7 +174,12 @@ class ChatTemplate:
         self.special_source = special_source  # the tokenizer_config the special tokens come from
         self.enable_thinking = enable_thinking
         self.today: date | None = None  # what strftime_now renders; None: the real today
-        environment = _environment()
+        self.seconds = RunSpec.template_timeout  # bounds on one render (`for_run`)
+        self.max_chars = RunSpec.template_max_chars
+        if len(text) > MAX_TEMPLATE_CHARS:
+            raise ChatTemplateError(f"{source}: the chat template is {len(text):,} characters; "
+                                    f"more than {MAX_TEMPLATE_CHARS:,} is no chat template")
+        environment = self._environment = _environment()
         try:
             self._template = environment.from_string(text)
             self._variables = jinja2.meta.find_undeclared_variables(environment.parse(text))
@@ -108,17 +189,34 @@ class ChatTemplate:
                 "fix the template"
             ) from None
 
-    def dated(self, today: str) -> ChatTemplate:
+    def for_run(self, today: str, seconds: float = RunSpec.template_timeout,
+                max_chars: int = RunSpec.template_max_chars) -> ChatTemplate:
         """This template with `strftime_now` fixed at `today` (YYYY-MM-DD), so that a prompt
-        renders the same on any day."""
+        renders the same on any day, and each render bounded to `seconds` and `max_chars`."""
         fixed = copy.copy(self)
-        fixed.today = date.fromisoformat(today)
+        fixed.today, fixed.seconds, fixed.max_chars = date.fromisoformat(today), seconds, max_chars
         return fixed
 
     @property
     def uses_date(self) -> bool:
         """Whether the template reads the date (`strftime_now`: Llama 3.1 to 3.3)."""
         return "strftime_now" in self._variables
+
+    def _bounded(self, variables: dict) -> str:
+        """jinja's render, piece by piece, within the time and output bounds."""
+        env = self._environment
+        env.deadline, env.max_chars = time_module.monotonic() + self.seconds, self.max_chars
+        pieces, size = [], 0
+        try:
+            with _alarm(self.seconds):
+                for piece in self._template.generate(**variables):
+                    size += len(piece)
+                    if size > self.max_chars:
+                        raise _OutOfBounds("size")
+                    pieces.append(piece)
+        finally:
+            env.deadline = float("inf")
+        return "".join(pieces)
 
     def _strftime_now(self, fmt: str) -> str:
         now = datetime.now() if self.today is None else datetime.combine(self.today, time())
@@ -136,10 +234,15 @@ class ChatTemplate:
         variables = {**self.special_tokens, "enable_thinking": self.enable_thinking,
                      "strftime_now": self._strftime_now, **template_kwargs}
         try:
-            return self._template.render(
-                messages=messages, tools=None, documents=None,
-                add_generation_prompt=add_generation_prompt, **variables
-            )
+            return self._bounded(dict(messages=messages, tools=None, documents=None,
+                                      add_generation_prompt=add_generation_prompt, **variables))
+        except _OutOfBounds as e:
+            bound = (f"took more than {self.seconds:g} s" if e.problem == "time"
+                     else f"renders more than {self.max_chars:,} characters")
+            raise ChatTemplateError(
+                f"{self.source}: the chat template {bound} (a template that never ends?); fix "
+                "it, pass --chat-template, or raise --template-timeout / --template-max-chars"
+            ) from None
         except jinja2.exceptions.SecurityError as e:
             raise ChatTemplateError(
                 f"{self.source}: chat template tried to leave its sandbox ({e}); "

@@ -18,6 +18,7 @@ same error.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +44,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)
 # Small files that can change results (config, tokenizer, chat template): hashed whole.
 METADATA_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
+MAX_METADATA_BYTES = 1 << 30  # the largest tokenizer.json files are tens of MB
 
 
 class Config(dict):
@@ -118,6 +120,7 @@ def read_metadata(path) -> Metadata:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory not found; "
                               "pass a local Hugging Face model directory")
+    check_metadata_files(directory)
     config = Config(read_json(directory / "config.json", "config.json"))
     args = parse_config(config, directory / "config.json")
     tokenizer, tokenizer_config = load_tokenizer(directory)
@@ -133,6 +136,27 @@ def read_metadata(path) -> Metadata:
                              special_source=str(directory / "tokenizer_config.json"))
                 if found else None)
     return Metadata(directory, config, args, tokenizer, special, template)
+
+
+def check_metadata_files(directory: Path) -> None:
+    """The small files read whole (config, tokenizer, template: what the fingerprint hashes and
+    prompts are made of) are the checkpoint's own and small: a link that leaves the directory
+    could copy any file into published results, and a huge (sparse) file would never finish.
+    The Hugging Face cache's layout is the checkpoint's own: a snapshot's links point into the
+    same repository's blobs/."""
+    root = directory.resolve()
+    blobs = root.parent.parent / "blobs" if root.parent.name == "snapshots" else None
+    for path in sorted(directory.iterdir()):
+        if path.suffix not in METADATA_SUFFIXES or not path.is_file():
+            continue
+        real = path.resolve()
+        if not (real.is_relative_to(root) or (blobs is not None and real.is_relative_to(blobs))):
+            raise CheckpointError(f"{path}: links to {real}, outside the checkpoint; copy the "
+                                  "file into the checkpoint directory")
+        size = path.stat().st_size
+        if size > MAX_METADATA_BYTES:
+            raise CheckpointError(f"{path}: {size:,} bytes, more than a config, tokenizer or "
+                                  f"template file holds ({MAX_METADATA_BYTES:,}); remove it")
 
 
 def load(path, dtype=RunSpec.dtype, device="cpu", tp: int = RunSpec.tp) -> Checkpoint:
@@ -251,6 +275,7 @@ def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
     """Build the model on the meta device and assign the checkpoint's tensors into it.
     Returns the model and each weight file's size, modification time and digest."""
     files = [WeightFile(path) for path in weight_paths(directory)]
+    check_size_against_files(directory, args, files)
     args = untie_if_the_checkpoint_has_a_head(args, files)
     with torch.device("meta"):
         model = Transformer(args)
@@ -293,6 +318,31 @@ def untie_if_the_checkpoint_has_a_head(args: ModelArgs, files: list[WeightFile])
         return args
     warn_own_head(holder["lm_head.weight"].path)
     return replace(args, tie_embeddings=False)
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def check_size_against_files(directory: Path, args: ModelArgs, files: list[WeightFile]) -> None:
+    """The config's layer count and embedding shape agree with the weight files' headers, checked
+    before anything the config's size is built (10^6 layers in a config must not take minutes
+    and gigabytes to refuse)."""
+    layers, embedding = set(), None
+    for f in files:
+        for name in f.names():
+            if match := _LAYER.match(name):
+                layers.add(int(match.group(1)))
+            elif name == "model.embed_tokens.weight":
+                embedding = f.shape(name)
+    config = directory / "config.json"
+    if len(layers) != args.n_layers or (layers and max(layers) != args.n_layers - 1):
+        found = f"layers 0 to {max(layers)}" if layers else "no layers"
+        raise WeightsError(f"{config}: num_hidden_layers={args.n_layers}, but the weight files "
+                           f"hold {found} ({len(layers)}); config.json does not describe them")
+    if embedding is not None and embedding != (args.vocab_size, args.dim):
+        raise WeightsError(f"{config}: vocab_size={args.vocab_size} and hidden_size={args.dim}, "
+                           f"but model.embed_tokens.weight has shape {list(embedding)}; "
+                           "config.json does not describe the weights")
 
 
 def check_complete(directory: Path, needed, found) -> None:

@@ -64,7 +64,7 @@ def rope_settings(cfg: dict, path: Path,
                   arch: str = "LlamaForCausalLM") -> tuple[float, dict | None]:
     """(rope_theta, scaling dict or None) from either the 4.x or the 5.x keys (one RoPE for
     every layer)."""
-    params = cfg.get("rope_parameters") or {}
+    params = _object(cfg, "rope_parameters", path)
     scaling = cfg.get("rope_scaling") or params
     theta = cfg.get("rope_theta", params.get("rope_theta", default(arch, "rope_theta", 10000.0)))
     return _number(theta, "rope_theta", path), rope_scaling(scaling, cfg, path, arch)
@@ -118,7 +118,7 @@ def olmo3_ropes(cfg: dict, path: Path
     transformers 5.x nests `rope_parameters` by layer type; 4.x wrote `rope_scaling` (YaRN) and
     one `rope_theta`, and applied the scaling to the full-attention layers only."""
     arch = "Olmo3ForCausalLM"
-    params = cfg.get("rope_parameters") or {}
+    params = _object(cfg, "rope_parameters", path)
     top_theta = cfg.get("rope_theta", default(arch, "rope_theta", 10000.0))
     if isinstance(params, dict) and (FULL in params or SLIDING in params):
         ropes = []
@@ -142,8 +142,8 @@ def attention_layout(cfg: dict, arch: str, n_layers: int,
         window = cfg.get("sliding_window", 4096)
         default = [SLIDING if (i + 1) % 4 else FULL for i in range(n_layers)]
     elif arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
-        window = cfg.get("sliding_window", 4096) if cfg.get("use_sliding_window", False) else None
-        first = cfg.get("max_window_layers", 28)
+        window = cfg.get("sliding_window", 4096) if _flag(cfg, "use_sliding_window", path) else None
+        first = _int(cfg, "max_window_layers", path, default=28, minimum=0)
         default = [SLIDING if window is not None and i >= first else FULL for i in range(n_layers)]
     else:
         return (), None
@@ -177,23 +177,57 @@ def _number(value, key: str, path: Path, positive: bool = True) -> float:
     return float(value)
 
 
-def _int(cfg: dict, key: str, path: Path, default=None) -> int:
+def _int(cfg: dict, key: str, path: Path, default=None, minimum: int = 1) -> int:
     value = cfg.get(key)
     if value is None:  # absent or null: transformers falls back to the default too
         value = default
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise CheckpointError(f"{path}: {key!r} must be a positive integer, found {value!r}; "
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise CheckpointError(f"{path}: {key!r} must be {what}, found {_shown(value)}; "
                               "fix config.json")
     return value
+
+
+def _float(cfg: dict, key: str, path: Path, default: float) -> float:
+    value = cfg.get(key)
+    if value is None:
+        value = default
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise CheckpointError(f"{path}: {key!r} must be a positive number, found {_shown(value)}; "
+                              "fix config.json")
+    return float(value)
+
+
+def _flag(cfg: dict, key: str, path: Path) -> bool:
+    value = cfg.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{path}: {key!r} must be true or false, found {_shown(value)}; "
+                              "fix config.json")
+    return value
+
+
+def _object(cfg: dict, key: str, path: Path) -> dict:
+    value = cfg.get(key) or {}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: {key!r} must be a JSON object, found {_shown(value)}; "
+                              "fix config.json")
+    return value
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_config(cfg: dict, path: Path) -> ModelArgs:
     """Validate a config dict and map it onto ModelArgs."""
     archs = cfg.get("architectures") or [None]
-    arch = archs[0]
-    if arch not in ARCHITECTURES:
+    arch = archs[0] if isinstance(archs, list) else archs
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise ArchitectureError(
-            f"{path}: architecture {arch!r} is not supported; "
+            f"{path}: architecture {_shown(arch)} is not supported; "
             f"supported: {', '.join(sorted(ARCHITECTURES))}"
         )
     act = cfg.get("hidden_act", "silu")
@@ -207,7 +241,7 @@ def parse_config(cfg: dict, path: Path) -> ModelArgs:
             f"{path}: num_attention_heads={n_heads} is not a multiple of "
             f"num_key_value_heads={n_kv_heads}"
         )
-    head_dim = cfg.get("head_dim") or default(arch, "head_dim", dim // n_heads)
+    head_dim = _int(cfg, "head_dim", path, default=default(arch, "head_dim", dim // n_heads))
     n_layers = _int(cfg, "num_hidden_layers", path)
     max_positions = _int(cfg, "max_position_embeddings", path,
                          default=default(arch, "max_position_embeddings", 4096))
@@ -224,15 +258,15 @@ def parse_config(cfg: dict, path: Path) -> ModelArgs:
         n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
-        head_dim=int(head_dim),
+        head_dim=head_dim,
         intermediate_size=_int(cfg, "intermediate_size", path),
-        norm_eps=float(cfg.get("rms_norm_eps", default(arch, "rms_norm_eps", 1e-6))),
+        norm_eps=_float(cfg, "rms_norm_eps", path, default(arch, "rms_norm_eps", 1e-6)),
         rope_theta=theta,
         rope_scaling=scaling,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_embeddings=_flag(cfg, "tie_word_embeddings", path),
         # Qwen 2 has a bias on q, k, v (ArchStyle.qkv_bias) and never reads attention_bias
-        attention_bias=bool(cfg.get("attention_bias", False)) and not ARCHITECTURES[arch].qkv_bias,
-        mlp_bias=bool(cfg.get("mlp_bias", False)) and arch in MLP_BIAS_KEY,
+        attention_bias=_flag(cfg, "attention_bias", path) and not ARCHITECTURES[arch].qkv_bias,
+        mlp_bias=_flag(cfg, "mlp_bias", path) and arch in MLP_BIAS_KEY,
         max_position_embeddings=max_positions,
         layer_types=layer_types,
         sliding_window=window,

@@ -393,9 +393,11 @@ class ResultsStore:
         no digests: their files are checked for presence, schema and rows only.)"""
         entry = self.entry(name)
         for file in (entry.get("file"), entry.get("variants_file")):
-            if not file:
+            if not file or not isinstance(file, str):
                 return f"{self.directory}: task {name} has no file in the manifest"
             path = self.directory / file
+            if file not in (f"{name}.parquet", f"variants/{name}.parquet") or path.is_symlink():
+                return f"{path}: not the task's own file in {self.directory}"
             if not path.is_file():
                 return f"{path}: missing"
             if "digests" in entry and entry["digests"].get(file) != file_digest(path):

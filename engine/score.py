@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args", "spec_of"]
 # The flags that are RunSpec settings, by setting name; their defaults are RunSpec's.
 SETTINGS = ("tasks", "mode", "chat_template", "out", "label", "dtype", "device", "batch_tokens",
             "batch_invariant", "overwrite", "tp", "dist_timeout", "tokenizations",
-            "max_tokenizations", "template_date")
+            "max_tokenizations", "template_date", "template_timeout", "template_max_chars")
 
 
 PROG = "python -m engine.score"
@@ -97,6 +97,12 @@ def parser() -> ArgumentParser:
                    help="the date a chat template's strftime_now renders (Llama 3.x templates put "
                         f"it in the prompt), fixed so that a run is the same any day (default: "
                         f"{d.template_date})")
+    p.add_argument("--template-timeout", type=float, default=d.template_timeout, metavar="SECONDS",
+                   help="give up on a chat template that takes longer to render one prompt "
+                        f"(default: {d.template_timeout:g})")
+    p.add_argument("--template-max-chars", type=int, default=d.template_max_chars, metavar="N",
+                   help="give up on a chat template that renders a prompt longer than N characters "
+                        f"(default: {d.template_max_chars})")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
     return p
 

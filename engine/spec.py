@@ -168,6 +168,10 @@ class RunSpec:
     # fixed day, so that a run is the same on any day; this one is the date Llama 3.1's own
     # template falls back to.
     template_date: str = _setting("2024-07-26", _date)
+    # Bounds on rendering one prompt through a chat template (templates come with downloaded
+    # checkpoints: one that never ends must not stall a sweep).
+    template_timeout: float = _setting(10.0, _positive_seconds)
+    template_max_chars: int = _setting(1_000_000, _positive_int)
 
     def __post_init__(self):
         if isinstance(self.tasks, (str, os.PathLike)):
@@ -266,7 +270,8 @@ def resolve(spec: RunSpec, checkpoint) -> Resolved:
     if mode == "auto":
         mode = "chat" if borrowed is not None or checkpoint.chat_template is not None else "base"
     chat = (chat_template_for(borrowed, checkpoint.chat_template, checkpoint.path)
-            .dated(spec.template_date) if mode == "chat" else None)
+            .for_run(spec.template_date, spec.template_timeout, spec.template_max_chars)
+            if mode == "chat" else None)
     label = spec.label or checkpoint.path.resolve().name
     if label_problem(label):
         raise OutputError(f"{checkpoint.path}: its directory name {shown(label)} cannot be a "

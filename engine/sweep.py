@@ -63,7 +63,7 @@ from engine.tasks.loader import is_builtin, names_a_file
 OWN_KEYS = ("checkpoints", "modes", "label")
 SETTINGS = ("tasks", "dtype", "device", "out", "tp", "batch_tokens", "chat_template",
             "tokenizations", "max_tokenizations", "dist_timeout", "batch_invariant",
-            "template_date")
+            "template_date", "template_timeout", "template_max_chars")
 KEYS = OWN_KEYS + SETTINGS
 
 

@@ -40,6 +40,7 @@ from engine.checkpoint import (
     Checkpoint,
     check_complete,
     check_names_and_shapes,
+    check_size_against_files,
     file_record,
     warn_own_head,
     weight_paths,
@@ -202,6 +203,7 @@ def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
     on every rank."""
     with group.step("opening the weight files"):
         files = [WeightFile(path) for path in weight_paths(directory)]
+        check_size_against_files(directory, args, files)
         holder = {name: f for f in files for name in f.names()}
         has_head = "lm_head.weight" in holder
         # A head is checked and planned even when the config ties it (see below).

@@ -252,3 +252,136 @@ def test_finished_results_of_other_prompt_text_are_refused(ckpt, tmp_path, capsy
     path.write_text(json.dumps(manifest))
     line = error_line(capsys, [ckpt, "--tasks", "coin", "--out", out, "--label", "L"])
     assert "other prompt text" in line
+
+
+# --- hostile templates --------------------------------------------------------------------------
+
+HOSTILE = {
+    "loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "silent loops": "{% set x = range(100000) | list %}{% for a in x %}{% for b in x %}"
+                    "{% endfor %}{% endfor %}",
+    "huge output": "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+    "huge string": "{{ 'a' * 10000000000 }}",
+    "huge power": "{{ 7 ** 100000000 }}",
+    "lipsum": "{{ lipsum(100000000) }}",
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_templates_end_within_their_bounds(ckpt, copy_checkpoint, tmp_path, capsys, kind):
+    import time
+
+    bad = copy_checkpoint(ckpt)
+    (bad / "chat_template.jinja").write_text(HOSTILE[kind])
+    started = time.monotonic()
+    line = error_line(capsys, [bad, "--tasks", "coin", "--mode", "chat", "--out", tmp_path / "o",
+                               "--template-timeout", "2"])
+    assert time.monotonic() - started < 30, line
+    assert "chat_template.jinja" in line and len(line) < 400
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_template_of_megabytes_is_refused(ckpt, copy_checkpoint):
+    bad = copy_checkpoint(ckpt)
+    (bad / "chat_template.jinja").write_text("{{ bos_token }}" + "x" * 20_000_000)
+    with pytest.raises(engine.EngineError, match="characters; more than"):
+        engine.load(bad)
+
+
+def test_templates_render_as_before_within_their_bounds(ckpt):
+    ck = engine.load(ckpt)
+    messages = [{"role": "user", "content": "Flip a coin."}]
+    fixed = ck.chat_template.for_run("2024-07-26", seconds=5, max_chars=10_000)
+    assert fixed.render(messages) == ck.render_chat(messages)
+
+
+# --- metadata files and results files -------------------------------------------------------------
+
+
+def test_metadata_linked_outside_the_checkpoint_is_refused(ckpt, copy_checkpoint, tmp_path):
+    bad = copy_checkpoint(ckpt)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("{{ 'my private notes' }}")
+    (bad / "chat_template.jinja").symlink_to(secret)
+    with pytest.raises(engine.EngineError, match="outside the checkpoint"):
+        engine.load(bad)
+
+
+def test_the_hugging_face_cache_layout_is_the_checkpoints_own(ckpt, tmp_path):
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, path in enumerate(sorted(ckpt.iterdir())):
+        blob = blobs / f"blob{i}"
+        blob.write_bytes(path.read_bytes())
+        (snapshot / path.name).symlink_to(Path("../../blobs") / blob.name)
+    assert engine.load(snapshot).fingerprint == engine.load(ckpt).fingerprint
+
+
+def test_a_huge_sparse_metadata_file_is_refused_at_once(ckpt, copy_checkpoint):
+    import time
+
+    bad = copy_checkpoint(ckpt)
+    with open(bad / "notes.txt", "wb") as f:
+        f.truncate(1 << 40)  # 1 TB, sparse
+    started = time.monotonic()
+    with pytest.raises(engine.EngineError, match="notes.txt.*bytes"):
+        engine.load(bad)
+    assert time.monotonic() - started < 10
+
+
+def test_a_manifest_naming_another_stores_file_is_not_trusted(ckpt, tmp_path, capsys):
+    out = tmp_path / "o"
+    for label in ("A", "B"):
+        assert score.main([str(ckpt), "--tasks", "coin", "--out", str(out), "--label", label]) == 0
+    path = out / "B" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = manifest["tasks"]["coin"]
+    entry["file"] = "../A/coin.parquet"
+    entry["digests"]["../A/coin.parquet"] = entry["digests"].pop("coin.parquet")
+    path.write_text(json.dumps(manifest))
+    from engine.results import ResultsStore
+
+    assert "not the task's own file" in ResultsStore(out, "B").problem("coin")
+    capsys.readouterr()
+
+
+# --- config.json --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"head_dim": "sixteen"}, "'head_dim' must be a positive integer"),
+    ({"head_dim": -16}, "'head_dim' must be a positive integer"),
+    ({"rms_norm_eps": "tiny"}, "'rms_norm_eps' must be a positive number"),
+    ({"architectures": [["Olmo2ForCausalLM"]]}, "is not supported"),
+    ({"architectures": "Olmo2ForCausalLM"}, None),  # a bare string: read as the one architecture
+    ({"rope_parameters": "yarn"}, "'rope_parameters' must be a JSON object"),
+    ({"tie_word_embeddings": "false"}, "'tie_word_embeddings' must be true or false"),
+    ({"num_hidden_layers": 100000}, "num_hidden_layers=100000, but the weight files hold"),
+    ({"vocab_size": 10**9}, "vocab_size=1000000000"),
+])
+def test_config_fields_of_the_wrong_type_sign_or_size_are_one_line(ckpt, copy_checkpoint, changes,
+                                                                   fragment):
+    import time
+
+    bad = copy_checkpoint(ckpt)
+    config = json.loads((bad / "config.json").read_text())
+    config.update(changes)
+    (bad / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    if fragment is None:
+        engine.load(bad)
+        return
+    with pytest.raises(engine.EngineError) as info:
+        engine.load(bad)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert time.monotonic() - started < 10
+
+
+def test_a_null_norm_epsilon_takes_the_default(ckpt, copy_checkpoint):
+    bad = copy_checkpoint(ckpt)
+    config = json.loads((bad / "config.json").read_text())
+    config["rms_norm_eps"] = None
+    (bad / "config.json").write_text(json.dumps(config))
+    assert engine.load(bad).args.norm_eps == 1e-6
