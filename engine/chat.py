@@ -152,12 +152,16 @@ def _alarm(seconds: float):
         raise _OutOfBounds("time")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    delay, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time_module.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if delay:  # someone else's alarm (a test timeout, say) goes on as it was set
+            left = delay - (time_module.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
 
 
 class ChatTemplate:

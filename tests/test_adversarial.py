@@ -385,3 +385,19 @@ def test_a_null_norm_epsilon_takes_the_default(ckpt, copy_checkpoint):
     config["rms_norm_eps"] = None
     (bad / "config.json").write_text(json.dumps(config))
     assert engine.load(bad).args.norm_eps == 1e-6
+
+
+def test_a_render_leaves_anothers_alarm_running(ckpt):
+    import signal
+
+    ck = engine.load(ckpt)
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        ck.chat_template.for_run("2024-07-26").render([{"role": "user", "content": "Hi."}])
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 25 < left <= 30 and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
