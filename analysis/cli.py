@@ -12,6 +12,7 @@ from pathlib import Path
 from analysis.phases import TAU, analyse, load_results
 from engine.errors import AnalysisError, ArgumentParser, EngineError
 from engine.files import write_output
+from engine.results import check_writable
 
 
 def _fmt(x, digits=3):
@@ -62,6 +63,14 @@ def format_tables(phases):
             same = "same prompt" if c["same_prompt"] else "different or missing seed"
             lines.append(f"  {task}: {ids}  JS {_fmt(c['js_between_seeds'])}  {same}")
     return "\n".join(lines)
+
+
+def check_output_file(path: Path) -> None:
+    """A file can be written at `path` (its directory exists or can be made, and is writable)."""
+    if path.is_dir():
+        raise AnalysisError(f"--out {path}: is a directory; give a file path such as "
+                            f"{path / 'phases.json'}")
+    check_writable(path.parent)
 
 
 def write_atomic(path, data, mode="w"):
@@ -151,10 +160,13 @@ def main(argv=None):
             raise AnalysisError(f"--tau {args.tau}: must be in [0, 1] bits (default {TAU})")
         ladders = ladder_list(args.ladder)
         labels = list(dict.fromkeys(label for _, stages in ladders for _, label in stages))
+        out = Path(args.out) if args.out else Path(args.results_dir) / "phases.json"
+        check_output_file(out)  # before anything is written: no report without its phases.json
+        if args.report:
+            check_writable(Path(args.report))
         results = load_results(args.results_dir, labels)
         phases = analyse(results, ladders, args.tau)
         text = json.dumps(phases, indent=1, allow_nan=False)
-        out = Path(args.out) if args.out else Path(args.results_dir) / "phases.json"
         if args.report:
             from analysis.report import build_report
 

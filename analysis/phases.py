@@ -35,6 +35,7 @@ analysis/report.py, reading the results store in engine/results.py):
   ``format_tables`` and ``write_atomic`` are still importable from here).
 """
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ from analysis.metrics import (
     support,
 )
 from engine.errors import AnalysisError
-from engine.results import Col, read_results
+from engine.results import Col, ResultsStore, read_results
 
 TAU = 0.05  # bits: prompts closer than this (complete linkage) count as one distribution
 LIQUID_MIN = 0.1  # bits of liquidity from which a stage counts as liquid
@@ -83,6 +84,9 @@ class TaskData:
 class Results:
     results_dir: Path
     data: dict  # label -> task -> TaskData
+    # label -> task -> what the label's manifest records of the task (its run, task_hash), when
+    # the results come from the store; empty for distributions from elsewhere
+    entries: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -93,9 +97,10 @@ def load_results(results_dir, labels=None):
     validated by the results store (engine/results.py)."""
     root = Path(results_dir)
     tables = read_results(root, labels)
+    entries = {label: ResultsStore(root, label).manifest["tasks"] for label in tables}
     return Results(root, {label: {task: task_data(table, label, task)
                                   for task, table in tasks.items()}
-                          for label, tasks in tables.items()})
+                          for label, tasks in tables.items()}, entries)
 
 
 def task_data(table, label, task):
@@ -362,6 +367,40 @@ def _listing(tasks):
     return "; ".join(f"{label}: {', '.join(sorted(t))}" for label, t in tasks.items())
 
 
+def _check_one_checkpoint(results, label):
+    """A label's tasks all come from one checkpoint and one set of settings (a label holds one
+    run; results put together from several would be analysed as one model)."""
+    runs = {task: entry.get("run") for task, entry in results.entries.get(label, {}).items()}
+    fingerprints = {task: (run or {}).get("fingerprint") for task, run in runs.items()}
+    if len(set(fingerprints.values())) > 1:
+        shown = ", ".join(f"{task} {str(fp)[:8]}" for task, fp in sorted(fingerprints.items()))
+        raise AnalysisError(f"label '{label}' holds tasks of different checkpoints ({shown}); "
+                            "score them again under one label, or use a label per checkpoint")
+    if len({json.dumps(run, sort_keys=True) for run in runs.values()}) > 1:
+        raise AnalysisError(f"label '{label}' holds tasks scored with different settings (mode, "
+                            "dtype, template...); score them again under one label")
+
+
+def _check_same_task(name, task, stages, results):
+    """Every stage scored the same definition of the task, on the same prompts."""
+    hashes = {label: results.entries.get(label, {}).get(task, {}).get("task_hash")
+              for _, label in stages}
+    known = {h for h in hashes.values() if h is not None}
+    if len(known) > 1:
+        shown = ", ".join(f"{label} {h}" for label, h in hashes.items())
+        raise AnalysisError(f"ladder {name}, task {task}: the stages scored different definitions "
+                            f"of the task (task_hash {shown}); score every stage with the same "
+                            "task file")
+    first_stage, first = stages[0][0], results.data[stages[0][1]][task]
+    for stage, label in stages[1:]:
+        other = results.data[label][task]
+        if set(other.prompt_ids) != set(first.prompt_ids):
+            missing = sorted(set(first.prompt_ids) ^ set(other.prompt_ids))[:3]
+            raise AnalysisError(f"ladder {name}, task {task}: stage {stage} ('{label}') has other "
+                                f"prompts than {first_stage} (e.g. {', '.join(missing)}); score "
+                                "every stage with the same task file")
+
+
 def _check_answers(name, task, stages_data):
     first = next(iter(stages_data.values()))
     for td in stages_data.values():
@@ -389,13 +428,22 @@ def analyse(results, ladders, tau=TAU):
         "cross_ladder": [],
         "warnings": [],
     }
+    for label in dict.fromkeys(label for _, stages in ladders for _, label in stages):
+        _check_one_checkpoint(results, label)
     for name, stages in ladders:
         tasks, warnings = _common_tasks(results, name, stages)
         out["warnings"] += warnings
         per_task = {}
         for task in tasks:
             data = {stage: results.data[label][task] for stage, label in stages}
+            _check_same_task(name, task, stages, results)
             _check_answers(name, task, data)
+            for stage, td in data.items():
+                if len(td.prompt_ids) < 2:
+                    out["warnings"].append(
+                        f"ladder {name}, task {task}: stage {stage} has {len(td.prompt_ids)} "
+                        "prompt; liquidity, dispersion and nucleation need at least 2 phrasings "
+                        "and mean nothing here")
             per_task[task] = ladder_metrics(data, tau)
         out["ladders"][name] = {
             "stages": [{"stage": s, "label": label} for s, label in stages],

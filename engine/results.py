@@ -152,8 +152,11 @@ def main_table(scores: TaskScores, label: str) -> pa.Table:
     task, rows = scores.task, []
     for p in scores.prompts:
         s, dist, share = p.sequence, p.distribution, p.answer_noncanonical_share
+        first = {}  # each answer's first variant (one pass: a thousand answers, or 100k)
+        for v, a in enumerate(s.answer_of):
+            first.setdefault(a, v)
         for a, answer in enumerate(task.answers):
-            v = s.answer_of.index(a)
+            v = first[a]
             rows.append({
                 Col.label: label, Col.task: task.name, Col.mode: scores.mode,
                 Col.prompt_id: s.prompt_id, Col.prompt_text: s.prompt_text,

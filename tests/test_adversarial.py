@@ -401,3 +401,85 @@ def test_a_render_leaves_anothers_alarm_running(ckpt):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# --- the analysis -----------------------------------------------------------------------------
+
+
+def analysis_error(capsys, argv) -> str:
+    import analysis.phases
+
+    assert analysis.phases.main([str(a) for a in argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.fixture
+def planted(tmp_path):
+    from analysis.synthetic import write_planted_store
+
+    ladders, _ = write_planted_store(tmp_path / "r", n_prompts=6, tasks=["random_number"])
+    name, stages = ladders[0]
+    return tmp_path / "r", ",".join(f"{stage}={label}" for stage, label in stages)
+
+
+def edit_manifest(root: Path, label: str, task: str, **changes):
+    path = root / label / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = manifest["tasks"][task]
+    for key, value in changes.items():
+        if key == "fingerprint":
+            entry["run"] = {**entry["run"], "fingerprint": value}
+        else:
+            entry[key] = value
+    path.write_text(json.dumps(manifest))
+
+
+def test_no_report_is_written_when_phases_json_cannot_be(planted, tmp_path, capsys):
+    root, ladder = planted
+    (tmp_path / "a-file").write_text("")
+    line = analysis_error(capsys, [root, "--ladder", ladder, "--out",
+                                   tmp_path / "a-file" / "phases.json",
+                                   "--report", tmp_path / "report"])
+    assert "a-file" in line
+    assert not (tmp_path / "report").exists() and not (root / "phases.json").exists()
+
+
+def test_a_label_mixing_checkpoints_is_refused(planted, capsys):
+    root, ladder = planted
+    from analysis.synthetic import write_task
+
+    write_task(root, "olmo-sft", "random_color", ["red", "blue"], [[0.5, 0.5], [0.4, 0.6]],
+               [0.9, 0.9])
+    edit_manifest(root, "olmo-sft", "random_color", fingerprint="another checkpoint")
+    line = analysis_error(capsys, [root, "--ladder", ladder])
+    assert "'olmo-sft' holds tasks of different checkpoints" in line
+
+
+def test_stages_of_different_task_definitions_are_refused(planted, capsys):
+    root, ladder = planted
+    edit_manifest(root, "olmo-base", "random_number", task_hash="aaaa")
+    edit_manifest(root, "olmo-sft", "random_number", task_hash="bbbb")
+    assert "different definitions of the task" in analysis_error(capsys, [root, "--ladder", ladder])
+
+
+def test_stages_of_different_prompts_are_refused(planted, capsys):
+    root, ladder = planted
+    from analysis.synthetic import ANSWERS, write_task
+
+    k = len(ANSWERS["random_number"])
+    write_task(root, "olmo-dpo", "random_number", ANSWERS["random_number"],
+               [[1 / k] * k] * 3, [0.9] * 3)  # 3 prompts where the base has 6
+    assert "other prompts" in analysis_error(capsys, [root, "--ladder", ladder])
+
+
+def test_a_stage_of_one_prompt_is_said_to_mean_nothing(tmp_path, capsys):
+    import analysis.phases
+    from analysis.synthetic import write_manifest, write_task
+
+    for stage in ("base", "sft"):
+        write_task(tmp_path, stage, "coin", ["Heads", "Tails"], [[0.7, 0.3]], [0.9])
+        write_manifest(tmp_path, stage)
+    assert analysis.phases.main([str(tmp_path), "--ladder", "base=base,sft=sft"]) == 0
+    assert "has 1 prompt" in capsys.readouterr().err
