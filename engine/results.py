@@ -152,6 +152,7 @@ def main_table(scores: TaskScores, label: str) -> pa.Table:
     task, rows = scores.task, []
     for p in scores.prompts:
         s, dist, share = p.sequence, p.distribution, p.answer_noncanonical_share
+        coverage = p.coverage  # a sum over the answers: once per prompt, not once per row
         first = {}  # each answer's first variant (one pass: a thousand answers, or 100k)
         for v, a in enumerate(s.answer_of):
             first.setdefault(a, v)
@@ -164,7 +165,7 @@ def main_table(scores: TaskScores, label: str) -> pa.Table:
                 Col.continuation: s.continuations[v], Col.prompt_token_ids: s.prompt_ids,
                 Col.continuation_token_ids: s.continuation_ids[v], Col.answer: answer.name,
                 Col.answer_index: a, Col.logprob: float(p.answer_logprob[a]),
-                Col.prob: float(dist[a]), Col.coverage: p.coverage,
+                Col.prob: float(dist[a]), Col.coverage: coverage,
                 Col.noncanonical_share: None if share is None else float(share[a]),
             })
     return pa.Table.from_pylist(rows, schema=MAIN_SCHEMA)

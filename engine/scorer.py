@@ -459,6 +459,9 @@ def lm_head_rows(s: Sequence, part: Part, offset: int) -> tuple[list[int], list[
     return positions, targets
 
 
+PADDED_TARGETS = 1 << 22  # ids in one padded block of LM-head targets (32 MiB of int64)
+
+
 @torch.inference_mode()
 def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
                 boundary: torch.Tensor, scores: dict[int, TrieScores]) -> None:
@@ -475,17 +478,28 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
         rows += positions
         targets += kids
     # Rows padded to the widest row's targets: even a root with a thousand children costs less
-    # to gather than the log-sum-exp over the vocabulary that every row needs anyway.
-    target_ids = torch.full((len(targets), max(1, max(map(len, targets)))), -1, dtype=torch.long)
+    # to gather than the log-sum-exp over the vocabulary that every row needs anyway. Where the
+    # padded block would pass PADDED_TARGETS (a root with 100,000 children among 100,000 rows:
+    # 10^10 ids), the rows too wide for it get their targets in a call of their own each.
+    widths = [len(kids) for kids in targets]
+    width = max([w for w in widths if w * len(widths) <= PADDED_TARGETS] or [1])
+    target_ids = torch.full((len(targets), max(1, width)), -1, dtype=torch.long)
     for r, kids in enumerate(targets):
-        target_ids[r, : len(kids)] = torch.tensor(kids, dtype=torch.long)
-    target_lp, boundary_lp = checkpoint.model.answer_logprobs(
-        flat[torch.tensor(rows, device=device)], target_ids.to(device), boundary.to(device))
-    target_lp, boundary_lp = target_lp.cpu().numpy(), boundary_lp.cpu().numpy()
+        if len(kids) <= width:
+            target_ids[r, : len(kids)] = torch.tensor(kids, dtype=torch.long)
+    head_rows, boundary = flat[torch.tensor(rows, device=device)], boundary.to(device)
+    target_lp, boundary_lp = checkpoint.model.answer_logprobs(head_rows, target_ids.to(device),
+                                                              boundary)
+    target_lp, boundary_lp = list(target_lp.cpu().numpy()), boundary_lp.cpu().numpy()
+    for r, kids in enumerate(targets):
+        if len(kids) > width:
+            wide, _ = checkpoint.model.answer_logprobs(
+                head_rows[r:r + 1], torch.tensor([kids], dtype=torch.long, device=device), boundary)
+            target_lp[r] = wide[0].cpu().numpy()
     for r, (seq, n) in enumerate(owners):
         trie, into = sequences[seq].trie, scores[seq]
         for slot, child in enumerate(trie.children(n)):
-            into.node[child] = target_lp[r, slot]
+            into.node[child] = target_lp[r][slot]
         if n >= 0:
             into.boundary[n] = boundary_lp[r]
 

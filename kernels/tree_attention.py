@@ -234,13 +234,34 @@ def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         for r0 in range(0, t, rows):
             r1 = min(t, r0 + rows)
             k0 = _first_visible_key(span_end[bi], r0, r1)
-            visible = span_end_visible(span_end[bi], slice(r0, r1))[:, k0:r1]
+            keys = _sparse_keys(span_end[bi], r0, r1, k0)
+            if keys is None:  # the contiguous range [k0, r1)
+                keys = slice(k0, r1)
+                columns = torch.arange(k0, r1, device=span_end.device)
+            else:
+                columns = keys
+            i = torch.arange(r0, r1, device=span_end.device)[:, None]
+            visible = (columns[None, :] <= i) & (i < span_end[bi][columns][None, :])
             if window is not None:
                 pos = positions[bi]
-                visible &= (pos[r0:r1, None] - pos[None, k0:r1]) < window
-            o = _attend_rows(qb[:, :, r0:r1], kb[..., k0:r1, :], vb[..., k0:r1, :], visible, scale)
+                visible &= (pos[r0:r1, None] - pos[None, columns]) < window
+            o = _attend_rows(qb[:, :, r0:r1], kb[..., keys, :], vb[..., keys, :], visible, scale)
             out[bi, :, r0:r1] = o.reshape(hq, r1 - r0, dh).to(q.dtype)
     return out
+
+
+def _sparse_keys(span_end: torch.Tensor, r0: int, r1: int, k0: int) -> torch.Tensor | None:
+    """The keys of [k0, r1) that some query of [r0, r1) can see, when they are fewer than half
+    of that range; else None (attend to the whole range, as short sequences always do).
+
+    A block of queries deep in a wide trie sees the prompt, the ancestors of its nodes and its
+    own nodes, not the thousands of earlier siblings between them: attending to the visible
+    keys only keeps a prompt with 100,000 answers linear in the answers, not quadratic. Key
+    j < r0 is visible to the block iff span_end[j] > r0; every key in [r0, r1) sees itself."""
+    earlier = torch.nonzero(span_end[k0:r0] > r0)[:, 0] + k0
+    if 2 * (earlier.numel() + r1 - r0) > r1 - k0:
+        return None
+    return torch.cat([earlier, torch.arange(r0, r1, device=span_end.device)])
 
 
 def tree_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -615,3 +615,34 @@ def test_unsupported_dtype_head_dim_and_arch_name_the_reference(monkeypatch):
                             "kernels.tree_attention.tree_attention_reference")
     monkeypatch.setattr(common, "device_capability", lambda tensor: (8, 0))
     common.check_device(gpu_tensor, "tree-attention", "ref")  # A100: fine
+
+
+def test_a_wide_trie_attends_to_its_visible_keys_only(monkeypatch):
+    """Query blocks deep in a trie of many siblings attend to the prompt, their ancestors and
+    themselves (linear in the answers); the result is the dense oracle's. A causal sequence,
+    where every earlier key is visible, keeps the contiguous key range (bits unchanged)."""
+    import kernels.tree_attention as ta
+
+    used = []
+    real = ta._sparse_keys
+
+    def spy(*args):
+        keys = real(*args)
+        used.append(keys is not None)
+        return keys
+
+    monkeypatch.setattr(ta, "_SCORE_BUDGET", 2 * 64 * 8)  # 8 query rows a block at T = 64 x 2
+    monkeypatch.setattr(ta, "_sparse_keys", spy)
+    prompt, parents = 6, [-1 if i % 5 == 0 else i - 1 for i in range(60)]  # 12 branches of 5
+    total = prompt + len(parents)
+    span_end = trie_span_end(prompt, parents, total)[None]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, total, 16, generator=g) for _ in range(3))
+    got = ta.tree_attention_reference(q, k, v, span_end, 0.25)
+    want = attention_float64(q, k, v, tree_visibility(prompt, parents, total)[None], 0.25)
+    assert_attention_close(got, want, torch.float32)
+    assert any(used), "no block took the visible keys only"
+    used.clear()
+    causal = torch.full((1, total), total, dtype=torch.int64)
+    ta.tree_attention_reference(q, k, v, causal, 0.25)
+    assert used and not any(used)

@@ -181,3 +181,33 @@ def test_long_sequences_are_split_within_batch_tokens(model_dir, batch_tokens):
             assert (np.abs(a.variant_logprob - b.variant_logprob).max()
                     <= 1e-6 * max(1.0, np.abs(a.variant_logprob).max()))
     assert parts > 0  # something was cut
+
+
+def test_rows_too_wide_for_one_padded_block_are_scored_alone(model_dir, monkeypatch):
+    """A root with 100,000 children would pad every row's targets to 100,000: past
+    PADDED_TARGETS the widest rows get a call of their own. The scores do not move beyond
+    float32 rounding, and below the bound nothing is split (the same bits as ever)."""
+    import engine.scorer
+
+    directory, _ = model_dir
+    ck = engine.load(directory)
+    encoder = PromptEncoder(ck, "base")
+    task = load_tasks("rng_1_100")[0]
+    sequences = task_sequences(encoder, task)[:3]
+    boundary = boundary_mask(ck)
+    whole = score_task(ck, encoder, task, sequences, boundary, pack=False)
+    calls = []
+    real = ck.model.answer_logprobs
+    monkeypatch.setattr(ck.model, "answer_logprobs",
+                        lambda *a: calls.append(tuple(a[1].shape)) or real(*a))
+    again = score_task(ck, encoder, task, sequences, boundary, pack=False)
+    assert len(calls) == len(sequences)  # one call per pass below the bound
+    for a, b in zip(whole.prompts, again.prompts, strict=True):
+        assert a.variant_logprob.tobytes() == b.variant_logprob.tobytes()
+    calls.clear()
+    monkeypatch.setattr(engine.scorer, "PADDED_TARGETS", 64)
+    split = score_task(ck, encoder, task, sequences, boundary, pack=False)
+    assert len(calls) > len(sequences) and any(rows == 1 and width > 1 for rows, width in calls)
+    for a, b in zip(whole.prompts, split.prompts, strict=True):
+        assert np.abs(a.variant_logprob - b.variant_logprob).max() <= 1e-6 * np.abs(
+            a.variant_logprob).max()
