@@ -39,6 +39,8 @@ PHASE_COLOURS = {
 }
 LARGE_K = 60  # above this many answers, plots switch to top answers and rank curves
 TOP_ANSWERS = 30  # answers named in heatmaps and bars of a large answer set
+MOST_HEATMAPS = 8  # stages drawn as heatmaps per task; a longer ladder shows evenly spaced ones
+MOST_PHASE_LABELS = 12  # a trajectory with more stages tints phases without naming each
 PROB_FLOOR = 1e-6  # the bottom of log probability axes; smaller values are drawn on it
 SERIES = (  # (metric key, legend, colour) for the trajectory panels; all lie in [0, 1]
     ("entropy_norm", "entropy / log2 K", "#3f007d"),
@@ -80,19 +82,25 @@ def trajectory_figure(ladder):
     stages = [s["stage"] for s in ladder["stages"]]
     ncols = min(4, len(tasks))
     nrows = -(-len(tasks) // ncols)
-    fig = Figure(figsize=(3.4 * ncols, 2.8 * nrows + 0.6), layout="constrained")
+    panel = _clamp(0.25 * len(stages), 3.4, 6.0)  # a long trajectory gets wider panels
+    fig = Figure(figsize=(panel * ncols, 2.8 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     x = np.arange(len(stages))
+    named = len(stages) <= MOST_PHASE_LABELS
     for ax, task in zip(axes.flat, tasks, strict=False):
         per_stage = ladder["tasks"][task]["stages"]
         for i, stage in enumerate(stages):
             phase = per_stage[stage]["phase"]
             ax.axvspan(i - 0.5, i + 0.5, color=PHASE_COLOURS[phase], alpha=0.35, lw=0)
-            ax.text(i, 1.04, phase, ha="center", va="bottom", fontsize=7)
+            if named:
+                ax.text(i, 1.04, phase, ha="center", va="bottom", fontsize=7)
         for key, name, colour in SERIES:
             ys = [np.nan if per_stage[s][key] is None else per_stage[s][key] for s in stages]
-            ax.plot(x, ys, marker="o", color=colour, label=name)
-        ax.set_xticks(x, stages)
+            ax.plot(x, ys, marker="o" if named else None, color=colour, label=name)
+        if named:
+            ax.set_xticks(x, stages)
+        else:
+            _ticks(ax, stages, most=MOST_PHASE_LABELS)
         ax.set_xlim(-0.5, len(stages) - 0.5)
         ax.set_ylim(0, 1.15)
         ax.set_title(task, fontsize=10, pad=12)
@@ -227,7 +235,9 @@ def seed_figure(task_phase, base_consensus):
     )
     right.plot(x, lift(seed_dist[order]), "k--", marker=marker,
                label=f"{who} {seed['nearest_prompt_id']}")
-    for stage, s in task_phase["settling"].items():
+    settling = task_phase["settling"]
+    for stage in heatmap_stages(list(settling)):  # a long run: evenly spaced stages only
+        s = settling[stage]
         c = np.array(task_phase["stages"][stage]["consensus"])[order]
         right.plot(
             x,
@@ -321,6 +331,15 @@ def _legend():
     )
 
 
+def heatmap_stages(stages: list[str], most: int = MOST_HEATMAPS) -> list[str]:
+    """The stages drawn as heatmaps: all of a short ladder; of a long one (50 checkpoints along
+    a run) `most` evenly spaced, the first and the last among them."""
+    if len(stages) <= most:
+        return stages
+    picks = np.unique(np.round(np.linspace(0, len(stages) - 1, most)).astype(int))
+    return [stages[i] for i in picks]
+
+
 def build_report(phases, results, out_dir):
     """Write out_dir/index.html and its PNGs from a phases dict and the loaded Results."""
     out = Path(out_dir)
@@ -331,7 +350,8 @@ def build_report(phases, results, out_dir):
         top.append(_phase_table(name, ladder) + f'<img src="{png}" alt="phase trajectory">')
         labels = {s["stage"]: s["label"] for s in ladder["stages"]}
         for task, t in ladder["tasks"].items():
-            data = {stage: results.data[label][task] for stage, label in labels.items()}
+            drawn = heatmap_stages(list(labels))
+            data = {stage: results.data[labels[stage]][task] for stage in drawn}
             base = next(iter(data.values()))
             seed_row = base.prompt_ids.index(t["seed"]["nearest_prompt_id"])
             heat = f"heatmap_{_slug(name, task)}.png"
@@ -339,8 +359,10 @@ def build_report(phases, results, out_dir):
             _save(heatmap_figure(t, data, seed_row), out / heat)
             base_consensus = np.array(t["stages"][next(iter(t["stages"]))]["consensus"])
             _save(seed_figure(t, base_consensus), out / seed)
+            some = (f" <small>({len(drawn)} of {len(labels)} stages drawn, evenly spaced)</small>"
+                    if len(drawn) < len(labels) else "")
             detail.append(
-                f"<h3>{html.escape(name)} / {html.escape(task)}</h3>"
+                f"<h3>{html.escape(name)} / {html.escape(task)}{some}</h3>"
                 f'<img src="{heat}" alt="prompts x answers heatmaps"><br>'
                 f'<img src="{seed}" alt="seed match and settling">'
             )

@@ -483,3 +483,42 @@ def test_a_stage_of_one_prompt_is_said_to_mean_nothing(tmp_path, capsys):
         write_manifest(tmp_path, stage)
     assert analysis.phases.main([str(tmp_path), "--ladder", "base=base,sft=sft"]) == 0
     assert "has 1 prompt" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_taking_the_lock_is_one_line(ckpt, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    line = error_line(capsys, [ckpt, "--tasks", "coin", "--out", tmp_path / "o", "--label", "L"])
+    assert "No space left" in line and ".lock" in line
+
+
+def test_a_report_of_fifty_stages_stays_readable(tmp_path, capsys):
+    """A ladder of 50 checkpoints along a run: evenly spaced heatmaps (8 of them), a trajectory
+    whose ticks and phase tints fit, images of a size a screen can show."""
+    import numpy as np
+    from matplotlib import image
+
+    import analysis.phases
+    from analysis.synthetic import write_manifest, write_task
+
+    rng = np.random.default_rng(0)
+    stages = ["base"] + [f"step{i:02d}" for i in range(1, 50)]
+    for i, stage in enumerate(stages):
+        sharp = 1 + i / 10
+        P = rng.dirichlet(np.full(6, 0.5), size=8) ** sharp
+        write_task(tmp_path / "r", stage, "die", list("123456"), P / P.sum(1, keepdims=True),
+                   np.full(8, 0.9))
+        write_manifest(tmp_path / "r", stage)
+    ladder = ",".join(f"{s}={s}" for s in stages)
+    assert analysis.phases.main([str(tmp_path / "r"), "--ladder", ladder,
+                                 "--report", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "8 of 50 stages drawn" in page
+    for png in (tmp_path / "report").glob("*.png"):
+        height, width = image.imread(png).shape[:2]
+        assert width <= 4000 and height <= 3000, (png.name, width, height)
+    capsys.readouterr()
