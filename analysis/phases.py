@@ -370,8 +370,9 @@ def _listing(tasks):
 def _check_one_checkpoint(results, label):
     """A label's tasks all come from one checkpoint and one set of settings (a label holds one
     run; results put together from several would be analysed as one model)."""
-    runs = {task: entry.get("run") for task, entry in results.entries.get(label, {}).items()}
-    fingerprints = {task: (run or {}).get("fingerprint") for task, run in runs.items()}
+    runs = {task: entry["run"] for task, entry in results.entries.get(label, {}).items()
+            if entry.get("run")}  # an entry without its run (written by hand) is not compared
+    fingerprints = {task: run.get("fingerprint") for task, run in runs.items()}
     if len(set(fingerprints.values())) > 1:
         shown = ", ".join(f"{task} {str(fp)[:8]}" for task, fp in sorted(fingerprints.items()))
         raise AnalysisError(f"label '{label}' holds tasks of different checkpoints ({shown}); "

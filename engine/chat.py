@@ -28,9 +28,12 @@ import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import ChatTemplateError
-from engine.spec import RunSpec
 
 MAX_TEMPLATE_CHARS = 1 << 20  # real templates are a few thousand characters, the largest ~50k
+# Default bounds on rendering one prompt (templates come with downloaded checkpoints: one that
+# never ends must not stall a sweep); a run's own are RunSpec.template_timeout / _max_chars.
+RENDER_SECONDS = 10.0
+RENDER_MAX_CHARS = 1_000_000
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
                       "mask_token")
 
@@ -178,8 +181,8 @@ class ChatTemplate:
         self.special_source = special_source  # the tokenizer_config the special tokens come from
         self.enable_thinking = enable_thinking
         self.today: date | None = None  # what strftime_now renders; None: the real today
-        self.seconds = RunSpec.template_timeout  # bounds on one render (`for_run`)
-        self.max_chars = RunSpec.template_max_chars
+        self.seconds = RENDER_SECONDS  # bounds on one render (`for_run`)
+        self.max_chars = RENDER_MAX_CHARS
         if len(text) > MAX_TEMPLATE_CHARS:
             raise ChatTemplateError(f"{source}: the chat template is {len(text):,} characters; "
                                     f"more than {MAX_TEMPLATE_CHARS:,} is no chat template")
@@ -193,8 +196,8 @@ class ChatTemplate:
                 "fix the template"
             ) from None
 
-    def for_run(self, today: str, seconds: float = RunSpec.template_timeout,
-                max_chars: int = RunSpec.template_max_chars) -> ChatTemplate:
+    def for_run(self, today: str, seconds: float = RENDER_SECONDS,
+                max_chars: int = RENDER_MAX_CHARS) -> ChatTemplate:
         """This template with `strftime_now` fixed at `today` (YYYY-MM-DD), so that a prompt
         renders the same on any day, and each render bounded to `seconds` and `max_chars`."""
         fixed = copy.copy(self)

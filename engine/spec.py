@@ -18,14 +18,17 @@ import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import engine
+from engine.chat import (
+    RENDER_MAX_CHARS,
+    RENDER_SECONDS,
+    ChatTemplate,
+    chat_template_for,
+    load_chat_template,
+)
 from engine.errors import EngineError, OutputError
 from engine.tasks import Task, load_tasks
-
-if TYPE_CHECKING:
-    from engine.chat import ChatTemplate
 
 # auto: chat when the checkpoint (or --chat-template) has a template
 MODES = ("auto", "chat", "base")
@@ -168,10 +171,9 @@ class RunSpec:
     # fixed day, so that a run is the same on any day; this one is the date Llama 3.1's own
     # template falls back to.
     template_date: str = _setting("2024-07-26", _date)
-    # Bounds on rendering one prompt through a chat template (templates come with downloaded
-    # checkpoints: one that never ends must not stall a sweep).
-    template_timeout: float = _setting(10.0, _positive_seconds)
-    template_max_chars: int = _setting(1_000_000, _positive_int)
+    # Bounds on rendering one prompt through a chat template.
+    template_timeout: float = _setting(RENDER_SECONDS, _positive_seconds)
+    template_max_chars: int = _setting(RENDER_MAX_CHARS, _positive_int)
 
     def __post_init__(self):
         if isinstance(self.tasks, (str, os.PathLike)):
@@ -257,7 +259,6 @@ def resolve(spec: RunSpec, checkpoint) -> Resolved:
     `checkpoint` is a loaded `engine.Checkpoint` or the `Metadata` that `engine.sweep` reads
     without the weights: its path names the default label, and its chat template (or the one
     `spec.chat_template` borrows) decides what auto mode means."""
-    from engine.chat import chat_template_for, load_chat_template
     from engine.checkpoint import resolve_device
     from engine.scorer import packs_sequences
 
