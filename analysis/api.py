@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from analysis.bootstrap import BOOTSTRAP
 from analysis.cli import ladder_list
+from analysis.null import LEVEL
 from analysis.phases import TAU, Results, load_results
 from analysis.phases import analyse as _analyse
 
@@ -54,12 +56,13 @@ def load(results_dir, labels=None) -> Results:
     return load_results(results_dir, labels)
 
 
-def analyse(results: Results, ladders, tau: float = TAU) -> PhaseResult:
+def analyse(results: Results, ladders, tau: float = TAU, level: float = LEVEL,
+            bootstrap: int = BOOTSTRAP) -> PhaseResult:
     """Phase metrics of ladders over loaded results.
 
     ladders: {name: {stage: label, ...}} (stages in ladder order, the base first), or a list of
     "[name:]base=LABEL,sft=LABEL,..." strings as `--ladder` takes them."""
-    phases = _analyse(results, ladder_list(ladders), tau)
+    phases = _analyse(results, ladder_list(ladders), tau, level, bootstrap)
     return PhaseResult(phases, _stage_table(phases), _seed_table(phases), _cross_table(phases))
 
 

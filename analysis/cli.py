@@ -9,7 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.phases import TAU, analyse, load_results
+from analysis.bootstrap import BOOTSTRAP, MIN_BOOTSTRAP
+from analysis.null import LEVEL
+from analysis.phases import TAU, analyse, load_results, seed_verdict
 from engine.errors import AnalysisError, ArgumentParser, EngineError
 from engine.files import write_output
 from engine.results import check_writable
@@ -23,9 +25,31 @@ def _fmt(x, digits=3):
     return f"{x:.{digits}f}"
 
 
+# The intervals printed under each task's table: (column head, metric, in settling, digits).
+INTERVAL_COLUMNS = (("H/logK", "entropy_norm", False, 2), ("effK", "effective_support", False, 1),
+                    ("liquid", "liquidity", False, 3), ("nucl", "nucleation", False, 2),
+                    ("retain", "retention", True, 3), ("drift", "drift", True, 3),
+                    ("gamma", "gamma", True, 2))
+
+
+def _interval_rows(t):
+    """95% intervals of the main figures, one row per stage, under a task's table."""
+    cells = [f"{head:>16}" for head, *_ in INTERVAL_COLUMNS]
+    lines = [f"    {'95% interval':<32}" + "".join(cells)]
+    for stage, m in t["stages"].items():
+        row = []
+        for _, metric, settled, digits in INTERVAL_COLUMNS:
+            ci = (t["settling"].get(stage, {}) if settled else m).get(f"{metric}_ci")
+            text = "-" if ci is None else f"[{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
+            row.append(f"{text:>16}")
+        lines.append(f"    {stage:<32}" + "".join(row))
+    return lines
+
+
 def format_tables(phases):
-    """Compact text tables: one block per ladder and task, one row per stage. effK and consK
-    are the effective support sizes (per prompt, of the consensus) in answers."""
+    """Compact text tables: one block per ladder and task, one row per stage, then the 95%
+    intervals of the main figures; beside each phase, the share of resamples that agree. effK
+    and consK are the effective support sizes (per prompt, of the consensus) in answers."""
     head = (
         f"{'stage':<8}{'label':<24}{'H':>7}{'H/logK':>8}{'effK':>8}{'consK':>8}{'liquid':>8}"
         f"{'dist':>6}{'disp':>7}"
@@ -37,10 +61,9 @@ def format_tables(phases):
         lines.append(f"ladder {name} ({stages})")
         for task, t in body["tasks"].items():
             seed = t["seed"]
-            found = f"prompt {seed['seed_prompt_id']}" if seed["found"] else "no seed"
             lines.append(
-                f"  task {task}  K={len(t['answers'])}  seed ({seed['stage']}): {found}, "
-                f"nearest {seed['nearest_prompt_id']} JS {_fmt(seed['js'])} "
+                f"  task {task}  K={len(t['answers'])}  seed ({seed['stage']}): "
+                f"{seed_verdict(seed)}, nearest {seed['nearest_prompt_id']} JS {_fmt(seed['js'])} "
                 f"vs median {_fmt(seed['median_js'])}"
             )
             lines.append("    " + head)
@@ -54,7 +77,9 @@ def format_tables(phases):
                     f"{_fmt(m['dispersion']):>7}{_fmt(m['coverage']):>7}"
                     f"{_fmt(m['nucleation'], 2):>8}{_fmt(st.get('retention')):>8}"
                     f"{_fmt(st.get('drift')):>7}{_fmt(st.get('spearman'), 2):>7}  {m['phase']}"
+                    f" ({m['phase_support']:.0%})"
                 )
+            lines += _interval_rows(t)
     for pair in phases["cross_ladder"]:
         a, b = pair["ladders"]
         lines.append(f"seeds, {a} vs {b}")
@@ -124,6 +149,11 @@ def _parse_args(argv):
         help="ordered stages of one ladder; the first is the base (repeat for more ladders)",
     )
     parser.add_argument("--tau", type=float, default=TAU, help="JS threshold for `distinct`")
+    parser.add_argument("--level", type=float, default=LEVEL,
+                        help=f"p-value below which a seed is found (default {LEVEL})")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, metavar="N",
+                        help=f"resamples of the prompts behind every interval (default "
+                             f"{BOOTSTRAP}, at least {MIN_BOOTSTRAP})")
     parser.add_argument(
         "--out", help="where to write phases.json (default RESULTS_DIR/phases.json)"
     )
@@ -158,6 +188,11 @@ def main(argv=None):
     try:
         if not 0.0 <= args.tau <= 1.0:
             raise AnalysisError(f"--tau {args.tau}: must be in [0, 1] bits (default {TAU})")
+        if not 0.0 < args.level < 1.0:
+            raise AnalysisError(f"--level {args.level}: must be in (0, 1) (default {LEVEL})")
+        if args.bootstrap < MIN_BOOTSTRAP:
+            raise AnalysisError(f"--bootstrap {args.bootstrap}: give at least {MIN_BOOTSTRAP} "
+                                f"resamples (default {BOOTSTRAP})")
         ladders = ladder_list(args.ladder)
         labels = list(dict.fromkeys(label for _, stages in ladders for _, label in stages))
         out = Path(args.out) if args.out else Path(args.results_dir) / "phases.json"
@@ -165,7 +200,7 @@ def main(argv=None):
         if args.report:
             check_writable(Path(args.report))
         results = load_results(args.results_dir, labels)
-        phases = analyse(results, ladders, args.tau)
+        phases = analyse(results, ladders, args.tau, args.level, args.bootstrap)
         text = json.dumps(phases, indent=1, allow_nan=False)
         if args.report:
             from analysis.report import build_report

@@ -185,6 +185,49 @@ def _support_rows(P, mass):
     return mask
 
 
+@njit(cache=True)
+def complete_linkage(D):
+    """Merge heights of complete-linkage clustering of a distance matrix (nearest-neighbour chain).
+
+    Complete linkage is reducible, so merging reciprocal nearest neighbours as the chain finds
+    them gives the same dendrogram as merging globally closest pairs, in O(N^2).
+    """
+    n = D.shape[0]
+    d = D.copy()
+    active = np.ones(n, dtype=np.bool_)
+    chain = np.empty(n, dtype=np.int64)
+    heights = np.empty(max(n - 1, 0))
+    top = 0
+    for m in range(n - 1):
+        if top == 0:
+            chain[0] = np.argmax(active)
+            top = 1
+        while True:
+            a = chain[top - 1]
+            # Prefer the previous chain element on ties, so the chain cannot cycle.
+            b, best = -1, np.inf
+            if top >= 2:
+                b, best = chain[top - 2], d[a, chain[top - 2]]
+            for c in range(n):
+                if active[c] and c != a and d[a, c] < best:
+                    b, best = c, d[a, c]
+            if top >= 2 and b == chain[top - 2]:
+                break
+            chain[top] = b
+            top += 1
+        top -= 2
+        heights[m] = best
+        # The merged cluster lives on at index b; its distance to c is the larger of the two.
+        for c in range(n):
+            if active[c] and c != a and c != b:
+                v = max(d[a, c], d[b, c])
+                d[b, c] = v
+                d[c, b] = v
+        active[a] = False
+    return heights
+
+
+
 # ------------------------------------------------------------------------ input validation
 
 

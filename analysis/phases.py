@@ -42,16 +42,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
-from analysis.metrics import (
-    entropy,
-    js_divergence,
-    mass_within,
-    pairwise_js,
-    perplexity,
-    support,
+from analysis.bootstrap import (
+    BOOTSTRAP,
+    CONFIDENCE,
+    DISTINCT_K,
+    LIQUIDITY,
+    MIN_BOOTSTRAP,
+    NUCLEATION,
+    RETENTION,
+    SEED_METRICS,
+    SETTLING_METRICS,
+    STAGE_METRICS,
+    _spearman,
+    interval,
+    resample_counts,
+    resampled_ladder,
+    stack,
 )
+from analysis.metrics import (
+    complete_linkage,
+    js_divergence,
+)
+from analysis.null import LEVEL, draw_rng, seed_test
 from engine.errors import AnalysisError
 from engine.results import Col, ResultsStore, read_results
 
@@ -64,6 +77,9 @@ RETENTION_MIN = 0.8  # a settled stage keeps at least 80% of its mass inside tha
 # Below this base liquidity (bits) the ratio in `nucleation` is noise over noise: null instead.
 BASE_LIQUIDITY_MIN = 1e-6
 PHASES = ("liquid", "nucleated", "settled", "unclear")
+# The metrics of one checkpoint (the rest of STAGE_METRICS are measured along a ladder).
+CHECKPOINT_METRICS = tuple(m for m in STAGE_METRICS
+                           if m != "nucleation" and m not in SETTLING_METRICS)
 REQUIRED_COLUMNS = ("prompt_id", "prompt_text", "answer", "prob", "coverage")
 
 
@@ -169,76 +185,41 @@ def _difference(a, b, pid_a):
 # ----------------------------------------------------------------------- per checkpoint
 
 
-@njit(cache=True)
-def _complete_linkage_heights(D):
-    """Merge heights of complete-linkage clustering of a distance matrix (nearest-neighbour chain).
-
-    Complete linkage is reducible, so merging reciprocal nearest neighbours as the chain finds
-    them gives the same dendrogram as merging globally closest pairs, in O(N^2).
-    """
-    n = D.shape[0]
-    d = D.copy()
-    active = np.ones(n, dtype=np.bool_)
-    chain = np.empty(n, dtype=np.int64)
-    heights = np.empty(max(n - 1, 0))
-    top = 0
-    for m in range(n - 1):
-        if top == 0:
-            chain[0] = np.argmax(active)
-            top = 1
-        while True:
-            a = chain[top - 1]
-            # Prefer the previous chain element on ties, so the chain cannot cycle.
-            b, best = -1, np.inf
-            if top >= 2:
-                b, best = chain[top - 2], d[a, chain[top - 2]]
-            for c in range(n):
-                if active[c] and c != a and d[a, c] < best:
-                    b, best = c, d[a, c]
-            if top >= 2 and b == chain[top - 2]:
-                break
-            chain[top] = b
-            top += 1
-        top -= 2
-        heights[m] = best
-        # The merged cluster lives on at index b; its distance to c is the larger of the two.
-        for c in range(n):
-            if active[c] and c != a and c != b:
-                v = max(d[a, c], d[b, c])
-                d[b, c] = v
-                d[c, b] = v
-        active[a] = False
-    return heights
-
-
 def count_clusters(D, tau):
     """Complete-linkage clusters at threshold tau: N minus the merges at height <= tau."""
-    heights = _complete_linkage_heights(np.ascontiguousarray(D, dtype=np.float64))
+    heights = complete_linkage(np.ascontiguousarray(D, dtype=np.float64))
     return int(D.shape[0] - np.count_nonzero(heights <= tau))
 
 
 def task_metrics(P, coverage=None, tau=TAU):
     """Metrics of one task at one checkpoint, over its N prompt distributions P [N, K]."""
     P = np.ascontiguousarray(P, dtype=np.float64)
-    n, k = P.shape
-    D = pairwise_js(P)
+    values, _ = _ladder_values([(P, coverage)], seed_stage=1, tau=tau,
+                               W=np.ones((1, 1, P.shape[0])))
+    return _checkpoint_dict(P, values[0, 0])
+
+
+def _checkpoint_dict(P, row):
     consensus = P.mean(axis=0)
-    consensus /= consensus.sum()
-    h = entropy(P)
-    return {
-        "n_prompts": n,
-        "n_answers": k,
-        "entropy_bits": float(h.mean()),
-        "entropy_norm": float(h.mean() / math.log2(k)) if k > 1 else 0.0,
-        # In answers, so that they read the same at K = 2 and K = 1000 (docs/metrics.md).
-        "effective_support": float(2.0 ** h.mean()),
-        "consensus_support": float(perplexity(consensus)),
-        "liquidity": float(D.sum() / (n * (n - 1))) if n > 1 else 0.0,
-        "distinct": count_clusters(D, tau),
-        "dispersion": float(js_divergence(P, np.broadcast_to(consensus, P.shape)).mean()),
-        "coverage": float(np.mean(coverage)) if coverage is not None else None,
-        "consensus": consensus.tolist(),
-    }
+    n, k = P.shape
+    return {"n_prompts": n, "n_answers": k,
+            **{name: _plain(name, row[i]) for i, name in enumerate(STAGE_METRICS)
+               if name in CHECKPOINT_METRICS},
+            "consensus": (consensus / consensus.sum()).tolist()}
+
+
+def _plain(name, value):
+    """A kernel value as phases.json holds it: None where undefined, distinct an int."""
+    if not math.isfinite(value):
+        return None
+    return int(value) if name == "distinct" else float(value)
+
+
+def _ladder_values(stages, seed_stage, tau, W, seed_index=0):
+    """The kernel (analysis/bootstrap.py) over [(P, coverage), ...] stages and weights W."""
+    P, H, D, COV, sizes = stack(stages)
+    return resampled_ladder(P, H, D, COV, W, sizes, seed_stage, seed_index, tau, SUPPORT_MASS,
+                            BASE_LIQUIDITY_MIN, float(DISTINCT_K))
 
 
 # --------------------------------------------------------------------------- along a ladder
@@ -250,45 +231,37 @@ def seed_stage_of(stage_names):
     return "sft" if "sft" in names[1:] else names[1]
 
 
-def _ranks(x):
-    """Ranks from 0, ties given their average rank (as scipy.stats.rankdata, minus one)."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts  # rank of the first of each group of equal values
-    return (first + 0.5 * (counts - 1))[inverse]
-
-
 def spearman(x, y):
     """Spearman rank correlation (Pearson on average ranks); None when either is constant."""
-    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    return float(rx @ ry) / denom if denom > 0 else None
+    rho = _spearman(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    return None if math.isnan(rho) else float(rho)
 
 
-def _seed(base, target, tau):
-    """Nearest base prompt to a stage consensus, and whether it stands out as a seed."""
+def _seed(base, stage, tau, level=LEVEL):
+    """Nearest base prompt to a stage consensus, and whether it stands out as a seed: the null
+    test of analysis/null.py at `level`, and the margin rules (docs/metrics.md, "Seed")."""
+    target = stage.P.mean(axis=0)
+    target /= target.sum()
     js = js_divergence(base.P, np.broadcast_to(target, base.P.shape))
     i = int(np.argmin(js))
     median = float(np.median(js))
     margin = median - float(js[i])
-    found = margin >= tau and js[i] <= SEED_RATIO * median
+    p, floor, resolvable = seed_test(base.P, stage.P, float(js[i]),
+                                     draw_rng(base.task, base.label, stage.label), level)
+    found = bool(resolvable and p < level and margin >= tau and js[i] <= SEED_RATIO * median)
     return i, {
-        "found": bool(found),
+        "found": found,
+        "verdict": "found" if found else ("no seed" if resolvable else "unresolved"),
         "seed_prompt_id": base.prompt_ids[i] if found else None,
         "nearest_prompt_id": base.prompt_ids[i],
         "js": float(js[i]),
         "median_js": median,
         "margin": margin,
+        "p_value": p,
+        "level": level,
+        "noise_floor": floor,
+        "resolvable": bool(resolvable),
         "distribution": base.P[i].tolist(),
-    }
-
-
-def _settling(consensus, seed_dist, seed_consensus):
-    mask = support(seed_dist, SUPPORT_MASS)
-    return {
-        "retention": float(mass_within(consensus, mask)),
-        "drift": float(js_divergence(consensus, seed_consensus)),
-        "spearman": spearman(consensus, seed_dist),
     }
 
 
@@ -308,37 +281,94 @@ def _phase(position, seed_position, metrics, seed_found, settling):
     return "settled" if settling["retention"] >= RETENTION_MIN else "unclear"
 
 
-def ladder_metrics(stages, tau=TAU):
-    """Metrics of one task along one ladder; stages is an ordered {stage name: TaskData}."""
+def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
+    """Metrics of one task along one ladder; stages is an ordered {stage name: TaskData}.
+
+    `level`: the p-value below which the seed test finds a seed; `bootstrap`: resamples of
+    the prompts behind each figure's interval (`<metric>_ci`, analysis/bootstrap.py)."""
     names = list(stages)
     if len(names) < 2:
         raise AnalysisError(f"ladder {names}: needs a base and at least one later stage")
-    base = stages[names[0]]
-    per_stage = {}
-    for name in names:
-        td = stages[name]
-        per_stage[name] = {"label": td.label, **task_metrics(td.P, td.coverage, tau)}
-    base_liquidity = per_stage[names[0]]["liquidity"]
-    for name in names:
-        m = per_stage[name]
-        m["nucleation"] = (
-            1.0 - m["liquidity"] / base_liquidity if base_liquidity >= BASE_LIQUIDITY_MIN else None
-        )
-
+    if not isinstance(bootstrap, int) or bootstrap < MIN_BOOTSTRAP:
+        raise AnalysisError(f"bootstrap {bootstrap!r}: give at least {MIN_BOOTSTRAP} resamples "
+                            f"(default {BOOTSTRAP})")
     seed_name = seed_stage_of(names)
-    seed_consensus = np.array(per_stage[seed_name]["consensus"])
-    s, seed = _seed(base, seed_consensus, tau)
-    seed["stage"] = seed_name
     seed_pos = names.index(seed_name)
-    settling = {
-        name: _settling(np.array(per_stage[name]["consensus"]), base.P[s], seed_consensus)
-        for name in names[seed_pos:]
-    }
+    data = _aligned([stages[name] for name in names])
+    base = data[0]
+    seed_index, seed = _seed(base, data[seed_pos], tau, level)
+    seed["stage"] = seed_name
+    arrays = [(td.P, td.coverage) for td in data]
+    sizes = [td.P.shape[0] for td in data]
+    point, _ = _ladder_values(arrays, seed_pos, tau, _weights([np.ones((1, n)) for n in sizes]),
+                              seed_index)
+    rng = draw_rng(base.task, *(td.label for td in data))
+    paired = len(set(sizes)) == 1 and all(td.prompt_ids == data[0].prompt_ids for td in data)
+    if paired:  # the same phrasings drawn at every stage: ratios between stages are paired
+        counts = [resample_counts(sizes[0], bootstrap, rng)] * len(data)
+    else:
+        counts = [resample_counts(n, bootstrap, rng) for n in sizes]
+    resampled, seeds = _ladder_values(arrays, seed_pos, tau, _weights(counts), seed_index)
+
+    per_stage = {}
+    for s_i, name in enumerate(names):
+        m = {"label": data[s_i].label, **_checkpoint_dict(data[s_i].P, point[0, s_i])}
+        m["nucleation"] = _plain("nucleation", point[0, s_i, NUCLEATION])
+        for metric in (*CHECKPOINT_METRICS, "nucleation"):
+            m[f"{metric}_ci"] = interval(resampled[:, s_i, STAGE_METRICS.index(metric)])
+        per_stage[name] = m
+    for j, metric in enumerate(SEED_METRICS):
+        seed[f"{metric}_ci"] = interval(seeds[:, j])
+    settling = {}
+    for s_i in range(seed_pos, len(names)):
+        row = {}
+        for metric in SETTLING_METRICS:
+            column = STAGE_METRICS.index(metric)
+            row[metric] = _plain(metric, point[0, s_i, column])
+            row[f"{metric}_ci"] = interval(resampled[:, s_i, column])
+        settling[names[s_i]] = row
     for pos, name in enumerate(names):
-        per_stage[name]["phase"] = _phase(
-            pos, seed_pos, per_stage[name], seed["found"], settling.get(name)
-        )
+        m = per_stage[name]
+        m["phase"] = _phase(pos, seed_pos, m, seed["found"], settling.get(name))
+        m["phase_support"] = _phase_support(pos, seed_pos, m["phase"], seed["found"],
+                                            resampled[:, pos])
     return {"answers": list(base.answers), "stages": per_stage, "seed": seed, "settling": settling}
+
+
+def _aligned(data):
+    """The stages with their prompts in the base's order, when they share the same prompts."""
+    order = data[0].prompt_ids
+    out = []
+    for td in data:
+        if td.prompt_ids == order or sorted(td.prompt_ids) != sorted(order):
+            out.append(td)
+            continue
+        rows = [td.prompt_ids.index(pid) for pid in order]
+        out.append(TaskData(td.label, td.task, list(order), td.answers, td.P[rows],
+                            td.coverage[rows] if td.coverage is not None else None,
+                            [td.prompt_texts[r] for r in rows] if td.prompt_texts else []))
+    return out
+
+
+def _weights(counts):
+    """[S, B, n] prompt weights from per-stage [B, n_s] counts, padded with zero weights."""
+    n = max(c.shape[1] for c in counts)
+    W = np.zeros((len(counts), counts[0].shape[0], n))
+    for s, c in enumerate(counts):
+        W[s, :, : c.shape[1]] = c
+    return W
+
+
+def _phase_support(pos, seed_pos, phase, seed_found, values):
+    """Share of the resamples in which the stage gets the same phase label (the seed's verdict
+    held fixed: the null test is not repeated per resample)."""
+    same = 0
+    for row in values:
+        metrics = {"liquidity": row[LIQUIDITY],
+                   "nucleation": None if math.isnan(row[NUCLEATION]) else row[NUCLEATION]}
+        settling = {"retention": row[RETENTION]} if pos >= seed_pos else None
+        same += _phase(pos, seed_pos, metrics, seed_found, settling) == phase
+    return same / len(values)
 
 
 # ------------------------------------------------------------------------- whole analysis
@@ -413,10 +443,13 @@ def _check_answers(name, task, stages_data):
             )
 
 
-def analyse(results, ladders, tau=TAU):
+def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
     """ladders: [(name, [(stage, label), ...]), ...] -> the phases.json dict."""
     out = {
         "tau": tau,
+        "level": level,
+        "bootstrap": bootstrap,
+        "confidence": CONFIDENCE,
         "thresholds": {
             "liquid_min": LIQUID_MIN,
             "nucleation_min": NUCLEATION_MIN,
@@ -424,6 +457,7 @@ def analyse(results, ladders, tau=TAU):
             "support_mass": SUPPORT_MASS,
             "retention_min": RETENTION_MIN,
             "base_liquidity_min": BASE_LIQUIDITY_MIN,
+            "distinct_k": DISTINCT_K,
         },
         "ladders": {},
         "cross_ladder": [],
@@ -445,7 +479,7 @@ def analyse(results, ladders, tau=TAU):
                         f"ladder {name}, task {task}: stage {stage} has {len(td.prompt_ids)} "
                         "prompt; liquidity, dispersion and nucleation need at least 2 phrasings "
                         "and mean nothing here")
-            per_task[task] = ladder_metrics(data, tau)
+            per_task[task] = ladder_metrics(data, tau, level, bootstrap)
         out["ladders"][name] = {
             "stages": [{"stage": s, "label": label} for s, label in stages],
             "seed_stage": seed_stage_of(s for s, _ in stages),
@@ -478,6 +512,8 @@ def _cross_ladder(ladders):
                         else None
                     ),
                     "same_prompt": bool(both and sa["seed_prompt_id"] == sb["seed_prompt_id"]),
+                    # Both seeds found at the level: the larger p-value tests the two together.
+                    "p_value": max(sa["p_value"], sb["p_value"]),
                 }
             pairs.append({"ladders": [a, b], "tasks": tasks})
     return pairs
@@ -495,6 +531,17 @@ def phase_summary(phases):
         }
         for ladder, body in phases["ladders"].items()
     }
+
+
+def seed_verdict(seed):
+    """'prompt ID (p 0.0005)', 'no seed (p 0.4)' or 'unresolved (...)', for tables."""
+    p = f"p {seed['p_value']:.2g}"
+    if seed["found"]:
+        return f"prompt {seed['seed_prompt_id']} ({p})"
+    if seed["verdict"] == "unresolved":
+        return f"unresolved ({p}; the prompts cannot resolve a seed at level {seed['level']:g})"
+    return f"no seed ({p})"
+
 
 
 # ----------------------------------------------------------- the CLI, kept importable here

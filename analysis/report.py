@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from analysis.metrics import support
-from analysis.phases import SUPPORT_MASS
+from analysis.phases import SUPPORT_MASS, seed_verdict
 from engine.files import write_output
 
 PHASE_COLOURS = {
@@ -97,6 +97,9 @@ def trajectory_figure(ladder):
         for key, name, colour in SERIES:
             ys = [np.nan if per_stage[s][key] is None else per_stage[s][key] for s in stages]
             ax.plot(x, ys, marker="o" if named else None, color=colour, label=name)
+            bands = [per_stage[s].get(f"{key}_ci") or (np.nan, np.nan) for s in stages]
+            ax.fill_between(x, [b[0] for b in bands], [b[1] for b in bands], color=colour,
+                            alpha=0.2, lw=0)  # the 95% bootstrap interval over phrasings
         if named:
             ax.set_xticks(x, stages)
         else:
@@ -213,8 +216,9 @@ def seed_figure(task_phase, base_consensus):
              label=f"{seed['stage']} consensus")
     left.bar(x + 0.27, base_consensus[shown], 0.27, color=PHASE_COLOURS["liquid"],
              label="base consensus")
-    verdict = f"seed {seed['seed_prompt_id']}" if seed["found"] else "no seed"
-    title = f"{verdict}: JS {seed['js']:.3f} bits vs median {seed['median_js']:.3f}"
+    verdict = f"seed {seed['seed_prompt_id']}" if seed["found"] else seed["verdict"]
+    title = (f"{verdict} (p {seed['p_value']:.2g}): JS {seed['js']:.3f} bits vs median "
+             f"{seed['median_js']:.3f}")
     if large:
         title += (f"\ntop {len(shown)} of {k} answers, holding {seed_dist[shown].sum():.0%} of "
                   f"the seed and {target[shown].sum():.0%} of the {seed['stage']} consensus")
@@ -273,20 +277,25 @@ def _phase_table(name, ladder):
     for task, t in ladder["tasks"].items():
         cells = "".join(
             f'<td style="background:{PHASE_COLOURS[t["stages"][s]["phase"]]}">'
-            f"{t['stages'][s]['phase']}</td>"
+            f"{t['stages'][s]['phase']} <small>{t['stages'][s]['phase_support']:.0%}</small></td>"
             for s in stages
         )
         seed = t["seed"]
-        found = html.escape(str(seed["seed_prompt_id"])) if seed["found"] else "no seed"
+        found = html.escape(seed_verdict(seed))
         rows.append(
             f"<tr><td>{html.escape(task)}</td>{cells}<td>{found} "
-            f"<small>(JS {seed['js']:.3f} vs median {seed['median_js']:.3f})</small></td></tr>"
+            f"<small>(JS {seed['js']:.3f} {_ci(seed['js_ci'])} vs median "
+            f"{seed['median_js']:.3f})</small></td></tr>"
         )
     return (
         f"<h2>Ladder {html.escape(name)}</h2><table><tr><th>task</th>{head}<th>seed</th></tr>"
         + "".join(rows)
         + "</table>"
     )
+
+
+def _ci(ci):
+    return "[-]" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _number(x):
@@ -326,8 +335,10 @@ def _legend():
         f'<p class="legend">{spans}</p><p><b>liquid</b>: prompts select different answer '
         "distributions (high liquidity). <b>nucleated</b>: the seed stage collapsed onto one "
         "distribution that a base prompt already gave (the seed). <b>settled</b>: later stages "
-        "keep their mass inside the seed's support. Definitions and thresholds: docs/metrics.md."
-        "</p>"
+        "keep their mass inside the seed's support. Beside each phase: the share of bootstrap "
+        "resamples of the prompts that give the same phase. A seed is found when the null test "
+        "gives p below the level and the margin rules hold; bands and brackets are 95% "
+        "intervals over the phrasings. Definitions and thresholds: docs/metrics.md.</p>"
     )
 
 

@@ -66,11 +66,11 @@ def test_first_screen_shows_the_phases_and_seeds(built):
     page = (report / "index.html").read_text()
     first = page[: page.index("Per task")]
     for phase in ("liquid", "nucleated", "settled"):
-        assert f">{phase}</td>" in first
+        assert f">{phase} <small>" in first
     assert first.index("trajectory_olmo.png") < first.index("trajectory_tulu.png")
     for tasks in seeds.values():
         for seed_id in tasks.values():
-            assert f"<td>{seed_id} <small>" in first
+            assert f"<td>prompt {seed_id} (p " in first
     assert "Seeds of olmo vs tulu" in first
 
 
