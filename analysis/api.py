@@ -15,16 +15,38 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from analysis.bootstrap import BOOTSTRAP
+from analysis.bootstrap import BOOTSTRAP, SEED_METRICS, SETTLING_METRICS
 from analysis.cli import ladder_list
 from analysis.null import LEVEL
-from analysis.phases import TAU, Results, load_results
+from analysis.phases import CHECKPOINT_METRICS, TAU, Results, load_results
 from analysis.phases import analyse as _analyse
 
-STAGE_COLUMNS = ("entropy_bits", "entropy_norm", "effective_support", "consensus_support",
-                 "liquidity", "distinct", "dispersion", "coverage", "nucleation")
-SETTLING_COLUMNS = ("retention", "drift", "spearman")
-SEED_COLUMNS = ("found", "seed_prompt_id", "nearest_prompt_id", "js", "median_js", "margin")
+STAGE_COLUMNS = CHECKPOINT_METRICS + ("nucleation",)
+SEED_COLUMNS = ("found", "verdict", "seed_prompt_id", "nearest_prompt_id", "js", "median_js",
+                "margin", "p_value", "level", "noise_floor", "resolvable")
+_TYPES = {"distinct": pa.int64(), "found": pa.bool_(), "resolvable": pa.bool_(),
+          "verdict": pa.string(), "seed_prompt_id": pa.string(), "nearest_prompt_id": pa.string()}
+
+
+def _row(values, names, intervals):
+    """Columns of one row: the values, and for the names in `intervals` their _lo and _hi."""
+    out = {}
+    for name in names:
+        out[name] = values.get(name)
+        if name in intervals:
+            ci = values.get(f"{name}_ci") or (None, None)
+            out[f"{name}_lo"], out[f"{name}_hi"] = ci
+    return out
+
+
+def _fields(names, intervals):
+    out = []
+    for name in names:
+        kind = _TYPES.get(name, pa.float64())
+        out.append((name, kind))
+        if name in intervals:
+            out += [(f"{name}_lo", pa.float64()), (f"{name}_hi", pa.float64())]
+    return out
 
 
 @dataclass
@@ -32,8 +54,10 @@ class PhaseResult:
     """Phase metrics of one or more ladders.
 
     phases: the phases.json dict. stages: one row per (ladder, task, stage) with the
-    per-checkpoint metrics, the settling metrics (null before the seed stage) and the phase.
-    seeds: one row per (ladder, task). cross_ladder: one row per (ladder pair, task)."""
+    per-checkpoint metrics, the settling metrics (null before the seed stage), each followed
+    by its 95% interval's ends `<metric>_lo` and `<metric>_hi`, the phase and its support.
+    seeds: one row per (ladder, task), with the seed test's p_value. cross_ladder: one row per
+    (ladder pair, task)."""
 
     phases: dict
     stages: pa.Table
@@ -71,25 +95,24 @@ def _stage_table(phases: dict) -> pa.Table:
     for ladder, body in phases["ladders"].items():
         for task, t in body["tasks"].items():
             for stage, m in t["stages"].items():
-                settling = t["settling"].get(stage, {})
                 rows.append({"ladder": ladder, "task": task, "stage": stage, "label": m["label"],
-                             **{k: m[k] for k in STAGE_COLUMNS},
-                             **{k: settling.get(k) for k in SETTLING_COLUMNS}, "phase": m["phase"]})
-    numbers = [(k, pa.int64() if k == "distinct" else pa.float64())
-               for k in STAGE_COLUMNS + SETTLING_COLUMNS]
+                             **_row(m, STAGE_COLUMNS, STAGE_COLUMNS),
+                             **_row(t["settling"].get(stage, {}), SETTLING_METRICS,
+                                    SETTLING_METRICS),
+                             "phase": m["phase"], "phase_support": m["phase_support"]})
     schema = pa.schema([("ladder", pa.string()), ("task", pa.string()), ("stage", pa.string()),
-                        ("label", pa.string()), *numbers, ("phase", pa.string())])
+                        ("label", pa.string()), *_fields(STAGE_COLUMNS, STAGE_COLUMNS),
+                        *_fields(SETTLING_METRICS, SETTLING_METRICS), ("phase", pa.string()),
+                        ("phase_support", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
 def _seed_table(phases: dict) -> pa.Table:
     rows = [{"ladder": ladder, "task": task, "seed_stage": t["seed"]["stage"],
-             **{k: t["seed"][k] for k in SEED_COLUMNS}}
+             **_row(t["seed"], SEED_COLUMNS, SEED_METRICS)}
             for ladder, body in phases["ladders"].items() for task, t in body["tasks"].items()]
     schema = pa.schema([("ladder", pa.string()), ("task", pa.string()), ("seed_stage", pa.string()),
-                        ("found", pa.bool_()), ("seed_prompt_id", pa.string()),
-                        ("nearest_prompt_id", pa.string()), ("js", pa.float64()),
-                        ("median_js", pa.float64()), ("margin", pa.float64())])
+                        *_fields(SEED_COLUMNS, SEED_METRICS)])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -97,9 +120,11 @@ def _cross_table(phases: dict) -> pa.Table:
     rows = [{"ladder_a": pair["ladders"][0], "ladder_b": pair["ladders"][1], "task": task,
              "seed_prompt_id_a": c["seed_prompt_ids"][0],
              "seed_prompt_id_b": c["seed_prompt_ids"][1],
-             "js_between_seeds": c["js_between_seeds"], "same_prompt": c["same_prompt"]}
+             "js_between_seeds": c["js_between_seeds"], "same_prompt": c["same_prompt"],
+             "p_value": c["p_value"]}
             for pair in phases["cross_ladder"] for task, c in pair["tasks"].items()]
     schema = pa.schema([("ladder_a", pa.string()), ("ladder_b", pa.string()), ("task", pa.string()),
                         ("seed_prompt_id_a", pa.string()), ("seed_prompt_id_b", pa.string()),
-                        ("js_between_seeds", pa.float64()), ("same_prompt", pa.bool_())])
+                        ("js_between_seeds", pa.float64()), ("same_prompt", pa.bool_()),
+                        ("p_value", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)

@@ -8,7 +8,7 @@ estimate is computed except that:
 
 - liquidity averages JS over pairs of *different* original prompts (a prompt drawn twice is
   not a pair of phrasings that agree);
-- distinct counts the clusters of the distinct prompts drawn;
+- distinct counts the clusters of the distinct prompts drawn, per prompt drawn, times N;
 - the seed prompt is held at the one the full sample finds (the null test, not the bootstrap,
   says how sure that identification is); its JS to the resampled seed-stage consensus, the
   median JS of the base prompts drawn, and the settling metrics vary.
@@ -25,6 +25,7 @@ per resample of the ladder.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 from numba import njit, prange
@@ -202,7 +203,9 @@ def _stage_values(P, H, D, cov, w, n, tau, k_samples, out, consensus):
     out[DISPERSION] = dispersion / n
     drawn = np.flatnonzero(w > 0)
     heights = complete_linkage(D[drawn][:, drawn])
-    out[DISTINCT] = len(drawn) - np.count_nonzero(heights <= tau)
+    # Clusters per distinct prompt drawn, scaled to n: a resample holds about 63% of the
+    # prompts once or more, and the count of clusters among them would shrink with it.
+    out[DISTINCT] = (len(drawn) - np.count_nonzero(heights <= tau)) * n / len(drawn)
 
 
 @njit(cache=True, parallel=True)
@@ -265,13 +268,40 @@ def resample_counts(n, draws, rng):
     return rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
 
 
-def interval(values):
-    """[lo, hi]: the central CONFIDENCE share of the finite resampled values, or None."""
+def _t_quantile(q, dof):
+    """Student's t quantile (Cornish-Fisher series in 1 / dof; within 1e-3 from dof = 5)."""
+    z = NormalDist().inv_cdf(q)
+    return (z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3))
+
+
+def widening(n):
+    """How much a percentile interval over n prompts is widened: the t quantile over the
+    normal one, times sqrt(n / (n - 1)) (a resample's spread is (n - 1) / n of the sample's)."""
+    if n < 2:
+        return 1.0
+    q = 1 - (1 - CONFIDENCE) / 2
+    return _t_quantile(q, n - 1) / NormalDist().inv_cdf(q) * math.sqrt(n / (n - 1))
+
+
+def interval(values, point, n):
+    """[lo, hi] around `point` from the finite resampled values, or None when there are none.
+
+    The percentile interval (the central CONFIDENCE share of the resamples), its distances to
+    the point estimate widened by `widening(n)`, kept within the range of the resamples and
+    always holding the point estimate:
+    with 15 prompts the plain percentile interval covers the population's value about 90% of
+    the time where it should 95% (tests/test_bootstrap.py measures it)."""
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
         return None
     tail = 100 * (1 - CONFIDENCE) / 2
     lo, hi = np.percentile(finite, [tail, 100 - tail])
+    if point is None or not math.isfinite(point):
+        return [float(lo), float(hi)]
+    c = widening(n)
+    lo = min(max(point - c * max(point - lo, 0.0), finite.min()), point)
+    hi = max(min(point + c * max(hi - point, 0.0), finite.max()), point)
     return [float(lo), float(hi)]
 
 

@@ -20,7 +20,6 @@ docs/metrics.md ("Seed") documents the test and its measured false-positive rate
 
 from __future__ import annotations
 
-import math
 import zlib
 
 import numpy as np
@@ -124,14 +123,3 @@ def seed_test(base, stage, distance, rng, level=LEVEL, draws=NULL_DRAWS):
     nulls = null_distances(base, rng, draws)
     floor = noise_floor(stage, rng)
     return p_value(distance, nulls), floor, p_value(floor, nulls) < level
-
-
-def binomial_upper(n, level, confidence=0.999) -> int:
-    """The largest count of false positives in n trials at rate `level` that is not evidence
-    (at `confidence`) of a rate above `level`: the tests' bound on a false-positive count."""
-    total = 0.0
-    for k in range(n + 1):
-        total += math.comb(n, k) * level**k * (1 - level) ** (n - k)
-        if total >= confidence:
-            return k
-    return n

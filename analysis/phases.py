@@ -315,17 +315,18 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
         m = {"label": data[s_i].label, **_checkpoint_dict(data[s_i].P, point[0, s_i])}
         m["nucleation"] = _plain("nucleation", point[0, s_i, NUCLEATION])
         for metric in (*CHECKPOINT_METRICS, "nucleation"):
-            m[f"{metric}_ci"] = interval(resampled[:, s_i, STAGE_METRICS.index(metric)])
+            m[f"{metric}_ci"] = interval(resampled[:, s_i, STAGE_METRICS.index(metric)],
+                                         m[metric], sizes[s_i])
         per_stage[name] = m
     for j, metric in enumerate(SEED_METRICS):
-        seed[f"{metric}_ci"] = interval(seeds[:, j])
+        seed[f"{metric}_ci"] = interval(seeds[:, j], seed[metric], sizes[0])
     settling = {}
     for s_i in range(seed_pos, len(names)):
         row = {}
         for metric in SETTLING_METRICS:
             column = STAGE_METRICS.index(metric)
             row[metric] = _plain(metric, point[0, s_i, column])
-            row[f"{metric}_ci"] = interval(resampled[:, s_i, column])
+            row[f"{metric}_ci"] = interval(resampled[:, s_i, column], row[metric], sizes[s_i])
         settling[names[s_i]] = row
     for pos, name in enumerate(names):
         m = per_stage[name]
