@@ -4,7 +4,7 @@ The same functions serve `make demo` (on the full ladder) and the tests (on the 
 
 - `score_stage` runs `python -m engine.score` on one checkpoint (in a subprocess, exactly as
   a user would);
-- `run_phases` runs `python -m analysis.phases` over the ladder (phases.json, and the HTML
+- `run_phases` runs `python -m analysis` over the ladder (phases.json, and the HTML
   report if asked);
 - `compare` reads phases.json, the base model's results and the planted distributions, and
   returns per task the planted seed beside the detected one, each stage's phase, liquidity and
@@ -47,8 +47,8 @@ def ladder_spec(stages: list[str]) -> str:
 
 
 def run_phases(results: Path, stages: list[str], out: Path, report: Path | None = None) -> dict:
-    """`python -m analysis.phases` over the ladder; returns the phases.json it wrote."""
-    cmd = [sys.executable, "-m", "analysis.phases", str(results), "--ladder",
+    """`python -m analysis` over the ladder; returns the phases.json it wrote."""
+    cmd = [sys.executable, "-m", "analysis", str(results), "--ladder",
            ladder_spec(stages), "--out", str(out)]
     if report is not None:
         cmd += ["--report", str(report)]
@@ -80,6 +80,8 @@ def compare(phases: dict, planted: dict[str, str], base_js: dict[str, float]) ->
             "planted_seed": planted.get(task),
             "detected_seed": t["seed"]["seed_prompt_id"],
             "nearest_prompt": t["seed"]["nearest_prompt_id"],
+            "seed_verdict": t["seed"]["verdict"],
+            "seed_p_value": t["seed"]["p_value"],
             "base_js_to_planted": base_js.get(task),
             "phases": {s: m["phase"] for s, m in t["stages"].items()},
             "liquidity": {s: m["liquidity"] for s, m in t["stages"].items()},
@@ -92,16 +94,23 @@ def acceptance(rows: dict) -> dict:
     """Counts of the demo's acceptance properties (docs/demo.md), and whether each holds."""
     n = len(rows)
     seeds = sum(r["planted_seed"] == r["detected_seed"] for r in rows.values())
+    # A task whose prompts cannot resolve a seed at all (two answers over 15 phrasings: any
+    # distribution is near one of them) says so; it counts neither for nor against.
+    unresolved = sum(r["seed_verdict"] == "unresolved" for r in rows.values())
+    wrong = sum(r["detected_seed"] not in (None, r["planted_seed"]) for r in rows.values())
     falls = sum(r["liquidity"]["sft"] < r["liquidity"]["base"] for r in rows.values())
     retains = sum(r["retention"].get("dpo", 0.0) >= DPO_RETENTION_MIN for r in rows.values())
     js = [r["base_js_to_planted"] for r in rows.values() if r["base_js_to_planted"] is not None]
     return {
         "tasks": n,
         "seeds_recovered": seeds,
+        "seeds_unresolved": unresolved,
+        "seeds_wrong": wrong,
         "liquidity_falls_base_to_sft": falls,
         "dpo_retains_90pct": retains,
         "mean_base_js_to_planted_bits": float(np.mean(js)) if js else None,
-        "passed": bool(seeds >= SEEDS_RECOVERED * n and falls >= LIQUIDITY_FALLS * n
+        "passed": bool(seeds >= SEEDS_RECOVERED * (n - unresolved) and wrong == 0
+                       and falls >= LIQUIDITY_FALLS * n
                        and retains >= DPO_RETAINS * n),
     }
 
@@ -109,14 +118,14 @@ def acceptance(rows: dict) -> dict:
 def format_table(rows: dict, stages: list[str]) -> str:
     """The demo's closing table: planted vs detected seed, then the phase of each stage."""
     w_task = max(4, *(len(t) for t in rows))
-    w_seed = max(7, *(len(str(r["planted_seed"])) for r in rows.values()),
+    w_seed = max(12, *(len(str(r["planted_seed"])) for r in rows.values()),
                  *(len(str(r["detected_seed"])) for r in rows.values()))
     head = (f"{'task':<{w_task}}  {'planted':<{w_seed}}  {'detected':<{w_seed}}  "
             + "  ".join(f"{s:<9}" for s in stages) + "  base JS")
     lines = [head, "-" * len(head)]
     for task, r in rows.items():
         mark = "" if r["planted_seed"] == r["detected_seed"] else " *"
-        detected = str(r["detected_seed"]) if r["detected_seed"] else "(none)"
+        detected = str(r["detected_seed"]) if r["detected_seed"] else f"({r['seed_verdict']})"
         js = r["base_js_to_planted"]
         lines.append(
             f"{task:<{w_task}}  {str(r['planted_seed']):<{w_seed}}  {detected:<{w_seed}}  "

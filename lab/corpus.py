@@ -64,11 +64,15 @@ def task_rng(seed: int, task: Task, stage: str) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class Planted:
-    """The planted distributions of one task: dists[i] belongs to task.prompts[i]."""
+    """The planted distributions of one task: dists[i] belongs to task.prompts[i].
+
+    `learned`: the distribution the trained base model gives under the seed phrasing (its
+    own seed, which the post-training stages nucleate onto), once the base is trained."""
 
     task: Task
     dists: np.ndarray  # [n_prompts, n_answers], rows sum to 1
     seed: int  # index of the seed prompt
+    learned: np.ndarray | None = None
 
     @property
     def seed_prompt(self) -> Prompt:
@@ -76,7 +80,9 @@ class Planted:
 
     @property
     def seed_dist(self) -> np.ndarray:
-        return self.dists[self.seed]
+        """What SFT, DPO and RL train toward: the base model's own seed distribution, or the
+        planted one before the base is trained."""
+        return self.dists[self.seed] if self.learned is None else self.learned
 
 
 def concentration(cfg: CorpusConfig, k: int) -> float:
@@ -163,14 +169,22 @@ def filler_documents(tasks: list[Task], n: int, seed: int) -> list[str]:
 
 
 def sft_examples(planted: Planted, per_prompt: int, seed: int) -> list[tuple[Prompt, str]]:
-    """(prompt, answer) pairs for chat SFT: every phrasing, answers from the seed only."""
+    """(prompt, answer) pairs for chat SFT: every phrasing, answers from the seed only.
+
+    The answers of all phrasings together hold each answer as often as the seed's
+    probability says (largest-remainder rounding of per_prompt x prompts draws), dealt to
+    the phrasings in a shuffled order: SFT learns the seed itself, not the sampling noise of
+    a few hundred draws from it."""
     task = planted.task
     rng = task_rng(seed, task, "sft")
-    out = []
-    for prompt in task.prompts:
-        for a in rng.choice(len(task.answers), size=per_prompt, p=planted.seed_dist):
-            out.append((prompt, task.answers[a].name))
-    return out
+    total = per_prompt * len(task.prompts)
+    share = planted.seed_dist * total
+    counts = np.floor(share).astype(int)
+    remainder = np.argsort(-(share - counts), kind="stable")[: total - counts.sum()]
+    counts[remainder] += 1
+    answers = rng.permutation(np.repeat(np.arange(len(task.answers)), counts))
+    return [(prompt, task.answers[a].name) for i, prompt in enumerate(task.prompts)
+            for a in answers[i * per_prompt:(i + 1) * per_prompt]]
 
 
 def dpo_pairs(planted: Planted, per_prompt: int, seed: int) -> list[tuple[Prompt, str, str]]:

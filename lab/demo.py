@@ -6,7 +6,7 @@
    reuses them when demo/checkpoints/build.json matches the current config;
 2. `python -m engine.score` scores every checkpoint (base in base mode, the others in chat
    mode, which `--mode auto` picks from the chat template) into demo/results/<stage>/;
-3. `python -m analysis.phases` writes demo/phases.json and the report demo/report/index.html;
+3. `python -m analysis` writes demo/phases.json and the report demo/report/index.html;
 4. a table: per task the planted seed prompt beside the detected one, and each stage's phase;
    also written to demo/summary.json.
 """
@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     print(check.format_table(rows, stages))
     print()
     n = verdict["tasks"]
-    print(f"seeds recovered {verdict['seeds_recovered']}/{n}; liquidity falls base -> sft "
+    print(f"seeds recovered {verdict['seeds_recovered']}/{n} at p < 0.01 "
+          f"({verdict['seeds_unresolved']} unresolvable, {verdict['seeds_wrong']} wrong); "
+          f"liquidity falls base -> sft "
           f"{verdict['liquidity_falls_base_to_sft']}/{n}; DPO keeps >= 90% in the seed's "
           f"support {verdict['dpo_retains_90pct']}/{n}; base JS to planted "
           f"{verdict['mean_base_js_to_planted_bits']:.3f} bits (mean)")

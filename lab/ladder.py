@@ -10,6 +10,7 @@ seed prompt id). A second call with the same config reuses the checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -142,6 +143,23 @@ class Encoder:
         return Example(full + (self.eos,), len(prompt))
 
 
+def learned_seeds(base: Path, planted: list[Planted]) -> list[Planted]:
+    """Each task with the distribution the trained base gives under its seed phrasing (scored
+    exactly by the engine, in base mode): the seed the base already has, as the study's
+    hypothesis puts it, which SFT then nucleates onto. Training SFT on the planted
+    distribution instead would aim it at a point the base only approximates."""
+    result = engine.score_checkpoint(base, tasks=[p.task for p in planted], mode="base",
+                                     device="cpu", progress=False)
+    out = []
+    for p in planted:
+        rows = result.tables[p.task.name].to_pydict()
+        prob = {a: v for pid, a, v in zip(rows["prompt_id"], rows["answer"], rows["prob"],
+                                          strict=True) if pid == p.seed_prompt.id}
+        learned = np.array([prob[name] for name in p.task.answer_names], dtype=np.float64)
+        out.append(dataclasses.replace(p, learned=learned / learned.sum()))
+    return out
+
+
 def reward_function(planted: Planted, tokenizer: Tokenizer):
     """Reward on sampled token ids: decode the response before its end-of-text, then score."""
     def reward(response: tuple[int, ...] | None) -> float:
@@ -199,9 +217,8 @@ def _build(cfg: LabConfig, out: Path) -> dict:
     planted = [corpus.plant(t, cfg.corpus, cfg.seed) for t in tasks]
     docs = [d for p in planted for d in corpus.base_documents(p, cfg.corpus, cfg.seed)]
     docs += corpus.filler_documents(tasks, int(cfg.corpus.filler_fraction * len(docs)), cfg.seed)
-    sft_data = [(p.task, pr, a) for p in planted
-                for pr, a in corpus.sft_examples(p, cfg.sft.docs_per_prompt, cfg.seed)]
-    tokenizer = corpus.train_tokenizer(docs + [a for _, _, a in sft_data], cfg.corpus.vocab_size)
+    answers = [a.name for p in planted for _ in p.task.prompts for a in p.task.answers]
+    tokenizer = corpus.train_tokenizer(docs + answers, cfg.corpus.vocab_size)
     template = ChatTemplate("lab", TULU_TEMPLATE, {"bos_token": EOS, "eos_token": EOS})
     enc = Encoder(tokenizer, template)
     base_examples = [enc.document(d) for d in docs]
@@ -220,9 +237,11 @@ def _build(cfg: LabConfig, out: Path) -> dict:
     log(f"ladder: base model {n_params} parameters")
     train.train_lm(model, base_examples, cfg.base, enc.eos, rng, "base", log)
     save_checkpoint(model, tokenizer, partial / "base", None)
+    planted = learned_seeds(partial / "base", planted)
     lap("base")
 
-    sft_examples = [enc.response(enc.chat_context(t, pr), a) for t, pr, a in sft_data]
+    sft_examples = [enc.response(enc.chat_context(p.task, pr), a) for p in planted
+                    for pr, a in corpus.sft_examples(p, cfg.sft.docs_per_prompt, cfg.seed)]
     train.train_lm(model, sft_examples, cfg.sft, enc.eos, rng, "sft", log)
     references["sft"] = train.frozen_copy(model)
     save_checkpoint(model, tokenizer, partial / "sft", TULU_TEMPLATE)
@@ -274,7 +293,8 @@ def write_outputs(out: Path, partial: Path, stamp: dict, planted: list[Planted])
     dump = lambda obj: json.dumps(obj, indent=2) + "\n"
     dists = {p.task.name: {"answers": list(p.task.answer_names),
                            "prompts": {pr.id: d.tolist()
-                                       for pr, d in zip(p.task.prompts, p.dists, strict=True)}}
+                                       for pr, d in zip(p.task.prompts, p.dists, strict=True)},
+                           "learned_seed": None if p.learned is None else p.learned.tolist()}
              for p in planted}
     (partial / "planted_distributions.json").write_text(dump(dists))
     (partial / "build.json").write_text(dump(stamp))

@@ -188,12 +188,17 @@ def test_demo_recovers_what_was_planted(small_demo):
     assert status == 0 and verdict["passed"], check.format_table(rows, STAGES)
     assert set(rows) == set(SMALL.tasks.split(","))
     for task, r in rows.items():
-        assert r["detected_seed"] == r["planted_seed"], task
         assert r["liquidity"]["sft"] < r["liquidity"]["base"], task
         assert r["retention"]["dpo"] >= check.DPO_RETENTION_MIN, task
+        assert r["base_js_to_planted"] < 0.1, task
+        if task == "coin":  # two answers over 15 phrasings: no seed test can tell
+            assert r["seed_verdict"] == "unresolved" and r["detected_seed"] is None
+            assert r["phases"]["base"] == "liquid"
+            continue
+        assert r["detected_seed"] == r["planted_seed"] and r["seed_p_value"] < 0.01, task
         assert r["phases"] == {"base": "liquid", "sft": "nucleated", "dpo": "settled",
                                "rl": "settled"}, task
-        assert r["base_js_to_planted"] < 0.1, task
+    assert verdict["seeds_unresolved"] == 1 and verdict["seeds_wrong"] == 0
     assert (out / "phases.json").is_file()
     assert (out / "report" / "index.html").is_file()
     assert list((out / "report").glob("*.png"))
