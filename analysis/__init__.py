@@ -8,7 +8,7 @@ Importing this package is cheap and never imports torch or triton; `load` and `a
 (analysis/api.py) import the Numba metrics on first use.
 """
 
-__all__ = ["PhaseResult", "analyse", "load"]
+__all__ = ["PhaseResult", "analyse", "from_table", "load"]
 
 
 def __getattr__(name):

@@ -18,8 +18,9 @@ import pyarrow as pa
 from analysis.bootstrap import BOOTSTRAP, SEED_METRICS, SETTLING_METRICS
 from analysis.cli import ladder_list
 from analysis.null import LEVEL
-from analysis.phases import CHECKPOINT_METRICS, TAU, Results, load_results
+from analysis.phases import CHECKPOINT_METRICS, TAU, Results, load_results, task_from_rows
 from analysis.phases import analyse as _analyse
+from engine.errors import AnalysisError
 
 STAGE_COLUMNS = CHECKPOINT_METRICS + ("nucleation",)
 SEED_COLUMNS = ("found", "verdict", "seed_prompt_id", "nearest_prompt_id", "js", "median_js",
@@ -73,6 +74,41 @@ class PhaseResult:
                                       "'answerdist[pandas]' (or use the Arrow tables)") from None
         return {name: getattr(self, name).to_pandas()
                 for name in ("stages", "seeds", "cross_ladder")}
+
+
+FROM_TABLE_COLUMNS = ("label", "task", "prompt_id", "answer", "prob")
+
+
+def from_table(table) -> Results:
+    """Distributions made elsewhere (sampled frequencies, another engine), as `load` returns
+    them: an Arrow table or pandas DataFrame with one row per (label, task, prompt, answer)
+    and at least the columns label, task, prompt_id, answer, prob (optionally coverage,
+    default 1, and prompt_text). Each prompt's prob must be a distribution over the same
+    answers, in the same order, as every other prompt of its task and label."""
+    if not isinstance(table, pa.Table):
+        try:
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise AnalysisError(f"from_table: expected an Arrow table or a pandas DataFrame, "
+                                f"got {type(table).__name__} ({err})") from None
+    missing = [c for c in FROM_TABLE_COLUMNS if c not in table.column_names]
+    if missing:
+        raise AnalysisError(f"from_table: missing column(s) {', '.join(missing)}; give at least "
+                            f"{', '.join(FROM_TABLE_COLUMNS)}")
+    if table.num_rows == 0:
+        raise AnalysisError("from_table: the table has no rows")
+    cols = table.to_pydict()
+    n = table.num_rows
+    cols.setdefault("coverage", [1.0] * n)
+    cols.setdefault("prompt_text", [""] * n)
+    groups: dict = {}
+    for r in range(n):
+        key = (str(cols["label"][r]), str(cols["task"][r]))
+        groups.setdefault(key, {}).setdefault(str(cols["prompt_id"][r]), []).append(r)
+    data: dict = {}
+    for (label, task), rows_of in groups.items():
+        data.setdefault(label, {})[task] = task_from_rows(label, task, cols, rows_of)
+    return Results(None, data)
 
 
 def load(results_dir, labels=None) -> Results:

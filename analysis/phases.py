@@ -31,13 +31,11 @@ analysis/report.py, reading the results store in engine/results.py):
 - ``analyse(results, ladders, tau=0.05)`` -> the dict written to phases.json
 - ``phase_summary(phases)`` -> {ladder: {task: {"seed_prompt_id": id or None,
   "phases": {stage: label}}}}, read from a phases.json dict (what a demo checks)
-- ``python -m analysis.phases`` runs ``analysis.cli.main`` (``main``, ``parse_ladder``,
-  ``format_tables`` and ``write_atomic`` are still importable from here).
+- ``python -m analysis.phases`` is ``python -m analysis`` (analysis/cli.py).
 """
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +96,7 @@ class TaskData:
 
 @dataclass
 class Results:
-    results_dir: Path
+    results_dir: Path | None  # None for distributions from elsewhere (analysis.from_table)
     data: dict  # label -> task -> TaskData
     # label -> task -> what the label's manifest records of the task (its run, task_hash), when
     # the results come from the store; empty for distributions from elsewhere
@@ -132,14 +130,17 @@ def task_data(table, label, task):
     rows_of = {}
     for r, key in enumerate(keys):
         rows_of.setdefault(key, []).append(r)
-    return _task_from_rows(f"{label}/{task}", label, task, cols, rows_of)
+    return task_from_rows(label, task, cols, rows_of)
 
 
-def _task_from_rows(path, label, task, cols, rows_of):
+def task_from_rows(label, task, cols, rows_of):
+    """TaskData from columns (answer, prob, coverage, prompt_text) and the rows of each prompt,
+    every prompt checked to be a distribution over the same answers."""
+    path = f"{label}/{task}"
     answers = None
     P, cover, texts = [], [], []
     for pid, rows in rows_of.items():
-        these = [cols[Col.answer][r] for r in rows]
+        these = [str(cols[Col.answer][r]) for r in rows]
         if answers is None:
             answers, first = these, pid
         elif these != answers:
@@ -465,6 +466,10 @@ def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
         "warnings": [],
     }
     for label in dict.fromkeys(label for _, stages in ladders for _, label in stages):
+        if label not in results.data:
+            known = ", ".join(sorted(results.data)[:10])
+            raise AnalysisError(f"label '{label}' is not in the results (they hold: {known}); "
+                                "name the labels the distributions carry")
         _check_one_checkpoint(results, label)
     for name, stages in ladders:
         tasks, warnings = _common_tasks(results, name, stages)
@@ -544,21 +549,9 @@ def seed_verdict(seed):
     return f"no seed ({p})"
 
 
-
-# ----------------------------------------------------------- the CLI, kept importable here
-
-
-def __getattr__(name):
-    # Moved to analysis/cli.py (formatting and the CLI); looked up lazily, so that this module
-    # (computation) never imports the CLI that imports it.
-    if name in ("main", "parse_ladder", "format_tables", "write_atomic"):
-        from analysis import cli
-
-        return getattr(cli, name)
-    raise AttributeError(f"module 'analysis.phases' has no attribute {name!r}")
-
-
 if __name__ == "__main__":
-    from analysis.cli import main as _main
+    # `python -m analysis.phases` is `python -m analysis` (the CLI lives in analysis/cli.py,
+    # which this module never imports).
+    import runpy
 
-    sys.exit(_main())
+    runpy.run_module("analysis", run_name="__main__")

@@ -407,9 +407,9 @@ def test_a_render_leaves_anothers_alarm_running(ckpt):
 
 
 def analysis_error(capsys, argv) -> str:
-    import analysis.phases
+    import analysis.cli
 
-    assert analysis.phases.main([str(a) for a in argv]) == 2
+    assert analysis.cli.main([str(a) for a in argv]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
@@ -475,13 +475,13 @@ def test_stages_of_different_prompts_are_refused(planted, capsys):
 
 
 def test_a_stage_of_one_prompt_is_said_to_mean_nothing(tmp_path, capsys):
-    import analysis.phases
+    import analysis.cli
     from analysis.synthetic import write_manifest, write_task
 
     for stage in ("base", "sft"):
         write_task(tmp_path, stage, "coin", ["Heads", "Tails"], [[0.7, 0.3]], [0.9])
         write_manifest(tmp_path, stage)
-    assert analysis.phases.main([str(tmp_path), "--ladder", "base=base,sft=sft"]) == 0
+    assert analysis.cli.main([str(tmp_path), "--ladder", "base=base,sft=sft"]) == 0
     assert "has 1 prompt" in capsys.readouterr().err
 
 
@@ -502,7 +502,7 @@ def test_a_report_of_fifty_stages_stays_readable(tmp_path, capsys):
     import numpy as np
     from matplotlib import image
 
-    import analysis.phases
+    import analysis.cli
     from analysis.synthetic import write_manifest, write_task
 
     rng = np.random.default_rng(0)
@@ -514,7 +514,7 @@ def test_a_report_of_fifty_stages_stays_readable(tmp_path, capsys):
                    np.full(8, 0.9))
         write_manifest(tmp_path / "r", stage)
     ladder = ",".join(f"{s}={s}" for s in stages)
-    assert analysis.phases.main([str(tmp_path / "r"), "--ladder", ladder,
+    assert analysis.cli.main([str(tmp_path / "r"), "--ladder", ladder,
                                  "--report", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "8 of 50 stages drawn" in page

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import analysis
+import analysis.cli
 import analysis.phases
 import engine
 from analysis.synthetic import write_planted_store
@@ -82,7 +83,7 @@ def test_analysis_api_gives_the_numbers_the_cli_writes(tmp_path):
     ladders, seeds = write_planted_store(tmp_path, n_prompts=8)
     flags = [f for name, stages in ladders
              for f in ("--ladder", f"{name}:" + ",".join(f"{s}={lab}" for s, lab in stages))]
-    assert analysis.phases.main([str(tmp_path), *flags]) == 0
+    assert analysis.cli.main([str(tmp_path), *flags]) == 0
     written = json.loads((tmp_path / "phases.json").read_text())
     result = analysis.analyse(analysis.load(tmp_path),
                               {name: dict(stages) for name, stages in ladders})
@@ -120,7 +121,7 @@ def test_outputs_follow_the_umask(ckpt, tmp_path):
     old = os.umask(0o022)
     try:
         name, stages = ladders[0]
-        assert analysis.phases.main([str(tmp_path / "r"), "--ladder",
+        assert analysis.cli.main([str(tmp_path / "r"), "--ladder",
                                      ",".join(f"{s}={lab}" for s, lab in stages),
                                      "--report", str(tmp_path / "report")]) == 0
         assert score.main([str(ckpt), "--tasks", "coin", "--out", str(tmp_path / "s"), "--label",

@@ -10,7 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from analysis.phases import main, phase_summary
+from analysis.cli import main
+from analysis.phases import phase_summary
 from analysis.report import TOP_ANSWERS, top_answers
 from analysis.synthetic import write_planted_store
 
