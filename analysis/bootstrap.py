@@ -42,13 +42,13 @@ GAMMA_GRID = 33  # ... first on this many log-spaced points
 STAGE_METRICS = ("entropy_bits", "entropy_norm", "effective_support", "consensus_support",
                  "liquidity", "distinct", "dispersion", "coverage", "nucleation",
                  "distinct_k", "tv_uniform", "kl_uniform",
-                 "retention", "drift", "spearman", "gamma", "gamma_js")
-SETTLING_METRICS = ("retention", "drift", "spearman", "gamma", "gamma_js")
+                 "retention", "drift", "spearman", "gamma", "gamma_js", "seed_js")
+SETTLING_METRICS = ("retention", "drift", "spearman", "gamma", "gamma_js", "seed_js")
 SEED_METRICS = ("js", "median_js", "margin")
 # Column of each metric in the kernel's output (plain integers: constants to Numba).
 (ENTROPY_BITS, ENTROPY_NORM, EFFECTIVE_SUPPORT, CONSENSUS_SUPPORT, LIQUIDITY, DISTINCT,
  DISPERSION, COVERAGE, NUCLEATION, DISTINCT_K_COL, TV_UNIFORM, KL_UNIFORM, RETENTION, DRIFT,
- SPEARMAN, GAMMA, GAMMA_JS) = range(len(STAGE_METRICS))
+ SPEARMAN, GAMMA, GAMMA_JS, SEED_JS) = range(len(STAGE_METRICS))
 
 
 @njit(cache=True)
@@ -210,13 +210,14 @@ def _stage_values(P, H, D, cov, w, n, tau, k_samples, out, consensus):
 
 @njit(cache=True, parallel=True)
 def resampled_ladder(P, H, D, COV, W, sizes, seed_stage, seed_index, tau, support_mass,
-                     base_min, k_samples):
+                     base_min, k_samples, settle_from):
     """Every metric of a ladder under each resample of its prompts.
 
     P [S, n, K] stage distributions (rows past a stage's size are unused), H [S, n] their
     entropies, D [S, n, n] their pairwise JS, COV [S, n] coverages, W [S, B, n] prompt counts
     of each resample (summing to sizes[s]); seed_index: the base prompt found nearest to the
-    seed stage's consensus, against which the seed and settling are measured. Returns (stages
+    seed stage's consensus, against which the seed and settling are measured, at the seed
+    stage and later or from stage `settle_from` on if that is earlier. Returns (stages
     [B, S, len(STAGE_METRICS)], seeds [B, len(SEED_METRICS)]); settling metrics of stages
     before the seed stage are nan, and
     seed_stage = S (past the last stage) leaves out the seed and settling."""
@@ -250,7 +251,7 @@ def resampled_ladder(P, H, D, COV, W, sizes, seed_stage, seed_index, tau, suppor
         seeds[b, 2] = median - own
         seed = P[0, nearest]
         mask = _support_rows(seed.reshape(1, k), support_mass)[0]
-        for s in range(seed_stage, n_stages):
+        for s in range(min(settle_from, seed_stage), n_stages):
             out = stages[b, s]
             retained = 0.0
             for a in range(k):
@@ -260,6 +261,7 @@ def resampled_ladder(P, H, D, COV, W, sizes, seed_stage, seed_index, tau, suppor
             out[DRIFT] = _js(consensus[s], consensus[seed_stage])
             out[SPEARMAN] = _spearman(consensus[s], seed)
             out[GAMMA], out[GAMMA_JS] = sharpening_fit(seed, consensus[s])
+            out[SEED_JS] = _js(consensus[s], seed)
     return stages, seeds
 
 

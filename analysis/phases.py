@@ -195,7 +195,7 @@ def count_clusters(D, tau):
 def task_metrics(P, coverage=None, tau=TAU):
     """Metrics of one task at one checkpoint, over its N prompt distributions P [N, K]."""
     P = np.ascontiguousarray(P, dtype=np.float64)
-    values, _ = _ladder_values([(P, coverage)], seed_stage=1, tau=tau,
+    values, _ = ladder_values([(P, coverage)], seed_stage=1, tau=tau,
                                W=np.ones((1, 1, P.shape[0])))
     return _checkpoint_dict(P, values[0, 0])
 
@@ -216,11 +216,13 @@ def _plain(name, value):
     return int(value) if name == "distinct" else float(value)
 
 
-def _ladder_values(stages, seed_stage, tau, W, seed_index=0):
-    """The kernel (analysis/bootstrap.py) over [(P, coverage), ...] stages and weights W."""
+def ladder_values(stages, seed_stage, tau, W, seed_index=0, settle_from=None):
+    """The kernel (analysis/bootstrap.py) over [(P, coverage), ...] stages and weights W;
+    settling from the seed stage on, or from `settle_from` when earlier."""
     P, H, D, COV, sizes = stack(stages)
     return resampled_ladder(P, H, D, COV, W, sizes, seed_stage, seed_index, tau, SUPPORT_MASS,
-                            BASE_LIQUIDITY_MIN, float(DISTINCT_K))
+                            BASE_LIQUIDITY_MIN, float(DISTINCT_K),
+                            seed_stage if settle_from is None else settle_from)
 
 
 # --------------------------------------------------------------------------- along a ladder
@@ -301,7 +303,7 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
     seed["stage"] = seed_name
     arrays = [(td.P, td.coverage) for td in data]
     sizes = [td.P.shape[0] for td in data]
-    point, _ = _ladder_values(arrays, seed_pos, tau, _weights([np.ones((1, n)) for n in sizes]),
+    point, _ = ladder_values(arrays, seed_pos, tau, weights([np.ones((1, n)) for n in sizes]),
                               seed_index)
     rng = draw_rng(base.task, *(td.label for td in data))
     paired = len(set(sizes)) == 1 and all(td.prompt_ids == data[0].prompt_ids for td in data)
@@ -309,7 +311,7 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
         counts = [resample_counts(sizes[0], bootstrap, rng)] * len(data)
     else:
         counts = [resample_counts(n, bootstrap, rng) for n in sizes]
-    resampled, seeds = _ladder_values(arrays, seed_pos, tau, _weights(counts), seed_index)
+    resampled, seeds = ladder_values(arrays, seed_pos, tau, weights(counts), seed_index)
 
     per_stage = {}
     for s_i, name in enumerate(names):
@@ -352,7 +354,7 @@ def _aligned(data):
     return out
 
 
-def _weights(counts):
+def weights(counts):
     """[S, B, n] prompt weights from per-stage [B, n_s] counts, padded with zero weights."""
     n = max(c.shape[1] for c in counts)
     W = np.zeros((len(counts), counts[0].shape[0], n))

@@ -388,3 +388,88 @@ def build_report(phases, results, out_dir):
     )
     write_output(out / "index.html", page)
     return out / "index.html"
+
+
+# --------------------------------------------------------------------------- trajectories
+
+ORDER_TITLES = {"liquidity": "liquidity (bits)", "seed_overlap": "seed overlap 1 - JS",
+                "entropy_norm": "entropy / log2 K", "effective_support": "effective support",
+                "retention": "retention in the seed's support", "coverage": "coverage"}
+
+
+def order_parameter_figure(points, transitions, series):
+    """One panel per order parameter against position: a thin line and 95% band per task, the
+    mean over tasks in black, stage boundaries dotted, each task's located transition of that
+    parameter marked on the axis (filled: sharp, open: crossover)."""
+    rows = [r for r in points if r["series"] == series]
+    tasks = sorted({r["task"] for r in rows})
+    jumps = [t for t in transitions if t["series"] == series and t["position"] is not None]
+    params = list(ORDER_TITLES)
+    fig = Figure(figsize=(13, 6.8), layout="constrained")
+    axes = fig.subplots(2, 3, squeeze=False)
+    by_task = {task: sorted((r for r in rows if r["task"] == task), key=lambda r: r["position"])
+               for task in tasks}
+    first = by_task[tasks[0]]
+    boundaries = [0.5 * (a["position"] + b["position"])
+                  for a, b in zip(first, first[1:], strict=False) if a["stage"] != b["stage"]]
+    for ax, param in zip(axes.flat, params, strict=True):
+        grid = []
+        for task in tasks:
+            x = [r["position"] for r in by_task[task]]
+            y = [np.nan if r[param] is None else r[param] for r in by_task[task]]
+            lo = [np.nan if r[f"{param}_lo"] is None else r[f"{param}_lo"] for r in by_task[task]]
+            hi = [np.nan if r[f"{param}_hi"] is None else r[f"{param}_hi"] for r in by_task[task]]
+            ax.plot(x, y, lw=0.8, alpha=0.6)
+            ax.fill_between(x, lo, hi, alpha=0.08, lw=0)
+            grid.append(y)
+        ax.plot(x, np.nanmean(np.array(grid, dtype=float), axis=0), color="black", lw=2,
+                label="mean over tasks")
+        for b in boundaries:
+            ax.axvline(b, color="grey", ls=":", lw=1)
+        for j in (t for t in jumps if t["metric"] == param):
+            ax.plot(j["position"], 0, marker="^", transform=ax.get_xaxis_transform(),
+                    color="#d62728", mfc="#d62728" if j["sharp"] else "none", ms=7,
+                    clip_on=False)
+        ax.set_title(ORDER_TITLES[param], fontsize=10)
+        ax.set_xlabel("position")
+    axes.flat[0].legend(fontsize=8)
+    return fig
+
+
+def _position(x):
+    return "-" if x is None else f"{x:.6g}"
+
+
+def _transition_table(transitions, series):
+    rows = "".join(
+        f"<tr><td>{html.escape(t['task'])}</td><td>{html.escape(t['metric'])}</td>"
+        + ("<td>-</td><td>-</td><td>-</td><td>flat</td>" if t["position"] is None else
+           f"<td>{t['position']:.6g}</td><td>{_position(t['position_lo'])} - "
+           f"{_position(t['position_hi'])}</td><td>{t['delta_aic']:.1f}</td>"
+           f"<td>{'sharp' if t['sharp'] else 'crossover'}</td>")
+        + "</tr>"
+        for t in transitions if t["series"] == series)
+    return ("<table><tr><th>task</th><th>parameter</th><th>position</th><th>95% interval</th>"
+            f"<th>ΔAIC</th><th>kind</th></tr>{rows}</table>")
+
+
+def build_trajectory_report(result, out_dir):
+    """out_dir/index.html: per series the order parameters against position (with intervals,
+    stage boundaries and located transitions) and the table of transitions."""
+    out = Path(out_dir)
+    points, transitions = result.points.to_pylist(), result.transitions.to_pylist()
+    parts = []
+    for series in dict.fromkeys(r["series"] for r in points):
+        png = f"order_{_slug(series)}.png"
+        _save(order_parameter_figure(points, transitions, series), out / png)
+        parts.append(f"<h2>Series {html.escape(series)}</h2>"
+                     f'<img src="{png}" alt="order parameters along the series">'
+                     + _transition_table(transitions, series))
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>Trajectory report</title>"
+            f"<style>{STYLE}</style></head><body><h1>Crystallization along training</h1>"
+            "<p>Bands: 95% intervals over the phrasings. Triangles: each task's located "
+            "transition of that parameter (filled: sharp, a step beats a line by ΔAIC ≥ 10; "
+            "open: a crossover). Dotted lines: stage boundaries. Definitions: "
+            "docs/metrics.md.</p>" + "".join(parts) + "</body></html>")
+    write_output(out / "index.html", page)
+    return out / "index.html"

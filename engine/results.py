@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -481,11 +482,19 @@ class ResultsStore:
         return table
 
 
-def read_results(results_dir, labels=None) -> dict[str, dict[str, pa.Table]]:
-    """{label: {task: main table}} of a results root, every file validated (`read_task`).
+STEP = re.compile(r"step(\d+)")
 
-    labels None: every label directory with a manifest. Errors name the directory and the
-    labels present."""
+
+def step_in_name(name: str) -> int | None:
+    """The training step a checkpoint or label name gives: `step1000`, or OLMo's
+    `stepNNN-tokensNNNB` (the first `step` followed by digits); None without one."""
+    match = STEP.search(name)
+    return int(match.group(1)) if match else None
+
+
+def labels_in(results_dir) -> list[str]:
+    """The labels of a results root (directories with a manifest), sorted; an error when
+    there are none."""
     root = Path(results_dir)
     if not root.is_dir():
         raise OutputError(f"results dir {root}: not a directory; "
@@ -495,6 +504,16 @@ def read_results(results_dir, labels=None) -> dict[str, dict[str, pa.Table]]:
         raise OutputError(f"results dir {root}: no <label>/{MANIFEST} "
                           f"(expected {root}/<label>/<task>.parquet); "
                           "run python -m engine.score first or fix the path")
+    return present
+
+
+def read_results(results_dir, labels=None) -> dict[str, dict[str, pa.Table]]:
+    """{label: {task: main table}} of a results root, every file validated (`read_task`).
+
+    labels None: every label directory with a manifest. Errors name the directory and the
+    labels present."""
+    root = Path(results_dir)
+    present = labels_in(root)
     out = {}
     for label in (present if labels is None else labels):
         if label not in present:

@@ -14,6 +14,12 @@ SWEEP.toml (relative paths are relative to the file's directory):
     # tokenizations = "canonical", max_tokenizations = ..., batch_invariant = false
     # (as engine.score's options)
     # dist_timeout = 1800 (seconds a rank waits for the others of its group)
+    stages = ["base", "sft"] # optional: the stage of each 'checkpoints' entry's matches
+    series = "series.json"   # optional: write label, position and stage of every checkpoint
+                             # scored, for `python -m analysis trajectory` ({mode} with several
+                             # modes); the position is the step in each directory's name
+                             # (step1000, stepNNN-tokensNNNB) when all have increasing ones,
+                             # else the checkpoint's index
 
 A glob's matches are sorted naturally (step200 before step1000). Alone, the sweep scores the
 checkpoints in order. Under `torchrun`, the ranks form groups of `tp` (engine/distributed.py) and
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import gc
 import glob
+import json
 import os
 import re
 import string
@@ -47,7 +54,8 @@ from pathlib import Path
 
 from engine.api import finished, run_spec
 from engine.errors import ArgumentParser, EngineError, OutputError, TaskError
-from engine.results import LabelLock, check_writable
+from engine.files import write_output
+from engine.results import LabelLock, check_writable, step_in_name
 from engine.spec import (
     DEFAULT_OUT,
     RunSpec,
@@ -60,7 +68,7 @@ from engine.tasks.loader import is_builtin, names_a_file
 
 # The sweep's own keys, then the RunSpec settings a sweep file may set (mode and label are set
 # per checkpoint, from `modes` and the `label` template).
-OWN_KEYS = ("checkpoints", "modes", "label")
+OWN_KEYS = ("checkpoints", "modes", "label", "stages", "series")
 SETTINGS = ("tasks", "dtype", "device", "out", "tp", "batch_tokens", "chat_template",
             "tokenizations", "max_tokenizations", "dist_timeout", "batch_invariant",
             "template_date", "template_timeout", "template_max_chars")
@@ -80,6 +88,8 @@ class Sweep:
     modes: list[str]
     label: str  # the template, e.g. "{name}-{mode}"
     spec: RunSpec  # every other setting, shared by all the checkpoints
+    stages: list[str] | None = None  # the stage of each pattern's checkpoints
+    series: str | None = None  # the series file to write (a template with {mode})
 
 
 @dataclass
@@ -89,6 +99,8 @@ class Item:
     index: int
     checkpoint: str
     labels: list[tuple[str, str]]  # (mode, label)
+    stage: str | None = None
+    position: float = 0.0  # along the series: the step in its name, else its index
 
 
 @dataclass
@@ -160,7 +172,20 @@ def load_sweep(path) -> Sweep:
             f"{path}: {e.worded(repr('modes' if e.key == 'mode' else e.key))}") from None
     except TaskError as e:
         raise SweepError(f"{path}: tasks: {e}") from None
-    return Sweep(path, patterns, modes, label, spec)
+    stages = strings("stages") if "stages" in data else None
+    if stages is not None and len(stages) != len(patterns):
+        raise SweepError(f"{path}: 'stages' names {len(stages)} stage(s) for "
+                         f"{len(patterns)} 'checkpoints' entries; give one per entry")
+    series = data.get("series")
+    if series is not None:
+        if not isinstance(series, str) or not series.endswith(".json"):
+            raise SweepError(f"{path}: 'series' must be a file name ending in .json, such as "
+                             "\"series.json\"")
+        if len(modes) > 1 and "{mode}" not in series:
+            raise SweepError(f"{path}: several modes need '{{mode}}' in 'series' "
+                             "(e.g. \"series-{mode}.json\"): one series per mode")
+        series = where(series)
+    return Sweep(path, patterns, modes, label, spec, stages, series)
 
 
 LABEL_FIELDS = ("name", "parent", "mode", "dtype")
@@ -187,8 +212,8 @@ def natural(text: str):
 def expand(sweep: Sweep) -> list[Item]:
     """The checkpoints in sweep order (each once) with their labels; a pattern matching no
     directory, or two checkpoints given one label, is an error."""
-    checkpoints = []
-    for pattern in sweep.patterns:
+    checkpoints, stage_of = [], {}
+    for p_index, pattern in enumerate(sweep.patterns):
         if glob.has_magic(pattern):
             matches = sorted((m for m in glob.glob(pattern) if Path(m).is_dir()), key=natural)
             if not matches:
@@ -200,7 +225,11 @@ def expand(sweep: Sweep) -> list[Item]:
             raise SweepError(f"{sweep.source}: checkpoint {pattern!r} is not a directory; "
                              "fix 'checkpoints'")
         checkpoints += [os.path.abspath(m) for m in matches]  # symlinks keep their own names
+        for m in matches:
+            stage_of.setdefault(os.path.abspath(m), sweep.stages[p_index] if sweep.stages
+                                else None)
     checkpoints = list(dict.fromkeys(checkpoints))
+    positions = series_positions(checkpoints)
     items, owner = [], {}
     for index, checkpoint in enumerate(checkpoints):
         labels = []
@@ -218,8 +247,36 @@ def expand(sweep: Sweep) -> list[Item]:
                                  f"apart (e.g. \"{{parent}}-{{name}}\")")
             owner[label] = checkpoint
             labels.append((mode, label))
-        items.append(Item(index, checkpoint, labels))
+        items.append(Item(index, checkpoint, labels, stage_of[checkpoint], positions[index]))
     return items
+
+
+def series_positions(checkpoints: list[str]) -> list[float]:
+    """Where each checkpoint lies along the series: the training step its directory name gives
+    (`step1000`, OLMo's `stepNNN-tokensNNNB`) when every name has one and they increase along
+    the list, else its index in the list."""
+    steps = [step_in_name(Path(c).name) for c in checkpoints]
+    if all(s is not None for s in steps):
+        numbers = [float(s) for s in steps]
+        if all(b > a for a, b in zip(numbers, numbers[1:], strict=False)):
+            return numbers
+    return [float(i) for i in range(len(checkpoints))]
+
+
+def write_series(sweep: Sweep, items: list[Item], rows: list[Row]) -> list[Path]:
+    """The series file of each mode: label, position and stage of every checkpoint the sweep
+    scored or found finished, in order, for `python -m analysis trajectory`."""
+    if sweep.series is None:
+        return []
+    done = {r.label for r in rows if r.status != "failed"}
+    written = []
+    for mode in sweep.modes:
+        points = [{"label": label, "position": item.position, "stage": item.stage}
+                  for item in items for m, label in item.labels if m == mode and label in done]
+        path = Path(sweep.series.format(mode=mode))
+        write_output(path, json.dumps({"mode": mode, "points": points}, indent=1) + "\n")
+        written.append(path)
+    return written
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +313,8 @@ def main(argv=None) -> int:
         rows = sorted((r for rows in everyone for r in rows), key=lambda r: order[r.label])
         if layout.rank == 0:
             print_summary(rows, layout)
+            for path in write_series(sweep, items, rows):
+                print(f"series: {path}")
         return 1 if any(r.status == "failed" for r in rows) else 0
     except EngineError as e:  # a rank was lost before the summary
         print(f"error: {e}", file=sys.stderr)

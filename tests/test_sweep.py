@@ -225,3 +225,41 @@ def test_world_not_a_multiple_of_tp_is_one_line(ladder, tmp_path):
     assert [r.returncode for r in ranks] == [2, 2]
     assert (len(ranks[0].lines()) == 1 and "world size 2" in ranks[0].lines()[0]
             and not ranks[1].lines())
+
+
+def test_a_sweep_writes_its_series_for_the_trajectory_command(ladder, capsys):
+    from analysis.cli import main as analysis_main
+
+    path = ladder / "traj.toml"
+    path.write_text('checkpoints = ["run/step*"]\ntasks = "die,weekday"\nmodes = ["base"]\n'
+                    'out = "traj"\nstages = ["sft"]\nseries = "traj-series.json"\n')
+    result = launch.python("engine.sweep", path)
+    assert result.returncode == 0, result.stderr
+    body = json.loads((ladder / "traj-series.json").read_text())
+    assert body["mode"] == "base"
+    assert body["points"] == [{"label": s, "position": float(s[4:]), "stage": "sft"}
+                              for s in STEPS]
+    out = ladder / "trajectory.json"
+    assert analysis_main(["trajectory", str(ladder / "traj"), "--series",
+                          f"run={ladder / 'traj-series.json'}", "--bootstrap", "100",
+                          "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert {p["label"] for p in written["points"]} == set(STEPS)
+    assert {(t["task"], t["metric"]) for t in written["transitions"]} >= {("die", "liquidity")}
+    assert "crossover" in capsys.readouterr().out or "sharp" in capsys.readouterr().out
+
+
+def test_series_positions_come_from_step_names_or_the_order():
+    assert sweep.series_positions(["/m/step100", "/m/step1000-tokens4B"]) == [100.0, 1000.0]
+    assert sweep.series_positions(["/m/base", "/m/step100"]) == [0.0, 1.0]
+    assert sweep.series_positions(["/m/sft/step200", "/m/dpo/step100"]) == [0.0, 1.0]
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({"stages": ["base", "sft"]}, "'stages' names 2 stage(s) for 1 'checkpoints' entries"),
+    ({"series": "series.txt"}, "'series' must be a file name ending in .json"),
+    ({"series": "s.json"}, "several modes need '{mode}' in 'series'"),
+])
+def test_bad_series_settings_are_one_line(ladder, extra, expected):
+    with pytest.raises(sweep.SweepError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        sweep.load_sweep(sweep_file(ladder, "bad", **extra))

@@ -1,0 +1,302 @@
+"""Crystallization as a trajectory: order parameters along many checkpoints, and where they jump.
+
+A series is an ordered list of labels, each with a position (training step, tokens seen, any
+number) and optionally its stage (base, sft, dpo, rl). For every task, at every point:
+
+- the order parameters (ORDER_PARAMETERS): liquidity, seed_overlap = 1 - JS(consensus, seed),
+  entropy_norm, effective_support, retention (consensus mass inside the seed's 90% support)
+  and coverage, each with its bootstrap interval over phrasings (analysis/bootstrap.py, the
+  same prompts drawn at every point);
+- beside each, its susceptibility: the standard deviation across the prompts of the
+  per-prompt value of that parameter (a prompt's mean JS to the other prompts, its own
+  1 - JS to the seed, entropy, perplexity, retained mass, coverage): how unevenly the
+  phrasings respond at that point.
+
+The seed is the base prompt (of the first point) nearest to the consensus of the seed point:
+the last point of stage "sft" when stages are given, else the last point of the series.
+
+Transitions (`locate`): for each series, task and order parameter, a step a + b [x > c] is
+fitted by least squares over every split between consecutive points, and compared by AIC with
+a straight line a + b x. The position is the midpoint of the best split, its interval the
+central 95% of the positions located in bootstrap resamples of the prompts; `delta_aic` =
+AIC(line) - AIC(step) (Gaussian residuals, 2 and 3 parameters); the transition is `sharp`
+when delta_aic >= SHARP_AIC, a crossover otherwise. docs/metrics.md ("Trajectories").
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from analysis.bootstrap import (
+    BOOTSTRAP,
+    COVERAGE,
+    EFFECTIVE_SUPPORT,
+    ENTROPY_NORM,
+    LIQUIDITY,
+    MIN_BOOTSTRAP,
+    RETENTION,
+    SEED_JS,
+    interval,
+    resample_counts,
+)
+from analysis.metrics import entropy, js_divergence, mass_within, pairwise_js, support
+from analysis.null import draw_rng
+from analysis.phases import SUPPORT_MASS, TAU, Results, TaskData, ladder_values, weights
+from engine.errors import AnalysisError
+from engine.results import step_in_name
+
+ORDER_PARAMETERS = ("liquidity", "seed_overlap", "entropy_norm", "effective_support",
+                    "retention", "coverage")
+_COLUMN = {"liquidity": LIQUIDITY, "entropy_norm": ENTROPY_NORM,
+           "effective_support": EFFECTIVE_SUPPORT, "retention": RETENTION, "coverage": COVERAGE}
+SHARP_AIC = 10.0  # "very strong" evidence for a step over a line (Burnham and Anderson)
+MIN_POINTS = 3
+FLAT = 1e-9  # an order parameter moving less than this along a series has no transition
+
+
+@dataclass
+class TrajectoryResult:
+    """points: one row per (series, task, label); transitions: one row per (series, task,
+    order parameter). Columns in docs/metrics.md ("Trajectories")."""
+
+    points: pa.Table
+    transitions: pa.Table
+
+    def to_pandas(self) -> dict:
+        return {"points": self.points.to_pandas(), "transitions": self.transitions.to_pandas()}
+
+
+# ---------------------------------------------------------------------------- series specs
+
+
+def position_of(label: str) -> float:
+    """The training step a label names: `step1000`, or OLMo's `stepNNN-tokensNNNB`."""
+    step = step_in_name(label)
+    if step is None:
+        raise AnalysisError(f"label '{label}': no position in its name (stepNNN); give it as "
+                            f"{label}@POSITION")
+    return float(step)
+
+
+def parse_series(spec: str, labels) -> tuple[str, list[tuple[str, float, str | None]]]:
+    """'NAME=SPEC' -> (name, [(label, position, stage), ...]) ordered by position. SPEC is a
+    label glob or a comma list of labels, each optionally `label@position`."""
+    name, sep, body = spec.partition("=")
+    if not sep or not name or not body:
+        raise AnalysisError(f"--series {spec!r}: expected NAME=SPEC, e.g. "
+                            "olmo2=stage1-step*  or  run=base@0,sft-step100@100,sft-step200@200")
+    if body.endswith(".json") and "," not in body:
+        return name, read_series_file(body)
+    points = []
+    for part in body.split(","):
+        label, at, position = part.strip().partition("@")
+        matched = sorted(fnmatch.filter(labels, label)) if any(c in label for c in "*?[") \
+            else [label]
+        if not matched:
+            raise AnalysisError(f"--series {spec!r}: no label matches {label!r}")
+        for one in matched:
+            if at:
+                try:
+                    where = float(position)
+                except ValueError:
+                    raise AnalysisError(f"--series {spec!r}: position {position!r} of "
+                                        f"{one!r} is not a number") from None
+            else:
+                where = position_of(one)
+            points.append((one, where, None))
+    return name, sorted(points, key=lambda p: p[1])
+
+
+def read_series_file(path) -> list[tuple[str, float, str | None]]:
+    """The points of a series file as engine.sweep writes it: {"points": [{"label",
+    "position", "stage"}, ...]} (stage may be null)."""
+    import json
+    from pathlib import Path
+
+    try:
+        body = json.loads(Path(path).read_text())
+        points = [(str(p["label"]), float(p["position"]), p.get("stage")) for p in body["points"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AnalysisError(f"series file {path}: {err.__class__.__name__}: {err}; give the "
+                            "file engine.sweep wrote ({\"points\": [{\"label\", "
+                            "\"position\", \"stage\"}]})") from None
+    return sorted(points, key=lambda p: p[1])
+
+
+def check_series(name: str, points) -> None:
+    """At least MIN_POINTS points, positions strictly increasing, each label once."""
+    if len(points) < MIN_POINTS:
+        raise AnalysisError(f"series {name}: {len(points)} point(s); locating a transition "
+                            f"needs at least {MIN_POINTS}")
+    positions = [p[1] for p in points]
+    if any(b <= a for a, b in zip(positions, positions[1:], strict=False)):
+        raise AnalysisError(f"series {name}: positions must increase along the series, got "
+                            f"{positions[:8]}{' ...' if len(positions) > 8 else ''}")
+    labels = [p[0] for p in points]
+    if len(set(labels)) != len(labels):
+        raise AnalysisError(f"series {name}: a label appears twice")
+
+
+# ---------------------------------------------------------------------- order parameters
+
+
+def _seed_point(points) -> int:
+    sft = [i for i, p in enumerate(points) if len(p) > 2 and p[2] == "sft"]
+    return sft[-1] if sft else len(points) - 1
+
+
+def _susceptibility(P, coverage, seed) -> dict:
+    """Per-prompt values of each order parameter, their standard deviation across prompts."""
+    n, k = P.shape
+    h = entropy(P)
+    per_prompt = {
+        "liquidity": pairwise_js(P).sum(axis=1) / max(n - 1, 1),
+        "seed_overlap": 1.0 - js_divergence(P, np.broadcast_to(seed, P.shape)),
+        "entropy_norm": h / math.log2(k) if k > 1 else np.zeros(n),
+        "effective_support": np.exp2(h),
+        "retention": mass_within(P, np.broadcast_to(support(seed, SUPPORT_MASS), P.shape)),
+        "coverage": np.asarray(coverage, np.float64),
+    }
+    return {name: float(np.std(v, ddof=1)) if n > 1 else 0.0 for name, v in per_prompt.items()}
+
+
+def _task_points(name, task, points, results, bootstrap):
+    data = []
+    for label, *_ in points:
+        if task not in results.data[label]:
+            return None
+        data.append(results.data[label][task])
+    answers = data[0].answers
+    for td in data:
+        if td.answers != answers:
+            raise AnalysisError(f"series {name}, task {task}: label '{td.label}' has other "
+                                "answers than the first point; score every checkpoint with the "
+                                "same task file")
+    ids = data[0].prompt_ids
+    if any(sorted(td.prompt_ids) != sorted(ids) for td in data):
+        raise AnalysisError(f"series {name}, task {task}: the points were scored on different "
+                            "prompts; score every checkpoint with the same task file")
+    data = [td if td.prompt_ids == ids else _reorder(td, ids) for td in data]
+    seed_at = _seed_point(points)
+    consensus = data[seed_at].P.mean(axis=0)
+    consensus /= consensus.sum()
+    seed_index = int(np.argmin(js_divergence(data[0].P,
+                                             np.broadcast_to(consensus, data[0].P.shape))))
+    seed = data[0].P[seed_index]
+    arrays = [(td.P, td.coverage) for td in data]
+    n = len(ids)
+    point, _ = ladder_values(arrays, seed_at, TAU, weights([np.ones((1, n))] * len(data)),
+                             seed_index, settle_from=0)
+    counts = resample_counts(n, bootstrap, draw_rng("trajectory", name, task))
+    resampled, _ = ladder_values(arrays, seed_at, TAU, weights([counts] * len(data)),
+                                 seed_index, settle_from=0)
+    return data, seed, point[0], resampled
+
+
+def _reorder(td, ids):
+    rows = [td.prompt_ids.index(pid) for pid in ids]
+    return TaskData(td.label, td.task, list(ids), td.answers, td.P[rows], td.coverage[rows])
+
+
+def _parameter(values, name):
+    """[..., S] values of an order parameter from kernel output [..., S, metrics]."""
+    if name == "seed_overlap":
+        return 1.0 - values[..., SEED_JS]
+    return values[..., _COLUMN[name]]
+
+
+# ---------------------------------------------------------------------------- transitions
+
+
+def _aic(rss, n, k):
+    return n * math.log(max(rss, 1e-300) / n + 1e-12) + 2 * k
+
+
+def step_fit(x, y):
+    """(split, rss) of the best step a + b [i >= split] over splits 1..n-1 (by least
+    squares), and the rss of the straight line."""
+    n = len(y)
+    best, best_rss = 1, math.inf
+    for split in range(1, n):
+        left, right = y[:split], y[split:]
+        rss = float(((left - left.mean()) ** 2).sum() + ((right - right.mean()) ** 2).sum())
+        if rss < best_rss:
+            best, best_rss = split, rss
+    slope, intercept = np.polyfit(x, y, 1)
+    line = float(((y - (slope * x + intercept)) ** 2).sum())
+    return best, best_rss, line
+
+
+def locate(positions, y, resampled):
+    """(position, [lo, hi], sharp, delta_aic) of the transition in y along positions; no
+    position when y is flat."""
+    x = np.asarray(positions, np.float64)
+    if np.ptp(y) <= FLAT:
+        return None, None, False, 0.0  # a parameter that does not move has no transition
+    split, rss, line = step_fit(x, y)
+    where = lambda s: 0.5 * (x[s - 1] + x[s])
+    delta = _aic(line, len(y), 2) - _aic(rss, len(y), 3)
+    located = np.array([where(step_fit(x, row)[0]) for row in resampled
+                        if np.all(np.isfinite(row))])
+    ci = interval(located, where(split), len(located)) if len(located) else None
+    return where(split), ci, bool(delta >= SHARP_AIC), float(delta)
+
+
+# -------------------------------------------------------------------------------- public
+
+
+def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP) -> TrajectoryResult:
+    """Order parameters and located transitions of `series` ({name: [(label, position[,
+    stage]), ...]}) over loaded results (`analysis.load` or `analysis.from_table`)."""
+    if not isinstance(bootstrap, int) or bootstrap < MIN_BOOTSTRAP:
+        raise AnalysisError(f"bootstrap {bootstrap!r}: give at least {MIN_BOOTSTRAP} resamples "
+                            f"(default {BOOTSTRAP})")
+    point_rows, transition_rows = [], []
+    for name, points in series.items():
+        points = [tuple(p) for p in points]
+        check_series(name, points)
+        for label, *_ in points:
+            if label not in results.data:
+                raise AnalysisError(f"series {name}: label '{label}' is not in the results")
+        tasks = sorted(set.intersection(*(set(results.data[p[0]]) for p in points)))
+        if not tasks:
+            raise AnalysisError(f"series {name}: no task is present at every point")
+        positions = [float(p[1]) for p in points]
+        for task in tasks:
+            data, seed, point, resampled = _task_points(name, task, points, results, bootstrap)
+            for s, (label, position, *stage) in enumerate(points):
+                row = {"series": name, "task": task, "label": label, "position": float(position),
+                       "stage": stage[0] if stage else None}
+                chi = _susceptibility(data[s].P, data[s].coverage, seed)
+                for param in ORDER_PARAMETERS:
+                    value = float(_parameter(point[s], param))
+                    ci = (interval(_parameter(resampled[:, s], param), value,
+                                   data[s].P.shape[0]) or (None, None))
+                    row.update({param: value, f"{param}_lo": ci[0], f"{param}_hi": ci[1],
+                                f"{param}_susceptibility": chi[param]})
+                point_rows.append(row)
+            for param in ORDER_PARAMETERS:
+                y = _parameter(point, param)
+                at, ci, sharp, delta = locate(positions, y, _parameter(resampled, param))
+                transition_rows.append({"series": name, "task": task, "metric": param,
+                                        "position": at, "position_lo": ci[0] if ci else None,
+                                        "position_hi": ci[1] if ci else None, "sharp": sharp,
+                                        "delta_aic": delta})
+    return TrajectoryResult(pa.Table.from_pylist(point_rows, schema=POINTS_SCHEMA),
+                            pa.Table.from_pylist(transition_rows, schema=TRANSITIONS_SCHEMA))
+
+
+POINTS_SCHEMA = pa.schema(
+    [("series", pa.string()), ("task", pa.string()), ("label", pa.string()),
+     ("position", pa.float64()), ("stage", pa.string())]
+    + [(f"{p}{suffix}", pa.float64()) for p in ORDER_PARAMETERS
+       for suffix in ("", "_lo", "_hi", "_susceptibility")])
+TRANSITIONS_SCHEMA = pa.schema(
+    [("series", pa.string()), ("task", pa.string()), ("metric", pa.string()),
+     ("position", pa.float64()), ("position_lo", pa.float64()), ("position_hi", pa.float64()),
+     ("sharp", pa.bool_()), ("delta_aic", pa.float64())])

@@ -1,0 +1,153 @@
+"""Trajectories: order parameters along checkpoints, located transitions, sharp or crossover."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from analysis.cli import main
+from analysis.phases import Results, TaskData
+from analysis.synthetic import write_manifest, write_task
+from analysis.trajectory import parse_series, position_of, trajectory
+from engine.errors import AnalysisError
+
+K, N = 10, 15
+
+
+def _base(rng):
+    base = rng.dirichlet(np.full(K, 0.4), size=N)
+    base = np.maximum(base, 1e-12)
+    return base / base.sum(axis=1, keepdims=True)
+
+
+def _points(rng, base, weights, seed_row=3, noise=0.02):
+    """One checkpoint per weight: every prompt moved that far from its own base distribution
+    toward the seed prompt's."""
+    out = []
+    for w in weights:
+        P = (1 - w) * base + w * base[seed_row]
+        P = P * np.exp(noise * rng.standard_normal(P.shape))
+        out.append(P / P.sum(axis=1, keepdims=True))
+    return out
+
+
+def _results(stack, labels=None):
+    labels = labels or [f"step{100 * i}" for i in range(len(stack))]
+    ids, answers = [f"p{i:02d}" for i in range(N)], [str(a) for a in range(K)]
+    return Results(None, {label: {"t": TaskData(label, "t", ids, answers, P, np.ones(N))}
+                          for label, P in zip(labels, stack, strict=True)}), labels
+
+
+def _transition(result, metric):
+    return next(r for r in result.transitions.to_pylist() if r["metric"] == metric)
+
+
+def test_a_step_is_located_between_the_right_checkpoints_and_called_sharp():
+    rng = np.random.default_rng(0)
+    results, labels = _results(_points(rng, _base(rng), [0.0] * 5 + [1.0] * 7))
+    result = trajectory(results, {"run": [(label, 100.0 * i) for i, label in enumerate(labels)]},
+                        bootstrap=200)
+    for metric in ("liquidity", "seed_overlap", "entropy_norm"):
+        t = _transition(result, metric)
+        assert t["position"] == 450.0 and t["sharp"] and t["delta_aic"] > 10, t
+        assert t["position_lo"] <= 450.0 <= t["position_hi"]
+    assert _transition(result, "coverage")["position"] is None  # flat: no transition
+
+
+def test_a_steady_drift_is_a_crossover():
+    rng = np.random.default_rng(1)
+    results, labels = _results(_points(rng, _base(rng), np.linspace(0, 1, 12)))
+    result = trajectory(results, {"run": [(label, 100.0 * i) for i, label in enumerate(labels)]},
+                        bootstrap=200)
+    assert not _transition(result, "seed_overlap")["sharp"]
+
+
+def test_points_carry_every_order_parameter_with_its_interval_and_susceptibility():
+    rng = np.random.default_rng(2)
+    results, labels = _results(_points(rng, _base(rng), [0, 0, 1, 1]))
+    points = trajectory(results, {"r": [(label, float(i), "sft" if i else "base")
+                                        for i, label in enumerate(labels)]},
+                        bootstrap=100).points.to_pylist()
+    assert [p["stage"] for p in points] == ["base", "sft", "sft", "sft"]
+    for p in points:
+        for name in ("liquidity", "seed_overlap", "entropy_norm", "effective_support",
+                     "retention", "coverage"):
+            assert p[f"{name}_lo"] <= p[name] <= p[f"{name}_hi"], (name, p)
+            assert p[f"{name}_susceptibility"] >= 0
+    assert points[0]["liquidity"] > 0.1 > points[-1]["liquidity"]
+    assert points[0]["liquidity_susceptibility"] > points[-1]["liquidity_susceptibility"]
+    assert points[-1]["seed_overlap"] > 0.99  # collapsed onto the seed prompt's distribution
+
+
+def test_positions_from_labels_and_specs():
+    assert position_of("stage1-step1000-tokens4B") == 1000.0
+    with pytest.raises(AnalysisError, match="no position in its name"):
+        position_of("main")
+    labels = ["step200", "step1000", "step50", "other"]
+    assert parse_series("r=step*", labels) == ("r", [("step50", 50.0, None),
+                                                     ("step200", 200.0, None),
+                                                     ("step1000", 1000.0, None)])
+    assert parse_series("r=other@7,step50", labels)[1] == [("step50", 50.0, None),
+                                                           ("other", 7.0, None)][::-1]
+
+
+@pytest.mark.parametrize(("series", "expected"), [
+    ({"r": [("step0", 0.0), ("step100", 100.0)]}, "2 point(s); locating a transition needs"),
+    ({"r": [("step0", 0.0), ("step100", 100.0), ("step200", 100.0)]}, "must increase"),
+    ({"r": [("step0", 0.0), ("step100", 1.0), ("nope", 2.0)]}, "label 'nope' is not in"),
+])
+def test_bad_series_are_refused(series, expected):
+    rng = np.random.default_rng(3)
+    results, _ = _results(_points(rng, _base(rng), [0, 0, 1]))
+    with pytest.raises(AnalysisError, match=re.escape(expected)):
+        trajectory(results, series, bootstrap=100)
+
+
+def test_different_answer_sets_along_a_series_are_refused():
+    rng = np.random.default_rng(4)
+    results, labels = _results(_points(rng, _base(rng), [0, 0, 1]))
+    td = results.data[labels[1]]["t"]
+    td.answers = ["x", *td.answers[1:]]
+    with pytest.raises(AnalysisError, match="other answers than the first point"):
+        trajectory(results, {"r": [(label, float(i)) for i, label in enumerate(labels)]},
+                   bootstrap=100)
+
+
+def _store(root, weights):
+    rng = np.random.default_rng(5)
+    for i, P in enumerate(_points(rng, _base(rng), weights)):
+        label = f"step{100 * i}"
+        write_task(root, label, "pick", [str(a) for a in range(K)], P, np.ones(N))
+        write_manifest(root, label)
+
+
+def test_cli_writes_points_transitions_and_a_report(tmp_path, capsys):
+    _store(tmp_path / "r", [0, 0, 0, 1, 1, 1])
+    out, report = tmp_path / "t.json", tmp_path / "rep"
+    assert main(["trajectory", str(tmp_path / "r"), "--series", "run=step*", "--bootstrap",
+                 "100", "--out", str(out), "--report", str(report)]) == 0
+    body = json.loads(out.read_text())
+    assert [p["label"] for p in body["series"]["run"]] == [f"step{100 * i}" for i in range(6)]
+    liquidity = next(t for t in body["transitions"] if t["metric"] == "liquidity")
+    assert liquidity["position"] == 250.0 and liquidity["sharp"]
+    assert "liquidity" in capsys.readouterr().out
+    assert (report / "index.html").is_file() and list(report.glob("order_*.png"))
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--series", "run=step*", "--bootstrap", "50"], "--bootstrap 50: give at least 100"),
+    (["--series", "run"], "expected NAME=SPEC"),
+    (["--series", "run=zzz*"], "no label matches 'zzz*'"),
+    (["--series", "run=step0,step100"], "2 point(s)"),
+    (["--series", "run=step0@5,step100@5,step200@6"], "must increase"),
+    (["--series", "run=step*", "--series", "run=step*"], "given twice"),
+    (["--series", "run=missing.json"], "series file missing.json"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, expected):
+    _store(tmp_path / "r", [0, 0, 1])
+    out = tmp_path / "t.json"
+    assert main(["trajectory", str(tmp_path / "r"), *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and expected in err, err
+    assert not out.exists()
