@@ -3,15 +3,21 @@
     import analysis
     results = analysis.load("results")
     phases = analysis.analyse(results, {"olmo2": {"base": "olmo2-base", "sft": "olmo2-sft"}})
+    series = analysis.trajectory(results, {"olmo2": [("step0", 0), ("step1000", 1000), ...]})
 
-Importing this package is cheap and never imports torch or triton; `load` and `analyse`
-(analysis/api.py) import the Numba metrics on first use.
+Also `analysis.from_table(table)` for distributions made elsewhere. Importing this package
+is cheap and never imports torch or triton; these (analysis/api.py, analysis/dynamics.py)
+import the Numba metrics on first use.
 """
 
-__all__ = ["PhaseResult", "analyse", "from_table", "load"]
+__all__ = ["PhaseResult", "TrajectoryResult", "analyse", "from_table", "load", "trajectory"]
 
 
 def __getattr__(name):
+    if name in ("TrajectoryResult", "trajectory"):
+        from analysis import dynamics
+
+        return getattr(dynamics, name)
     if name in __all__:
         from analysis import api
 

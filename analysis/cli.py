@@ -204,7 +204,7 @@ def _trajectory_args(argv):
 
 def trajectory_main(argv):
     """`python -m analysis trajectory ...`: points and located transitions of each series."""
-    from analysis.trajectory import check_series, parse_series, trajectory
+    from analysis.dynamics import check_series, parse_series, trajectory
 
     args = _trajectory_args(argv)
     try:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from analysis.cli import main
+from analysis.dynamics import parse_series, position_of, trajectory
 from analysis.phases import Results, TaskData
 from analysis.synthetic import write_manifest, write_task
-from analysis.trajectory import parse_series, position_of, trajectory
 from engine.errors import AnalysisError
 
 K, N = 10, 15
