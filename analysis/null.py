@@ -3,9 +3,11 @@
 The seed stage's consensus C is traced back to the base prompt nearest to it, at JS distance
 d = min_i JS(P_i, C). The null hypothesis: C is a distribution of the kind the base gives, but
 not any particular base prompt's, as another phrasing of the prompt would be. Under it, C is
-modelled as a draw from a Dirichlet distribution fitted (by moments) to the base prompts, so
-that the null keeps the answers the base favours and how peaked its prompts are. The p-value is
-the share of NULL_DRAWS such draws q that come at least as near to some base prompt:
+modelled two ways: as a draw from a Dirichlet distribution fitted (by moments) to the base
+prompts, which keeps the answers the base favours and how peaked its prompts are (a new
+phrasing), and as the consensus of the base prompts resampled with replacement (the base
+consensus with other phrasings). For each family the p-value is the share of NULL_DRAWS draws q
+that come at least as near to some base prompt, and the test takes the larger of the two:
 
     p = (1 + #{m : min_i JS(P_i, q_m) <= d}) / (NULL_DRAWS + 1)
 
@@ -87,11 +89,11 @@ def draw_rng(*names) -> np.random.Generator:
 
 def null_distances(base, rng, draws=NULL_DRAWS) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-base-prompt JS of `draws` distributions of each null family, each sorted:
-    new phrasings (the fitted Dirichlet) and blends of the base prompts (mixtures with weights
-    drawn uniformly from the simplex, of which the base consensus is the centre)."""
+    new phrasings (the fitted Dirichlet) and consensuses of other samples of phrasings (the
+    base prompts resampled with replacement and averaged)."""
     n, k = base.shape
     phrasings = rng.dirichlet(fit_dirichlet(base), size=draws)
-    blends = rng.dirichlet(np.ones(n), size=draws) @ base
+    blends = rng.multinomial(n, np.full(n, 1.0 / n), size=draws) @ base / n
     out = []
     for q in (phrasings, blends):
         q = np.maximum(q, 0.0)

@@ -15,20 +15,25 @@ else the second stage):
 
 - nucleation(stage) = 1 - liquidity(stage) / liquidity(base)  (null if the base has < 1e-6)
 - seed: the base prompt s minimising JS(P_base_s, C_seedstage), reported with the median JS
-  over all base prompts and margin = median - JS; found iff margin >= tau and
-  JS <= SEED_RATIO * median, else "no seed" (seed_prompt_id is null)
+  over all base prompts and margin = median - JS; found iff the null test of analysis/null.py
+  gives p < level, margin >= tau and JS <= SEED_RATIO * median, else "no seed", or
+  "unresolved" when the prompts cannot resolve a seed (seed_prompt_id is null)
 - settling, for the seed stage and every later stage: retention = mass of C_stage inside
   support(P_base_s, 0.9); drift = JS(C_stage, C_seedstage); spearman = rank correlation of
   C_stage with P_base_s
-- phase label per stage: "liquid", "nucleated", "settled" or "unclear" (see `_phase`)
+- phase label per stage: "liquid", "nucleated", "settled" or "unclear" (see `_phase`), and
+  phase_support, the share of bootstrap resamples giving the same label
+- every figure computed by one kernel (analysis/bootstrap.py), for the point estimate and for
+  each resample of the prompts: `<metric>_ci` is its 95% interval
 
 Public API (computation; the CLI and its text tables are in analysis/cli.py, the report in
 analysis/report.py, reading the results store in engine/results.py):
 - ``load_results(results_dir, labels)`` -> Results (label -> task -> TaskData)
 - ``task_metrics(P, coverage=None, tau=0.05)`` -> dict of the per-checkpoint metrics
-- ``ladder_metrics(stages, tau=0.05)`` -> dict for one task along one ladder, where stages is
-  an ordered {stage name: TaskData}
-- ``analyse(results, ladders, tau=0.05)`` -> the dict written to phases.json
+- ``ladder_metrics(stages, tau=0.05, level=0.01, bootstrap=1000)`` -> dict for one task along
+  one ladder, where stages is an ordered {stage name: TaskData}
+- ``analyse(results, ladders, tau=0.05, level=0.01, bootstrap=1000)`` -> the dict written to
+  phases.json
 - ``phase_summary(phases)`` -> {ladder: {task: {"seed_prompt_id": id or None,
   "phases": {stage: label}}}}, read from a phases.json dict (what a demo checks)
 - ``python -m analysis.phases`` is ``python -m analysis`` (analysis/cli.py).
