@@ -157,28 +157,28 @@ def _weighted_median(values, weights):
 
 
 @njit(cache=True)
-def _stage_values(P, H, D, cov, w, n, tau, k_samples, out, consensus):
-    """The per-checkpoint metrics of one stage under prompt weights w (counts summing to n)."""
+def _stage_values(P, R, D, cov, w, n, tau, everything, out, consensus):
+    """The per-checkpoint metrics of one stage under prompt weights w (counts summing to n).
+    R [n, ROW_METRICS]: each prompt's own entropy, distinct_k and tv_uniform. Without
+    `everything`, only what the order parameters of a trajectory need."""
     k = P.shape[1]
     consensus[:] = 0.0
-    entropy = 0.0
-    coverage = 0.0
-    distinct_k = 0.0
-    tv_uniform = 0.0
+    entropy = distinct_k = tv_uniform = coverage = 0.0
     for i in range(P.shape[0]):
         if w[i] == 0:
             continue
-        entropy += w[i] * H[i]
+        entropy += w[i] * R[i, 0]
+        distinct_k += w[i] * R[i, 1]
+        tv_uniform += w[i] * R[i, 2]
         coverage += w[i] * cov[i]
-        dk = 0.0
-        tv = 0.0
         for a in range(k):
             consensus[a] += w[i] * P[i, a]
-            dk += 1.0 - (1.0 - P[i, a]) ** k_samples
-            tv += abs(P[i, a] - 1.0 / k)
-        distinct_k += w[i] * dk
-        tv_uniform += w[i] * 0.5 * tv
-    consensus /= consensus.sum()
+    total = consensus.sum()
+    h = 0.0
+    for a in range(k):
+        consensus[a] /= total
+        if consensus[a] > 0.0:
+            h -= consensus[a] * math.log2(consensus[a])
     entropy /= n
     out[ENTROPY_BITS] = entropy
     out[ENTROPY_NORM] = entropy / math.log2(k) if k > 1 else 0.0
@@ -187,15 +187,19 @@ def _stage_values(P, H, D, cov, w, n, tau, k_samples, out, consensus):
     out[COVERAGE] = coverage / n
     out[DISTINCT_K_COL] = distinct_k / n
     out[TV_UNIFORM] = tv_uniform / n
-    out[CONSENSUS_SUPPORT] = 2.0 ** _entropy_rows(consensus.reshape(1, k))[0]
+    out[CONSENSUS_SUPPORT] = 2.0 ** max(h, 0.0)
     pairs = 0.0
     total = 0.0
     for i in range(P.shape[0]):
+        if w[i] == 0:
+            continue
         for j in range(P.shape[0]):
             if i != j:
                 pairs += w[i] * w[j]
                 total += w[i] * w[j] * D[i, j]
     out[LIQUIDITY] = total / pairs if pairs > 0 else 0.0
+    if not everything:
+        return
     dispersion = 0.0
     for i in range(P.shape[0]):
         if w[i] > 0:
@@ -209,26 +213,29 @@ def _stage_values(P, H, D, cov, w, n, tau, k_samples, out, consensus):
 
 
 @njit(cache=True, parallel=True)
-def resampled_ladder(P, H, D, COV, W, sizes, seed_stage, seed_index, tau, support_mass,
-                     base_min, k_samples, settle_from):
+def resampled_ladder(P, R, D, COV, W, sizes, seed_stage, seed_index, tau, support_mass,
+                     base_min, settle_from, everything):
     """Every metric of a ladder under each resample of its prompts.
 
-    P [S, n, K] stage distributions (rows past a stage's size are unused), H [S, n] their
-    entropies, D [S, n, n] their pairwise JS, COV [S, n] coverages, W [S, B, n] prompt counts
-    of each resample (summing to sizes[s]); seed_index: the base prompt found nearest to the
-    seed stage's consensus, against which the seed and settling are measured, at the seed
-    stage and later or from stage `settle_from` on if that is earlier. Returns (stages
-    [B, S, len(STAGE_METRICS)], seeds [B, len(SEED_METRICS)]); settling metrics of stages
-    before the seed stage are nan, and
-    seed_stage = S (past the last stage) leaves out the seed and settling."""
+    P [S, n, K] stage distributions (rows past a stage's size are unused); R [S, n, 3] each
+    prompt's entropy, distinct_k and tv_uniform (`stack`); D [S, n, n] their pairwise JS;
+    COV [S, n] coverages; W [S, B, n] prompt counts of each resample (summing to sizes[s]).
+    seed_index: the base prompt found nearest to the seed stage's consensus, against which
+    the seed and settling are measured, from the seed stage on, or from stage `settle_from`
+    if that is earlier; seed_stage = S (past the last stage) leaves them out. Without
+    `everything`, dispersion, distinct, drift, spearman and the sharpening fit are skipped
+    (nan).
+    Returns (stages [B, S, len(STAGE_METRICS)], seeds [B, len(SEED_METRICS)]); settling
+    metrics of stages before the seed stage are nan."""
     n_stages, n, k = P.shape
     b_count = W.shape[1]
     stages = np.full((b_count, n_stages, len(STAGE_METRICS)), np.nan)
     seeds = np.full((b_count, len(SEED_METRICS)), np.nan)
+    mask = _support_rows(P[0, seed_index].reshape(1, k), support_mass)[0]  # the seed's support
     for b in prange(b_count):
         consensus = np.empty((n_stages, k))
         for s in range(n_stages):
-            _stage_values(P[s], H[s], D[s], COV[s], W[s, b], sizes[s], tau, k_samples,
+            _stage_values(P[s], R[s], D[s], COV[s], W[s, b], sizes[s], tau, everything,
                           stages[b, s], consensus[s])
         base_liquidity = stages[b, 0, LIQUIDITY]
         for s in range(n_stages):
@@ -250,7 +257,6 @@ def resampled_ladder(P, H, D, COV, W, sizes, seed_stage, seed_index, tau, suppor
         seeds[b, 1] = median
         seeds[b, 2] = median - own
         seed = P[0, nearest]
-        mask = _support_rows(seed.reshape(1, k), support_mass)[0]
         for s in range(min(settle_from, seed_stage), n_stages):
             out = stages[b, s]
             retained = 0.0
@@ -258,10 +264,11 @@ def resampled_ladder(P, H, D, COV, W, sizes, seed_stage, seed_index, tau, suppor
                 if mask[a]:
                     retained += consensus[s, a]
             out[RETENTION] = retained
-            out[DRIFT] = _js(consensus[s], consensus[seed_stage])
-            out[SPEARMAN] = _spearman(consensus[s], seed)
-            out[GAMMA], out[GAMMA_JS] = sharpening_fit(seed, consensus[s])
             out[SEED_JS] = _js(consensus[s], seed)
+            if everything:
+                out[DRIFT] = _js(consensus[s], consensus[seed_stage])
+                out[SPEARMAN] = _spearman(consensus[s], seed)
+                out[GAMMA], out[GAMMA_JS] = sharpening_fit(seed, consensus[s])
     return stages, seeds
 
 
@@ -308,22 +315,24 @@ def interval(values, point, n):
 
 
 def stack(stages):
-    """(P, H, D, COV, sizes) of a list of [n_s, K] stage arrays and coverages, padded to the
-    largest n with zero rows (which no resample draws)."""
+    """(P, R, D, COV, sizes) of a list of ([n_s, K] distributions, coverages) stages, padded to
+    the largest n with zero rows (which no resample draws): R holds each prompt's entropy,
+    E[distinct answers in DISTINCT_K samples] and TV to the uniform distribution."""
     n = max(P.shape[0] for P, _ in stages)
     k = stages[0][0].shape[1]
     S = len(stages)
     P_all = np.zeros((S, n, k))
-    H = np.zeros((S, n))
+    R = np.zeros((S, n, 3))
     D = np.zeros((S, n, n))
     COV = np.zeros((S, n))
     sizes = np.zeros(S, np.int64)
     for s, (P, cov) in enumerate(stages):
         m = P.shape[0]
         P_all[s, :m] = P
-        H[s, :m] = _entropy_rows(np.ascontiguousarray(P))
+        R[s, :m, 0] = _entropy_rows(np.ascontiguousarray(P))
+        R[s, :m, 1] = (1.0 - (1.0 - P) ** DISTINCT_K).sum(axis=1)
+        R[s, :m, 2] = 0.5 * np.abs(P - 1.0 / k).sum(axis=1)
         D[s, :m, :m] = pairwise_js(P)
         COV[s, :m] = np.nan if cov is None else cov
         sizes[s] = m
-    return P_all, H, D, COV, sizes
-
+    return P_all, R, D, COV, sizes

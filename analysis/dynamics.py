@@ -191,10 +191,10 @@ def _task_points(name, task, points, results, bootstrap):
     arrays = [(td.P, td.coverage) for td in data]
     n = len(ids)
     point, _ = ladder_values(arrays, seed_at, TAU, weights([np.ones((1, n))] * len(data)),
-                             seed_index, settle_from=0)
+                             seed_index, settle_from=0, everything=False)
     counts = resample_counts(n, bootstrap, draw_rng("trajectory", name, task))
     resampled, _ = ladder_values(arrays, seed_at, TAU, weights([counts] * len(data)),
-                                 seed_index, settle_from=0)
+                                 seed_index, settle_from=0, everything=False)
     return data, seed, point[0], resampled
 
 
@@ -217,34 +217,39 @@ def _aic(rss, n, k):
     return n * math.log(max(rss, 1e-300) / n + 1e-12) + 2 * k
 
 
-def step_fit(x, y):
-    """(split, rss) of the best step a + b [i >= split] over splits 1..n-1 (by least
-    squares), and the rss of the straight line."""
-    n = len(y)
-    best, best_rss = 1, math.inf
-    for split in range(1, n):
-        left, right = y[:split], y[split:]
-        rss = float(((left - left.mean()) ** 2).sum() + ((right - right.mean()) ** 2).sum())
-        if rss < best_rss:
-            best, best_rss = split, rss
+def step_splits(Y):
+    """[...] best split (1..n-1) of a step a + b [i >= split] fitted to each row of Y [..., n]
+    by least squares, and its residual sum of squares; from cumulative sums, in O(n) a row."""
+    Y = np.asarray(Y, np.float64)
+    n = Y.shape[-1]
+    total, square = Y.sum(axis=-1, keepdims=True), (Y**2).sum(axis=-1)
+    left = np.cumsum(Y, axis=-1)[..., :-1]
+    sizes = np.arange(1, n)
+    rss = square[..., None] - left**2 / sizes - (total - left) ** 2 / (n - sizes)
+    split = np.argmin(rss, axis=-1)
+    return split + 1, np.maximum(np.take_along_axis(rss, split[..., None], -1)[..., 0], 0.0)
+
+
+def line_rss(x, y):
     slope, intercept = np.polyfit(x, y, 1)
-    line = float(((y - (slope * x + intercept)) ** 2).sum())
-    return best, best_rss, line
+    return float(((y - (slope * x + intercept)) ** 2).sum())
 
 
-def locate(positions, y, resampled):
-    """(position, [lo, hi], sharp, delta_aic) of the transition in y along positions; no
-    position when y is flat."""
+def locate(positions, y, resampled, prompts):
+    """(position, [lo, hi], sharp, delta_aic) of the transition in y along positions, the
+    interval from its resamples [B, points] over `prompts` phrasings; no position when y is
+    flat."""
     x = np.asarray(positions, np.float64)
     if np.ptp(y) <= FLAT:
         return None, None, False, 0.0  # a parameter that does not move has no transition
-    split, rss, line = step_fit(x, y)
-    where = lambda s: 0.5 * (x[s - 1] + x[s])
-    delta = _aic(line, len(y), 2) - _aic(rss, len(y), 3)
-    located = np.array([where(step_fit(x, row)[0]) for row in resampled
-                        if np.all(np.isfinite(row))])
-    ci = interval(located, where(split), len(located)) if len(located) else None
-    return where(split), ci, bool(delta >= SHARP_AIC), float(delta)
+    split, rss = step_splits(y)
+    midpoints = 0.5 * (x[:-1] + x[1:])
+    delta = _aic(line_rss(x, y), len(y), 2) - _aic(float(rss), len(y), 3)
+    finite = resampled[np.all(np.isfinite(resampled), axis=1)]
+    located = midpoints[step_splits(finite)[0] - 1] if len(finite) else np.empty(0)
+    at = float(midpoints[int(split) - 1])
+    ci = interval(located, at, prompts) if len(located) else None
+    return at, ci, bool(delta >= SHARP_AIC), float(delta)
 
 
 # -------------------------------------------------------------------------------- public
@@ -282,7 +287,8 @@ def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP) -> Tr
                 point_rows.append(row)
             for param in ORDER_PARAMETERS:
                 y = _parameter(point, param)
-                at, ci, sharp, delta = locate(positions, y, _parameter(resampled, param))
+                at, ci, sharp, delta = locate(positions, y, _parameter(resampled, param),
+                                              data[0].P.shape[0])
                 transition_rows.append({"series": name, "task": task, "metric": param,
                                         "position": at, "position_lo": ci[0] if ci else None,
                                         "position_hi": ci[1] if ci else None, "sharp": sharp,

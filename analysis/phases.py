@@ -221,13 +221,15 @@ def _plain(name, value):
     return int(value) if name == "distinct" else float(value)
 
 
-def ladder_values(stages, seed_stage, tau, W, seed_index=0, settle_from=None):
+def ladder_values(stages, seed_stage, tau, W, seed_index=0, settle_from=None,
+                  everything=True):
     """The kernel (analysis/bootstrap.py) over [(P, coverage), ...] stages and weights W;
-    settling from the seed stage on, or from `settle_from` when earlier."""
-    P, H, D, COV, sizes = stack(stages)
-    return resampled_ladder(P, H, D, COV, W, sizes, seed_stage, seed_index, tau, SUPPORT_MASS,
-                            BASE_LIQUIDITY_MIN, float(DISTINCT_K),
-                            seed_stage if settle_from is None else settle_from)
+    settling from the seed stage on, or from `settle_from` when earlier; without
+    `everything`, only the figures a trajectory's order parameters need."""
+    P, R, D, COV, sizes = stack(stages)
+    return resampled_ladder(P, R, D, COV, W, sizes, seed_stage, seed_index, tau, SUPPORT_MASS,
+                            BASE_LIQUIDITY_MIN,
+                            seed_stage if settle_from is None else settle_from, everything)
 
 
 # --------------------------------------------------------------------------- along a ladder

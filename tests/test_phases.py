@@ -12,14 +12,13 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr
 
+from analysis.cli import main, parse_ladder
 from analysis.metrics import entropy, js_divergence, pairwise_js
 from analysis.phases import (
     TaskData,
     count_clusters,
     ladder_metrics,
     load_results,
-    main,
-    parse_ladder,
     phase_summary,
     spearman,
     task_metrics,
