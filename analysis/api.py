@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from analysis.bootstrap import BOOTSTRAP, SEED_METRICS, SETTLING_METRICS
@@ -83,7 +84,8 @@ def from_table(table) -> Results:
     """Distributions made elsewhere (sampled frequencies, another engine), as `load` returns
     them: an Arrow table or pandas DataFrame with one row per (label, task, prompt, answer)
     and at least the columns label, task, prompt_id, answer, prob (optionally coverage,
-    default 1, and prompt_text). Each prompt's prob must be a distribution over the same
+    default 1, prompt_text, and target: the task's target probability of the row's answer,
+    for tv_target and kl_target). Each prompt's prob must be a distribution over the same
     answers, in the same order, as every other prompt of its task and label."""
     if not isinstance(table, pa.Table):
         try:
@@ -107,7 +109,14 @@ def from_table(table) -> Results:
         groups.setdefault(key, {}).setdefault(str(cols["prompt_id"][r]), []).append(r)
     data: dict = {}
     for (label, task), rows_of in groups.items():
-        data.setdefault(label, {})[task] = task_from_rows(label, task, cols, rows_of)
+        td = data.setdefault(label, {})[task] = task_from_rows(label, task, cols, rows_of)
+        if "target" in cols:
+            target = np.array([cols["target"][r] for r in next(iter(rows_of.values()))], float)
+            if not np.all(np.isfinite(target)) or (target < 0).any() \
+                    or abs(target.sum() - 1) > 1e-6:
+                raise AnalysisError(f"from_table: {label}/{task}: the target column is not a "
+                                    f"distribution over the answers (sum {target.sum()!r})")
+            td.target = target
     return Results(None, data)
 
 

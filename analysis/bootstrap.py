@@ -30,7 +30,14 @@ from statistics import NormalDist
 import numpy as np
 from numba import njit, prange
 
-from analysis.metrics import _entropy_rows, _js_sum, _support_rows, complete_linkage, pairwise_js
+from analysis.metrics import (
+    _entropy_rows,
+    _js_sum,
+    _support_rows,
+    complete_linkage,
+    kl_divergence,
+    pairwise_js,
+)
 
 BOOTSTRAP = 1000  # resamples (--bootstrap)
 MIN_BOOTSTRAP = 100  # fewer resamples cannot place a 95% interval's ends
@@ -41,14 +48,14 @@ GAMMA_GRID = 33  # ... first on this many log-spaced points
 
 STAGE_METRICS = ("entropy_bits", "entropy_norm", "effective_support", "consensus_support",
                  "liquidity", "distinct", "dispersion", "coverage", "nucleation",
-                 "distinct_k", "tv_uniform", "kl_uniform",
+                 "distinct_k", "tv_uniform", "kl_uniform", "tv_target", "kl_target",
                  "retention", "drift", "spearman", "gamma", "gamma_js", "seed_js")
 SETTLING_METRICS = ("retention", "drift", "spearman", "gamma", "gamma_js", "seed_js")
 SEED_METRICS = ("js", "median_js", "margin")
 # Column of each metric in the kernel's output (plain integers: constants to Numba).
 (ENTROPY_BITS, ENTROPY_NORM, EFFECTIVE_SUPPORT, CONSENSUS_SUPPORT, LIQUIDITY, DISTINCT,
- DISPERSION, COVERAGE, NUCLEATION, DISTINCT_K_COL, TV_UNIFORM, KL_UNIFORM, RETENTION, DRIFT,
- SPEARMAN, GAMMA, GAMMA_JS, SEED_JS) = range(len(STAGE_METRICS))
+ DISPERSION, COVERAGE, NUCLEATION, DISTINCT_K_COL, TV_UNIFORM, KL_UNIFORM, TV_TARGET, KL_TARGET,
+ RETENTION, DRIFT, SPEARMAN, GAMMA, GAMMA_JS, SEED_JS) = range(len(STAGE_METRICS))
 
 
 @njit(cache=True)
@@ -163,13 +170,15 @@ def _stage_values(P, R, D, cov, w, n, tau, everything, out, consensus):
     `everything`, only what the order parameters of a trajectory need."""
     k = P.shape[1]
     consensus[:] = 0.0
-    entropy = distinct_k = tv_uniform = coverage = 0.0
+    entropy = distinct_k = tv_uniform = tv_target = kl_target = coverage = 0.0
     for i in range(P.shape[0]):
         if w[i] == 0:
             continue
         entropy += w[i] * R[i, 0]
         distinct_k += w[i] * R[i, 1]
         tv_uniform += w[i] * R[i, 2]
+        tv_target += w[i] * R[i, 3]
+        kl_target += w[i] * R[i, 4]
         coverage += w[i] * cov[i]
         for a in range(k):
             consensus[a] += w[i] * P[i, a]
@@ -187,6 +196,8 @@ def _stage_values(P, R, D, cov, w, n, tau, everything, out, consensus):
     out[COVERAGE] = coverage / n
     out[DISTINCT_K_COL] = distinct_k / n
     out[TV_UNIFORM] = tv_uniform / n
+    out[TV_TARGET] = tv_target / n  # nan without a target, inf where KL is infinite
+    out[KL_TARGET] = kl_target / n
     out[CONSENSUS_SUPPORT] = 2.0 ** max(h, 0.0)
     pairs = 0.0
     total = 0.0
@@ -217,9 +228,10 @@ def resampled_ladder(P, R, D, COV, W, sizes, seed_stage, seed_index, tau, suppor
                      base_min, settle_from, everything):
     """Every metric of a ladder under each resample of its prompts.
 
-    P [S, n, K] stage distributions (rows past a stage's size are unused); R [S, n, 3] each
-    prompt's entropy, distinct_k and tv_uniform (`stack`); D [S, n, n] their pairwise JS;
-    COV [S, n] coverages; W [S, B, n] prompt counts of each resample (summing to sizes[s]).
+    P [S, n, K] stage distributions (rows past a stage's size are unused); R [S, n, 5] each
+    prompt's entropy, distinct_k, tv_uniform, tv_target and kl_target (`stack`); D [S, n, n]
+    their pairwise JS; COV [S, n] coverages; W [S, B, n] prompt counts of each resample
+    (summing to sizes[s]).
     seed_index: the base prompt found nearest to the seed stage's consensus, against which
     the seed and settling are measured, from the seed stage on, or from stage `settle_from`
     if that is earlier; seed_stage = S (past the last stage) leaves them out. Without
@@ -314,15 +326,16 @@ def interval(values, point, n):
     return [float(lo), float(hi)]
 
 
-def stack(stages):
+def stack(stages, target=None):
     """(P, R, D, COV, sizes) of a list of ([n_s, K] distributions, coverages) stages, padded to
     the largest n with zero rows (which no resample draws): R holds each prompt's entropy,
-    E[distinct answers in DISTINCT_K samples] and TV to the uniform distribution."""
+    E[distinct answers in DISTINCT_K samples], TV to the uniform distribution, and TV and KL
+    to the task's `target` distribution (nan without one)."""
     n = max(P.shape[0] for P, _ in stages)
     k = stages[0][0].shape[1]
     S = len(stages)
     P_all = np.zeros((S, n, k))
-    R = np.zeros((S, n, 3))
+    R = np.zeros((S, n, 5))
     D = np.zeros((S, n, n))
     COV = np.zeros((S, n))
     sizes = np.zeros(S, np.int64)
@@ -332,6 +345,11 @@ def stack(stages):
         R[s, :m, 0] = _entropy_rows(np.ascontiguousarray(P))
         R[s, :m, 1] = (1.0 - (1.0 - P) ** DISTINCT_K).sum(axis=1)
         R[s, :m, 2] = 0.5 * np.abs(P - 1.0 / k).sum(axis=1)
+        if target is None:
+            R[s, :m, 3:] = np.nan
+        else:
+            R[s, :m, 3] = 0.5 * np.abs(P - target).sum(axis=1)
+            R[s, :m, 4] = kl_divergence(np.ascontiguousarray(P), np.broadcast_to(target, P.shape))
         D[s, :m, :m] = pairwise_js(P)
         COV[s, :m] = np.nan if cov is None else cov
         sizes[s] = m

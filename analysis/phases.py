@@ -97,6 +97,7 @@ class TaskData:
     P: np.ndarray  # [N, K] distributions, rows sum to 1
     coverage: np.ndarray  # [N]
     prompt_texts: list = field(default_factory=list)
+    target: np.ndarray | None = None  # [K] the distribution the task asks for, if it gives one
 
 
 @dataclass
@@ -117,9 +118,15 @@ def load_results(results_dir, labels=None):
     root = Path(results_dir)
     tables = read_results(root, labels)
     entries = {label: ResultsStore(root, label).manifest["tasks"] for label in tables}
-    return Results(root, {label: {task: task_data(table, label, task)
-                                  for task, table in tasks.items()}
-                          for label, tasks in tables.items()}, entries)
+    data = {}
+    for label, tasks in tables.items():
+        data[label] = {}
+        for task, table in tasks.items():
+            td = data[label][task] = task_data(table, label, task)
+            target = entries[label].get(task, {}).get("target")
+            if target is not None and len(target) == len(td.answers):
+                td.target = np.asarray(target, np.float64)
+    return Results(root, data, entries)
 
 
 def task_data(table, label, task):
@@ -197,12 +204,17 @@ def count_clusters(D, tau):
     return int(D.shape[0] - np.count_nonzero(heights <= tau))
 
 
-def task_metrics(P, coverage=None, tau=TAU):
-    """Metrics of one task at one checkpoint, over its N prompt distributions P [N, K]."""
+def task_metrics(P, coverage=None, tau=TAU, target=None):
+    """Metrics of one task at one checkpoint, over its N prompt distributions P [N, K] (and,
+    for tv_target and kl_target, the task's target distribution [K])."""
     P = np.ascontiguousarray(P, dtype=np.float64)
     values, _ = ladder_values([(P, coverage)], seed_stage=1, tau=tau,
-                               W=np.ones((1, 1, P.shape[0])))
+                              W=np.ones((1, 1, P.shape[0])), target=_target(target))
     return _checkpoint_dict(P, values[0, 0])
+
+
+def _target(target):
+    return None if target is None else np.asarray(target, np.float64)
 
 
 def _checkpoint_dict(P, row):
@@ -222,11 +234,11 @@ def _plain(name, value):
 
 
 def ladder_values(stages, seed_stage, tau, W, seed_index=0, settle_from=None,
-                  everything=True):
+                  everything=True, target=None):
     """The kernel (analysis/bootstrap.py) over [(P, coverage), ...] stages and weights W;
     settling from the seed stage on, or from `settle_from` when earlier; without
     `everything`, only the figures a trajectory's order parameters need."""
-    P, R, D, COV, sizes = stack(stages)
+    P, R, D, COV, sizes = stack(stages, target)
     return resampled_ladder(P, R, D, COV, W, sizes, seed_stage, seed_index, tau, SUPPORT_MASS,
                             BASE_LIQUIDITY_MIN,
                             seed_stage if settle_from is None else settle_from, everything)
@@ -310,15 +322,17 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
     seed["stage"] = seed_name
     arrays = [(td.P, td.coverage) for td in data]
     sizes = [td.P.shape[0] for td in data]
+    target = _target(next((td.target for td in data if td.target is not None), None))
     point, _ = ladder_values(arrays, seed_pos, tau, weights([np.ones((1, n)) for n in sizes]),
-                              seed_index)
+                             seed_index, target=target)
     rng = draw_rng(base.task, *(td.label for td in data))
     paired = len(set(sizes)) == 1 and all(td.prompt_ids == data[0].prompt_ids for td in data)
     if paired:  # the same phrasings drawn at every stage: ratios between stages are paired
         counts = [resample_counts(sizes[0], bootstrap, rng)] * len(data)
     else:
         counts = [resample_counts(n, bootstrap, rng) for n in sizes]
-    resampled, seeds = ladder_values(arrays, seed_pos, tau, weights(counts), seed_index)
+    resampled, seeds = ladder_values(arrays, seed_pos, tau, weights(counts), seed_index,
+                                     target=target)
 
     per_stage = {}
     for s_i, name in enumerate(names):
@@ -357,7 +371,8 @@ def _aligned(data):
         rows = [td.prompt_ids.index(pid) for pid in order]
         out.append(TaskData(td.label, td.task, list(order), td.answers, td.P[rows],
                             td.coverage[rows] if td.coverage is not None else None,
-                            [td.prompt_texts[r] for r in rows] if td.prompt_texts else []))
+                            [td.prompt_texts[r] for r in rows] if td.prompt_texts else [],
+                            td.target))
     return out
 
 

@@ -60,8 +60,9 @@ def planted_ladder(rng, n_prompts, n_answers, seed_index, base=None, alpha=None,
     return ladder
 
 
-def write_task(results_dir, label, task, answers, P, coverage, mode="chat"):
-    """One task of a label, written through the results store (schema in docs/results.md)."""
+def write_task(results_dir, label, task, answers, P, coverage, mode="chat", target=None):
+    """One task of a label, written through the results store (schema in docs/results.md);
+    `target`, the task's target distribution, goes into its manifest entry."""
     import pyarrow as pa
 
     from engine.results import MAIN_SCHEMA, VARIANT_SCHEMA, Col, ResultsStore
@@ -84,7 +85,8 @@ def write_task(results_dir, label, task, answers, P, coverage, mode="chat"):
                             if c != Col.tokenizations]).append_column(
         Col.tokenizations, pa.array([1] * main.num_rows, pa.int32())).cast(VARIANT_SCHEMA)
     store = ResultsStore(results_dir, label, {"fingerprint": f"synthetic/{label}"})
-    store.write_tables(task, main, variants, prompts=len(P), answers=len(answers))
+    store.write_tables(task, main, variants, prompts=len(P), answers=len(answers),
+                       target=None if target is None else [float(t) for t in target])
 
 
 def write_manifest(results_dir, label):

@@ -107,6 +107,7 @@ def task_hash(task: Task) -> str:
     """Changes whenever anything that could change the task's results changes."""
     fields = dataclasses.asdict(task)
     fields.pop("source", None)
+    fields.pop("target", None)  # read by the analysis only: the scores do not depend on it
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -201,6 +202,7 @@ def task_info(scores: TaskScores) -> dict:
     return {"task_hash": task_hash(scores.task),
             "prompts_digest": prompts_digest(p.sequence.prompt_text for p in scores.prompts),
             "source": scores.task.source,
+            "target": None if scores.task.target is None else list(scores.task.target),
             "prompts": len(scores.prompts), "answers": len(scores.task.answers),
             "tokens_needed": scores.tokens_needed, "tokens_processed": scores.tokens_processed,
             "seconds": round(scores.seconds, 4)}

@@ -14,7 +14,8 @@ from typing import Callable, Iterable
 from engine.errors import TaskError
 from engine.tasks.task import DEFAULT_BASE_FORMAT, Answer, Prompt, Task, _fail
 
-_TASK_KEYS = ("name", "description", "base_format", "assistant_prefix", "answers", "prompts")
+_TASK_KEYS = ("name", "description", "base_format", "assistant_prefix", "answers", "prompts",
+              "target")
 _ANSWER_KEYS = ("answer", "variants")
 _PROMPT_KEYS = ("id", "text")
 # The package whose directory holds the built-in task files, and that directory as named in
@@ -72,15 +73,39 @@ def _parse_task(table: dict, source: str, index: int | None) -> Task:
     for key in ("answers", "prompts"):
         if key not in table:
             raise fail(None, f"missing field {key!r}; add it (see docs/tasks.md)")
+    answers = _parse_answers(table["answers"], fail)
     return Task(
         name=name,
         description=_string(table, "description", "", fail, None),
-        answers=_parse_answers(table["answers"], fail),
+        answers=answers,
         prompts=_parse_prompts(table["prompts"], fail),
         base_format=_string(table, "base_format", DEFAULT_BASE_FORMAT, fail, None),
         assistant_prefix=_string(table, "assistant_prefix", "", fail, None),
         source=source,
+        target=_parse_target(table.get("target"), answers, fail),
     )
+
+
+def _parse_target(value: object, answers, fail: Callable[..., TaskError]):
+    """target = "uniform", or a table {answer = weight, ...} (answers left out weigh 0; the
+    weights are normalised) -> one probability per answer, or None when absent."""
+    if value is None:
+        return None
+    names = [a.name for a in answers]
+    if value == "uniform":
+        return tuple(1.0 / len(names) for _ in names)
+    if not isinstance(value, dict):
+        raise fail("target", f'must be "uniform" or a table of answer = weight, got '
+                             f"{_toml_type(value)}")
+    unknown = [key for key in value if key not in names]
+    if unknown:
+        raise fail("target", f"{unknown[0]!r} is not an answer of the task")
+    weights = [value.get(name, 0.0) for name in names]
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+               and w == w and w != float("inf") for w in weights) or sum(weights) <= 0:
+        raise fail("target", "weights must be finite numbers >= 0, not all 0")
+    total = float(sum(weights))
+    return tuple(float(w) / total for w in weights)
 
 
 def _check_keys(table: dict, allowed: tuple[str, ...], fail: Callable[..., TaskError],

@@ -6,6 +6,7 @@ tokenizer. The rules are in docs/tasks.md (Validation)."""
 from __future__ import annotations
 
 import functools
+import math
 import re
 import string
 import unicodedata
@@ -52,6 +53,10 @@ class Task:
     base_format: str = DEFAULT_BASE_FORMAT
     assistant_prefix: str = ""
     source: str = "<memory>"
+    # The distribution the task asks for ("pick at random": uniform), one probability per
+    # answer in order, or None. Only the analysis reads it (distance to the target), so it is
+    # not part of the task's identity (task_hash).
+    target: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -110,6 +115,18 @@ def _validate(task: Task) -> None:
     _check_variants([(a.name, v) for a in task.answers for v in a.variants], fail)
     _check_prompts(task.prompts, fail)
     _check_base_format(task.base_format, fail)
+    if task.target is not None:
+        _check_target(task.target, len(task.answers), fail)
+
+
+def _check_target(target, k: int, fail: Callable[..., TaskError]) -> None:
+    """One finite, non-negative probability per answer, summing to 1 within 1e-6."""
+    if len(target) != k:
+        raise fail("target", f"gives {len(target)} probabilities for {k} answers")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in target):
+        raise fail("target", "probabilities must be finite numbers >= 0")
+    if abs(sum(target) - 1.0) > 1e-6:
+        raise fail("target", f"sums to {sum(target)!r}, not 1")
 
 
 def _check_answers(answers: tuple[Answer, ...], fail: Callable[..., TaskError]) -> None:

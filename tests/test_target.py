@@ -1,0 +1,90 @@
+"""A task's target distribution: declared in its file, recorded by the engine, measured against
+by the analysis (tv_target, kl_target), never part of the task's identity."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import analysis
+from analysis.phases import analyse, load_results, task_metrics
+from analysis.synthetic import write_manifest, write_task
+from engine.errors import AnalysisError, TaskError
+from engine.results import task_hash
+from engine.tasks.loader import parse_tasks
+
+TASK = '''
+name = "pick"
+answers = ["a", "b", "c", "d"]
+{target}
+[[prompts]]
+id = "p0"
+text = "Pick one of {{options}}."
+'''
+
+
+def _task(target_line):
+    return parse_tasks(TASK.format(target=target_line), "t.toml")[0]
+
+
+def test_targets_parse_uniform_or_from_weights():
+    assert _task('target = "uniform"').target == (0.25,) * 4
+    assert _task("target = { a = 3, c = 1 }").target == (0.75, 0.0, 0.25, 0.0)
+    assert _task("").target is None
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('target = "zipf"', 'must be "uniform" or a table'),
+    ("target = { e = 1 }", "'e' is not an answer of the task"),
+    ("target = { a = -1, b = 2 }", "finite numbers >= 0"),
+    ("target = { a = 0 }", "not all 0"),
+    ('target = { a = "1" }', "finite numbers >= 0"),
+])
+def test_bad_targets_are_one_line(line, expected):
+    with pytest.raises(TaskError, match=expected):
+        _task(line)
+
+
+def test_a_target_is_not_part_of_the_task_identity():
+    plain = _task("")
+    assert task_hash(plain) == task_hash(dataclasses.replace(plain, target=(0.25,) * 4))
+
+
+def test_distances_to_the_target():
+    P = np.array([[1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    m = task_metrics(P, target=[0.5, 0.5, 0.0, 0.0])
+    assert m["tv_target"] == pytest.approx((0.5 + 0.5) / 2)
+    assert m["kl_target"] is None  # the uniform prompt puts mass where the target has none
+    m = task_metrics(P, target=[0.25] * 4)
+    assert m["tv_target"] == pytest.approx(m["tv_uniform"])
+    assert m["kl_target"] == pytest.approx(m["kl_uniform"]) == pytest.approx(1.0)
+    assert task_metrics(P)["tv_target"] is None
+
+
+def test_the_target_travels_from_the_manifest_to_the_analysis(tmp_path):
+    rng = np.random.default_rng(0)
+    answers = ["a", "b", "c"]
+    for label in ("base", "sft"):
+        P = rng.dirichlet(np.ones(3), size=6)
+        write_task(tmp_path, label, "pick", answers, P, np.ones(6), target=[1 / 3] * 3)
+        write_manifest(tmp_path, label)
+    results = load_results(tmp_path)
+    assert np.allclose(results.data["base"]["pick"].target, 1 / 3)
+    stage = analyse(results, [("l", [("base", "base"), ("sft", "sft")])],
+                    bootstrap=100)["ladders"]["l"]["tasks"]["pick"]["stages"]["base"]
+    assert stage["kl_target"] == pytest.approx(stage["kl_uniform"])
+    lo, hi = stage["tv_target_ci"]
+    assert lo <= stage["tv_target"] <= hi and math.isfinite(hi)
+
+
+def test_from_table_reads_a_target_column():
+    rows = [{"label": "x", "task": "coin", "prompt_id": p, "answer": a, "prob": v, "target": 0.5}
+            for p, probs in (("p0", (0.9, 0.1)), ("p1", (0.6, 0.4)))
+            for a, v in zip(("H", "T"), probs, strict=True)]
+    td = analysis.from_table(pa.Table.from_pylist(rows)).data["x"]["coin"]
+    assert np.allclose(td.target, [0.5, 0.5])
+    rows[0]["target"] = 0.9
+    with pytest.raises(AnalysisError, match="target column is not a distribution"):
+        analysis.from_table(pa.Table.from_pylist(rows))
