@@ -25,6 +25,7 @@ per resample of the ladder.
 from __future__ import annotations
 
 import math
+import numbers
 from statistics import NormalDist
 
 import numpy as np
@@ -38,9 +39,11 @@ from analysis.metrics import (
     kl_divergence,
     pairwise_js,
 )
+from engine.errors import AnalysisError
 
 BOOTSTRAP = 1000  # resamples (--bootstrap)
 MIN_BOOTSTRAP = 100  # fewer resamples cannot place a 95% interval's ends
+MAX_BOOTSTRAP = 100_000  # more only costs memory (resamples x stages x prompts weights)
 CONFIDENCE = 0.95
 DISTINCT_K = 10  # samples for the expected number of distinct answers (NoveltyBench's k)
 GAMMA_RANGE = (1e-2, 1e2)  # sharpening exponents searched ...
@@ -282,6 +285,15 @@ def resampled_ladder(P, R, D, COV, W, sizes, seed_stage, seed_index, tau, suppor
                 out[SPEARMAN] = _spearman(consensus[s], seed)
                 out[GAMMA], out[GAMMA_JS] = sharpening_fit(seed, consensus[s])
     return stages, seeds
+
+
+def check_resamples(value, name="bootstrap") -> None:
+    """A resample count the analysis can run: an integer from MIN_BOOTSTRAP to MAX_BOOTSTRAP
+    (`name` is how the caller spells the setting: `--bootstrap` on the command line)."""
+    if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+            or not MIN_BOOTSTRAP <= value <= MAX_BOOTSTRAP):
+        raise AnalysisError(f"{name} {value!r}: give at least {MIN_BOOTSTRAP} resamples and at "
+                            f"most {MAX_BOOTSTRAP:,} (default {BOOTSTRAP})")
 
 
 def resample_counts(n, draws, rng):

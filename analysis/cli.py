@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from analysis.bootstrap import BOOTSTRAP, CONFIDENCE, MIN_BOOTSTRAP
+from analysis.bootstrap import BOOTSTRAP, CONFIDENCE, MIN_BOOTSTRAP, check_resamples
 from analysis.null import LEVEL
 from analysis.phases import TAU, analyse, load_results, seed_verdict
 from engine.errors import AnalysisError, ArgumentParser, EngineError
@@ -208,9 +208,7 @@ def trajectory_main(argv):
 
     args = _trajectory_args(argv)
     try:
-        if args.bootstrap < MIN_BOOTSTRAP:
-            raise AnalysisError(f"--bootstrap {args.bootstrap}: give at least {MIN_BOOTSTRAP} "
-                                f"resamples (default {BOOTSTRAP})")
+        check_resamples(args.bootstrap, "--bootstrap")
         out = Path(args.out) if args.out else Path(args.results_dir) / "trajectory.json"
         check_output_file(out)
         if args.report:
@@ -271,9 +269,7 @@ def main(argv=None):
             raise AnalysisError(f"--tau {args.tau}: must be in [0, 1] bits (default {TAU})")
         if not 0.0 < args.level < 1.0:
             raise AnalysisError(f"--level {args.level}: must be in (0, 1) (default {LEVEL})")
-        if args.bootstrap < MIN_BOOTSTRAP:
-            raise AnalysisError(f"--bootstrap {args.bootstrap}: give at least {MIN_BOOTSTRAP} "
-                                f"resamples (default {BOOTSTRAP})")
+        check_resamples(args.bootstrap, "--bootstrap")
         ladders = ladder_list(args.ladder)
         labels = list(dict.fromkeys(label for _, stages in ladders for _, label in stages))
         out = Path(args.out) if args.out else Path(args.results_dir) / "phases.json"

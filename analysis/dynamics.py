@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +39,9 @@ from analysis.bootstrap import (
     EFFECTIVE_SUPPORT,
     ENTROPY_NORM,
     LIQUIDITY,
-    MIN_BOOTSTRAP,
     RETENTION,
     SEED_JS,
+    check_resamples,
     interval,
     resample_counts,
 )
@@ -134,6 +135,11 @@ def check_series(name: str, points) -> None:
         raise AnalysisError(f"series {name}: {len(points)} point(s); locating a transition "
                             f"needs at least {MIN_POINTS}")
     positions = [p[1] for p in points]
+    bad = next((x for x in positions if not isinstance(x, numbers.Real) or isinstance(x, bool)
+                or not math.isfinite(x)), None)
+    if bad is not None:
+        raise AnalysisError(f"series {name}: position {bad!r} is not a finite number; give "
+                            "each point a training step, tokens seen or any finite number")
     if any(b <= a for a, b in zip(positions, positions[1:], strict=False)):
         raise AnalysisError(f"series {name}: positions must increase along the series, got "
                             f"{positions[:8]}{' ...' if len(positions) > 8 else ''}")
@@ -231,8 +237,11 @@ def step_splits(Y):
 
 
 def line_rss(x, y):
-    slope, intercept = np.polyfit(x, y, 1)
-    return float(((y - (slope * x + intercept)) ** 2).sum())
+    """Residual sum of squares of the least-squares line through (x, y); x is standardised
+    first, so that positions such as 1e15 tokens fit as well as steps."""
+    z = (x - x.mean()) / x.std()
+    slope, intercept = np.polyfit(z, y, 1)
+    return float(((y - (slope * z + intercept)) ** 2).sum())
 
 
 def locate(positions, y, resampled, prompts):
@@ -258,9 +267,7 @@ def locate(positions, y, resampled, prompts):
 def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP) -> TrajectoryResult:
     """Order parameters and located transitions of `series` ({name: [(label, position[,
     stage]), ...]}) over loaded results (`analysis.load` or `analysis.from_table`)."""
-    if not isinstance(bootstrap, int) or bootstrap < MIN_BOOTSTRAP:
-        raise AnalysisError(f"bootstrap {bootstrap!r}: give at least {MIN_BOOTSTRAP} resamples "
-                            f"(default {BOOTSTRAP})")
+    check_resamples(bootstrap)
     point_rows, transition_rows = [], []
     for name, points in series.items():
         points = [tuple(p) for p in points]

@@ -51,13 +51,13 @@ from analysis.bootstrap import (
     CONFIDENCE,
     DISTINCT_K,
     LIQUIDITY,
-    MIN_BOOTSTRAP,
     NUCLEATION,
     RETENTION,
     SEED_METRICS,
     SETTLING_METRICS,
     STAGE_METRICS,
     _spearman,
+    check_resamples,
     interval,
     resample_counts,
     resampled_ladder,
@@ -311,9 +311,7 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
     names = list(stages)
     if len(names) < 2:
         raise AnalysisError(f"ladder {names}: needs a base and at least one later stage")
-    if not isinstance(bootstrap, int) or bootstrap < MIN_BOOTSTRAP:
-        raise AnalysisError(f"bootstrap {bootstrap!r}: give at least {MIN_BOOTSTRAP} resamples "
-                            f"(default {BOOTSTRAP})")
+    check_resamples(bootstrap)
     seed_name = seed_stage_of(names)
     seed_pos = names.index(seed_name)
     data = _aligned([stages[name] for name in names])

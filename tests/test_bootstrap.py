@@ -122,14 +122,16 @@ def test_widening_is_the_t_over_normal_quantile_times_the_resample_variance_fact
     assert widening(1000) == pytest.approx(1.0, abs=2e-3)
 
 
-def test_too_few_resamples_is_refused():
+@pytest.mark.parametrize("count", [99, 10**6, 500.0, True, "1000"])
+def test_a_resample_count_out_of_range_or_not_an_integer_is_refused(count):
     rng = np.random.default_rng(6)
-    with pytest.raises(AnalysisError, match="at least 100 resamples"):
-        ladder_metrics(_stages(planted_ladder(rng, 6, 4, seed_index=1)), bootstrap=99)
+    with pytest.raises(AnalysisError, match="at least 100 resamples and at most 100,000"):
+        ladder_metrics(_stages(planted_ladder(rng, 6, 4, seed_index=1)), bootstrap=count)
 
 
 @pytest.mark.parametrize(("flag", "expected"), [("--bootstrap=99", "--bootstrap 99: give at "
                                                  "least 100"),
+                                                ("--bootstrap=1000000", "at most 100,000"),
                                                 ("--level=0", "--level 0.0: must be in (0, 1)")])
 def test_cli_refuses_bad_bootstrap_or_level_and_writes_nothing(tmp_path, capsys, flag, expected):
     ladders, _ = write_planted_store(tmp_path / "r", n_prompts=6, tasks=["random_number"])

@@ -80,6 +80,22 @@ def test_points_carry_every_order_parameter_with_its_interval_and_susceptibility
     assert points[-1]["seed_overlap"] > 0.99  # collapsed onto the seed prompt's distribution
 
 
+def test_numpy_positions_are_numbers():
+    rng = np.random.default_rng(7)
+    results, labels = _results(_points(rng, _base(rng), [0, 0, 1]))
+    series = [(label, np.int64(10 * i)) for i, label in enumerate(labels)]
+    assert trajectory(results, {"r": series}, bootstrap=100).points.num_rows == 3
+
+
+def test_huge_positions_fit_as_well_as_steps():
+    rng = np.random.default_rng(6)
+    results, labels = _results(_points(rng, _base(rng), [0.0] * 4 + [1.0] * 4))
+    result = trajectory(results, {"run": [(label, 1e15 * (i + 1)) for i, label in
+                                          enumerate(labels)]}, bootstrap=100)
+    t = _transition(result, "liquidity")
+    assert t["position"] == pytest.approx(4.5e15) and t["sharp"]
+
+
 def test_positions_from_labels_and_specs():
     assert position_of("stage1-step1000-tokens4B") == 1000.0
     with pytest.raises(AnalysisError, match="no position in its name"):
@@ -96,6 +112,9 @@ def test_positions_from_labels_and_specs():
     ({"r": [("step0", 0.0), ("step100", 100.0)]}, "2 point(s); locating a transition needs"),
     ({"r": [("step0", 0.0), ("step100", 100.0), ("step200", 100.0)]}, "must increase"),
     ({"r": [("step0", 0.0), ("step100", 1.0), ("nope", 2.0)]}, "label 'nope' is not in"),
+    ({"r": [("step0", float("nan")), ("step100", 1.0), ("step200", 2.0)]}, "not a finite"),
+    ({"r": [("step0", float("-inf")), ("step100", 1.0), ("step200", 2.0)]}, "not a finite"),
+    ({"r": [("step0", "0"), ("step100", 1.0), ("step200", 2.0)]}, "not a finite"),
 ])
 def test_bad_series_are_refused(series, expected):
     rng = np.random.default_rng(3)
@@ -143,6 +162,7 @@ def test_cli_writes_points_transitions_and_a_report(tmp_path, capsys):
     (["--series", "run=step0@5,step100@5,step200@6"], "must increase"),
     (["--series", "run=step*", "--series", "run=step*"], "given twice"),
     (["--series", "run=missing.json"], "series file missing.json"),
+    (["--series", "run=step0@nan,step100@1,step200@2"], "position nan is not a finite number"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, expected):
     _store(tmp_path / "r", [0, 0, 1])
