@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from analysis.cli import main
-from analysis.dynamics import parse_series, position_of, trajectory
+from analysis.dynamics import locate, parse_series, position_of, trajectory
 from analysis.phases import Results, TaskData
 from analysis.synthetic import write_manifest, write_task
 from engine.errors import AnalysisError
@@ -171,3 +171,23 @@ def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and expected in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("points", [6, 12, 30])
+def test_sharp_has_a_low_false_positive_rate_under_a_straight_line_with_noise(points):
+    """The null of `sharp`: the parameter drifts along a straight line, with Gaussian noise."""
+    rng = np.random.default_rng(points)
+    x = 100.0 * np.arange(points)
+    trials = 400
+    sharp = sum(locate(x, 1e-4 * x + rng.normal(0, 0.05, points), np.zeros((0, points)), 16)[2]
+                for _ in range(trials))
+    assert sharp <= 0.03 * trials, sharp
+
+
+def test_sharp_has_power_on_a_step_of_six_noise_widths():
+    rng = np.random.default_rng(9)
+    x = 100.0 * np.arange(30)
+    step = 0.3 * (np.arange(30) >= 15)
+    sharp = [locate(x, step + rng.normal(0, 0.05, 30), np.zeros((0, 30)), 16) for _ in range(200)]
+    assert sum(s[2] for s in sharp) >= 0.95 * len(sharp)
+    assert np.median([s[0] for s in sharp]) == 1450.0
