@@ -128,3 +128,32 @@ def test_same_prompt_across_ladders_carries_the_larger_p_value(tmp_path):
     a, b = (phases["ladders"][name]["tasks"]["random_number"]["seed"] for name in ("olmo", "tulu"))
     assert pair["same_prompt"] and a["found"] and b["found"]
     assert pair["p_value"] == max(a["p_value"], b["p_value"]) < LEVEL
+
+
+def _same_prompt_rate(kind, trials=100, k=10, n=15):
+    """Two ladders from one base whose seed stages both collapse: onto the same base prompt
+    (planted) or each onto a fresh phrasing of its own (null)."""
+    from analysis.phases import _cross_ladder
+
+    rng = np.random.default_rng([7, len(kind)])
+    same = 0
+    for t in range(trials):
+        base = _dirichlet(rng, 0.4, k, n)
+        row = int(rng.integers(n))
+        ids, answers = [f"p{i:02d}" for i in range(n)], [str(a) for a in range(k)]
+        tasks = {}
+        for name in ("a", "b"):
+            target = base[row] if kind == "planted" else _dirichlet(rng, 0.4, k)
+            stages = {"base": TaskData(f"base-{t}", "t", ids, answers, base, np.ones(n)),
+                      "sft": TaskData(f"sft-{name}-{t}", "t", ids, answers,
+                                      _noisy(np.tile(target, (n, 1)), rng), np.ones(n))}
+            tasks[name] = {"tasks": {"t": ladder_metrics(stages, level=LEVEL, bootstrap=100)}}
+        same += _cross_ladder(tasks)[0]["tasks"]["t"]["same_prompt"]
+    return same, trials
+
+
+def test_same_prompt_across_ladders_false_positive_rate_and_power():
+    same, trials = _same_prompt_rate("phrasing")
+    assert same <= binomial_upper(trials, LEVEL), same
+    same, trials = _same_prompt_rate("planted")
+    assert same >= 0.95 * trials, same
