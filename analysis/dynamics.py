@@ -17,10 +17,14 @@ the last point of stage "sft" when stages are given, else the last point of the 
 
 Transitions (`locate`): for each series, task and order parameter, a step a + b [x > c] is
 fitted by least squares over every split between consecutive points, and compared by AIC with
-a straight line a + b x. The position is the midpoint of the best split, its interval the
-central 95% of the positions located in bootstrap resamples of the prompts; `delta_aic` =
-AIC(line) - AIC(step) (Gaussian residuals, 2 and 3 parameters); the transition is `sharp`
-when delta_aic >= SHARP_AIC, a crossover otherwise. docs/metrics.md ("Trajectories").
+a straight line a + b x. Only points that answer (coverage at least MIN_COVERAGE) enter the
+fits of the parameters other than coverage: below it, the answer distribution is what is left
+after renormalising a model that does not yet answer in this format (an SFT checkpoint a few
+steps in, scored in chat mode), and it would place a transition at the format switch. The
+position is the midpoint of the best split, its interval the central 95% of the positions
+located in bootstrap resamples of the prompts; `delta_aic` = AIC(line) - AIC(step) (Gaussian
+residuals, 2 and 3 parameters); the transition is `sharp` when delta_aic >= SHARP_AIC, a
+crossover otherwise. docs/metrics.md ("Trajectories").
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ _COLUMN = {"liquidity": LIQUIDITY, "entropy_norm": ENTROPY_NORM,
 SHARP_AIC = 10.0  # "very strong" evidence for a step over a line (Burnham and Anderson)
 MIN_POINTS = 3
 FLAT = 1e-9  # an order parameter moving less than this along a series has no transition
+MIN_COVERAGE = 0.5  # a point whose answers hold less mass than this does not answer yet
 
 
 @dataclass
@@ -247,10 +252,10 @@ def line_rss(x, y):
 def locate(positions, y, resampled, prompts):
     """(position, [lo, hi], sharp, delta_aic) of the transition in y along positions, the
     interval from its resamples [B, points] over `prompts` phrasings; no position when y is
-    flat."""
+    flat or has fewer than MIN_POINTS points."""
     x = np.asarray(positions, np.float64)
-    if np.ptp(y) <= FLAT:
-        return None, None, False, 0.0  # a parameter that does not move has no transition
+    if len(y) < MIN_POINTS or np.ptp(y) <= FLAT:
+        return None, None, False, 0.0  # too few points answer, or the parameter does not move
     split, rss = step_splits(y)
     midpoints = 0.5 * (x[:-1] + x[1:])
     delta = _aic(line_rss(x, y), len(y), 2) - _aic(float(rss), len(y), 3)
@@ -292,9 +297,14 @@ def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP) -> Tr
                     row.update({param: value, f"{param}_lo": ci[0], f"{param}_hi": ci[1],
                                 f"{param}_susceptibility": chi[param]})
                 point_rows.append(row)
+            answering = point[:, COVERAGE] >= MIN_COVERAGE
+            for row, answers in zip(point_rows[-len(points):], answering, strict=True):
+                row["answering"] = bool(answers)
             for param in ORDER_PARAMETERS:
-                y = _parameter(point, param)
-                at, ci, sharp, delta = locate(positions, y, _parameter(resampled, param),
+                keep = slice(None) if param == "coverage" else answering
+                y = _parameter(point[keep], param)
+                at, ci, sharp, delta = locate(np.asarray(positions)[keep], y,
+                                              _parameter(resampled[:, keep], param),
                                               data[0].P.shape[0])
                 transition_rows.append({"series": name, "task": task, "metric": param,
                                         "position": at, "position_lo": ci[0] if ci else None,
@@ -308,7 +318,8 @@ POINTS_SCHEMA = pa.schema(
     [("series", pa.string()), ("task", pa.string()), ("label", pa.string()),
      ("position", pa.float64()), ("stage", pa.string())]
     + [(f"{p}{suffix}", pa.float64()) for p in ORDER_PARAMETERS
-       for suffix in ("", "_lo", "_hi", "_susceptibility")])
+       for suffix in ("", "_lo", "_hi", "_susceptibility")]
+    + [("answering", pa.bool_())])
 TRANSITIONS_SCHEMA = pa.schema(
     [("series", pa.string()), ("task", pa.string()), ("metric", pa.string()),
      ("position", pa.float64()), ("position_lo", pa.float64()), ("position_hi", pa.float64()),

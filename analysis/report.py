@@ -398,9 +398,15 @@ ORDER_TITLES = {"liquidity": "liquidity (bits)", "seed_overlap": "seed overlap 1
 
 
 def order_parameter_figure(points, transitions, series):
-    """One panel per order parameter against position: a thin line and 95% band per task, the
-    mean over tasks in black, stage boundaries dotted, each task's located transition of that
-    parameter marked on the axis (filled: sharp, open: crossover)."""
+    """One panel per order parameter along the series: a thin line and 95% band per task, the
+    mean over tasks in black, stage boundaries dotted (after each stage's last point) and
+    named, each task's located transition of that parameter marked on the axis (filled:
+    sharp, open: crossover). Points that do not answer yet (analysis.dynamics.MIN_COVERAGE)
+    are drawn in the coverage panel only.
+
+    The points are spaced evenly in their order and labelled by position: checkpoints are
+    often saved densely early in a stage and sparsely later, which a linear axis of steps
+    would crowd into one corner. A located position is placed by linear interpolation."""
     rows = [r for r in points if r["series"] == series]
     tasks = sorted({r["task"] for r in rows})
     jumps = [t for t in transitions if t["series"] == series and t["position"] is not None]
@@ -410,28 +416,39 @@ def order_parameter_figure(points, transitions, series):
     by_task = {task: sorted((r for r in rows if r["task"] == task), key=lambda r: r["position"])
                for task in tasks}
     first = by_task[tasks[0]]
-    boundaries = [0.5 * (a["position"] + b["position"])
-                  for a, b in zip(first, first[1:], strict=False) if a["stage"] != b["stage"]]
+    positions = np.array([r["position"] for r in first])
+    index = np.arange(len(first), dtype=float)
+    boundaries = [i for i, (a, b) in enumerate(zip(first, first[1:], strict=False))
+                  if a["stage"] != b["stage"]]
+    starts = [0, *(b + 1 for b in boundaries)]
     for ax, param in zip(axes.flat, params, strict=True):
         grid = []
         for task in tasks:
-            x = [r["position"] for r in by_task[task]]
-            y = [np.nan if r[param] is None else r[param] for r in by_task[task]]
-            lo = [np.nan if r[f"{param}_lo"] is None else r[f"{param}_lo"] for r in by_task[task]]
-            hi = [np.nan if r[f"{param}_hi"] is None else r[f"{param}_hi"] for r in by_task[task]]
-            ax.plot(x, y, lw=0.8, alpha=0.6)
-            ax.fill_between(x, lo, hi, alpha=0.08, lw=0)
+            column = lambda key, t=task, p=param: [
+                np.nan if r[key] is None or (p != "coverage" and not r["answering"])
+                else r[key] for r in by_task[t]]
+            y = column(param)
+            ax.plot(index, y, lw=0.8, alpha=0.6, marker=".", ms=3)  # a point alone shows too
+            ax.fill_between(index, column(f"{param}_lo"), column(f"{param}_hi"), alpha=0.08,
+                            lw=0)
             grid.append(y)
-        ax.plot(x, np.nanmean(np.array(grid, dtype=float), axis=0), color="black", lw=2,
-                label="mean over tasks")
+        grid = np.array(grid, dtype=float)
+        answered = np.isfinite(grid).sum(axis=0)
+        mean = np.where(answered > 0, np.nansum(grid, axis=0) / np.maximum(answered, 1), np.nan)
+        ax.plot(index, mean, color="black", lw=2, marker="o", ms=3, label="mean over tasks")
         for b in boundaries:
-            ax.axvline(b, color="grey", ls=":", lw=1)
+            ax.axvline(b + 0.5, color="grey", ls=":", lw=1)
+        for start, end in zip(starts, [*(b + 1 for b in boundaries), len(first)], strict=True):
+            if first[start]["stage"]:
+                ax.text(0.5 * (start + end - 1), 1.0, first[start]["stage"], ha="center",
+                        va="top", transform=ax.get_xaxis_transform(), fontsize=8, color="grey")
         for j in (t for t in jumps if t["metric"] == param):
-            ax.plot(j["position"], 0, marker="^", transform=ax.get_xaxis_transform(),
-                    color="#d62728", mfc="#d62728" if j["sharp"] else "none", ms=7,
-                    clip_on=False)
+            ax.plot(np.interp(j["position"], positions, index), 0, marker="^",
+                    transform=ax.get_xaxis_transform(), color="#d62728",
+                    mfc="#d62728" if j["sharp"] else "none", ms=7, clip_on=False)
         ax.set_title(ORDER_TITLES[param], fontsize=10)
-        ax.set_xlabel("position")
+        _ticks(ax, [f"{x:.6g}" for x in positions], most=12)
+        ax.set_xlabel("position (checkpoints evenly spaced)")
     axes.flat[0].legend(fontsize=8)
     return fig
 
@@ -469,7 +486,9 @@ def build_trajectory_report(result, out_dir):
             f"<style>{STYLE}</style></head><body><h1>Crystallization along training</h1>"
             "<p>Bands: 95% intervals over the phrasings. Triangles: each task's located "
             "transition of that parameter (filled: sharp, a step beats a line by ΔAIC ≥ 10; "
-            "open: a crossover). Dotted lines: stage boundaries. Definitions: "
+            "open: a crossover). Dotted lines: stage boundaries, after each stage's last "
+            "checkpoint. A point whose coverage is under 0.5 does not answer yet: it appears "
+            "in the coverage panel only and enters no other fit. Definitions: "
             "docs/metrics.md.</p>" + "".join(parts) + "</body></html>")
     write_output(out / "index.html", page)
     return out / "index.html"

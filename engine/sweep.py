@@ -19,7 +19,8 @@ SWEEP.toml (relative paths are relative to the file's directory):
                              # scored, for `python -m analysis trajectory` ({mode} with several
                              # modes); the position is the step in each directory's name
                              # (step1000, stepNNN-tokensNNNB) when all have increasing ones,
-                             # else the checkpoint's index
+                             # else trainer_state.json's global_step when all have increasing
+                             # ones, else the checkpoint's index
 
 A glob's matches are sorted naturally (step200 before step1000). Alone, the sweep scores the
 checkpoints in order. Under `torchrun`, the ranks form groups of `tp` (engine/distributed.py) and
@@ -254,13 +255,26 @@ def expand(sweep: Sweep) -> list[Item]:
 def series_positions(checkpoints: list[str]) -> list[float]:
     """Where each checkpoint lies along the series: the training step its directory name gives
     (`step1000`, OLMo's `stepNNN-tokensNNNB`) when every name has one and they increase along
-    the list, else its index in the list."""
-    steps = [step_in_name(Path(c).name) for c in checkpoints]
-    if all(s is not None for s in steps):
-        numbers = [float(s) for s in steps]
-        if all(b > a for a, b in zip(numbers, numbers[1:], strict=False)):
-            return numbers
+    the list; else the `global_step` of each directory's trainer_state.json (as the Hugging
+    Face Trainer writes in its `checkpoint-NNN` directories) when every one has it and they
+    increase; else its index in the list."""
+    for steps in ([step_in_name(Path(c).name) for c in checkpoints],
+                  [trainer_step(Path(c)) for c in checkpoints]):
+        if all(s is not None for s in steps):
+            numbers = [float(s) for s in steps]
+            if all(b > a for a, b in zip(numbers, numbers[1:], strict=False)):
+                return numbers
     return [float(i) for i in range(len(checkpoints))]
+
+
+def trainer_step(checkpoint: Path) -> int | None:
+    """`global_step` of CHECKPOINT/trainer_state.json, None when absent or unreadable (the
+    position then comes from the list's order, so a damaged file is no reason to stop)."""
+    try:
+        step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
 def write_series(sweep: Sweep, items: list[Item], rows: list[Row]) -> list[Path]:

@@ -2,13 +2,15 @@
 
 The same functions serve `make demo` (on the full ladder) and the tests (on the small one):
 
-- `score_stage` runs `python -m engine.score` on one checkpoint (in a subprocess, exactly as
-  a user would);
-- `run_phases` runs `python -m analysis` over the ladder (phases.json, and the HTML
-  report if asked);
-- `compare` reads phases.json, the base model's results and the planted distributions, and
-  returns per task the planted seed beside the detected one, each stage's phase, liquidity and
-  retention, and how far the base's learned distributions are from the planted ones.
+- `write_sweep` and `score_ladder` score every checkpoint, the intermediate ones included,
+  with `python -m engine.sweep` (in a subprocess, exactly as a user would);
+- `run_phases` runs `python -m analysis` over the ladder's stages (phases.json, and the HTML
+  report if asked), `run_trajectory` runs `python -m analysis trajectory` over the series of
+  every checkpoint (trajectory.json and its report);
+- `compare` reads phases.json, trajectory.json, the base model's results and the planted
+  distributions, and returns per task the planted seed beside the detected one, each stage's
+  phase, liquidity and retention, where nucleation was located, and how far the base's
+  learned distributions are from the planted ones.
 """
 
 from __future__ import annotations
@@ -29,16 +31,32 @@ SEEDS_RECOVERED = 12 / 15
 LIQUIDITY_FALLS = 13 / 15
 DPO_RETAINS = 13 / 15
 DPO_RETENTION_MIN = 0.9
+NUCLEATION_IN_SFT = 13 / 15
+NUCLEATION = "liquidity"  # the order parameter whose located transition is the nucleation
 
 
-def score_stage(checkpoint: Path, results: Path, label: str, tasks: str,
-                overwrite: bool = False) -> None:
-    """`python -m engine.score CHECKPOINT --mode auto` into RESULTS/LABEL (CPU, float32)."""
-    cmd = [sys.executable, "-m", "engine.score", str(checkpoint), "--tasks", tasks,
-           "--mode", "auto", "--out", str(results), "--label", label, "--device", "cpu"]
-    if overwrite:
-        cmd.append("--overwrite")
-    subprocess.run(cmd, check=True)
+def write_sweep(out: Path, stages: list[str], tasks: str) -> Path:
+    """OUT/sweep.toml: the base, then each post-training stage's intermediate checkpoints
+    and its final one, labelled by directory name (base, sft-step01234, ..., sft, ...), with
+    the series written to OUT/series.json (positions: each checkpoint's global step)."""
+    checkpoints, stage_of = [], []
+    for stage in stages:
+        if stage != "base":
+            checkpoints.append(f"checkpoints/steps/{stage}-step*")
+            stage_of.append(stage)
+        checkpoints.append(f"checkpoints/{stage}")
+        stage_of.append(stage)
+    toml = lambda xs: "[" + ", ".join(json.dumps(x) for x in xs) + "]"
+    path = out / "sweep.toml"
+    path.write_text(f"checkpoints = {toml(checkpoints)}\nstages = {toml(stage_of)}\n"
+                    f'tasks = {json.dumps(tasks)}\nmodes = ["auto"]\ndevice = "cpu"\n'
+                    'out = "results"\nseries = "series.json"\n')
+    return path
+
+
+def score_ladder(sweep: Path) -> None:
+    """`python -m engine.sweep SWEEP`: every checkpoint not yet scored, then the series."""
+    subprocess.run([sys.executable, "-m", "engine.sweep", str(sweep)], check=True)
 
 
 def ladder_spec(stages: list[str]) -> str:
@@ -56,6 +74,35 @@ def run_phases(results: Path, stages: list[str], out: Path, report: Path | None 
     return json.loads(Path(out).read_text())
 
 
+def run_trajectory(results: Path, series: Path, out: Path, report: Path) -> dict:
+    """`python -m analysis trajectory` over the series the sweep wrote; returns the
+    trajectory.json it wrote."""
+    cmd = [sys.executable, "-m", "analysis", "trajectory", str(results), "--series",
+           f"ladder={series}", "--out", str(out), "--report", str(report)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(Path(out).read_text())
+
+
+def nucleation(trajectory: dict) -> dict[str, dict]:
+    """Per task, where the NUCLEATION order parameter's transition was located, and whether
+    it lies inside the SFT stage: after the base's last point, at most SFT's last point."""
+    points = trajectory["series"]["ladder"]
+    ends = {}
+    for p in points:
+        ends[p["stage"]] = max(ends.get(p["stage"], p["position"]), p["position"])
+    out = {}
+    for t in trajectory["transitions"]:
+        if t["metric"] != NUCLEATION:
+            continue
+        at = t["position"]
+        out[t["task"]] = {
+            "position": at, "interval": [t["position_lo"], t["position_hi"]],
+            "sharp": t["sharp"], "delta_aic": t["delta_aic"],
+            "in_sft": at is not None and ends["base"] < at <= ends["sft"],
+        }
+    return out
+
+
 def base_js_to_planted(results: Path, base_label: str, planted_dists: dict) -> dict[str, float]:
     """Per task, the mean JS (bits) between the base model's scored distribution for each
     prompt and the distribution planted for that prompt."""
@@ -71,9 +118,12 @@ def base_js_to_planted(results: Path, base_label: str, planted_dists: dict) -> d
     return out
 
 
-def compare(phases: dict, planted: dict[str, str], base_js: dict[str, float]) -> dict:
-    """Per task: planted and detected seed, phase / liquidity / retention per stage."""
+def compare(phases: dict, planted: dict[str, str], base_js: dict[str, float],
+            trajectory: dict | None = None) -> dict:
+    """Per task: planted and detected seed, phase / liquidity / retention per stage, and
+    where nucleation was located along the trajectory (when one is given)."""
     ladder = next(iter(phases["ladders"].values()))
+    located = nucleation(trajectory) if trajectory is not None else {}
     rows = {}
     for task, t in ladder["tasks"].items():
         rows[task] = {
@@ -86,6 +136,7 @@ def compare(phases: dict, planted: dict[str, str], base_js: dict[str, float]) ->
             "phases": {s: m["phase"] for s, m in t["stages"].items()},
             "liquidity": {s: m["liquidity"] for s, m in t["stages"].items()},
             "retention": {s: v["retention"] for s, v in t["settling"].items()},
+            "nucleation": located.get(task),
         }
     return rows
 
@@ -100,6 +151,7 @@ def acceptance(rows: dict) -> dict:
     wrong = sum(r["detected_seed"] not in (None, r["planted_seed"]) for r in rows.values())
     falls = sum(r["liquidity"]["sft"] < r["liquidity"]["base"] for r in rows.values())
     retains = sum(r["retention"].get("dpo", 0.0) >= DPO_RETENTION_MIN for r in rows.values())
+    nucleated = sum(bool(r["nucleation"] and r["nucleation"]["in_sft"]) for r in rows.values())
     js = [r["base_js_to_planted"] for r in rows.values() if r["base_js_to_planted"] is not None]
     return {
         "tasks": n,
@@ -108,10 +160,12 @@ def acceptance(rows: dict) -> dict:
         "seeds_wrong": wrong,
         "liquidity_falls_base_to_sft": falls,
         "dpo_retains_90pct": retains,
+        "nucleation_in_sft": nucleated,
         "mean_base_js_to_planted_bits": float(np.mean(js)) if js else None,
         "passed": bool(seeds >= SEEDS_RECOVERED * (n - unresolved) and wrong == 0
                        and falls >= LIQUIDITY_FALLS * n
-                       and retains >= DPO_RETAINS * n),
+                       and retains >= DPO_RETAINS * n
+                       and nucleated >= NUCLEATION_IN_SFT * n),
     }
 
 
@@ -121,7 +175,7 @@ def format_table(rows: dict, stages: list[str]) -> str:
     w_seed = max(12, *(len(str(r["planted_seed"])) for r in rows.values()),
                  *(len(str(r["detected_seed"])) for r in rows.values()))
     head = (f"{'task':<{w_task}}  {'planted':<{w_seed}}  {'detected':<{w_seed}}  "
-            + "  ".join(f"{s:<9}" for s in stages) + "  base JS")
+            + "  ".join(f"{s:<9}" for s in stages) + "  base JS  nucleation at step")
     lines = [head, "-" * len(head)]
     for task, r in rows.items():
         mark = "" if r["planted_seed"] == r["detected_seed"] else " *"
@@ -130,6 +184,15 @@ def format_table(rows: dict, stages: list[str]) -> str:
         lines.append(
             f"{task:<{w_task}}  {str(r['planted_seed']):<{w_seed}}  {detected:<{w_seed}}  "
             + "  ".join(f"{r['phases'].get(s, '-'):<9}" for s in stages)
-            + (f"  {js:.3f}" if js is not None else "  -") + mark
+            + (f"  {js:.3f}  " if js is not None else "  -      ") + _located(r["nucleation"])
+            + mark
         )
     return "\n".join(lines)
+
+
+def _located(n: dict | None) -> str:
+    if not n or n["position"] is None:
+        return "-"
+    lo, hi = n["interval"]
+    ci = f" [{lo:.0f}, {hi:.0f}]" if lo is not None else ""
+    return f"{n['position']:.0f}{ci}{'' if n['in_sft'] else ' (outside SFT)'}"

@@ -2,13 +2,16 @@
 
     python -m lab.demo [--out demo] [--small] [--force]
 
-1. `lab.ladder.build` writes demo/checkpoints/{base,sft,dpo,rl} and demo/planted.json, or
-   reuses them when demo/checkpoints/build.json matches the current config;
-2. `python -m engine.score` scores every checkpoint (base in base mode, the others in chat
-   mode, which `--mode auto` picks from the chat template) into demo/results/<stage>/;
+1. `lab.ladder.build` writes demo/checkpoints/{base,sft,dpo,rl}, the intermediate checkpoints
+   demo/checkpoints/steps/<stage>-stepNNNNN and demo/planted.json, or reuses them when
+   demo/checkpoints/build.json matches the current config;
+2. `python -m engine.sweep demo/sweep.toml` scores every checkpoint (base in base mode, the
+   others in chat mode, which `auto` picks from the chat template) into demo/results/<label>/
+   and writes the series demo/series.json (label, global step and stage of each);
 3. `python -m analysis` writes demo/phases.json and the report demo/report/index.html;
-4. a table: per task the planted seed prompt beside the detected one, and each stage's phase;
-   also written to demo/summary.json.
+   `python -m analysis trajectory` writes demo/trajectory.json and demo/report/trajectory/;
+4. a table: per task the planted seed prompt beside the detected one, each stage's phase and
+   where nucleation was located; also written to demo/summary.json.
 """
 
 from __future__ import annotations
@@ -45,15 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     stamp = ladder.build(cfg, out, force=args.force)
     stages = [s for s in ladder.STAGES if (out / "checkpoints" / s).is_dir()]
     results = fresh_results(out, stamp["fingerprint"])
-    for stage in stages:
-        print(f"demo: scoring {stage}", flush=True)
-        check.score_stage(out / "checkpoints" / stage, results, stage, cfg.tasks)
+    print(f"demo: scoring {len(stages)} stages and their intermediate checkpoints", flush=True)
+    check.score_ladder(check.write_sweep(out, stages, cfg.tasks))
     print("demo: analysing the ladder", flush=True)
     phases = check.run_phases(results, stages, out / "phases.json", out / "report")
+    print("demo: analysing the trajectory", flush=True)
+    trajectory = check.run_trajectory(results, out / "series.json", out / "trajectory.json",
+                                      out / "report" / "trajectory")
 
     planted = json.loads((out / "planted.json").read_text())
     planted_dists = json.loads((out / "checkpoints" / "planted_distributions.json").read_text())
-    rows = check.compare(phases, planted, check.base_js_to_planted(results, "base", planted_dists))
+    rows = check.compare(phases, planted, check.base_js_to_planted(results, "base", planted_dists),
+                         trajectory)
     verdict = check.acceptance(rows)
     summary = {"build": {k: stamp[k] for k in ("fingerprint", "parameters", "build_seconds")},
                "acceptance": verdict, "tasks": rows,
@@ -68,11 +74,14 @@ def main(argv: list[str] | None = None) -> int:
           f"({verdict['seeds_unresolved']} unresolvable, {verdict['seeds_wrong']} wrong); "
           f"liquidity falls base -> sft "
           f"{verdict['liquidity_falls_base_to_sft']}/{n}; DPO keeps >= 90% in the seed's "
-          f"support {verdict['dpo_retains_90pct']}/{n}; base JS to planted "
+          f"support {verdict['dpo_retains_90pct']}/{n}; nucleation located inside SFT "
+          f"{verdict['nucleation_in_sft']}/{n}; base JS to planted "
           f"{verdict['mean_base_js_to_planted_bits']:.3f} bits (mean)")
     print(f"ladder of {stamp['parameters']} parameters, built in {stamp['build_seconds']:.0f}s; "
           f"demo took {summary['demo_seconds']:.0f}s")
     print(f"report: {out / 'report' / 'index.html'}   phases: {out / 'phases.json'}")
+    print(f"trajectory: {out / 'report' / 'trajectory' / 'index.html'}   "
+          f"{out / 'trajectory.json'}")
     if not verdict["passed"]:
         print("demo: the analysis did NOT recover what the ladder planted (see summary.json)")
         return 1

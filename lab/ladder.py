@@ -3,9 +3,11 @@
     python -m lab.ladder [--small] [--out demo] [--force]
 
 writes OUT/checkpoints/{base,sft,dpo,rl}/ (config.json, model.safetensors, tokenizer.json,
-tokenizer_config.json), OUT/checkpoints/build.json (the cache stamp plus the lab's own check of
-the ladder), OUT/checkpoints/planted_distributions.json, and OUT/planted.json (task -> planted
-seed prompt id). A second call with the same config reuses the checkpoints.
+tokenizer_config.json, trainer_state.json), the intermediate checkpoints of each post-training
+stage as OUT/checkpoints/steps/<stage>-stepNNNNN/, OUT/checkpoints/build.json (the cache stamp
+plus the lab's own check of the ladder), OUT/checkpoints/planted_distributions.json, and
+OUT/planted.json (task -> planted seed prompt id). A second call with the same config reuses
+the checkpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -91,11 +94,14 @@ def tokenizer_config(tokenizer: Tokenizer, chat_template: str | None, max_length
 
 
 def save_checkpoint(model: Transformer, tokenizer: Tokenizer, directory: Path,
-                    chat_template: str | None) -> None:
-    """Write a Hugging Face checkpoint directory (float32 safetensors, bitwise reproducible)."""
+                    chat_template: str | None, global_step: int) -> None:
+    """Write a Hugging Face checkpoint directory (float32 safetensors, bitwise reproducible).
+    trainer_state.json holds the optimizer steps taken since initialisation, as the Hugging
+    Face Trainer records them: engine.sweep reads it as the checkpoint's position."""
     directory.mkdir(parents=True)
     dump = lambda obj: json.dumps(obj, indent=2, sort_keys=True) + "\n"
     (directory / "config.json").write_text(dump(hf_config(model, tokenizer)))
+    (directory / "trainer_state.json").write_text(dump({"global_step": global_step}))
     state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save(str(directory / "tokenizer.json"))
@@ -170,6 +176,32 @@ def reward_function(planted: Planted, tokenizer: Tokenizer):
     return reward
 
 
+class Snapshots:
+    """Saves a stage's intermediate checkpoints while it trains: `count - 1` of them at steps
+    spaced geometrically from its first step (dense early, where SFT nucleates), the stage's
+    own final checkpoint being the last of its `count`. Named `<stage>-stepNNNNN` after the
+    global step (every optimizer step since initialisation, the base's included)."""
+
+    def __init__(self, save: Callable[[Path, int], None], stage: str, offset: int, count: int,
+                 root: Path):
+        self.save, self.stage, self.offset, self.count = save, stage, offset, count
+        self.root = root
+        self.names: list[str] = []
+        self.total = 0
+
+    def __call__(self, step: int, total: int) -> None:
+        self.total = total
+        if self.count > 1 and step < total and step in snapshot_steps(total, self.count):
+            name = f"{self.stage}-step{self.offset + step:05d}"
+            self.save(self.root / name, self.offset + step)
+            self.names.append(name)
+
+
+def snapshot_steps(total: int, count: int) -> set[int]:
+    """Up to `count` steps of 1..total, geometrically spaced, the last one `total`."""
+    return set(np.unique(np.round(np.geomspace(1, total, count)).astype(int)).tolist())
+
+
 # ---------------------------------------------------------------------------------- build
 
 
@@ -183,8 +215,9 @@ def is_current(out: Path, cfg: LabConfig) -> bool:
     except json.JSONDecodeError:
         return False
     stages = STAGES if cfg.rl is not None else STAGES[:3]
+    steps = [f"steps/{name}" for names in built.get("snapshots", {}).values() for name in names]
     return built.get("fingerprint") == cfg.fingerprint() and all(
-        (out / "checkpoints" / s / "model.safetensors").is_file() for s in stages)
+        (out / "checkpoints" / s / "model.safetensors").is_file() for s in [*stages, *steps])
 
 
 def build(cfg: LabConfig = FULL, out: Path | str = "demo", force: bool = False) -> dict:
@@ -235,27 +268,44 @@ def _build(cfg: LabConfig, out: Path) -> dict:
     model = train.new_model(cfg.model, tokenizer.get_vocab_size(), cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"ladder: base model {n_params} parameters")
-    train.train_lm(model, base_examples, cfg.base, enc.eos, rng, "base", log)
-    save_checkpoint(model, tokenizer, partial / "base", None)
+    stages: dict[str, Snapshots] = {}
+
+    def save(directory: Path, step: int, template: str | None = TULU_TEMPLATE) -> None:
+        save_checkpoint(model, tokenizer, directory, template, step)
+
+    def begin(stage: str) -> Snapshots:
+        offset = sum(s.total for s in stages.values())
+        stages[stage] = Snapshots(save, stage, offset, 1 if stage == "base" else cfg.snapshots,
+                                  partial / "steps")
+        return stages[stage]
+
+    def finish(stage: str) -> None:
+        snap = stages[stage]
+        save(partial / stage, snap.offset + snap.total, None if stage == "base" else TULU_TEMPLATE)
+        if stage != "base":
+            lap(stage)
+
+    train.train_lm(model, base_examples, cfg.base, enc.eos, rng, "base", log,
+                   on_step=begin("base"))
+    finish("base")
     planted = learned_seeds(partial / "base", planted)
     lap("base")
 
     sft_examples = [enc.response(enc.chat_context(p.task, pr), a) for p in planted
                     for pr, a in corpus.sft_examples(p, cfg.sft.docs_per_prompt, cfg.seed)]
-    train.train_lm(model, sft_examples, cfg.sft, enc.eos, rng, "sft", log)
+    train.train_lm(model, sft_examples, cfg.sft, enc.eos, rng, "sft", log, on_step=begin("sft"))
     references["sft"] = train.frozen_copy(model)
-    save_checkpoint(model, tokenizer, partial / "sft", TULU_TEMPLATE)
-    lap("sft")
+    finish("sft")
 
     pairs = []
     for p in planted:
         for pr, chosen, rejected in corpus.dpo_pairs(p, cfg.dpo.pairs_per_prompt, cfg.seed):
             context = enc.chat_context(p.task, pr)
             pairs.append((enc.response(context, chosen), enc.response(context, rejected)))
-    dpo_accuracy = train.train_dpo(model, references["sft"], pairs, cfg.dpo, enc.eos, rng, log)
+    dpo_accuracy = train.train_dpo(model, references["sft"], pairs, cfg.dpo, enc.eos, rng, log,
+                                   on_step=begin("dpo"))
     references["dpo"] = train.frozen_copy(model)
-    save_checkpoint(model, tokenizer, partial / "dpo", TULU_TEMPLATE)
-    lap("dpo")
+    finish("dpo")
 
     rl_reward = None
     if cfg.rl is not None:
@@ -265,9 +315,8 @@ def _build(cfg: LabConfig, out: Path) -> dict:
                 contexts.append(enc.context_ids(enc.chat_context(p.task, pr)))
                 rewards.append(reward_function(p, tokenizer))
         rl_reward = train.train_rl(model, references["dpo"], contexts, rewards, cfg.rl, enc.eos,
-                                   enc.eos, cfg.seed, log)
-        save_checkpoint(model, tokenizer, partial / "rl", TULU_TEMPLATE)
-        lap("rl")
+                                   enc.eos, cfg.seed, log, on_step=begin("rl"))
+        finish("rl")
 
     stamp = {
         "fingerprint": fingerprint,
@@ -277,6 +326,8 @@ def _build(cfg: LabConfig, out: Path) -> dict:
         "corpus": {"documents": len(docs), "tokens": n_tokens,
                    "vocab_size": tokenizer.get_vocab_size()},
         "planted": {p.task.name: p.seed_prompt.id for p in planted},
+        "global_steps": {name: snap.offset + snap.total for name, snap in stages.items()},
+        "snapshots": {name: snap.names for name, snap in stages.items() if name != "base"},
         "timings_s": timings,
         "build_seconds": round(time.perf_counter() - start, 1),
         "dpo_final_pair_accuracy": dpo_accuracy,

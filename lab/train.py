@@ -25,6 +25,7 @@ from engine.model import ModelArgs, Transformer
 from .config import DPOStage, LMStage, ModelConfig, RLStage
 
 Log = Callable[[str], None]
+OnStep = Callable[[int, int], None]  # called after each optimizer step with (step, total)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,18 @@ def token_batches(lengths: list[int], batch_tokens: int,
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def sized_batches(lengths: list[int], size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Shuffled batches of `size` indices, of similar lengths (little padding): sequences are
+    shuffled, sorted by length inside windows of a few thousand and cut into batches, and the
+    batches shuffled."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    for start in range(0, len(order), 4096):
+        chunk = sorted(order[start : start + 4096].tolist(), key=lambda i: lengths[i])
+        batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def optimizer(model: nn.Module, lr: float, total_steps: int, warmup: int, final: float = 0.1):
     """AdamW with linear warmup and cosine decay to `final` times the peak rate."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -172,7 +185,8 @@ class Progress:
 
 
 def train_lm(model: Transformer, examples: list[Example], stage: LMStage, pad_id: int,
-             rng: np.random.Generator, name: str, log: Log) -> float:
+             rng: np.random.Generator, name: str, log: Log, on_step: OnStep | None = None
+             ) -> float:
     """Next-token training on the examples' target tokens; returns the last running loss."""
     model.train()
     lengths = [len(e.ids) for e in examples]
@@ -189,12 +203,15 @@ def train_lm(model: Transformer, examples: list[Example], stage: LMStage, pad_id
         step(opt, scheduler, model, loss)
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         progress.update(i, loss=running)
+        if on_step is not None:
+            on_step(i + 1, len(batches))
     model.eval()
     return float(running)
 
 
 def train_dpo(policy: Transformer, reference: Transformer, pairs: list[tuple[Example, Example]],
-              stage: DPOStage, pad_id: int, rng: np.random.Generator, log: Log) -> float:
+              stage: DPOStage, pad_id: int, rng: np.random.Generator, log: Log,
+              on_step: OnStep | None = None) -> float:
     """Direct preference optimisation against a frozen reference (Rafailov et al., 2023):
     loss = -log sigmoid(beta * [(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))]),
     plus `nll_weight` times the chosen answer's per-token NLL. Returns the final pair accuracy
@@ -204,9 +221,9 @@ def train_dpo(policy: Transformer, reference: Transformer, pairs: list[tuple[Exa
             sequence_logprobs(reference, [e for pair in pairs[i : i + 256] for e in pair], pad_id)
             for i in range(0, len(pairs), 256)
         ]).view(-1, 2)
-    order = [rng.permutation(len(pairs)) for _ in range(stage.epochs)]
-    batches = [o[i : i + stage.batch_pairs]
-               for o in order for i in range(0, len(o), stage.batch_pairs)]
+    lengths = [max(len(c.ids), len(r.ids)) for c, r in pairs]
+    batches = [b for _ in range(stage.epochs)
+               for b in sized_batches(lengths, stage.batch_pairs, rng)]
     opt, scheduler = optimizer(policy, stage.lr, len(batches), stage.warmup_steps)
     policy.train()
     progress = Progress("dpo", len(batches), log)
@@ -221,67 +238,88 @@ def train_dpo(policy: Transformer, reference: Transformer, pairs: list[tuple[Exa
         step(opt, scheduler, policy, loss)
         accuracy = (margin > 0).float().mean().item()
         progress.update(i, loss=loss.item(), accuracy=accuracy)
+        if on_step is not None:
+            on_step(i + 1, len(batches))
     policy.eval()
     return accuracy
 
 
 @torch.no_grad()
-def sample(model: Transformer, context: tuple[int, ...], n: int, max_new: int, eos_id: int,
-           generator: torch.Generator) -> list[tuple[int, ...] | None]:
-    """n responses to one context by ancestral sampling at temperature 1. A response is the
-    tokens up to and including end-of-text, or None if it did not end within max_new."""
-    ids = torch.tensor(context).expand(n, -1)
-    for _ in range(max_new):
-        logits = (model.hidden_states(ids)[:, -1] @ model.output_weight.T).float()
-        nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-        ids = torch.cat([ids, nxt], dim=1)
+def sample(model: Transformer, contexts: list[tuple[int, ...]], n: int, max_new: int,
+           eos_id: int, generator: torch.Generator) -> list[list[tuple[int, ...] | None]]:
+    """n responses to each context by ancestral sampling at temperature 1, all in one batch. A
+    response is the tokens up to and including end-of-text, or None if it did not end within
+    max_new.
+
+    The contexts are right-padded: each row's next token is read at its own length and
+    written just after it, and causal attention keeps whatever lies beyond a row's length
+    from touching the positions it reads."""
+    lengths = torch.tensor([len(c) for c in contexts]).repeat_interleave(n)
+    ids = torch.full((len(lengths), int(lengths.max()) + max_new), eos_id, dtype=torch.long)
+    for i, context in enumerate(contexts):
+        ids[i * n : (i + 1) * n, : len(context)] = torch.tensor(context)
+    rows = torch.arange(len(lengths))
+    ended = torch.zeros(len(lengths), dtype=torch.bool)
+    for t in range(max_new):
+        at = lengths + t
+        hidden = model.hidden_states(ids[:, : int(at.max())])[rows, at - 1]
+        logits = (hidden @ model.output_weight.T).float()
+        ids[rows, at] = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+        ended |= ids[rows, at] == eos_id
+        if ended.all():  # what would follow is cut off at end-of-text anyway
+            break
     out = []
-    for row in ids[:, len(context):].tolist():
-        out.append(tuple(row[: row.index(eos_id) + 1]) if eos_id in row else None)
+    for i, context in enumerate(contexts):
+        group = []
+        for row in ids[i * n : (i + 1) * n, len(context) : len(context) + max_new].tolist():
+            group.append(tuple(row[: row.index(eos_id) + 1]) if eos_id in row else None)
+        out.append(group)
     return out
 
 
 def train_rl(policy: Transformer, reference: Transformer, contexts: list[tuple[int, ...]],
              rewards: list[Callable[[tuple[int, ...] | None], float]], stage: RLStage,
-             pad_id: int, eos_id: int, seed: int, log: Log) -> float:
+             pad_id: int, eos_id: int, seed: int, log: Log, on_step: OnStep | None = None
+             ) -> float:
     """REINFORCE with a leave-one-out baseline (RLOO) over groups of samples per prompt.
 
     Each step draws `prompts_per_step` contexts, samples `samples_per_prompt` responses to
     each, and scores them with the context's reward function minus `kl_weight` times the
     sampled log-ratio log pi / pi_ref (a KL penalty folded into the reward). Responses that
     never end get the reward alone and no gradient (there is no sequence to reinforce).
-    Returns the mean reward of the last step."""
+    Returns the mean reward (before the KL term) of the last step."""
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt, scheduler = optimizer(policy, stage.lr, stage.steps, 5)
     progress = Progress("rl", stage.steps, log)
     mean_reward = 0.0
+    n = stage.samples_per_prompt
     for i in range(stage.steps):
         policy.eval()
-        batch, advantages, raw = [], [], []
-        for c in rng.choice(len(contexts), size=stage.prompts_per_step, replace=False):
-            responses = sample(policy, contexts[c], stage.samples_per_prompt,
-                               stage.max_new_tokens, eos_id, generator)
-            r = torch.tensor([rewards[c](y) for y in responses])
-            raw.append(r)
-            done = [j for j, y in enumerate(responses) if y is not None]
-            examples = [Example(contexts[c] + responses[j], len(contexts[c])) for j in done]
-            if examples:
-                with torch.no_grad():
-                    log_ratio = (sequence_logprobs(policy, examples, pad_id)
-                                 - sequence_logprobs(reference, examples, pad_id))
-                r[done] = r[done] - stage.kl_weight * log_ratio
-            n = len(r)
-            baseline = (r.sum() - r) / (n - 1)  # leave-one-out: unbiased, no learned critic
-            batch += examples
-            advantages += (r - baseline)[done].tolist()
-        mean_reward = torch.cat(raw).mean().item()
+        chosen = rng.choice(len(contexts), size=stage.prompts_per_step, replace=False)
+        responses = sample(policy, [contexts[c] for c in chosen], n, stage.max_new_tokens,
+                           eos_id, generator)
+        r = torch.tensor([[rewards[c](y) for y in group]
+                          for c, group in zip(chosen, responses, strict=True)])
+        mean_reward = r.mean().item()
+        done = [(g, j) for g, group in enumerate(responses)
+                for j, y in enumerate(group) if y is not None]
+        batch = [Example(contexts[chosen[g]] + responses[g][j], len(contexts[chosen[g]]))
+                 for g, j in done]
         if batch:
+            g_index, j_index = (list(v) for v in zip(*done, strict=True))
+            with torch.no_grad():
+                log_ratio = (sequence_logprobs(policy, batch, pad_id)
+                             - sequence_logprobs(reference, batch, pad_id))
+            r[g_index, j_index] -= stage.kl_weight * log_ratio
+            baseline = (r.sum(1, keepdim=True) - r) / (n - 1)  # leave-one-out: no critic
+            advantages = (r - baseline)[g_index, j_index]
             policy.train()
             logp = sequence_logprobs(policy, batch, pad_id)
-            loss = -(torch.tensor(advantages) * logp).sum() / (
-                stage.prompts_per_step * stage.samples_per_prompt)
+            loss = -(advantages * logp).sum() / (stage.prompts_per_step * n)
             step(opt, scheduler, policy, loss)
         progress.update(i, reward=mean_reward)
+        if on_step is not None:
+            on_step(i + 1, stage.steps)
     policy.eval()
     return mean_reward

@@ -2,8 +2,9 @@
 end-to-end check that scoring + analysis recover what the ladder planted (issue 6).
 
 The end-to-end tests build the SMALL configuration (four tasks, a 170k-parameter model; about
-half a minute on two cores) once per module and run `lab.demo` on it, which scores every stage
-with `python -m engine.score` and analyses the ladder with `python -m analysis.phases`.
+half a minute on two cores) once per module and run `lab.demo` on it, which scores every
+checkpoint (the intermediate ones included) with `python -m engine.sweep` and analyses the
+ladder with `python -m analysis` and `python -m analysis trajectory`.
 """
 
 from __future__ import annotations
@@ -92,6 +93,47 @@ def test_rl_reward_favours_format_and_the_seed_head():
     assert corpus.rl_reward(p, top.name + "!") == 0.0
 
 
+def test_batched_sampling_reads_each_context_at_its_own_length(monkeypatch):
+    """Contexts of different lengths sampled in one right-padded batch give what each gives
+    alone: with the draw made greedy, both equal a plain greedy decode of the full sequence."""
+    model = train.new_model(ModelConfig(dim=32, n_layers=2, n_heads=2, intermediate_size=64),
+                            50, seed=3)
+    monkeypatch.setattr(torch, "multinomial",
+                        lambda probs, n, generator=None: probs.argmax(-1, keepdim=True))
+    contexts = [(1, 5, 7), (2, 9, 4, 4, 8, 11, 3), (6,)]
+    eos, max_new = 0, 5
+    batched = train.sample(model, contexts, 2, max_new, eos, torch.Generator())
+    for context, group in zip(contexts, batched, strict=True):
+        assert group == train.sample(model, [context], 2, max_new, eos, torch.Generator())[0]
+        ids = list(context)
+        with torch.no_grad():
+            for _ in range(max_new):
+                logits = model.hidden_states(torch.tensor([ids]))[0, -1] @ model.output_weight.T
+                ids.append(int(logits.argmax()))
+        tail = ids[len(context):]
+        expected = tuple(tail[: tail.index(eos) + 1]) if eos in tail else None
+        assert group == [expected, expected]
+
+
+def test_snapshots_are_spaced_geometrically_and_end_at_the_last_step():
+    assert sorted(ladder.snapshot_steps(1470, 8)) == [1, 3, 8, 23, 65, 183, 519, 1470]
+    assert sorted(ladder.snapshot_steps(56, 8)) == [1, 2, 3, 6, 10, 18, 32, 56]
+    assert sorted(ladder.snapshot_steps(4, 8)) == [1, 2, 3, 4]  # fewer steps than snapshots
+
+
+def test_nucleation_counts_only_a_transition_inside_sft():
+    series = [{"label": label, "position": at, "stage": stage} for label, at, stage in
+              [("base", 100, "base"), ("sft-step101", 101, "sft"), ("sft", 200, "sft"),
+               ("dpo", 250, "dpo")]]
+    transitions = [
+        {"task": task, "metric": metric, "position": at, "position_lo": at, "position_hi": at,
+         "sharp": True, "delta_aic": 20.0}
+        for task, metric, at in [("a", "liquidity", 100.5), ("b", "liquidity", 225.0),
+                                 ("c", "liquidity", None), ("a", "seed_overlap", 225.0)]]
+    located = check.nucleation({"series": {"ladder": series}, "transitions": transitions})
+    assert {t: v["in_sft"] for t, v in located.items()} == {"a": True, "b": False, "c": False}
+
+
 # ------------------------------------------------------------- checkpoints and caching
 
 
@@ -136,6 +178,30 @@ def test_transformers_loads_the_same_model_and_tokenizer(small_demo, stage):
     got = ours.logits(ids)
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
     assert (got.log_softmax(-1) - expected.log_softmax(-1)).abs().max().item() <= 1e-5
+
+
+def test_the_series_runs_through_every_checkpoint_by_global_step(small_demo):
+    """The base, then each post-training stage's intermediate checkpoints and its final one,
+    scored by the sweep and written to the series in global-step order."""
+    out, _ = small_demo
+    stamp = json.loads((out / "checkpoints" / "build.json").read_text())
+    points = json.loads((out / "series.json").read_text())["points"]
+    expected = ["base"]
+    for stage in STAGES[1:]:
+        assert len(stamp["snapshots"][stage]) == SMALL.snapshots - 1, stage
+        expected += [*stamp["snapshots"][stage], stage]
+    assert [p["label"] for p in points] == expected
+    positions = [p["position"] for p in points]
+    assert positions == sorted(set(positions)) and positions[0] == stamp["global_steps"]["base"]
+    assert positions[-1] == stamp["global_steps"]["rl"]
+    assert [p["stage"] for p in points] == [
+        "base", *(s for s in STAGES[1:] for _ in range(SMALL.snapshots))]
+    for label, position in zip(expected[1:], positions[1:], strict=True):
+        directory = out / "checkpoints" / (label if label in STAGES else f"steps/{label}")
+        state = json.loads((directory / "trainer_state.json").read_text())
+        assert state["global_step"] == position, label
+    assert (out / "report" / "trajectory" / "index.html").is_file()
+    assert json.loads((out / "trajectory.json").read_text())["transitions"]
 
 
 def test_a_second_build_reuses_the_ladder(small_demo, monkeypatch):
@@ -199,6 +265,9 @@ def test_demo_recovers_what_was_planted(small_demo):
         assert r["phases"] == {"base": "liquid", "sft": "nucleated", "dpo": "settled",
                                "rl": "settled"}, task
     assert verdict["seeds_unresolved"] == 1 and verdict["seeds_wrong"] == 0
+    for task, r in rows.items():  # coin too: its phrasings collapse, whichever the seed
+        assert r["nucleation"]["in_sft"], (task, r["nucleation"])
+    assert verdict["nucleation_in_sft"] == len(rows)
     assert (out / "phases.json").is_file()
     assert (out / "report" / "index.html").is_file()
     assert list((out / "report").glob("*.png"))

@@ -255,6 +255,22 @@ def test_series_positions_come_from_step_names_or_the_order():
     assert sweep.series_positions(["/m/sft/step200", "/m/dpo/step100"]) == [0.0, 1.0]
 
 
+def test_series_positions_fall_back_on_the_trainer_state(tmp_path):
+    """Directories without steps in their names (base, sft, checkpoint-500) take the
+    global_step of their trainer_state.json when every one has an increasing one."""
+    dirs = []
+    for name, state in [("base", {"global_step": 0}), ("checkpoint-500", {"global_step": 500}),
+                        ("sft", {"global_step": 1200, "epoch": 3.0})]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer_state.json").write_text(json.dumps(state))
+        dirs.append(str(tmp_path / name))
+    assert sweep.series_positions(dirs) == [0.0, 500.0, 1200.0]
+    (tmp_path / "sft" / "trainer_state.json").write_text('{"global_step": 100}')  # decreasing
+    assert sweep.series_positions(dirs) == [0.0, 1.0, 2.0]
+    (tmp_path / "sft" / "trainer_state.json").write_text("{not json")  # damaged: the order
+    assert sweep.series_positions(dirs) == [0.0, 1.0, 2.0]
+
+
 @pytest.mark.parametrize(("extra", "expected"), [
     ({"stages": ["base", "sft"]}, "'stages' names 2 stage(s) for 1 'checkpoints' entries"),
     ({"series": "series.txt"}, "'series' must be a file name ending in .json"),

@@ -55,6 +55,37 @@ def test_a_step_is_located_between_the_right_checkpoints_and_called_sharp():
     assert _transition(result, "coverage")["position"] is None  # flat: no transition
 
 
+def test_points_that_do_not_answer_yet_enter_no_fit_but_coverage():
+    """A liquid base, then two checkpoints that barely answer (coverage 1e-3; what is left of
+    their distributions after renormalising is one shared, peaked remnant), two liquid
+    checkpoints again, then a collapse onto the seed: the transitions are located at the
+    collapse, not at the switch."""
+    rng = np.random.default_rng(5)
+    base = _base(rng)
+    stack = _points(rng, base, [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    remnant = np.full(K, 1e-3)
+    remnant[0] = 1.0
+    stack[1] = stack[2] = np.tile(remnant / remnant.sum(), (N, 1))
+    labels = [f"step{100 * i}" for i in range(len(stack))]
+    coverage = [1.0, 1e-3, 1e-3, 0.9, 0.95, 1.0, 1.0, 1.0]
+    ids, answers = [f"p{i:02d}" for i in range(N)], [str(a) for a in range(K)]
+    results = Results(None, {label: {"t": TaskData(label, "t", ids, answers, P, np.full(N, c))}
+                             for label, P, c in zip(labels, stack, coverage, strict=True)})
+    result = trajectory(results, {"run": [(label, 100.0 * i) for i, label in enumerate(labels)]},
+                        bootstrap=200)
+    assert [p["answering"] for p in result.points.to_pylist()] == [c >= 0.5 for c in coverage]
+    for metric in ("liquidity", "seed_overlap"):
+        assert _transition(result, metric)["position"] == 450.0, metric
+    assert _transition(result, "coverage")["position"] in (50.0, 250.0)  # coverage: every point
+    stack[3:] = [np.tile(remnant / remnant.sum(), (N, 1))] * 5
+    coverage[3:] = [1e-3] * 5
+    results = Results(None, {label: {"t": TaskData(label, "t", ids, answers, P, np.full(N, c))}
+                             for label, P, c in zip(labels, stack, coverage, strict=True)})
+    result = trajectory(results, {"run": [(label, 100.0 * i) for i, label in enumerate(labels)]},
+                        bootstrap=100)
+    assert _transition(result, "liquidity")["position"] is None  # one answering point: no fit
+
+
 def test_a_steady_drift_is_a_crossover():
     rng = np.random.default_rng(1)
     results, labels = _results(_points(rng, _base(rng), np.linspace(0, 1, 12)))
