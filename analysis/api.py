@@ -5,8 +5,9 @@
     phases = analysis.analyse(results, {"olmo2": {"base": "olmo2-base", "sft": "olmo2-sft"}})
     phases.stages.to_pandas()                              # one row per ladder, task and stage
 
-The numbers are those `python -m analysis` prints and writes to phases.json (`phases.phases`
-is that very dict); the tables only lay them out in rows.
+The numbers are those `python -m analysis` prints and writes to phases.json: `phases.records`
+holds them as dataclasses (analysis/records.py), `phases.phases` is the phases.json dict, and
+the tables lay them out in rows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from analysis.cli import ladder_list
 from analysis.null import LEVEL
 from analysis.phases import CHECKPOINT_METRICS, TAU, Results, load_results, task_from_rows
 from analysis.phases import analyse as _analyse
+from analysis.records import Figure, Phases
 from engine.errors import AnalysisError
 
 STAGE_COLUMNS = CHECKPOINT_METRICS + ("nucleation",)
@@ -30,14 +32,14 @@ _TYPES = {"distinct": pa.int64(), "found": pa.bool_(), "resolvable": pa.bool_(),
           "verdict": pa.string(), "seed_prompt_id": pa.string(), "nearest_prompt_id": pa.string()}
 
 
-def _row(values, names, intervals):
-    """Columns of one row: the values, and for the names in `intervals` their _lo and _hi."""
+def _row(figures, intervals):
+    """Columns of one row: each figure's value, and for the names in `intervals` its
+    interval's ends as <name>_lo and <name>_hi."""
     out = {}
-    for name in names:
-        out[name] = values.get(name)
+    for name, figure in figures.items():
+        out[name] = figure.value
         if name in intervals:
-            ci = values.get(f"{name}_ci") or (None, None)
-            out[f"{name}_lo"], out[f"{name}_hi"] = ci
+            out[f"{name}_lo"], out[f"{name}_hi"] = figure.ci or (None, None)
     return out
 
 
@@ -55,7 +57,8 @@ def _fields(names, intervals):
 class PhaseResult:
     """Phase metrics of one or more ladders.
 
-    phases: the phases.json dict. stages: one row per (ladder, task, stage) with the
+    records: the results as dataclasses (analysis/records.py); phases: the same as the
+    phases.json dict (`records.to_json()`). stages: one row per (ladder, task, stage) with the
     per-checkpoint metrics, the settling metrics (null before the seed stage), each followed
     by its 95% interval's ends `<metric>_lo` and `<metric>_hi`, the phase and its support.
     seeds: one row per (ladder, task), with the seed test's p_value. cross_ladder: one row per
@@ -65,6 +68,7 @@ class PhaseResult:
     stages: pa.Table
     seeds: pa.Table
     cross_ladder: pa.Table
+    records: Phases | None = None
 
     def to_pandas(self) -> dict:
         """{"stages", "seeds", "cross_ladder"} as pandas DataFrames (needs pandas)."""
@@ -132,19 +136,21 @@ def analyse(results: Results, ladders, tau: float = TAU, level: float = LEVEL,
     ladders: {name: {stage: label, ...}} (stages in ladder order, the base first), or a list of
     "[name:]base=LABEL,sft=LABEL,..." strings as `--ladder` takes them."""
     phases = _analyse(results, ladder_list(ladders), tau, level, bootstrap)
-    return PhaseResult(phases, _stage_table(phases), _seed_table(phases), _cross_table(phases))
+    return PhaseResult(phases.to_json(), _stage_table(phases), _seed_table(phases),
+                       _cross_table(phases), phases)
 
 
-def _stage_table(phases: dict) -> pa.Table:
+def _stage_table(phases: Phases) -> pa.Table:
     rows = []
-    for ladder, body in phases["ladders"].items():
-        for task, t in body["tasks"].items():
-            for stage, m in t["stages"].items():
-                rows.append({"ladder": ladder, "task": task, "stage": stage, "label": m["label"],
-                             **_row(m, STAGE_COLUMNS, STAGE_COLUMNS),
-                             **_row(t["settling"].get(stage, {}), SETTLING_METRICS,
-                                    SETTLING_METRICS),
-                             "phase": m["phase"], "phase_support": m["phase_support"]})
+    for ladder, body in phases.ladders.items():
+        for task, t in body.tasks.items():
+            for stage, m in t.stages.items():
+                settling = t.settling.get(stage) or {
+                    name: Figure(None) for name in SETTLING_METRICS}
+                rows.append({"ladder": ladder, "task": task, "stage": stage, "label": m.label,
+                             **_row(m.figures, STAGE_COLUMNS),
+                             **_row(settling, SETTLING_METRICS),
+                             "phase": m.phase, "phase_support": m.phase_support})
     schema = pa.schema([("ladder", pa.string()), ("task", pa.string()), ("stage", pa.string()),
                         ("label", pa.string()), *_fields(STAGE_COLUMNS, STAGE_COLUMNS),
                         *_fields(SETTLING_METRICS, SETTLING_METRICS), ("phase", pa.string()),
@@ -152,22 +158,28 @@ def _stage_table(phases: dict) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _seed_table(phases: dict) -> pa.Table:
-    rows = [{"ladder": ladder, "task": task, "seed_stage": t["seed"]["stage"],
-             **_row(t["seed"], SEED_COLUMNS, SEED_METRICS)}
-            for ladder, body in phases["ladders"].items() for task, t in body["tasks"].items()]
+def _seed_table(phases: Phases) -> pa.Table:
+    rows = []
+    for ladder, body in phases.ladders.items():
+        for task, t in body.tasks.items():
+            s = t.seed
+            rows.append({"ladder": ladder, "task": task, "seed_stage": s.stage, "found": s.found,
+                         "verdict": s.verdict, "seed_prompt_id": s.seed_prompt_id,
+                         "nearest_prompt_id": s.nearest_prompt_id,
+                         **_row(s.figures, SEED_METRICS), "p_value": s.p_value,
+                         "level": s.level, "noise_floor": s.noise_floor,
+                         "resolvable": s.resolvable})
     schema = pa.schema([("ladder", pa.string()), ("task", pa.string()), ("seed_stage", pa.string()),
                         *_fields(SEED_COLUMNS, SEED_METRICS)])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _cross_table(phases: dict) -> pa.Table:
-    rows = [{"ladder_a": pair["ladders"][0], "ladder_b": pair["ladders"][1], "task": task,
-             "seed_prompt_id_a": c["seed_prompt_ids"][0],
-             "seed_prompt_id_b": c["seed_prompt_ids"][1],
-             "js_between_seeds": c["js_between_seeds"], "same_prompt": c["same_prompt"],
-             "p_value": c["p_value"]}
-            for pair in phases["cross_ladder"] for task, c in pair["tasks"].items()]
+def _cross_table(phases: Phases) -> pa.Table:
+    rows = [{"ladder_a": pair.ladders[0], "ladder_b": pair.ladders[1], "task": task,
+             "seed_prompt_id_a": c.seed_prompt_ids[0], "seed_prompt_id_b": c.seed_prompt_ids[1],
+             "js_between_seeds": c.js_between_seeds, "same_prompt": c.same_prompt,
+             "p_value": c.p_value}
+            for pair in phases.cross_ladder for task, c in pair.tasks.items()]
     schema = pa.schema([("ladder_a", pa.string()), ("ladder_b", pa.string()), ("task", pa.string()),
                         ("seed_prompt_id_a", pa.string()), ("seed_prompt_id_b", pa.string()),
                         ("js_between_seeds", pa.float64()), ("same_prompt", pa.bool_()),

@@ -36,10 +36,11 @@ def _interval_rows(t):
     """95% intervals of the main figures, one row per stage, under a task's table."""
     cells = [f"{head:>16}" for head, *_ in INTERVAL_COLUMNS]
     lines = [f"    {'95% interval':<32}" + "".join(cells)]
-    for stage, m in t["stages"].items():
+    for stage, m in t.stages.items():
         row = []
         for _, metric, settled, digits in INTERVAL_COLUMNS:
-            ci = (t["settling"].get(stage, {}) if settled else m).get(f"{metric}_ci")
+            figure = (t.settling.get(stage, {}) if settled else m.figures).get(metric)
+            ci = None if figure is None else figure.ci
             text = "-" if ci is None else f"[{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
             row.append(f"{text:>16}")
         lines.append(f"    {stage:<32}" + "".join(row))
@@ -47,46 +48,48 @@ def _interval_rows(t):
 
 
 def format_tables(phases):
-    """Compact text tables: one block per ladder and task, one row per stage, then the 95%
-    intervals of the main figures; beside each phase, the share of resamples that agree. effK
-    and consK are the effective support sizes (per prompt, of the consensus) in answers."""
+    """Compact text tables of a Phases result: one block per ladder and task, one row per
+    stage, then the 95% intervals of the main figures; beside each phase, the share of
+    resamples that agree. effK and consK are the effective support sizes (per prompt, of the
+    consensus) in answers."""
     head = (
         f"{'stage':<8}{'label':<24}{'H':>7}{'H/logK':>8}{'effK':>8}{'consK':>8}{'liquid':>8}"
         f"{'dist':>6}{'disp':>7}"
         f"{'cover':>7}{'nucl':>8}{'retain':>8}{'drift':>7}{'rho':>7}  phase"
     )
     lines = []
-    for name, body in phases["ladders"].items():
-        stages = ", ".join(f"{s['stage']}={s['label']}" for s in body["stages"])
+    for name, body in phases.ladders.items():
+        stages = ", ".join(f"{s}={label}" for s, label in body.stages)
         lines.append(f"ladder {name} ({stages})")
-        for task, t in body["tasks"].items():
-            seed = t["seed"]
+        for task, t in body.tasks.items():
+            seed = t.seed
             lines.append(
-                f"  task {task}  K={len(t['answers'])}  seed ({seed['stage']}): "
-                f"{seed_verdict(seed)}, nearest {seed['nearest_prompt_id']} JS {_fmt(seed['js'])} "
-                f"vs median {_fmt(seed['median_js'])}"
+                f"  task {task}  K={len(t.answers)}  seed ({seed.stage}): "
+                f"{seed_verdict(seed)}, nearest {seed.nearest_prompt_id} "
+                f"JS {_fmt(seed.value('js'))} vs median {_fmt(seed.value('median_js'))}"
             )
             lines.append("    " + head)
-            for stage, m in t["stages"].items():
-                st = t["settling"].get(stage, {})
+            for stage, m in t.stages.items():
+                st = {k: f.value for k, f in t.settling.get(stage, {}).items()}
+                v = m.value
                 lines.append(
-                    f"    {stage:<8}{m['label'][:23]:<24}{_fmt(m['entropy_bits'], 2):>7}"
-                    f"{_fmt(m['entropy_norm'], 2):>8}{_fmt(m['effective_support'], 1):>8}"
-                    f"{_fmt(m['consensus_support'], 1):>8}{_fmt(m['liquidity']):>8}"
-                    f"{m['distinct']:>6}"
-                    f"{_fmt(m['dispersion']):>7}{_fmt(m['coverage']):>7}"
-                    f"{_fmt(m['nucleation'], 2):>8}{_fmt(st.get('retention')):>8}"
-                    f"{_fmt(st.get('drift')):>7}{_fmt(st.get('spearman'), 2):>7}  {m['phase']}"
-                    f" ({m['phase_support']:.0%})"
+                    f"    {stage:<8}{m.label[:23]:<24}{_fmt(v('entropy_bits'), 2):>7}"
+                    f"{_fmt(v('entropy_norm'), 2):>8}{_fmt(v('effective_support'), 1):>8}"
+                    f"{_fmt(v('consensus_support'), 1):>8}{_fmt(v('liquidity')):>8}"
+                    f"{v('distinct'):>6}"
+                    f"{_fmt(v('dispersion')):>7}{_fmt(v('coverage')):>7}"
+                    f"{_fmt(v('nucleation'), 2):>8}{_fmt(st.get('retention')):>8}"
+                    f"{_fmt(st.get('drift')):>7}{_fmt(st.get('spearman'), 2):>7}  {m.phase}"
+                    f" ({m.phase_support:.0%})"
                 )
             lines += _interval_rows(t)
-    for pair in phases["cross_ladder"]:
-        a, b = pair["ladders"]
+    for pair in phases.cross_ladder:
+        a, b = pair.ladders
         lines.append(f"seeds, {a} vs {b}")
-        for task, c in pair["tasks"].items():
-            ids = " / ".join(str(x) for x in c["seed_prompt_ids"])
-            same = "same prompt" if c["same_prompt"] else "different or missing seed"
-            lines.append(f"  {task}: {ids}  JS {_fmt(c['js_between_seeds'])}  {same}")
+        for task, c in pair.tasks.items():
+            ids = " / ".join(str(x) for x in c.seed_prompt_ids)
+            same = "same prompt" if c.same_prompt else "different or missing seed"
+            lines.append(f"  {task}: {ids}  JS {_fmt(c.js_between_seeds)}  {same}")
     return "\n".join(lines)
 
 
@@ -278,7 +281,7 @@ def main(argv=None):
             check_writable(Path(args.report))
         results = load_results(args.results_dir, labels)
         phases = analyse(results, ladders, args.tau, args.level, args.bootstrap)
-        text = json.dumps(phases, indent=1, allow_nan=False)
+        text = json.dumps(phases.to_json(), indent=1, allow_nan=False)
         if args.report:
             from analysis.report import build_report
 
@@ -287,7 +290,7 @@ def main(argv=None):
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for line in phases["warnings"]:
+    for line in phases.warnings:
         print(f"warning: {line}", file=sys.stderr)
     print(format_tables(phases))
     print(f"wrote {out}" + (f" and {Path(args.report) / 'index.html'}" if args.report else ""))

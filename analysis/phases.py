@@ -30,12 +30,12 @@ Public API (computation; the CLI and its text tables are in analysis/cli.py, the
 analysis/report.py, reading the results store in engine/results.py):
 - ``load_results(results_dir, labels)`` -> Results (label -> task -> TaskData)
 - ``task_metrics(P, coverage=None, tau=0.05)`` -> dict of the per-checkpoint metrics
-- ``ladder_metrics(stages, tau=0.05, level=0.01, bootstrap=1000)`` -> dict for one task along
-  one ladder, where stages is an ordered {stage name: TaskData}
-- ``analyse(results, ladders, tau=0.05, level=0.01, bootstrap=1000)`` -> the dict written to
-  phases.json
+- ``ladder_metrics(stages, tau=0.05, level=0.01, bootstrap=1000)`` -> TaskLadder for one task
+  along one ladder, where stages is an ordered {stage name: TaskData}
+- ``analyse(results, ladders, tau=0.05, level=0.01, bootstrap=1000)`` -> Phases, whose
+  ``to_json()`` is phases.json (the dataclasses are in analysis/records.py)
 - ``phase_summary(phases)`` -> {ladder: {task: {"seed_prompt_id": id or None,
-  "phases": {stage: label}}}}, read from a phases.json dict (what a demo checks)
+  "phases": {stage: label}}}}, from a Phases result (what a demo checks)
 - ``python -m analysis.phases`` is ``python -m analysis`` (analysis/cli.py).
 """
 
@@ -68,6 +68,7 @@ from analysis.metrics import (
     js_divergence,
 )
 from analysis.null import LEVEL, draw_rng, seed_test
+from analysis.records import Figure, Ladder, LadderPair, Phases, Seed, SeedMatch, Stage, TaskLadder
 from engine.errors import AnalysisError
 from engine.results import Col, ResultsStore, read_results
 
@@ -271,27 +272,22 @@ def _seed(base, stage, tau, level=LEVEL):
     p, floor, resolvable = seed_test(base.P, stage.P, float(js[i]),
                                      draw_rng(base.task, base.label, stage.label), level)
     found = bool(resolvable and p < level and margin >= tau and js[i] <= SEED_RATIO * median)
-    return i, {
-        "found": found,
-        "verdict": "found" if found else ("no seed" if resolvable else "unresolved"),
-        "seed_prompt_id": base.prompt_ids[i] if found else None,
-        "nearest_prompt_id": base.prompt_ids[i],
-        "js": float(js[i]),
-        "median_js": median,
-        "margin": margin,
-        "p_value": p,
-        "level": level,
-        "noise_floor": floor,
-        "resolvable": bool(resolvable),
-        "distribution": base.P[i].tolist(),
-    }
+    return i, Seed(
+        stage="", found=found,
+        verdict="found" if found else ("no seed" if resolvable else "unresolved"),
+        seed_prompt_id=base.prompt_ids[i] if found else None,
+        nearest_prompt_id=base.prompt_ids[i],
+        figures={"js": Figure(float(js[i])), "median_js": Figure(median),
+                 "margin": Figure(margin)},
+        p_value=p, level=level, noise_floor=floor, resolvable=bool(resolvable),
+        distribution=base.P[i].tolist(),
+    )
 
 
-def _phase(position, seed_position, metrics, seed_found, settling):
+def _phase(position, seed_position, liquidity, nucleation, seed_found, retention):
     """Phase label of a stage; the rules and thresholds are in docs/metrics.md."""
-    if metrics["liquidity"] >= LIQUID_MIN:
+    if liquidity >= LIQUID_MIN:
         return "liquid"  # the phrasing still selects clearly different distributions
-    nucleation = metrics["nucleation"]
     # Collapsed, but only a stage that lost most of a liquid base's diversity, onto a seed
     # that a base prompt already gave, counts as nucleated (or settled, later on).
     if position == 0 or nucleation is None or nucleation < NUCLEATION_MIN:
@@ -300,14 +296,14 @@ def _phase(position, seed_position, metrics, seed_found, settling):
         return "unclear"
     if position == seed_position:
         return "nucleated"
-    return "settled" if settling["retention"] >= RETENTION_MIN else "unclear"
+    return "settled" if retention >= RETENTION_MIN else "unclear"
 
 
-def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
+def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> TaskLadder:
     """Metrics of one task along one ladder; stages is an ordered {stage name: TaskData}.
 
     `level`: the p-value below which the seed test finds a seed; `bootstrap`: resamples of
-    the prompts behind each figure's interval (`<metric>_ci`, analysis/bootstrap.py)."""
+    the prompts behind each figure's interval (analysis/bootstrap.py)."""
     names = list(stages)
     if len(names) < 2:
         raise AnalysisError(f"ladder {names}: needs a base and at least one later stage")
@@ -317,7 +313,7 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
     data = _aligned([stages[name] for name in names])
     base = data[0]
     seed_index, seed = _seed(base, data[seed_pos], tau, level)
-    seed["stage"] = seed_name
+    seed.stage = seed_name
     arrays = [(td.P, td.coverage) for td in data]
     sizes = [td.P.shape[0] for td in data]
     target = _target(next((td.target for td in data if td.target is not None), None))
@@ -332,30 +328,33 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
     resampled, seeds = ladder_values(arrays, seed_pos, tau, weights(counts), seed_index,
                                      target=target)
 
+    def figures(s_i, metrics):
+        out = {}
+        for metric in metrics:
+            column = STAGE_METRICS.index(metric)
+            value = _plain(metric, point[0, s_i, column])
+            out[metric] = Figure(value, interval(resampled[:, s_i, column], value, sizes[s_i]))
+        return out
+
     per_stage = {}
     for s_i, name in enumerate(names):
-        m = {"label": data[s_i].label, **_checkpoint_dict(data[s_i].P, point[0, s_i])}
-        m["nucleation"] = _plain("nucleation", point[0, s_i, NUCLEATION])
-        for metric in (*CHECKPOINT_METRICS, "nucleation"):
-            m[f"{metric}_ci"] = interval(resampled[:, s_i, STAGE_METRICS.index(metric)],
-                                         m[metric], sizes[s_i])
-        per_stage[name] = m
-    for j, metric in enumerate(SEED_METRICS):
-        seed[f"{metric}_ci"] = interval(seeds[:, j], seed[metric], sizes[0])
-    settling = {}
-    for s_i in range(seed_pos, len(names)):
-        row = {}
-        for metric in SETTLING_METRICS:
-            column = STAGE_METRICS.index(metric)
-            row[metric] = _plain(metric, point[0, s_i, column])
-            row[f"{metric}_ci"] = interval(resampled[:, s_i, column], row[metric], sizes[s_i])
-        settling[names[s_i]] = row
+        td = data[s_i]
+        consensus = td.P.mean(axis=0)
+        per_stage[name] = Stage(td.label, td.P.shape[0], td.P.shape[1],
+                                figures(s_i, (*CHECKPOINT_METRICS, "nucleation")),
+                                (consensus / consensus.sum()).tolist())
+    seed.figures = {metric: Figure(f.value, interval(seeds[:, j], f.value, sizes[0]))
+                    for j, (metric, f) in enumerate(zip(SEED_METRICS, seed.figures.values(),
+                                                        strict=True))}
+    settling = {names[s_i]: figures(s_i, SETTLING_METRICS) for s_i in range(seed_pos, len(names))}
     for pos, name in enumerate(names):
-        m = per_stage[name]
-        m["phase"] = _phase(pos, seed_pos, m, seed["found"], settling.get(name))
-        m["phase_support"] = _phase_support(pos, seed_pos, m["phase"], seed["found"],
-                                            resampled[:, pos])
-    return {"answers": list(base.answers), "stages": per_stage, "seed": seed, "settling": settling}
+        stage = per_stage[name]
+        retention = settling[name]["retention"].value if name in settling else None
+        stage.phase = _phase(pos, seed_pos, stage.value("liquidity"), stage.value("nucleation"),
+                             seed.found, retention)
+        stage.phase_support = _phase_support(pos, seed_pos, stage.phase, seed.found,
+                                             resampled[:, pos])
+    return TaskLadder(list(base.answers), per_stage, seed, settling)
 
 
 def _aligned(data):
@@ -388,10 +387,9 @@ def _phase_support(pos, seed_pos, phase, seed_found, values):
     held fixed: the null test is not repeated per resample)."""
     same = 0
     for row in values:
-        metrics = {"liquidity": row[LIQUIDITY],
-                   "nucleation": None if math.isnan(row[NUCLEATION]) else row[NUCLEATION]}
-        settling = {"retention": row[RETENTION]} if pos >= seed_pos else None
-        same += _phase(pos, seed_pos, metrics, seed_found, settling) == phase
+        nucleation = None if math.isnan(row[NUCLEATION]) else row[NUCLEATION]
+        retention = row[RETENTION] if pos >= seed_pos else None
+        same += _phase(pos, seed_pos, row[LIQUIDITY], nucleation, seed_found, retention) == phase
     return same / len(values)
 
 
@@ -467,26 +465,17 @@ def _check_answers(name, task, stages_data):
             )
 
 
-def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
-    """ladders: [(name, [(stage, label), ...]), ...] -> the phases.json dict."""
-    out = {
-        "tau": tau,
-        "level": level,
-        "bootstrap": bootstrap,
-        "confidence": CONFIDENCE,
-        "thresholds": {
-            "liquid_min": LIQUID_MIN,
-            "nucleation_min": NUCLEATION_MIN,
-            "seed_ratio": SEED_RATIO,
-            "support_mass": SUPPORT_MASS,
-            "retention_min": RETENTION_MIN,
-            "base_liquidity_min": BASE_LIQUIDITY_MIN,
-            "distinct_k": DISTINCT_K,
-        },
-        "ladders": {},
-        "cross_ladder": [],
-        "warnings": [],
-    }
+def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> Phases:
+    """ladders: [(name, [(stage, label), ...]), ...] -> Phases (`.to_json()`: phases.json)."""
+    out = Phases(tau, level, bootstrap, CONFIDENCE, {
+        "liquid_min": LIQUID_MIN,
+        "nucleation_min": NUCLEATION_MIN,
+        "seed_ratio": SEED_RATIO,
+        "support_mass": SUPPORT_MASS,
+        "retention_min": RETENTION_MIN,
+        "base_liquidity_min": BASE_LIQUIDITY_MIN,
+        "distinct_k": DISTINCT_K,
+    })
     for label in dict.fromkeys(label for _, stages in ladders for _, label in stages):
         if label not in results.data:
             known = ", ".join(sorted(results.data)[:10])
@@ -495,7 +484,7 @@ def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
         _check_one_checkpoint(results, label)
     for name, stages in ladders:
         tasks, warnings = _common_tasks(results, name, stages)
-        out["warnings"] += warnings
+        out.warnings += warnings
         per_task = {}
         for task in tasks:
             data = {stage: results.data[label][task] for stage, label in stages}
@@ -503,71 +492,66 @@ def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP):
             _check_answers(name, task, data)
             for stage, td in data.items():
                 if len(td.prompt_ids) < 2:
-                    out["warnings"].append(
+                    out.warnings.append(
                         f"ladder {name}, task {task}: stage {stage} has {len(td.prompt_ids)} "
                         "prompt; liquidity, dispersion and nucleation need at least 2 phrasings "
                         "and mean nothing here")
             per_task[task] = ladder_metrics(data, tau, level, bootstrap)
-        out["ladders"][name] = {
-            "stages": [{"stage": s, "label": label} for s, label in stages],
-            "seed_stage": seed_stage_of(s for s, _ in stages),
-            "tasks": per_task,
-        }
-    out["cross_ladder"] = _cross_ladder(out["ladders"])
+        out.ladders[name] = Ladder([(s, label) for s, label in stages],
+                                   seed_stage_of(s for s, _ in stages), per_task)
+    out.cross_ladder = _cross_ladder(out.ladders)
     return out
 
 
-def _cross_ladder(ladders):
+def _cross_ladder(ladders: dict[str, Ladder]) -> list[LadderPair]:
     """For each pair of ladders and common task: JS between their seeds, same prompt or not."""
     pairs = []
     names = list(ladders)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             tasks = {}
-            for task in sorted(set(ladders[a]["tasks"]) & set(ladders[b]["tasks"])):
-                sa, sb = ladders[a]["tasks"][task]["seed"], ladders[b]["tasks"][task]["seed"]
-                both = sa["found"] and sb["found"]
-                if ladders[a]["tasks"][task]["answers"] != ladders[b]["tasks"][task]["answers"]:
+            for task in sorted(set(ladders[a].tasks) & set(ladders[b].tasks)):
+                ta, tb = ladders[a].tasks[task], ladders[b].tasks[task]
+                if ta.answers != tb.answers:
                     raise AnalysisError(
                         f"mismatched answer sets: task {task} differs between ladders {a} "
                         f"and {b}; score both with the same task file"
                     )
-                tasks[task] = {
-                    "seed_prompt_ids": [sa["seed_prompt_id"], sb["seed_prompt_id"]],
-                    "js_between_seeds": (
-                        float(js_divergence(np.array(sa["distribution"]), sb["distribution"]))
-                        if both
-                        else None
-                    ),
-                    "same_prompt": bool(both and sa["seed_prompt_id"] == sb["seed_prompt_id"]),
+                sa, sb = ta.seed, tb.seed
+                both = sa.found and sb.found
+                tasks[task] = SeedMatch(
+                    (sa.seed_prompt_id, sb.seed_prompt_id),
+                    float(js_divergence(np.array(sa.distribution), sb.distribution))
+                    if both else None,
+                    bool(both and sa.seed_prompt_id == sb.seed_prompt_id),
                     # Both seeds found at the level: the larger p-value tests the two together.
-                    "p_value": max(sa["p_value"], sb["p_value"]),
-                }
-            pairs.append({"ladders": [a, b], "tasks": tasks})
+                    max(sa.p_value, sb.p_value),
+                )
+            pairs.append(LadderPair((a, b), tasks))
     return pairs
 
 
-def phase_summary(phases):
+def phase_summary(phases: Phases):
     """{ladder: {task: {"seed_prompt_id": id or None, "phases": {stage: label}}}}."""
     return {
         ladder: {
             task: {
-                "seed_prompt_id": t["seed"]["seed_prompt_id"],
-                "phases": {stage: m["phase"] for stage, m in t["stages"].items()},
+                "seed_prompt_id": t.seed.seed_prompt_id,
+                "phases": {stage: m.phase for stage, m in t.stages.items()},
             }
-            for task, t in body["tasks"].items()
+            for task, t in body.tasks.items()
         }
-        for ladder, body in phases["ladders"].items()
+        for ladder, body in phases.ladders.items()
     }
 
 
-def seed_verdict(seed):
+def seed_verdict(seed: Seed):
     """'prompt ID (p 0.0005)', 'no seed (p 0.4)' or 'unresolved (...)', for tables."""
-    p = f"p {seed['p_value']:.2g}"
-    if seed["found"]:
-        return f"prompt {seed['seed_prompt_id']} ({p})"
-    if seed["verdict"] == "unresolved":
-        return f"unresolved ({p}; the prompts cannot resolve a seed at level {seed['level']:g})"
+    p = f"p {seed.p_value:.2g}"
+    if seed.found:
+        return f"prompt {seed.seed_prompt_id} ({p})"
+    if seed.verdict == "unresolved":
+        return f"unresolved ({p}; the prompts cannot resolve a seed at level {seed.level:g})"
     return f"no seed ({p})"
 
 

@@ -20,7 +20,10 @@ Entry point: ``build_report(phases, results, out_dir)``, called by ``python -m a
 
 import html
 import io
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,8 @@ TOP_ANSWERS = 30  # answers named in heatmaps and bars of a large answer set
 MOST_HEATMAPS = 8  # stages drawn as heatmaps per task; a longer ladder shows evenly spaced ones
 MOST_PHASE_LABELS = 12  # a trajectory with more stages tints phases without naming each
 PROB_FLOOR = 1e-6  # the bottom of log probability axes; smaller values are drawn on it
+MOST_WORKERS = 8  # processes drawing a report's figures ...
+FIGURES_PER_WORKER = 6  # ... one per this many figures: a process takes a second to start
 SERIES = (  # (metric key, legend, colour) for the trajectory panels; all lie in [0, 1]
     ("entropy_norm", "entropy / log2 K", "#3f007d"),
     ("liquidity", "liquidity (mean pairwise JS)", "#d94801"),
@@ -73,13 +78,36 @@ def _clamp(x, low, high):
     return min(max(x, low), high)
 
 
+def _draw(job):
+    figure, args, path = job
+    _save(figure(*args), path)
+
+
+def render(jobs):
+    """Draw and save each (figure function, arguments, path), in parallel processes when
+    there are many: matplotlib's layout and text take most of a report's time, and figures
+    are independent. Spawned, not forked: forking after Numba or BLAS started threads can
+    deadlock."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    workers = min(cores, MOST_WORKERS, len(jobs) // FIGURES_PER_WORKER)
+    if workers < 2:
+        for job in jobs:
+            _draw(job)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_draw, jobs))
+
+
 # -------------------------------------------------------------------------------- figures
 
 
 def trajectory_figure(ladder):
     """Small multiples: one panel per task; x = stages; lines = SERIES; tint = phase."""
-    tasks = list(ladder["tasks"])
-    stages = [s["stage"] for s in ladder["stages"]]
+    tasks = list(ladder.tasks)
+    stages = [s for s, _ in ladder.stages]
     ncols = min(4, len(tasks))
     nrows = -(-len(tasks) // ncols)
     panel = _clamp(0.25 * len(stages), 3.4, 6.0)  # a long trajectory gets wider panels
@@ -88,16 +116,17 @@ def trajectory_figure(ladder):
     x = np.arange(len(stages))
     named = len(stages) <= MOST_PHASE_LABELS
     for ax, task in zip(axes.flat, tasks, strict=False):
-        per_stage = ladder["tasks"][task]["stages"]
+        per_stage = ladder.tasks[task].stages
         for i, stage in enumerate(stages):
-            phase = per_stage[stage]["phase"]
+            phase = per_stage[stage].phase
             ax.axvspan(i - 0.5, i + 0.5, color=PHASE_COLOURS[phase], alpha=0.35, lw=0)
             if named:
                 ax.text(i, 1.04, phase, ha="center", va="bottom", fontsize=7)
         for key, name, colour in SERIES:
-            ys = [np.nan if per_stage[s][key] is None else per_stage[s][key] for s in stages]
+            figures = [per_stage[s].figures[key] for s in stages]
+            ys = [np.nan if f.value is None else f.value for f in figures]
             ax.plot(x, ys, marker="o" if named else None, color=colour, label=name)
-            bands = [per_stage[s].get(f"{key}_ci") or (np.nan, np.nan) for s in stages]
+            bands = [f.ci or (np.nan, np.nan) for f in figures]
             ax.fill_between(x, [b[0] for b in bands], [b[1] for b in bands], color=colour,
                             alpha=0.2, lw=0)  # the 95% bootstrap interval over phrasings
         if named:
@@ -117,13 +146,13 @@ def trajectory_figure(ladder):
 def top_answers(task_phase, n=TOP_ANSWERS):
     """Indices of the n answers with the most consensus mass summed over the stages, most
     first (ties: lower index first)."""
-    total = sum(np.array(m["consensus"]) for m in task_phase["stages"].values())
+    total = sum(np.array(m.consensus) for m in task_phase.stages.values())
     return np.argsort(-total, kind="mergesort")[:n]
 
 
 def _shown_answers(task_phase):
     """(answer indices to draw, whether the answer set is large): all of them, or the top."""
-    k = len(task_phase["answers"])
+    k = len(task_phase.answers)
     return (top_answers(task_phase), True) if k > LARGE_K else (np.arange(k), False)
 
 
@@ -131,7 +160,7 @@ def heatmap_figure(task_phase, stage_data, seed_row):
     """One prompts x answers heatmap per stage, on one colour scale; seed row outlined. For a
     large answer set: the top answers only, and below each heatmap the rank curves."""
     stages = list(stage_data)
-    answers = task_phase["answers"]
+    answers = task_phase.answers
     shown, large = _shown_answers(task_phase)
     names = [answers[a] for a in shown]
     n = max(td.P.shape[0] for td in stage_data.values())
@@ -148,8 +177,8 @@ def heatmap_figure(task_phase, stage_data, seed_row):
         image = ax.imshow(
             td.P[:, shown], aspect="auto", vmin=0, vmax=top, cmap="viridis", interpolation="none"
         )
-        m = task_phase["stages"][stage]
-        title = f"{stage}: {m['phase']}\nliquidity {m['liquidity']:.3f}"
+        m = task_phase.stages[stage]
+        title = f"{stage}: {m.phase}\nliquidity {m.value('liquidity'):.3f}"
         if large:
             held = float(td.P[:, shown].sum(axis=1).mean())
             title += f"\ntop {len(shown)} of {len(answers)} answers: {held:.0%} of the mass"
@@ -174,7 +203,7 @@ def _log_axes(ax, k):
     ax.set_ylim(PROB_FLOOR, 1.5)
 
 
-def _rank_curves(ax, P, metrics, seed_row):
+def _rank_curves(ax, P, stage, seed_row):
     """Each prompt's probabilities sorted, against their rank (log-log): how many answers
     carry its mass, whatever they are. Consensus in black, its support sizes as lines."""
     ranks = np.arange(1, P.shape[1] + 1)
@@ -183,12 +212,11 @@ def _rank_curves(ax, P, metrics, seed_row):
     if seed_row is not None:
         ax.plot(ranks, np.maximum(np.sort(P[seed_row])[::-1], PROB_FLOOR), color="red", lw=1.2,
                 label="seed prompt")
-    consensus = np.sort(np.array(metrics["consensus"]))[::-1]
+    consensus = np.sort(np.array(stage.consensus))[::-1]
     ax.plot(ranks, np.maximum(consensus, PROB_FLOOR), color="black", lw=1.8, label="consensus")
-    ax.axvline(metrics["effective_support"], color="#3f007d", ls=":",
-               label=f"effective support {metrics['effective_support']:.1f}")
-    ax.axvline(metrics["consensus_support"], color="#d94801", ls="--",
-               label=f"consensus support {metrics['consensus_support']:.1f}")
+    effective, whole = stage.value("effective_support"), stage.value("consensus_support")
+    ax.axvline(effective, color="#3f007d", ls=":", label=f"effective support {effective:.1f}")
+    ax.axvline(whole, color="#d94801", ls="--", label=f"consensus support {whole:.1f}")
     _log_axes(ax, P.shape[1])
     ax.set_xlabel("rank of the answer (prompts in grey)", fontsize=8)
     ax.set_ylabel("probability", fontsize=8)
@@ -198,10 +226,10 @@ def _rank_curves(ax, P, metrics, seed_row):
 
 def seed_figure(task_phase, base_consensus):
     """Left: seed-stage consensus beside its seed. Right: settling of the later stages."""
-    seed = task_phase["seed"]
-    answers = task_phase["answers"]
-    seed_dist = np.array(seed["distribution"])
-    who = "seed, base prompt" if seed["found"] else "nearest base prompt"
+    seed = task_phase.seed
+    answers = task_phase.answers
+    seed_dist = np.array(seed.distribution)
+    who = "seed, base prompt" if seed.found else "nearest base prompt"
     k = len(answers)
     shown, large = _shown_answers(task_phase)
     fig = Figure(figsize=(_clamp(len(shown) + 3.0, 9.0, 18.0), 3.8 + 0.4 * large),
@@ -209,19 +237,19 @@ def seed_figure(task_phase, base_consensus):
     left, right = fig.subplots(1, 2)
 
     x = np.arange(len(shown))
-    target = np.array(task_phase["stages"][seed["stage"]]["consensus"])
+    target = np.array(task_phase.stages[seed.stage].consensus)
     left.bar(x - 0.27, seed_dist[shown], 0.27, color="#d62728",
-             label=f"{who} {seed['nearest_prompt_id']}")
+             label=f"{who} {seed.nearest_prompt_id}")
     left.bar(x, target[shown], 0.27, color=PHASE_COLOURS["nucleated"],
-             label=f"{seed['stage']} consensus")
+             label=f"{seed.stage} consensus")
     left.bar(x + 0.27, base_consensus[shown], 0.27, color=PHASE_COLOURS["liquid"],
              label="base consensus")
-    verdict = f"seed {seed['seed_prompt_id']}" if seed["found"] else seed["verdict"]
-    title = (f"{verdict} (p {seed['p_value']:.2g}): JS {seed['js']:.3f} bits vs median "
-             f"{seed['median_js']:.3f}")
+    verdict = f"seed {seed.seed_prompt_id}" if seed.found else seed.verdict
+    title = (f"{verdict} (p {seed.p_value:.2g}): JS {seed.value('js'):.3f} bits vs median "
+             f"{seed.value('median_js'):.3f}")
     if large:
         title += (f"\ntop {len(shown)} of {k} answers, holding {seed_dist[shown].sum():.0%} of "
-                  f"the seed and {target[shown].sum():.0%} of the {seed['stage']} consensus")
+                  f"the seed and {target[shown].sum():.0%} of the {seed.stage} consensus")
     left.set_title(title, fontsize=9)
     _ticks(left, [answers[a] for a in shown], most=TOP_ANSWERS)
     left.set_ylabel("probability")
@@ -238,26 +266,26 @@ def seed_figure(task_phase, base_consensus):
         label=f"its {int(SUPPORT_MASS * 100)}% support",
     )
     right.plot(x, lift(seed_dist[order]), "k--", marker=marker,
-               label=f"{who} {seed['nearest_prompt_id']}")
-    settling = task_phase["settling"]
+               label=f"{who} {seed.nearest_prompt_id}")
+    settling = task_phase.settling
     for stage in heatmap_stages(list(settling)):  # a long run: evenly spaced stages only
         s = settling[stage]
-        c = np.array(task_phase["stages"][stage]["consensus"])[order]
+        c = np.array(task_phase.stages[stage].consensus)[order]
         right.plot(
             x,
             lift(c),
             marker="o" if small else None,
             ms=small,
-            label=f"{stage}: keeps {s['retention']:.2f}, drift {s['drift']:.3f}",
+            label=f"{stage}: keeps {s['retention'].value:.2f}, drift {s['drift'].value:.3f}",
         )
     if large:
         _log_axes(right, k)
-        right.set_xlabel(f"rank of the answer under P(answer | {seed['nearest_prompt_id']})")
+        right.set_xlabel(f"rank of the answer under P(answer | {seed.nearest_prompt_id})")
         right.set_ylabel("probability")
     else:
         _ticks(right, [answers[i] for i in order])
     right.set_title(
-        f"settling: stage consensus, answers by P(answer | {seed['nearest_prompt_id']})",
+        f"settling: stage consensus, answers by P(answer | {seed.nearest_prompt_id})",
         fontsize=9,
     )
     right.legend(fontsize=7)
@@ -268,24 +296,22 @@ def seed_figure(task_phase, base_consensus):
 
 
 def _phase_table(name, ladder):
-    stages = [s["stage"] for s in ladder["stages"]]
-    head = "".join(
-        f"<th>{html.escape(s['stage'])}<br><small>{html.escape(s['label'])}</small></th>"
-        for s in ladder["stages"]
-    )
+    head = "".join(f"<th>{html.escape(s)}<br><small>{html.escape(label)}</small></th>"
+                   for s, label in ladder.stages)
     rows = []
-    for task, t in ladder["tasks"].items():
+    for task, t in ladder.tasks.items():
         cells = "".join(
-            f'<td style="background:{PHASE_COLOURS[t["stages"][s]["phase"]]}">'
-            f"{t['stages'][s]['phase']} <small>{t['stages'][s]['phase_support']:.0%}</small></td>"
-            for s in stages
+            f'<td style="background:{PHASE_COLOURS[m.phase]}">'
+            f"{m.phase} <small>{m.phase_support:.0%}</small></td>"
+            for m in (t.stages[s] for s, _ in ladder.stages)
         )
-        seed = t["seed"]
+        seed = t.seed
         found = html.escape(seed_verdict(seed))
+        js = seed.figures["js"]
         rows.append(
             f"<tr><td>{html.escape(task)}</td>{cells}<td>{found} "
-            f"<small>(JS {seed['js']:.3f} {_ci(seed['js_ci'])} vs median "
-            f"{seed['median_js']:.3f})</small></td></tr>"
+            f"<small>(JS {js.value:.3f} {_ci(js.ci)} vs median "
+            f"{seed.value('median_js'):.3f})</small></td></tr>"
         )
     return (
         f"<h2>Ladder {html.escape(name)}</h2><table><tr><th>task</th>{head}<th>seed</th></tr>"
@@ -305,13 +331,13 @@ def _number(x):
 def _cross_table(pairs):
     parts = []
     for pair in pairs:
-        a, b = (html.escape(x) for x in pair["ladders"])
+        a, b = (html.escape(x) for x in pair.ladders)
         rows = "".join(
             f"<tr><td>{html.escape(task)}</td>"
-            f"<td>{' / '.join(html.escape(str(i)) for i in c['seed_prompt_ids'])}</td>"
-            f"<td>{_number(c['js_between_seeds'])}</td>"
-            f"<td>{'yes' if c['same_prompt'] else 'no'}</td></tr>"
-            for task, c in pair["tasks"].items()
+            f"<td>{' / '.join(html.escape(str(i)) for i in c.seed_prompt_ids)}</td>"
+            f"<td>{_number(c.js_between_seeds)}</td>"
+            f"<td>{'yes' if c.same_prompt else 'no'}</td></tr>"
+            for task, c in pair.tasks.items()
         )
         parts.append(
             f"<h3>Seeds of {a} vs {b}</h3><table><tr><th>task</th><th>seed prompts</th>"
@@ -352,24 +378,25 @@ def heatmap_stages(stages: list[str], most: int = MOST_HEATMAPS) -> list[str]:
 
 
 def build_report(phases, results, out_dir):
-    """Write out_dir/index.html and its PNGs from a phases dict and the loaded Results."""
+    """Write out_dir/index.html and its PNGs from a Phases result (analysis/records.py) and
+    the loaded Results."""
     out = Path(out_dir)
-    top, detail = [], []
-    for name, ladder in phases["ladders"].items():
+    top, detail, figures = [], [], []
+    for name, ladder in phases.ladders.items():
         png = f"trajectory_{_slug(name)}.png"
-        _save(trajectory_figure(ladder), out / png)
+        figures.append((trajectory_figure, (ladder,), out / png))
         top.append(_phase_table(name, ladder) + f'<img src="{png}" alt="phase trajectory">')
-        labels = {s["stage"]: s["label"] for s in ladder["stages"]}
-        for task, t in ladder["tasks"].items():
+        labels = ladder.labels()
+        for task, t in ladder.tasks.items():
             drawn = heatmap_stages(list(labels))
             data = {stage: results.data[labels[stage]][task] for stage in drawn}
             base = next(iter(data.values()))
-            seed_row = base.prompt_ids.index(t["seed"]["nearest_prompt_id"])
+            seed_row = base.prompt_ids.index(t.seed.nearest_prompt_id)
             heat = f"heatmap_{_slug(name, task)}.png"
             seed = f"seed_{_slug(name, task)}.png"
-            _save(heatmap_figure(t, data, seed_row), out / heat)
-            base_consensus = np.array(t["stages"][next(iter(t["stages"]))]["consensus"])
-            _save(seed_figure(t, base_consensus), out / seed)
+            base_consensus = np.array(next(iter(t.stages.values())).consensus)
+            figures += [(heatmap_figure, (t, data, seed_row), out / heat),
+                        (seed_figure, (t, base_consensus), out / seed)]
             some = (f" <small>({len(drawn)} of {len(labels)} stages drawn, evenly spaced)</small>"
                     if len(drawn) < len(labels) else "")
             detail.append(
@@ -377,11 +404,12 @@ def build_report(phases, results, out_dir):
                 f'<img src="{heat}" alt="prompts x answers heatmaps"><br>'
                 f'<img src="{seed}" alt="seed match and settling">'
             )
+    render(figures)
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Phase report</title>"
         f"<style>{STYLE}</style></head><body><h1>Crystallization phases</h1>{_legend()}"
         + "".join(top)
-        + _cross_table(phases["cross_ladder"])
+        + _cross_table(phases.cross_ladder)
         + "<h2>Per task: heatmaps, seed match, settling</h2>"
         + "".join(detail)
         + "</body></html>"

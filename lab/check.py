@@ -24,6 +24,7 @@ import numpy as np
 
 from analysis.metrics import js_divergence
 from analysis.phases import load_results
+from analysis.records import Phases
 
 # Acceptance thresholds of the toy ladder (docs/demo.md, Acceptance), out of the 15 tasks of
 # the full suite; `acceptance` scales them to the number of tasks actually built.
@@ -64,14 +65,15 @@ def ladder_spec(stages: list[str]) -> str:
     return ",".join(f"{s}={s}" for s in stages)
 
 
-def run_phases(results: Path, stages: list[str], out: Path, report: Path | None = None) -> dict:
-    """`python -m analysis` over the ladder; returns the phases.json it wrote."""
+def run_phases(results: Path, stages: list[str], out: Path, report: Path | None = None
+               ) -> Phases:
+    """`python -m analysis` over the ladder; returns the phases.json it wrote, read back."""
     cmd = [sys.executable, "-m", "analysis", str(results), "--ladder",
            ladder_spec(stages), "--out", str(out)]
     if report is not None:
         cmd += ["--report", str(report)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(Path(out).read_text())
+    return Phases.from_json(json.loads(Path(out).read_text()))
 
 
 def run_trajectory(results: Path, series: Path, out: Path, report: Path) -> dict:
@@ -118,24 +120,24 @@ def base_js_to_planted(results: Path, base_label: str, planted_dists: dict) -> d
     return out
 
 
-def compare(phases: dict, planted: dict[str, str], base_js: dict[str, float],
+def compare(phases: Phases, planted: dict[str, str], base_js: dict[str, float],
             trajectory: dict | None = None) -> dict:
     """Per task: planted and detected seed, phase / liquidity / retention per stage, and
     where nucleation was located along the trajectory (when one is given)."""
-    ladder = next(iter(phases["ladders"].values()))
+    ladder = next(iter(phases.ladders.values()))
     located = nucleation(trajectory) if trajectory is not None else {}
     rows = {}
-    for task, t in ladder["tasks"].items():
+    for task, t in ladder.tasks.items():
         rows[task] = {
             "planted_seed": planted.get(task),
-            "detected_seed": t["seed"]["seed_prompt_id"],
-            "nearest_prompt": t["seed"]["nearest_prompt_id"],
-            "seed_verdict": t["seed"]["verdict"],
-            "seed_p_value": t["seed"]["p_value"],
+            "detected_seed": t.seed.seed_prompt_id,
+            "nearest_prompt": t.seed.nearest_prompt_id,
+            "seed_verdict": t.seed.verdict,
+            "seed_p_value": t.seed.p_value,
             "base_js_to_planted": base_js.get(task),
-            "phases": {s: m["phase"] for s, m in t["stages"].items()},
-            "liquidity": {s: m["liquidity"] for s, m in t["stages"].items()},
-            "retention": {s: v["retention"] for s, v in t["settling"].items()},
+            "phases": {s: m.phase for s, m in t.stages.items()},
+            "liquidity": {s: m.value("liquidity") for s, m in t.stages.items()},
+            "retention": {s: v["retention"].value for s, v in t.settling.items()},
             "nucleation": located.get(task),
         }
     return rows

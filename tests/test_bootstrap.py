@@ -43,9 +43,9 @@ def test_intervals_cover_the_population_value_95_percent_of_the_time():
         P = population[rng.choice(len(population), n, replace=False)]
         stages = _stages({"base": (P, np.ones(n)), "sft": (P, np.ones(n))},
                          labels=[f"b{t}", f"s{t}"])
-        m = ladder_metrics(stages, bootstrap=500)["stages"]["base"]
+        m = ladder_metrics(stages, bootstrap=500).stages["base"]
         for metric, value in truth.items():
-            lo, hi = m[f"{metric}_ci"]
+            lo, hi = m.figures[metric].ci
             covered[metric] += lo <= value <= hi
     for metric, count in covered.items():
         assert 0.88 <= count / trials <= 0.995, (metric, count)
@@ -53,7 +53,8 @@ def test_intervals_cover_the_population_value_95_percent_of_the_time():
 
 def test_every_figure_of_phases_json_carries_an_interval(tmp_path):
     ladders, _ = write_planted_store(tmp_path, n_prompts=10, tasks=["random_number"])
-    phases = json.loads(json.dumps(analyse(load_results(tmp_path), ladders, bootstrap=100)))
+    phases = json.loads(json.dumps(analyse(load_results(tmp_path), ladders,
+                                           bootstrap=100).to_json()))
     task = phases["ladders"]["olmo"]["tasks"]["random_number"]
     blocks = [*task["stages"].values(), *task["settling"].values(), task["seed"]]
     checked = 0
@@ -71,10 +72,10 @@ def test_every_figure_of_phases_json_carries_an_interval(tmp_path):
 def test_a_planted_ladder_has_narrow_intervals_where_the_stage_collapsed():
     rng = np.random.default_rng(3)
     result = ladder_metrics(_stages(planted_ladder(rng, 12, 10, seed_index=4)), bootstrap=200)
-    base, sft = result["stages"]["base"], result["stages"]["sft"]
-    assert base["liquidity_ci"][0] > 0.1 > sft["liquidity_ci"][1]  # liquid, then collapsed
-    assert base["phase"] == "liquid" and base["phase_support"] > 0.95
-    assert result["settling"]["dpo"]["retention_ci"][0] > 0.9
+    base, sft = result.stages["base"], result.stages["sft"]
+    assert base.figures["liquidity"].ci[0] > 0.1 > sft.figures["liquidity"].ci[1]  # collapsed
+    assert base.phase == "liquid" and base.phase_support > 0.95
+    assert result.settling["dpo"]["retention"].ci[0] > 0.9
 
 
 def test_the_same_input_gives_the_same_intervals_and_prompt_order_does_not_matter():
@@ -88,9 +89,9 @@ def test_the_same_input_gives_the_same_intervals_and_prompt_order_does_not_matte
     shuffled["sft"] = TaskData(sft.label, sft.task, [sft.prompt_ids[i] for i in order],
                                sft.answers, sft.P[order], sft.coverage[order])
     again = ladder_metrics(shuffled, bootstrap=200)
-    for stage in first["stages"]:
-        assert again["stages"][stage]["liquidity_ci"] == pytest.approx(
-            first["stages"][stage]["liquidity_ci"], rel=1e-9)
+    for stage in first.stages:
+        assert again.stages[stage].figures["liquidity"].ci == pytest.approx(
+            first.stages[stage].figures["liquidity"].ci, rel=1e-9)
 
 
 def test_sharpening_fit_recovers_the_exponent_of_a_sharpened_seed():
@@ -103,9 +104,9 @@ def test_sharpening_fit_recovers_the_exponent_of_a_sharpened_seed():
     result = ladder_metrics(_stages(planted_ladder(rng, 12, 10, seed_index=1, sigma=0.01)),
                             bootstrap=100)
     for stage, beta in (("dpo", 2.0), ("rl", 3.0)):
-        settled = result["settling"][stage]
-        assert settled["gamma"] == pytest.approx(beta, rel=0.05) and settled["gamma_js"] < 1e-3
-        assert settled["gamma_ci"][0] <= beta <= settled["gamma_ci"][1]
+        gamma, residual = result.settling[stage]["gamma"], result.settling[stage]["gamma_js"]
+        assert gamma.value == pytest.approx(beta, rel=0.05) and residual.value < 1e-3
+        assert gamma.ci[0] <= beta <= gamma.ci[1]
 
 
 def test_peer_metrics_distinct_k_and_distance_to_uniform():

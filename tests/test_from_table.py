@@ -28,8 +28,9 @@ def test_a_table_of_distributions_gives_what_the_store_would():
     td = results.data["m-base"]["pick"]
     assert td.answers == answers and np.allclose(td.P, ladder["base"][0])
     phases = analysis.analyse(results, {"m": {s: f"m-{s}" for s in ladder}}, bootstrap=100)
-    seed = phases.phases["ladders"]["m"]["tasks"]["pick"]["seed"]
-    assert seed["found"] and seed["seed_prompt_id"] == "q5"
+    seed = phases.records.ladders["m"].tasks["pick"].seed
+    assert seed.found and seed.seed_prompt_id == "q5"
+    assert phases.phases["ladders"]["m"]["tasks"]["pick"]["seed"] == seed.to_json()
     assert phases.stages.num_rows == 4 and "liquidity_lo" in phases.stages.column_names
 
 

@@ -23,6 +23,7 @@ from analysis.phases import (
     spearman,
     task_metrics,
 )
+from analysis.records import Phases
 from analysis.synthetic import TASKS, planted_ladder, write_planted_store, write_task
 from engine.errors import AnalysisError
 from engine.results import MAIN_SCHEMA, ResultsStore
@@ -144,7 +145,7 @@ def _ladder(planted, stages=("base", "sft", "dpo", "rl")):
 
 def test_planted_ladder_gives_liquid_nucleated_settled_and_the_seed():
     rng = np.random.default_rng(1)
-    result = ladder_metrics(_ladder(planted_ladder(rng, 12, 10, seed_index=5)))
+    result = ladder_metrics(_ladder(planted_ladder(rng, 12, 10, seed_index=5))).to_json()
     seed = result["seed"]
     assert seed["found"] and seed["seed_prompt_id"] == "p05" and seed["stage"] == "sft"
     assert seed["margin"] > 0.1
@@ -165,7 +166,7 @@ def test_consensus_that_no_base_prompt_gave_is_no_seed():
     base, cov = planted["base"]
     mean = base.mean(axis=0)
     planted["sft"] = (np.tile(mean, (12, 1)), cov)  # collapsed, but onto no prompt's distribution
-    result = ladder_metrics(_ladder(planted))
+    result = ladder_metrics(_ladder(planted)).to_json()
     assert not result["seed"]["found"] and result["seed"]["seed_prompt_id"] is None
     phases = [result["stages"][s]["phase"] for s in ("base", "sft", "dpo", "rl")]
     assert phases == ["liquid", "unclear", "unclear", "unclear"]
@@ -176,13 +177,13 @@ def test_still_liquid_sft_and_a_stage_leaving_the_support():
     planted = planted_ladder(rng, 12, 10, seed_index=4)
     base, cov = planted["base"]
     still = dict(planted, sft=(base[::-1].copy(), cov))
-    assert ladder_metrics(_ladder(still))["stages"]["sft"]["phase"] == "liquid"
+    assert ladder_metrics(_ladder(still)).stages["sft"].phase == "liquid"
     # RL puts its mass on the seed's least likely answer: outside the seed's support.
     seed = base[4]
     outside = np.full(10, 0.02)
     outside[np.argmin(seed)] = 0.82
     moved = dict(planted, rl=(np.tile(outside, (12, 1)), cov))
-    result = ladder_metrics(_ladder(moved))
+    result = ladder_metrics(_ladder(moved)).to_json()
     assert result["stages"]["rl"]["phase"] == "unclear"
     assert result["settling"]["rl"]["retention"] < 0.2
     assert result["stages"]["dpo"]["phase"] == "settled"
@@ -193,8 +194,8 @@ def test_seed_stage_is_second_stage_without_sft():
     planted = planted_ladder(rng, 10, 8, seed_index=2)
     renamed = {"pre": planted["base"], "tuned": planted["sft"], "pref": planted["dpo"]}
     result = ladder_metrics(_ladder(renamed, stages=("pre", "tuned", "pref")))
-    assert result["seed"]["stage"] == "tuned" and result["seed"]["seed_prompt_id"] == "p02"
-    assert [m["phase"] for m in result["stages"].values()] == ["liquid", "nucleated", "settled"]
+    assert result.seed.stage == "tuned" and result.seed.seed_prompt_id == "p02"
+    assert [m.phase for m in result.stages.values()] == ["liquid", "nucleated", "settled"]
 
 
 # -------------------------------------------------------------------------- store and CLI
@@ -236,7 +237,7 @@ def test_cli_writes_phases_json_with_planted_seeds(store, tmp_path, capsys):
     out = tmp_path / "deep" / "phases.json"
     assert main([str(results), *_flags(ladders), "--out", str(out)]) == 0
     phases = json.loads(out.read_text())
-    summary = phase_summary(phases)
+    summary = phase_summary(Phases.from_json(phases))
     for name, _ in ladders:
         for task, planted in seeds[name].items():
             assert summary[name][task]["seed_prompt_id"] == planted
@@ -389,11 +390,11 @@ def test_phase_rules_at_the_thresholds():
     # A base whose prompts all agree: nothing to nucleate from, every stage is unclear.
     frozen = dict(planted, base=(np.tile(base[1], (12, 1)), cov))
     result = ladder_metrics(_ladder(frozen))
-    assert result["stages"]["sft"]["nucleation"] is None
-    assert {m["phase"] for m in result["stages"].values()} == {"unclear"}
+    assert result.stages["sft"].value("nucleation") is None
+    assert {m.phase for m in result.stages.values()} == {"unclear"}
     # Half way to the seed: liquidity fell by more than half but stays above LIQUID_MIN.
     half = 0.5 * base + 0.5 * base[1]
     assert task_metrics(half)["liquidity"] > 0.1
     result = ladder_metrics(_ladder(dict(planted, sft=(half, cov))))
-    assert result["stages"]["sft"]["nucleation"] > 0.5
-    assert result["stages"]["sft"]["phase"] == "liquid"
+    assert result.stages["sft"].value("nucleation") > 0.5
+    assert result.stages["sft"].phase == "liquid"

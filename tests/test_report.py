@@ -12,6 +12,7 @@ import pytest
 
 from analysis.cli import main
 from analysis.phases import phase_summary
+from analysis.records import Phases
 from analysis.report import TOP_ANSWERS, top_answers
 from analysis.synthetic import write_planted_store
 
@@ -30,7 +31,7 @@ def built(tmp_path_factory):
     report = root / "report"
     out = root / "phases.json"
     rc = main([str(root / "results"), *flags, "--out", str(out), "--report", str(report)])
-    return rc, report, json.loads(out.read_text()), seeds
+    return rc, report, Phases.from_json(json.loads(out.read_text())), seeds
 
 
 def test_report_detects_planted_seeds_and_phases(built):
@@ -90,7 +91,7 @@ def large(tmp_path_factory):
     out = root / "phases.json"
     rc = main([str(root / "results"), *flags, "--out", str(out), "--report", str(root / "report")])
     assert rc == 0
-    return root, json.loads(out.read_text()), seeds
+    return root, Phases.from_json(json.loads(out.read_text())), seeds
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +100,11 @@ def figures(large):
     from analysis.report import heatmap_figure, seed_figure
 
     root, phases, _ = large
-    ladder = phases["ladders"]["olmo"]
-    t = ladder["tasks"]["random_number_1000"]
+    ladder = phases.ladders["olmo"]
+    t = ladder.tasks["random_number_1000"]
     results = load_results(root / "results")
-    data = {s["stage"]: results.data[s["label"]]["random_number_1000"] for s in ladder["stages"]}
-    base = np.array(t["stages"]["base"]["consensus"])
+    data = {s: results.data[label]["random_number_1000"] for s, label in ladder.stages}
+    base = np.array(t.stages["base"].consensus)
     return t, heatmap_figure(t, data, 0), seed_figure(t, base)
 
 
@@ -115,14 +116,14 @@ def test_large_answer_sets_are_planted_and_detected(large):
                 == tasks["random_number_1000"])
         assert summary[ladder]["random_number_1000"]["phases"] == {
             "base": "liquid", "sft": "nucleated", "dpo": "settled", "rl": "settled"}
-        base = phases["ladders"][ladder]["tasks"]["random_number_1000"]["stages"]["base"]
+        base = phases.ladders[ladder].tasks["random_number_1000"].stages["base"]
         # A liquid base: each prompt spreads over a few answers, the prompts over many more.
-        assert base["effective_support"] < 100 < base["consensus_support"] <= 1000
+        assert base.value("effective_support") < 100 < base.value("consensus_support") <= 1000
 
 
 def test_top_answers_are_the_most_consensus_mass_over_the_stages(figures):
     t, _, _ = figures
-    total = sum(np.array(m["consensus"]) for m in t["stages"].values())
+    total = sum(np.array(m.consensus) for m in t.stages.values())
     top = top_answers(t)
     assert len(top) == TOP_ANSWERS == len(set(top.tolist()))
     assert total[top].min() >= np.delete(total, top).max()
@@ -131,14 +132,14 @@ def test_top_answers_are_the_most_consensus_mass_over_the_stages(figures):
 
 def test_heatmaps_show_top_answers_and_rank_curves_when_k_is_large(figures):
     t, heat, _ = figures
-    stages = len(t["stages"])
+    stages = len(t.stages)
     images = [ax for ax in heat.axes if ax.images]
     assert len(images) == stages
     for ax in images:
         n_prompts = ax.images[0].get_array().shape[0]
         assert ax.images[0].get_array().shape == (n_prompts, TOP_ANSWERS)
         assert [label.get_text() for label in ax.get_xticklabels()] == [
-            t["answers"][a] for a in top_answers(t)]
+            t.answers[a] for a in top_answers(t)]
     curves = [ax for ax in heat.axes if ax.get_xscale() == "log"]
     assert len(curves) == stages
     for ax in curves:
@@ -161,13 +162,13 @@ def test_small_answer_sets_keep_one_column_per_answer(built):
     from analysis.report import heatmap_figure
 
     _, report, phases, _ = built
-    ladder = phases["ladders"]["olmo"]
-    t = ladder["tasks"]["random_color"]
+    ladder = phases.ladders["olmo"]
+    t = ladder.tasks["random_color"]
     results = load_results(report.parent / "results")
-    data = {s["stage"]: results.data[s["label"]]["random_color"] for s in ladder["stages"]}
+    data = {s: results.data[label]["random_color"] for s, label in ladder.stages}
     heat = heatmap_figure(t, data, 0)
     assert len(heat.axes) == len(data) + 1  # heatmaps and the colour bar, no rank curves
-    assert all(ax.images[0].get_array().shape[1] == len(t["answers"])
+    assert all(ax.images[0].get_array().shape[1] == len(t.answers)
                for ax in heat.axes if ax.images)
 
 

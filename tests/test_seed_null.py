@@ -61,7 +61,7 @@ def _seeds(k, n, alpha, kind, trials=TRIALS, seed=0):
         # Distinct labels per trial: the analysis seeds its draws by labels and task.
         for stage in stages.values():
             stage.label = f"{stage.label}-{t}"
-        out.append((ladder_metrics(stages, level=LEVEL, bootstrap=100)["seed"], planted))
+        out.append((ladder_metrics(stages, level=LEVEL, bootstrap=100).seed, planted))
     return out
 
 
@@ -69,7 +69,7 @@ def _seeds(k, n, alpha, kind, trials=TRIALS, seed=0):
 @pytest.mark.parametrize(("k", "n", "alpha"), [(4, 15, 0.4), (10, 15, 0.4), (52, 15, 0.4),
                                                (10, 8, 0.2), (10, 30, 1.0), (20, 15, 0.1)])
 def test_false_positive_rate_is_at_most_the_level(k, n, alpha, kind):
-    found = sum(seed["found"] for seed, _ in _seeds(k, n, alpha, kind))
+    found = sum(seed.found for seed, _ in _seeds(k, n, alpha, kind))
     assert found <= binomial_upper(TRIALS, LEVEL), (found, TRIALS)
 
 
@@ -77,17 +77,17 @@ def test_false_positive_rate_is_at_most_the_level(k, n, alpha, kind):
                                                (20, 30, 1.0)])
 def test_power_on_planted_seeds_with_ten_or_more_answers(k, n, alpha):
     seeds = _seeds(k, n, alpha, "planted", trials=60)
-    right = sum(seed["found"] and seed["seed_prompt_id"] == planted for seed, planted in seeds)
+    right = sum(seed.found and seed.seed_prompt_id == planted for seed, planted in seeds)
     assert right >= 0.95 * len(seeds), right
 
 
 def test_two_answers_and_fifteen_prompts_say_they_cannot_resolve_a_seed():
     seeds = _seeds(2, 15, 0.4, "planted", trials=60)
-    unresolved = [s for s, _ in seeds if s["verdict"] == "unresolved"]
+    unresolved = [s for s, _ in seeds if s.verdict == "unresolved"]
     assert len(unresolved) >= 0.5 * len(seeds)
-    assert all(not s["found"] and s["seed_prompt_id"] is None for s in unresolved)
+    assert all(not s.found and s.seed_prompt_id is None for s in unresolved)
     null = _seeds(2, 15, 0.4, "phrasing", trials=TRIALS)
-    assert sum(s["found"] for s, _ in null) <= binomial_upper(TRIALS, LEVEL)
+    assert sum(s.found for s, _ in null) <= binomial_upper(TRIALS, LEVEL)
 
 
 def test_the_p_value_is_uniform_under_the_phrasing_null():
@@ -124,16 +124,17 @@ def test_same_prompt_across_ladders_carries_the_larger_p_value(tmp_path):
 
     ladders, seeds = write_planted_store(tmp_path, n_prompts=12, tasks=["random_number"])
     phases = analyse(load_results(tmp_path), ladders, bootstrap=100)
-    pair = phases["cross_ladder"][0]["tasks"]["random_number"]
-    a, b = (phases["ladders"][name]["tasks"]["random_number"]["seed"] for name in ("olmo", "tulu"))
-    assert pair["same_prompt"] and a["found"] and b["found"]
-    assert pair["p_value"] == max(a["p_value"], b["p_value"]) < LEVEL
+    pair = phases.cross_ladder[0].tasks["random_number"]
+    a, b = (phases.ladders[name].tasks["random_number"].seed for name in ("olmo", "tulu"))
+    assert pair.same_prompt and a.found and b.found
+    assert pair.p_value == max(a.p_value, b.p_value) < LEVEL
 
 
 def _same_prompt_rate(kind, trials=100, k=10, n=15):
     """Two ladders from one base whose seed stages both collapse: onto the same base prompt
     (planted) or each onto a fresh phrasing of its own (null)."""
     from analysis.phases import _cross_ladder
+    from analysis.records import Ladder
 
     rng = np.random.default_rng([7, len(kind)])
     same = 0
@@ -147,8 +148,9 @@ def _same_prompt_rate(kind, trials=100, k=10, n=15):
             stages = {"base": TaskData(f"base-{t}", "t", ids, answers, base, np.ones(n)),
                       "sft": TaskData(f"sft-{name}-{t}", "t", ids, answers,
                                       _noisy(np.tile(target, (n, 1)), rng), np.ones(n))}
-            tasks[name] = {"tasks": {"t": ladder_metrics(stages, level=LEVEL, bootstrap=100)}}
-        same += _cross_ladder(tasks)[0]["tasks"]["t"]["same_prompt"]
+            tasks[name] = Ladder([("base", f"base-{t}"), ("sft", f"sft-{name}-{t}")], "sft",
+                                 {"t": ladder_metrics(stages, level=LEVEL, bootstrap=100)})
+        same += _cross_ladder(tasks)[0].tasks["t"].same_prompt
     return same, trials
 
 

@@ -73,10 +73,10 @@ def test_the_target_travels_from_the_manifest_to_the_analysis(tmp_path):
     results = load_results(tmp_path)
     assert np.allclose(results.data["base"]["pick"].target, 1 / 3)
     stage = analyse(results, [("l", [("base", "base"), ("sft", "sft")])],
-                    bootstrap=100)["ladders"]["l"]["tasks"]["pick"]["stages"]["base"]
-    assert stage["kl_target"] == pytest.approx(stage["kl_uniform"])
-    lo, hi = stage["tv_target_ci"]
-    assert lo <= stage["tv_target"] <= hi and math.isfinite(hi)
+                    bootstrap=100).ladders["l"].tasks["pick"].stages["base"]
+    assert stage.value("kl_target") == pytest.approx(stage.value("kl_uniform"))
+    lo, hi = stage.figures["tv_target"].ci
+    assert lo <= stage.value("tv_target") <= hi and math.isfinite(hi)
 
 
 def test_from_table_reads_a_target_column():
