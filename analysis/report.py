@@ -178,7 +178,7 @@ def heatmap_figure(task_phase, stage_data, seed_row):
             td.P[:, shown], aspect="auto", vmin=0, vmax=top, cmap="viridis", interpolation="none"
         )
         m = task_phase.stages[stage]
-        title = f"{stage}: {m.phase}\nliquidity {m.value('liquidity'):.3f}"
+        title = f"{stage}: {m.phase}\nliquidity {_with_ci(m.figures['liquidity'])}"
         if large:
             held = float(td.P[:, shown].sum(axis=1).mean())
             title += f"\ntop {len(shown)} of {len(answers)} answers: {held:.0%} of the mass"
@@ -215,8 +215,10 @@ def _rank_curves(ax, P, stage, seed_row):
     consensus = np.sort(np.array(stage.consensus))[::-1]
     ax.plot(ranks, np.maximum(consensus, PROB_FLOOR), color="black", lw=1.8, label="consensus")
     effective, whole = stage.value("effective_support"), stage.value("consensus_support")
-    ax.axvline(effective, color="#3f007d", ls=":", label=f"effective support {effective:.1f}")
-    ax.axvline(whole, color="#d94801", ls="--", label=f"consensus support {whole:.1f}")
+    ax.axvline(effective, color="#3f007d", ls=":",
+               label=f"effective support {_with_ci(stage.figures['effective_support'], 1)}")
+    ax.axvline(whole, color="#d94801", ls="--",
+               label=f"consensus support {_with_ci(stage.figures['consensus_support'], 1)}")
     _log_axes(ax, P.shape[1])
     ax.set_xlabel("rank of the answer (prompts in grey)", fontsize=8)
     ax.set_ylabel("probability", fontsize=8)
@@ -245,8 +247,8 @@ def seed_figure(task_phase, base_consensus):
     left.bar(x + 0.27, base_consensus[shown], 0.27, color=PHASE_COLOURS["liquid"],
              label="base consensus")
     verdict = f"seed {seed.seed_prompt_id}" if seed.found else seed.verdict
-    title = (f"{verdict} (p {seed.p_value:.2g}): JS {seed.value('js'):.3f} bits vs median "
-             f"{seed.value('median_js'):.3f}")
+    title = (f"{verdict} (p {seed.p_value:.2g})\nJS {_with_ci(seed.figures['js'], 4)} bits vs "
+             f"median {_with_ci(seed.figures['median_js'])}")
     if large:
         title += (f"\ntop {len(shown)} of {k} answers, holding {seed_dist[shown].sum():.0%} of "
                   f"the seed and {target[shown].sum():.0%} of the {seed.stage} consensus")
@@ -276,7 +278,7 @@ def seed_figure(task_phase, base_consensus):
             lift(c),
             marker="o" if small else None,
             ms=small,
-            label=f"{stage}: keeps {s['retention'].value:.2f}, drift {s['drift'].value:.3f}",
+            label=f"{stage}: keeps {_with_ci(s['retention'], 2)}, drift {_with_ci(s['drift'])}",
         )
     if large:
         _log_axes(right, k)
@@ -307,11 +309,10 @@ def _phase_table(name, ladder):
         )
         seed = t.seed
         found = html.escape(seed_verdict(seed))
-        js = seed.figures["js"]
         rows.append(
             f"<tr><td>{html.escape(task)}</td>{cells}<td>{found} "
-            f"<small>(JS {js.value:.3f} {_ci(js.ci)} vs median "
-            f"{seed.value('median_js'):.3f})</small></td></tr>"
+            f"<small>(JS {_with_ci(seed.figures['js'])} vs median "
+            f"{_with_ci(seed.figures['median_js'])})</small></td></tr>"
         )
     return (
         f"<h2>Ladder {html.escape(name)}</h2><table><tr><th>task</th>{head}<th>seed</th></tr>"
@@ -320,8 +321,12 @@ def _phase_table(name, ladder):
     )
 
 
-def _ci(ci):
-    return "[-]" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+def _with_ci(figure, digits=3):
+    """'0.123 [0.101, 0.150]': a figure beside its 95% interval, as every number is shown."""
+    if figure.value is None:
+        return "-"
+    ci = "" if figure.ci is None else f" [{figure.ci[0]:.{digits}f}, {figure.ci[1]:.{digits}f}]"
+    return f"{figure.value:.{digits}f}{ci}"
 
 
 def _number(x):

@@ -74,6 +74,8 @@ def test_first_screen_shows_the_phases_and_seeds(built):
         for seed_id in tasks.values():
             assert f"<td>prompt {seed_id} (p " in first
     assert "Seeds of olmo vs tulu" in first
+    # Every number shown carries its 95% interval.
+    assert re.search(r"JS \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] vs median \d\.\d{3} \[", first)
 
 
 # ------------------------------------------------------------------- a thousand answers
@@ -140,6 +142,8 @@ def test_heatmaps_show_top_answers_and_rank_curves_when_k_is_large(figures):
         assert ax.images[0].get_array().shape == (n_prompts, TOP_ANSWERS)
         assert [label.get_text() for label in ax.get_xticklabels()] == [
             t.answers[a] for a in top_answers(t)]
+    assert all(re.search(r"liquidity \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", ax.get_title())
+               for ax in images)
     curves = [ax for ax in heat.axes if ax.get_xscale() == "log"]
     assert len(curves) == stages
     for ax in curves:
