@@ -6,7 +6,7 @@ are not fields: they are the names the kernel computes (analysis/bootstrap.py: S
 SETTLING_METRICS, SEED_METRICS), held in `figures` mappings in the kernel's order, so that a
 new metric is one kernel column (plus its docs) and reaches phases.json, the Arrow tables and
 the report without further edits. `to_json()` gives the phases.json layout
-(docs/results.md): each figure as `<metric>` beside `<metric>_ci`; `Phases.from_json` reads a
+(docs/metrics.md): each figure as `<metric>` beside `<metric>_ci`; `Phases.from_json` reads a
 phases.json back.
 """
 
