@@ -343,9 +343,9 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> TaskLad
         per_stage[name] = Stage(td.label, td.P.shape[0], td.P.shape[1],
                                 figures(s_i, (*CHECKPOINT_METRICS, "nucleation")),
                                 (consensus / consensus.sum()).tolist())
-    seed.figures = {metric: Figure(f.value, interval(seeds[:, j], f.value, sizes[0]))
-                    for j, (metric, f) in enumerate(zip(SEED_METRICS, seed.figures.values(),
-                                                        strict=True))}
+    seed.figures = {metric: Figure(seed.value(metric),
+                                   interval(seeds[:, j], seed.value(metric), sizes[0]))
+                    for j, metric in enumerate(SEED_METRICS)}
     settling = {names[s_i]: figures(s_i, SETTLING_METRICS) for s_i in range(seed_pos, len(names))}
     for pos, name in enumerate(names):
         stage = per_stage[name]

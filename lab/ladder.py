@@ -188,10 +188,13 @@ class Snapshots:
         self.root = root
         self.names: list[str] = []
         self.total = 0
+        self.at: set[int] = set()  # the steps to save, once the stage's length is known
 
     def __call__(self, step: int, total: int) -> None:
-        self.total = total
-        if self.count > 1 and step < total and step in snapshot_steps(total, self.count):
+        if total != self.total:
+            self.total = total
+            self.at = snapshot_steps(total, self.count) - {total} if self.count > 1 else set()
+        if step in self.at:
             name = f"{self.stage}-step{self.offset + step:05d}"
             self.save(self.root / name, self.offset + step)
             self.names.append(name)
