@@ -274,7 +274,7 @@ def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
                ) -> tuple[Transformer, dict[str, dict]]:
     """Build the model on the meta device and assign the checkpoint's tensors into it.
     Returns the model and each weight file's size, modification time and digest."""
-    files = [WeightFile(path) for path in weight_paths(directory)]
+    files = [WeightFile(path, args.family.engine_name) for path in weight_paths(directory)]
     check_size_against_files(directory, args, files)
     args = untie_if_the_checkpoint_has_a_head(args, files)
     with torch.device("meta"):

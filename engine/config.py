@@ -13,34 +13,13 @@ import json
 from pathlib import Path
 
 from engine.errors import ArchitectureError, CheckpointError
-from engine.model import ARCHITECTURES, FULL, SLIDING, ModelArgs
+from engine.families import FAMILIES, FULL, SLIDING, Family
+from engine.model import ModelArgs
 
-SUPPORTED_ROPE_TYPES = ("default", "llama3", "yarn")  # all the engine implements
-ROPE_TYPES = {  # per family: the rope types its checkpoints use, each tested against transformers
-    "LlamaForCausalLM": ("default", "llama3"),
-    "Olmo2ForCausalLM": ("default", "llama3"),
-    "Olmo3ForCausalLM": ("default", "yarn"),
-    "Qwen2ForCausalLM": ("default", "yarn"),
-    "Qwen3ForCausalLM": ("default", "yarn"),
-}
-# Defaults of the families' transformers config classes where they differ from the engine's
-# (rope_theta 10000, rms_norm_eps 1e-6, 4096 positions, head_dim = hidden_size // heads).
-FAMILY_DEFAULTS = {
-    "Olmo3ForCausalLM": {"rope_theta": 500000.0, "rms_norm_eps": 1e-5,
-                         "max_position_embeddings": 2048},
-    "Qwen2ForCausalLM": {"max_position_embeddings": 32768},
-    "Qwen3ForCausalLM": {"max_position_embeddings": 32768, "head_dim": 128},
-}
-# Families whose MLP honours `mlp_bias`; the others have none whatever the config says.
-MLP_BIAS_KEY = ("LlamaForCausalLM", "Olmo2ForCausalLM")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
                     "original_max_position_embeddings")
 YARN_OPTIONAL_KEYS = ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
                       "truncate")
-
-
-def default(arch: str, key: str, fallback):
-    return FAMILY_DEFAULTS.get(arch, {}).get(key, fallback)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -60,31 +39,49 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
-def rope_settings(cfg: dict, path: Path,
-                  arch: str = "LlamaForCausalLM") -> tuple[float, dict | None]:
+def rope_settings(cfg: dict, path: Path, family: Family) -> tuple[float, dict | None]:
     """(rope_theta, scaling dict or None) from either the 4.x or the 5.x keys (one RoPE for
     every layer)."""
     params = _object(cfg, "rope_parameters", path)
     scaling = cfg.get("rope_scaling") or params
-    theta = cfg.get("rope_theta", params.get("rope_theta", default(arch, "rope_theta", 10000.0)))
-    return _number(theta, "rope_theta", path), rope_scaling(scaling, cfg, path, arch)
+    theta = cfg.get(family.key("rope_theta"),
+                    params.get("rope_theta", family.default("rope_theta")))
+    return _number(theta, "rope_theta", path), rope_scaling(scaling, cfg, path, family)
 
 
-def rope_scaling(rope: dict, cfg: dict, path: Path, arch: str) -> dict | None:
+def rotary_fraction(cfg: dict, path: Path, family: Family) -> float:
+    """The fraction of each head that rotates: the rope's `partial_rotary_factor`, else the
+    family's top-level key (GPT-NeoX's `rotary_pct`), else its default."""
+    params = _object(cfg, "rope_parameters", path)
+    rope = cfg.get("rope_scaling") or params
+    rope = rope.get(FULL, rope) if family.rope_per_layer_type and isinstance(rope, dict) else rope
+    value = rope.get("partial_rotary_factor") if isinstance(rope, dict) else None
+    if value is None:
+        value = cfg.get(family.key("partial_rotary_factor"))
+    if value is None:
+        value = family.default("partial_rotary_factor", 1.0)
+    value = _number(value, "partial_rotary_factor", path)
+    if value != 1.0 and not family.partial_rotary:
+        raise ArchitectureError(f"{path}: partial_rotary_factor {value} is not supported for "
+                                f"{family.architecture} (only rotary embeddings over the whole "
+                                "head)")
+    if value > 1.0:
+        raise CheckpointError(f"{path}: partial_rotary_factor {value} is above 1; fix config.json")
+    return value
+
+
+def rope_scaling(rope: dict, cfg: dict, path: Path, family: Family) -> dict | None:
     """The checked scaling dict of one RoPE ({"rope_type": ..., parameters}), None for default."""
     if not isinstance(rope, dict):
         raise CheckpointError(f"{path}: rope parameters must be a JSON object, found {rope!r}; "
                               "fix config.json")
     rope_type = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
-    supported = ROPE_TYPES[arch]
+    supported = family.rope_types
     if rope_type not in supported:
         raise ArchitectureError(
-            f"{path}: rope type {rope_type!r} is not supported for {arch} "
+            f"{path}: rope type {rope_type!r} is not supported for {family.architecture} "
             f"(supported: {', '.join(supported)})"
         )
-    if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ArchitectureError(f"{path}: partial_rotary_factor {rope['partial_rotary_factor']} "
-                                "is not supported (only rotary embeddings over the whole head)")
     if rope_type == "default":
         return None
     if rope_type == "llama3":
@@ -100,7 +97,7 @@ def rope_scaling(rope: dict, cfg: dict, path: Path, arch: str) -> dict | None:
     old_context = (cfg.get("original_max_position_embeddings")
                    or rope.get("original_max_position_embeddings"))
     old_context = (old_context or cfg.get("max_position_embeddings")
-                   or default(arch, "max_position_embeddings", 4096))
+                   or family.default("max_position_embeddings"))
     scaling = {"rope_type": "yarn", "factor": rope["factor"],
                "original_max_position_embeddings": old_context,
                **{k: rope[k] for k in YARN_OPTIONAL_KEYS if k in rope}}
@@ -111,43 +108,33 @@ def rope_scaling(rope: dict, cfg: dict, path: Path, arch: str) -> dict | None:
     return scaling
 
 
-def olmo3_ropes(cfg: dict, path: Path
-                ) -> tuple[tuple[float, dict | None], tuple[float, dict | None]]:
+def per_layer_type_ropes(cfg: dict, path: Path, family: Family
+                         ) -> tuple[tuple[float, dict | None], tuple[float, dict | None]]:
     """((theta, scaling) of the full-attention layers, that of the sliding-window layers).
 
     transformers 5.x nests `rope_parameters` by layer type; 4.x wrote `rope_scaling` (YaRN) and
-    one `rope_theta`, and applied the scaling to the full-attention layers only."""
-    arch = "Olmo3ForCausalLM"
+    one `rope_theta`, and (OLMo 3) applied the scaling to the full-attention layers only."""
     params = _object(cfg, "rope_parameters", path)
-    top_theta = cfg.get("rope_theta", default(arch, "rope_theta", 10000.0))
+    top_theta = cfg.get("rope_theta", family.default("rope_theta"))
     if isinstance(params, dict) and (FULL in params or SLIDING in params):
         ropes = []
         for kind in (FULL, SLIDING):
             rope = params.get(kind) or {}
             theta = _number(rope.get("rope_theta", top_theta), f"rope_parameters.{kind}.rope_theta",
                             path)
-            ropes.append((theta, rope_scaling(rope, cfg, path, arch)))
+            ropes.append((theta, rope_scaling(rope, cfg, path, family)))
         return ropes[0], ropes[1]
-    theta, scaling = rope_settings(cfg, path, arch)
+    theta, scaling = rope_settings(cfg, path, family)
     return (theta, scaling), (theta, None)
 
 
-def attention_layout(cfg: dict, arch: str, n_layers: int,
-                     path: Path) -> tuple[tuple[str, ...], int | None]:
-    """(layer types, sliding window), with transformers' defaults for each family:
-    OLMo 3 slides on three of every four layers (window 4096 unless given); Qwen only when
-    `use_sliding_window` is true, then on layers >= `max_window_layers` unless `layer_types`
-    says otherwise; Llama and OLMo 2 never."""
-    if arch == "Olmo3ForCausalLM":
-        window = cfg.get("sliding_window", 4096)
-        default = [SLIDING if (i + 1) % 4 else FULL for i in range(n_layers)]
-    elif arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
-        window = cfg.get("sliding_window", 4096) if _flag(cfg, "use_sliding_window", path) else None
-        first = _int(cfg, "max_window_layers", path, default=28, minimum=0)
-        default = [SLIDING if window is not None and i >= first else FULL for i in range(n_layers)]
-    else:
-        return (), None
-    types = cfg.get("layer_types") or default
+def attention_layout(read: Reader, family: Family,
+                     n_layers: int) -> tuple[tuple[str, ...], int | None]:
+    """(layer types, sliding window): the family's default layout (`Family.layers`), with the
+    config's `layer_types` in its place where the family reads it."""
+    default, window = family.layers(read, n_layers)
+    cfg, path = read.cfg, read.path
+    types = (family.reads_layer_types and cfg.get("layer_types")) or default
     if (not isinstance(types, list) or len(types) != n_layers
             or any(t not in (FULL, SLIDING) for t in types)):
         raise CheckpointError(
@@ -221,54 +208,110 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def parse_config(cfg: dict, path: Path) -> ModelArgs:
-    """Validate a config dict and map it onto ModelArgs."""
+class Reader:
+    """config.json's values for one family, each checked as it is read; an absent (or null) key
+    takes the family's default (`Family.default`), as its transformers config class does."""
+
+    def __init__(self, cfg: dict, path: Path, family: Family):
+        self.cfg, self.path, self.family = cfg, path, family
+
+    def get(self, key: str, default=None):
+        """The raw value (absent: `default`; null stays None)."""
+        return self.cfg.get(key, default)
+
+    def int(self, key: str, default=None, minimum: int = 1) -> int:
+        return _int(self.cfg, key, self.path, self._default(key, default), minimum)
+
+    def float(self, key: str, default=None) -> float:
+        return _float(self.cfg, key, self.path, self._default(key, default))
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        return default if self.cfg.get(key) is None else _flag(self.cfg, key, self.path)
+
+    def _default(self, key: str, default):
+        return self.family.default(key, default) if default is None else default
+
+
+def family_of(cfg: dict, path: Path) -> Family:
     archs = cfg.get("architectures") or [None]
     arch = archs[0] if isinstance(archs, list) else archs
-    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in FAMILIES:
         raise ArchitectureError(
             f"{path}: architecture {_shown(arch)} is not supported; "
-            f"supported: {', '.join(sorted(ARCHITECTURES))}"
+            f"supported: {', '.join(sorted(FAMILIES))}"
         )
-    act = cfg.get("hidden_act", "silu")
-    if act != "silu":
-        raise ArchitectureError(f"{path}: hidden_act {act!r} is not supported (only 'silu')")
-    dim = _int(cfg, "hidden_size", path)
-    n_heads = _int(cfg, "num_attention_heads", path)
-    n_kv_heads = _int(cfg, "num_key_value_heads", path, default=n_heads)
+    return FAMILIES[arch]
+
+
+def parse_config(cfg: dict, path: Path) -> ModelArgs:
+    """Validate a config dict and map it onto ModelArgs, through its family's record."""
+    family = family_of(cfg, path)
+    read = Reader(cfg, path, family)
+    key = family.key
+    act = cfg.get(key("activation")) or family.default("hidden_act")
+    if act not in family.activations:
+        raise ArchitectureError(f"{path}: hidden_act {act!r} is not supported for "
+                                f"{family.architecture} (only {', '.join(family.activations)})")
+    dim = read.int(key("dim"))
+    n_heads = read.int(key("n_heads"))
+    n_kv_heads = (read.int(key("n_kv_heads"), default=family.default(key("n_kv_heads"), n_heads))
+                  if key("n_kv_heads") else n_heads)
     if n_heads % n_kv_heads:
         raise CheckpointError(
             f"{path}: num_attention_heads={n_heads} is not a multiple of "
             f"num_key_value_heads={n_kv_heads}"
         )
-    head_dim = _int(cfg, "head_dim", path, default=default(arch, "head_dim", dim // n_heads))
-    n_layers = _int(cfg, "num_hidden_layers", path)
-    max_positions = _int(cfg, "max_position_embeddings", path,
-                         default=default(arch, "max_position_embeddings", 4096))
+    head_dim = (read.int(key("head_dim"), default=family.default(key("head_dim"), dim // n_heads))
+                if key("head_dim") else dim // n_heads)
+    n_layers = read.int(key("n_layers"))
     sliding_rope = None
-    if arch == "Olmo3ForCausalLM":
-        (theta, scaling), sliding_rope = olmo3_ropes(cfg, path)
+    if family.rope_per_layer_type:
+        (theta, scaling), sliding_rope = per_layer_type_ropes(cfg, path, family)
     else:
-        theta, scaling = rope_settings(cfg, path, arch)
-    layer_types, window = attention_layout(cfg, arch, n_layers, path)
-    return ModelArgs(
-        arch=arch,
-        vocab_size=_int(cfg, "vocab_size", path),
+        theta, scaling = rope_settings(cfg, path, family)
+    rotary_dim = rotary_dimensions(head_dim, rotary_fraction(cfg, path, family), path)
+    layer_types, window = attention_layout(read, family, n_layers)
+    fields = dict(
+        arch=family.architecture,
+        vocab_size=read.int(key("vocab_size")),
         dim=dim,
         n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         head_dim=head_dim,
-        intermediate_size=_int(cfg, "intermediate_size", path),
-        norm_eps=_float(cfg, "rms_norm_eps", path, default(arch, "rms_norm_eps", 1e-6)),
+        intermediate_size=read.int(key("intermediate_size")),
+        norm_eps=read.float(key("norm_eps")) if key("norm_eps") else family.default("norm_eps"),
         rope_theta=theta,
         rope_scaling=scaling,
-        tie_embeddings=_flag(cfg, "tie_word_embeddings", path),
-        # Qwen 2 has a bias on q, k, v (ArchStyle.qkv_bias) and never reads attention_bias
-        attention_bias=_flag(cfg, "attention_bias", path) and not ARCHITECTURES[arch].qkv_bias,
-        mlp_bias=_flag(cfg, "mlp_bias", path) and arch in MLP_BIAS_KEY,
-        max_position_embeddings=max_positions,
+        tie_embeddings=read.flag("tie_word_embeddings", family.default("tie_word_embeddings",
+                                                                       False)),
+        attention_bias=(read.flag("attention_bias", family.default("attention_bias", False))
+                        and family.reads_attention_bias),
+        mlp_bias=read.flag("mlp_bias") and family.reads_mlp_bias,
+        max_position_embeddings=read.int(key("max_position_embeddings")),
         layer_types=layer_types,
         sliding_window=window,
         sliding_rope=sliding_rope,
+        rotary_dim=rotary_dim,
+        activation=act,
+        residual=family.residual,
+        clip_qkv=clip_value(read) if family.clip_qkv else None,
     )
+    return ModelArgs(**(fields | family.extra(read)))
+
+
+def rotary_dimensions(head_dim: int, fraction: float, path: Path) -> int:
+    """How many of a head's dimensions rotate, as transformers computes it (int(), not round)."""
+    rotary_dim = int(head_dim * fraction)
+    if rotary_dim < 2 or rotary_dim % 2:
+        raise CheckpointError(f"{path}: partial_rotary_factor {fraction} of head_dim {head_dim} "
+                              f"rotates {rotary_dim} dimensions; it must be a positive even "
+                              "number (fix config.json)")
+    return rotary_dim
+
+
+def clip_value(read: Reader) -> float | None:
+    """OLMo 1's `clip_qkv`: q, k and v clamped to [-c, c] (null: no clipping)."""
+    if read.get("clip_qkv") is None:
+        return None
+    return read.float("clip_qkv")

@@ -1,11 +1,14 @@
-"""One decoder-only transformer for the OLMo 2 / OLMo 3, Llama 3 and Qwen 2.5 / Qwen 3 families.
+"""One decoder-only transformer for every supported family (engine/families.py).
 
-The families differ in a handful of switches, kept in `ARCHITECTURES`; everything else
-(grouped-query attention, SwiGLU MLP, RMSNorm, rotary embeddings) is shared. Per layer, a model
-may also use sliding-window attention (OLMo 3 on three of every four layers; Qwen when its config
-turns the window on) with its own rotary table (OLMo 3: YaRN scaling on the full-attention
-layers only). Module and parameter names mirror Hugging Face's, so a checkpoint's tensors load by
-name.
+A family's record names the variant of each block this module builds: the norm (RMSNorm,
+LayerNorm, LayerNorm without parameters), the residual layout (pre-norm, OLMo's post-norm,
+GPT-NeoX's parallel), the q/k/v projections (separate, fused, fused per head), the q/k norm,
+the MLP (gated, fused gated, plain) and where the rotation runs; grouped-query attention and
+rotary embeddings (over the whole head or its leading part) are shared. Per layer, a model may
+also use sliding-window attention (OLMo 3 on three of every four layers; Qwen when its config
+turns the window on; Mistral on all) with its own rotary table (OLMo 3: YaRN scaling on the
+full-attention layers only). Module and parameter names mirror Hugging Face's Llama, so a
+checkpoint's tensors load by name, after the family's renames.
 
 The forward pass takes, besides token ids, explicit position ids and a `span_end` tensor that
 describes the attention pattern compactly: key position j is visible to query position i iff
@@ -33,42 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.families import FAMILIES, FULL, SLIDING, Family
 from kernels.lm_head import lm_head_logprobs
 from kernels.tree_attention import tree_attention
-
-FULL, SLIDING = "full_attention", "sliding_attention"  # transformers' `layer_types` names
-
-
-@dataclass(frozen=True)
-class ArchStyle:
-    """What distinguishes one supported family from another."""
-
-    post_norm: bool  # OLMo 2/3: RMSNorm after attention / MLP output, none on the input
-    qk_norm: str | None  # "full": RMSNorm over the whole q / k projection (OLMo 2/3), before
-    #                      RoPE; "head": over each head's head_dim (Qwen 3); None: none
-    norm_weight_in_float32: bool  # OLMo 2/3 scale by the weight before casting back
-    rope_in_float32: bool  # OLMo 2/3 rotate in float32; Llama and Qwen in the activation dtype
-    qkv_bias: bool = False  # Qwen 2: q, k, v projections always carry a bias (o_proj none)
-
-
-ARCHITECTURES = {
-    "LlamaForCausalLM": ArchStyle(
-        post_norm=False, qk_norm=None, norm_weight_in_float32=False, rope_in_float32=False
-    ),
-    "Olmo2ForCausalLM": ArchStyle(
-        post_norm=True, qk_norm="full", norm_weight_in_float32=True, rope_in_float32=True
-    ),
-    "Olmo3ForCausalLM": ArchStyle(
-        post_norm=True, qk_norm="full", norm_weight_in_float32=True, rope_in_float32=True
-    ),
-    "Qwen2ForCausalLM": ArchStyle(
-        post_norm=False, qk_norm=None, norm_weight_in_float32=False, rope_in_float32=False,
-        qkv_bias=True
-    ),
-    "Qwen3ForCausalLM": ArchStyle(
-        post_norm=False, qk_norm="head", norm_weight_in_float32=False, rope_in_float32=False
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -93,10 +63,20 @@ class ModelArgs:
     sliding_window: int | None = None  # SLIDING layers: keys less than this many positions back
     # OLMo 3: the SLIDING layers' own RoPE (theta, scaling); None: the same RoPE as FULL layers.
     sliding_rope: tuple[float, dict | None] | None = None
+    rotary_dim: int | None = None  # the leading dimensions of a head that rotate; None: all
+    activation: str = "silu"  # the MLP's, by transformers' `hidden_act` name
+    residual: str | None = None  # "pre", "post" or "parallel"; None: the family's
+    clip_qkv: float | None = None  # OLMo 1: q, k, v clamped to [-clip_qkv, clip_qkv]
+
+    def __post_init__(self):
+        if self.rotary_dim is None:
+            object.__setattr__(self, "rotary_dim", self.head_dim)
+        if self.residual is None:
+            object.__setattr__(self, "residual", self.family.residual)
 
     @property
-    def style(self) -> ArchStyle:
-        return ARCHITECTURES[self.arch]
+    def family(self) -> Family:
+        return FAMILIES[self.arch]
 
     def layer_type(self, layer: int) -> str:
         return self.layer_types[layer] if self.layer_types else FULL
@@ -138,16 +118,16 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: dict | None,
+def rope_frequencies(rotary_dim: int, theta: float, scaling: dict | None,
                      max_position_embeddings: int) -> tuple[torch.Tensor, float]:
     """(inverse rotary frequencies in float32, factor on cos and sin), as transformers computes
     them for the default, llama3 and yarn rope types (same operations, same order)."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
     inv_freq = 1.0 / (theta**exponents)
     if scaling is None:
         return inv_freq, 1.0
     if scaling.get("rope_type", "llama3") == "yarn":
-        return _yarn(head_dim, theta, theta**exponents, scaling, max_position_embeddings)
+        return _yarn(rotary_dim, theta, theta**exponents, scaling, max_position_embeddings)
     return _llama3(inv_freq, scaling), 1.0
 
 
@@ -205,7 +185,7 @@ def _yarn(dim: int, theta: float, pos_freqs: torch.Tensor, scaling: dict,
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
     """Inverse rotary frequencies (float32) of the full-attention layers."""
-    return rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling,
+    return rope_frequencies(args.rotary_dim, args.rope_theta, args.rope_scaling,
                             args.max_position_embeddings)[0]
 
 
@@ -223,30 +203,68 @@ def window_mask(positions: torch.Tensor, window: int) -> torch.Tensor:
     return (causal & near)[:, None]
 
 
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on the leading cos.shape[-1] dimensions of each head; the rest pass unchanged
+    (partial rotary: GPT-NeoX, Phi-3)."""
+    rotary_dim = cos.shape[-1]
+    if rotary_dim == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    turned, kept = x[..., :rotary_dim], x[..., rotary_dim:]
+    return torch.cat((turned * cos + rotate_half(turned) * sin, kept), dim=-1)
+
+
+ACTIVATIONS = {  # transformers' hidden_act names, as its ACT2FN computes them
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer: int = 0):
         super().__init__()
         self.args = args
         self.window = args.layer_window(layer)
         self.rope_kind = args.rope_kind(layer)
-        style = args.style
+        family = args.family
         hd, bias = args.head_dim, args.attention_bias
-        qkv_bias = bias or style.qkv_bias
-        self.q_proj = nn.Linear(args.dim, args.n_heads * hd, bias=qkv_bias)
-        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=qkv_bias)
-        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=qkv_bias)
-        self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=bias)
-        if style.qk_norm == "full":
-            self.q_norm = RMSNorm(args.n_heads * hd, args.norm_eps, style.norm_weight_in_float32)
-            self.k_norm = RMSNorm(args.n_kv_heads * hd, args.norm_eps, style.norm_weight_in_float32)
-        elif style.qk_norm == "head":
-            self.q_norm = RMSNorm(hd, args.norm_eps, style.norm_weight_in_float32)
-            self.k_norm = RMSNorm(hd, args.norm_eps, style.norm_weight_in_float32)
+        qkv_bias = bias or family.qkv_bias
+        self.q_size, self.kv_size = args.n_heads * hd, args.n_kv_heads * hd
+        if family.qkv == "separate":
+            self.q_proj = nn.Linear(args.dim, self.q_size, bias=qkv_bias)
+            self.k_proj = nn.Linear(args.dim, self.kv_size, bias=qkv_bias)
+            self.v_proj = nn.Linear(args.dim, self.kv_size, bias=qkv_bias)
+        else:
+            self.qkv_proj = nn.Linear(args.dim, self.q_size + 2 * self.kv_size, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, args.dim, bias=bias)
+        in_f32 = family.norm_weight_in_float32
+        if family.qk_norm == "full":
+            self.q_norm = RMSNorm(self.q_size, args.norm_eps, in_f32)
+            self.k_norm = RMSNorm(self.kv_size, args.norm_eps, in_f32)
+        elif family.qk_norm == "head":
+            self.q_norm = RMSNorm(hd, args.norm_eps, in_f32)
+            self.k_norm = RMSNorm(hd, args.norm_eps, in_f32)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, T, heads * head_dim] from the family's projection layout."""
+        layout = self.args.family.qkv
+        if layout == "separate":
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        elif layout == "fused":  # rows [q; k; v]
+            q, k, v = self.qkv_proj(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        else:  # "per_head": rows [head][q, k, v]
+            B, T, _ = x.shape
+            per_head = self.qkv_proj(x).view(B, T, -1, 3 * self.args.head_dim)
+            q, k, v = (t.reshape(B, T, -1) for t in per_head.chunk(3, dim=-1))
+        if self.args.clip_qkv is not None:
+            c = self.args.clip_qkv
+            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
+        return q, k, v
 
     def forward(self, x, ropes, positions, span_end):
         B, T, _ = x.shape
-        qk_norm = self.args.style.qk_norm
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        qk_norm = self.args.family.qk_norm
+        q, k, v = self.project(x)
         if qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, -1, self.args.head_dim)
@@ -257,8 +275,8 @@ class Attention(nn.Module):
         v = v.view(B, T, -1, self.args.head_dim).transpose(1, 2)
         cos, sin = ropes[self.rope_kind]
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = (q * cos + rotate_half(q) * sin).to(x.dtype)
-        k = (k * cos + rotate_half(k) * sin).to(x.dtype)
+        q = rotate(q, cos, sin).to(x.dtype)
+        k = rotate(k, cos, sin).to(x.dtype)
         scale = self.args.head_dim**-0.5
         if span_end is None and self.window is None:
             # plain causal (training): torch's fused attention
@@ -276,47 +294,89 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """"gated": down(act(gate(x)) * up(x)); "fused_gated": the same with gate and up as one
+    matrix (gate's rows first); "plain": down(act(up(x))), biases always (GPT-NeoX)."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
-        bias = args.mlp_bias
-        self.gate_proj = nn.Linear(args.dim, args.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(args.dim, args.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=bias)
+        self.kind = args.family.mlp
+        self.act = ACTIVATIONS[args.activation]
+        bias = args.mlp_bias or self.kind == "plain"
+        size = args.intermediate_size
+        if self.kind == "gated":
+            self.gate_proj = nn.Linear(args.dim, size, bias=bias)
+        if self.kind == "fused_gated":
+            self.gate_up_proj = nn.Linear(args.dim, 2 * size, bias=bias)
+        else:
+            self.up_proj = nn.Linear(args.dim, size, bias=bias)
+        self.down_proj = nn.Linear(size, args.dim, bias=bias)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.kind == "gated":
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        if self.kind == "fused_gated":
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(up * self.act(gate))
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class PlainLayerNorm(nn.Module):
+    """LayerNorm without weight or bias, in float32 (OLMo 1; its eps is fixed at 1e-5)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), (self.dim,), None, None, eps=self.eps).to(x.dtype)
+
+
+def make_norm(args: ModelArgs, dim: int | None = None) -> nn.Module:
+    """The family's norm over `dim` (the hidden size unless given)."""
+    dim, kind = dim or args.dim, args.family.norm
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=args.norm_eps)
+    if kind == "plain_layer":
+        return PlainLayerNorm(dim, args.norm_eps)
+    return RMSNorm(dim, args.norm_eps, args.family.norm_weight_in_float32)
 
 
 class DecoderLayer(nn.Module):
+    """"pre": x + attn(norm(x)), then x + mlp(norm(x)) (Llama, Qwen, Mistral, Phi-3, OLMo 1);
+    "post": x + norm(attn(x)), then x + norm(mlp(x)) (OLMo 2/3); "parallel":
+    x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX), summed in transformers' order."""
+
     def __init__(self, args: ModelArgs, layer: int = 0):
         super().__init__()
-        style = args.style
-        self.post_norm = style.post_norm
-        norm = lambda: RMSNorm(args.dim, args.norm_eps, style.norm_weight_in_float32)
+        self.residual = args.residual
         self.self_attn = Attention(args, layer)
         self.mlp = MLP(args)
-        self.post_attention_layernorm = norm()
-        if style.post_norm:
-            self.post_feedforward_layernorm = norm()
+        self.post_attention_layernorm = make_norm(args)
+        if self.residual == "post":
+            self.post_feedforward_layernorm = make_norm(args)
         else:
-            self.input_layernorm = norm()
+            self.input_layernorm = make_norm(args)
 
     def forward(self, x, ropes, positions, span_end):
-        if self.post_norm:  # OLMo 2/3
+        if self.residual == "post":
             x = x + self.post_attention_layernorm(self.self_attn(x, ropes, positions, span_end))
             return x + self.post_feedforward_layernorm(self.mlp(x))
-        x = x + self.self_attn(self.input_layernorm(x), ropes, positions, span_end)  # Llama, Qwen
+        attended = self.self_attn(self.input_layernorm(x), ropes, positions, span_end)
+        if self.residual == "parallel":
+            return self.mlp(self.post_attention_layernorm(x)) + attended + x
+        x = x + attended
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Backbone(nn.Module):
-    """Embedding, decoder layers and final norm: Hugging Face's `model.` prefix."""
+    """Embedding, decoder layers and final norm: Hugging Face's `model.` prefix (a family with
+    other names renames its tensors on load: `Family.weight_names`)."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(DecoderLayer(args, i) for i in range(args.n_layers))
-        self.norm = RMSNorm(args.dim, args.norm_eps, args.style.norm_weight_in_float32)
+        self.norm = make_norm(args)
 
 
 class Transformer(nn.Module):
@@ -340,7 +400,7 @@ class Transformer(nn.Module):
         real ones: they are not stored in checkpoints)."""
         for kind, (theta, scaling) in self.args.ropes().items():
             inv_freq, attention_scaling = rope_frequencies(
-                self.args.head_dim, theta, scaling, self.args.max_position_embeddings)
+                self.args.rotary_dim, theta, scaling, self.args.max_position_embeddings)
             setattr(self, self._inv_freq_name(kind), inv_freq.to(device))
             self.rope_attention_scaling[kind] = attention_scaling
 
@@ -357,7 +417,7 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         scaling = self.rope_attention_scaling[kind]  # 1.0 except for YaRN: exact either way
         cos, sin = emb.cos() * scaling, emb.sin() * scaling
-        if self.args.style.rope_in_float32:
+        if self.args.family.rope_in_float32:
             return cos, sin
         return cos.to(dtype), sin.to(dtype)
 

@@ -129,7 +129,7 @@ class SplitTransformer(Transformer):
             for name in ("q_proj", "k_proj", "v_proj"):
                 setattr(attention, name, column_parallel(getattr(attention, name), group))
             attention.o_proj = RowParallelLinear(attention.o_proj, group)
-            if args.style.qk_norm == "full":
+            if args.family.qk_norm == "full":
                 attention.q_norm = SplitRMSNorm(attention.q_norm, group)
                 attention.k_norm = SplitRMSNorm(attention.k_norm, group)
             mlp.gate_proj = column_parallel(mlp.gate_proj, group)
@@ -182,7 +182,11 @@ def _logsumexp_in_order(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def check_divides(args: ModelArgs, tp: int, config_path: Path) -> None:
-    """Split the model across tp ranks only where whole heads and MLP columns fall to each."""
+    """Split the model across tp ranks only where the family's blocks are split (its record
+    says why not otherwise) and whole heads and MLP columns fall to each."""
+    if args.family.tensor_parallel is not None:
+        raise ParallelError(f"{config_path}: --tp is not supported for {args.arch}: "
+                            f"{args.family.tensor_parallel}; run it with --tp 1")
     for key, n in (("num_attention_heads", args.n_heads), ("num_key_value_heads", args.n_kv_heads),
                    ("intermediate_size", args.intermediate_size)):
         if n % tp:
@@ -202,7 +206,7 @@ def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
     tensors, and its share of the files' blocks hashed; the digests are exchanged and combined
     on every rank."""
     with group.step("opening the weight files"):
-        files = [WeightFile(path) for path in weight_paths(directory)]
+        files = [WeightFile(path, args.family.engine_name) for path in weight_paths(directory)]
         check_size_against_files(directory, args, files)
         holder = {name: f for f in files for name in f.names()}
         has_head = "lm_head.weight" in holder

@@ -134,10 +134,14 @@ class TensorEntry:
 
 
 class WeightFile:
-    """One safetensors file, mapped and validated; `tensors()` reads and hashes it in order."""
+    """One safetensors file, mapped and validated; `tensors()` reads and hashes it in order.
 
-    def __init__(self, path: Path):
+    rename: the engine's name of a tensor from the file's (a family whose checkpoints name
+    their tensors otherwise: engine/families.py); every method takes and gives the engine's."""
+
+    def __init__(self, path: Path, rename=None):
         self.path = Path(path)
+        self.rename = rename or (lambda name: name)
         try:
             with open(self.path, "rb") as f:
                 self.stat = os.fstat(f.fileno())
@@ -170,7 +174,7 @@ class WeightFile:
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            entries.append(self._entry(name, info, base, size))
+            entries.append(self._entry(self.rename(name), info, base, size))
         entries.sort(key=lambda e: e.start)
         for a, b in zip(entries, entries[1:], strict=False):
             if b.start < a.end:

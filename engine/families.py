@@ -1,0 +1,151 @@
+"""One record per model family: everything the engine knows about an `architectures[0]`.
+
+A `Family` holds the config keys the family reads and their defaults (those of its transformers
+config class, so a config means here what it means there), its rope types, the names its
+checkpoints give the weights, and which variant of each block it uses: norm, residual layout,
+attention projections, q/k norm, MLP, where it rotates and which layers slide. engine/config.py
+reads a config.json through the record, engine/model.py builds the blocks it names, and the
+weight loaders rename tensors with it. Adding a family is a record here plus whatever block it
+needs in engine/model.py; docs/families.md says how.
+
+The record's hooks (`layers`, `extra`) read the config through a `read` object with the checks
+of engine/config.py: `read.int(key, default)`, `read.float(key, default)`,
+`read.flag(key, default)`, `read.get(key, default)`, `read.path` (for messages).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+FULL, SLIDING = "full_attention", "sliding_attention"  # transformers' `layer_types` names
+
+# The ModelArgs fields read from config.json and the keys that hold them; a family overrides a
+# key (another name) or drops it (None: not read, the rule in ModelArgs' derivation applies).
+COMMON_KEYS = MappingProxyType({
+    "vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim", "intermediate_size": "intermediate_size",
+    "norm_eps": "rms_norm_eps", "max_position_embeddings": "max_position_embeddings",
+    "activation": "hidden_act", "rope_theta": "rope_theta",
+    "partial_rotary_factor": "partial_rotary_factor",
+})
+# The engine's defaults where a key is absent; a family's `defaults` override them by key.
+COMMON_DEFAULTS = MappingProxyType({
+    "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 4096,
+    "hidden_act": "silu",
+})
+
+
+def no_sliding_layers(read, n_layers: int):
+    """(default layer types, window) of a family that never slides."""
+    return [FULL] * n_layers, None
+
+
+def olmo3_layers(read, n_layers: int):
+    """Three of every four layers slide, window 4096 unless given."""
+    return ([SLIDING if (i + 1) % 4 else FULL for i in range(n_layers)],
+            read.get("sliding_window", 4096))
+
+
+def qwen_layers(read, n_layers: int):
+    """Only when `use_sliding_window` is true, then on layers >= `max_window_layers`."""
+    window = read.get("sliding_window", 4096) if read.flag("use_sliding_window") else None
+    first = read.int("max_window_layers", 28, minimum=0)
+    return [SLIDING if window is not None and i >= first else FULL for i in range(n_layers)], window
+
+
+def every_layer_slides(default_window: int | None):
+    """Mistral, Phi-3: one `sliding_window` for every layer, none where it is null."""
+    def layers(read, n_layers: int):
+        window = read.get("sliding_window", default_window)
+        return [FULL if window is None else SLIDING] * n_layers, window
+    return layers
+
+
+def no_extra(read) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class Family:
+    architecture: str  # config.json's architectures[0]
+    checkpoints: str  # the released checkpoints it covers (docs)
+    rope_types: tuple[str, ...]  # each tested against transformers for this family
+    defaults: Mapping[str, object] = field(default_factory=dict)  # by config key
+    keys: Mapping[str, str | None] = field(default_factory=dict)  # overrides of COMMON_KEYS
+    activations: tuple[str, ...] = ("silu",)  # hidden_act values implemented
+    # blocks
+    norm: str = "rms"  # "rms"; "layer": LayerNorm with weight and bias; "plain_layer": none
+    norm_weight_in_float32: bool = False  # OLMo 2/3 scale by the weight before casting back
+    residual: str = "pre"  # "pre"; "post": norms on the outputs (OLMo 2/3); "parallel" (NeoX)
+    qkv: str = "separate"  # "separate" q/k/v_proj; "fused": qkv_proj rows [q; k; v] (Phi-3);
+    #                        "per_head": query_key_value rows [head][q, k, v] (GPT-NeoX)
+    qkv_bias: bool = False  # q, k, v always carry a bias, o none (Qwen 2)
+    reads_attention_bias: bool = True  # honours `attention_bias` (on q, k, v and o)
+    reads_mlp_bias: bool = False  # honours `mlp_bias`; others have none whatever the config says
+    qk_norm: str | None = None  # "full": RMSNorm over the whole q / k projection, before RoPE
+    #                             (OLMo 2/3); "head": over each head (Qwen 3)
+    mlp: str = "gated"  # "gated": down(act(gate) * up); "fused_gated": gate_up_proj (Phi-3);
+    #                     "plain": down(act(up)) with biases (GPT-NeoX)
+    rope_in_float32: bool = False  # OLMo rotates in float32; the others in the activation dtype
+    rope_per_layer_type: bool = False  # OLMo 3: sliding layers have their own rope
+    partial_rotary: bool = False  # reads a rotary fraction of the head (rope's
+    #                               partial_rotary_factor, NeoX's rotary_pct)
+    clip_qkv: bool = False  # OLMo 1: reads `clip_qkv`
+    layers: Callable = no_sliding_layers  # (read, n_layers) -> (default layer types, window)
+    reads_layer_types: bool = True  # a config's `layer_types` overrides the default
+    extra: Callable = no_extra  # (read) -> further ModelArgs fields
+    # (checkpoint pattern, engine name) pairs, tried in order: how the family's checkpoints
+    # name the tensors that engine/model.py names as Llama's do
+    weight_names: tuple[tuple[str, str], ...] = ()
+    tensor_parallel: str | None = None  # None: `--tp` works; else why it is refused
+
+    def key(self, name: str) -> str | None:
+        """The config key holding ModelArgs field `name` (None: not read)."""
+        return self.keys.get(name, COMMON_KEYS.get(name))
+
+    def default(self, key: str, fallback=None):
+        return self.defaults.get(key, COMMON_DEFAULTS.get(key, fallback))
+
+    def engine_name(self, stored: str) -> str:
+        """The engine's name of a tensor the checkpoint calls `stored`."""
+        for pattern, name in _compiled(self.weight_names):
+            renamed, n = pattern.subn(name, stored, count=1)
+            if n:
+                return renamed
+        return stored
+
+
+@functools.cache
+def _compiled(weight_names: tuple[tuple[str, str], ...]):
+    return tuple((re.compile(pattern), name) for pattern, name in weight_names)
+
+
+def neox_extra(read) -> dict:
+    """Parallel residual unless `use_parallel_residual` is false."""
+    return {"residual": "parallel" if read.flag("use_parallel_residual", True) else "pre"}
+
+
+LLAMA = Family("LlamaForCausalLM", "Llama 3 / 3.1, Tulu 3", ("default", "llama3"),
+               reads_mlp_bias=True)
+OLMO2 = Family("Olmo2ForCausalLM", "OLMo 2 (base, SFT, DPO, Instruct)", ("default", "llama3"),
+               residual="post", qk_norm="full", norm_weight_in_float32=True,
+               rope_in_float32=True, reads_mlp_bias=True)
+OLMO3 = Family("Olmo3ForCausalLM", "OLMo 3 (base, SFT, DPO, RL-Zero, Think, Instruct)",
+               ("default", "yarn"),
+               defaults={"rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+                         "max_position_embeddings": 2048},
+               residual="post", qk_norm="full", norm_weight_in_float32=True,
+               rope_in_float32=True, rope_per_layer_type=True, layers=olmo3_layers)
+QWEN2 = Family("Qwen2ForCausalLM", "Qwen 2.5 (base, Instruct)", ("default", "yarn"),
+               defaults={"max_position_embeddings": 32768}, qkv_bias=True,
+               reads_attention_bias=False, layers=qwen_layers)
+QWEN3 = Family("Qwen3ForCausalLM", "Qwen 3 dense (base, hybrid-thinking)", ("default", "yarn"),
+               defaults={"max_position_embeddings": 32768, "head_dim": 128}, qk_norm="head",
+               layers=qwen_layers)
+
+FAMILIES = {f.architecture: f for f in (LLAMA, OLMO2, OLMO3, QWEN2, QWEN3)}
