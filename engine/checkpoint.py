@@ -282,7 +282,7 @@ def load_model(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     state, digests = {}, {}
     for f in files:
-        check_names_and_shapes(f, expected)
+        check_names_and_shapes(f, expected, args.family.ignored_tensors)
         digest = BlockDigest()
         for name, tensor in f.load(digest, expected, dtype, device):
             state[name] = tensor
@@ -360,11 +360,12 @@ def warn_own_head(path: Path) -> None:
           "lm_head.weight; using it, as transformers does", file=sys.stderr)
 
 
-def check_names_and_shapes(f: WeightFile, expected: dict) -> None:
+def check_names_and_shapes(f: WeightFile, expected: dict, ignored: tuple[str, ...] = ()) -> None:
     """Every tensor of the file is one the config implies, with the shape it implies, and holds
     floating-point numbers (an integer dtype would be cast into garbage weights)."""
+    ignored = IGNORED_TENSOR_SUFFIXES + ignored  # buffers some checkpoints store: not weights
     for name in f.names():
-        if name.endswith(IGNORED_TENSOR_SUFFIXES):
+        if name.endswith(ignored):
             continue
         stored = f.dtype(name)
         if not stored.is_floating_point:
@@ -372,7 +373,7 @@ def check_names_and_shapes(f: WeightFile, expected: dict) -> None:
                 f"{f.path}: tensor {name!r} is stored as {str(stored).removeprefix('torch.')}, "
                 "not floating point; the file is not a checkpoint of weights (re-export it)")
         if name not in expected:
-            if name.endswith(IGNORED_TENSOR_SUFFIXES) or name == "lm_head.weight":  # tied head
+            if name == "lm_head.weight":  # tied head
                 continue
             raise WeightsError(
                 f"{f.path}: unexpected tensor {name!r}; config.json does not describe this "

@@ -90,6 +90,8 @@ def rope_scaling(rope: dict, cfg: dict, path: Path, family: Family) -> dict | No
             raise CheckpointError(f"{path}: llama3 rope scaling lacks {', '.join(missing)}; "
                                   "add them to config.json")
         return {"rope_type": "llama3", **{k: _number(rope[k], k, path) for k in LLAMA3_ROPE_KEYS}}
+    if rope_type == "longrope":
+        return longrope_scaling(rope, cfg, path, family)
     if "factor" not in rope:
         raise CheckpointError(f"{path}: yarn rope scaling lacks 'factor'; add it to config.json")
     # transformers falls back to max_position_embeddings (a top-level key takes priority,
@@ -105,6 +107,30 @@ def rope_scaling(rope: dict, cfg: dict, path: Path, family: Family) -> dict | No
         if key not in ("rope_type", "truncate") and value is not None:
             _number(value, key, path,
                     positive=key in ("factor", "original_max_position_embeddings"))
+    return scaling
+
+
+def longrope_scaling(rope: dict, cfg: dict, path: Path, family: Family) -> dict:
+    """Phi-3's LongRoPE: per-frequency factors (short within the original context, long past
+    it), the attention factor derived from `factor` (max / original context unless given)."""
+    old_context = (cfg.get("original_max_position_embeddings")
+                   or rope.get("original_max_position_embeddings")
+                   or cfg.get("max_position_embeddings")
+                   or family.default("max_position_embeddings"))
+    scaling = {"rope_type": "longrope",
+               "original_max_position_embeddings": _number(
+                   old_context, "original_max_position_embeddings", path)}
+    for key in ("short_factor", "long_factor"):
+        factors = rope.get(key)
+        if (not isinstance(factors, list) or not factors
+                or any(not isinstance(f, (int, float)) or isinstance(f, bool) or not f > 0
+                       for f in factors)):
+            raise CheckpointError(f"{path}: longrope scaling needs {key!r}, a list of positive "
+                                  f"numbers, found {_shown(factors)}; fix config.json")
+        scaling[key] = tuple(float(f) for f in factors)
+    for key in ("factor", "attention_factor"):
+        if rope.get(key) is not None:
+            scaling[key] = _number(rope[key], key, path)
     return scaling
 
 
@@ -270,6 +296,7 @@ def parse_config(cfg: dict, path: Path) -> ModelArgs:
     else:
         theta, scaling = rope_settings(cfg, path, family)
     rotary_dim = rotary_dimensions(head_dim, rotary_fraction(cfg, path, family), path)
+    check_rope_factors(scaling, rotary_dim, path)
     layer_types, window = attention_layout(read, family, n_layers)
     fields = dict(
         arch=family.architecture,
@@ -298,6 +325,17 @@ def parse_config(cfg: dict, path: Path) -> ModelArgs:
         clip_qkv=clip_value(read) if family.clip_qkv else None,
     )
     return ModelArgs(**(fields | family.extra(read)))
+
+
+def check_rope_factors(scaling: dict | None, rotary_dim: int, path: Path) -> None:
+    """LongRoPE has one factor per rotated frequency."""
+    if not scaling or scaling["rope_type"] != "longrope":
+        return
+    for name in ("short_factor", "long_factor"):
+        if len(scaling[name]) != rotary_dim // 2:
+            raise CheckpointError(f"{path}: longrope {name} has {len(scaling[name])} entries, but "
+                                  f"{rotary_dim} rotary dimensions need {rotary_dim // 2}; "
+                                  "fix config.json")
 
 
 def rotary_dimensions(head_dim: int, fraction: float, path: Path) -> int:

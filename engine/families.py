@@ -102,6 +102,7 @@ class Family:
     # (checkpoint pattern, engine name) pairs, tried in order: how the family's checkpoints
     # name the tensors that engine/model.py names as Llama's do
     weight_names: tuple[tuple[str, str], ...] = ()
+    ignored_tensors: tuple[str, ...] = ()  # suffixes of stored buffers that are not weights
     tensor_parallel: str | None = None  # None: `--tp` works; else why it is refused
 
     def key(self, name: str) -> str | None:
@@ -148,4 +149,41 @@ QWEN3 = Family("Qwen3ForCausalLM", "Qwen 3 dense (base, hybrid-thinking)", ("def
                defaults={"max_position_embeddings": 32768, "head_dim": 128}, qk_norm="head",
                layers=qwen_layers)
 
-FAMILIES = {f.architecture: f for f in (LLAMA, OLMO2, OLMO3, QWEN2, QWEN3)}
+MISTRAL = Family("MistralForCausalLM", "Mistral 7B v0.1 to v0.3 (base, Instruct)", ("default",),
+                 defaults={"max_position_embeddings": 131072, "num_key_value_heads": 8},
+                 reads_attention_bias=False, layers=every_layer_slides(4096),
+                 reads_layer_types=False)
+OLMO1 = Family("OlmoForCausalLM", "OLMo 1 (1B, 7B, 7B-0424, 7B-0724, intermediate checkpoints)",
+               ("default",), defaults={"max_position_embeddings": 2048, "norm_eps": 1e-5},
+               keys={"norm_eps": None}, norm="plain_layer", rope_in_float32=True, clip_qkv=True)
+NEOX = Family(
+    "GPTNeoXForCausalLM", "Pythia (all sizes, 154 intermediate checkpoints each), GPT-NeoX",
+    ("default",),
+    defaults={"layer_norm_eps": 1e-5, "max_position_embeddings": 2048, "hidden_act": "gelu",
+              "attention_bias": True, "partial_rotary_factor": 0.25},
+    keys={"norm_eps": "layer_norm_eps", "n_kv_heads": None, "head_dim": None,
+          "rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"},
+    activations=("gelu",), norm="layer", residual="parallel", qkv="per_head", mlp="plain",
+    partial_rotary=True, extra=neox_extra,
+    weight_names=(
+        (r"^gpt_neox\.embed_in\.", "model.embed_tokens."),
+        (r"^gpt_neox\.final_layer_norm\.", "model.norm."),
+        (r"^gpt_neox\.layers\.(\d+)\.attention\.query_key_value\.",
+         r"model.layers.\1.self_attn.qkv_proj."),
+        (r"^gpt_neox\.layers\.(\d+)\.attention\.dense\.", r"model.layers.\1.self_attn.o_proj."),
+        (r"^gpt_neox\.layers\.(\d+)\.mlp\.dense_h_to_4h\.", r"model.layers.\1.mlp.up_proj."),
+        (r"^gpt_neox\.layers\.(\d+)\.mlp\.dense_4h_to_h\.", r"model.layers.\1.mlp.down_proj."),
+        (r"^gpt_neox\.layers\.", "model.layers."),
+        (r"^embed_out\.", "lm_head."),
+    ),
+    ignored_tensors=("attention.bias", "attention.masked_bias"),  # old causal-mask buffers
+)
+PHI3 = Family("Phi3ForCausalLM", "Phi-3 / Phi-3.5 mini and medium, Phi-4-mini",
+              ("default", "longrope"),
+              defaults={"rms_norm_eps": 1e-5, "max_position_embeddings": 4096},
+              reads_attention_bias=False, qkv="fused", mlp="fused_gated", partial_rotary=True,
+              layers=every_layer_slides(None), reads_layer_types=False,
+              tensor_parallel="its fused q/k/v and gate/up projections are not split per rank")
+
+FAMILIES = {f.architecture: f for f in (LLAMA, OLMO2, OLMO3, QWEN2, QWEN3, MISTRAL, OLMO1, NEOX,
+                                        PHI3)}

@@ -78,6 +78,15 @@ class ModelArgs:
     def family(self) -> Family:
         return FAMILIES[self.arch]
 
+    @property
+    def context(self) -> int:
+        """How many positions a scored sequence may use: max_position_embeddings, or with
+        LongRoPE the original context, where its short factors hold (transformers switches a
+        forward pass to the long factors once any position passes it)."""
+        if self.rope_scaling and self.rope_scaling["rope_type"] == "longrope":
+            return int(self.rope_scaling["original_max_position_embeddings"])
+        return self.max_position_embeddings
+
     def layer_type(self, layer: int) -> str:
         return self.layer_types[layer] if self.layer_types else FULL
 
@@ -128,7 +137,23 @@ def rope_frequencies(rotary_dim: int, theta: float, scaling: dict | None,
         return inv_freq, 1.0
     if scaling.get("rope_type", "llama3") == "yarn":
         return _yarn(rotary_dim, theta, theta**exponents, scaling, max_position_embeddings)
+    if scaling["rope_type"] == "longrope":
+        return _longrope(theta**exponents, scaling, max_position_embeddings)
     return _llama3(inv_freq, scaling), 1.0
+
+
+def _longrope(pos_freqs: torch.Tensor, scaling: dict, max_position_embeddings: int
+              ) -> tuple[torch.Tensor, float]:
+    """LongRoPE with its short factors: those transformers uses while a forward pass stays
+    within the original context, the only contexts the engine scores (`ModelArgs.context`)."""
+    old_context = scaling["original_max_position_embeddings"]
+    factor = scaling.get("factor") or max_position_embeddings / old_context
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = (1.0 if factor <= 1.0
+                            else math.sqrt(1 + math.log(factor) / math.log(old_context)))
+    short = torch.tensor(scaling["short_factor"], dtype=torch.float32)
+    return 1.0 / (short * pos_freqs), attention_factor
 
 
 def _llama3(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:

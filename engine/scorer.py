@@ -244,7 +244,7 @@ def task_sequences(encoder: PromptEncoder, task: Task) -> list[Sequence]:
     """All prompts of a task, tokenized and checked against the model's context length."""
     check_variants_tokenize(task, lambda s: encoder.checkpoint.encode(s, add_special_tokens=False))
     sequences = [encoder.sequence(task, p) for p in task.prompts]
-    limit = encoder.checkpoint.args.max_position_embeddings
+    limit = encoder.checkpoint.args.context
     for s in sequences:
         if s.max_position >= limit:
             raise PromptTooLongError(

@@ -126,15 +126,16 @@ class SplitTransformer(Transformer):
         self.group = group
         for layer in self.model.layers:
             attention, mlp = layer.self_attn, layer.mlp
-            for name in ("q_proj", "k_proj", "v_proj"):
-                setattr(attention, name, column_parallel(getattr(attention, name), group))
-            attention.o_proj = RowParallelLinear(attention.o_proj, group)
+            # every projection into heads or MLP columns is split by output (q/k/v, or GPT-NeoX's
+            # per-head fused rows, whose contiguous slices are whole heads), o/down by input
+            for module, row in ((attention, "o_proj"), (mlp, "down_proj")):
+                for name, linear in list(module.named_children()):
+                    if isinstance(linear, nn.Linear):
+                        setattr(module, name, RowParallelLinear(linear, group) if name == row
+                                else column_parallel(linear, group))
             if args.family.qk_norm == "full":
                 attention.q_norm = SplitRMSNorm(attention.q_norm, group)
                 attention.k_norm = SplitRMSNorm(attention.k_norm, group)
-            mlp.gate_proj = column_parallel(mlp.gate_proj, group)
-            mlp.up_proj = column_parallel(mlp.up_proj, group)
-            mlp.down_proj = RowParallelLinear(mlp.down_proj, group)
         self.model.embed_tokens = VocabParallelEmbedding(args.vocab_size, args.dim, group)
         self.vocab_range = group.vocab_range(args.vocab_size)  # this rank's slice of the head
         if not args.tie_embeddings:
@@ -217,7 +218,7 @@ def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
                         for name, t in Transformer(with_head).state_dict().items()}
             plan_model = SplitTransformer(with_head, group)
         for f in files:
-            check_names_and_shapes(f, expected)
+            check_names_and_shapes(f, expected, args.family.ignored_tensors)
         plan = {name: getattr(p, "tp_shard", None) for name, p in plan_model.named_parameters()}
         check_complete(directory, plan, holder)
     with group.step("reading this rank's slices of the weights"):

@@ -189,17 +189,25 @@ def scoring_dir(request, tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["base", "chat"])
 def test_scores_equal_the_naive_transformers_computation(scoring_dir, mode, tmp_path):
+    family, directory, hf_model = scoring_dir
+    shortest = check_against_naive(family, directory, hf_model, mode, tmp_path)
+    if family != "qwen3":
+        assert shortest > SCORING_WINDOW  # every prompt is longer than the window: it matters
+
+
+def check_against_naive(family, directory, hf_model, mode, out, tasks=SCORING_TASKS) -> int:
+    """Score `tasks` with engine.score and compare every fourth prompt's log-probs with a full
+    transformers forward per answer; returns the shortest prompt's length in tokens."""
     from transformers import PreTrainedTokenizerFast
 
-    family, directory, hf_model = scoring_dir
-    assert score.main([str(directory), "--tasks", SCORING_TASKS, "--mode", mode, "--out",
-                       str(tmp_path), "--label", "x"]) == 0
+    assert score.main([str(directory), "--tasks", tasks, "--mode", mode, "--out",
+                       str(out), "--label", "x"]) == 0
     hf_tok = PreTrainedTokenizerFast.from_pretrained(str(directory))
     boundary = boundary_ids(hf_tok, hf_model.config.vocab_size)
     worst, shortest = 0.0, math.inf
-    for task in load_tasks(SCORING_TASKS):
-        rows = pq.read_table(tmp_path / "x" / f"{task.name}.parquet").to_pylist()
-        variants = pq.read_table(tmp_path / "x" / "variants" / f"{task.name}.parquet").to_pylist()
+    for task in load_tasks(tasks):
+        rows = pq.read_table(out / "x" / f"{task.name}.parquet").to_pylist()
+        variants = pq.read_table(out / "x" / "variants" / f"{task.name}.parquet").to_pylist()
         for prompt in task.prompts[::4]:  # every fourth prompt: the naive side is slow
             mine = [r for r in rows if r["prompt_id"] == prompt.id]
             text = mine[0]["prompt_text"]
@@ -220,8 +228,7 @@ def test_scores_equal_the_naive_transformers_computation(scoring_dir, mode, tmp_
                     task.name, prompt.id, r["answer"])
     print(f"{family} {mode}: max |logprob - naive| / max(1, |logprob|) = {worst:.2e}, "
           f"shortest prompt {shortest} tokens")
-    if family != "qwen3":
-        assert shortest > SCORING_WINDOW  # every prompt is longer than the window: it matters
+    return shortest
 
 
 def test_packed_rows_keep_windows_per_sequence(scoring_dir):

@@ -104,6 +104,8 @@ def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 
         common["head_dim"] = head_dim
     if arch == "olmo2":
         return Olmo2Config(**common)
+    if arch in NEW_FAMILIES:
+        return new_family_config(arch, common, rope_scaling)
     if arch in ("olmo3", "qwen2", "qwen3"):
         if arch == "qwen3" and head_dim is None:  # Qwen3Config's own default is 128
             common["head_dim"] = hidden // heads
@@ -114,6 +116,24 @@ def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 
     if rope_scaling is not None:
         return LlamaConfig(rope_scaling=dict(rope_scaling), rope_theta=500000.0, **common)
     return LlamaConfig(**common)
+
+
+NEW_FAMILIES = ("mistral", "olmo1", "neox", "phi3")
+
+
+def new_family_config(arch: str, common: dict, rope_scaling: dict | None):
+    """Mistral, OLMo 1, GPT-NeoX (no kv-head or head_dim keys: multi-head, hidden // heads) and
+    Phi-3 configs from transformers' classes; `rope_scaling` is the family's rope dict."""
+    from transformers import GPTNeoXConfig, MistralConfig, OlmoConfig, Phi3Config
+
+    config_class = {"mistral": MistralConfig, "olmo1": OlmoConfig, "neox": GPTNeoXConfig,
+                    "phi3": Phi3Config}[arch]
+    if arch == "neox":
+        for key in ("num_key_value_heads", "head_dim"):
+            common.pop(key, None)
+    if rope_scaling is not None:
+        common["rope_parameters"] = dict(rope_scaling)
+    return config_class(**common)
 
 
 def make_checkpoint(directory: Path, arch: str = "llama", seed: int = 0,

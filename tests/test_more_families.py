@@ -1,0 +1,273 @@
+"""Mistral, OLMo 1, GPT-NeoX (Pythia) and Phi-3 against transformers: logits, both config
+spellings, the scorer's chat and base modes, the switches each family adds, and its refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import engine
+from engine import tp as tensor_parallel
+from engine.errors import ArchitectureError, CheckpointError, ParallelError
+from tests import tiny
+from tests.test_families import (
+    DELETE,
+    ENV,
+    ROOT,
+    SEQ_LEN,
+    WINDOW,
+    check_against_naive,
+    edited_copy,
+    token_ids,
+    transformers_logits,
+)
+
+CLIP = 0.6  # below the largest q/k/v entries of the tiny OLMo 1 (init 0.3): clipping binds
+LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0,
+            "short_factor": [1.0 + i / 8 for i in range(8)],
+            "long_factor": [2.0 + i / 4 for i in range(8)],
+            "original_max_position_embeddings": 256}  # > SEQ_LEN: the short factors apply
+HALF_ROTARY = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+
+CASES = {
+    "mistral_gqa2_window": dict(arch="mistral", kv_heads=2, sliding_window=WINDOW),
+    "mistral_mha_tied_no_window": dict(arch="mistral", tied=True, sliding_window=None),
+    "olmo1_mha_clip": dict(arch="olmo1", clip_qkv=CLIP),
+    "olmo1_gqa2_tied_bias": dict(arch="olmo1", kv_heads=2, tied=True, attention_bias=True),
+    "neox_parallel_untied": dict(arch="neox"),  # Pythia's rotary_pct 0.25
+    "neox_sequential_tied_half_rotary": dict(arch="neox", tied=True, use_parallel_residual=False,
+                                             rope_scaling=HALF_ROTARY),
+    "phi3_gqa2_window_partial": dict(arch="phi3", kv_heads=2, sliding_window=WINDOW,
+                                     rope_scaling=dict(HALF_ROTARY, partial_rotary_factor=0.75)),
+    "phi3_mha_tied_longrope": dict(arch="phi3", tied=True, rope_scaling=LONGROPE,
+                                   original_max_position_embeddings=256),
+}
+ARCH_NAMES = {"mistral": "MistralForCausalLM", "olmo1": "OlmoForCausalLM",
+              "neox": "GPTNeoXForCausalLM", "phi3": "Phi3ForCausalLM"}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def pair(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(request.param)
+    reference = tiny.make_checkpoint(directory, add_bos=False, **CASES[request.param])
+    return request.param, reference, directory
+
+
+def max_diff(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return (got - expected).abs().max().item()
+
+
+def test_float32_logits_match_transformers(pair):
+    name, reference, directory = pair
+    ids = token_ids()
+    with torch.no_grad():
+        expected = reference(ids).logits.float()
+    ck = engine.load(directory)
+    assert ck.args.arch == ARCH_NAMES[name.split("_")[0]]
+    got = ck.logits(ids)
+    assert got.shape == expected.shape == (2, SEQ_LEN, 301)
+    scale = expected.abs().max().item()
+    assert scale > 1.0, "random logits should have a real spread"
+    diff = max_diff(got, expected)
+    print(f"{name}: max |dlogit| = {diff:.3e} (max |logit| {scale:.2f}, "
+          f"bitwise {torch.equal(got, expected)})")
+    assert diff <= 1e-6 * scale, name
+    assert max_diff(got.log_softmax(-1), expected.log_softmax(-1)) <= 1e-5, name
+
+
+def to_4x(directory) -> None:
+    """config.json as transformers 4.x wrote it; GPT-NeoX kept `rotary_pct` and
+    `rotary_emb_base` at the top level, Phi-3 `partial_rotary_factor`."""
+    path = directory / "config.json"
+    cfg = json.loads(path.read_text())
+    if cfg["architectures"] == ["GPTNeoXForCausalLM"]:
+        rope = cfg.pop("rope_parameters")
+        cfg["rotary_pct"] = rope["partial_rotary_factor"]
+        cfg["rotary_emb_base"] = rope["rope_theta"]
+        cfg["torch_dtype"] = cfg.pop("dtype")
+        path.write_text(json.dumps(cfg))
+        return
+    fraction = cfg["rope_parameters"].pop("partial_rotary_factor", None)
+    if fraction is not None:  # Phi-3 4.x: a top-level key
+        cfg["partial_rotary_factor"] = fraction
+    path.write_text(json.dumps(cfg))
+    tiny.to_transformers_4x_config(directory)
+
+
+def test_transformers_4x_config_keys_give_the_same_logits(pair, tmp_path):
+    name, _, directory = pair
+    ids = token_ids(seed=1, length=96)
+    old = edited_copy(directory, tmp_path / "old")
+    to_4x(old)
+    assert "rope_parameters" not in json.loads((old / "config.json").read_text())
+    assert torch.equal(engine.load(old).logits(ids), engine.load(directory).logits(ids)), name
+
+
+def test_plain_causal_path_matches(pair):
+    """span_end None (training): torch's fused attention, its own summation order."""
+    name, reference, directory = pair
+    ids = token_ids(seed=2)
+    with torch.no_grad():
+        expected = reference(ids).logits.float()
+    model = engine.load(directory).model
+    with torch.no_grad():
+        got = (model.hidden_states(ids) @ model.output_weight.T).float()
+    assert max_diff(got, expected) <= 1e-5 * expected.abs().max().item(), name
+
+
+SWITCHES = {  # (case, config change that turns the family's switch off, ModelArgs check)
+    "olmo1_clip": ("olmo1_mha_clip", dict(clip_qkv=None), lambda a: a.clip_qkv is None),
+    "neox_parallel": ("neox_parallel_untied", dict(use_parallel_residual=False),
+                      lambda a: a.residual == "pre"),
+    "neox_rotary": ("neox_parallel_untied",
+                    dict(rope_parameters=dict(HALF_ROTARY, partial_rotary_factor=1.0)),
+                    lambda a: a.rotary_dim == a.head_dim),
+    "mistral_window": ("mistral_gqa2_window", dict(sliding_window=None),
+                       lambda a: a.sliding_window is None),
+    "phi3_longrope": ("phi3_mha_tied_longrope", dict(rope_parameters={"rope_type": "default",
+                                                                      "rope_theta": 10000.0}),
+                      lambda a: a.rope_scaling is None),
+}
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_each_switch_changes_the_logits(switch, tmp_path):
+    """Guards the logits test: each family switch is applied, so turning it off changes the
+    logits, and transformers agrees on the edited checkpoint."""
+    case, change, check = SWITCHES[switch]
+    tiny.make_checkpoint(tmp_path / "on", add_bos=False, **CASES[case])
+    off = edited_copy(tmp_path / "on", tmp_path / "off", **change)
+    assert check(engine.load(off).args)
+    ids = token_ids(seed=3)
+    on_logits, off_logits = engine.load(tmp_path / "on").logits(ids), engine.load(off).logits(ids)
+    assert max_diff(on_logits, off_logits) > 1e-3
+    assert max_diff(off_logits, transformers_logits(off, ids)) <= 1e-5 * off_logits.abs().max()
+
+
+def test_pythia_buffers_are_ignored(tmp_path):
+    """Older Pythia checkpoints store each layer's causal-mask buffers beside the weights."""
+    directory = tmp_path / "pythia"
+    tiny.make_checkpoint(directory, add_bos=False, **CASES["neox_parallel_untied"])
+    ids = token_ids(seed=4, length=40)
+    before = engine.load(directory).logits(ids)
+    state = load_file(directory / "model.safetensors")
+    for layer in range(2):
+        state[f"gpt_neox.layers.{layer}.attention.bias"] = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+        state[f"gpt_neox.layers.{layer}.attention.masked_bias"] = torch.tensor(-1e9)
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    assert torch.equal(engine.load(directory).logits(ids), before)
+
+
+# ---------------------------------------------------------------------------------- scoring
+
+SCORING = {
+    "mistral": dict(arch="mistral", kv_heads=2, sliding_window=16),
+    "olmo1": dict(arch="olmo1", clip_qkv=0.25),
+    "neox": dict(arch="neox", tied=True),
+    "phi3": dict(arch="phi3", kv_heads=1,
+                 rope_scaling=dict(LONGROPE, partial_rotary_factor=0.5,
+                                   short_factor=LONGROPE["short_factor"][:4],
+                                   long_factor=LONGROPE["long_factor"][:4])),
+}
+
+
+@pytest.mark.parametrize("mode", ["base", "chat"])
+@pytest.mark.parametrize("family", sorted(SCORING))
+def test_scores_equal_the_naive_transformers_computation(family, mode, tmp_path):
+    directory = tmp_path / family
+    model = tiny.make_checkpoint(directory, add_bos=False, init=0.1, **SCORING[family])
+    check_against_naive(family, directory, model, mode, tmp_path / "out", tasks="coin,card")
+
+
+# -------------------------------------------------------------------------------- bad input
+
+
+def error_of(exc_type, directory) -> str:
+    with pytest.raises(exc_type) as info:
+        engine.load(directory)
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message
+    return message
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refusals")
+    for name in ("neox_parallel_untied", "phi3_mha_tied_longrope", "mistral_gqa2_window"):
+        tiny.make_checkpoint(root / name, add_bos=False, hidden=32,
+                             **dict(CASES[name], heads=2, kv_heads=2))
+    return root
+
+
+REFUSALS = {  # (checkpoint, config changes, error type, fragments of the message)
+    "neox_gelu_new": ("neox_parallel_untied", dict(hidden_act="gelu_new"), ArchitectureError,
+                      ("gelu_new", "only gelu")),
+    "neox_odd_rotary": ("neox_parallel_untied",
+                        dict(rope_parameters=dict(HALF_ROTARY, partial_rotary_factor=0.2)),
+                        CheckpointError, ("partial_rotary_factor", "even")),
+    "phi3_short_factor_length": ("phi3_mha_tied_longrope",
+                                 dict(rope_parameters=dict(LONGROPE, short_factor=[1.0] * 3)),
+                                 CheckpointError, ("short_factor", "3 entries")),
+    "phi3_long_factor_missing": ("phi3_mha_tied_longrope",
+                                 dict(rope_parameters={k: v for k, v in LONGROPE.items()
+                                                       if k != "long_factor"}),
+                                 CheckpointError, ("long_factor",)),
+    "phi3_yarn": ("phi3_mha_tied_longrope", dict(rope_parameters={"rope_type": "yarn",
+                                                                  "factor": 2.0}),
+                  ArchitectureError, ("yarn", "supported: default, longrope")),
+    "mistral_partial_rotary": ("mistral_gqa2_window",
+                               dict(rope_parameters=dict(HALF_ROTARY)), ArchitectureError,
+                               ("partial_rotary_factor", "MistralForCausalLM")),
+    "mistral_llama3_rope": ("mistral_gqa2_window", dict(rope_parameters=tiny.LLAMA3_ROPE),
+                            ArchitectureError, ("llama3", "supported: default")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals_are_one_line(checkpoints, tmp_path, case):
+    name, changes, error, fragments = REFUSALS[case]
+    message = error_of(error, edited_copy(checkpoints / name, tmp_path / case, **changes))
+    assert all(f in message for f in fragments), message
+
+
+def test_unsupported_architecture_lists_the_new_families(checkpoints, tmp_path):
+    bad = edited_copy(checkpoints / "mistral_gqa2_window", tmp_path / "x",
+                      architectures=["MixtralForCausalLM"])
+    message = error_of(ArchitectureError, bad)
+    assert all(name in message for name in ARCH_NAMES.values()), message
+
+
+def test_mistral_window_defaults_to_4096_when_absent(checkpoints, tmp_path):
+    """MistralConfig's default: a config without the key slides at 4096 on every layer."""
+    args = engine.load(edited_copy(checkpoints / "mistral_gqa2_window", tmp_path / "w",
+                                   sliding_window=DELETE)).args
+    assert args.sliding_window == 4096 and set(args.layer_types) == {"sliding_attention"}
+
+
+def test_tp_refuses_phi3_in_one_line_and_accepts_neox(checkpoints):
+    phi3 = engine.load(checkpoints / "phi3_mha_tied_longrope").args
+    with pytest.raises(ParallelError, match="Phi3ForCausalLM: its fused q/k/v"):
+        tensor_parallel.check_divides(phi3, 2, checkpoints / "config.json")
+    tensor_parallel.check_divides(engine.load(checkpoints / "neox_parallel_untied").args, 2,
+                                  checkpoints / "config.json")
+
+
+def test_longrope_scores_only_within_the_original_context(checkpoints, tmp_path):
+    """Past original_max_position_embeddings transformers switches the whole forward pass to
+    the long factors; the engine scores with the short ones, so it refuses longer prompts."""
+    short = edited_copy(checkpoints / "phi3_mha_tied_longrope", tmp_path / "short",
+                        original_max_position_embeddings=8,
+                        rope_parameters=dict(LONGROPE, original_max_position_embeddings=8))
+    assert engine.load(short).args.context == 8
+    result = subprocess.run([sys.executable, "-m", "engine.score", str(short), "--tasks", "coin",
+                             "--mode", "base", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "context is 8" in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
