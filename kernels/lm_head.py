@@ -67,8 +67,17 @@ def _lse_inplace(x: torch.Tensor) -> torch.Tensor:
     return row_max + x.sum(dim=1).log_()
 
 
+def soft_cap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Gemma 2's logit soft-capping, in place: cap * tanh(logits / cap), in transformers'
+    order (divide, tanh, multiply); None leaves the logits as they are."""
+    if softcap is None:
+        return logits
+    return logits.div_(softcap).tanh_().mul_(softcap)
+
+
 def _chunked_lse(h32: torch.Tensor, weight: torch.Tensor, boundary_mask: torch.Tensor,
-                 chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 chunk_size: int, softcap: float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Running log-sum-exp over vocabulary chunks: whole vocabulary and boundary subset.
 
     Each chunk's logits are float32 (bf16 weight rows are upcast before the matmul, so the
@@ -93,6 +102,7 @@ def _chunked_lse(h32: torch.Tensor, weight: torch.Tensor, boundary_mask: torch.T
         if upcast_buf is not None:
             w = upcast_buf[: w.numel()].view(w.shape).copy_(w)
         logits = torch.matmul(h32, w.T, out=logits_buf[: n * (stop - start)].view(n, stop - start))
+        soft_cap(logits, softcap)
         ids = boundary_ids[bounds[i]:bounds[i + 1]] - start
         if ids.numel():
             chosen = boundary_buf[: n * ids.numel()].view(n, ids.numel())
@@ -103,8 +113,9 @@ def _chunked_lse(h32: torch.Tensor, weight: torch.Tensor, boundary_mask: torch.T
 
 
 def _gathered_target_logits(h32: torch.Tensor, weight: torch.Tensor,
-                            targets: torch.Tensor) -> torch.Tensor:
-    """h·w_t for each target by gathering W[t] (float32), -inf where the target is -1."""
+                            targets: torch.Tensor, softcap: float | None = None) -> torch.Tensor:
+    """h·w_t for each target by gathering W[t] (float32), soft-capped like the vocabulary's,
+    -inf where the target is -1."""
     n, k = targets.shape
     d = h32.shape[1]
     out = torch.empty((n, k), dtype=torch.float32, device=h32.device)
@@ -113,30 +124,34 @@ def _gathered_target_logits(h32: torch.Tensor, weight: torch.Tensor,
         t = targets[start:start + rows]
         w = weight[t.clamp(min=0)].to(torch.float32)                 # [r, K, D]
         dots = torch.bmm(w, h32[start:start + rows, :, None])[..., 0]  # [r, K]
-        out[start:start + rows] = dots.masked_fill(t < 0, float("-inf"))
+        out[start:start + rows] = soft_cap(dots, softcap).masked_fill(t < 0, float("-inf"))
     return out
 
 
 def lm_head_logprobs_reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                               boundary_mask: torch.Tensor, chunk_size: int = 4096):
+                               boundary_mask: torch.Tensor, chunk_size: int = 4096, *,
+                               softcap: float | None = None):
     """Plain-torch reference: ``(lse [N], target_logits [N, K], boundary_lse [N])``, float32.
 
     ``hidden`` [N, D] and ``weight`` [V, D] are float32 or bfloat16 (same dtype); ``targets``
     [N, K] int64 with -1 as padding; ``boundary_mask`` [V] bool. The vocabulary is processed in
     chunks of ``chunk_size`` rows with a running log-sum-exp, so peak memory is N x chunk_size
     floats rather than N x V; with float32 inputs the result agrees with a full float32
-    ``log_softmax`` to ~1e-6. ``boundary_lse`` is -inf when the mask is empty.
+    ``log_softmax`` to ~1e-6. ``boundary_lse`` is -inf when the mask is empty. ``softcap``
+    (Gemma 2's final_logit_softcapping): every logit is cap * tanh(logit / cap) before the
+    log-sum-exps, the target logits included.
     """
     _check_inputs(hidden, weight, targets, boundary_mask)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     h32 = hidden.to(torch.float32)
-    lse, blse = _chunked_lse(h32, weight, boundary_mask, chunk_size)
-    return lse, _gathered_target_logits(h32, weight, targets), blse
+    lse, blse = _chunked_lse(h32, weight, boundary_mask, chunk_size, softcap)
+    return lse, _gathered_target_logits(h32, weight, targets, softcap), blse
 
 
 def lm_head_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                            boundary_mask: torch.Tensor, *, config=None, out=None):
+                            boundary_mask: torch.Tensor, *, softcap: float | None = None,
+                            config=None, out=None):
     """Fused Triton kernel with the reference's semantics (see ``kernels/_lm_head_triton.py``).
 
     Its tiles come from ``default_config(D, V, dtype, arch)`` and never from N, which is what
@@ -149,14 +164,17 @@ def lm_head_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, targets:
     _check_inputs(hidden, weight, targets, boundary_mask)
     from kernels import _lm_head_triton
 
-    return _lm_head_triton.lm_head_logprobs(hidden, weight, targets, boundary_mask, config, out)
+    return _lm_head_triton.lm_head_logprobs(hidden, weight, targets, boundary_mask, config, out,
+                                            softcap=softcap)
 
 
 def lm_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                     boundary_mask: torch.Tensor, chunk_size: int = 4096):
+                     boundary_mask: torch.Tensor, chunk_size: int = 4096, *,
+                     softcap: float | None = None):
     """Dispatcher: the Triton kernel for CUDA tensors (unless ``ENGINE_FORCE_REFERENCE=1``),
     the torch reference otherwise. ``chunk_size`` is the reference's vocabulary chunk; the
-    kernel picks its own tiles and ignores it."""
+    kernel picks its own tiles and ignores it. ``softcap``: as in the reference."""
     if use_triton(hidden):
-        return lm_head_logprobs_triton(hidden, weight, targets, boundary_mask)
-    return lm_head_logprobs_reference(hidden, weight, targets, boundary_mask, chunk_size)
+        return lm_head_logprobs_triton(hidden, weight, targets, boundary_mask, softcap=softcap)
+    return lm_head_logprobs_reference(hidden, weight, targets, boundary_mask, chunk_size,
+                                      softcap=softcap)

@@ -184,16 +184,19 @@ def span_end_visible(span_end: torch.Tensor, rows: slice | None = None) -> torch
     return (j <= i) & (i < span_end[..., None, :])
 
 
-def _attend_rows(q, k, v, visible, scale) -> torch.Tensor:
+def _attend_rows(q, k, v, visible, scale, softcap=None) -> torch.Tensor:
     """Float32 masked softmax attention for one batch element and a block of query rows.
 
     q [Hkv, G, R, Dh], k/v [Hkv, 1, T, Dh] (GQA by broadcasting, no copy), visible [R, T].
     The operation order is that of Hugging Face's eager attention (scale after q @ k^T,
     softmax, then @ v), so that the float32 CPU path reproduces transformers' float32 forward
     to the last bits rather than to ~1e-5 (the exactness guarantee of docs/results.md). Rows
-    with no visible key come out as zeros instead of NaN.
+    with no visible key come out as zeros instead of NaN. ``softcap`` (Gemma 2): the scaled
+    scores become cap * tanh(score / cap) before the mask, in transformers' order.
     """
     scores = (q @ k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     empty = ~visible.any(dim=-1, keepdim=True)
@@ -213,11 +216,13 @@ def _first_visible_key(span_end: torch.Tensor, r0: int, r1: int) -> int:
 def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              span_end: torch.Tensor, scale: float, *,
                              positions: torch.Tensor | None = None,
-                             window: int | None = None) -> torch.Tensor:
+                             window: int | None = None,
+                             softcap: float | None = None) -> torch.Tensor:
     """Plain-torch tree attention in float32; returns q.dtype [B, Hq, T, Dh].
 
     With ``window``, key j is visible to query i only if ``positions[b, i] - positions[b, j] <
-    window`` as well (see the module docstring). The dense mask is built per batch element and
+    window`` as well (see the module docstring). ``softcap``: attention logit soft-capping
+    (see `_attend_rows`). The dense mask is built per batch element and
     per block of query rows, over only the keys that block can see (see `_first_visible_key`),
     so memory stays bounded (about 64 MiB of scores) even at T = 5000 with 32 heads.
     """
@@ -245,7 +250,8 @@ def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             if window is not None:
                 pos = positions[bi]
                 visible &= (pos[r0:r1, None] - pos[None, columns]) < window
-            o = _attend_rows(qb[:, :, r0:r1], kb[..., keys, :], vb[..., keys, :], visible, scale)
+            o = _attend_rows(qb[:, :, r0:r1], kb[..., keys, :], vb[..., keys, :], visible, scale,
+                             softcap)
             out[bi, :, r0:r1] = o.reshape(hq, r1 - r0, dh).to(q.dtype)
     return out
 
@@ -267,7 +273,7 @@ def _sparse_keys(span_end: torch.Tensor, r0: int, r1: int, k0: int) -> torch.Ten
 def tree_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           span_end: torch.Tensor, scale: float, *,
                           positions: torch.Tensor | None = None, window: int | None = None,
-                          config=None, out=None) -> torch.Tensor:
+                          softcap: float | None = None, config=None, out=None) -> torch.Tensor:
     """Flash-attention style Triton kernel with the reference's semantics.
 
     Never materialises a [T, T] mask or scores in global memory; bfloat16 or float32, head_dim
@@ -287,16 +293,17 @@ def tree_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     return _tree_attention_triton.tree_attention(q, k, v, span_end, sequence_starts(span_end),
                                                  float(scale), config, out, positions=positions,
-                                                 window=window)
+                                                 window=window, softcap=softcap)
 
 
 def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span_end: torch.Tensor,
                    scale: float, *, positions: torch.Tensor | None = None,
-                   window: int | None = None) -> torch.Tensor:
+                   window: int | None = None, softcap: float | None = None) -> torch.Tensor:
     """Dispatcher: the Triton kernel for CUDA tensors (unless ``ENGINE_FORCE_REFERENCE=1``),
     the torch reference otherwise. ``window=None``: no sliding window; an int window needs the
-    position ids ``positions`` [B, T]."""
+    position ids ``positions`` [B, T]. ``softcap``: attention logit soft-capping (None: none)."""
     if use_triton(q):
         return tree_attention_triton(q, k, v, span_end, scale, positions=positions,
-                                     window=window)
-    return tree_attention_reference(q, k, v, span_end, scale, positions=positions, window=window)
+                                     window=window, softcap=softcap)
+    return tree_attention_reference(q, k, v, span_end, scale, positions=positions, window=window,
+                                    softcap=softcap)
