@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from engine.errors import ArchitectureError, CheckpointError
-from engine.families import FAMILIES, FULL, SLIDING, Family
+from engine.families import FAMILIES, FULL, REFUSED, SLIDING, Family
 from engine.model import ModelArgs
 
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
@@ -92,6 +92,11 @@ def rope_scaling(rope: dict, cfg: dict, path: Path, family: Family) -> dict | No
         return {"rope_type": "llama3", **{k: _number(rope[k], k, path) for k in LLAMA3_ROPE_KEYS}}
     if rope_type == "longrope":
         return longrope_scaling(rope, cfg, path, family)
+    if rope_type == "linear":
+        if "factor" not in rope:
+            raise CheckpointError(f"{path}: linear rope scaling lacks 'factor'; "
+                                  "add it to config.json")
+        return {"rope_type": "linear", "factor": _number(rope["factor"], "factor", path)}
     if "factor" not in rope:
         raise CheckpointError(f"{path}: yarn rope scaling lacks 'factor'; add it to config.json")
     # transformers falls back to max_position_embeddings (a top-level key takes priority,
@@ -142,15 +147,21 @@ def per_layer_type_ropes(cfg: dict, path: Path, family: Family
     one `rope_theta`, and (OLMo 3) applied the scaling to the full-attention layers only."""
     params = _object(cfg, "rope_parameters", path)
     top_theta = cfg.get("rope_theta", family.default("rope_theta"))
+    sliding_key = family.key("sliding_rope_theta")  # Gemma 3's rope_local_base_freq
+    sliding_theta = (cfg.get(sliding_key, family.default("sliding_rope_theta"))
+                     if sliding_key else None)
     if isinstance(params, dict) and (FULL in params or SLIDING in params):
         ropes = []
         for kind in (FULL, SLIDING):
             rope = params.get(kind) or {}
-            theta = _number(rope.get("rope_theta", top_theta), f"rope_parameters.{kind}.rope_theta",
-                            path)
+            kind_theta = sliding_theta if kind == SLIDING and sliding_theta else top_theta
+            theta = _number(rope.get("rope_theta", kind_theta),
+                            f"rope_parameters.{kind}.rope_theta", path)
             ropes.append((theta, rope_scaling(rope, cfg, path, family)))
         return ropes[0], ropes[1]
     theta, scaling = rope_settings(cfg, path, family)
+    if sliding_theta is not None:
+        return (theta, scaling), (_number(sliding_theta, sliding_key, path), None)
     return (theta, scaling), (theta, None)
 
 
@@ -261,6 +272,8 @@ class Reader:
 def family_of(cfg: dict, path: Path) -> Family:
     archs = cfg.get("architectures") or [None]
     arch = archs[0] if isinstance(archs, list) else archs
+    if isinstance(arch, str) and arch in REFUSED:
+        raise ArchitectureError(f"{path}: {arch} is not supported: {REFUSED[arch]}")
     if not isinstance(arch, str) or arch not in FAMILIES:
         raise ArchitectureError(
             f"{path}: architecture {_shown(arch)} is not supported; "
@@ -274,7 +287,7 @@ def parse_config(cfg: dict, path: Path) -> ModelArgs:
     family = family_of(cfg, path)
     read = Reader(cfg, path, family)
     key = family.key
-    act = cfg.get(key("activation")) or family.default("hidden_act")
+    act = cfg.get(key("activation")) or family.default(key("activation"))
     if act not in family.activations:
         raise ArchitectureError(f"{path}: hidden_act {act!r} is not supported for "
                                 f"{family.architecture} (only {', '.join(family.activations)})")

@@ -66,6 +66,16 @@ def every_layer_slides(default_window: int | None):
     return layers
 
 
+def gemma_layers(pattern: int, reads_pattern: bool):
+    """Gemma: every `pattern`-th layer is global, the others slide (window 4096 unless given);
+    Gemma 3's configs may say `sliding_window_pattern`."""
+    def layers(read, n_layers: int):
+        every = read.int("sliding_window_pattern", pattern) if reads_pattern else pattern
+        return ([SLIDING if (i + 1) % every else FULL for i in range(n_layers)],
+                read.get("sliding_window", 4096))
+    return layers
+
+
 def no_extra(read) -> dict:
     return {}
 
@@ -79,9 +89,12 @@ class Family:
     keys: Mapping[str, str | None] = field(default_factory=dict)  # overrides of COMMON_KEYS
     activations: tuple[str, ...] = ("silu",)  # hidden_act values implemented
     # blocks
-    norm: str = "rms"  # "rms"; "layer": LayerNorm with weight and bias; "plain_layer": none
+    norm: str = "rms"  # "rms"; "offset_rms": scales by 1 + weight (Gemma); "layer": LayerNorm
+    #                    with weight and bias; "plain_layer": LayerNorm without parameters
     norm_weight_in_float32: bool = False  # OLMo 2/3 scale by the weight before casting back
-    residual: str = "pre"  # "pre"; "post": norms on the outputs (OLMo 2/3); "parallel" (NeoX)
+    residual: str = "pre"  # "pre"; "post": norms on the outputs (OLMo 2/3); "parallel" (NeoX);
+    #                        "sandwich": norms before and after each block (Gemma)
+    scales_embedding: bool = False  # Gemma: embeddings times sqrt(hidden_size)
     qkv: str = "separate"  # "separate" q/k/v_proj; "fused": qkv_proj rows [q; k; v] (Phi-3);
     #                        "per_head": query_key_value rows [head][q, k, v] (GPT-NeoX)
     qkv_bias: bool = False  # q, k, v always carry a bias, o none (Qwen 2)
@@ -124,6 +137,15 @@ class Family:
 @functools.cache
 def _compiled(weight_names: tuple[tuple[str, str], ...]):
     return tuple((re.compile(pattern), name) for pattern, name in weight_names)
+
+
+def gemma_extra(read) -> dict:
+    """Gemma's attention scale (query_pre_attn_scalar ** -0.5) and soft-caps (null: none)."""
+    caps = {}
+    for name, key in (("attn_softcap", "attn_logit_softcapping"),
+                      ("final_softcap", "final_logit_softcapping")):
+        caps[name] = None if read.get(key, read.family.default(key)) is None else read.float(key)
+    return {"attention_scale": read.float("query_pre_attn_scalar") ** -0.5, **caps}
 
 
 def neox_extra(read) -> dict:
@@ -185,5 +207,31 @@ PHI3 = Family("Phi3ForCausalLM", "Phi-3 / Phi-3.5 mini and medium, Phi-4-mini",
               layers=every_layer_slides(None), reads_layer_types=False,
               tensor_parallel="its fused q/k/v and gate/up projections are not split per rank")
 
+GEMMA = dict(  # what Gemma 2 and 3 share
+    keys={"activation": "hidden_activation"}, activations=("gelu_pytorch_tanh",),
+    norm="offset_rms", residual="sandwich", scales_embedding=True, extra=gemma_extra)
+GEMMA_DEFAULTS = {"head_dim": 256, "num_key_value_heads": 4,
+                  "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
+                  "query_pre_attn_scalar": 256}
+GEMMA2 = Family("Gemma2ForCausalLM", "Gemma 2 (2B, 9B, 27B; pt and it)", ("default",),
+                defaults=GEMMA_DEFAULTS | {"max_position_embeddings": 8192,
+                                           "final_logit_softcapping": 30.0,
+                                           "attn_logit_softcapping": 50.0},
+                layers=gemma_layers(2, reads_pattern=False), **GEMMA)
+GEMMA3 = Family("Gemma3ForCausalLM", "Gemma 3 text-only (1B pt and it)", ("default", "linear"),
+                defaults=GEMMA_DEFAULTS | {"max_position_embeddings": 131072,
+                                           "rope_theta": 1000000.0, "sliding_rope_theta": 10000.0,
+                                           "final_logit_softcapping": None,
+                                           "attn_logit_softcapping": None},
+                qk_norm="head", rope_per_layer_type=True,
+                layers=gemma_layers(6, reads_pattern=True),
+                **(GEMMA | {"keys": {**GEMMA["keys"],
+                                     "sliding_rope_theta": "rope_local_base_freq"}}))
+
 FAMILIES = {f.architecture: f for f in (LLAMA, OLMO2, OLMO3, QWEN2, QWEN3, MISTRAL, OLMO1, NEOX,
-                                        PHI3)}
+                                        PHI3, GEMMA2, GEMMA3)}
+# Architectures close to a supported family that are refused with their own reason.
+REFUSED = {
+    "Gemma3ForConditionalGeneration": "a Gemma 3 multimodal checkpoint (4B, 12B, 27B): only the "
+    "text-only Gemma3ForCausalLM is supported",
+}

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.families import FAMILIES, FULL, SLIDING, Family
-from kernels.lm_head import lm_head_logprobs
+from kernels.lm_head import lm_head_logprobs, soft_cap
 from kernels.tree_attention import tree_attention
 
 
@@ -67,12 +67,17 @@ class ModelArgs:
     activation: str = "silu"  # the MLP's, by transformers' `hidden_act` name
     residual: str | None = None  # "pre", "post" or "parallel"; None: the family's
     clip_qkv: float | None = None  # OLMo 1: q, k, v clamped to [-clip_qkv, clip_qkv]
+    attention_scale: float | None = None  # on q.k; None: head_dim ** -0.5 (Gemma: its own)
+    attn_softcap: float | None = None  # Gemma 2: attention scores cap * tanh(score / cap)
+    final_softcap: float | None = None  # Gemma 2: logits cap * tanh(logit / cap)
 
     def __post_init__(self):
         if self.rotary_dim is None:
             object.__setattr__(self, "rotary_dim", self.head_dim)
         if self.residual is None:
             object.__setattr__(self, "residual", self.family.residual)
+        if self.attention_scale is None:
+            object.__setattr__(self, "attention_scale", self.head_dim**-0.5)
 
     @property
     def family(self) -> Family:
@@ -139,6 +144,8 @@ def rope_frequencies(rotary_dim: int, theta: float, scaling: dict | None,
         return _yarn(rotary_dim, theta, theta**exponents, scaling, max_position_embeddings)
     if scaling["rope_type"] == "longrope":
         return _longrope(theta**exponents, scaling, max_position_embeddings)
+    if scaling["rope_type"] == "linear":  # Gemma 3's global layers: positions divided by factor
+        return inv_freq / scaling["factor"], 1.0
     return _llama3(inv_freq, scaling), 1.0
 
 
@@ -262,13 +269,10 @@ class Attention(nn.Module):
         else:
             self.qkv_proj = nn.Linear(args.dim, self.q_size + 2 * self.kv_size, bias=qkv_bias)
         self.o_proj = nn.Linear(self.q_size, args.dim, bias=bias)
-        in_f32 = family.norm_weight_in_float32
         if family.qk_norm == "full":
-            self.q_norm = RMSNorm(self.q_size, args.norm_eps, in_f32)
-            self.k_norm = RMSNorm(self.kv_size, args.norm_eps, in_f32)
+            self.q_norm, self.k_norm = make_norm(args, self.q_size), make_norm(args, self.kv_size)
         elif family.qk_norm == "head":
-            self.q_norm = RMSNorm(hd, args.norm_eps, in_f32)
-            self.k_norm = RMSNorm(hd, args.norm_eps, in_f32)
+            self.q_norm, self.k_norm = make_norm(args, hd), make_norm(args, hd)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v [B, T, heads * head_dim] from the family's projection layout."""
@@ -302,7 +306,9 @@ class Attention(nn.Module):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = rotate(q, cos, sin).to(x.dtype)
         k = rotate(k, cos, sin).to(x.dtype)
-        scale = self.args.head_dim**-0.5
+        scale, softcap = self.args.attention_scale, self.args.attn_softcap
+        if span_end is None and softcap is not None:  # torch's fused attention has no cap
+            span_end = torch.full((B, T), T, dtype=torch.int32, device=x.device)
         if span_end is None and self.window is None:
             # plain causal (training): torch's fused attention
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
@@ -311,10 +317,9 @@ class Attention(nn.Module):
             mask = window_mask(positions, self.window)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                                  enable_gqa=True)
-        elif self.window is None:
-            out = tree_attention(q, k, v, span_end, scale)
         else:
-            out = tree_attention(q, k, v, span_end, scale, positions=positions, window=self.window)
+            out = tree_attention(q, k, v, span_end, scale, positions=positions, window=self.window,
+                                 softcap=softcap)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -345,6 +350,17 @@ class MLP(nn.Module):
         return self.down_proj(self.act(self.up_proj(x)))
 
 
+class OffsetRMSNorm(RMSNorm):
+    """Gemma's RMSNorm: the weight is stored as an offset from 1, and the scaling runs in
+    float32 before the cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(self.mean_square(x) + self.eps)
+        return (x * (1.0 + self.weight.float())).to(dtype)
+
+
 class PlainLayerNorm(nn.Module):
     """LayerNorm without weight or bias, in float32 (OLMo 1; its eps is fixed at 1e-5)."""
 
@@ -363,13 +379,16 @@ def make_norm(args: ModelArgs, dim: int | None = None) -> nn.Module:
         return nn.LayerNorm(dim, eps=args.norm_eps)
     if kind == "plain_layer":
         return PlainLayerNorm(dim, args.norm_eps)
+    if kind == "offset_rms":
+        return OffsetRMSNorm(dim, args.norm_eps, True)
     return RMSNorm(dim, args.norm_eps, args.family.norm_weight_in_float32)
 
 
 class DecoderLayer(nn.Module):
     """"pre": x + attn(norm(x)), then x + mlp(norm(x)) (Llama, Qwen, Mistral, Phi-3, OLMo 1);
     "post": x + norm(attn(x)), then x + norm(mlp(x)) (OLMo 2/3); "parallel":
-    x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX), summed in transformers' order."""
+    x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX), summed in transformers' order; "sandwich":
+    x + norm(attn(norm(x))), then x + norm(mlp(norm(x))) (Gemma)."""
 
     def __init__(self, args: ModelArgs, layer: int = 0):
         super().__init__()
@@ -377,16 +396,21 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(args, layer)
         self.mlp = MLP(args)
         self.post_attention_layernorm = make_norm(args)
-        if self.residual == "post":
+        if self.residual in ("post", "sandwich"):
             self.post_feedforward_layernorm = make_norm(args)
-        else:
+        if self.residual != "post":
             self.input_layernorm = make_norm(args)
+        if self.residual == "sandwich":
+            self.pre_feedforward_layernorm = make_norm(args)
 
     def forward(self, x, ropes, positions, span_end):
         if self.residual == "post":
             x = x + self.post_attention_layernorm(self.self_attn(x, ropes, positions, span_end))
             return x + self.post_feedforward_layernorm(self.mlp(x))
         attended = self.self_attn(self.input_layernorm(x), ropes, positions, span_end)
+        if self.residual == "sandwich":
+            x = x + self.post_attention_layernorm(attended)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         if self.residual == "parallel":
             return self.mlp(self.post_attention_layernorm(x)) + attended + x
         x = x + attended
@@ -461,6 +485,8 @@ class Transformer(nn.Module):
             position_ids = torch.arange(input_ids.shape[1],
                                         device=input_ids.device).expand_as(input_ids)
         x = self.model.embed_tokens(input_ids)
+        if self.args.family.scales_embedding:  # sqrt(dim) rounded to the weights' dtype first
+            x = x * torch.tensor(self.args.dim**0.5).to(x.dtype)
         ropes = {kind: self.rope_tables(position_ids, x.dtype, kind) for kind in self.args.ropes()}
         for layer in self.model.layers:
             x = layer(x, ropes, position_ids, span_end)
@@ -479,7 +505,8 @@ class Transformer(nn.Module):
     def head_statistics(self, hidden: torch.Tensor, targets: torch.Tensor, boundary: torch.Tensor):
         """(log-sum-exp over the vocabulary [N], the targets' logits [N, K], log-sum-exp over the
         boundary tokens [N]) of the LM head at `hidden`, in float32."""
-        return lm_head_logprobs(hidden, self.output_weight, targets, boundary)
+        return lm_head_logprobs(hidden, self.output_weight, targets, boundary,
+                                softcap=self.args.final_softcap)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Full causal logits [B, T, vocab] in float32: a testing and debugging aid. Runs the
@@ -488,4 +515,4 @@ class Transformer(nn.Module):
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
         span_end = torch.full((B, T), T, dtype=torch.int32, device=input_ids.device)
         h = self.hidden_states(input_ids, positions, span_end)
-        return (h @ self.output_weight.T).float()
+        return soft_cap((h @ self.output_weight.T).float(), self.args.final_softcap)

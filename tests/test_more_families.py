@@ -1,5 +1,6 @@
-"""Mistral, OLMo 1, GPT-NeoX (Pythia) and Phi-3 against transformers: logits, both config
-spellings, the scorer's chat and base modes, the switches each family adds, and its refusals."""
+"""Mistral, OLMo 1, GPT-NeoX (Pythia), Phi-3, Gemma 2 and Gemma 3 (text) against transformers:
+logits, both config spellings, the scorer's chat and base modes, the switches each family adds,
+chat templates, and the refusals."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from safetensors.torch import load_file, save_file
 import engine
 from engine import tp as tensor_parallel
 from engine.errors import ArchitectureError, CheckpointError, ParallelError
+from kernels.lm_head import soft_cap
 from tests import tiny
 from tests.test_families import (
+    CONVERSATIONS,
     DELETE,
     ENV,
     ROOT,
@@ -33,6 +36,9 @@ LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0,
             "long_factor": [2.0 + i / 4 for i in range(8)],
             "original_max_position_embeddings": 256}  # > SEQ_LEN: the short factors apply
 HALF_ROTARY = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+GEMMA3_ROPES = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+SMALL_CAPS = dict(attn_logit_softcapping=5.0, final_logit_softcapping=8.0)  # caps that bind
 
 CASES = {
     "mistral_gqa2_window": dict(arch="mistral", kv_heads=2, sliding_window=WINDOW),
@@ -46,9 +52,19 @@ CASES = {
                                      rope_scaling=dict(HALF_ROTARY, partial_rotary_factor=0.75)),
     "phi3_mha_tied_longrope": dict(arch="phi3", tied=True, rope_scaling=LONGROPE,
                                    original_max_position_embeddings=256),
+    "gemma2_gqa2_tied_small_caps": dict(arch="gemma2", kv_heads=2, tied=True, layers=4,
+                                        sliding_window=WINDOW, query_pre_attn_scalar=24,
+                                        **SMALL_CAPS),
+    "gemma2_mha_untied_default_caps": dict(arch="gemma2", layers=3, sliding_window=WINDOW),
+    "gemma3_gqa2_tied_linear": dict(arch="gemma3", kv_heads=2, tied=True, layers=6,
+                                    sliding_window=WINDOW, query_pre_attn_scalar=24,
+                                    rope_scaling=GEMMA3_ROPES),
+    "gemma3_mha_untied_pattern2": dict(arch="gemma3", layers=4, sliding_window=WINDOW,
+                                       sliding_window_pattern=2),
 }
 ARCH_NAMES = {"mistral": "MistralForCausalLM", "olmo1": "OlmoForCausalLM",
-              "neox": "GPTNeoXForCausalLM", "phi3": "Phi3ForCausalLM"}
+              "neox": "GPTNeoXForCausalLM", "phi3": "Phi3ForCausalLM",
+              "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -92,7 +108,10 @@ def to_4x(directory) -> None:
         cfg["torch_dtype"] = cfg.pop("dtype")
         path.write_text(json.dumps(cfg))
         return
-    fraction = cfg["rope_parameters"].pop("partial_rotary_factor", None)
+    ropes = cfg["rope_parameters"]
+    if "sliding_attention" in ropes:  # Gemma 3 4.x: the local layers' theta at the top level
+        cfg["rope_local_base_freq"] = ropes.pop("sliding_attention")["rope_theta"]
+    fraction = ropes.pop("partial_rotary_factor", None)
     if fraction is not None:  # Phi-3 4.x: a top-level key
         cfg["partial_rotary_factor"] = fraction
     path.write_text(json.dumps(cfg))
@@ -116,7 +135,8 @@ def test_plain_causal_path_matches(pair):
         expected = reference(ids).logits.float()
     model = engine.load(directory).model
     with torch.no_grad():
-        got = (model.hidden_states(ids) @ model.output_weight.T).float()
+        got = soft_cap((model.hidden_states(ids) @ model.output_weight.T).float(),
+                       model.args.final_softcap)
     assert max_diff(got, expected) <= 1e-5 * expected.abs().max().item(), name
 
 
@@ -132,6 +152,20 @@ SWITCHES = {  # (case, config change that turns the family's switch off, ModelAr
     "phi3_longrope": ("phi3_mha_tied_longrope", dict(rope_parameters={"rope_type": "default",
                                                                       "rope_theta": 10000.0}),
                       lambda a: a.rope_scaling is None),
+    "gemma2_attention_cap": ("gemma2_gqa2_tied_small_caps", dict(attn_logit_softcapping=None),
+                             lambda a: a.attn_softcap is None and a.final_softcap == 8.0),
+    "gemma2_final_cap": ("gemma2_gqa2_tied_small_caps", dict(final_logit_softcapping=None),
+                         lambda a: a.final_softcap is None and a.attn_softcap == 5.0),
+    "gemma2_window": ("gemma2_gqa2_tied_small_caps",
+                      dict(layer_types=["full_attention"] * 4), lambda a: a.sliding_window is None),
+    "gemma3_linear_rope": ("gemma3_gqa2_tied_linear",
+                           dict(rope_parameters=dict(GEMMA3_ROPES, full_attention={
+                               "rope_type": "default", "rope_theta": 1e6})),
+                           lambda a: a.rope_scaling is None),
+    "gemma3_local_theta": ("gemma3_gqa2_tied_linear",
+                           dict(rope_parameters=dict(GEMMA3_ROPES, sliding_attention={
+                               "rope_type": "default", "rope_theta": 1e6})),
+                           lambda a: a.sliding_rope == (1e6, None)),
 }
 
 
@@ -169,6 +203,13 @@ SCORING = {
     "mistral": dict(arch="mistral", kv_heads=2, sliding_window=16),
     "olmo1": dict(arch="olmo1", clip_qkv=0.25),
     "neox": dict(arch="neox", tied=True),
+    "gemma2": dict(arch="gemma2", kv_heads=2, sliding_window=16, **SMALL_CAPS,
+                   template=tiny.GEMMA_CHAT_TEMPLATE, added_tokens=tiny.GEMMA_TURN_TOKENS,
+                   vocab_size=320),  # room for the turn tokens
+    "gemma3": dict(arch="gemma3", kv_heads=1, layers=3, sliding_window=16,
+                   sliding_window_pattern=3, rope_scaling=GEMMA3_ROPES,
+                   template=tiny.GEMMA3_CHAT_TEMPLATE, added_tokens=tiny.GEMMA_TURN_TOKENS,
+                   vocab_size=320),
     "phi3": dict(arch="phi3", kv_heads=1,
                  rope_scaling=dict(LONGROPE, partial_rotary_factor=0.5,
                                    short_factor=LONGROPE["short_factor"][:4],
@@ -271,3 +312,44 @@ def test_longrope_scores_only_within_the_original_context(checkpoints, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "context is 8" in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- chat templates
+
+GEMMA_TEMPLATES = {"gemma2": tiny.GEMMA_CHAT_TEMPLATE, "gemma3": tiny.GEMMA3_CHAT_TEMPLATE}
+
+
+@pytest.mark.parametrize("name", sorted(GEMMA_TEMPLATES))
+def test_gemma_templates_render_as_transformers(name, tmp_path):
+    """`<start_of_turn>` turns with the `model` role, BOS as template text (so chat prompts are
+    tokenized without adding it again, as apply_chat_template does); Gemma 2 has no system role
+    and refuses one, Gemma 3 folds it into the first user turn."""
+    from transformers import PreTrainedTokenizerFast
+
+    tiny.make_checkpoint(tmp_path, arch=name, hidden=32, heads=2, kv_heads=2, vocab_size=320,
+                         template=GEMMA_TEMPLATES[name], added_tokens=tiny.GEMMA_TURN_TOKENS)
+    ck = engine.load(tmp_path)
+    hf = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    for messages in CONVERSATIONS:
+        if name == "gemma2" and messages[0]["role"] == "system":
+            with pytest.raises(Exception, match="System role not supported"):
+                hf.apply_chat_template(messages, tokenize=False)
+            with pytest.raises(Exception, match="System role not supported"):
+                ck.render_chat(messages)
+            continue
+        for generation_prompt in (True, False):
+            theirs = hf.apply_chat_template(messages, tokenize=False,
+                                            add_generation_prompt=generation_prompt)
+            ours = ck.render_chat(messages, add_generation_prompt=generation_prompt)
+            assert ours == theirs and ours.startswith("<|bos|><start_of_turn>user\n")
+            ids = ck.encode(ours, add_special_tokens=False)
+            assert ids == hf(theirs, add_special_tokens=False).input_ids
+            assert ids.count(ck.tokenizer.token_to_id("<|bos|>")) == 1
+    assert ck.encode("Heads")[0] == ck.tokenizer.token_to_id("<|bos|>")  # base mode adds BOS
+
+
+def test_gemma3_multimodal_checkpoint_is_refused_in_one_line(checkpoints, tmp_path):
+    bad = edited_copy(checkpoints / "mistral_gqa2_window", tmp_path / "mm",
+                      architectures=["Gemma3ForConditionalGeneration"])
+    message = error_of(ArchitectureError, bad)
+    assert "multimodal" in message and "Gemma3ForCausalLM" in message, message

@@ -118,16 +118,26 @@ def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 
     return LlamaConfig(**common)
 
 
-NEW_FAMILIES = ("mistral", "olmo1", "neox", "phi3")
+NEW_FAMILIES = ("mistral", "olmo1", "neox", "phi3", "gemma2", "gemma3")
 
 
 def new_family_config(arch: str, common: dict, rope_scaling: dict | None):
-    """Mistral, OLMo 1, GPT-NeoX (no kv-head or head_dim keys: multi-head, hidden // heads) and
-    Phi-3 configs from transformers' classes; `rope_scaling` is the family's rope dict."""
-    from transformers import GPTNeoXConfig, MistralConfig, OlmoConfig, Phi3Config
+    """Mistral, OLMo 1, GPT-NeoX (no kv-head or head_dim keys: multi-head, hidden // heads),
+    Phi-3 and Gemma 2 / 3 (text) configs from transformers' classes; `rope_scaling` is the
+    family's rope dict (Gemma 3: one per layer type)."""
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GPTNeoXConfig,
+        MistralConfig,
+        OlmoConfig,
+        Phi3Config,
+    )
 
     config_class = {"mistral": MistralConfig, "olmo1": OlmoConfig, "neox": GPTNeoXConfig,
-                    "phi3": Phi3Config}[arch]
+                    "phi3": Phi3Config, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig}[arch]
+    if arch.startswith("gemma"):
+        common.setdefault("head_dim", common["hidden_size"] // common["num_attention_heads"])
     if arch == "neox":
         for key in ("num_key_value_heads", "head_dim"):
             common.pop(key, None)
@@ -327,3 +337,44 @@ QWEN3_CHAT_TEMPLATE = r"""
 {%- endif %}
 """  # noqa: E501 (template text, kept as is)
 THINK_TOKENS = ("<think>", "</think>")  # Qwen 3's added (not special) tokens
+
+
+GEMMA_TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>")
+# Gemma 2's template: BOS as text, `model` for the assistant role, no system role at all.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+# Gemma 3's: a system message becomes a prefix of the first user turn.
+GEMMA3_CHAT_TEMPLATE = r"""{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{- message['content'] | trim -}}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
