@@ -265,6 +265,9 @@ class Reader:
     def flag(self, key: str, default: bool = False) -> bool:
         return default if self.cfg.get(key) is None else _flag(self.cfg, key, self.path)
 
+    def error(self, problem: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: {problem}; fix config.json")
+
     def _default(self, key: str, default):
         return self.family.default(key, default) if default is None else default
 

@@ -103,7 +103,8 @@ class Family:
     qk_norm: str | None = None  # "full": RMSNorm over the whole q / k projection, before RoPE
     #                             (OLMo 2/3); "head": over each head (Qwen 3)
     mlp: str = "gated"  # "gated": down(act(gate) * up); "fused_gated": gate_up_proj (Phi-3);
-    #                     "plain": down(act(up)) with biases (GPT-NeoX)
+    #                     "plain": down(act(up)) with biases (GPT-NeoX); "moe": routed gated
+    #                     experts (OLMoE)
     rope_in_float32: bool = False  # OLMo rotates in float32; the others in the activation dtype
     rope_per_layer_type: bool = False  # OLMo 3: sliding layers have their own rope
     partial_rotary: bool = False  # reads a rotary fraction of the head (rope's
@@ -146,6 +147,16 @@ def gemma_extra(read) -> dict:
                       ("final_softcap", "final_logit_softcapping")):
         caps[name] = None if read.get(key, read.family.default(key)) is None else read.float(key)
     return {"attention_scale": read.float("query_pre_attn_scalar") ** -0.5, **caps}
+
+
+def moe_extra(read) -> dict:
+    """OLMoE's routing: top-k of `num_experts`, renormalised only with `norm_topk_prob`."""
+    n_experts = read.int("num_experts", 64)
+    top_k = read.int("num_experts_per_tok", 8)
+    if top_k > n_experts:
+        raise read.error(f"num_experts_per_tok={top_k} exceeds num_experts={n_experts}")
+    return {"n_experts": n_experts, "experts_per_token": top_k,
+            "normalize_top_k": read.flag("norm_topk_prob")}
 
 
 def neox_extra(read) -> dict:
@@ -228,8 +239,13 @@ GEMMA3 = Family("Gemma3ForCausalLM", "Gemma 3 text-only (1B pt and it)", ("defau
                 **(GEMMA | {"keys": {**GEMMA["keys"],
                                      "sliding_rope_theta": "rope_local_base_freq"}}))
 
+OLMOE = Family("OlmoeForCausalLM", "OLMoE-1B-7B (base, SFT, DPO, Instruct)", ("default",),
+               defaults={"rms_norm_eps": 1e-5}, qk_norm="full", clip_qkv=True, mlp="moe",
+               extra=moe_extra,
+               tensor_parallel="its mixture-of-experts layers are not split per rank")
+
 FAMILIES = {f.architecture: f for f in (LLAMA, OLMO2, OLMO3, QWEN2, QWEN3, MISTRAL, OLMO1, NEOX,
-                                        PHI3, GEMMA2, GEMMA3)}
+                                        PHI3, GEMMA2, GEMMA3, OLMOE)}
 # Architectures close to a supported family that are refused with their own reason.
 REFUSED = {
     "Gemma3ForConditionalGeneration": "a Gemma 3 multimodal checkpoint (4B, 12B, 27B): only the "

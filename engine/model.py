@@ -70,6 +70,9 @@ class ModelArgs:
     attention_scale: float | None = None  # on q.k; None: head_dim ** -0.5 (Gemma: its own)
     attn_softcap: float | None = None  # Gemma 2: attention scores cap * tanh(score / cap)
     final_softcap: float | None = None  # Gemma 2: logits cap * tanh(logit / cap)
+    n_experts: int = 0  # OLMoE: routed experts per layer, each a gated MLP of intermediate_size
+    experts_per_token: int = 0
+    normalize_top_k: bool = False  # the chosen experts' weights renormalised to sum to 1
 
     def __post_init__(self):
         if self.rotary_dim is None:
@@ -285,9 +288,6 @@ class Attention(nn.Module):
             B, T, _ = x.shape
             per_head = self.qkv_proj(x).view(B, T, -1, 3 * self.args.head_dim)
             q, k, v = (t.reshape(B, T, -1) for t in per_head.chunk(3, dim=-1))
-        if self.args.clip_qkv is not None:
-            c = self.args.clip_qkv
-            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
         return q, k, v
 
     def forward(self, x, ropes, positions, span_end):
@@ -296,6 +296,9 @@ class Attention(nn.Module):
         q, k, v = self.project(x)
         if qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.args.clip_qkv is not None:  # after the full q/k norm (OLMoE), as transformers
+            c = self.args.clip_qkv
+            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
         q = q.view(B, T, -1, self.args.head_dim)
         k = k.view(B, T, -1, self.args.head_dim)
         if qk_norm == "head":
@@ -327,9 +330,9 @@ class MLP(nn.Module):
     """"gated": down(act(gate(x)) * up(x)); "fused_gated": the same with gate and up as one
     matrix (gate's rows first); "plain": down(act(up(x))), biases always (GPT-NeoX)."""
 
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, kind: str | None = None):
         super().__init__()
-        self.kind = args.family.mlp
+        self.kind = kind or args.family.mlp
         self.act = ACTIVATIONS[args.activation]
         bias = args.mlp_bias or self.kind == "plain"
         size = args.intermediate_size
@@ -348,6 +351,79 @@ class MLP(nn.Module):
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
             return self.down_proj(up * self.act(gate))
         return self.down_proj(self.act(self.up_proj(x)))
+
+
+class MoE(nn.Module):
+    """OLMoE's routed MLP: a softmax router picks each token's top-k experts (gated MLPs), whose
+    outputs, weighted by their router probabilities, are summed in ascending expert order.
+
+    Two paths with the same semantics: `loop` runs each expert on its tokens (transformers'
+    arithmetic: the CPU reference), `grouped` sorts the token-expert pairs by expert once and
+    runs every expert in one grouped matmul (bfloat16 on CUDA, where it is the default). The
+    grouped path reads the experts' weights stacked [experts, out, in]: stacked once, on first
+    use, with each expert's parameters then views into the stack (no second copy)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.top_k, self.normalize = args.experts_per_token, args.normalize_top_k
+        self.gate = nn.Linear(args.dim, args.n_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(args, "gated") for _ in range(args.n_experts))
+        self.act = ACTIVATIONS[args.activation]
+        self.grouped: bool | None = None  # None: grouped for bfloat16 on CUDA, else the loop
+        self._stacked: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, x.shape[-1])
+        probs = torch.softmax(self.gate(h), dim=-1, dtype=torch.float32)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        if self.normalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(h.dtype)
+        grouped = self.grouped
+        if grouped is None:
+            grouped = h.is_cuda and h.dtype == torch.bfloat16
+        out = self.grouped_experts(h, chosen, weights) if grouped else self.loop(h, chosen,
+                                                                                  weights)
+        return out.view(x.shape)
+
+    def loop(self, h, chosen, weights) -> torch.Tensor:
+        out = torch.zeros_like(h)
+        for e in chosen.unique().tolist():  # ascending
+            rows, slot = torch.where(chosen == e)
+            out.index_add_(0, rows, self.experts[e](h[rows]) * weights[rows, slot, None])
+        return out
+
+    def grouped_experts(self, h, chosen, weights) -> torch.Tensor:
+        n, k = chosen.shape
+        w = self.stacked()
+        flat = chosen.flatten()
+        order = torch.argsort(flat, stable=True)  # pairs by expert, tokens ascending within
+        offsets = torch.bincount(flat, minlength=len(self.experts)).cumsum(0).to(torch.int32)
+        xs = h[order // k]  # the one gather a grouped matmul needs
+        gate = F.grouped_mm(xs, w["gate_proj"].transpose(1, 2), offs=offsets)
+        up = F.grouped_mm(xs, w["up_proj"].transpose(1, 2), offs=offsets)
+        ys = F.grouped_mm(self.act(gate) * up, w["down_proj"].transpose(1, 2), offs=offsets)
+        ys = ys * weights.flatten()[order, None]
+        by_slot = torch.empty_like(ys)
+        by_slot[order] = ys
+        # each token's contributions in ascending expert order, summed one by one as the loop
+        ranked = by_slot.view(n, k, -1).gather(
+            1, chosen.argsort(dim=1)[..., None].expand(-1, -1, h.shape[1]))
+        out = torch.zeros_like(h)
+        for j in range(k):
+            out = out + ranked[:, j]
+        return out
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        if self._stacked is None:
+            self._stacked = {}
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                layers = [getattr(e, name) for e in self.experts]
+                stack = torch.stack([layer.weight.detach() for layer in layers])
+                for i, layer in enumerate(layers):
+                    layer.weight = nn.Parameter(stack[i], requires_grad=False)
+                self._stacked[name] = stack
+        return self._stacked
 
 
 class OffsetRMSNorm(RMSNorm):
@@ -394,7 +470,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.residual = args.residual
         self.self_attn = Attention(args, layer)
-        self.mlp = MLP(args)
+        self.mlp = MoE(args) if args.family.mlp == "moe" else MLP(args)
         self.post_attention_layernorm = make_norm(args)
         if self.residual in ("post", "sandwich"):
             self.post_feedforward_layernorm = make_norm(args)

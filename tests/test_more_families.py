@@ -1,6 +1,6 @@
-"""Mistral, OLMo 1, GPT-NeoX (Pythia), Phi-3, Gemma 2 and Gemma 3 (text) against transformers:
-logits, both config spellings, the scorer's chat and base modes, the switches each family adds,
-chat templates, and the refusals."""
+"""Mistral, OLMo 1, GPT-NeoX (Pythia), Phi-3, Gemma 2, Gemma 3 (text) and OLMoE against
+transformers: logits, both config spellings, the scorer's chat and base modes, the switches each
+family adds, chat templates, and the refusals."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0,
 HALF_ROTARY = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
 GEMMA3_ROPES = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
                 "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+MOE = dict(num_experts=6, num_experts_per_tok=2)
 SMALL_CAPS = dict(attn_logit_softcapping=5.0, final_logit_softcapping=8.0)  # caps that bind
 
 CASES = {
@@ -61,10 +62,15 @@ CASES = {
                                     rope_scaling=GEMMA3_ROPES),
     "gemma3_mha_untied_pattern2": dict(arch="gemma3", layers=4, sliding_window=WINDOW,
                                        sliding_window_pattern=2),
+    "olmoe_gqa2_untied_top2": dict(arch="olmoe", kv_heads=2, **MOE),
+    "olmoe_mha_tied_top3_normalized_clip": dict(arch="olmoe", tied=True, num_experts=5,
+                                                num_experts_per_tok=3, norm_topk_prob=True,
+                                                clip_qkv=CLIP),
 }
 ARCH_NAMES = {"mistral": "MistralForCausalLM", "olmo1": "OlmoForCausalLM",
               "neox": "GPTNeoXForCausalLM", "phi3": "Phi3ForCausalLM",
-              "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+              "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+              "olmoe": "OlmoeForCausalLM"}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -162,6 +168,10 @@ SWITCHES = {  # (case, config change that turns the family's switch off, ModelAr
                            dict(rope_parameters=dict(GEMMA3_ROPES, full_attention={
                                "rope_type": "default", "rope_theta": 1e6})),
                            lambda a: a.rope_scaling is None),
+    "olmoe_normalized": ("olmoe_mha_tied_top3_normalized_clip", dict(norm_topk_prob=False),
+                         lambda a: not a.normalize_top_k),
+    "olmoe_top_k": ("olmoe_gqa2_untied_top2", dict(num_experts_per_tok=1),
+                    lambda a: a.experts_per_token == 1),
     "gemma3_local_theta": ("gemma3_gqa2_tied_linear",
                            dict(rope_parameters=dict(GEMMA3_ROPES, sliding_attention={
                                "rope_type": "default", "rope_theta": 1e6})),
@@ -181,6 +191,26 @@ def test_each_switch_changes_the_logits(switch, tmp_path):
     on_logits, off_logits = engine.load(tmp_path / "on").logits(ids), engine.load(off).logits(ids)
     assert max_diff(on_logits, off_logits) > 1e-3
     assert max_diff(off_logits, transformers_logits(off, ids)) <= 1e-5 * off_logits.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moe_grouped_path_equals_the_expert_loop(dtype, tmp_path):
+    """The grouped-matmul path (CUDA's) against the per-expert loop (transformers' arithmetic),
+    both run here on the CPU: one sort of the token-expert pairs, the same sums in the same
+    order."""
+    tiny.make_checkpoint(tmp_path, add_bos=False, **CASES["olmoe_mha_tied_top3_normalized_clip"])
+    ck = engine.load(tmp_path, dtype=str(dtype).removeprefix("torch."))
+    ids = token_ids(seed=7)
+    moes = [layer.mlp for layer in ck.model.model.layers]
+    logits = {}
+    for grouped in (False, True):
+        for moe in moes:
+            moe.grouped = grouped
+        logits[grouped] = ck.logits(ids)
+    scale = logits[False].abs().max().item()
+    tolerance = 1e-6 if dtype == torch.float32 else 2e-2  # bf16: one rounding of the products
+    assert max_diff(logits[True], logits[False]) <= tolerance * scale
+    assert all(m._stacked is not None for m in moes)  # the grouped path did run
 
 
 def test_pythia_buffers_are_ignored(tmp_path):
@@ -210,6 +240,7 @@ SCORING = {
                    sliding_window_pattern=3, rope_scaling=GEMMA3_ROPES,
                    template=tiny.GEMMA3_CHAT_TEMPLATE, added_tokens=tiny.GEMMA_TURN_TOKENS,
                    vocab_size=320),
+    "olmoe": dict(arch="olmoe", kv_heads=2, **MOE),
     "phi3": dict(arch="phi3", kv_heads=1,
                  rope_scaling=dict(LONGROPE, partial_rotary_factor=0.5,
                                    short_factor=LONGROPE["short_factor"][:4],
@@ -266,6 +297,10 @@ REFUSALS = {  # (checkpoint, config changes, error type, fragments of the messag
                                ("partial_rotary_factor", "MistralForCausalLM")),
     "mistral_llama3_rope": ("mistral_gqa2_window", dict(rope_parameters=tiny.LLAMA3_ROPE),
                             ArchitectureError, ("llama3", "supported: default")),
+    "olmoe_top_k_above_experts": ("mistral_gqa2_window",
+                                  dict(architectures=["OlmoeForCausalLM"], num_experts=2,
+                                       num_experts_per_tok=3),
+                                  CheckpointError, ("num_experts_per_tok=3", "num_experts=2")),
 }
 
 
@@ -290,10 +325,13 @@ def test_mistral_window_defaults_to_4096_when_absent(checkpoints, tmp_path):
     assert args.sliding_window == 4096 and set(args.layer_types) == {"sliding_attention"}
 
 
-def test_tp_refuses_phi3_in_one_line_and_accepts_neox(checkpoints):
+def test_tp_refuses_phi3_and_olmoe_in_one_line_and_accepts_neox(checkpoints, tmp_path):
     phi3 = engine.load(checkpoints / "phi3_mha_tied_longrope").args
     with pytest.raises(ParallelError, match="Phi3ForCausalLM: its fused q/k/v"):
         tensor_parallel.check_divides(phi3, 2, checkpoints / "config.json")
+    tiny.make_checkpoint(tmp_path, arch="olmoe", hidden=32, heads=2, kv_heads=2, **MOE)
+    with pytest.raises(ParallelError, match="OlmoeForCausalLM: its mixture-of-experts"):
+        tensor_parallel.check_divides(engine.load(tmp_path).args, 2, tmp_path / "config.json")
     tensor_parallel.check_divides(engine.load(checkpoints / "neox_parallel_untied").args, 2,
                                   checkpoints / "config.json")
 

@@ -118,7 +118,7 @@ def hf_config(arch: str, vocab_size: int = 301, heads: int = 4, kv_heads: int = 
     return LlamaConfig(**common)
 
 
-NEW_FAMILIES = ("mistral", "olmo1", "neox", "phi3", "gemma2", "gemma3")
+NEW_FAMILIES = ("mistral", "olmo1", "neox", "phi3", "gemma2", "gemma3", "olmoe")
 
 
 def new_family_config(arch: str, common: dict, rope_scaling: dict | None):
@@ -131,11 +131,13 @@ def new_family_config(arch: str, common: dict, rope_scaling: dict | None):
         GPTNeoXConfig,
         MistralConfig,
         OlmoConfig,
+        OlmoeConfig,
         Phi3Config,
     )
 
     config_class = {"mistral": MistralConfig, "olmo1": OlmoConfig, "neox": GPTNeoXConfig,
-                    "phi3": Phi3Config, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig}[arch]
+                    "phi3": Phi3Config, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig,
+                    "olmoe": OlmoeConfig}[arch]
     if arch.startswith("gemma"):
         common.setdefault("head_dim", common["hidden_size"] // common["num_attention_heads"])
     if arch == "neox":
@@ -157,7 +159,9 @@ def make_checkpoint(directory: Path, arch: str = "llama", seed: int = 0,
     config = hf_config(arch, **config_kwargs)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
+    # eager experts: transformers' own per-expert loop, the arithmetic the engine's CPU path has
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager",
+                                             experts_implementation="eager").float().eval()
     with torch.no_grad():  # norms start at 1.0 and biases at 0; random ones exercise them properly
         for name, p in model.named_parameters():
             if "norm" in name:
