@@ -16,7 +16,10 @@ Steps, each in its own process with its output kept, timed:
    lm-eval way (transformers, one forward per (prompt, answer variant), full log-softmax; bf16
    for speed and float32 as the reference): wall and scoring seconds (after one warm-up task
    that lets Triton compile), tokens, and max |d logprob| of engine bf16 and engine float32
-   against transformers float32.
+   against transformers float32;
+   then the same comparison, on three tasks, for two of the other families built small from
+   their config classes: Gemma 2 (attention and final soft-capping in the kernels, sliding
+   layers) and OLMoE (routed experts: the grouped-matmul path in bfloat16).
 
 Everything goes under ``benchmarks/results/`` (``--out`` to change), named with the device:
 ``gpu-check-<device>-<date>.md`` / ``.json`` (summary), ``gpu-check-<device>-<date>/`` (each
@@ -50,6 +53,20 @@ OLMO2_1B = dict(vocab_size=100352, hidden_size=2048, intermediate_size=8192,
                 max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-6)
 TINY = dict(vocab_size=301, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+# Other families end to end, small (the kernels' new paths, not their speed): config class,
+# shape; a dry run keeps the family keys on TINY's shape.
+FAMILY_CHECKS = {
+    "Gemma2ForCausalLM": ("Gemma2Config", dict(
+        vocab_size=32768, hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=4, head_dim=128, max_position_embeddings=4096,
+        query_pre_attn_scalar=128, sliding_window=32)),  # soft-caps 50 / 30: the defaults
+    "OlmoeForCausalLM": ("OlmoeConfig", dict(
+        vocab_size=32768, hidden_size=1024, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
+        num_experts=16, num_experts_per_tok=4)),
+}
+FAMILY_KEYS = ("head_dim", "query_pre_attn_scalar", "sliding_window", "num_experts",
+               "num_experts_per_tok")
 KERNEL_TESTS = ["tests/test_kernels_lm_head.py", "tests/test_kernels_tree_attention.py"]
 # (step, timeout in seconds): generous per step; the whole run is held to BUDGET_S.
 TIMEOUTS = {"tests": 300, "bench": 300, "native_report": 240, "end_to_end": 300}
@@ -106,19 +123,21 @@ def step_env(name: str, dry_run: bool) -> dict:
 
 # --------------------------------------------------------------------------- end to end
 
-def build_checkpoint(directory: Path, config_kwargs: dict, device: torch.device) -> int:
-    """A random OLMo 2 checkpoint built on ``device`` from transformers' config class, saved
-    in bf16 (engine bf16, engine float32 and transformers float32 then share exact weights),
-    with a small byte-level BPE tokenizer. Returns the parameter count."""
-    from transformers import Olmo2Config, Olmo2ForCausalLM
+def build_checkpoint(directory: Path, config_kwargs: dict, device: torch.device,
+                     config_class: str = "Olmo2Config") -> int:
+    """A random checkpoint (OLMo 2 unless told) built on ``device`` from transformers' config
+    class, saved in bf16 (engine bf16, engine float32 and transformers float32 then share exact
+    weights), with a small byte-level BPE tokenizer. Returns the parameter count."""
+    import transformers
+    from transformers import AutoModelForCausalLM
 
     from tests.tiny import write_tokenizer
 
-    config = Olmo2Config(tie_word_embeddings=False, bos_token_id=1, eos_token_id=0,
-                         pad_token_id=0, **config_kwargs)
+    config = getattr(transformers, config_class)(tie_word_embeddings=False, bos_token_id=1,
+                                                 eos_token_id=0, pad_token_id=0, **config_kwargs)
     torch.manual_seed(0)
     with device:
-        model = Olmo2ForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in model.parameters())
     model.to(torch.bfloat16).save_pretrained(directory)
     del model
@@ -163,7 +182,9 @@ def naive_scores(directory: Path, tasks, reference: dict, dtype: torch.dtype,
 
     _sync(device)
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
+    # eager experts (OLMoE): transformers' own loop, the reference
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype,
+                                                 experts_implementation="eager").to(device).eval()
     tok = AutoTokenizer.from_pretrained(directory)
     boundary = boundary_ids(tok, model.config.vocab_size).to(device)
 
@@ -236,7 +257,34 @@ def end_to_end(dry_run: bool) -> dict:
         "max_abs_dlogprob_engine_fp32_vs_transformers_fp32": max_diff(ours["float32"],
                                                                       naive["float32"]),
         "batch_invariance_bf16": invariance,
+        "families": {arch: family_end_to_end(arch, dry_run, device) for arch in FAMILY_CHECKS},
     }
+
+
+def family_end_to_end(arch: str, dry_run: bool, device: torch.device) -> dict:
+    """One more family, small, on three tasks: engine bf16 and float32 against transformers
+    float32 (after a warm-up task that lets Triton compile)."""
+    from engine.tasks import load_tasks
+
+    config_class, shape = FAMILY_CHECKS[arch]
+    if dry_run:
+        shape = TINY | {k: v for k, v in shape.items() if k in FAMILY_KEYS} | (
+            {"head_dim": 16, "query_pre_attn_scalar": 16} if "head_dim" in shape else {})
+    tasks = load_tasks("coin,die,card")
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        params = build_checkpoint(directory, shape, device, config_class)
+        for dt in ("bfloat16", "float32"):
+            engine_scores(directory, tasks[:1], dt, device)
+        ours = {dt: engine_scores(directory, tasks, dt, device) for dt in ("bfloat16", "float32")}
+        reference = naive_scores(directory, tasks, ours["float32"]["scores"], torch.float32,
+                                 device)
+    return {"parameters": params, **shape, "tasks": len(tasks),
+            "engine_scoring_seconds": {dt: r["scoring_seconds"] for dt, r in ours.items()},
+            "max_abs_dlogprob_engine_bf16_vs_transformers_fp32": max_diff(ours["bfloat16"],
+                                                                          reference),
+            "max_abs_dlogprob_engine_fp32_vs_transformers_fp32": max_diff(ours["float32"],
+                                                                          reference)}
 
 
 def batch_invariance(directory: Path, tasks, device: torch.device, packed: dict) -> dict:
@@ -288,6 +336,11 @@ def render(summary: dict) -> str:
                   f"{inv['invariant_repeats_bitwise']}; packed at --batch-tokens 1024 "
                   f"instead of 8192 moves logprobs by up to "
                   f"{inv['packed_8192_vs_1024_max_abs_dlogprob']:.2e}."]
+        for arch, r in e2e.get("families", {}).items():
+            lines.append(f"{arch} ({r['parameters'] / 1e6:,.1f}M parameters, {r['tasks']} tasks):"
+                         f" max |d logprob| against transformers float32: engine bf16 "
+                         f"{r['max_abs_dlogprob_engine_bf16_vs_transformers_fp32']:.2e}, engine "
+                         f"float32 {r['max_abs_dlogprob_engine_fp32_vs_transformers_fp32']:.2e}.")
     return "\n".join(lines) + "\n"
 
 

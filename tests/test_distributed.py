@@ -23,7 +23,8 @@ from tests import launch, tiny
 
 # Tiny checkpoints of every family that tp=2 can split (heads, key/value heads and the MLP's 96
 # columns even): grouped-query attention everywhere, tied and untied heads, an odd vocabulary
-# (301: the ranks hold 151 and 150 rows), OLMo's q/k norm over all heads, OLMo 3's windows.
+# (301: the ranks hold 151 and 150 rows), OLMo's q/k norm over all heads, OLMo 3's windows,
+# GPT-NeoX's per-head fused projection and Gemma 2's soft-capping over a split vocabulary.
 COMMON = dict(hidden=32, heads=4, kv_heads=2, init=0.1)
 FAMILIES = {
     "llama": dict(arch="llama", rope_scaling=tiny.LLAMA3_ROPE),
@@ -33,6 +34,10 @@ FAMILIES = {
     "qwen2": dict(arch="qwen2", tied=True, template=tiny.QWEN25_CHAT_TEMPLATE, add_bos=False),
     "qwen3": dict(arch="qwen3", template=tiny.QWEN3_CHAT_TEMPLATE, added_tokens=tiny.THINK_TOKENS,
                   vocab_size=320, add_bos=False),
+    "mistral": dict(arch="mistral", sliding_window=16),
+    "neox": dict(arch="neox", tied=True),  # per-head fused q/k/v rows, parallel residual
+    "gemma2": dict(arch="gemma2", layers=3, sliding_window=16, attn_logit_softcapping=5.0,
+                   final_logit_softcapping=8.0),  # caps small enough to bind
 }
 
 
@@ -113,7 +118,7 @@ def scored(families):
     assert single.returncode == 0, single.stderr
     parallel = launch.torchrun(2, "engine.sweep", sweep_file(families, "tp2", 2, "tp2"))
     assert parallel.returncode == 0, parallel.stderr[-3000:]
-    assert "5 scored, 0 skipped, 0 failed" in parallel.stdout
+    assert f"{len(FAMILIES)} scored, 0 skipped, 0 failed" in parallel.stdout
     return families
 
 
