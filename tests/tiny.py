@@ -382,3 +382,22 @@ GEMMA3_CHAT_TEMPLATE = r"""{{ bos_token }}
     {{'<start_of_turn>model\n'}}
 {%- endif -%}
 """
+# Mistral Instruct's: [INST] turns, a system message folded into the first one, EOS after a reply.
+MISTRAL_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}"
+    "{%- endif %}{{- bos_token }}{%- for message in loop_messages %}"
+    "{%- if message['role'] == 'user' %}{%- if loop.first and system is defined %}"
+    "{{- ' [INST] ' + system + '\n\n' + message['content'] + ' [/INST]' }}{%- else %}"
+    "{{- ' [INST] ' + message['content'] + ' [/INST]' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token}}"
+    "{%- endif %}{%- endfor %}"
+)
+# Phi-3's: <|user|> / <|assistant|> turns closed by <|end|>.
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
