@@ -64,6 +64,12 @@ LM_DTYPES = (torch.bfloat16, torch.float32)
 LM_DIMS = (2048, 4096, 8192)
 LM_VOCABS = (100352, 128256)
 LM_ROWS = 4093
+# Soft-capping (Gemma 2, head_dim 256 for 2B and 9B, 128 for 27B; 64 for small ones), on
+# sliding and full layers alike, and its final-logit cap at its vocabulary.
+SOFTCAP_HEAD_DIMS = TREE_HEAD_DIMS
+SOFTCAP_VOCAB = 256000
+ATTN_SOFTCAP = 50.0
+FINAL_SOFTCAP = 30.0
 
 
 @dataclass
@@ -132,7 +138,8 @@ def _kernel_modules():
     return modules
 
 
-def tree_launches(arch: int, dtype: torch.dtype, head_dim: int, window: int | None) -> list:
+def tree_launches(arch: int, dtype: torch.dtype, head_dim: int, window: int | None,
+                  softcap: float | None = None) -> list:
     """The launches tree attention makes for one packed engine row, on meta tensors."""
     from kernels.tree_attention import tree_attention_triton
 
@@ -145,11 +152,12 @@ def tree_launches(arch: int, dtype: torch.dtype, head_dim: int, window: int | No
                                                                   device="meta"),
                                         "window": window}
     with recording(_kernel_modules(), arch) as launches:
-        tree_attention_triton(q, k, v, span_end, head_dim**-0.5, **kwargs)
+        tree_attention_triton(q, k, v, span_end, head_dim**-0.5, softcap=softcap, **kwargs)
     return launches
 
 
-def lm_launches(arch: int, dtype: torch.dtype, d: int, v: int) -> list:
+def lm_launches(arch: int, dtype: torch.dtype, d: int, v: int,
+                softcap: float | None = None) -> list:
     """The launches of the LM head for LM_ROWS gathered rows, on meta tensors (the launcher
     directly: the public function's range check on targets needs real values)."""
     import kernels._lm_head_triton as lm
@@ -159,7 +167,7 @@ def lm_launches(arch: int, dtype: torch.dtype, d: int, v: int) -> list:
     targets = torch.empty(LM_ROWS, 8, dtype=torch.int64, device="meta")
     mask = torch.empty(v, dtype=torch.bool, device="meta")
     with recording(_kernel_modules(), arch) as launches:
-        lm.lm_head_logprobs(hidden, weight, targets, mask)
+        lm.lm_head_logprobs(hidden, weight, targets, mask, softcap=softcap)
     return launches
 
 
@@ -227,11 +235,20 @@ def cases(arches=ARCHES, pattern: str | None = None) -> list[tuple[str, int, str
                     label = f"Dh={dh}" + ("" if window is None else ",window")
                     out.append(("tree_attention", arch, dtype, label,
                                 lambda a=arch, d=dtype, h=dh, w=window: tree_launches(a, d, h, w)))
+            for dh in SOFTCAP_HEAD_DIMS:
+                for window in (None, 4096):
+                    label = f"Dh={dh}" + ("" if window is None else ",window") + ",softcap"
+                    out.append(("tree_attention", arch, dtype, label,
+                                lambda a=arch, d=dtype, h=dh, w=window:
+                                tree_launches(a, d, h, w, ATTN_SOFTCAP)))
         for dtype in LM_DTYPES:
             for d in LM_DIMS:
                 for v in LM_VOCABS:
                     out.append(("lm_head", arch, dtype, f"D={d}",
                                 lambda a=arch, t=dtype, dd=d, vv=v: lm_launches(a, t, dd, vv)))
+                out.append(("lm_head", arch, dtype, f"D={d},softcap",
+                            lambda a=arch, t=dtype, dd=d:
+                            lm_launches(a, t, dd, SOFTCAP_VOCAB, FINAL_SOFTCAP)))
     name = lambda family, dtype, label: f"{family} {str(dtype).removeprefix('torch.')} {label}"
     return [(family, arch, label, thunk) for family, arch, dtype, label, thunk in out
             if pattern is None or re.search(pattern, name(family, dtype, label))]

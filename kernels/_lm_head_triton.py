@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from kernels import _triton_common as common
-from kernels._triton_common import INTERPRET, dot
+from kernels._triton_common import INTERPRET, dot, soft_cap
 
 
 @dataclass(frozen=True)
@@ -127,13 +127,14 @@ def _logits_tile(h_ptr, w_ptr, row0, v0, N, V, D, stride_hn, stride_hd, stride_w
 
 
 @triton.jit
-def _lse_partials_kernel(h_ptr, w_ptr, bmask_ptr, part_ptr, N, V, D, S,
-                         stride_hn, stride_hd, stride_wv, stride_wd,
+def _lse_partials_kernel(h_ptr, w_ptr, bmask_ptr, part_ptr, N, V, D, S, softcap,
+                         stride_hn, stride_hd, stride_wv, stride_wd, SOFTCAP: tl.constexpr,
                          SPLIT_V: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                          BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
     """Per (split, row block): running (max, sum) over the split's vocabulary, all and boundary.
 
     Partials layout: part[q, split, row] with q = 0 max, 1 sum, 2 boundary max, 3 boundary sum.
+    SOFTCAP: every logit is soft-capped first, the boundary ones included.
     """
     split = tl.program_id(0)
     row0 = tl.program_id(1) * BLOCK_N
@@ -147,6 +148,8 @@ def _lse_partials_kernel(h_ptr, w_ptr, bmask_ptr, part_ptr, N, V, D, S,
         col_ok = cols < V
         logits = _logits_tile(h_ptr, w_ptr, row0, v0, N, V, D, stride_hn, stride_hd, stride_wv,
                               stride_wd, BLOCK_N, BLOCK_V, BLOCK_K, F32_DOT, IEEE)
+        if SOFTCAP:
+            logits = soft_cap(logits, softcap)
         logits = tl.where(col_ok[None, :], logits, float("-inf"))
         m, s = _online_fold(m, s, logits)
         is_boundary = tl.load(bmask_ptr + cols, mask=col_ok, other=0) != 0
@@ -180,10 +183,11 @@ def _merge_kernel(part_ptr, lse_ptr, blse_ptr, N, S, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _target_logits_kernel(h_ptr, w_ptr, t_ptr, out_ptr, D, K,
+def _target_logits_kernel(h_ptr, w_ptr, t_ptr, out_ptr, D, K, softcap,
                           stride_hn, stride_hd, stride_wv, stride_wd, stride_tn, stride_tk,
-                          BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[row, t] = h_row · W[target] in float32 (gathered rows), -inf for padding (-1)."""
+                          SOFTCAP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[row, t] = h_row · W[target] in float32 (gathered rows), soft-capped with SOFTCAP,
+    -inf for padding (-1)."""
     row = tl.program_id(0)
     ts = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = ts < K
@@ -199,6 +203,8 @@ def _target_logits_kernel(h_ptr, w_ptr, t_ptr, out_ptr, D, K,
         w = tl.load(w_rows + ds[None, :] * stride_wd, mask=valid[:, None] & d_ok[None, :],
                     other=0.0).to(tl.float32)
         acc += tl.sum(w * h[None, :], axis=1)
+    if SOFTCAP:
+        acc = soft_cap(acc, softcap)
     tl.store(out_ptr + row * K + ts, tl.where(valid, acc, float("-inf")), mask=t_ok)
 
 
@@ -217,8 +223,10 @@ def _outputs(n: int, k: int, device, out):
     return lse, tlog, blse
 
 
-def lm_head_logprobs(hidden, weight, targets, boundary_mask, config=None, out=None):
-    """Launch the three kernels; inputs already validated by ``kernels.lm_head``."""
+def lm_head_logprobs(hidden, weight, targets, boundary_mask, config=None, out=None, *,
+                     softcap=None):
+    """Launch the three kernels; inputs already validated by ``kernels.lm_head``. ``softcap``:
+    Gemma 2's final-logit cap, cap * tanh(logit / cap) (None: none)."""
     common.check_device(hidden, "LM-head", "kernels.lm_head.lm_head_logprobs_reference")
     n, d = hidden.shape
     v = weight.shape[0]
@@ -238,9 +246,11 @@ def lm_head_logprobs(hidden, weight, targets, boundary_mask, config=None, out=No
     bmask = boundary_mask.to(torch.int8)
     f32_dot = INTERPRET and hidden.dtype != torch.float32
     ieee = hidden.dtype == torch.float32
+    capped = softcap is not None
+    cap = float(softcap) if capped else 1.0
     _lse_partials_kernel[(n_split, triton.cdiv(n, cfg.block_n))](
-        hidden, weight, bmask, parts, n, v, d, n_split,
-        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+        hidden, weight, bmask, parts, n, v, d, n_split, cap,
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), SOFTCAP=capped,
         SPLIT_V=cfg.split_v, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_K=cfg.block_k,
         F32_DOT=f32_dot, IEEE=ieee, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     merge_block = 128
@@ -248,8 +258,8 @@ def lm_head_logprobs(hidden, weight, targets, boundary_mask, config=None, out=No
                                                    num_warps=4)
     block_t = 16
     _target_logits_kernel[(n, triton.cdiv(k, block_t))](
-        hidden, weight, targets, tlog, d, k,
+        hidden, weight, targets, tlog, d, k, cap,
         hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-        targets.stride(0), targets.stride(1),
+        targets.stride(0), targets.stride(1), SOFTCAP=capped,
         BLOCK_T=block_t, BLOCK_D=128 if not INTERPRET else 64, num_warps=4)
     return lse, tlog, blse

@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 
 from kernels import _triton_common as common
-from kernels._triton_common import INTERPRET, dot
+from kernels._triton_common import INTERPRET, dot, soft_cap
 
 _LOG2E = 1.4426950408889634
 
@@ -81,18 +81,26 @@ TILES = {
     (80, torch.float32): {64: (64, 32, 8, 2, 16), 128: (64, 32, 8, 2, 16),
                           256: (64, 16, 8, 2, 16)},
 }
+# Soft-capped scores (Gemma 2) hold the tanh's temporaries beside the score tile: where the
+# plain tile would spill, a narrower key block.
+SOFTCAP_TILES = {
+    (90, torch.bfloat16): {64: (128, 32, 8, 3, 0), 128: (128, 32, 8, 3, 0)},
+}
 
 
-def default_config(head_dim: int, dtype: torch.dtype, arch: int = 90) -> TreeAttentionConfig:
-    """Tiles from head_dim, dtype and architecture (80: Ampere/Ada, 90: Hopper and newer); small
-    tiles when interpreted, so that test-sized sequences still cross several query and key
-    blocks and head_dim chunks."""
+def default_config(head_dim: int, dtype: torch.dtype, arch: int = 90,
+                   softcap: bool = False) -> TreeAttentionConfig:
+    """Tiles from head_dim, dtype, architecture (80: Ampere/Ada, 90: Hopper and newer) and
+    whether scores are soft-capped; small tiles when interpreted, so that test-sized sequences
+    still cross several query and key blocks and head_dim chunks."""
     padded = max(16, triton.next_power_of_2(head_dim))
     if INTERPRET:
         return TreeAttentionConfig(block_m=16, block_n=16, block_scan=32, num_warps=1,
                                    num_stages=1,
                                    qk_chunk=min(32, padded) if dtype == torch.float32 else 0)
     table = TILES[(arch, dtype)]
+    if softcap:
+        table = {**table, **SOFTCAP_TILES.get((arch, dtype), {})}
     block_m, block_n, warps, stages, qk_chunk = table[min(d for d in table if d >= padded)]
     return TreeAttentionConfig(block_m, block_n, 1024, warps, stages, min(qk_chunk, padded))
 
@@ -153,25 +161,29 @@ def _scores(q, q_rows, sq_d, k_base, sk_t, sk_d, offs_m, offs_n, T, DH,
 
 @triton.jit
 def _attend_block(q, q_rows, sq_d, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_m, offs_n,
-                  T, DH, span_end, pos_m, pos_n, window, qk_scale, m_i, l_i, acc,
-                  MASKED: tl.constexpr, WINDOWED: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, QK_CHUNK: tl.constexpr,
-                  F32_DOT: tl.constexpr, IEEE: tl.constexpr):
+                  T, DH, span_end, pos_m, pos_n, window, qk_scale, softcap, m_i, l_i, acc,
+                  MASKED: tl.constexpr, WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  QK_CHUNK: tl.constexpr, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
     """Fold one key block into the online softmax state (m_i, l_i, acc), in log2 units.
 
     MASKED applies ``j <= i < span_end[j]`` and, WINDOWED, ``pos_m[i] - pos_n[j] < window``;
-    unmasked, every key is visible (fast path). The masks go on the raw dot, before the scale,
-    so the arithmetic after them is one expression on both paths: a visible pair gets the same
-    bits whichever path its block takes.
+    unmasked, every key is visible (fast path). A visible pair's score is one expression on both
+    paths, so it gets the same bits whichever path its block takes; the mask comes after it
+    because a capped -inf would be -cap. SOFTCAP: qk_scale is the plain scale, and the scaled
+    score is soft-capped (as in the reference) before the change to log2 units.
     """
     s = _scores(q, q_rows, sq_d, k_base, sk_t, sk_d, offs_m, offs_n, T, DH, BLOCK_M, BLOCK_N,
                 BLOCK_D, QK_CHUNK, F32_DOT, IEEE)
+    if SOFTCAP:
+        s = soft_cap(s * qk_scale, softcap) * 1.4426950408889634  # log2(e)
+    else:
+        s = s * qk_scale
     if MASKED:
         visible = (offs_n[None, :] <= offs_m[:, None]) & (offs_m[:, None] < span_end[None, :])
         if WINDOWED:
             visible = visible & (pos_m[:, None] - pos_n[None, :] < window)
         s = tl.where(visible, s, float("-inf"))
-    s = s * qk_scale
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no (-inf) - (-inf) = NaN
     alpha = tl.exp2(m_i - m_ref)
@@ -187,10 +199,10 @@ def _attend_block(q, q_rows, sq_d, k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_
 @triton.jit
 def _masked_blocks(start, stop, r0, q, q_rows, sq_d, k_base, v_base, sk_t, sk_d, sv_t, sv_d,
                    se_base, sse_t, pos_base, spos_t, offs_m, T, DH, pos_m, pos_lo, window,
-                   qk_scale, m_i, l_i, acc, visits,
-                   WINDOWED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, QK_CHUNK: tl.constexpr, F32_DOT: tl.constexpr,
-                   IEEE: tl.constexpr):
+                   qk_scale, softcap, m_i, l_i, acc, visits,
+                   WINDOWED: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, QK_CHUNK: tl.constexpr,
+                   F32_DOT: tl.constexpr, IEEE: tl.constexpr):
     """Key blocks [start, stop) with the mask, skipping a block no row of the pass can see:
     every span ends at or before r0, or (WINDOWED) every key lies outside every row's window."""
     for n0 in range(start, stop, BLOCK_N):
@@ -205,24 +217,27 @@ def _masked_blocks(start, stop, r0, q, q_rows, sq_d, k_base, v_base, sk_t, sk_d,
         if seen:
             m_i, l_i, acc = _attend_block(q, q_rows, sq_d, k_base, v_base, sk_t, sk_d, sv_t,
                                           sv_d, offs_m, offs_n, T, DH, span_end, pos_m, pos_n,
-                                          window, qk_scale, m_i, l_i, acc, True, WINDOWED,
-                                          BLOCK_M, BLOCK_N, BLOCK_D, QK_CHUNK, F32_DOT, IEEE)
+                                          window, qk_scale, softcap, m_i, l_i, acc, True,
+                                          WINDOWED, SOFTCAP, BLOCK_M, BLOCK_N, BLOCK_D,
+                                          QK_CHUNK, F32_DOT, IEEE)
             visits += 1
     return m_i, l_i, acc, visits
 
 
 @triton.jit
 def _tree_attn_kernel(q_ptr, k_ptr, v_ptr, se_ptr, ss_ptr, pos_ptr, o_ptr, visits_ptr,
-                      T, HQ, GROUP, DH, qk_scale, window,
+                      T, HQ, GROUP, DH, qk_scale, softcap, window,
                       sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d,
                       sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_t, so_d, sse_b, sse_t,
                       sss_b, sss_t, spos_b, spos_t,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                       QK_CHUNK: tl.constexpr, BLOCK_SCAN: tl.constexpr, WINDOWED: tl.constexpr,
-                      COUNT_VISITS: tl.constexpr, F32_DOT: tl.constexpr, IEEE: tl.constexpr):
+                      SOFTCAP: tl.constexpr, COUNT_VISITS: tl.constexpr, F32_DOT: tl.constexpr,
+                      IEEE: tl.constexpr):
     """out[b, h, i] = softmax over visible keys j of (q_i . k_j) * scale, times v_j.
 
-    qk_scale is scale * log2(e), so the softmax runs on exp2. One pass per sequence among the
+    qk_scale is scale * log2(e), so the softmax runs on exp2 (SOFTCAP: scale, see
+    `_attend_block`). One pass per sequence among the
     program's rows (see the module docstring); COUNT_VISITS (tests only) writes the number of
     key blocks each pass attends to visits[b, h, r0].
     """
@@ -274,22 +289,23 @@ def _tree_attn_kernel(q_ptr, k_ptr, v_ptr, se_ptr, ss_ptr, pos_ptr, o_ptr, visit
         m_i, l_i, acc, visits = _masked_blocks(
             lo, tl.minimum(in_window, full_end), r0, q, q_rows, sq_d, k_base, v_base, sk_t,
             sk_d, sv_t, sv_d, se_base, sse_t, pos_base, spos_t, offs_m, T, DH, pos_m, pos_lo,
-            window, qk_scale, m_i, l_i, acc, visits, WINDOWED, BLOCK_M, BLOCK_N, BLOCK_D,
-            QK_CHUNK, F32_DOT, IEEE)
+            window, qk_scale, softcap, m_i, l_i, acc, visits, WINDOWED, SOFTCAP, BLOCK_M,
+            BLOCK_N, BLOCK_D, QK_CHUNK, F32_DOT, IEEE)
         # 2. the prefix every row sees whole: no mask, no branch (pipelined).
         for n0 in range(tl.maximum(lo, in_window), full_end, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             m_i, l_i, acc = _attend_block(q, q_rows, sq_d, k_base, v_base, sk_t, sk_d, sv_t,
                                           sv_d, offs_m, offs_n, T, DH, offs_n, pos_m, offs_n,
-                                          window, qk_scale, m_i, l_i, acc, False, WINDOWED,
-                                          BLOCK_M, BLOCK_N, BLOCK_D, QK_CHUNK, F32_DOT, IEEE)
+                                          window, qk_scale, softcap, m_i, l_i, acc, False,
+                                          WINDOWED, SOFTCAP, BLOCK_M, BLOCK_N, BLOCK_D,
+                                          QK_CHUNK, F32_DOT, IEEE)
             visits += 1
         # 3. the rest up to the pass's last row (trie, diagonal): masked, with skipping.
         m_i, l_i, acc, visits = _masked_blocks(
             tl.maximum(lo, full_end), r1, r0, q, q_rows, sq_d, k_base, v_base, sk_t, sk_d, sv_t,
             sv_d, se_base, sse_t, pos_base, spos_t, offs_m, T, DH, pos_m, pos_lo, window,
-            qk_scale, m_i, l_i, acc, visits, WINDOWED, BLOCK_M, BLOCK_N, BLOCK_D, QK_CHUNK,
-            F32_DOT, IEEE)
+            qk_scale, softcap, m_i, l_i, acc, visits, WINDOWED, SOFTCAP, BLOCK_M, BLOCK_N,
+            BLOCK_D, QK_CHUNK, F32_DOT, IEEE)
 
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # a row with no visible key stays 0
         tl.store(o_rows + offs_d[None, :] * so_d, out.to(o_ptr.dtype.element_ty),
@@ -300,13 +316,14 @@ def _tree_attn_kernel(q_ptr, k_ptr, v_ptr, se_ptr, ss_ptr, pos_ptr, o_ptr, visit
 
 
 def tree_attention(q, k, v, span_end, seq_start, scale, config=None, out=None, *,
-                   positions=None, window=None, visits=None):
+                   positions=None, window=None, softcap=None, visits=None):
     """Launch the kernel; inputs already validated by ``kernels.tree_attention``.
 
     ``seq_start`` [B, T]: each row's sequence start (``sequence_starts(span_end)``). ``out``
     (a q-shaped, q-dtype buffer) receives the result; tests pass a NaN-filled one to catch
     elements the kernel forgets to write. ``visits`` (tests): an int32 [B, Hq, T] buffer that
     receives, at each pass's first row, the number of key blocks the pass attended to.
+    ``softcap``: attention logit soft-capping, cap * tanh(scale * q.k / cap) (None: none).
     """
     common.check_device(q, "tree-attention", "kernels.tree_attention.tree_attention_reference")
     b, hq, t, dh = q.shape
@@ -316,7 +333,7 @@ def tree_attention(q, k, v, span_end, seq_start, scale, config=None, out=None, *
         raise ValueError(f"out must be {q.dtype} {tuple(q.shape)}")
     if q.numel() == 0:
         return out
-    cfg = config or default_config(dh, q.dtype, common.arch_key(q))
+    cfg = config or default_config(dh, q.dtype, common.arch_key(q), softcap is not None)
     block_d = max(16, triton.next_power_of_2(dh))
     if cfg.qk_chunk and (block_d % cfg.qk_chunk or cfg.qk_chunk < 16):
         raise ValueError(f"qk_chunk={cfg.qk_chunk} must be >= 16 and divide {block_d}")
@@ -324,14 +341,16 @@ def tree_attention(q, k, v, span_end, seq_start, scale, config=None, out=None, *
     # int32 positions (position ids are far below 2**30), so in-kernel differences stay int32.
     pos = positions.to(torch.int32) if windowed else seq_start  # unused without a window
     count = visits is not None
+    capped = softcap is not None
     grid = (triton.cdiv(t, cfg.block_m), b * hq)
     _tree_attn_kernel[grid](
         q, k, v, span_end, seq_start, pos, out, visits if count else seq_start,
-        t, hq, hq // k.shape[1], dh, scale * _LOG2E, int(window) if windowed else 0,
+        t, hq, hq // k.shape[1], dh, scale if capped else scale * _LOG2E,
+        float(softcap) if capped else 1.0, int(window) if windowed else 0,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *span_end.stride(),
         *seq_start.stride(), *pos.stride(),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, QK_CHUNK=cfg.qk_chunk,
-        BLOCK_SCAN=cfg.block_scan, WINDOWED=windowed, COUNT_VISITS=count,
+        BLOCK_SCAN=cfg.block_scan, WINDOWED=windowed, SOFTCAP=capped, COUNT_VISITS=count,
         F32_DOT=INTERPRET and q.dtype != torch.float32, IEEE=q.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

@@ -59,3 +59,35 @@ def check_device(tensor: torch.Tensor, kernel: str, reference: str) -> None:
 def arch_key(tensor: torch.Tensor) -> int:
     """Which tile table applies: 90 for Hopper and newer, 80 for Ampere / Ada (sm_80-89)."""
     return 90 if device_capability(tensor) >= (9, 0) else 80
+
+
+@triton.jit
+def tanh(x):
+    """float32 tanh from ``tl.exp`` alone: the interpreter has no libdevice, and one formula
+    keeps interpreted and native kernels on the same arithmetic.
+
+    Away from 0, (1 - t) / (1 + t) with t = exp(-2|x|) in (0, 1]: no overflow, and 1 - t is
+    exact for t >= 1/2 (Sterbenz). Below |x| = 0.3 that subtraction would cancel, so an odd
+    Taylor polynomial (eight terms; the first omitted one is below float32's epsilon there).
+    """
+    a = tl.abs(x)
+    t = tl.exp(-2.0 * a)
+    far = (1.0 - t) / (1.0 + t)
+    small = tl.minimum(a, 0.3)  # the polynomial's argument, bounded: no overflow where unused
+    x2 = small * small
+    p = -929569.0 / 638512875.0
+    p = p * x2 + 21844.0 / 6081075.0
+    p = p * x2 - 1382.0 / 155925.0
+    p = p * x2 + 62.0 / 2835.0
+    p = p * x2 - 17.0 / 315.0
+    p = p * x2 + 2.0 / 15.0
+    p = p * x2 - 1.0 / 3.0
+    near = small + small * (p * x2)
+    mag = tl.where(a < 0.3, near, far)
+    return tl.where(x < 0, -mag, mag)
+
+
+@triton.jit
+def soft_cap(x, cap):
+    """Gemma 2's logit soft-capping in the references' order: divide, tanh, multiply."""
+    return tanh(x / cap) * cap

@@ -8,11 +8,13 @@ import json
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import engine
+from engine import score
 from engine import tp as tensor_parallel
 from engine.errors import ArchitectureError, CheckpointError, ParallelError
 from kernels.lm_head import soft_cap
@@ -434,3 +436,49 @@ def test_gemma3_multimodal_checkpoint_is_refused_in_one_line(checkpoints, tmp_pa
                       architectures=["Gemma3ForConditionalGeneration"])
     message = error_of(ArchitectureError, bad)
     assert "multimodal" in message and "Gemma3ForCausalLM" in message, message
+
+
+# ------------------------------------------------------------------- through the Triton kernels
+
+CAPPED_TRITON_SCRIPT = """
+import sys
+import kernels.lm_head as lm
+import kernels.tree_attention as ta
+caps = set()
+def recording(original):
+    def call(*args, **kwargs):
+        caps.add((original.__name__, kwargs.get("softcap"), kwargs.get("window")))
+        return original(*args, **kwargs)
+    return call
+ta.tree_attention_triton = recording(ta.tree_attention_triton)
+lm.lm_head_logprobs_triton = recording(lm.lm_head_logprobs_triton)
+from engine import score
+code = score.main(sys.argv[1:])
+assert caps >= {("tree_attention_triton", 5.0, 16), ("tree_attention_triton", 5.0, None),
+                ("lm_head_logprobs_triton", 8.0, None)}, caps
+sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="with CUDA the kernel path is the default one")
+def test_gemma2_scores_through_the_soft_capping_triton_kernels_equal_the_reference(tmp_path):
+    """Gemma 2 end to end through the interpreted Triton kernels, with attention and final
+    caps that bind, on sliding and full layers: the torch reference path's log-probs."""
+    ckpt = tmp_path / "ckpt"
+    tiny.make_checkpoint(ckpt, add_bos=False, init=0.1, **SCORING["gemma2"])
+    args = [str(ckpt), "--tasks", "coin", "--batch-tokens", "256", "--label", "l"]
+    assert score.main(args + ["--out", str(tmp_path / "reference")]) == 0
+    env = dict(ENV, TRITON_INTERPRET="1", ENGINE_FORCE_TRITON="1")
+    env.pop("ENGINE_FORCE_REFERENCE", None)
+    result = subprocess.run([sys.executable, "-c", CAPPED_TRITON_SCRIPT, *args, "--out",
+                             str(tmp_path / "kernels")],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ref = pq.read_table(tmp_path / "reference" / "l" / "coin.parquet").to_pylist()
+    got = pq.read_table(tmp_path / "kernels" / "l" / "coin.parquet").to_pylist()
+    assert [(r["prompt_id"], r["answer"]) for r in ref] == [(r["prompt_id"], r["answer"])
+                                                            for r in got]
+    for a, b in zip(ref, got, strict=True):
+        assert abs(a["logprob"] - b["logprob"]) <= 1e-5 * max(1.0, abs(a["logprob"])), (
+            a["prompt_id"], a["answer"])

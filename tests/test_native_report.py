@@ -32,8 +32,8 @@ def _cuobjdump_present() -> bool:
 
 @pytest.mark.skipif(not _cuobjdump_present(), reason="triton (with its NVIDIA tools) missing")
 def test_shipped_configurations_compile_clean(tmp_path):
-    """Every shipped (kernel, dtype, head_dim or D, window, arch) compiles without spills, with
-    asynchronous copies in bf16 matmul loops and wgmma on sm_90."""
+    """Every shipped (kernel, dtype, head_dim or D, window, soft-cap, arch) compiles without
+    spills, with asynchronous copies in bf16 matmul loops and wgmma on sm_90."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "native.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.native_report", "--quiet",
@@ -48,9 +48,14 @@ def test_shipped_configurations_compile_clean(tmp_path):
             for dh in native_report.TREE_HEAD_DIMS:
                 for suffix in ("", ",window"):
                     assert ("_tree_attn_kernel", arch, dtype, f"Dh={dh}{suffix}") in seen
+            for dh in native_report.SOFTCAP_HEAD_DIMS:
+                for suffix in (",softcap", ",window,softcap"):
+                    assert ("_tree_attn_kernel", arch, dtype, f"Dh={dh}{suffix}") in seen
             for d in native_report.LM_DIMS:
                 assert ("_lse_partials_kernel", arch, dtype, f"D={d}") in seen
                 assert ("_target_logits_kernel", arch, dtype, f"D={d}") in seen
+                for kernel in ("_lse_partials_kernel", "_target_logits_kernel"):
+                    assert (kernel, arch, dtype, f"D={d},softcap") in seen
     assert "all" in proc.stdout and "PROBLEM" not in proc.stdout
 
 
