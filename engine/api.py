@@ -95,7 +95,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                      dist_timeout: float = RunSpec.dist_timeout,
                      template_date: str = RunSpec.template_date,
                      template_timeout: float = RunSpec.template_timeout,
-                     template_max_chars: int = RunSpec.template_max_chars) -> ScoreResult:
+                     template_max_chars: int = RunSpec.template_max_chars,
+                     end: str | None = RunSpec.end) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
     checkpoint: a local Hugging Face directory, or a `Checkpoint` from `engine.load` (then
@@ -118,6 +119,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
     dist_timeout: with tp > 1, the seconds a rank waits for the others at a collective.
     template_date: the day (YYYY-MM-DD) a chat template's `strftime_now` renders.
     template_timeout, template_max_chars: bounds on rendering one prompt (seconds, characters).
+    end: what follows every answer ("boundary", "turn", "line"), overriding each task's own
+        end rule (None: each task's, docs/tasks.md).
     A setting with a value it cannot take raises `engine.spec.SettingError` naming it.
     """
     spec = RunSpec(tasks=tasks, mode=mode, dtype=dtype or RunSpec.dtype,
@@ -126,7 +129,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                    chat_template=chat_template, tokenizations=tokenizations,
                    max_tokenizations=max_tokenizations, tp=tp, dist_timeout=dist_timeout,
                    overwrite=overwrite, progress=progress, template_date=template_date,
-                   template_timeout=template_timeout, template_max_chars=template_max_chars)
+                   template_timeout=template_timeout, template_max_chars=template_max_chars,
+                   end=end)
     return run_spec(checkpoint, spec)
 
 
@@ -190,7 +194,7 @@ class Scoring:
 
         try:
             return score_task(self.ck, self.encoder, task, self.sequences[task.name],
-                              self.encoder.boundary, self.spec.batch_tokens, progress=bar,
+                              self.encoder.end_mask(task), self.spec.batch_tokens, progress=bar,
                               pack=self.resolved.packs)
         except KernelUnsupportedError as e:  # e.g. head_dim > 256 on the GPU
             raise DeviceError(str(e)) from None

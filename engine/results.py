@@ -108,6 +108,11 @@ def task_hash(task: Task) -> str:
     fields = dataclasses.asdict(task)
     fields.pop("source", None)
     fields.pop("target", None)  # read by the analysis only: the scores do not depend on it
+    # Settings added later are left out at their defaults, so that results scored before they
+    # existed keep their hash.
+    for name, default in (("end", "boundary"), ("response_prefix", "")):
+        if fields.get(name) == default:
+            fields.pop(name)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -183,9 +188,17 @@ def variant_table(scores: TaskScores, label: str) -> pa.Table:
                   Col.continuation: cont, Col.continuation_token_ids: s.continuation_ids[v],
                   Col.logprob: float(p.variant_logprob[v]),
                   Col.noncanonical_share: None if share is None else float(share[v]),
-                  Col.tokenizations: s.path_variant.count(v)}
+                  Col.tokenizations: _tokenizations(s, v)}
                  for v, cont in enumerate(s.continuations)]
     return pa.Table.from_pylist(rows, schema=VARIANT_SCHEMA)
+
+
+def _tokenizations(s, v: int) -> int:
+    """How many token sequences spelling variant v were scored: its paths that stop at the
+    text (end = "line" adds one closed by the end of the turn per tokenization), or, under
+    end = "turn", all of its paths."""
+    paths = [k for k, w in enumerate(s.path_variant) if w == v]
+    return sum(s.path_open[k] for k in paths) or len(paths)
 
 
 def check_finite(table: pa.Table, where: str) -> None:

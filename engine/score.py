@@ -19,14 +19,15 @@ import sys
 from engine.api import DEFAULT_BATCH_TOKENS, ScoreResult, run_spec
 from engine.errors import ArgumentParser, EngineError, ParallelError
 from engine.spec import DEFAULT_OUT, DTYPES, MODES, TOKENIZATIONS, RunSpec, SettingError
-from engine.tasks import format_task_list, load_tasks, task_groups
+from engine.tasks import END_RULES, format_task_list, load_tasks, task_groups
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args", "spec_of"]
 
 # The flags that are RunSpec settings, by setting name; their defaults are RunSpec's.
 SETTINGS = ("tasks", "mode", "chat_template", "out", "label", "dtype", "device", "batch_tokens",
             "batch_invariant", "overwrite", "tp", "dist_timeout", "tokenizations",
-            "max_tokenizations", "template_date", "template_timeout", "template_max_chars")
+            "max_tokenizations", "template_date", "template_timeout", "template_max_chars",
+            "end")
 
 
 PROG = "python -m engine.score"
@@ -93,6 +94,10 @@ def parser() -> ArgumentParser:
     p.add_argument("--max-tokenizations", type=int, default=d.max_tokenizations, metavar="N",
                    help=f"with --tokenizations all, refuse a variant with more than N (default "
                         f"{d.max_tokenizations})")
+    p.add_argument("--end", default=None, metavar="{" + ",".join(END_RULES) + "}",
+                   help="what follows every answer, overriding each task's end: boundary (a "
+                        "token that ends a word), turn (the whole reply, then the end of the "
+                        "turn), line (a newline or the end of the turn); default: each task's own")
     p.add_argument("--template-date", default=d.template_date, metavar="YYYY-MM-DD",
                    help="the date a chat template's strftime_now renders (Llama 3.x templates put "
                         f"it in the prompt), fixed so that a run is the same any day (default: "

@@ -62,6 +62,69 @@ def boundary_mask(checkpoint: Checkpoint) -> torch.Tensor:
     return torch.tensor(mask, dtype=torch.bool)
 
 
+def newline_mask(checkpoint: Checkpoint) -> torch.Tensor:
+    """[vocab_size] bool: the tokens that end an answer under end = "line": those whose text on
+    its own starts with a newline ("\n" or "\r"), special tokens excepted (the end of the turn
+    is scored as a token path of its own)."""
+    vocab = checkpoint.args.vocab_size
+    texts = checkpoint.tokenizer.decode_batch([[i] for i in range(vocab)],
+                                              skip_special_tokens=False)
+    mask = [t[:1] in ("\n", "\r") for t in texts]
+    for token_id in special_token_ids(checkpoint):
+        if token_id < vocab:
+            mask[token_id] = False
+    return torch.tensor(mask, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class ReplyEnd:
+    """How a reply ends where generation stops: the text a chat template puts after the reply
+    (usually none), then the special token where generation stops."""
+
+    text: str
+    token_id: int
+    token: str
+
+
+# Stands in for a reply when finding what a chat template renders after one.
+REPLY_SENTINEL = "Reply\u2063sentinel\u2063"
+
+
+def reply_end(checkpoint: Checkpoint, mode: str, template: ChatTemplate | None) -> ReplyEnd:
+    """What follows a whole reply. Chat mode: a conversation holding an assistant message is
+    rendered, as transformers' apply_chat_template renders one, and what follows the message is
+    read up to and including its first special token; what the template puts after that token
+    (a newline between turns) is never generated. Base mode: the EOS token."""
+    specials = special_token_ids(checkpoint)
+    if mode == "base":
+        eos = checkpoint.special_tokens.get("eos_token")
+        token_id = checkpoint.tokenizer.token_to_id(eos) if isinstance(eos, str) else None
+        if token_id is None:
+            configured = checkpoint.config.get("eos_token_id")
+            token_id = configured[0] if isinstance(configured, list) and configured else configured
+        if not isinstance(token_id, int) or token_id >= checkpoint.args.vocab_size:
+            raise TaskError(f"{checkpoint.path}: end = 'turn' or 'line' in base mode needs an EOS "
+                            "token, and neither tokenizer_config.json's eos_token nor "
+                            "config.json's eos_token_id names one; score in chat mode")
+        return ReplyEnd("", token_id, checkpoint.tokenizer.id_to_token(token_id) or str(token_id))
+    messages = [{"role": "user", "content": "Hello."},
+                {"role": "assistant", "content": REPLY_SENTINEL}]
+    rendered = template.render(messages, add_generation_prompt=False)
+    at = rendered.find(REPLY_SENTINEL)
+    where = f"{template.source}: the chat template"
+    if at < 0:
+        raise TaskError(f"{where} does not render an assistant message's text as given, so the end "
+                        "of a reply cannot be found; use end = 'boundary'")
+    after = rendered[at + len(REPLY_SENTINEL):]
+    found = [(after.find(text), -len(text), token_id, text) for token_id, text in specials.items()
+             if text and text in after]
+    if not found:
+        raise TaskError(f"{where} puts no special token after an assistant message ({after!r}), "
+                        "so a reply never ends; use end = 'boundary'")
+    start, _, token_id, text = min(found)
+    return ReplyEnd(after[:start], token_id, text)
+
+
 def special_token_ids(checkpoint: Checkpoint) -> dict[int, str]:
     """{id: text} of the tokenizer's special tokens (EOS, end of turn, chat markers, ...)."""
     return {i: t.content for i, t in checkpoint.tokenizer.get_added_tokens_decoder().items()
@@ -88,11 +151,17 @@ class Sequence:
     trie: Trie
     path_variant: list[int] = field(default_factory=list)
     path_canonical: list[bool] = field(default_factory=list)
+    # Whether path k's probability takes the end factor, P(next token ends the answer): true
+    # for paths that stop at the answer's text, false for those that end with the reply's
+    # closing special token (end = "turn", and the end-of-turn paths of end = "line").
+    path_open: list[bool] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.path_variant:  # canonical only: path k is variant k
             self.path_variant = list(range(len(self.continuations)))
             self.path_canonical = [True] * len(self.continuations)
+        if not self.path_open:
+            self.path_open = [True] * len(self.path_variant)
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.trie)
@@ -102,13 +171,24 @@ class Sequence:
         return len(self.prompt_ids) - 1 + max(self.trie.depth)
 
 
+def reply_start(task: Task, mode: str) -> tuple[str, str]:
+    """(what the prompt ends with, what the answer starts with) of the reply's start: the task's
+    response_prefix, after the one space base mode puts after base_format. Its trailing
+    whitespace goes with the answer, as tokenizers read " 7" as one token, not " " then "7"."""
+    reply = (" " if mode == "base" else "") + task.response_prefix
+    stem = reply.rstrip()
+    return stem, reply[len(stem):]
+
+
 def render_prompt(task: Task, prompt, mode: str, template: ChatTemplate | None) -> str:
     """Exactly what the model reads before an answer: in base mode the task's base_format around
-    the prompt, in chat mode the user message through the template, then assistant_prefix."""
+    the prompt, in chat mode the user message through the template, then assistant_prefix; then
+    the reply prefix (`reply_start`)."""
+    stem = reply_start(task, mode)[0]
     if mode == "base":
-        return task.render_base(prompt)
+        return task.render_base(prompt) + stem
     messages = [{"role": "user", "content": task.prompt_text(prompt)}]
-    return template.render(messages, add_generation_prompt=True) + task.assistant_prefix
+    return template.render(messages, add_generation_prompt=True) + task.assistant_prefix + stem
 
 
 class PromptEncoder:
@@ -135,6 +215,37 @@ class PromptEncoder:
         self.suffix = self._post_processor_suffix()
         self.boundary = boundary_mask(checkpoint)
         self.specials = special_token_ids(checkpoint)
+        self._newlines: torch.Tensor | None = None
+        self._reply_end: ReplyEnd | None = None
+
+    def end_mask(self, task: Task) -> torch.Tensor:
+        """The tokens whose coming next ends an answer of `task` (its end factor); under
+        end = "turn" no path takes the factor, and the boundary mask stands in."""
+        if task.end != "line":
+            return self.boundary
+        if self._newlines is None:
+            self._newlines = newline_mask(self.checkpoint)
+        return self._newlines
+
+    @property
+    def reply_end(self) -> ReplyEnd:
+        """What follows a whole reply in this mode (found once, when a task needs it)."""
+        if self._reply_end is None:
+            self._reply_end = reply_end(self.checkpoint, self.mode, self.template)
+        return self._reply_end
+
+    def endings(self, task: Task, cont: str) -> list[tuple[str, int | None]]:
+        """The texts that are scored for a continuation, each with the special token that
+        closes it (None: the path takes the end factor instead). boundary: the continuation;
+        turn: the continuation, then the reply's end; line: both, except that an end of turn
+        starting with a newline is already counted by the newline factor."""
+        if task.end == "boundary":
+            return [(cont, None)]
+        end = self.reply_end
+        closed = (cont + end.text, end.token_id)
+        if task.end == "turn":
+            return [closed]
+        return [(cont, None)] + ([] if end.text[:1] in ("\n", "\r") else [closed])
 
     def _post_processor_suffix(self) -> int:
         """How many tokens the post-processor appends after the text (an EOS, for some)."""
@@ -153,14 +264,15 @@ class PromptEncoder:
     def prompt_text(self, task: Task, prompt) -> str:
         return render_prompt(task, prompt, self.mode, self.template)
 
-    def continuation(self, variant: str) -> str:
-        return " " + variant if self.mode == "base" else variant
+    def continuation(self, task: Task, variant: str) -> str:
+        return reply_start(task, self.mode)[1] + variant
 
     def sequence(self, task: Task, prompt) -> Sequence:
         where = f"task {task.name!r}, prompt {prompt.id!r}"
         wrapper = "base_format" if self.mode == "base" else "assistant_prefix"
         for what, text in (("the prompt", task.prompt_text(prompt)),
-                           (f"the task's {wrapper}", getattr(task, wrapper))):
+                           (f"the task's {wrapper}", getattr(task, wrapper)),
+                           ("the task's response_prefix", task.response_prefix)):
             special = next((t for t in self.specials.values() if t in text), None)
             if special is not None:
                 raise TaskError(f"{where}: {what} contains the special token {special!r}; "
@@ -169,26 +281,25 @@ class PromptEncoder:
         text = self.prompt_text(task, prompt)
         prompt_ids = self.encode(text)
         continuations, ids, answer_of = [], [], []
+        paths, path_variant, canonical, path_open = [], [], [], []
         for a, answer in enumerate(task.answers):
             for variant in answer.variants:
-                cont = self.continuation(variant)
-                joint = self.encode(text + cont)
-                if joint[: len(prompt_ids)] != prompt_ids or len(joint) == len(prompt_ids):
-                    raise TaskError(
-                        f"{where}, answer {answer.name!r}: the prompt's tokens are "
-                        f"not a prefix of the tokens of prompt + {cont!r} in {self.mode} mode; "
-                        "change the prompt's ending or the task's base_format / assistant_prefix"
-                    )
-                cont_ids = joint[len(prompt_ids):]
-                special = next((self.specials[i] for i in cont_ids if i in self.specials), None)
-                if special is not None:
-                    raise TaskError(f"{where}, answer {answer.name!r}: variant {variant!r} "
-                                    f"contains the special token {special!r}; "
-                                    "answers are plain text")
-                continuations.append(cont)
-                ids.append(cont_ids)
-                answer_of.append(a)
-        paths, path_variant, canonical = self._paths(where, task, continuations, ids, answer_of)
+                cont = self.continuation(task, variant)
+                v = len(continuations)
+                for k, (scored, closing) in enumerate(self.endings(task, cont)):
+                    canon = self._canonical(where, answer, variant, text, prompt_ids, scored)
+                    found = self._tokenizations(where, answer, scored, canon)
+                    if closing is not None:
+                        canon, found = canon + [closing], [f + [closing] for f in found]
+                    if k == 0:
+                        continuations.append(cont)
+                        ids.append(canon)
+                        answer_of.append(a)
+                    for path in [canon] + [f for f in found if f != canon]:
+                        paths.append(path)
+                        path_variant.append(v)
+                        canonical.append(path is canon)
+                        path_open.append(closing is None)
         try:
             trie = build_trie(paths)
         except DuplicateContinuation as e:
@@ -197,40 +308,54 @@ class PromptEncoder:
                 f"{continuations[path_variant[e.second]]!r} tokenize identically; "
                 "drop one of them from the task file"
             ) from None
-        self._check_separable(where, trie, [continuations[v] for v in path_variant])
+        self._check_separable(where, task, trie, [continuations[v] for v in path_variant],
+                              path_open)
         return Sequence(task.name, prompt.id, task.prompt_text(prompt), text, prompt_ids,
-                        continuations, ids, answer_of, trie, path_variant, canonical)
+                        continuations, ids, answer_of, trie, path_variant, canonical, path_open)
 
-    def _paths(self, where, task, continuations, ids, answer_of):
-        """The token paths to score: each variant's canonical tokens, and with tokenizations
-        "all" every other token sequence that spells the continuation."""
+    def _canonical(self, where, answer, variant, text, prompt_ids, scored) -> list[int]:
+        """The tokens of `scored` past the prompt's in the joint tokenization of both."""
+        joint = self.encode(text + scored)
+        if joint[: len(prompt_ids)] != prompt_ids or len(joint) == len(prompt_ids):
+            raise TaskError(
+                f"{where}, answer {answer.name!r}: the prompt's tokens are "
+                f"not a prefix of the tokens of prompt + {scored!r} in {self.mode} mode; "
+                "change the prompt's ending or the task's base_format / assistant_prefix / "
+                "response_prefix")
+        cont_ids = joint[len(prompt_ids):]
+        special = next((self.specials[i] for i in cont_ids if i in self.specials), None)
+        if special is not None:
+            raise TaskError(f"{where}, answer {answer.name!r}: variant {variant!r} "
+                            f"contains the special token {special!r}; answers are plain text")
+        return cont_ids
+
+    def _tokenizations(self, where, answer, scored: str, canon: list[int]) -> list[list[int]]:
+        """With tokenizations "all", every token sequence that spells `scored` (the canonical
+        one among them); otherwise none beyond the canonical."""
         if self.pieces is None:
-            return ids, list(range(len(ids))), [True] * len(ids)
-        paths, path_variant, canonical = [], [], []
-        for v, (cont, canon) in enumerate(zip(continuations, ids, strict=True)):
-            found = self.pieces.tokenizations(cont, self.max_tokenizations)
-            if found is None:
-                raise TaskError(
-                    f"{where}, answer {task.answers[answer_of[v]].name!r}: {cont!r} has more than "
-                    f"{self.max_tokenizations} tokenizations; raise --max-tokenizations or score "
-                    "with --tokenizations canonical")
-            if canon not in found:
-                raise TokenizerError(f"{self.checkpoint.path}: the canonical tokens of {cont!r} "
-                                     "do not spell it byte for byte; score with "
-                                     "--tokenizations canonical")
-            for path in [canon] + [f for f in found if f != canon]:
-                paths.append(path)
-                path_variant.append(v)
-                canonical.append(path is canon)
-        return paths, path_variant, canonical
+            return []
+        found = self.pieces.tokenizations(scored, self.max_tokenizations)
+        if found is None:
+            raise TaskError(
+                f"{where}, answer {answer.name!r}: {scored!r} has more than "
+                f"{self.max_tokenizations} tokenizations; raise --max-tokenizations or score "
+                "with --tokenizations canonical")
+        if canon not in found:
+            raise TokenizerError(f"{self.checkpoint.path}: the canonical tokens of {scored!r} "
+                                 "do not spell it byte for byte; score with "
+                                 "--tokenizations canonical")
+        return found
 
-    def _check_separable(self, where: str, trie: Trie, continuations: list[str]) -> None:
-        """Refuse a variant whose tokens continue into another's with a boundary token: the
-        boundary factor of the shorter would then include the longer one's mass."""
-        end_of = {node: v for v, node in enumerate(trie.ends)}
+    def _check_separable(self, where: str, task: Task, trie: Trie, continuations: list[str],
+                         path_open: list[bool]) -> None:
+        """Refuse a variant whose tokens continue into another's with a token that ends answers
+        (under the task's end rule): the end factor of the shorter would then include the
+        longer one's mass. Paths closed by the reply's special token take no end factor."""
+        mask = self.end_mask(task)
+        end_of = {node: v for v, node in enumerate(trie.ends) if path_open[v]}
         for node, v in end_of.items():
             for child in trie.children(node):
-                if self.boundary[trie.tokens[child]]:
+                if mask[trie.tokens[child]]:
                     w = next(w for w, n in enumerate(trie.ends)
                              if child <= n < child + trie.span[child])
                     raise TaskError(
@@ -445,7 +570,8 @@ class TrieScores:
 
     def path_logprobs(self, s: Sequence) -> np.ndarray:
         trie = s.trie
-        return np.array([self.node[trie.path(k)].sum() + self.boundary[trie.ends[k]]
+        return np.array([self.node[trie.path(k)].sum()
+                         + (self.boundary[trie.ends[k]] if s.path_open[k] else 0.0)
                          for k in range(len(trie.ends))])
 
 
@@ -558,9 +684,9 @@ def prompt_scores(checkpoint: Checkpoint, task: Task, s: Sequence,
     if all(s.path_canonical) and len(path_lp) == n_variants:  # canonical tokenizations only
         return PromptScores(s, path_lp, _logsumexp_by(path_lp, s.answer_of, n_answers))
     variant = _logsumexp_by(path_lp, s.path_variant, n_variants)
-    canonical = np.empty(n_variants)
-    for k, v in enumerate(s.path_variant):
-        if s.path_canonical[k]:
-            canonical[v] = path_lp[k]
+    if all(s.path_canonical):  # canonical only, several paths per variant (end = "line")
+        return PromptScores(s, variant, _logsumexp_by(variant, s.answer_of, n_answers))
+    chosen = np.flatnonzero(s.path_canonical)
+    canonical = _logsumexp_by(path_lp[chosen], [s.path_variant[k] for k in chosen], n_variants)
     return PromptScores(s, variant, _logsumexp_by(variant, s.answer_of, n_answers),
                         canonical, _logsumexp_by(canonical, s.answer_of, n_answers))

@@ -28,7 +28,7 @@ from engine.chat import (
     load_chat_template,
 )
 from engine.errors import EngineError, OutputError
-from engine.tasks import Task, load_tasks
+from engine.tasks import END_RULES, Task, load_tasks
 
 # auto: chat when the checkpoint (or --chat-template) has a template
 MODES = ("auto", "chat", "base")
@@ -144,6 +144,10 @@ def _tasks(value) -> str | None:
             f"got {shown(value)}")
 
 
+def _optional_end(value) -> str | None:
+    return None if value is None else _one_of(END_RULES)(value)
+
+
 def _setting(default, check):
     return field(default=default, metadata={"check": check})
 
@@ -162,6 +166,8 @@ class RunSpec:
     batch_invariant: bool = _setting(False, _flag)  # a forward pass per prompt on the GPU too
     chat_template: str | None = _setting(None, _template_source)  # a directory or file to borrow
     tokenizations: str = _setting("canonical", _one_of(TOKENIZATIONS))
+    # What follows an answer, for every task (None: each task's own `end`, docs/tasks.md).
+    end: str | None = _setting(None, _optional_end)
     max_tokenizations: int = _setting(256, _positive_int)  # per variant, with tokenizations all
     tp: int = _setting(1, _positive_int)  # ranks of a torchrun launch to split the model across
     dist_timeout: float = _setting(1800.0, _positive_seconds)  # seconds at a collective
@@ -186,6 +192,8 @@ class RunSpec:
             problem = f.metadata["check"](getattr(self, f.name))
             if problem:
                 raise SettingError(f.name, problem)
+        if self.end is not None:  # every task under this end rule, checked as the task file's
+            self._set("tasks", tuple(replace(t, end=self.end) for t in self.tasks))
         if self.out is not None:
             self._set("out", Path(self.out))
         if self.chat_template is not None:
@@ -240,6 +248,8 @@ class Resolved:
         # tensor parallelism sums in another order: within rounding, not bit for bit
         if spec.tp > 1:
             key["tp"] = spec.tp
+        if spec.end is not None:
+            key["end"] = spec.end
         if self.template_date is not None:
             key["template_date"] = self.template_date
         if chat is not None and chat.special_source != self.own_special_source:

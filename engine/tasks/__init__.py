@@ -18,6 +18,7 @@ from engine.tasks.loader import (
 )
 from engine.tasks.task import (
     DEFAULT_BASE_FORMAT,
+    END_RULES,
     Answer,
     Prompt,
     Task,
@@ -26,6 +27,7 @@ from engine.tasks.task import (
 
 __all__ = [
     "DEFAULT_BASE_FORMAT",
+    "END_RULES",
     "Answer",
     "Prompt",
     "TASK_GROUPS",

@@ -15,7 +15,7 @@ from engine.errors import TaskError
 from engine.tasks.task import DEFAULT_BASE_FORMAT, Answer, Prompt, Task, _fail
 
 _TASK_KEYS = ("name", "description", "base_format", "assistant_prefix", "answers", "prompts",
-              "target")
+              "target", "end", "response_prefix")
 _ANSWER_KEYS = ("answer", "variants")
 _PROMPT_KEYS = ("id", "text")
 # The package whose directory holds the built-in task files, and that directory as named in
@@ -83,6 +83,8 @@ def _parse_task(table: dict, source: str, index: int | None) -> Task:
         assistant_prefix=_string(table, "assistant_prefix", "", fail, None),
         source=source,
         target=_parse_target(table.get("target"), answers, fail),
+        end=_string(table, "end", "boundary", fail, None),
+        response_prefix=_string(table, "response_prefix", "", fail, None),
     )
 
 

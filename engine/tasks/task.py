@@ -16,6 +16,9 @@ from typing import Callable
 from engine.errors import TaskError
 
 DEFAULT_BASE_FORMAT = "{prompt}\nAnswer:"
+# What follows an answer (docs/tasks.md, "End rules"): a boundary token; the end of the turn
+# (the whole reply is the answer); a newline-starting token or the end of the turn.
+END_RULES = ("boundary", "turn", "line")
 
 _PROMPT_PLACEHOLDERS = ("options", "n")
 _BASE_PLACEHOLDERS = ("prompt",)
@@ -57,6 +60,9 @@ class Task:
     # answer in order, or None. Only the analysis reads it (distance to the target), so it is
     # not part of the task's identity (task_hash).
     target: tuple[float, ...] | None = None
+    end: str = "boundary"  # one of END_RULES
+    # The reply starts with this text and the answer follows it (in both modes).
+    response_prefix: str = ""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -111,8 +117,12 @@ def _validate(task: Task) -> None:
         raise fail("answers", "the answer set is empty; list at least one answer")
     if not task.prompts:
         raise fail("prompts", "no prompts; add at least one [[prompts]] table")
+    if task.end not in END_RULES:
+        raise fail(f"end {task.end!r}", f"must be one of {', '.join(END_RULES)}")
+    if not isinstance(task.response_prefix, str):
+        raise fail("response_prefix", "must be a string")
     _check_answers(task.answers, fail)
-    _check_variants([(a.name, v) for a in task.answers for v in a.variants], fail)
+    _check_variants([(a.name, v) for a in task.answers for v in a.variants], fail, task.end)
     _check_prompts(task.prompts, fail)
     _check_base_format(task.base_format, fail)
     if task.target is not None:
@@ -144,9 +154,10 @@ def _check_answers(answers: tuple[Answer, ...], fail: Callable[..., TaskError]) 
                        "answer itself")
 
 
-def _check_variants(pairs: list[tuple[str, str]], fail: Callable[..., TaskError]) -> None:
+def _check_variants(pairs: list[tuple[str, str]], fail: Callable[..., TaskError],
+                    end: str = "boundary") -> None:
     """Variants are non-empty, unpadded, distinct (also to the eye), and no variant can absorb
-    another."""
+    another under the end rule."""
     owner: dict[str, str] = {}
     seen_as: dict[str, str] = {}  # lookalike key -> the variant that has it
     for answer, v in pairs:
@@ -167,13 +178,13 @@ def _check_variants(pairs: list[tuple[str, str]], fail: Callable[..., TaskError]
                               "they differ only in Unicode normalisation or invisible characters "
                               "(zero-width, bidi controls); keep one spelling")
         owner[v], seen_as[key] = answer, v
-    pair = _absorbing_pair(list(owner))
+    pair = _absorbing_pair(list(owner), end)
     if pair:
         short, long = pair
         raise fail(f"answer {owner[short]!r}, variant {short!r}",
                    f"is a prefix of variant {long!r} (answer {owner[long]!r}) followed by "
-                   f"{long[len(short)]!r}, so it would absorb that variant's probability; "
-                   "remove or rename one of them")
+                   f"{long[len(short)]!r}, so under end = {end!r} it would absorb that "
+                   "variant's probability; remove or rename one of them")
 
 
 def lookalike(text: str) -> str:
@@ -182,15 +193,27 @@ def lookalike(text: str) -> str:
     return unicodedata.normalize("NFC", "".join(c for c in text if unicodedata.category(c) != "Cf"))
 
 
-def _absorbing_pair(variants: list[str]) -> tuple[str, str] | None:
-    """A pair (short, long) where long = short + a non-alphanumeric character + ..., if any."""
+def ends_answer(end: str, char: str) -> bool:
+    """Whether, under the end rule, an answer can end where the text goes on with `char`: a
+    non-alphanumeric character for boundary, a newline for line; never for turn (the reply's
+    end is a special token, which no text holds)."""
+    if end == "boundary":
+        return not char.isalnum()
+    return end == "line" and char in "\r\n"
+
+
+def _absorbing_pair(variants: list[str], end: str = "boundary") -> tuple[str, str] | None:
+    """A pair (short, long) where long = short + a character that ends answers under the end
+    rule + ..., if any."""
+    if end == "turn":
+        return None
     ordered = sorted(variants)
     for i, short in enumerate(ordered):
         # Strings that start with `short` sit right after it in sorted order.
         for long in ordered[i + 1:]:
             if not long.startswith(short):
                 break
-            if not long[len(short)].isalnum():
+            if ends_answer(end, long[len(short)]):
                 return short, long
     return None
 

@@ -1,0 +1,258 @@
+"""End rules and reply prefixes against transformers by brute force, for every family.
+
+For each family a tiny random checkpoint is scored in chat and base mode under the three end
+rules (docs/tasks.md, "End rules") and with a reply prefix; every variant's log-probability is
+then recomputed from scratch: one float64 transformers forward per token path, the prompt and
+the reply tokenized by transformers' own tokenizer, the end of a reply found by rendering the
+whole conversation with transformers' apply_chat_template (chat mode) or as the EOS token (base
+mode), and the newline tokens found by decoding every id.
+
+The four templates cover the ends a template can give a reply: the EOS right after it (Tulu),
+a special end-of-turn token then a newline that is never generated (ChatML), and text between
+the reply and its special token, starting with a newline (then end = "line" counts the end of
+the turn in its newline factor) or not (then it is a path of its own).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine import score_checkpoint
+from engine.errors import TaskError
+from engine.tasks import Answer, Prompt, Task
+from lab.corpus import TULU_TEMPLATE
+from tests import tiny
+
+ANSWERS = (Answer("7", ("7",)), Answer("1", ("1",)), Answer("10", ("10",)),
+           Answer("Red", ("Red", "red")))
+PROMPTS = (Prompt("number", "Pick a random number between 1 and 10."),
+           Prompt("color", "Name a color, or a number."))
+PREFIX = "My pick: "
+
+
+def task(name: str, end: str, response_prefix: str = "") -> Task:
+    return Task(name, "", ANSWERS, PROMPTS, end=end, response_prefix=response_prefix)
+
+
+TASKS = [task("boundary", "boundary"), task("turn", "turn"), task("line", "line"),
+         task("turn_prefixed", "turn", PREFIX), task("line_prefixed", "line", PREFIX),
+         task("boundary_prefixed", "boundary", PREFIX)]
+
+
+def im_template(between: str) -> str:
+    """ChatML-like, with `between` after the reply and before <|im_end|>."""
+    return ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+            f"message['content'] + '{between}' + " "'<|im_end|>\\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+TEMPLATES = {"tulu": TULU_TEMPLATE, "chatml": tiny.CHATML_TEMPLATE,
+             "newline_then_end": im_template("\\n"), "space_then_end": im_template(" ")}
+FAMILIES = ("llama", "olmo2", "olmo3", "qwen2", "qwen3", "mistral", "olmo1", "neox", "phi3",
+            "gemma2", "gemma3", "olmoe")
+FAMILY_KWARGS = {"olmoe": dict(num_experts=4, num_experts_per_tok=2)}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory):
+    """(name, template name, checkpoint directory, float64 transformers model)."""
+    i = FAMILIES.index(request.param)
+    template = sorted(TEMPLATES)[i % len(TEMPLATES)]
+    directory = tmp_path_factory.mktemp(f"end_{request.param}")
+    model = tiny.make_checkpoint(directory, arch=request.param, template=TEMPLATES[template],
+                                 add_bos=i % 2 == 0, init=0.1,
+                                 **FAMILY_KWARGS.get(request.param, {}))
+    return request.param, template, directory, model.double()
+
+
+# ------------------------------------------------------------------------------ the oracle
+
+def hf_tokenizer(directory):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(directory))
+
+
+def newline_ids(tok, vocab: int) -> list[int]:
+    special = {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    return [i for i in range(vocab) if i not in special
+            and tok.decode([i], clean_up_tokenization_spaces=False)[:1] in ("\n", "\r")]
+
+
+def oracle_paths(tok, t: Task, prompt: Prompt, variant: str, mode: str):
+    """[(prompt ids, reply ids, open)]: the token paths of a variant under the task's end rule,
+    built with transformers alone. `open` paths take the end factor (boundary or newline)."""
+    if mode == "chat":
+        user = [{"role": "user", "content": prompt.text}]
+        reply = t.response_prefix + variant
+        prompt_text = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+        stem = t.response_prefix.rstrip()
+        prompt_ids = tok(prompt_text + stem, add_special_tokens=False).input_ids
+        text = tok(prompt_text + reply, add_special_tokens=False).input_ids
+        full = tok.apply_chat_template(user + [{"role": "assistant", "content": reply}],
+                                       tokenize=False)
+        assert full.startswith(prompt_text + reply)
+        ids = tok(full, add_special_tokens=False).input_ids
+        special = {i for i, x in tok.added_tokens_decoder.items() if x.special}
+        assert ids[:len(prompt_ids)] == prompt_ids
+        stop = next(k for k in range(len(prompt_ids), len(ids)) if ids[k] in special)
+        closed = ids[len(prompt_ids):stop + 1]
+    else:
+        base = f"{prompt.text}\nAnswer:"
+        reply = " " + t.response_prefix + variant
+        stem = (" " + t.response_prefix).rstrip()
+        prompt_ids = tok(base + stem).input_ids
+        text = tok(base + reply).input_ids
+        closed = text[len(prompt_ids):] + [tok.eos_token_id]
+    assert text[:len(prompt_ids)] == prompt_ids
+    opened = text[len(prompt_ids):]
+    if t.end == "boundary":
+        return prompt_ids, [(opened, True)]
+    if t.end == "turn":
+        return prompt_ids, [(closed, False)]
+    after = tok.decode(closed[len(opened):len(opened) + 1], clean_up_tokenization_spaces=False)
+    counted = closed[:len(opened)] == opened and after[:1] in ("\n", "\r")
+    return prompt_ids, [(opened, True)] + ([] if counted else [(closed, False)])
+
+
+@torch.no_grad()
+def oracle_logprob(model, prompt_ids, paths, end_ids) -> float:
+    """log of the sum over paths of P(path | prompt) (times P(end token next) when open)."""
+    total = []
+    for reply, is_open in paths:
+        ids = torch.tensor([prompt_ids + reply])
+        lp = model(input_ids=ids).logits[0].double().log_softmax(-1)
+        at = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(reply) - 1)
+        value = lp[at, torch.tensor(reply)].sum()
+        if is_open:
+            value = value + lp[len(prompt_ids) + len(reply) - 1, end_ids].logsumexp(0)
+        total.append(float(value))
+    return float(np.logaddexp.reduce(total))
+
+
+@pytest.mark.parametrize("mode", ["chat", "base"])
+def test_end_rules_equal_brute_force_transformers(family, mode):
+    from benchmarks.naive_scoring import boundary_ids
+
+    name, template, directory, model = family
+    result = score_checkpoint(directory, tasks=TASKS, mode=mode, device="cpu", progress=False)
+    tok = hf_tokenizer(directory)
+    vocab = model.config.vocab_size
+    ends = {"boundary": boundary_ids(tok, vocab), "line": torch.tensor(newline_ids(tok, vocab)),
+            "turn": None}
+    worst = 0.0
+    for t in TASKS:
+        rows = result.variant_tables[t.name].to_pylist()
+        for prompt in PROMPTS:
+            for answer in ANSWERS:
+                for variant in answer.variants:
+                    prompt_ids, paths = oracle_paths(tok, t, prompt, variant, mode)
+                    want = oracle_logprob(model, prompt_ids, paths, ends[t.end])
+                    got = next(r for r in rows if r["prompt_id"] == prompt.id
+                               and r["continuation"].strip() == variant)
+                    error = abs(got["logprob"] - want) / max(1.0, abs(want))
+                    worst = max(worst, error)
+                    assert error <= 2e-6, (name, template, mode, t.name, prompt.id, variant,
+                                           got["logprob"], want)
+    print(f"{name} ({template} template) {mode}: max relative error vs float64 {worst:.1e}")
+
+
+def test_the_end_rule_changes_the_probabilities(family):
+    """The three rules give three different answers on the same checkpoint (so each test
+    above checks a rule of its own), and turn is never more probable than line."""
+    _, _, directory, _ = family
+    result = score_checkpoint(directory, tasks=TASKS[:3], mode="chat", device="cpu",
+                              progress=False)
+    lp = {t.name: np.array(result.variant_tables[t.name].column("logprob").to_pylist())
+          for t in TASKS[:3]}
+    assert not np.allclose(lp["boundary"], lp["turn"])
+    assert not np.allclose(lp["line"], lp["turn"])
+    assert (lp["turn"] <= lp["line"] + 1e-9).all()
+
+
+# ------------------------------------------------------------------ settings and bad input
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("end_llama")
+    tiny.make_checkpoint(directory, template=tiny.CHATML_TEMPLATE)
+    return directory
+
+
+def test_end_setting_overrides_every_task_and_enters_the_run_key(llama):
+    plain = score_checkpoint(llama, tasks=TASKS[:1], device="cpu", progress=False)
+    forced = score_checkpoint(llama, tasks=TASKS[:1], device="cpu", progress=False, end="turn")
+    turn = score_checkpoint(llama, tasks=[TASKS[1]], device="cpu", progress=False)
+    assert "end" not in plain.manifest["run"] and forced.manifest["run"]["end"] == "turn"
+    assert (forced.variant_tables["boundary"].column("logprob").to_pylist()
+            == turn.variant_tables["turn"].column("logprob").to_pylist())
+    assert (forced.variant_tables["boundary"].column("continuation_token_ids").to_pylist()
+            == turn.variant_tables["turn"].column("continuation_token_ids").to_pylist())
+
+
+def test_turn_paths_end_with_the_end_of_turn_token(llama):
+    result = score_checkpoint(llama, tasks=[TASKS[1]], device="cpu", progress=False)
+    tok = hf_tokenizer(llama)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert all(ids[-1] == end and end not in ids[:-1] for ids in
+               result.variant_tables["turn"].column("continuation_token_ids").to_pylist())
+
+
+def test_existing_tasks_keep_their_hash():
+    """end and response_prefix at their defaults leave task_hash as it was before they
+    existed, so results already scored are not rescored."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from engine.results import task_hash
+
+    t = TASKS[0]
+    old = dataclasses.asdict(t)
+    for key in ("source", "target", "end", "response_prefix"):
+        old.pop(key)
+    assert task_hash(t) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert len({task_hash(x) for x in (t, dataclasses.replace(t, end="turn"),
+                                       dataclasses.replace(t, response_prefix="My pick:"))}) == 3
+
+
+def test_bad_end_rule_in_a_task_file_is_one_line(tmp_path):
+    from engine.tasks import load_task_file
+
+    path = tmp_path / "t.toml"
+    path.write_text('name = "t"\nend = "sentence"\nanswers = ["a"]\n'
+                    '[[prompts]]\nid = "p"\ntext = "Say a."\n')
+    with pytest.raises(TaskError, match="end 'sentence': must be one of boundary, turn, line"):
+        load_task_file(path)
+
+
+def test_line_rule_refuses_a_variant_that_a_newline_would_absorb():
+    with pytest.raises(TaskError, match="under end = 'line' it would absorb"):
+        Task("t", "", (Answer("a", ("a",)), Answer("a\nb", ("a\nb",))), PROMPTS, end="line")
+    Task("t", "", (Answer("a", ("a",)), Answer("a b", ("a b",))), PROMPTS, end="line")
+    Task("t", "", (Answer("a", ("a",)), Answer("a\nb", ("a\nb",))), PROMPTS, end="turn")
+
+
+@pytest.mark.parametrize("flag, message", [
+    (["--end", "word"], "--end must be one of boundary, turn, line, got 'word'"),
+])
+def test_cli_end_flag_bad_value_exits_2(llama, tmp_path, capsys, flag, message):
+    from engine import score
+
+    out = tmp_path / "out"
+    assert score.main([str(llama), "--tasks", "coin", "--out", str(out), *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_a_template_without_an_end_token_refuses_turn_in_one_line(tmp_path):
+    directory = tmp_path / "ckpt"
+    template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    tiny.make_checkpoint(directory, template=template)
+    with pytest.raises(TaskError, match="puts no special token after an assistant message"):
+        score_checkpoint(directory, tasks=[TASKS[1]], device="cpu", progress=False)
