@@ -113,6 +113,9 @@ def task_hash(task: Task) -> str:
     for name, default in (("end", "boundary"), ("response_prefix", "")):
         if fields.get(name) == default:
             fields.pop(name)
+    for prompt in fields["prompts"]:
+        if prompt.get("response_prefix") is None:
+            prompt.pop("response_prefix", None)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -171,11 +171,11 @@ class Sequence:
         return len(self.prompt_ids) - 1 + max(self.trie.depth)
 
 
-def reply_start(task: Task, mode: str) -> tuple[str, str]:
-    """(what the prompt ends with, what the answer starts with) of the reply's start: the task's
-    response_prefix, after the one space base mode puts after base_format. Its trailing
+def reply_start(task: Task, prompt, mode: str) -> tuple[str, str]:
+    """(what the prompt ends with, what the answer starts with) of the reply's start: the reply
+    prefix (`Task.reply_prefix`), after the one space base mode puts after base_format. Its trailing
     whitespace goes with the answer, as tokenizers read " 7" as one token, not " " then "7"."""
-    reply = (" " if mode == "base" else "") + task.response_prefix
+    reply = (" " if mode == "base" else "") + task.reply_prefix(prompt)
     stem = reply.rstrip()
     return stem, reply[len(stem):]
 
@@ -184,7 +184,7 @@ def render_prompt(task: Task, prompt, mode: str, template: ChatTemplate | None) 
     """Exactly what the model reads before an answer: in base mode the task's base_format around
     the prompt, in chat mode the user message through the template, then assistant_prefix; then
     the reply prefix (`reply_start`)."""
-    stem = reply_start(task, mode)[0]
+    stem = reply_start(task, prompt, mode)[0]
     if mode == "base":
         return task.render_base(prompt) + stem
     messages = [{"role": "user", "content": task.prompt_text(prompt)}]
@@ -264,15 +264,15 @@ class PromptEncoder:
     def prompt_text(self, task: Task, prompt) -> str:
         return render_prompt(task, prompt, self.mode, self.template)
 
-    def continuation(self, task: Task, variant: str) -> str:
-        return reply_start(task, self.mode)[1] + variant
+    def continuation(self, task: Task, prompt, variant: str) -> str:
+        return reply_start(task, prompt, self.mode)[1] + variant
 
     def sequence(self, task: Task, prompt) -> Sequence:
         where = f"task {task.name!r}, prompt {prompt.id!r}"
         wrapper = "base_format" if self.mode == "base" else "assistant_prefix"
         for what, text in (("the prompt", task.prompt_text(prompt)),
                            (f"the task's {wrapper}", getattr(task, wrapper)),
-                           ("the task's response_prefix", task.response_prefix)):
+                           ("the reply prefix", task.reply_prefix(prompt))):
             special = next((t for t in self.specials.values() if t in text), None)
             if special is not None:
                 raise TaskError(f"{where}: {what} contains the special token {special!r}; "
@@ -284,7 +284,7 @@ class PromptEncoder:
         paths, path_variant, canonical, path_open = [], [], [], []
         for a, answer in enumerate(task.answers):
             for variant in answer.variants:
-                cont = self.continuation(task, variant)
+                cont = self.continuation(task, prompt, variant)
                 v = len(continuations)
                 for k, (scored, closing) in enumerate(self.endings(task, cont)):
                     canon = self._canonical(where, answer, variant, text, prompt_ids, scored)

@@ -214,9 +214,13 @@ def test_existing_tasks_keep_their_hash():
     old = dataclasses.asdict(t)
     for key in ("source", "target", "end", "response_prefix"):
         old.pop(key)
+    for prompt in old["prompts"]:
+        prompt.pop("response_prefix")
     assert task_hash(t) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
-    assert len({task_hash(x) for x in (t, dataclasses.replace(t, end="turn"),
-                                       dataclasses.replace(t, response_prefix="My pick:"))}) == 3
+    prompted = dataclasses.replace(t, prompts=(Prompt("number", PROMPTS[0].text, "Mine:"),
+                                               PROMPTS[1]))
+    assert len({task_hash(x) for x in (t, dataclasses.replace(t, end="turn"), prompted,
+                                       dataclasses.replace(t, response_prefix="My pick:"))}) == 4
 
 
 def test_bad_end_rule_in_a_task_file_is_one_line(tmp_path):

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from engine.errors import TaskError
+from engine.tasks.importers import is_prompt_set, load_prompt_set
 from engine.tasks.task import DEFAULT_BASE_FORMAT, Answer, Prompt, Task, _fail
 
 _TASK_KEYS = ("name", "description", "base_format", "assistant_prefix", "answers", "prompts",
               "target", "end", "response_prefix")
 _ANSWER_KEYS = ("answer", "variants")
-_PROMPT_KEYS = ("id", "text")
+_PROMPT_KEYS = ("id", "text", "response_prefix")
 # The package whose directory holds the built-in task files, and that directory as named in
 # error messages.
 _PACKAGE = "engine.tasks"
@@ -174,7 +175,10 @@ def _parse_prompts(entries: object, fail: Callable[..., TaskError]) -> tuple[Pro
             raise fail(label, f"must be a table with 'id' and 'text', got {_toml_type(entry)}")
         _check_keys(entry, _PROMPT_KEYS, fail, label)
         pid = _string(entry, "id", None, fail, label)
-        prompts.append(Prompt(pid, _string(entry, "text", None, fail, f"prompt {pid!r}")))
+        where = f"prompt {pid!r}"
+        prefix = (_string(entry, "response_prefix", None, fail, where)
+                  if "response_prefix" in entry else None)
+        prompts.append(Prompt(pid, _string(entry, "text", None, fail, where), prefix))
     return tuple(prompts)
 
 
@@ -252,7 +256,8 @@ def load_tasks(spec: str = "all") -> list[Task]:
     Order follows the spec (a group expands to its tasks sorted by name); a task named twice
     is kept once; two different tasks with the same name are an error.
     """
-    items = [spec] if Path(spec).expanduser().is_file() else [s.strip() for s in spec.split(",")]
+    items = ([spec] if Path(spec).expanduser().exists()
+             else [s.strip() for s in spec.split(",")])
     items = [s for s in items if s]
     if not items:
         raise TaskError(f"no tasks given in {spec!r}; name built-in tasks, 'all', or a .toml file")
@@ -271,7 +276,7 @@ def is_builtin(item: str) -> bool:
 
 def names_a_file(item: str) -> bool:
     """Whether a spec item that is not built in is written as a path (`x.toml`, `dir/x`)."""
-    return item.endswith(".toml") or "/" in item or "\\" in item
+    return item.endswith((".toml", ".json")) or "/" in item or "\\" in item
 
 
 def _load_item(item: str) -> list[Task]:
@@ -280,11 +285,13 @@ def _load_item(item: str) -> list[Task]:
         return [_builtin_task(n) for n in builtin_task_names(item)]
     if item in _builtin_files():
         return [_builtin_task(item)]
+    if is_prompt_set(item):
+        return load_prompt_set(item)
     if names_a_file(item) or Path(item).expanduser().exists():
         return load_task_file(item)
     groups = ", ".join(f"{g!r} ({', '.join(names)})" for g, names in task_groups().items())
     raise TaskError(f"unknown task {item!r}; known task groups: {groups}; or a path to a .toml "
-                    "task file")
+                    "task file, a .json prompt file or a directory of them")
 
 
 def format_task_list(tasks: Iterable[Task]) -> str:

@@ -39,10 +39,12 @@ class Answer:
 
 @dataclass(frozen=True)
 class Prompt:
-    """One phrasing of a task; `text` may hold the placeholders {options} and {n}."""
+    """One phrasing of a task; `text` may hold the placeholders {options} and {n}.
+    `response_prefix`: this prompt's reply prefix (None: the task's)."""
 
     id: str
     text: str
+    response_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,10 @@ class Task:
     def prompt_text(self, prompt: Prompt) -> str:
         """The prompt's text with {options} and {n} filled: the chat-mode user message."""
         return prompt.text.format(options=", ".join(self.answer_names), n=len(self.answers))
+
+    def reply_prefix(self, prompt: Prompt) -> str:
+        """The text the reply to `prompt` starts with, before the answer."""
+        return self.response_prefix if prompt.response_prefix is None else prompt.response_prefix
 
     def render_base(self, prompt: Prompt) -> str:
         """The base-mode prompt: base_format around the filled text (the scorer adds the space)."""
@@ -231,6 +237,8 @@ def _check_prompts(prompts: tuple[Prompt, ...], fail: Callable[..., TaskError]) 
         seen.add(p.id)
         if not p.text.strip():
             raise fail(entry, "prompt text is empty; write the request")
+        if p.response_prefix is not None and not isinstance(p.response_prefix, str):
+            raise fail(entry, "response_prefix must be a string")
         _check_placeholders(p.text, _PROMPT_PLACEHOLDERS, fail, entry)
 
 

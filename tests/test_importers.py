@@ -1,0 +1,116 @@
+"""Peers' prompt sets as tasks: Zhang et al.'s JSON prompt files (request, response, targets,
+weights), one file or a directory of them. The repository ships no third-party data: the
+files are written here, in that format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine import score
+from engine.errors import TaskError
+from engine.tasks import load_tasks
+from tests import tiny
+
+
+def write(path, **entry):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entry))
+    return path
+
+
+DIGITS = ["{1}", "{2}", "{3}"]
+
+
+@pytest.fixture
+def prompt_dir(tmp_path):
+    root = tmp_path / "prompts"
+    write(root / "numbers" / "rng-0.json", request="Pick 1, 2 or 3, in braces.", response=[""],
+          targets=DIGITS)
+    write(root / "numbers" / "rng-1.json", request="Choose one of 1, 2, 3 in braces.",
+          response="Sure: ", targets=DIGITS)
+    write(root / "coin.json", request="Flip a coin.", response=["My call: "],
+          targets=["Heads", "Tails"], weights=[3, 1])
+    return root
+
+
+def test_a_file_becomes_a_task_of_one_prompt_scored_as_whole_replies(prompt_dir):
+    [task] = load_tasks(str(prompt_dir / "coin.json"))
+    assert task.name == "coin" and task.end == "turn"
+    assert task.answer_names == ("Heads", "Tails") and task.target == (0.75, 0.25)
+    [prompt] = task.prompts
+    assert prompt.text == "Flip a coin." and task.reply_prefix(prompt) == "My call: "
+
+
+def test_a_directory_groups_files_that_share_targets(prompt_dir):
+    tasks = {t.name: t for t in load_tasks(str(prompt_dir))}
+    assert sorted(tasks) == ["coin", "rng"]
+    rng = tasks["rng"]
+    assert [p.id for p in rng.prompts] == ["numbers_rng-0", "numbers_rng-1"]
+    assert [rng.reply_prefix(p) for p in rng.prompts] == ["", "Sure: "]
+    assert rng.answer_names == tuple(DIGITS) and rng.target is None and rng.end == "turn"
+
+
+def test_different_weights_make_different_tasks(tmp_path):
+    write(tmp_path / "a-0.json", request="x?", targets=["a", "b"], weights=[1, 1])
+    write(tmp_path / "a-1.json", request="y?", targets=["a", "b"], weights=[1, 3])
+    tasks = load_tasks(str(tmp_path))
+    assert sorted(t.name for t in tasks) == ["a-0", "a-1"]  # both would be "a": first files
+    assert sorted(t.target for t in tasks) == [(0.25, 0.75), (0.5, 0.5)]
+
+
+@pytest.mark.parametrize("entry, message", [
+    (dict(targets=["a"]), "request: must be a non-empty string"),
+    (dict(request="q", targets=[]), "targets: must be a non-empty list of strings"),
+    (dict(request="q", targets=["a", 1]), "targets: must be a non-empty list of strings"),
+    (dict(request="q", targets=["a", "b"], weights=[1]), "weights: must be 2 finite numbers"),
+    (dict(request="q", targets=["a"], weights=[-1]), "weights: must be 1 finite numbers"),
+    (dict(request="q", response=["a", "b"], targets=["a"]), "response: must be a string or a list"),
+    (dict(request="q", targets=["a"], extra=1), "key 'extra': unknown"),
+    (dict(request="q", targets=["a", "a"]), "duplicate answer"),
+])
+def test_bad_prompt_files_are_one_line(tmp_path, entry, message):
+    path = write(tmp_path / "bad.json", **entry)
+    with pytest.raises(TaskError, match=message) as info:
+        load_tasks(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_not_json_and_empty_directory(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(TaskError, match="not a readable UTF-8 JSON file"):
+        load_tasks(str(tmp_path / "x.json"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TaskError, match="holds no .json prompt files"):
+        load_tasks(str(tmp_path / "empty"))
+
+
+def test_cli_scores_a_prompt_directory_and_writes_nothing_on_a_bad_file(prompt_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    ckpt = tmp_path / "ckpt"
+    tiny.make_checkpoint(ckpt, template=tiny.CHATML_TEMPLATE)
+    out = tmp_path / "out"
+    assert score.main([str(ckpt), "--tasks", str(prompt_dir), "--out", str(out),
+                       "--label", "l"]) == 0
+    rows = pq.read_table(out / "l" / "rng.parquet").to_pylist()
+    assert {r["prompt_id"] for r in rows} == {"numbers_rng-0", "numbers_rng-1"}
+    assert all(r["prompt_text"].endswith("Sure:") for r in rows
+               if r["prompt_id"] == "numbers_rng-1")
+    manifest = json.loads((out / "l" / "manifest.json").read_text())
+    assert manifest["tasks"]["coin"]["target"] == [0.75, 0.25]
+    # the analysis reports the distance to the file's weights
+    import analysis
+
+    assert score.main([str(ckpt), "--tasks", str(prompt_dir), "--out", str(out),
+                       "--label", "m"]) == 0
+    phases = analysis.analyse(analysis.load(out), ["base=l,sft=m"], bootstrap=200).records
+    tv = next(iter(phases.ladders.values())).tasks["coin"].stages["base"].figures["tv_target"].value
+    coin = pq.read_table(out / "l" / "coin.parquet").to_pylist()
+    want = 0.5 * sum(abs(r["prob"] - w) for r, w in zip(coin, (0.75, 0.25), strict=True))
+    assert tv == pytest.approx(want, abs=1e-9)
+    write(prompt_dir / "broken.json", request="", targets=["a"])
+    bad_out = tmp_path / "bad"
+    assert score.main([str(ckpt), "--tasks", str(prompt_dir), "--out", str(bad_out)]) == 2
+    assert not bad_out.exists()
