@@ -26,7 +26,8 @@ DIGITS = ["{1}", "{2}", "{3}"]
 @pytest.fixture
 def prompt_dir(tmp_path):
     root = tmp_path / "prompts"
-    write(root / "numbers" / "rng-0.json", request="Pick 1, 2 or 3, in braces.", response=[""],
+    write(root / "numbers" / "rng-0.json", request="Pick 1, 2 or 3, like this: {number}.",
+          response=[""],
           targets=DIGITS)
     write(root / "numbers" / "rng-1.json", request="Choose one of 1, 2, 3 in braces.",
           response="Sure: ", targets=DIGITS)
@@ -50,6 +51,7 @@ def test_a_directory_groups_files_that_share_targets(prompt_dir):
     assert [p.id for p in rng.prompts] == ["numbers_rng-0", "numbers_rng-1"]
     assert [rng.reply_prefix(p) for p in rng.prompts] == ["", "Sure: "]
     assert rng.answer_names == tuple(DIGITS) and rng.target is None and rng.end == "turn"
+    assert rng.prompt_text(rng.prompts[0]) == "Pick 1, 2 or 3, like this: {number}."
 
 
 def test_different_weights_make_different_tasks(tmp_path):

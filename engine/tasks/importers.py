@@ -54,7 +54,9 @@ def load_prompt_set(path: str | Path) -> list[Task]:
         if name in clashing:
             name = _slug(members[0][0].stem)
         source = str(members[0][0] if len(members) == 1 else path)
-        prompts = tuple(Prompt(_prompt_id(file, path), entry["request"],
+        # the request is literal text: its braces ("like this: {number}") are no placeholders
+        prompts = tuple(Prompt(_prompt_id(file, path),
+                               entry["request"].replace("{", "{{").replace("}", "}}"),
                                response_prefix=entry["response"]) for file, entry in members)
         tasks.append(Task(name, f"{len(prompts)} prompt(s) from {path.name}",
                           tuple(Answer(t, (t,)) for t in targets), prompts, source=source,
