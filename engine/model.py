@@ -248,6 +248,58 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((turned * cos + rotate_half(turned) * sin, kept), dim=-1)
 
 
+class KVCache:
+    """Keys, values and their positions of every layer, for decoding a batch of sequences one
+    token at a time (engine/sampler.py). Buffers are allocated once for `capacity` positions;
+    `length` of them are filled, the same number in every row."""
+
+    def __init__(self, args: ModelArgs, batch: int, capacity: int, dtype: torch.dtype,
+                 device: torch.device):
+        shape = (batch, args.n_kv_heads, capacity, args.head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
+        self.values = [torch.empty_like(k) for k in self.keys]
+        self.positions = torch.empty(batch, capacity, dtype=torch.long, device=device)
+        self.length = 0
+        self.capacity = capacity
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        """Store the new tokens' k, v [B, Hkv, T, Dh] of `layer` after the cached ones (B = 1
+        fills every row); return the first B rows of every cached k, v and position so far. The
+        last layer advances `length`."""
+        start, (b, _, t, _) = self.length, k.shape
+        if start + t > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity} positions, not {start + t}")
+        # a one-row prefill fills every row: the rows decode the same prompt
+        self.keys[layer][:, :, start:start + t] = k
+        self.values[layer][:, :, start:start + t] = v
+        self.positions[:, start:start + t] = positions
+        stop = start + t
+        if layer == len(self.keys) - 1:
+            self.length = stop
+        return (self.keys[layer][:b, :, :stop], self.values[layer][:b, :, :stop],
+                self.positions[:b, :stop])
+
+
+def cached_attention(q, k, v, q_positions, k_positions, scale: float, window: int | None,
+                     softcap: float | None) -> torch.Tensor:
+    """Attention of new queries q [B, Hq, T, Dh] over cached keys [B, Hkv, L, Dh] (grouped
+    query heads by reshape), visible by position: key position <= query position, and within
+    the window. Float32 softmax, scores capped as in kernels/tree_attention.py."""
+    b, hq, t, dh = q.shape
+    hkv = k.shape[1]
+    qg = q.float().reshape(b, hkv, hq // hkv, t, dh)
+    scores = (qg @ k.float()[:, :, None].transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    diff = q_positions[:, :, None] - k_positions[:, None, :]  # [B, T, L]
+    visible = diff >= 0
+    if window is not None:
+        visible &= diff < window
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ v.float()[:, :, None]
+    return out.reshape(b, hq, t, dh).to(q.dtype)
+
+
 ACTIVATIONS = {  # transformers' hidden_act names, as its ACT2FN computes them
     "silu": F.silu,
     "gelu": F.gelu,
@@ -259,6 +311,7 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer: int = 0):
         super().__init__()
         self.args = args
+        self.layer = layer
         self.window = args.layer_window(layer)
         self.rope_kind = args.rope_kind(layer)
         family = args.family
@@ -290,7 +343,7 @@ class Attention(nn.Module):
             q, k, v = (t.reshape(B, T, -1) for t in per_head.chunk(3, dim=-1))
         return q, k, v
 
-    def forward(self, x, ropes, positions, span_end):
+    def forward(self, x, ropes, positions, span_end, cache: KVCache | None = None):
         B, T, _ = x.shape
         qk_norm = self.args.family.qk_norm
         q, k, v = self.project(x)
@@ -310,6 +363,11 @@ class Attention(nn.Module):
         q = rotate(q, cos, sin).to(x.dtype)
         k = rotate(k, cos, sin).to(x.dtype)
         scale, softcap = self.args.attention_scale, self.args.attn_softcap
+        if cache is not None:
+            keys, values, key_positions = cache.extend(self.layer, k, v, positions)
+            out = cached_attention(q, keys, values, positions, key_positions, scale, self.window,
+                                   softcap)
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
         if span_end is None and softcap is not None:  # torch's fused attention has no cap
             span_end = torch.full((B, T), T, dtype=torch.int32, device=x.device)
         if span_end is None and self.window is None:
@@ -479,11 +537,12 @@ class DecoderLayer(nn.Module):
         if self.residual == "sandwich":
             self.pre_feedforward_layernorm = make_norm(args)
 
-    def forward(self, x, ropes, positions, span_end):
+    def forward(self, x, ropes, positions, span_end, cache: KVCache | None = None):
         if self.residual == "post":
-            x = x + self.post_attention_layernorm(self.self_attn(x, ropes, positions, span_end))
+            x = x + self.post_attention_layernorm(self.self_attn(x, ropes, positions, span_end,
+                                                                 cache))
             return x + self.post_feedforward_layernorm(self.mlp(x))
-        attended = self.self_attn(self.input_layernorm(x), ropes, positions, span_end)
+        attended = self.self_attn(self.input_layernorm(x), ropes, positions, span_end, cache)
         if self.residual == "sandwich":
             x = x + self.post_attention_layernorm(attended)
             return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
@@ -551,12 +610,14 @@ class Transformer(nn.Module):
         input_ids: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         span_end: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states [B, T, dim] for the attention pattern given by span_end.
 
         span_end None means plain causal attention (positions 0..T-1 unless given; used for
         training): it runs torch's fused attention instead of the tree kernel, with an explicit
-        mask on sliding-window layers."""
+        mask on sliding-window layers. With a `cache`, the tokens attend to the cached ones and
+        to each other by position (decoding; span_end is ignored) and are added to it."""
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1],
                                         device=input_ids.device).expand_as(input_ids)
@@ -565,8 +626,13 @@ class Transformer(nn.Module):
             x = x * torch.tensor(self.args.dim**0.5).to(x.dtype)
         ropes = {kind: self.rope_tables(position_ids, x.dtype, kind) for kind in self.args.ropes()}
         for layer in self.model.layers:
-            x = layer(x, ropes, position_ids, span_end)
+            x = layer(x, ropes, position_ids, span_end, cache)
         return self.model.norm(x)
+
+    def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [N, vocab] of final-norm states [N, dim], soft-capped (sampling needs
+        the whole distribution; scoring never builds it)."""
+        return soft_cap((hidden @ self.output_weight.T).float(), self.args.final_softcap)
 
     def answer_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, boundary: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:

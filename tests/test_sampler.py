@@ -1,0 +1,179 @@
+"""The sampler: KV-cache decoding against the full forward for every family, seeded streams that
+never depend on batching, and sampled frequencies against exact probabilities.
+
+Agreement (the check researchers want between sampled and exact numbers): 20,000 replies to a
+prompt of a closed task with end = "turn" are drawn from a tiny model whose replies are short,
+and each answer's sampled count is compared with its exact probability, scored with
+`tokenizations="all"` (a sampled reply may spell its text with any tokenization: "ed" is one
+token or two). The test per answer is the two-sided binomial z-test (normal approximation,
+every expected count >= 40 here); the null is that the sampler draws from the model's
+distribution, and the family-wise level is 1e-3 (Bonferroni over the answers). Its power is
+checked on a sampler that draws at temperature 1.3 instead of 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import engine
+from engine import score_checkpoint
+from engine.model import KVCache
+from engine.sampler import CHUNK, ReplySampler, SamplingSettings, draw
+from engine.scorer import PromptEncoder
+from engine.tasks import Answer, Prompt, Task
+from tests import tiny
+from tests.test_end_rules import FAMILIES, FAMILY_KWARGS
+
+WINDOW = 6  # shorter than the decoded sequences: the cache path must apply it
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_decoding_equals_the_full_forward(family, tmp_path):
+    """Prefill 9 tokens, then decode 7 one at a time: every step's logits equal the full
+    forward's at that position (float32 rounding), sliding windows and soft-caps included."""
+    extra = dict(FAMILY_KWARGS.get(family, {}))
+    if family in ("mistral", "phi3", "gemma2", "gemma3", "olmo3"):
+        extra["sliding_window"] = WINDOW
+    if family in ("gemma2",):
+        extra.update(attn_logit_softcapping=2.0, final_logit_softcapping=3.0)
+    tiny.make_checkpoint(tmp_path, arch=family, init=0.1, **extra)
+    ck = engine.load(tmp_path)
+    ids = torch.randint(0, ck.args.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    full = ck.model(ids)
+    cache = KVCache(ck.args, 2, 16, ck.dtype, ck.device)
+    hidden = ck.model.hidden_states(ids[:, :9], torch.arange(9).expand(2, 9), cache=cache)
+    steps = [ck.model.next_token_logits(hidden[:, -1])]
+    for t in range(9, 16):
+        hidden = ck.model.hidden_states(ids[:, t:t + 1], torch.full((2, 1), t), cache=cache)
+        steps.append(ck.model.next_token_logits(hidden[:, -1]))
+    got = torch.stack(steps, dim=1)
+    torch.testing.assert_close(got, full[:, 8:], rtol=1e-5, atol=1e-5)
+
+
+def test_draw_inverts_the_cdf_and_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    picks = [int(draw(logits, np.array([u]), SamplingSettings())) for u in (0.05, 0.2, 0.69,
+                                                                           0.71, 0.999)]
+    assert picks == [0, 1, 1, 2, 2]
+    nucleus = SamplingSettings(top_p=0.8)  # tokens 1 (0.6) and 2 (0.3): renormalised 2/3, 1/3
+    assert [int(draw(logits, np.array([u]), nucleus)) for u in (0.6, 0.7)] == [1, 2]
+    cold = SamplingSettings(temperature=1e-3)
+    assert int(draw(logits, np.array([0.99]), cold)) == 1
+
+
+# ---------------------------------------------------------------- a model with short replies
+
+# "ed" is a token of the tiny vocabulary, and so are "e" and "d": the reply "ed" has two
+# tokenizations, both likely.
+CHOSEN = {"<|im_end|>": 8.0, "7": 7.0, "1": 6.5, "e": 6.5, "d": 6.5, "ed": 6.5}
+ANSWERS = ["7", "1", "e", "d", "ed", "77", "17", "71", "7e", "e7", "d7"]
+
+
+def short_reply_checkpoint(directory):
+    """A tiny Llama whose next token is mostly one of CHOSEN: the residual stream carries a
+    large constant in dimension 0 and the LM head reads the chosen tokens' logits off it; the
+    layers (init 0.1) still make the distribution depend on the context."""
+    tiny.make_checkpoint(directory, template=tiny.CHATML_TEMPLATE, init=0.1)
+    path = directory / "model.safetensors"
+    state = load_file(path)
+    tok = engine.load(directory).tokenizer
+    state["model.embed_tokens.weight"][:, 0] = 8.0
+    state["model.norm.weight"][0] = 1.0
+    head = state["lm_head.weight"]
+    head[:, 0] = 0.0
+    for text, logit in CHOSEN.items():
+        token = tok.token_to_id(text)
+        assert token is not None, text
+        head[token, 0] = logit / 8.0
+    save_file(state, path, metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="module")
+def short_replies(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("short")
+    short_reply_checkpoint(directory)
+    task = Task("pick", "", tuple(Answer(a, (a,)) for a in ANSWERS),
+                (Prompt("plain", "Pick a number or a color."),
+                 Prompt("terse", "Number? Color?")), end="turn")
+    return directory, task
+
+
+def test_streams_never_depend_on_batching(short_replies):
+    directory, task = short_replies
+    ck = engine.load(directory)
+    sampler = ReplySampler(ck, PromptEncoder(ck, "chat"), SamplingSettings(max_new_tokens=6))
+    few = sampler.sample(task, task.prompts[0], 5, start=CHUNK - 2)  # across a chunk boundary
+    many = sampler.sample(task, task.prompts[0], 3 * CHUNK)
+    other_first = ReplySampler(ck, PromptEncoder(ck, "chat"), SamplingSettings(max_new_tokens=6))
+    other_first.sample(task, task.prompts[1], 7)
+    again = other_first.sample(task, task.prompts[0], 5, start=CHUNK - 2)
+    assert [r.index for r in few] == list(range(CHUNK - 2, CHUNK + 3))
+    assert few == many[CHUNK - 2:CHUNK + 3] == again
+    reseeded = ReplySampler(ck, PromptEncoder(ck, "chat"),
+                            SamplingSettings(max_new_tokens=6, seed=1)).sample(
+        task, task.prompts[0], 3 * CHUNK)
+    assert [r.token_ids for r in reseeded] != [r.token_ids for r in many]
+
+
+def test_unfinished_replies_are_reported(short_replies):
+    directory, task = short_replies
+    ck = engine.load(directory)
+    replies = ReplySampler(ck, PromptEncoder(ck, "chat"),
+                           SamplingSettings(max_new_tokens=1)).sample(task, task.prompts[0], 200)
+    statuses = {r.status for r in replies}
+    assert statuses <= {"finished", "unfinished", "other_end"} and "unfinished" in statuses
+    assert all(len(r.token_ids) == 1 for r in replies)
+    assert all(r.text == "" for r in replies if r.status == "finished")
+
+
+SAMPLES = 20_000
+LEVEL = 1e-3
+
+
+def answer_counts(sampler, task, prompt) -> dict[str, int]:
+    replies = sampler.sample(task, prompt, SAMPLES)
+    return {a: sum(r.status == "finished" and r.text == a for r in replies) for a in ANSWERS}
+
+
+def max_z(counts: dict[str, int], exact: list[dict]) -> float:
+    """The largest |z| of the answers' binomial z-tests (every expected count >= 40)."""
+    worst = 0.0
+    for row in exact:
+        p = math.exp(row["logprob"])
+        assert SAMPLES * p >= 40, (row["answer"], p)  # the normal approximation holds
+        worst = max(worst, abs(counts[row["answer"]] - SAMPLES * p)
+                    / math.sqrt(SAMPLES * p * (1 - p)))
+    return worst
+
+
+def test_sampled_frequencies_match_exact_probabilities(short_replies):
+    """20,000 replies at temperature 1 pass; 20,000 at temperature 1.3 (a sampler drawing
+    from the wrong distribution) fail, far beyond the critical value: the test has power."""
+    directory, task = short_replies
+    ck = engine.load(directory)
+    prompt = task.prompts[0]
+    exact = [r for r in score_checkpoint(ck, tasks=[task], mode="chat", tokenizations="all",
+                                         progress=False).variant_tables["pick"].to_pylist()
+             if r["prompt_id"] == prompt.id]
+    z_crit = normal_quantile(1 - LEVEL / (2 * len(ANSWERS)))
+    encoder = PromptEncoder(ck, "chat")
+    right = max_z(answer_counts(ReplySampler(ck, encoder, SamplingSettings(max_new_tokens=8)),
+                                task, prompt), exact)
+    hot = SamplingSettings(max_new_tokens=8, temperature=1.3)
+    wrong = max_z(answer_counts(ReplySampler(ck, encoder, hot), task, prompt), exact)
+    print(f"max |z| {right:.2f} at temperature 1, {wrong:.1f} at 1.3 (critical {z_crit:.2f})")
+    assert right < z_crit < 3 * z_crit < wrong
+
+
+def normal_quantile(q: float) -> float:
+    """The standard normal quantile, by bisection on erf (no scipy needed)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q else (lo, mid)
+    return (lo + hi) / 2
