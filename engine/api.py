@@ -37,6 +37,7 @@ from engine.results import (
     ResultsStore,
     add_token_totals,
     check_writable,
+    discovery_table,
     main_table,
     notice,
     prompts_digest,
@@ -63,6 +64,8 @@ class ScoreResult:
     tables: dict[str, pa.Table] = field(default_factory=dict)
     variant_tables: dict[str, pa.Table] = field(default_factory=dict)
     directory: Path | None = None
+    # open tasks: one row per (prompt, answer, sampled surface form) with its count
+    discovery_tables: dict[str, pa.Table] = field(default_factory=dict)
 
     def to_arrow(self, variants: bool = False) -> pa.Table:
         """All tasks in one table (task order as scored)."""
@@ -96,7 +99,11 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                      template_date: str = RunSpec.template_date,
                      template_timeout: float = RunSpec.template_timeout,
                      template_max_chars: int = RunSpec.template_max_chars,
-                     end: str | None = RunSpec.end) -> ScoreResult:
+                     end: str | None = RunSpec.end, discover: int | None = RunSpec.discover,
+                     temperature: float = RunSpec.temperature,
+                     top_p: float | None = RunSpec.top_p,
+                     max_new_tokens: int = RunSpec.max_new_tokens,
+                     seed: int = RunSpec.seed) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
     checkpoint: a local Hugging Face directory, or a `Checkpoint` from `engine.load` (then
@@ -121,6 +128,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
     template_timeout, template_max_chars: bounds on rendering one prompt (seconds, characters).
     end: what follows every answer ("boundary", "turn", "line"), overriding each task's own
         end rule (None: each task's, docs/tasks.md).
+    discover: for open tasks, the replies sampled per prompt to find the answers (then scored
+        exactly); temperature, top_p, max_new_tokens and seed: how they are drawn.
     A setting with a value it cannot take raises `engine.spec.SettingError` naming it.
     """
     spec = RunSpec(tasks=tasks, mode=mode, dtype=dtype or RunSpec.dtype,
@@ -130,7 +139,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                    max_tokenizations=max_tokenizations, tp=tp, dist_timeout=dist_timeout,
                    overwrite=overwrite, progress=progress, template_date=template_date,
                    template_timeout=template_timeout, template_max_chars=template_max_chars,
-                   end=end)
+                   end=end, discover=discover, temperature=temperature, top_p=top_p,
+                   max_new_tokens=max_new_tokens, seed=seed)
     return run_spec(checkpoint, spec)
 
 
@@ -167,10 +177,30 @@ class Scoring:
         self.key = self.resolved.key(ck.fingerprint)
         self.encoder = PromptEncoder(ck, self.resolved.mode, self.resolved.chat, spec.tokenizations,
                                      spec.max_tokenizations)
-        self.sequences = {task.name: task_sequences(self.encoder, task) for task in spec.tasks}
+        self.discoveries = self.discover_answers()
+        self.tasks = tuple(self.discoveries[t.name].task if t.name in self.discoveries else t
+                           for t in spec.tasks)
+        self.sequences = {task.name: task_sequences(self.encoder, task) for task in self.tasks}
         self.prompts = {name: prompts_digest(s.prompt_text for s in sequences)
                         for name, sequences in self.sequences.items()}
         self.load_seconds = time.perf_counter() - started
+
+    def discover_answers(self) -> dict:
+        """Every open task's answers, found by sampling before anything is scored."""
+        from engine.discovery import discover
+
+        open_tasks = [t for t in self.spec.tasks if t.open_answers]
+        if not open_tasks:
+            return {}
+        from tqdm import tqdm
+
+        found = {}
+        with tqdm(total=sum(len(t.prompts) for t in open_tasks), unit="prompt", file=sys.stderr,
+                  desc="discovering", disable=_quiet(self.spec.progress)) as bar:
+            for task in open_tasks:
+                found[task.name] = discover(self.ck, self.encoder, task, self.spec.discover,
+                                            self.spec.sampling(), bar)
+        return found
 
     def store(self):
         """Where this run's results go: out/label, or memory when out is None."""
@@ -180,7 +210,7 @@ class Scoring:
 
     def into(self, store) -> ScoreResult:
         """Score every task the store lacks, one after the other, writing each when it is done."""
-        tasks = self.spec.tasks
+        tasks = self.tasks
         with store.session():
             todo = store.plan(tasks, self.spec.overwrite, self.prompts)
             with self.progress_bar(todo) as bar:
@@ -193,9 +223,11 @@ class Scoring:
         from engine.scorer import score_task
 
         try:
-            return score_task(self.ck, self.encoder, task, self.sequences[task.name],
-                              self.encoder.end_mask(task), self.spec.batch_tokens, progress=bar,
-                              pack=self.resolved.packs)
+            scores = score_task(self.ck, self.encoder, task, self.sequences[task.name],
+                                self.encoder.end_mask(task), self.spec.batch_tokens,
+                                progress=bar, pack=self.resolved.packs)
+            scores.discovery = self.discoveries.get(task.name)
+            return scores
         except KernelUnsupportedError as e:  # e.g. head_dim > 256 on the GPU
             raise DeviceError(str(e)) from None
 
@@ -244,6 +276,8 @@ class MemoryStore:
         name, result = scores.task.name, self.result
         result.tables[name] = main_table(scores, result.label)
         result.variant_tables[name] = variant_table(scores, result.label)
+        if scores.discovery is not None:
+            result.discovery_tables[name] = discovery_table(scores)
         result.manifest["tasks"][name] = task_info(scores)
 
     def finish(self, fields: dict, tasks) -> ScoreResult:
@@ -290,7 +324,9 @@ class LabelStore:
         return ScoreResult(self.label, store.manifest,
                            {t.name: store.read_task(t.name) for t in tasks},
                            {t.name: store.read_task(t.name, variants=True) for t in tasks},
-                           self.directory)
+                           self.directory,
+                           {t.name: store.read_discovery(t.name) for t in tasks
+                            if t.open_answers})
 
 
 def finished(checkpoint, spec: RunSpec) -> bool:

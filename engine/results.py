@@ -110,7 +110,8 @@ def task_hash(task: Task) -> str:
     fields.pop("target", None)  # read by the analysis only: the scores do not depend on it
     # Settings added later are left out at their defaults, so that results scored before they
     # existed keep their hash.
-    for name, default in (("end", "boundary"), ("response_prefix", "")):
+    for name, default in (("end", "boundary"), ("response_prefix", ""), ("open_answers", False),
+                          ("normalize", ())):
         if fields.get(name) == default:
             fields.pop(name)
     for prompt in fields["prompts"]:
@@ -204,6 +205,18 @@ def _tokenizations(s, v: int) -> int:
     return sum(s.path_open[k] for k in paths) or len(paths)
 
 
+DISCOVERY_SCHEMA = pa.schema([(Col.prompt_id, pa.string()), (Col.answer, pa.string()),
+                              (Col.continuation, pa.string()), ("count", pa.int64())])
+
+
+def discovery_table(scores: TaskScores) -> pa.Table | None:
+    """An open task's discovery: one row per (prompt, answer, sampled surface form) with how
+    many of that prompt's samples gave it; None for a closed task."""
+    if scores.discovery is None:
+        return None
+    return pa.Table.from_pylist(scores.discovery.rows, schema=DISCOVERY_SCHEMA)
+
+
 def check_finite(table: pa.Table, where: str) -> None:
     """Results with NaN or infinite numbers are never written."""
     for name in (Col.logprob, Col.prob, Col.coverage, Col.noncanonical_share):
@@ -221,7 +234,8 @@ def task_info(scores: TaskScores) -> dict:
             "target": None if scores.task.target is None else list(scores.task.target),
             "prompts": len(scores.prompts), "answers": len(scores.task.answers),
             "tokens_needed": scores.tokens_needed, "tokens_processed": scores.tokens_processed,
-            "seconds": round(scores.seconds, 4)}
+            "seconds": round(scores.seconds, 4),
+            **({} if scores.discovery is None else {"discovery": scores.discovery.counts})}
 
 
 def add_token_totals(manifest: dict) -> None:
@@ -415,11 +429,15 @@ class ResultsStore:
         """Why a finished task's files cannot be trusted, or None. (Manifests before 0.2 kept
         no digests: their files are checked for presence, schema and rows only.)"""
         entry = self.entry(name)
-        for file in (entry.get("file"), entry.get("variants_file")):
+        files = [entry.get("file"), entry.get("variants_file")]
+        if "discovery_file" in entry:
+            files.append(entry["discovery_file"])
+        for file in files:
             if not file or not isinstance(file, str):
                 return f"{self.directory}: task {name} has no file in the manifest"
             path = self.directory / file
-            if file not in (f"{name}.parquet", f"variants/{name}.parquet") or path.is_symlink():
+            if (file not in (f"{name}.parquet", f"variants/{name}.parquet",
+                             f"discovery/{name}.parquet") or path.is_symlink()):
                 return f"{path}: not the task's own file in {self.directory}"
             if not path.is_file():
                 return f"{path}: missing"
@@ -431,20 +449,26 @@ class ResultsStore:
 
     def begin(self) -> None:
         """Start a run: the manifest names it, temporaries of killed writers go."""
-        remove_stale_temporaries(self.directory, self.directory / "variants")
+        remove_stale_temporaries(self.directory, self.directory / "variants",
+                                 self.directory / "discovery")
         self.manifest["run"] = self.run
 
     def write_task(self, scores: TaskScores) -> None:
         self.write_tables(scores.task.name, main_table(scores, self.label),
-                          variant_table(scores, self.label), **task_info(scores))
+                          variant_table(scores, self.label), discovery_table(scores),
+                          **task_info(scores))
 
-    def write_tables(self, name: str, main: pa.Table, variants: pa.Table, **info) -> None:
-        """Both tables of a task, then its manifest entry: the old files stay until each new
-        one is complete, and a task counts as finished only once the manifest says so."""
+    def write_tables(self, name: str, main: pa.Table, variants: pa.Table,
+                     found: pa.Table | None = None, **info) -> None:
+        """A task's tables, then its manifest entry: the old files stay until each new one is
+        complete, and a task counts as finished only once the manifest says so."""
         files = {f"{name}.parquet": main, f"variants/{name}.parquet": variants}
+        if found is not None:  # an open task's discovery table
+            files[f"discovery/{name}.parquet"] = found
         digests = {}
         try:
-            (self.directory / "variants").mkdir(parents=True, exist_ok=True)
+            for file in files:
+                (self.directory / file).parent.mkdir(parents=True, exist_ok=True)
             for file, table in files.items():
                 check_finite(table, f"{self.directory / file}")
                 data = parquet_bytes(table)
@@ -456,6 +480,8 @@ class ResultsStore:
         self.manifest["tasks"][name] = {
             "file": f"{name}.parquet", "variants_file": f"variants/{name}.parquet",
             "rows": main.num_rows, "variant_rows": variants.num_rows, "digests": digests,
+            **({} if found is None else {"discovery_file": f"discovery/{name}.parquet",
+                                         "discovery_rows": found.num_rows}),
             "run": self.run, **info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         self.save_manifest()
@@ -473,8 +499,23 @@ class ResultsStore:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def read_discovery(self, name: str) -> pa.Table | None:
+        """An open task's discovery table (None for a closed task), validated like the others."""
+        entry = self._checked_entry(name)
+        if "discovery_file" not in entry:
+            return None
+        return self._read(name, entry["discovery_file"], DISCOVERY_SCHEMA,
+                          entry.get("discovery_rows"))
+
     def read_task(self, name: str, variants: bool = False) -> pa.Table:
         """A task's table, validated against the manifest (digest, schema, row count)."""
+        entry = self._checked_entry(name)
+        file, schema, rows = ((entry["variants_file"], VARIANT_SCHEMA, entry.get("variant_rows"))
+                              if variants else (entry["file"], MAIN_SCHEMA, entry.get("rows")))
+        return self._read(name, file, schema, rows)
+
+    def _checked_entry(self, name: str) -> dict:
+        """A finished task's manifest entry, once its files are known intact."""
         if name not in self.manifest["tasks"]:
             raise OutputError(f"{self.directory}: no finished task {name!r} (finished: "
                               f"{', '.join(self.tasks) or 'none'}); "
@@ -484,8 +525,10 @@ class ResultsStore:
         problem = self.problem(name)
         if problem:
             raise OutputError(f"{problem}; {fix}")
-        file, schema, rows = ((entry["variants_file"], VARIANT_SCHEMA, entry.get("variant_rows"))
-                              if variants else (entry["file"], MAIN_SCHEMA, entry.get("rows")))
+        return entry
+
+    def _read(self, name: str, file: str, schema: pa.Schema, rows: int | None) -> pa.Table:
+        fix = f"rerun python -m engine.score with --label {self.label} (it rescores damaged tasks)"
         try:
             table = pq.read_table(self.directory / file)
         except Exception as e:  # pyarrow raises several types for a bad file

@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args", "spec_of"]
 SETTINGS = ("tasks", "mode", "chat_template", "out", "label", "dtype", "device", "batch_tokens",
             "batch_invariant", "overwrite", "tp", "dist_timeout", "tokenizations",
             "max_tokenizations", "template_date", "template_timeout", "template_max_chars",
-            "end")
+            "end", "discover", "temperature", "top_p", "max_new_tokens", "seed")
 
 
 PROG = "python -m engine.score"
@@ -55,7 +55,9 @@ def parser() -> ArgumentParser:
     p.add_argument("checkpoint", nargs="?", help="local Hugging Face checkpoint directory")
     p.add_argument("--tasks", default=d.tasks,
                    help="all (the 15-task suite) | large (hundreds to 1000 answers each) | "
-                        "name,name | path/to/tasks.toml, or a comma-separated mix "
+                        "open (answers found by sampling: with --discover) | name,name | "
+                        "path/to/tasks.toml | prompts.json or a directory of them (Zhang et "
+                        "al.'s format), or a comma-separated mix "
                         f"(default: {d.tasks})")
     p.add_argument("--mode", default=d.mode, metavar="{" + ",".join(MODES) + "}",
                    help="chat: user message through the chat template; base: plain completion; "
@@ -98,6 +100,20 @@ def parser() -> ArgumentParser:
                    help="what follows every answer, overriding each task's end: boundary (a "
                         "token that ends a word), turn (the whole reply, then the end of the "
                         "turn), line (a newline or the end of the turn); default: each task's own")
+    p.add_argument("--discover", type=int, default=None, metavar="N",
+                   help="open tasks (answers = \"open\"): sample N replies per prompt to find "
+                        "the answers, then score every answer found exactly")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"sampling temperature for --discover (default: {d.temperature:g})")
+    p.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="nucleus sampling for --discover: draw from the smallest set of tokens "
+                        "holding probability P (default: the whole vocabulary)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, metavar="N",
+                   help="a sampled reply longer than N tokens is counted as unfinished "
+                        f"(default: {d.max_new_tokens})")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the sampled replies; reply i of a prompt depends only on the "
+                        f"seed, the task, the prompt and i (default: {d.seed})")
     p.add_argument("--template-date", default=d.template_date, metavar="YYYY-MM-DD",
                    help="the date a chat template's strftime_now renders (Llama 3.x templates put "
                         f"it in the prompt), fixed so that a run is the same any day (default: "

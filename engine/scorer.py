@@ -558,6 +558,7 @@ class TaskScores:
     tokens_needed: int = 0
     tokens_processed: int = 0
     seconds: float = 0.0
+    discovery: object | None = None  # an open task's engine.discovery.Discovery
 
 
 class TrieScores:

@@ -148,6 +148,30 @@ def _optional_end(value) -> str | None:
     return None if value is None else _one_of(END_RULES)(value)
 
 
+def _optional_positive_int(value) -> str | None:
+    return None if value is None else _positive_int(value)
+
+
+def _temperature(value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+        return f"must be a positive number, got {shown(value)}"
+    return None
+
+
+def _top_p(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        return f"must be a number in (0, 1], got {shown(value)}"
+    return None
+
+
+def _seed(value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        return f"must be an integer >= 0, got {shown(value)}"
+    return None
+
+
 def _setting(default, check):
     return field(default=default, metadata={"check": check})
 
@@ -168,6 +192,12 @@ class RunSpec:
     tokenizations: str = _setting("canonical", _one_of(TOKENIZATIONS))
     # What follows an answer, for every task (None: each task's own `end`, docs/tasks.md).
     end: str | None = _setting(None, _optional_end)
+    # Open tasks: replies sampled per prompt to discover the answers, and how they are drawn.
+    discover: int | None = _setting(None, _optional_positive_int)
+    temperature: float = _setting(1.0, _temperature)
+    top_p: float | None = _setting(None, _top_p)
+    max_new_tokens: int = _setting(32, _positive_int)
+    seed: int = _setting(0, _seed)
     max_tokenizations: int = _setting(256, _positive_int)  # per variant, with tokenizations all
     tp: int = _setting(1, _positive_int)  # ranks of a torchrun launch to split the model across
     dist_timeout: float = _setting(1800.0, _positive_seconds)  # seconds at a collective
@@ -194,10 +224,31 @@ class RunSpec:
                 raise SettingError(f.name, problem)
         if self.end is not None:  # every task under this end rule, checked as the task file's
             self._set("tasks", tuple(replace(t, end=self.end) for t in self.tasks))
+        self._check_discovery()
         if self.out is not None:
             self._set("out", Path(self.out))
         if self.chat_template is not None:
             self._set("chat_template", os.fspath(self.chat_template))
+
+    def _check_discovery(self) -> None:
+        """--discover goes with open tasks, and open tasks with --discover."""
+        open_tasks = [t.name for t in self.tasks if t.open_answers]
+        closed = [t.name for t in self.tasks if not t.open_answers]
+        if self.discover is not None and closed:
+            raise SettingError("discover", f"samples the answers of open tasks only, and task "
+                               f"{closed[0]!r} lists its answers; leave it out of the tasks")
+        if self.discover is None and open_tasks:
+            raise SettingError("discover", f"must be given for the open task {open_tasks[0]!r} "
+                               "(its answers are found by sampling): the number of replies to "
+                               "sample per prompt")
+        if self.discover is not None and self.tp > 1:
+            raise SettingError("discover", "does not run with tp > 1; discover on one device")
+
+    def sampling(self):
+        """The sampler's settings (engine.sampler.SamplingSettings)."""
+        from engine.sampler import SamplingSettings
+
+        return SamplingSettings(self.temperature, self.top_p, self.max_new_tokens, self.seed)
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)  # normalising in __post_init__ of a frozen class
@@ -250,6 +301,10 @@ class Resolved:
             key["tp"] = spec.tp
         if spec.end is not None:
             key["end"] = spec.end
+        if spec.discover is not None:
+            key["discovery"] = {"replies": spec.discover, "temperature": spec.temperature,
+                                "top_p": spec.top_p, "max_new_tokens": spec.max_new_tokens,
+                                "seed": spec.seed}
         if self.template_date is not None:
             key["template_date"] = self.template_date
         if chat is not None and chat.special_source != self.own_special_source:

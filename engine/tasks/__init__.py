@@ -19,21 +19,25 @@ from engine.tasks.loader import (
 from engine.tasks.task import (
     DEFAULT_BASE_FORMAT,
     END_RULES,
+    NORMALIZERS,
     Answer,
     Prompt,
     Task,
     check_variants_tokenize,
+    normalize_reply,
 )
 
 __all__ = [
     "DEFAULT_BASE_FORMAT",
     "END_RULES",
+    "NORMALIZERS",
     "Answer",
     "Prompt",
     "TASK_GROUPS",
     "Task",
     "builtin_task_names",
     "check_variants_tokenize",
+    "normalize_reply",
     "format_task_list",
     "load_task_file",
     "load_tasks",

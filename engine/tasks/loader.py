@@ -16,7 +16,7 @@ from engine.tasks.importers import is_prompt_set, load_prompt_set
 from engine.tasks.task import DEFAULT_BASE_FORMAT, Answer, Prompt, Task, _fail
 
 _TASK_KEYS = ("name", "description", "base_format", "assistant_prefix", "answers", "prompts",
-              "target", "end", "response_prefix")
+              "target", "end", "response_prefix", "normalize")
 _ANSWER_KEYS = ("answer", "variants")
 _PROMPT_KEYS = ("id", "text", "response_prefix")
 # The package whose directory holds the built-in task files, and that directory as named in
@@ -26,7 +26,7 @@ _BUILTIN_DIR = "engine/tasks"
 # Built-in task groups: group name -> the subdirectory of engine/tasks holding its files. "all"
 # is the default suite (what the demo trains on and `--tasks` defaults to); the large answer
 # spaces are opt-in, since scoring them costs a hundred times more.
-TASK_GROUPS = {"all": "", "large": "large"}
+TASK_GROUPS = {"all": "", "large": "large", "open": "open"}
 
 
 def _toml_type(value: object) -> str:
@@ -74,6 +74,15 @@ def _parse_task(table: dict, source: str, index: int | None) -> Task:
     for key in ("answers", "prompts"):
         if key not in table:
             raise fail(None, f"missing field {key!r}; add it (see docs/tasks.md)")
+    if table["answers"] == "open":
+        return Task(
+            name=name, description=_string(table, "description", "", fail, None), answers=(),
+            prompts=_parse_prompts(table["prompts"], fail),
+            base_format=_string(table, "base_format", DEFAULT_BASE_FORMAT, fail, None),
+            assistant_prefix=_string(table, "assistant_prefix", "", fail, None), source=source,
+            end=_string(table, "end", "turn", fail, None),
+            response_prefix=_string(table, "response_prefix", "", fail, None),
+            open_answers=True, normalize=_parse_normalize(table.get("normalize"), fail))
     answers = _parse_answers(table["answers"], fail)
     return Task(
         name=name,
@@ -87,6 +96,19 @@ def _parse_task(table: dict, source: str, index: int | None) -> Task:
         end=_string(table, "end", "boundary", fail, None),
         response_prefix=_string(table, "response_prefix", "", fail, None),
     )
+
+
+def _parse_normalize(value: object, fail: Callable[..., TaskError]):
+    """normalize = ["strip", ...] (steps) or "regex" (its one group is the answer); by default
+    strip only."""
+    if value is None:
+        return ("strip",)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise fail("normalize", "must be a list of steps or a regular expression string, got "
+                            f"{_toml_type(value)}")
 
 
 def _parse_target(value: object, answers, fail: Callable[..., TaskError]):
@@ -232,6 +254,8 @@ def _builtin_files() -> dict[str, tuple[str, str]]:
     for group, subdir in TASK_GROUPS.items():
         root = resources.files(_PACKAGE)
         folder = root.joinpath(subdir) if subdir else root
+        if not folder.is_dir():
+            continue
         for f in folder.iterdir():
             if f.name.endswith(".toml"):
                 files[f.name[:-5]] = (group, f"{subdir}/{f.name}" if subdir else f.name)

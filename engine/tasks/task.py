@@ -19,6 +19,8 @@ DEFAULT_BASE_FORMAT = "{prompt}\nAnswer:"
 # What follows an answer (docs/tasks.md, "End rules"): a boundary token; the end of the turn
 # (the whole reply is the answer); a newline-starting token or the end of the turn.
 END_RULES = ("boundary", "turn", "line")
+# The steps an open task's `normalize` list may name, applied in order to a sampled reply.
+NORMALIZERS = ("strip", "casefold", "strip_punctuation")
 
 _PROMPT_PLACEHOLDERS = ("options", "n")
 _BASE_PLACEHOLDERS = ("prompt",)
@@ -65,6 +67,12 @@ class Task:
     end: str = "boundary"  # one of END_RULES
     # The reply starts with this text and the answer follows it (in both modes).
     response_prefix: str = ""
+    # An open task (answers = "open" in its file) has no answer list: its answers are
+    # discovered by sampling (engine/discovery.py), which fills `answers` with each normalised
+    # reply and its sampled surface forms as variants. `normalize`: the steps (NORMALIZERS)
+    # that map a reply to its answer, or a regular expression whose one group is the answer.
+    open_answers: bool = False
+    normalize: tuple[str, ...] | str = ()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -119,15 +127,19 @@ def _validate(task: Task) -> None:
     if not isinstance(task.name, str) or not _SLUG.match(task.name):
         raise _fail(task.source, None, f"task name {task.name!r}",
                     "must be letters, digits, '_' or '-', starting with a letter or digit")
-    if not task.answers:
+    if task.open_answers:
+        _check_open(task, fail)
+    elif not task.answers:
         raise fail("answers", "the answer set is empty; list at least one answer")
+    elif task.normalize:
+        raise fail("normalize", 'only an open task (answers = "open") normalizes replies')
     if not task.prompts:
         raise fail("prompts", "no prompts; add at least one [[prompts]] table")
     if task.end not in END_RULES:
         raise fail(f"end {task.end!r}", f"must be one of {', '.join(END_RULES)}")
     if not isinstance(task.response_prefix, str):
         raise fail("response_prefix", "must be a string")
-    _check_answers(task.answers, fail)
+    _check_answers(task.answers, fail, first_is_name=not task.open_answers)
     _check_variants([(a.name, v) for a in task.answers for v in a.variants], fail, task.end)
     _check_prompts(task.prompts, fail)
     _check_base_format(task.base_format, fail)
@@ -145,8 +157,62 @@ def _check_target(target, k: int, fail: Callable[..., TaskError]) -> None:
         raise fail("target", f"sums to {sum(target)!r}, not 1")
 
 
-def _check_answers(answers: tuple[Answer, ...], fail: Callable[..., TaskError]) -> None:
-    """Answer names are unique, and each answer's first variant is the answer itself."""
+def _check_open(task: Task, fail: Callable[..., TaskError]) -> None:
+    """An open task can end (turn or line: a boundary token ends nearly every reply at its
+    first word) and has a normaliser that can give an answer."""
+    if task.end == "boundary":
+        raise fail("end", 'an open task needs end = "turn" or "line": its replies must end '
+                          "where the reply does")
+    if isinstance(task.normalize, str):
+        try:
+            groups = re.compile(task.normalize).groups
+        except re.error as e:
+            raise fail(f"normalize {task.normalize!r}", f"not a regular expression ({e})") from None
+        if groups != 1:
+            raise fail(f"normalize {task.normalize!r}", f"has {groups} groups; give exactly one, "
+                                                        "the answer (e.g. '\\{(.+?)\\}')")
+        return
+    if not isinstance(task.normalize, tuple) or not all(isinstance(s, str) for s in
+                                                            task.normalize):
+        raise fail("normalize", "must be a list of steps or a regular expression")
+    unknown = [s for s in task.normalize if s not in NORMALIZERS]
+    if unknown:
+        raise fail("normalize", f"unknown step {unknown[0]!r}; the steps are "
+                                f"{', '.join(NORMALIZERS)}")
+
+
+def normalize_reply(task: Task, text: str) -> str:
+    """The answer a reply gives under the task's normaliser ("" when it gives none: a regular
+    expression that does not match, or nothing left). Whitespace at the ends never counts."""
+    if isinstance(task.normalize, str):
+        found = re.search(task.normalize, text)
+        return "" if found is None else found.group(1).strip()
+    for step in task.normalize:
+        if step == "strip":
+            text = text.strip()
+        elif step == "casefold":
+            text = text.casefold()
+        else:  # strip_punctuation: at both ends, any Unicode punctuation or symbol
+            text = _strip_punctuation(text)
+    return text.strip()
+
+
+def _strip_punctuation(text: str) -> str:
+    def is_mark(c):
+        return unicodedata.category(c)[0] in "PS"
+
+    start, stop = 0, len(text)
+    while start < stop and (is_mark(text[start]) or text[start].isspace()):
+        start += 1
+    while stop > start and (is_mark(text[stop - 1]) or text[stop - 1].isspace()):
+        stop -= 1
+    return text[start:stop]
+
+
+def _check_answers(answers: tuple[Answer, ...], fail: Callable[..., TaskError],
+                   first_is_name: bool = True) -> None:
+    """Answer names are unique, and (but for discovered answers, named by their normalised
+    form) each answer's first variant is the answer itself."""
     seen: set[str] = set()
     for a in answers:
         if a.name in seen:
@@ -154,7 +220,7 @@ def _check_answers(answers: tuple[Answer, ...], fail: Callable[..., TaskError]) 
         seen.add(a.name)
         if not a.variants:
             raise fail(f"answer {a.name!r}", "variants is empty; omit it to use the answer alone")
-        if a.variants[0] != a.name:
+        if first_is_name and a.variants[0] != a.name:
             raise fail(f"answer {a.name!r}",
                        f"first variant is {a.variants[0]!r}; the first variant must be the "
                        "answer itself")

@@ -1,0 +1,135 @@
+"""Open tasks: answers discovered by sampling, then scored exactly (`--discover N`).
+
+The checkpoint is the sampler tests' tiny model with short replies ("7", "ed", "17", ...), so a
+few hundred samples find a handful of answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+
+from engine import score, score_checkpoint
+from engine.errors import TaskError
+from engine.tasks import Answer, Prompt, Task, load_task_file, normalize_reply
+from tests.test_sampler import short_reply_checkpoint
+
+OPEN_TASK = """
+name = "pick"
+answers = "open"
+end = "turn"
+normalize = NORMALIZE
+[[prompts]]
+id = "plain"
+text = "Pick a number or a word."
+[[prompts]]
+id = "terse"
+text = "Number? Word?"
+"""
+
+
+def task_file(directory, normalize='["strip", "casefold"]', name="open.toml", **replace):
+    text = OPEN_TASK.replace("NORMALIZE", normalize)
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("open")
+    short_reply_checkpoint(directory)
+    return directory
+
+
+def test_discovered_answers_are_scored_exactly(ckpt, tmp_path):
+    out = tmp_path / "out"
+    args = [str(ckpt), "--tasks", str(task_file(tmp_path)), "--discover", "300",
+            "--max-new-tokens", "8", "--out", str(out), "--label", "l"]
+    assert score.main(args) == 0
+    manifest = json.loads((out / "l" / "manifest.json").read_text())
+    counts = manifest["tasks"]["pick"]["discovery"]
+    assert counts["samples"] == 600
+    assert counts["samples"] == counts["finished"] + counts["unfinished"] + counts["other_end"]
+    assert manifest["run"]["discovery"]["replies"] == 300
+    found = pq.read_table(out / "l" / "discovery" / "pick.parquet").to_pylist()
+    main = pq.read_table(out / "l" / "pick.parquet").to_pylist()
+    variants = pq.read_table(out / "l" / "variants" / "pick.parquet").to_pylist()
+    answers = {r["answer"] for r in found}
+    assert {r["answer"] for r in main} == answers and "7" in answers
+    for prompt in ("plain", "terse"):
+        rows = [r for r in main if r["prompt_id"] == prompt]
+        assert len(rows) == len(answers)  # every answer scored at every prompt
+        coverage = sum(math.exp(r["logprob"]) for r in rows)
+        assert all(r["coverage"] == pytest.approx(coverage, rel=1e-12) for r in rows)
+        assert 0 < coverage < 1
+        sampled = sum(r["count"] for r in found if r["prompt_id"] == prompt)
+        assert sampled <= 300
+    forms = {(r["answer"], r["continuation"]) for r in variants}
+    assert {(r["answer"], r["continuation"]) for r in found} <= forms
+    # the same seed finds the same answers: the rerun resumes instead of rescoring
+    assert score.main(args) == 0
+    again = json.loads((out / "l" / "manifest.json").read_text())
+    assert again["timings"]["skipped_tasks"] == 1
+
+
+def test_discovery_is_seeded_and_the_api_returns_its_table(ckpt, tmp_path):
+    path = task_file(tmp_path)
+    runs = [score_checkpoint(ckpt, tasks=str(path), discover=100, max_new_tokens=8,
+                             progress=False, seed=seed) for seed in (0, 0, 1)]
+    tables = [r.discovery_tables["pick"].to_pylist() for r in runs]
+    assert tables[0] == tables[1] and tables[0] != tables[2]
+
+
+def test_normalizers():
+    t = Task("t", "", (), (Prompt("p", "x"),), end="turn", open_answers=True,
+             normalize=("strip", "casefold", "strip_punctuation"))
+    assert normalize_reply(t, "  «Cat!»  ") == "cat"
+    regex = Task("t", "", (), (Prompt("p", "x"),), end="turn", open_answers=True,
+                 normalize=r"\{(.+?)\}")
+    assert normalize_reply(regex, "I pick {7} now") == "7" and normalize_reply(regex, "7") == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "coin", "--discover", "10"], "--discover samples the answers of open tasks "
+                                              "only, and task 'coin' lists its answers"),
+    (["--tasks", "OPEN"], "--discover must be given for the open task 'pick'"),
+    (["--tasks", "OPEN", "--discover", "0"], "--discover must be a positive integer"),
+    (["--tasks", "OPEN", "--discover", "5", "--top-p", "1.5"], "--top-p must be a number in"),
+    (["--tasks", "OPEN", "--discover", "5", "--temperature", "0"], "--temperature must be a "
+                                                                   "positive number"),
+    (["--tasks", "NEVER", "--discover", "20", "--max-new-tokens", "8"],
+     "none of its 40 sampled replies gave an answer"),
+    (["--tasks", "OPEN", "--discover", "5", "--end", "boundary"], "an open task needs end"),
+])
+def test_bad_discovery_input_is_one_line_exit_2_nothing_written(ckpt, tmp_path, capsys, args,
+                                                                 message):
+    paths = {"OPEN": str(task_file(tmp_path)),
+             "NEVER": str(task_file(tmp_path, normalize="'<(x+)>'", name="never.toml"))}
+    out = tmp_path / "out"
+    argv = [str(ckpt), *[paths.get(a, a) for a in args], "--out", str(out)]
+    assert score.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(normalize="'(a)(b)'"), "has 2 groups"),
+    (dict(normalize="'(a'"), "not a regular expression"),
+    (dict(normalize='["strip", "lowercase"]'), "unknown step 'lowercase'"),
+    ({'end = "turn"': 'end = "boundary"'}, 'an open task needs end = "turn" or "line"'),
+])
+def test_bad_open_task_files(tmp_path, edit, message):
+    path = task_file(tmp_path, **edit)
+    with pytest.raises(TaskError, match=message):
+        load_task_file(path)
+
+
+def test_a_closed_task_may_not_normalize():
+    with pytest.raises(TaskError, match="only an open task"):
+        Task("t", "", (Answer("a", ("a",)),), (Prompt("p", "x"),), normalize=("strip",))
