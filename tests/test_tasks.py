@@ -169,12 +169,12 @@ LARGE = ["country", "first_name", "rng_1_1000"]
 
 def test_groups_keep_all_unchanged_and_add_large():
     groups = task_groups()
-    assert list(groups) == ["all", "large"]
+    assert list(groups) == ["all", "large", "open"]
     assert groups["all"] == builtin_task_names() and len(groups["all"]) == 15
     assert groups["large"] == builtin_task_names("large") == LARGE
     assert [t.name for t in load_tasks("large")] == LARGE
     assert not set(groups) & {n for names in groups.values() for n in names}
-    with pytest.raises(TaskError, match="unknown task group 'huge'; known groups: all, large"):
+    with pytest.raises(TaskError, match="unknown task group 'huge'; known groups: all, large, open"):
         builtin_task_names("huge")
     mixed = load_tasks("coin,large,all")
     assert [t.name for t in mixed] == ["coin", *LARGE, *[n for n in groups["all"] if n != "coin"]]
