@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 
 import engine
-from engine.errors import DeviceError, EngineError
+from engine.errors import DeviceError, EngineError, OutputError
 from engine.results import (
     MAIN_SCHEMA,
     MANIFEST,
@@ -103,7 +103,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                      temperature: float = RunSpec.temperature,
                      top_p: float | None = RunSpec.top_p,
                      max_new_tokens: int = RunSpec.max_new_tokens,
-                     seed: int = RunSpec.seed) -> ScoreResult:
+                     seed: int = RunSpec.seed,
+                     answers_from: str | list[str] | None = RunSpec.answers_from) -> ScoreResult:
     """Score every answer of every task exactly for one checkpoint.
 
     checkpoint: a local Hugging Face directory, or a `Checkpoint` from `engine.load` (then
@@ -130,6 +131,8 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
         end rule (None: each task's, docs/tasks.md).
     discover: for open tasks, the replies sampled per prompt to find the answers (then scored
         exactly); temperature, top_p, max_new_tokens and seed: how they are drawn.
+        answers_from: labels under `out` whose discovered answers open tasks are also scored on
+        (the union), so that every checkpoint of a ladder is scored on the same answer set.
     A setting with a value it cannot take raises `engine.spec.SettingError` naming it.
     """
     spec = RunSpec(tasks=tasks, mode=mode, dtype=dtype or RunSpec.dtype,
@@ -140,7 +143,7 @@ def score_checkpoint(checkpoint, tasks="all", mode: str = RunSpec.mode, dtype: s
                    overwrite=overwrite, progress=progress, template_date=template_date,
                    template_timeout=template_timeout, template_max_chars=template_max_chars,
                    end=end, discover=discover, temperature=temperature, top_p=top_p,
-                   max_new_tokens=max_new_tokens, seed=seed)
+                   max_new_tokens=max_new_tokens, seed=seed, answers_from=answers_from)
     return run_spec(checkpoint, spec)
 
 
@@ -199,8 +202,30 @@ class Scoring:
                   desc="discovering", disable=_quiet(self.spec.progress)) as bar:
             for task in open_tasks:
                 found[task.name] = discover(self.ck, self.encoder, task, self.spec.discover,
-                                            self.spec.sampling(), bar)
+                                            self.spec.sampling(), bar, self.borrowed(task))
         return found
+
+    def borrowed(self, task) -> dict[str, list[dict]]:
+        """{label: discovery rows} of `task` at the labels of answers_from, each checked to
+        come from the same definition of the task."""
+        from engine.results import task_hash
+
+        rows = {}
+        for label in self.spec.answers_from or ():
+            where = f"--answers-from {label}: {self.spec.out / label}"
+            if not (self.spec.out / label / MANIFEST).is_file():
+                raise OutputError(f"{where} holds no results; score that checkpoint first")
+            store = ResultsStore.read(self.spec.out / label)
+            entry = store.manifest["tasks"].get(task.name)
+            if entry is None or "discovery_file" not in entry:
+                raise OutputError(f"{where} has no discovered answers of task {task.name!r}; "
+                                  "score it there with --discover first")
+            if entry.get("open_task_hash") != task_hash(task):
+                raise OutputError(f"{where} discovered task {task.name!r} from another "
+                                  "definition of it (prompts, end rule or normalize differ); "
+                                  "use the same task file")
+            rows[label] = store.read_discovery(task.name).to_pylist()
+        return rows
 
     def store(self):
         """Where this run's results go: out/label, or memory when out is None."""

@@ -25,17 +25,22 @@ class Discovery:
     """What sampling found for one task."""
 
     task: Task  # with the discovered answers
-    rows: list[dict]  # prompt_id, answer, continuation (the surface form), count
+    rows: list[dict]  # sampled here: prompt_id, answer, continuation (the surface form), count
     counts: dict[str, int]  # samples, finished, unfinished, other_end, no_answer
+    definition: str  # task_hash of the open task, before discovery (what --answers-from checks)
+    answers_from: tuple[str, ...] = ()  # labels whose discovered answers were joined
 
 
-def discover(checkpoint, encoder, task: Task, n: int, settings: SamplingSettings,
-             progress=None) -> Discovery:
-    """Sample `n` replies per prompt of the open `task` and collect its answers."""
+def discover(checkpoint, encoder, task: Task, n: int | None, settings: SamplingSettings,
+             progress=None, borrowed: dict[str, list[dict]] | None = None) -> Discovery:
+    """Sample `n` replies per prompt of the open `task` (None: none) and collect its answers,
+    joined with the discovery rows `borrowed` from other labels ({label: rows})."""
+    from engine.results import task_hash
+
     sampler = ReplySampler(checkpoint, encoder, settings)
     counts = Counter(samples=0, finished=0, unfinished=0, other_end=0, no_answer=0)
     found: dict[tuple[str, str, str], int] = Counter()  # (prompt, answer, surface form)
-    for prompt in task.prompts:
+    for prompt in task.prompts if n else ():
         for reply in sampler.sample(task, prompt, n):
             counts["samples"] += 1
             counts[reply.status] += 1
@@ -47,15 +52,20 @@ def discover(checkpoint, encoder, task: Task, n: int, settings: SamplingSettings
                 found[(prompt.id, answer, surface)] += 1
         if progress is not None:
             progress.update(1)
-    if not found:
+    union = Counter(found)
+    for rows in (borrowed or {}).values():
+        for r in rows:
+            union[(r["prompt_id"], r["answer"], r["continuation"])] += r["count"]
+    if not union:
         raise TaskError(f"{task.source}: task {task.name!r}: none of its {counts['samples']} "
                         f"sampled replies gave an answer ({counts['finished']} finished, "
                         f"{counts['unfinished']} unfinished past --max-new-tokens, "
                         f"{counts['no_answer']} normalised to nothing); check its normalize "
                         "rule, or raise --max-new-tokens or --discover")
-    return Discovery(dataclasses.replace(task, answers=_answers(found)),
+    return Discovery(dataclasses.replace(task, answers=_answers(union)),
                      [{"prompt_id": p, "answer": a, "continuation": s, "count": c}
-                      for (p, a, s), c in sorted(found.items())], dict(counts))
+                      for (p, a, s), c in sorted(found.items())], dict(counts), task_hash(task),
+                     tuple(borrowed or ()))
 
 
 def _answers(found: dict[tuple[str, str, str], int]) -> tuple[Answer, ...]:

@@ -235,7 +235,9 @@ def task_info(scores: TaskScores) -> dict:
             "prompts": len(scores.prompts), "answers": len(scores.task.answers),
             "tokens_needed": scores.tokens_needed, "tokens_processed": scores.tokens_processed,
             "seconds": round(scores.seconds, 4),
-            **({} if scores.discovery is None else {"discovery": scores.discovery.counts})}
+            **({} if scores.discovery is None else {
+                "discovery": scores.discovery.counts, "open_task_hash": scores.discovery.definition,
+                "answers_from": list(scores.discovery.answers_from)})}
 
 
 def add_token_totals(manifest: dict) -> None:

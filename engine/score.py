@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_BATCH_TOKENS", "main", "parse_args", "spec_of"]
 SETTINGS = ("tasks", "mode", "chat_template", "out", "label", "dtype", "device", "batch_tokens",
             "batch_invariant", "overwrite", "tp", "dist_timeout", "tokenizations",
             "max_tokenizations", "template_date", "template_timeout", "template_max_chars",
-            "end", "discover", "temperature", "top_p", "max_new_tokens", "seed")
+            "end", "discover", "temperature", "top_p", "max_new_tokens", "seed", "answers_from")
 
 
 PROG = "python -m engine.score"
@@ -103,6 +103,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--discover", type=int, default=None, metavar="N",
                    help="open tasks (answers = \"open\"): sample N replies per prompt to find "
                         "the answers, then score every answer found exactly")
+    p.add_argument("--answers-from", default=None, metavar="LABEL[,LABEL]",
+                   help="open tasks: also score the answers discovered under these labels of "
+                        "--out (their union), so that a ladder's checkpoints share one answer set")
     p.add_argument("--temperature", type=float, default=d.temperature,
                    help=f"sampling temperature for --discover (default: {d.temperature:g})")
     p.add_argument("--top-p", type=float, default=None, metavar="P",

@@ -172,6 +172,15 @@ def _seed(value) -> str | None:
     return None
 
 
+def _labels(value) -> str | None:
+    if value is None:
+        return None
+    if (not isinstance(value, tuple) or not value
+            or any(label_problem(v) or not isinstance(v, str) for v in value)):
+        return f"must be labels under the results root ('base,sft'), got {shown(value)}"
+    return None
+
+
 def _setting(default, check):
     return field(default=default, metadata={"check": check})
 
@@ -198,6 +207,8 @@ class RunSpec:
     top_p: float | None = _setting(None, _top_p)
     max_new_tokens: int = _setting(32, _positive_int)
     seed: int = _setting(0, _seed)
+    # Labels under `out` whose discovered answers an open task is also scored on (their union).
+    answers_from: tuple[str, ...] | None = _setting(None, _labels)
     max_tokenizations: int = _setting(256, _positive_int)  # per variant, with tokenizations all
     tp: int = _setting(1, _positive_int)  # ranks of a torchrun launch to split the model across
     dist_timeout: float = _setting(1800.0, _positive_seconds)  # seconds at a collective
@@ -212,6 +223,10 @@ class RunSpec:
     template_max_chars: int = _setting(RENDER_MAX_CHARS, _positive_int)
 
     def __post_init__(self):
+        if isinstance(self.answers_from, str):  # "base,sft" as the flag gives it
+            self._set("answers_from", tuple(s.strip() for s in self.answers_from.split(",")))
+        elif isinstance(self.answers_from, list):
+            self._set("answers_from", tuple(self.answers_from))
         if isinstance(self.tasks, (str, os.PathLike)):
             self._set("tasks", tuple(load_tasks(os.fspath(self.tasks))))  # TaskError names it
         elif isinstance(self.tasks, list):
@@ -234,13 +249,17 @@ class RunSpec:
         """--discover goes with open tasks, and open tasks with --discover."""
         open_tasks = [t.name for t in self.tasks if t.open_answers]
         closed = [t.name for t in self.tasks if not t.open_answers]
-        if self.discover is not None and closed:
-            raise SettingError("discover", f"samples the answers of open tasks only, and task "
-                               f"{closed[0]!r} lists its answers; leave it out of the tasks")
-        if self.discover is None and open_tasks:
+        for name in ("discover", "answers_from"):
+            if getattr(self, name) is not None and closed:
+                raise SettingError(name, f"applies to open tasks only, and task {closed[0]!r} "
+                                   "lists its answers; leave it out of the tasks")
+        if self.discover is None and self.answers_from is None and open_tasks:
             raise SettingError("discover", f"must be given for the open task {open_tasks[0]!r} "
                                "(its answers are found by sampling): the number of replies to "
-                               "sample per prompt")
+                               "sample per prompt, or --answers-from LABEL")
+        if self.answers_from is not None and self.out is None:
+            raise SettingError("answers_from", "reads other labels' results: give the results "
+                               "root (out) they are under")
         if self.discover is not None and self.tp > 1:
             raise SettingError("discover", "does not run with tp > 1; discover on one device")
 
@@ -301,10 +320,12 @@ class Resolved:
             key["tp"] = spec.tp
         if spec.end is not None:
             key["end"] = spec.end
-        if spec.discover is not None:
+        if spec.discover is not None or spec.answers_from is not None:
             key["discovery"] = {"replies": spec.discover, "temperature": spec.temperature,
                                 "top_p": spec.top_p, "max_new_tokens": spec.max_new_tokens,
-                                "seed": spec.seed}
+                                "seed": spec.seed,
+                                "answers_from": (list(spec.answers_from)
+                                                 if spec.answers_from is not None else None)}
         if self.template_date is not None:
             key["template_date"] = self.template_date
         if chat is not None and chat.special_source != self.own_special_source:

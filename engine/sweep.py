@@ -73,7 +73,7 @@ OWN_KEYS = ("checkpoints", "modes", "label", "stages", "series")
 SETTINGS = ("tasks", "dtype", "device", "out", "tp", "batch_tokens", "chat_template",
             "tokenizations", "max_tokenizations", "dist_timeout", "batch_invariant",
             "template_date", "template_timeout", "template_max_chars", "end", "discover",
-            "temperature", "top_p", "max_new_tokens", "seed")
+            "temperature", "top_p", "max_new_tokens", "seed", "answers_from")
 KEYS = OWN_KEYS + SETTINGS
 
 

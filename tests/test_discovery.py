@@ -95,8 +95,8 @@ def test_normalizers():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--tasks", "coin", "--discover", "10"], "--discover samples the answers of open tasks "
-                                              "only, and task 'coin' lists its answers"),
+    (["--tasks", "coin", "--discover", "10"], "--discover applies to open tasks only, and task "
+                                              "'coin' lists its answers"),
     (["--tasks", "OPEN"], "--discover must be given for the open task 'pick'"),
     (["--tasks", "OPEN", "--discover", "0"], "--discover must be a positive integer"),
     (["--tasks", "OPEN", "--discover", "5", "--top-p", "1.5"], "--top-p must be a number in"),
@@ -133,3 +133,60 @@ def test_bad_open_task_files(tmp_path, edit, message):
 def test_a_closed_task_may_not_normalize():
     with pytest.raises(TaskError, match="only an open task"):
         Task("t", "", (Answer("a", ("a",)),), (Prompt("p", "x"),), normalize=("strip",))
+
+
+# ------------------------------------------------------------------------------- ladders
+
+
+@pytest.fixture(scope="module")
+def ladder(ckpt, tmp_path_factory):
+    """Two checkpoints discovered apart, then both rescored on the union of their answers."""
+    root = tmp_path_factory.mktemp("ladder")
+    other = root / "sft"
+    short_reply_checkpoint(other, seed=3)
+    path = task_file(root)
+    out = root / "out"
+    common = ["--tasks", str(path), "--max-new-tokens", "8", "--out", str(out)]
+    for directory, label in ((ckpt, "base"), (other, "sft")):
+        assert score.main([str(directory), *common, "--discover", "200", "--label", label]) == 0
+    for directory, label in ((ckpt, "base_u"), (other, "sft_u")):
+        assert score.main([str(directory), *common, "--answers-from", "base,sft",
+                           "--label", label]) == 0
+    return root, path, out, other
+
+
+def test_answers_from_scores_every_checkpoint_on_the_union(ladder):
+    _, _, out, _ = ladder
+    found = {label: {r["answer"] for r in pq.read_table(out / label / "pick.parquet").to_pylist()}
+             for label in ("base", "sft", "base_u", "sft_u")}
+    assert found["base_u"] == found["sft_u"] == found["base"] | found["sft"]
+    manifest = json.loads((out / "sft_u" / "manifest.json").read_text())
+    assert manifest["tasks"]["pick"]["answers_from"] == ["base", "sft"]
+    assert manifest["run"]["discovery"]["answers_from"] == ["base", "sft"]
+    # a discovered ladder runs through the analysis unchanged
+    import analysis
+
+    phases = analysis.analyse(analysis.load(out, ["base_u", "sft_u"]), ["base=base_u,sft=sft_u"],
+                              bootstrap=200).records
+    stages = next(iter(phases.ladders.values())).tasks["pick"].stages
+    assert set(stages) == {"base", "sft"}
+    assert all(s.n_answers == len(found["base_u"]) for s in stages.values())
+
+
+@pytest.mark.parametrize("case", ["other_definition", "missing_label", "closed"])
+def test_answers_from_bad_labels_exit_2_and_write_nothing(ladder, tmp_path, capsys, case):
+    root, path, out, other = ladder
+    tasks = str(path)
+    if case == "other_definition":
+        tasks = str(task_file(tmp_path, normalize='["strip"]'))
+    labels = "nowhere" if case == "missing_label" else "base"
+    if case == "closed":
+        tasks = "coin"
+    argv = [str(other), "--tasks", tasks, "--answers-from", labels, "--out", str(out),
+            "--label", "new"]
+    assert score.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    want = {"other_definition": "from another definition of it",
+            "missing_label": "holds no results", "closed": "applies to open tasks only"}[case]
+    assert len(err) == 1 and want in err[0], err
+    assert not (out / "new").exists()

@@ -74,11 +74,11 @@ CHOSEN = {"<|im_end|>": 8.0, "7": 7.0, "1": 6.5, "e": 6.5, "d": 6.5, "ed": 6.5}
 ANSWERS = ["7", "1", "e", "d", "ed", "77", "17", "71", "7e", "e7", "d7"]
 
 
-def short_reply_checkpoint(directory):
+def short_reply_checkpoint(directory, seed: int = 0):
     """A tiny Llama whose next token is mostly one of CHOSEN: the residual stream carries a
     large constant in dimension 0 and the LM head reads the chosen tokens' logits off it; the
     layers (init 0.1) still make the distribution depend on the context."""
-    tiny.make_checkpoint(directory, template=tiny.CHATML_TEMPLATE, init=0.1)
+    tiny.make_checkpoint(directory, template=tiny.CHATML_TEMPLATE, init=0.1, seed=seed)
     path = directory / "model.safetensors"
     state = load_file(path)
     tok = engine.load(directory).tokenizer

@@ -174,7 +174,8 @@ def test_groups_keep_all_unchanged_and_add_large():
     assert groups["large"] == builtin_task_names("large") == LARGE
     assert [t.name for t in load_tasks("large")] == LARGE
     assert not set(groups) & {n for names in groups.values() for n in names}
-    with pytest.raises(TaskError, match="unknown task group 'huge'; known groups: all, large, open"):
+    with pytest.raises(TaskError,
+                       match="unknown task group 'huge'; known groups: all, large, open"):
         builtin_task_names("huge")
     mixed = load_tasks("coin,large,all")
     assert [t.name for t in mixed] == ["coin", *LARGE, *[n for n in groups["all"] if n != "coin"]]
