@@ -13,7 +13,7 @@ import pytest
 
 from engine import score, score_checkpoint
 from engine.errors import TaskError
-from engine.tasks import Answer, Prompt, Task, load_task_file, normalize_reply
+from engine.tasks import Answer, Prompt, Task, load_task_file, load_tasks, normalize_reply
 from tests.test_sampler import short_reply_checkpoint
 
 OPEN_TASK = """
@@ -190,3 +190,31 @@ def test_answers_from_bad_labels_exit_2_and_write_nothing(ladder, tmp_path, caps
             "missing_label": "holds no results", "closed": "applies to open tasks only"}[case]
     assert len(err) == 1 and want in err[0], err
     assert not (out / "new").exists()
+
+
+# ----------------------------------------------------------------------- shipped open tasks
+
+SHIPPED = ["open_animal", "open_cat_name", "open_city", "open_number_word", "open_scientist",
+           "open_word"]
+
+
+def test_shipped_open_tasks_are_well_formed():
+    from engine.tasks import task_groups
+
+    groups = task_groups()
+    assert groups["open"] == SHIPPED
+    names = [n for names in groups.values() for n in names]
+    assert len(names) == len(set(names))  # no open task shadows a closed one
+    for task in load_tasks("open"):
+        assert task.open_answers and task.end == "turn" and len(task.prompts) == 15
+        assert all("{" not in p.text for p in task.prompts)
+        proper = task.name in ("open_city", "open_scientist")
+        assert ("casefold" in task.normalize) != proper
+
+
+def test_a_shipped_open_task_runs_end_to_end(ckpt):
+    result = score_checkpoint(ckpt, tasks="open_animal", discover=4, max_new_tokens=6,
+                              progress=False)
+    table = result.tables["open_animal"].to_pylist()
+    assert {r["prompt_id"] for r in table} == {p.id for p in load_tasks("open_animal")[0].prompts}
+    assert result.manifest["tasks"]["open_animal"]["discovery"]["samples"] == 60
