@@ -116,3 +116,25 @@ def test_cli_scores_a_prompt_directory_and_writes_nothing_on_a_bad_file(prompt_d
     bad_out = tmp_path / "bad"
     assert score.main([str(ckpt), "--tasks", str(prompt_dir), "--out", str(bad_out)]) == 2
     assert not bad_out.exists()
+
+
+def test_noveltybench_jsonl_becomes_an_open_task(tmp_path):
+    path = tmp_path / "curated.jsonl"
+    path.write_text('{"id": "animal-1", "prompt": "Name an animal."}\n\n'
+                    '{"id": 7, "prompt": "Tell me a joke about {cats}."}\n')
+    [task] = load_tasks(str(path))
+    assert task.name == "curated" and task.open_answers and task.end == "turn"
+    assert [p.id for p in task.prompts] == ["animal-1", "7"]
+    assert task.prompt_text(task.prompts[1]) == "Tell me a joke about {cats}."
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"id": "a"}\n', 'line 1: must be an object with "id" and a non-empty "prompt"'),
+    ('{"id": "a", "prompt": "x"}\nnot json\n', "line 2: not JSON"),
+    ("\n\n", "holds no prompts"),
+])
+def test_bad_jsonl_is_one_line(tmp_path, text, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    with pytest.raises(TaskError, match=message):
+        load_tasks(str(path))

@@ -12,6 +12,10 @@ id is the file's name), with its own reply prefix. A group is named after the fi
 its files share once trailing digits and separators are dropped ("rng-0", "rng-1" -> "rng"),
 else after its first file; two groups that would share a name get the names of their first
 files instead. The rules are in docs/tasks.md ("Peers' prompt sets").
+
+NoveltyBench keeps its prompts as JSON lines, one `{"id": ..., "prompt": ...}` per line, with no
+answers: a `.jsonl` file becomes one open task (answers discovered by sampling, end = "turn",
+normalised by strip, casefold and strip_punctuation), named after the file, one prompt per line.
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ _KEYS = ("request", "response", "targets", "weights")
 
 
 def is_prompt_set(path: str | Path) -> bool:
-    """Whether a --tasks item names a peers' prompt set: a .json file or a directory."""
+    """Whether a --tasks item names a peers' prompt set: a .json or .jsonl file, or a
+    directory."""
     path = Path(path).expanduser()
-    return str(path).endswith(".json") or path.is_dir()
+    return str(path).endswith((".json", ".jsonl")) or path.is_dir()
 
 
 def load_prompt_set(path: str | Path) -> list[Task]:
     """Tasks from a Zhang et al. JSON file or a directory of them (see the module docstring)."""
     path = Path(path).expanduser()
+    if str(path).endswith(".jsonl"):
+        return [_open_task(path)]
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.json") if p.is_file())
         if not files:
@@ -68,6 +75,37 @@ def load_prompt_set(path: str | Path) -> list[Task]:
                         f"(also {seen[t.name]}); rename one of the files")
         seen[t.name] = t.source
     return tasks
+
+
+def _open_task(path: Path) -> Task:
+    """A NoveltyBench-style JSON-lines file as one open task."""
+    where = str(path)
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise _fail(where, None, None, "prompt file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _fail(where, None, None, f"not a readable UTF-8 file ({e}); fix it") from None
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        entry = f"line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _fail(where, None, entry, f"not JSON ({e.msg})") from None
+        if (not isinstance(item, dict) or not isinstance(item.get("prompt"), str)
+                or not item["prompt"].strip() or not isinstance(item.get("id"), (str, int))):
+            raise _fail(where, None, entry, 'must be an object with "id" and a non-empty '
+                        '"prompt" string')
+        text = item["prompt"].replace("{", "{{").replace("}", "}}")
+        prompts.append(Prompt(_slug(str(item["id"])), text))
+    if not prompts:
+        raise _fail(where, None, None, "holds no prompts; one JSON object per line")
+    return Task(_slug(path.stem), f"{len(prompts)} open prompt(s) from {path.name}", (),
+                tuple(prompts), source=where, end="turn", open_answers=True,
+                normalize=("strip", "casefold", "strip_punctuation"))
 
 
 def _read(file: Path) -> dict:

@@ -300,7 +300,7 @@ def is_builtin(item: str) -> bool:
 
 def names_a_file(item: str) -> bool:
     """Whether a spec item that is not built in is written as a path (`x.toml`, `dir/x`)."""
-    return item.endswith((".toml", ".json")) or "/" in item or "\\" in item
+    return item.endswith((".toml", ".json", ".jsonl")) or "/" in item or "\\" in item
 
 
 def _load_item(item: str) -> list[Task]:
