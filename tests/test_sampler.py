@@ -151,23 +151,65 @@ def max_z(counts: dict[str, int], exact: list[dict]) -> float:
     return worst
 
 
-def test_sampled_frequencies_match_exact_probabilities(short_replies):
-    """20,000 replies at temperature 1 pass; 20,000 at temperature 1.3 (a sampler drawing
-    from the wrong distribution) fail, far beyond the critical value: the test has power."""
+@pytest.fixture(scope="module")
+def sampled(short_replies):
+    """20,000 replies to the first prompt at temperature 1, and 20,000 at 1.3."""
     directory, task = short_replies
     ck = engine.load(directory)
-    prompt = task.prompts[0]
-    exact = [r for r in score_checkpoint(ck, tasks=[task], mode="chat", tokenizations="all",
-                                         progress=False).variant_tables["pick"].to_pylist()
-             if r["prompt_id"] == prompt.id]
-    z_crit = normal_quantile(1 - LEVEL / (2 * len(ANSWERS)))
-    encoder = PromptEncoder(ck, "chat")
-    right = max_z(answer_counts(ReplySampler(ck, encoder, SamplingSettings(max_new_tokens=8)),
-                                task, prompt), exact)
+    encoder, prompt = PromptEncoder(ck, "chat"), task.prompts[0]
+    right = answer_counts(ReplySampler(ck, encoder, SamplingSettings(max_new_tokens=8)), task,
+                          prompt)
     hot = SamplingSettings(max_new_tokens=8, temperature=1.3)
-    wrong = max_z(answer_counts(ReplySampler(ck, encoder, hot), task, prompt), exact)
+    return right, answer_counts(ReplySampler(ck, encoder, hot), task, prompt)
+
+
+def check_agreement(sampled, exact):
+    """20,000 replies at temperature 1 pass; 20,000 at temperature 1.3 (a sampler drawing
+    from the wrong distribution) fail, far beyond the critical value: the test has power."""
+    z_crit = normal_quantile(1 - LEVEL / (2 * len(ANSWERS)))
+    right, wrong = (max_z(counts, exact) for counts in sampled)
     print(f"max |z| {right:.2f} at temperature 1, {wrong:.1f} at 1.3 (critical {z_crit:.2f})")
     assert right < z_crit < 3 * z_crit < wrong
+
+
+def test_sampled_frequencies_match_exact_probabilities(short_replies, sampled):
+    """Exact probabilities from the torch path."""
+    directory, task = short_replies
+    exact = score_checkpoint(directory, tasks=[task], mode="chat", tokenizations="all",
+                             device="cpu", progress=False).variant_tables["pick"].to_pylist()
+    check_agreement(sampled, [r for r in exact if r["prompt_id"] == task.prompts[0].id])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="with CUDA the kernel path is the default one")
+def test_sampled_frequencies_match_the_interpreted_triton_kernels(short_replies, sampled,
+                                                                   tmp_path):
+    """Exact probabilities from the Triton kernels (interpreted), in a process of its own."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    directory, task = short_replies
+    answers = ", ".join(f'"{a}"' for a in ANSWERS)
+    task_file = tmp_path / "pick.toml"
+    task_file.write_text(f'name = "pick"\nend = "turn"\nanswers = [{answers}]\n'
+                         f'[[prompts]]\nid = "{task.prompts[0].id}"\n'
+                         f'text = "{task.prompts[0].text}"\n')
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", ENGINE_FORCE_TRITON="1", PYTHONPATH=str(root))
+    env.pop("ENGINE_FORCE_REFERENCE", None)
+    result = subprocess.run([sys.executable, "-m", "engine.score", str(directory), "--tasks",
+                             str(task_file), "--tokenizations", "all", "--mode", "chat",
+                             "--out", str(tmp_path / "out"), "--label", "l"],
+                            capture_output=True, text=True, env=env, cwd=root, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = (tmp_path / "out" / "l" / "manifest.json").read_text()
+    assert '"device": "cpu"' in manifest
+    check_agreement(sampled, pq.read_table(tmp_path / "out" / "l" / "variants" /
+                                           "pick.parquet").to_pylist())
 
 
 def normal_quantile(q: float) -> float:
