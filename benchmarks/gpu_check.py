@@ -234,6 +234,7 @@ def end_to_end(dry_run: bool) -> dict:
                   for dt in ("bfloat16", "float32")}
         ours = {dt: engine_scores(directory, tasks, dt, device) for dt in ("bfloat16", "float32")}
         invariance = batch_invariance(directory, tasks, device, ours["bfloat16"])
+        sampling = sampler_check(directory, device)
         naive = {str(dt).removeprefix("torch."): naive_scores(directory, tasks,
                                                               ours["float32"]["scores"], dt,
                                                               device)
@@ -257,6 +258,7 @@ def end_to_end(dry_run: bool) -> dict:
         "max_abs_dlogprob_engine_fp32_vs_transformers_fp32": max_diff(ours["float32"],
                                                                       naive["float32"]),
         "batch_invariance_bf16": invariance,
+        "sampler": sampling,
         "families": {arch: family_end_to_end(arch, dry_run, device) for arch in FAMILY_CHECKS},
     }
 
@@ -285,6 +287,50 @@ def family_end_to_end(arch: str, dry_run: bool, device: torch.device) -> dict:
                                                                           reference),
             "max_abs_dlogprob_engine_fp32_vs_transformers_fp32": max_diff(ours["float32"],
                                                                           reference)}
+
+
+def sampler_check(directory: Path, device: torch.device, new_tokens: int = 32) -> dict:
+    """The sampler on this device: KV-cache decoding against the full forward (max |d logit|
+    over 2 x 48 positions, 16 prefilled), and bf16 throughput for CHUNK replies of
+    `new_tokens` tokens each (no reply stops early)."""
+    import engine
+    from engine.model import KVCache
+    from engine.sampler import CHUNK, ReplySampler, SamplingSettings
+    from engine.scorer import PromptEncoder
+    from engine.tasks import Prompt, Task
+
+    out = {}
+    for dt in ("bfloat16", "float32"):
+        ck = engine.load(directory, dtype=dt, device=str(device))
+        ids = torch.randint(0, ck.args.vocab_size, (2, 48),
+                            generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.inference_mode():
+            full = ck.model(ids)
+            cache = KVCache(ck.args, 2, 48, ck.dtype, device)
+            h = ck.model.hidden_states(ids[:, :16], torch.arange(16, device=device).expand(2, 16),
+                                       cache=cache)
+            steps = [ck.model.next_token_logits(h[:, -1])]
+            for t in range(16, 47):
+                h = ck.model.hidden_states(ids[:, t:t + 1], torch.full((2, 1), t, device=device),
+                                           cache=cache)
+                steps.append(ck.model.next_token_logits(h[:, -1]))
+        out[f"max_abs_dlogit_cached_vs_full_{dt}"] = float(
+            (torch.stack(steps, 1) - full[:, 15:47]).abs().max())
+    task = Task("bench", "", (), (Prompt("p", "Pick a random number between 1 and 10."),),
+                end="turn", open_answers=True)
+    ck = engine.load(directory, dtype="bfloat16", device=str(device))
+    sampler = ReplySampler(ck, PromptEncoder(ck, "base"),
+                           SamplingSettings(max_new_tokens=new_tokens))
+    sampler.specials = set()  # no reply stops early
+    sampler.sample(task, task.prompts[0], CHUNK)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    replies = sampler.sample(task, task.prompts[0], 4 * CHUNK, start=CHUNK)
+    _sync(device)
+    out["bf16_tokens_per_second"] = sum(len(r.token_ids) for r in replies) / (
+        time.perf_counter() - start)
+    out["replies"], out["new_tokens"] = len(replies), new_tokens
+    return out
 
 
 def batch_invariance(directory: Path, tasks, device: torch.device, packed: dict) -> dict:
@@ -336,6 +382,13 @@ def render(summary: dict) -> str:
                   f"{inv['invariant_repeats_bitwise']}; packed at --batch-tokens 1024 "
                   f"instead of 8192 moves logprobs by up to "
                   f"{inv['packed_8192_vs_1024_max_abs_dlogprob']:.2e}."]
+        if "sampler" in e2e:
+            smp = e2e["sampler"]
+            lines.append(f"sampler: KV-cache decoding against the full forward, max |d logit| "
+                         f"bf16 {smp['max_abs_dlogit_cached_vs_full_bfloat16']:.2e}, float32 "
+                         f"{smp['max_abs_dlogit_cached_vs_full_float32']:.2e}; "
+                         f"{smp['bf16_tokens_per_second']:,.0f} tokens/s in bf16 "
+                         f"({smp['replies']} replies x {smp['new_tokens']} tokens).")
         for arch, r in e2e.get("families", {}).items():
             lines.append(f"{arch} ({r['parameters'] / 1e6:,.1f}M parameters, {r['tasks']} tasks):"
                          f" max |d logprob| against transformers float32: engine bf16 "

@@ -14,7 +14,7 @@ import pytest
 from engine import score, score_checkpoint
 from engine.errors import TaskError
 from engine.tasks import Answer, Prompt, Task, load_task_file, load_tasks, normalize_reply
-from tests.test_sampler import short_reply_checkpoint
+from tests.tiny import short_reply_checkpoint
 
 OPEN_TASK = """
 name = "pick"

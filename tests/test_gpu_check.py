@@ -43,6 +43,8 @@ def test_dry_run_runs_every_step(tmp_path):
     assert invariance["packed_8192_vs_1024_max_abs_dlogprob"] == 0.0
     assert "--batch-invariant (bf16)" in md
     assert set(e2e["families"]) == set(gpu_check.FAMILY_CHECKS)  # Gemma 2 and OLMoE too
+    assert e2e["sampler"]["max_abs_dlogit_cached_vs_full_float32"] < 1e-3
+    assert e2e["sampler"]["bf16_tokens_per_second"] > 0 and "sampler: KV-cache" in md
     for arch, r in e2e["families"].items():
         assert r["max_abs_dlogprob_engine_fp32_vs_transformers_fp32"] < 1e-4, arch
         assert r["max_abs_dlogprob_engine_bf16_vs_transformers_fp32"] < 0.1, arch

@@ -18,7 +18,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import engine
 from engine import score_checkpoint
@@ -68,29 +67,9 @@ def test_draw_inverts_the_cdf_and_keeps_the_nucleus():
 
 # ---------------------------------------------------------------- a model with short replies
 
-# "ed" is a token of the tiny vocabulary, and so are "e" and "d": the reply "ed" has two
-# tokenizations, both likely.
-CHOSEN = {"<|im_end|>": 8.0, "7": 7.0, "1": 6.5, "e": 6.5, "d": 6.5, "ed": 6.5}
+# replies of tiny.short_reply_checkpoint likely enough to be counted (expected counts >= 40)
 ANSWERS = ["7", "1", "e", "d", "ed", "77", "17", "71", "7e", "e7", "d7"]
-
-
-def short_reply_checkpoint(directory, seed: int = 0):
-    """A tiny Llama whose next token is mostly one of CHOSEN: the residual stream carries a
-    large constant in dimension 0 and the LM head reads the chosen tokens' logits off it; the
-    layers (init 0.1) still make the distribution depend on the context."""
-    tiny.make_checkpoint(directory, template=tiny.CHATML_TEMPLATE, init=0.1, seed=seed)
-    path = directory / "model.safetensors"
-    state = load_file(path)
-    tok = engine.load(directory).tokenizer
-    state["model.embed_tokens.weight"][:, 0] = 8.0
-    state["model.norm.weight"][0] = 1.0
-    head = state["lm_head.weight"]
-    head[:, 0] = 0.0
-    for text, logit in CHOSEN.items():
-        token = tok.token_to_id(text)
-        assert token is not None, text
-        head[token, 0] = logit / 8.0
-    save_file(state, path, metadata={"format": "pt"})
+short_reply_checkpoint = tiny.short_reply_checkpoint
 
 
 @pytest.fixture(scope="module")

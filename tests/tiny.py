@@ -401,3 +401,30 @@ PHI3_CHAT_TEMPLATE = (
     "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
+
+
+# "ed" is a token of the tiny vocabulary, and so are "e" and "d": the reply "ed" has two
+# tokenizations, both likely.
+SHORT_REPLY_LOGITS = {"<|im_end|>": 8.0, "7": 7.0, "1": 6.5, "e": 6.5, "d": 6.5, "ed": 6.5}
+
+
+def short_reply_checkpoint(directory: Path, seed: int = 0) -> None:
+    """A tiny Llama (ChatML template) whose next token is mostly one of SHORT_REPLY_LOGITS, so
+    that its replies are short ("7", "ed", "17"): the residual stream carries a large constant in
+    dimension 0 and the LM head reads those tokens' logits off it; the layers (init 0.1) still
+    make the distribution depend on the context. For the sampler's tests and benchmark."""
+    from safetensors.torch import load_file, save_file
+
+    make_checkpoint(directory, template=CHATML_TEMPLATE, init=0.1, seed=seed)
+    path = directory / "model.safetensors"
+    state = load_file(path)
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    state["model.embed_tokens.weight"][:, 0] = 8.0
+    state["model.norm.weight"][0] = 1.0
+    head = state["lm_head.weight"]
+    head[:, 0] = 0.0
+    for text, logit in SHORT_REPLY_LOGITS.items():
+        token = tok.token_to_id(text)
+        assert token is not None, text
+        head[token, 0] = logit / 8.0
+    save_file(state, path, metadata={"format": "pt"})
