@@ -202,8 +202,8 @@ def test_turn_paths_end_with_the_end_of_turn_token(llama):
 
 
 def test_existing_tasks_keep_their_hash():
-    """end and response_prefix at their defaults leave task_hash as it was before they
-    existed, so results already scored are not rescored."""
+    """end, response_prefix and the open-task settings at their defaults leave task_hash as it
+    was before they existed, so results already scored are not rescored."""
     import dataclasses
     import hashlib
     import json
@@ -212,15 +212,16 @@ def test_existing_tasks_keep_their_hash():
 
     t = TASKS[0]
     old = dataclasses.asdict(t)
-    for key in ("source", "target", "end", "response_prefix"):
+    for key in ("source", "target", "end", "response_prefix", "open_answers", "normalize"):
         old.pop(key)
     for prompt in old["prompts"]:
         prompt.pop("response_prefix")
     assert task_hash(t) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     prompted = dataclasses.replace(t, prompts=(Prompt("number", PROMPTS[0].text, "Mine:"),
                                                PROMPTS[1]))
-    assert len({task_hash(x) for x in (t, dataclasses.replace(t, end="turn"), prompted,
-                                       dataclasses.replace(t, response_prefix="My pick:"))}) == 4
+    variants = (t, dataclasses.replace(t, end="turn"), prompted,
+                dataclasses.replace(t, response_prefix="My pick:"))
+    assert len({task_hash(x) for x in variants}) == len(variants)
 
 
 def test_bad_end_rule_in_a_task_file_is_one_line(tmp_path):
