@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ import torch
 
 import engine
 from analysis.metrics import js_divergence, support
+from analysis.records import Phases
 from engine.tasks import load_tasks
 from lab import check, corpus, demo, ladder, train
 from lab.config import SMALL, CorpusConfig, DPOStage, LabConfig, LMStage, ModelConfig, RLStage
@@ -271,3 +275,49 @@ def test_demo_recovers_what_was_planted(small_demo):
     assert (out / "phases.json").is_file()
     assert (out / "report" / "index.html").is_file()
     assert list((out / "report").glob("*.png"))
+
+
+def open_version(closed, path):
+    """A closed shipped task turned open as docs/demo.md says: its answer list replaced by
+    `answers = "open"`, an end rule and a normaliser; same phrasings."""
+    text = re.sub(r"(?ms)^answers = \[.*?^\]\n", 'answers = "open"\nend = "turn"\n'
+                  'normalize = ["strip", "casefold"]\n', closed.read_text())
+    path.write_text(text.replace('name = "color"', 'name = "open_color"'))
+    return path
+
+
+def test_a_discovered_ladder_over_the_demo_checkpoints(small_demo, tmp_path):
+    """Discovery at every stage, then every stage scored on the union of the answers found
+    (`--answers-from`), then `python -m analysis`: the same seed and phases as the listed task
+    (docs/demo.md, "Discovering the answers")."""
+    from importlib import resources
+
+    import pyarrow.parquet as pq
+
+    from engine import score
+
+    out, _ = small_demo
+    task = open_version(resources.files("engine.tasks").joinpath("color.toml"),
+                        tmp_path / "open_color.toml")
+    results = tmp_path / "open"
+    for stage in STAGES:
+        assert score.main([str(out / "checkpoints" / stage), "--tasks", str(task), "--discover",
+                           "16", "--out", str(results), "--label", stage]) == 0
+    for stage in STAGES:
+        assert score.main([str(out / "checkpoints" / stage), "--tasks", str(task),
+                           "--answers-from", ",".join(STAGES), "--out", str(results),
+                           "--label", f"{stage}_all"]) == 0
+    found = set().union(*({r["answer"] for r in pq.read_table(
+        results / s / "open_color.parquet").to_pylist()} for s in STAGES))
+    colors = {a.name.casefold() for a in load_tasks("color")[0].answers}
+    assert colors <= found  # 16 replies per phrasing find every planted color
+    spec = ",".join(f"{s}={s}_all" for s in STAGES)
+    subprocess.run([sys.executable, "-m", "analysis", str(results), "--ladder", spec, "--out",
+                    str(tmp_path / "phases.json")], check=True, stdout=subprocess.DEVNULL)
+    phases = Phases.from_json(json.loads((tmp_path / "phases.json").read_text()))
+    closed = json.loads((out / "summary.json").read_text())["tasks"]["color"]
+    t = next(iter(phases.ladders.values())).tasks["open_color"]
+    assert {s.n_answers for s in t.stages.values()} == {len(found)}
+    assert t.seed.seed_prompt_id == closed["planted_seed"] and t.seed.p_value < 0.01
+    assert {s: m.phase for s, m in t.stages.items()} == closed["phases"]
+    assert all(m.value("coverage") > 0.9 for s, m in t.stages.items())
