@@ -173,6 +173,31 @@ def test_answers_from_scores_every_checkpoint_on_the_union(ladder):
     assert all(s.n_answers == len(found["base_u"]) for s in stages.values())
 
 
+def test_a_sweep_discovers_and_rescores_as_the_cli_does(ladder, tmp_path):
+    """The sweep keys discover, max_new_tokens and answers_from: two sweep files (discover,
+    then answers_from) give the tables the CLI gave the same checkpoints."""
+    from engine import sweep
+
+    _, path, cli_out, _ = ladder
+    for name, seed in (("base", 0), ("sft", 3)):
+        short_reply_checkpoint(tmp_path / name, seed=seed)
+    common = ['checkpoints = ["base", "sft"]', f"tasks = {json.dumps(str(path))}",
+              'modes = ["chat"]', 'out = "out"', "max_new_tokens = 8"]
+    (tmp_path / "find.toml").write_text("\n".join(common + ["discover = 200"]) + "\n")
+    (tmp_path / "union.toml").write_text("\n".join(
+        common + ['answers_from = ["base", "sft"]', 'label = "{name}_u"']) + "\n")
+    assert sweep.main([str(tmp_path / "find.toml")]) == 0
+    assert sweep.main([str(tmp_path / "union.toml")]) == 0
+    for label in ("base", "sft", "base_u", "sft_u"):
+        for table in ("pick.parquet", "discovery/pick.parquet"):
+            if label.endswith("_u") and table.startswith("discovery"):
+                continue
+            assert (pq.read_table(tmp_path / "out" / label / table).to_pylist()
+                    == pq.read_table(cli_out / label / table).to_pylist()), (label, table)
+    run = json.loads((tmp_path / "out" / "sft_u" / "manifest.json").read_text())["run"]
+    assert run["discovery"]["answers_from"] == ["base", "sft"]
+
+
 @pytest.mark.parametrize("case", ["other_definition", "missing_label", "closed"])
 def test_answers_from_bad_labels_exit_2_and_write_nothing(ladder, tmp_path, capsys, case):
     root, path, out, other = ladder

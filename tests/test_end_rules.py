@@ -15,7 +15,10 @@ the turn in its newline factor) or not (then it is a path of its own).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -193,6 +196,21 @@ def test_end_setting_overrides_every_task_and_enters_the_run_key(llama):
             == turn.variant_tables["turn"].column("continuation_token_ids").to_pylist())
 
 
+def test_end_as_a_sweep_key(llama, tmp_path):
+    """`end = "turn"` in a sweep file scores what `end="turn"` in the API scores."""
+    from engine import sweep
+
+    (tmp_path / "sweep.toml").write_text(
+        f'checkpoints = [{json.dumps(str(llama))}]\ntasks = "coin"\nmodes = ["chat"]\n'
+        'out = "out"\nend = "turn"\n')
+    assert sweep.main([str(tmp_path / "sweep.toml")]) == 0
+    (label,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    assert json.loads((label / "manifest.json").read_text())["run"]["end"] == "turn"
+    api = score_checkpoint(llama, tasks="coin", device="cpu", progress=False, end="turn")
+    assert (pq.read_table(label / "coin.parquet").column("prob").to_pylist()
+            == api.tables["coin"].column("prob").to_pylist())
+
+
 def test_turn_paths_end_with_the_end_of_turn_token(llama):
     result = score_checkpoint(llama, tasks=[TASKS[1]], device="cpu", progress=False)
     tok = hf_tokenizer(llama)
@@ -206,7 +224,6 @@ def test_existing_tasks_keep_their_hash():
     was before they existed, so results already scored are not rescored."""
     import dataclasses
     import hashlib
-    import json
 
     from engine.results import task_hash
 
