@@ -241,8 +241,7 @@ GEMMA3 = Family("Gemma3ForCausalLM", "Gemma 3 text-only (1B pt and it)", ("defau
 
 OLMOE = Family("OlmoeForCausalLM", "OLMoE-1B-7B (base, SFT, DPO, Instruct)", ("default",),
                defaults={"rms_norm_eps": 1e-5}, qk_norm="full", clip_qkv=True, mlp="moe",
-               extra=moe_extra,
-               tensor_parallel="its mixture-of-experts layers are not split per rank")
+               extra=moe_extra)
 
 FAMILIES = {f.architecture: f for f in (LLAMA, OLMO2, OLMO3, QWEN2, QWEN3, MISTRAL, OLMO1, NEOX,
                                         PHI3, GEMMA2, GEMMA3, OLMOE)}

@@ -4,7 +4,9 @@ The model. `SplitTransformer` is engine/model.py's Transformer with some modules
 this rank's part of them: each rank holds n_heads / N query heads and the n_kv_heads / N
 key/value groups they read (contiguous heads share contiguous groups), so q/k/v and the MLP's
 gate/up are split by output (column parallel) and o_proj and down_proj by input (row parallel:
-the partial outputs are summed across ranks, then the bias added once). The embedding holds a
+the partial outputs are summed across ranks, then the bias added once). A mixture of experts
+(OLMoE) keeps its router whole and splits every expert so; the experts' partial outputs are
+summed across ranks once per layer. The embedding holds a
 contiguous slice of the vocabulary (each rank looks up the ids it holds; the lookups are
 summed), and so does the LM head, whose partial log-sum-exps are merged in rank order. OLMo's
 q/k norm over the whole projection sums the ranks' partial sums of squares. Each split
@@ -46,7 +48,7 @@ from engine.checkpoint import (
     weight_paths,
 )
 from engine.errors import ParallelError
-from engine.model import ModelArgs, RMSNorm, Transformer
+from engine.model import ModelArgs, MoE, RMSNorm, Transformer
 from engine.results import check_writable
 from engine.spec import RunSpec
 from engine.weights import WeightFile, block_count, combine_block_digests, hash_blocks
@@ -84,6 +86,34 @@ class RowParallelLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.group.reduce(F.linear(x, self.weight))
         return y if self.bias is None else y + self.bias
+
+
+def row_shard(layer: nn.Linear, group) -> nn.Linear:
+    """This rank's columns of a bias-free Linear, its partial product left for the caller to
+    sum across ranks (SplitMoE sums once over all the experts)."""
+    assert layer.bias is None, "a bias would be added once per rank"
+    start, stop = group.split(layer.in_features)
+    part = nn.Linear(stop - start, layer.out_features, bias=False)
+    shard(part.weight, 1, start, stop)
+    return part
+
+
+class SplitMoE(MoE):
+    """OLMoE's routed MLP on one rank. The router is whole, so every rank routes every token
+    alike (its input is the same on every rank); each expert is split as a dense MLP is (gate
+    and up by output, down by input), and the router-weighted sum of the experts' partial
+    products is this rank's part of the output, summed across ranks once per layer."""
+
+    def __init__(self, args: ModelArgs, group):
+        super().__init__(args)
+        for expert in self.experts:
+            expert.gate_proj = column_parallel(expert.gate_proj, group)
+            expert.up_proj = column_parallel(expert.up_proj, group)
+            expert.down_proj = row_shard(expert.down_proj, group)
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group.reduce(super().forward(x))
 
 
 class VocabParallelEmbedding(nn.Embedding):
@@ -126,9 +156,14 @@ class SplitTransformer(Transformer):
         self.group = group
         for layer in self.model.layers:
             attention, mlp = layer.self_attn, layer.mlp
+            split = [(attention, "o_proj")]
+            if isinstance(mlp, MoE):
+                layer.mlp = SplitMoE(args, group)
+            else:
+                split.append((mlp, "down_proj"))
             # every projection into heads or MLP columns is split by output (q/k/v, or GPT-NeoX's
             # per-head fused rows, whose contiguous slices are whole heads), o/down by input
-            for module, row in ((attention, "o_proj"), (mlp, "down_proj")):
+            for module, row in split:
                 for name, linear in list(module.named_children()):
                     if isinstance(linear, nn.Linear):
                         setattr(module, name, RowParallelLinear(linear, group) if name == row

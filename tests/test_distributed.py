@@ -24,7 +24,8 @@ from tests import launch, tiny
 # Tiny checkpoints of every family that tp=2 can split (heads, key/value heads and the MLP's 96
 # columns even): grouped-query attention everywhere, tied and untied heads, an odd vocabulary
 # (301: the ranks hold 151 and 150 rows), OLMo's q/k norm over all heads, OLMo 3's windows,
-# GPT-NeoX's per-head fused projection and Gemma 2's soft-capping over a split vocabulary.
+# GPT-NeoX's per-head fused projection, Gemma 2's soft-capping over a split vocabulary, Gemma 3's
+# per-head q/k norm and OLMoE's experts, each split as a dense MLP is, under a whole router.
 COMMON = dict(hidden=32, heads=4, kv_heads=2, init=0.1)
 FAMILIES = {
     "llama": dict(arch="llama", rope_scaling=tiny.LLAMA3_ROPE),
@@ -38,6 +39,9 @@ FAMILIES = {
     "neox": dict(arch="neox", tied=True),  # per-head fused q/k/v rows, parallel residual
     "gemma2": dict(arch="gemma2", layers=3, sliding_window=16, attn_logit_softcapping=5.0,
                    final_logit_softcapping=8.0),  # caps small enough to bind
+    "olmo1": dict(arch="olmo1", clip_qkv=0.25),  # clipping that binds
+    "gemma3": dict(arch="gemma3", layers=3, sliding_window=16, sliding_window_pattern=3),
+    "olmoe": dict(arch="olmoe", num_experts=6, num_experts_per_tok=2),  # every expert split
 }
 
 
