@@ -215,8 +215,7 @@ PHI3 = Family("Phi3ForCausalLM", "Phi-3 / Phi-3.5 mini and medium, Phi-4-mini",
               ("default", "longrope"),
               defaults={"rms_norm_eps": 1e-5, "max_position_embeddings": 4096},
               reads_attention_bias=False, qkv="fused", mlp="fused_gated", partial_rotary=True,
-              layers=every_layer_slides(None), reads_layer_types=False,
-              tensor_parallel="its fused q/k/v and gate/up projections are not split per rank")
+              layers=every_layer_slides(None), reads_layer_types=False)
 
 GEMMA = dict(  # what Gemma 2 and 3 share
     keys={"activation": "hidden_activation"}, activations=("gelu_pytorch_tanh",),

@@ -10,8 +10,9 @@ summed across ranks once per layer. The embedding holds a
 contiguous slice of the vocabulary (each rank looks up the ids it holds; the lookups are
 summed), and so does the LM head, whose partial log-sum-exps are merged in rank order. OLMo's
 q/k norm over the whole projection sums the ranks' partial sums of squares. Each split
-parameter carries `tp_shard = (dim, start, stop)`: the slice of the checkpoint's tensor it
-holds, which is what `load_split` reads. Every sum across ranks is `Group.reduce`, in rank order
+parameter carries `tp_shard = (dim, ranges)`: the slices of the checkpoint's tensor it holds
+(one, or one per part of a fused projection such as Phi-3's [q; k; v]), which is what
+`load_split` reads. Every sum across ranks is `Group.reduce`, in rank order
 and in float32 (engine/distributed.py), so a rerun gives the same bits.
 
 Loading. Each rank reads only its slices of the tensors and hashes a disjoint share of the
@@ -59,17 +60,35 @@ from engine.weights import WeightFile, block_count, combine_block_digests, hash_
 
 def shard(param: nn.Parameter, dim: int, start: int, stop: int) -> nn.Parameter:
     """Mark `param` as the [start, stop) slice along `dim` of the checkpoint's tensor."""
-    param.tp_shard = (dim, start, stop)
+    return shard_ranges(param, dim, ((start, stop),))
+
+
+def shard_ranges(param: nn.Parameter, dim: int, ranges) -> nn.Parameter:
+    """Mark `param` as the slices `ranges` ([start, stop) pairs) along `dim` of the
+    checkpoint's tensor, joined in order."""
+    param.tp_shard = (dim, tuple(ranges))
     return param
 
 
 def column_parallel(layer: nn.Linear, group) -> nn.Linear:
     """This rank's rows of the weight (and bias): its share of the outputs."""
-    start, stop = group.split(layer.out_features)
-    part = nn.Linear(layer.in_features, stop - start, bias=layer.bias is not None)
-    shard(part.weight, 0, start, stop)
+    return fused_column_parallel(layer, (layer.out_features,), group)
+
+
+def fused_column_parallel(layer: nn.Linear, parts: tuple[int, ...], group) -> nn.Linear:
+    """This rank's share of each of the outputs a fused Linear stacks (Phi-3's [q; k; v] and
+    [gate; up]: `parts` their sizes, in order), joined in that order."""
+    ranges, offset = [], 0
+    for size in parts:
+        start, stop = group.split(size)
+        ranges.append((offset + start, offset + stop))
+        offset += size
+    assert offset == layer.out_features, (parts, layer.out_features)
+    part = nn.Linear(layer.in_features, sum(b - a for a, b in ranges),
+                     bias=layer.bias is not None)
+    shard_ranges(part.weight, 0, ranges)
     if part.bias is not None:
-        shard(part.bias, 0, start, stop)
+        shard_ranges(part.bias, 0, ranges)
     return part
 
 
@@ -162,12 +181,26 @@ class SplitTransformer(Transformer):
             else:
                 split.append((mlp, "down_proj"))
             # every projection into heads or MLP columns is split by output (q/k/v, or GPT-NeoX's
-            # per-head fused rows, whose contiguous slices are whole heads), o/down by input
+            # per-head fused rows, whose contiguous slices are whole heads), o/down by input;
+            # Phi-3's fused [q; k; v] and [gate; up] by output within each part
+            fused = {"qkv_proj": (attention.q_size, attention.kv_size, attention.kv_size)}
+            if getattr(mlp, "kind", None) == "fused_gated":
+                fused["gate_up_proj"] = (args.intermediate_size,) * 2
+            if args.family.qkv != "fused":
+                fused.pop("qkv_proj")
             for module, row in split:
                 for name, linear in list(module.named_children()):
-                    if isinstance(linear, nn.Linear):
-                        setattr(module, name, RowParallelLinear(linear, group) if name == row
-                                else column_parallel(linear, group))
+                    if not isinstance(linear, nn.Linear):
+                        continue
+                    if name == row:
+                        linear = RowParallelLinear(linear, group)
+                    elif name in fused:
+                        linear = fused_column_parallel(linear, fused[name], group)
+                    else:
+                        linear = column_parallel(linear, group)
+                    setattr(module, name, linear)
+            attention.q_size //= group.size  # what `project` splits a fused projection's rows by
+            attention.kv_size //= group.size
             if args.family.qk_norm == "full":
                 attention.q_norm = SplitRMSNorm(attention.q_norm, group)
                 attention.k_norm = SplitRMSNorm(attention.k_norm, group)
@@ -236,6 +269,13 @@ def check_divides(args: ModelArgs, tp: int, config_path: Path) -> None:
 # Loading a rank's part
 
 
+def read_shard(f: WeightFile, name: str, spec) -> torch.Tensor:
+    """The slices `spec` = (dim, ranges) of one tensor, joined along dim."""
+    dim, ranges = spec
+    parts = [f.shard(name, dim, start, stop) for start, stop in ranges]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
 def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: torch.device, group
                ) -> tuple[SplitTransformer, dict[str, dict]]:
     """`engine.checkpoint.load_model` for one rank of a tensor-parallel group: its slices of the
@@ -260,15 +300,14 @@ def load_split(directory: Path, args: ModelArgs, dtype: torch.dtype, device: tor
         state = {}
         for name, spec in plan.items():
             f = holder[name]
-            tensor = f.shard(name, *spec) if spec else f.tensor(name)
+            tensor = read_shard(f, name, spec) if spec else f.tensor(name)
             state[name] = tensor.to(device=device, dtype=dtype)
         same_head = None
         if args.tie_embeddings and has_head:  # compare this rank's rows only; all ranks vote
-            dim, start, stop = plan["model.embed_tokens.weight"]
+            spec = plan["model.embed_tokens.weight"]
             same_head = torch.equal(
-                holder["lm_head.weight"].shard("lm_head.weight", dim, start, stop),
-                holder["model.embed_tokens.weight"].shard("model.embed_tokens.weight",
-                                                          dim, start, stop))
+                read_shard(holder["lm_head.weight"], "lm_head.weight", spec),
+                read_shard(holder["model.embed_tokens.weight"], "model.embed_tokens.weight", spec))
         blocks = [(f.path.name, b) for f in files for b in range(block_count(f.stat.st_size))]
         mine = {}
         for f in files:

@@ -25,8 +25,13 @@ from tests import launch, tiny
 # columns even): grouped-query attention everywhere, tied and untied heads, an odd vocabulary
 # (301: the ranks hold 151 and 150 rows), OLMo's q/k norm over all heads, OLMo 3's windows,
 # GPT-NeoX's per-head fused projection, Gemma 2's soft-capping over a split vocabulary, Gemma 3's
-# per-head q/k norm and OLMoE's experts, each split as a dense MLP is, under a whole router.
+# per-head q/k norm, OLMoE's experts (each split as a dense MLP is, under a whole router) and
+# Phi-3's fused projections, split within each of their parts.
 COMMON = dict(hidden=32, heads=4, kv_heads=2, init=0.1)
+PHI3_LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                 "short_factor": [1.0 + i / 4 for i in range(2)],
+                 "long_factor": [2.0 + i / 2 for i in range(2)],
+                 "original_max_position_embeddings": 256}
 FAMILIES = {
     "llama": dict(arch="llama", rope_scaling=tiny.LLAMA3_ROPE),
     "olmo2": dict(arch="olmo2"),
@@ -42,6 +47,7 @@ FAMILIES = {
     "olmo1": dict(arch="olmo1", clip_qkv=0.25),  # clipping that binds
     "gemma3": dict(arch="gemma3", layers=3, sliding_window=16, sliding_window_pattern=3),
     "olmoe": dict(arch="olmoe", num_experts=6, num_experts_per_tok=2),  # every expert split
+    "phi3": dict(arch="phi3", rope_scaling=PHI3_LONGROPE),  # fused [q; k; v] and [gate; up]
 }
 
 

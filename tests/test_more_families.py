@@ -4,6 +4,7 @@ family adds, chat templates, and the refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -344,14 +345,20 @@ def test_mistral_window_defaults_to_4096_when_absent(checkpoints, tmp_path):
     assert args.sliding_window == 4096 and set(args.layer_types) == {"sliding_attention"}
 
 
-def test_tp_refuses_phi3_in_one_line_and_accepts_neox_and_olmoe(checkpoints, tmp_path):
-    phi3 = engine.load(checkpoints / "phi3_mha_tied_longrope").args
-    with pytest.raises(ParallelError, match="Phi3ForCausalLM: its fused q/k/v"):
-        tensor_parallel.check_divides(phi3, 2, checkpoints / "config.json")
+def test_tp_accepts_every_new_family_and_a_record_can_refuse_it(checkpoints, tmp_path,
+                                                               monkeypatch):
+    from engine.families import FAMILIES
+
+    for name in ("phi3_mha_tied_longrope", "neox_parallel_untied"):
+        tensor_parallel.check_divides(engine.load(checkpoints / name).args, 2,
+                                      checkpoints / "config.json")
     tiny.make_checkpoint(tmp_path, arch="olmoe", hidden=32, heads=2, kv_heads=2, **MOE)
-    tensor_parallel.check_divides(engine.load(tmp_path).args, 2, tmp_path / "config.json")
-    tensor_parallel.check_divides(engine.load(checkpoints / "neox_parallel_untied").args, 2,
-                                  checkpoints / "config.json")
+    args = engine.load(tmp_path).args
+    tensor_parallel.check_divides(args, 2, tmp_path / "config.json")
+    monkeypatch.setitem(FAMILIES, args.arch, dataclasses.replace(
+        args.family, tensor_parallel="its experts are not split"))
+    with pytest.raises(ParallelError, match="OlmoeForCausalLM: its experts are not split; run"):
+        tensor_parallel.check_divides(args, 2, tmp_path / "config.json")
 
 
 def test_longrope_scores_only_within_the_original_context(checkpoints, tmp_path):
