@@ -183,6 +183,18 @@ def print_summary(result: ScoreResult) -> None:
     for name, s in result.summary().items():
         print(f"{name:<12} {s['prompts']:>7} {s['entropy_bits']:>8.3f} {s['top_answer'][:20]:<20} "
               f"{s['top_prob']:>7.3f} {s['coverage']:>8.3f}")
+    for name, entry in manifest["tasks"].items():
+        if entry.get("discovery") and name in result.tables:
+            print(discovery_line(name, entry["discovery"], len(result.tables[name]["answer"]
+                                                                .unique())))
+
+
+def discovery_line(task: str, counts: dict, answers: int) -> str:
+    """How an open task's samples ended: the unfinished ones are said, never dropped."""
+    return (f"{task}: {counts['samples']} replies sampled, {counts['finished']} finished, "
+            f"{counts['unfinished']} unfinished (past --max-new-tokens), {counts['other_end']} "
+            f"ended at another special token, {counts['no_answer']} normalised to nothing; "
+            f"{answers} answers scored")
 
 
 if __name__ == "__main__":

@@ -46,13 +46,16 @@ def ckpt(tmp_path_factory):
     return directory
 
 
-def test_discovered_answers_are_scored_exactly(ckpt, tmp_path):
+def test_discovered_answers_are_scored_exactly(ckpt, tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(ckpt), "--tasks", str(task_file(tmp_path)), "--discover", "300",
             "--max-new-tokens", "8", "--out", str(out), "--label", "l"]
     assert score.main(args) == 0
     manifest = json.loads((out / "l" / "manifest.json").read_text())
     counts = manifest["tasks"]["pick"]["discovery"]
+    said = capsys.readouterr().out  # the unfinished replies are said, not only recorded
+    assert (f"pick: 600 replies sampled, {counts['finished']} finished, {counts['unfinished']} "
+            "unfinished (past --max-new-tokens)") in said
     assert counts["samples"] == 600
     assert counts["samples"] == counts["finished"] + counts["unfinished"] + counts["other_end"]
     assert manifest["run"]["discovery"]["replies"] == 300
