@@ -89,12 +89,18 @@ def transformers_logits(directory, ids):
 
 
 def test_float32_logits_match_transformers(pair):
+    check_float32_logits(pair, ARCH_NAMES)
+
+
+def check_float32_logits(pair, arch_names: dict[str, str]) -> None:
+    """The engine's float32 logits at SEQ_LEN tokens against transformers' (printed, for the
+    record); `arch_names` maps a case's first word to its architecture."""
     name, reference, directory = pair
     ids = token_ids()
     with torch.no_grad():
         expected = reference(ids).logits.float()
     ck = engine.load(directory)
-    assert ck.args.arch == ARCH_NAMES[name.split("_")[0]]
+    assert ck.args.arch == arch_names[name.split("_")[0]]
     got = ck.logits(ids)
     assert got.shape == expected.shape == (2, SEQ_LEN, 301)
     scale = expected.abs().max().item()

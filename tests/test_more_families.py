@@ -25,9 +25,9 @@ from tests.test_families import (
     DELETE,
     ENV,
     ROOT,
-    SEQ_LEN,
     WINDOW,
     check_against_naive,
+    check_float32_logits,
     edited_copy,
     token_ids,
     transformers_logits,
@@ -88,21 +88,7 @@ def max_diff(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def test_float32_logits_match_transformers(pair):
-    name, reference, directory = pair
-    ids = token_ids()
-    with torch.no_grad():
-        expected = reference(ids).logits.float()
-    ck = engine.load(directory)
-    assert ck.args.arch == ARCH_NAMES[name.split("_")[0]]
-    got = ck.logits(ids)
-    assert got.shape == expected.shape == (2, SEQ_LEN, 301)
-    scale = expected.abs().max().item()
-    assert scale > 1.0, "random logits should have a real spread"
-    diff = max_diff(got, expected)
-    print(f"{name}: max |dlogit| = {diff:.3e} (max |logit| {scale:.2f}, "
-          f"bitwise {torch.equal(got, expected)})")
-    assert diff <= 1e-6 * scale, name
-    assert max_diff(got.log_softmax(-1), expected.log_softmax(-1)) <= 1e-5, name
+    check_float32_logits(pair, ARCH_NAMES)
 
 
 def test_bfloat16_is_as_close_to_float32_as_transformers_bfloat16(pair):
