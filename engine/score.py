@@ -185,16 +185,20 @@ def print_summary(result: ScoreResult) -> None:
               f"{s['top_prob']:>7.3f} {s['coverage']:>8.3f}")
     for name, entry in manifest["tasks"].items():
         if entry.get("discovery") and name in result.tables:
-            print(discovery_line(name, entry["discovery"], len(result.tables[name]["answer"]
-                                                                .unique())))
+            answers = len(result.tables[name]["answer"].unique())
+            print(discovery_line(name, entry["discovery"], answers, entry.get("answers_from")))
 
 
-def discovery_line(task: str, counts: dict, answers: int) -> str:
-    """How an open task's samples ended: the unfinished ones are said, never dropped."""
+def discovery_line(task: str, counts: dict, answers: int, borrowed: list[str] | None) -> str:
+    """How an open task's samples ended (the unfinished ones are said, never dropped), and
+    where its answers came from."""
+    joined = f"the answers discovered under {', '.join(borrowed)}" if borrowed else ""
+    if not counts["samples"]:
+        return f"{task}: {answers} answers scored, {joined}"
     return (f"{task}: {counts['samples']} replies sampled, {counts['finished']} finished, "
             f"{counts['unfinished']} unfinished (past --max-new-tokens), {counts['other_end']} "
             f"ended at another special token, {counts['no_answer']} normalised to nothing; "
-            f"{answers} answers scored")
+            f"{answers} answers scored" + (f", joined with {joined}" if joined else ""))
 
 
 if __name__ == "__main__":

@@ -246,3 +246,15 @@ def test_a_shipped_open_task_runs_end_to_end(ckpt):
     table = result.tables["open_animal"].to_pylist()
     assert {r["prompt_id"] for r in table} == {p.id for p in load_tasks("open_animal")[0].prompts}
     assert result.manifest["tasks"]["open_animal"]["discovery"]["samples"] == 60
+
+
+def test_the_summary_says_where_borrowed_answers_came_from():
+    from engine.score import discovery_line
+
+    none = dict(samples=0, finished=0, unfinished=0, other_end=0, no_answer=0)
+    assert (discovery_line("pick", none, 3, ["base", "sft"])
+            == "pick: 3 answers scored, the answers discovered under base, sft")
+    some = dict(none, samples=4, finished=3, unfinished=1)
+    line = discovery_line("pick", some, 5, ["base"])
+    assert line.startswith("pick: 4 replies sampled, 3 finished, 1 unfinished")
+    assert line.endswith("5 answers scored, joined with the answers discovered under base")
