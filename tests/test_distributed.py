@@ -166,6 +166,25 @@ def test_tp2_from_the_cli_is_batch_invariant(scored, tmp_path):
             assert a.tobytes() == b.tobytes(), file
 
 
+def test_tp2_scores_answers_discovered_on_one_process(tmp_path):
+    """--answers-from under --tp 2: the union discovered by one process, scored split, equals
+    the same scored by one process (discovery itself runs on one device)."""
+    ckpt = tmp_path / "ckpt"
+    tiny.short_reply_checkpoint(ckpt)
+    common = ["--tasks", "open_animal", "--out", tmp_path / "out"]
+    found = launch.python("engine.score", ckpt, *common, "--discover", "8", "--max-new-tokens",
+                          "4", "--label", "found")
+    assert found.returncode == 0, found.stderr
+    one = launch.python("engine.score", ckpt, *common, "--answers-from", "found", "--label", "one")
+    two = launch.torchrun(2, "engine.score", ckpt, *common, "--answers-from", "found", "--tp", "2",
+                          "--label", "two")
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr[-3000:])
+    a, b = (pq.read_table(tmp_path / "out" / label / "open_animal.parquet")
+            for label in ("one", "two"))
+    assert a.column("answer").to_pylist() == b.column("answer").to_pylist()
+    assert rel_err(a.column("logprob").to_numpy(), b.column("logprob").to_numpy()) <= 1e-6
+
+
 # ---------------------------------------------------------------------------------- bad input
 
 
