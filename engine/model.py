@@ -250,25 +250,29 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 class KVCache:
     """Keys, values and their positions of every layer, for decoding a batch of sequences one
-    token at a time (engine/sampler.py). Buffers are allocated once for `capacity` positions;
-    `length` of them are filled, the same number in every row."""
+    token at a time (engine/sampler.py). A layer's buffers are allocated for `capacity`
+    positions when it first stores, as many heads as it gives (a tensor-parallel rank holds
+    its own key/value groups); `length` positions are filled, the same number in every row."""
 
     def __init__(self, args: ModelArgs, batch: int, capacity: int, dtype: torch.dtype,
                  device: torch.device):
-        shape = (batch, args.n_kv_heads, capacity, args.head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
-        self.values = [torch.empty_like(k) for k in self.keys]
+        self.keys: list[torch.Tensor | None] = [None] * args.n_layers
+        self.values: list[torch.Tensor | None] = [None] * args.n_layers
         self.positions = torch.empty(batch, capacity, dtype=torch.long, device=device)
         self.length = 0
-        self.capacity = capacity
+        self.batch, self.capacity, self.dtype = batch, capacity, dtype
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
         """Store the new tokens' k, v [B, Hkv, T, Dh] of `layer` after the cached ones (B = 1
         fills every row); return the first B rows of every cached k, v and position so far. The
         last layer advances `length`."""
-        start, (b, _, t, _) = self.length, k.shape
+        start, (b, heads, t, dh) = self.length, k.shape
         if start + t > self.capacity:
             raise ValueError(f"KV cache holds {self.capacity} positions, not {start + t}")
+        if self.keys[layer] is None:
+            shape = (self.batch, heads, self.capacity, dh)
+            self.keys[layer] = torch.empty(shape, dtype=self.dtype, device=k.device)
+            self.values[layer] = torch.empty(shape, dtype=self.dtype, device=k.device)
         # a one-row prefill fills every row: the rows decode the same prompt
         self.keys[layer][:, :, start:start + t] = k
         self.values[layer][:, :, start:start + t] = v

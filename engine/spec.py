@@ -260,8 +260,6 @@ class RunSpec:
         if self.answers_from is not None and self.out is None:
             raise SettingError("answers_from", "reads other labels' results: give the results "
                                "root (out) they are under")
-        if self.discover is not None and self.tp > 1:
-            raise SettingError("discover", "does not run with tp > 1; discover on one device")
 
     def sampling(self):
         """The sampler's settings (engine.sampler.SamplingSettings)."""

@@ -229,9 +229,17 @@ class SplitTransformer(Transformer):
                 _logsumexp_in_order([p[:, 1] for p in parts]))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The whole vocabulary's logits, on every rank. Vocabulary slices differ by at most one
-        row: pad to the widest, gather, trim, join."""
-        logits = super().forward(input_ids)
+        """The whole vocabulary's logits, on every rank."""
+        return self.join_vocabulary(super().forward(input_ids))
+
+    def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The whole vocabulary's next-token logits, the same on every rank, so that every rank
+        samples the same tokens (engine/sampler.py)."""
+        return self.join_vocabulary(super().next_token_logits(hidden))
+
+    def join_vocabulary(self, logits: torch.Tensor) -> torch.Tensor:
+        """Every rank's slice of the vocabulary, joined. The slices differ by at most one row:
+        pad to the widest, gather, trim, join."""
         part, extra = divmod(self.args.vocab_size, self.group.size)
         width = part + (extra > 0)
         parts = self.group.gather(F.pad(logits, (0, width - logits.shape[-1])))
@@ -362,8 +370,15 @@ class SplitScoring(Scoring):
     """A Scoring whose every task is scored by all the ranks together, and shown by the first."""
 
     def __init__(self, ck, spec: RunSpec, started: float, group):
+        self.group = group  # before Scoring's own steps, which discover and borrow answers
         super().__init__(ck, spec, started)
-        self.group = group
+
+    def borrowed(self, task) -> dict[str, list[dict]]:
+        """The first rank reads the labels' discovered answers (it alone holds the results,
+        which other nodes may not see) and shares them."""
+        with self.group.step(f"reading the answers of {task.name} to borrow"):
+            rows = super().borrowed(task) if self.group.lead else None
+        return self.group.broadcast(rows, "sharing the borrowed answers")
 
     def score(self, task, bar):
         with self.group.step(f"scoring {task.name}"):

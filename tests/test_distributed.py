@@ -166,23 +166,31 @@ def test_tp2_from_the_cli_is_batch_invariant(scored, tmp_path):
             assert a.tobytes() == b.tobytes(), file
 
 
-def test_tp2_scores_answers_discovered_on_one_process(tmp_path):
-    """--answers-from under --tp 2: the union discovered by one process, scored split, equals
-    the same scored by one process (discovery itself runs on one device)."""
+def test_tp2_discovers_and_borrows_answers_as_one_process_does(tmp_path):
+    """--discover and --answers-from under --tp 2: every rank samples the same tokens from the
+    joined vocabulary, so the discovery equals one process's; the answers borrowed from it are
+    read by the first rank and scored split as one process scores them."""
     ckpt = tmp_path / "ckpt"
     tiny.short_reply_checkpoint(ckpt)
     common = ["--tasks", "open_animal", "--out", tmp_path / "out"]
-    found = launch.python("engine.score", ckpt, *common, "--discover", "8", "--max-new-tokens",
-                          "4", "--label", "found")
-    assert found.returncode == 0, found.stderr
-    one = launch.python("engine.score", ckpt, *common, "--answers-from", "found", "--label", "one")
-    two = launch.torchrun(2, "engine.score", ckpt, *common, "--answers-from", "found", "--tp", "2",
-                          "--label", "two")
-    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr[-3000:])
-    a, b = (pq.read_table(tmp_path / "out" / label / "open_animal.parquet")
-            for label in ("one", "two"))
-    assert a.column("answer").to_pylist() == b.column("answer").to_pylist()
-    assert rel_err(a.column("logprob").to_numpy(), b.column("logprob").to_numpy()) <= 1e-6
+    find = ["--discover", "8", "--max-new-tokens", "4"]
+    runs = {"found1": launch.python("engine.score", ckpt, *common, *find, "--label", "found1"),
+            "found2": launch.torchrun(2, "engine.score", ckpt, *common, *find, "--tp", "2",
+                                      "--label", "found2")}
+    runs["one"] = launch.python("engine.score", ckpt, *common, "--answers-from", "found1",
+                                "--label", "one")
+    runs["two"] = launch.torchrun(2, "engine.score", ckpt, *common, "--answers-from", "found1",
+                                  "--tp", "2", "--label", "two")
+    for label, run in runs.items():
+        assert run.returncode == 0, (label, run.stderr[-3000:])
+    assert runs["found2"].stdout.count("replies sampled") == 1  # rank 0 alone says it
+    out = tmp_path / "out"
+    assert (pq.read_table(out / "found1" / "discovery" / "open_animal.parquet").to_pylist()
+            == pq.read_table(out / "found2" / "discovery" / "open_animal.parquet").to_pylist())
+    for one, two in (("found1", "found2"), ("one", "two")):
+        a, b = (pq.read_table(out / label / "open_animal.parquet") for label in (one, two))
+        assert a.column("answer").to_pylist() == b.column("answer").to_pylist()
+        assert rel_err(a.column("logprob").to_numpy(), b.column("logprob").to_numpy()) <= 1e-6
 
 
 # ---------------------------------------------------------------------------------- bad input
