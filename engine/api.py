@@ -190,7 +190,7 @@ class Scoring:
 
     def discover_answers(self) -> dict:
         """Every open task's answers, found by sampling before anything is scored."""
-        from engine.discovery import discover
+        from engine.discovery import collect, discover
 
         open_tasks = [t for t in self.spec.tasks if t.open_answers]
         if not open_tasks:
@@ -201,9 +201,29 @@ class Scoring:
         with tqdm(total=sum(len(t.prompts) for t in open_tasks), unit="prompt", file=sys.stderr,
                   desc="discovering", disable=_quiet(self.spec.progress)) as bar:
             for task in open_tasks:
-                found[task.name] = discover(self.ck, self.encoder, task, self.spec.discover,
-                                            self.spec.sampling(), bar, self.borrowed(task))
+                kept = self.kept_discovery(task)
+                if kept is None:
+                    found[task.name] = discover(self.ck, self.encoder, task, self.spec.discover,
+                                                self.spec.sampling(), bar, self.borrowed(task))
+                else:  # a rerun after a stop: the samples would be the same ones (seeded)
+                    found[task.name] = collect(task, *kept, self.borrowed(task))
+                    bar.update(len(task.prompts))
         return found
+
+    def kept_discovery(self, task) -> tuple[list[dict], dict] | None:
+        """(rows, counts) of the discovery of `task` that this run's label already holds, intact
+        and written under this run's settings, or None where it must be sampled."""
+        from engine.results import task_hash
+
+        directory = None if self.spec.out is None else self.spec.out / self.resolved.label
+        if directory is None or self.spec.overwrite or not (directory / MANIFEST).is_file():
+            return None
+        store = ResultsStore.read(directory)
+        entry = store.manifest["tasks"].get(task.name)
+        if (entry is None or "discovery_file" not in entry or store.entry_run(task.name) != self.key
+                or entry.get("open_task_hash") != task_hash(task) or store.problem(task.name)):
+            return None
+        return store.read_discovery(task.name).to_pylist(), entry["discovery"]
 
     def borrowed(self, task) -> dict[str, list[dict]]:
         """{label: discovery rows} of `task` at the labels of answers_from, each checked to

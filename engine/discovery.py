@@ -35,8 +35,6 @@ def discover(checkpoint, encoder, task: Task, n: int | None, settings: SamplingS
              progress=None, borrowed: dict[str, list[dict]] | None = None) -> Discovery:
     """Sample `n` replies per prompt of the open `task` (None: none) and collect its answers,
     joined with the discovery rows `borrowed` from other labels ({label: rows})."""
-    from engine.results import task_hash
-
     sampler = ReplySampler(checkpoint, encoder, settings)
     counts = Counter(samples=0, finished=0, unfinished=0, other_end=0, no_answer=0)
     found: dict[tuple[str, str, str], int] = Counter()  # (prompt, answer, surface form)
@@ -52,20 +50,29 @@ def discover(checkpoint, encoder, task: Task, n: int | None, settings: SamplingS
                 found[(prompt.id, answer, surface)] += 1
         if progress is not None:
             progress.update(1)
-    union = Counter(found)
-    for rows in (borrowed or {}).values():
-        for r in rows:
-            union[(r["prompt_id"], r["answer"], r["continuation"])] += r["count"]
+    rows = [{"prompt_id": p, "answer": a, "continuation": s, "count": c}
+            for (p, a, s), c in sorted(found.items())]
+    return collect(task, rows, dict(counts), borrowed)
+
+
+def collect(task: Task, rows: list[dict], counts: dict[str, int],
+            borrowed: dict[str, list[dict]] | None = None) -> Discovery:
+    """The open `task` with the answers of its discovery `rows` (sampled here, `counts` saying
+    how the samples ended) and of the rows `borrowed` from other labels. A rerun that finds its
+    own discovery already written collects it again instead of sampling."""
+    from engine.results import task_hash
+
+    union: dict[tuple[str, str, str], int] = Counter()
+    for r in [*rows, *(r for label_rows in (borrowed or {}).values() for r in label_rows)]:
+        union[(r["prompt_id"], r["answer"], r["continuation"])] += r["count"]
     if not union:
         raise TaskError(f"{task.source}: task {task.name!r}: none of its {counts['samples']} "
                         f"sampled replies gave an answer ({counts['finished']} finished, "
                         f"{counts['unfinished']} unfinished past --max-new-tokens, "
                         f"{counts['no_answer']} normalised to nothing); check its normalize "
                         "rule, or raise --max-new-tokens or --discover")
-    return Discovery(dataclasses.replace(task, answers=_answers(union)),
-                     [{"prompt_id": p, "answer": a, "continuation": s, "count": c}
-                      for (p, a, s), c in sorted(found.items())], dict(counts), task_hash(task),
-                     tuple(borrowed or ()))
+    return Discovery(dataclasses.replace(task, answers=_answers(union)), rows, counts,
+                     task_hash(task), tuple(borrowed or ()))
 
 
 def _answers(found: dict[tuple[str, str, str], int]) -> tuple[Answer, ...]:

@@ -380,6 +380,11 @@ class SplitScoring(Scoring):
             rows = super().borrowed(task) if self.group.lead else None
         return self.group.broadcast(rows, "sharing the borrowed answers")
 
+    def kept_discovery(self, task):
+        with self.group.step(f"reading the kept discovery of {task.name}"):
+            kept = super().kept_discovery(task) if self.group.lead else None
+        return self.group.broadcast(kept, "sharing the kept discovery")
+
     def score(self, task, bar):
         with self.group.step(f"scoring {task.name}"):
             return super().score(task, bar)

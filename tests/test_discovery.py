@@ -88,6 +88,49 @@ def test_discovery_is_seeded_and_the_api_returns_its_table(ckpt, tmp_path):
     assert tables[0] == tables[1] and tables[0] != tables[2]
 
 
+def test_a_rerun_after_a_stop_keeps_the_discovery_already_written(ckpt, tmp_path, monkeypatch):
+    import engine.api
+    import engine.discovery
+
+    tasks = [*load_task_file(task_file(tmp_path)),
+             *load_task_file(task_file(tmp_path, name="open2.toml", **{'"pick"': '"pick2"'}))]
+    run = dict(tasks=tasks, discover=60, max_new_tokens=8, progress=False, label="l")
+    whole = score_checkpoint(ckpt, out=tmp_path / "whole", **run)
+    score_task = engine.api.Scoring.score
+
+    def stop_at_the_second_task(self, task, bar):
+        if task.name == "pick2":
+            raise KeyboardInterrupt
+        return score_task(self, task, bar)
+
+    monkeypatch.setattr(engine.api.Scoring, "score", stop_at_the_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        score_checkpoint(ckpt, out=tmp_path / "out", **run)
+    monkeypatch.setattr(engine.api.Scoring, "score", score_task)
+    sampled = []
+    sample = engine.discovery.ReplySampler.sample
+
+    def counted(self, *args, **kwargs):
+        sampled.append(args)
+        return sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.discovery.ReplySampler, "sample", counted)
+    again = score_checkpoint(ckpt, out=tmp_path / "out", **run)
+    per_task = len(sampled)
+    assert per_task > 0  # pick2 was sampled again: it was never written
+    for name in ("pick", "pick2"):
+        assert again.tables[name].equals(whole.tables[name])
+        assert again.discovery_tables[name].equals(whole.discovery_tables[name])
+        assert (again.manifest["tasks"][name]["discovery"]
+                == whole.manifest["tasks"][name]["discovery"])
+    assert again.manifest["timings"]["skipped_tasks"] == 1
+    sampled.clear()
+    score_checkpoint(ckpt, out=tmp_path / "out", **run)  # all written: nothing sampled
+    assert sampled == []
+    score_checkpoint(ckpt, out=tmp_path / "out", overwrite=True, **run)
+    assert len(sampled) == 2 * per_task  # --overwrite samples every open task again
+
+
 def test_normalizers():
     t = Task("t", "", (), (Prompt("p", "x"),), end="turn", open_answers=True,
              normalize=("strip", "casefold", "strip_punctuation"))

@@ -191,6 +191,15 @@ def test_tp2_discovers_and_borrows_answers_as_one_process_does(tmp_path):
         a, b = (pq.read_table(out / label / "open_animal.parquet") for label in (one, two))
         assert a.column("answer").to_pylist() == b.column("answer").to_pylist()
         assert rel_err(a.column("logprob").to_numpy(), b.column("logprob").to_numpy()) <= 1e-6
+    # a rerun: the first rank reads the discovery it wrote back and shares it, nothing changes
+    kept = out / "found2" / "discovery" / "open_animal.parquet"
+    written = kept.read_bytes()
+    again = launch.torchrun(2, "engine.score", ckpt, *common, *find, "--tp", "2",
+                            "--label", "found2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert kept.read_bytes() == written
+    manifest = json.loads((out / "found2" / "manifest.json").read_text())
+    assert manifest["timings"]["skipped_tasks"] == 1
 
 
 # ---------------------------------------------------------------------------------- bad input
