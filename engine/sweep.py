@@ -14,6 +14,9 @@ SWEEP.toml (relative paths are relative to the file's directory):
     # tokenizations = "canonical", max_tokenizations = ..., batch_invariant = false
     # (as engine.score's options)
     # dist_timeout = 1800 (seconds a rank waits for the others of its group)
+    # discover = 16, temperature, top_p, max_new_tokens, seed: open tasks (docs/tasks.md)
+    # answers_from = "{name}": labels, or a label template standing for the label it gives
+    #                          every checkpoint of this sweep (the union of a discovered ladder)
     stages = ["base", "sft"] # optional: the stage of each 'checkpoints' entry's matches
     series = "series.json"   # optional: write label, position and stage of every checkpoint
                              # scored, for `python -m analysis trajectory` ({mode} with several
@@ -92,6 +95,7 @@ class Sweep:
     spec: RunSpec  # every other setting, shared by all the checkpoints
     stages: list[str] | None = None  # the stage of each pattern's checkpoints
     series: str | None = None  # the series file to write (a template with {mode})
+    answers_from: tuple[str, ...] | None = None  # label templates, when any has a field
 
 
 @dataclass
@@ -161,6 +165,7 @@ def load_sweep(path) -> Sweep:
         raise SweepError(f"{path}: 'label' must be a string such as \"{{name}}\" or "
                          f"\"{{parent}}-{{name}}\"")
     check_label_template(path, label)
+    templates = answers_from_templates(path, settings)
     if len(modes) > 1 and "{mode}" not in label:
         raise SweepError(f"{path}: several modes need '{{mode}}' in 'label' "
                          f"(e.g. \"{{name}}-{{mode}}\"), "
@@ -187,16 +192,16 @@ def load_sweep(path) -> Sweep:
             raise SweepError(f"{path}: several modes need '{{mode}}' in 'series' "
                              "(e.g. \"series-{mode}.json\"): one series per mode")
         series = where(series)
-    return Sweep(path, patterns, modes, label, spec, stages, series)
+    return Sweep(path, patterns, modes, label, spec, stages, series, templates)
 
 
 LABEL_FIELDS = ("name", "parent", "mode", "dtype")
 
 
-def check_label_template(path: Path, template: str) -> None:
+def check_label_template(path: Path, template: str, key: str = "label") -> None:
     """Only plain {name} {parent} {mode} {dtype} fields: no format spec or conversion (a width
     such as {name:a>100000} would make a label of any length)."""
-    wrong = f"{path}: 'label' {shown(template)}: its fields must be plain {{name}}, {{parent}}, " \
+    wrong = f"{path}: {key!r} {shown(template)}: its fields must be plain {{name}}, {{parent}}, " \
             "{mode} or {dtype}"
     try:
         fields_ = [f for f in string.Formatter().parse(template) if f[1] is not None]
@@ -204,6 +209,51 @@ def check_label_template(path: Path, template: str) -> None:
         raise SweepError(f"{wrong} ({e})") from None
     if any(name not in LABEL_FIELDS or spec or conversion for _, name, spec, conversion in fields_):
         raise SweepError(wrong)
+
+
+def answers_from_templates(path: Path, settings: dict) -> tuple[str, ...] | None:
+    """The sweep's answers_from when it holds label templates ("{name}": the label that template
+    gives every checkpoint of the sweep, so a ladder of any length borrows from all its
+    checkpoints), else None (plain labels are used as they are). Each template is checked,
+    and `settings` gets one expansion of them for RunSpec's own checks."""
+    value = settings.get("answers_from")
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None  # RunSpec says what is wrong with it
+    if not any("{" in v or "}" in v for v in value):
+        return None
+    filled = []
+    for template in value:
+        check_label_template(path, template, "answers_from")
+        filled.append(template.format(name="name", parent="parent", mode="mode", dtype="dtype"))
+        problem = label_problem(filled[-1])
+        if problem:
+            raise SweepError(f"{path}: 'answers_from' {shown(template)}: the labels it makes "
+                             f"{problem}; change 'answers_from'")
+    settings["answers_from"] = tuple(filled)
+    return tuple(value)
+
+
+def borrowed_labels(sweep: Sweep, items: list[Item]) -> dict[str, tuple[str, ...]] | None:
+    """{mode: the labels answers_from names for that mode}, its templates filled in for every
+    checkpoint of the sweep; None when it has no templates."""
+    if sweep.answers_from is None:
+        return None
+    borrowed = {}
+    for mode in sweep.modes:
+        labels = []
+        for template in sweep.answers_from:
+            for item in items:
+                path = Path(item.checkpoint)
+                labels.append(template.format(name=path.name, parent=path.parent.name, mode=mode,
+                                              dtype=sweep.spec.dtype))
+                problem = label_problem(labels[-1])
+                if problem:
+                    raise SweepError(f"{sweep.source}: 'answers_from' gives {item.checkpoint} a "
+                                     f"label that {problem}; change 'answers_from'")
+        borrowed[mode] = tuple(dict.fromkeys(labels))
+    return borrowed
 
 
 def natural(text: str):
@@ -310,7 +360,7 @@ def main(argv=None) -> int:
     lock = None
     try:
         try:
-            layout, sweep, items = start(args.sweep)
+            layout, sweep, items, borrowed = start(args.sweep)
             if args.list:
                 if layout.rank == 0:
                     print_plan(items, layout.dp_size)
@@ -320,7 +370,7 @@ def main(argv=None) -> int:
             if distributed.reports(e):
                 print(f"error: {e}", file=sys.stderr)
             return 2
-        rows = run_group(sweep, items[layout.dp_rank::layout.dp_size], layout)
+        rows = run_group(sweep, items[layout.dp_rank::layout.dp_size], layout, borrowed)
         everyone = layout.summary_group.gather_objects(rows if layout.tp.lead else [],
                                                        "gathering the summary")
         order = {label: (item.index, i) for item in items
@@ -341,8 +391,9 @@ def main(argv=None) -> int:
 
 
 def start(path):
-    """Parse the sweep file, set up the launch and expand the checkpoints (rank 0's view, shared
-    with every rank). Every rank raises the same error on bad input."""
+    """Parse the sweep file, set up the launch and expand the checkpoints and the labels
+    answers_from names (rank 0's view, shared with every rank). Every rank raises the same error
+    on bad input."""
     from engine import distributed
 
     try:
@@ -352,8 +403,12 @@ def start(path):
     spec = sweep.spec
     layout = distributed.setup(spec.tp, spec.device, spec.dist_timeout)
     with layout.world_group.step("listing the checkpoints"):
-        items = expand(sweep) if layout.rank == 0 else None
-    return layout, sweep, layout.world_group.broadcast(items, "sharing the checkpoint list")
+        if layout.rank == 0:
+            items = expand(sweep)
+            plan = items, borrowed_labels(sweep, items)
+        else:
+            plan = None
+    return layout, sweep, *layout.world_group.broadcast(plan, "sharing the checkpoint list")
 
 
 def lock_results(sweep: Sweep, layout) -> LabelLock | None:
@@ -380,8 +435,10 @@ def _holder(directory: Path) -> str:
         return "a running process"
 
 
-def run_group(sweep: Sweep, mine: list[Item], layout) -> list[Row]:
-    """Score this group's checkpoints in order; a failing checkpoint is recorded, not fatal."""
+def run_group(sweep: Sweep, mine: list[Item], layout,
+              borrowed: dict[str, tuple[str, ...]] | None = None) -> list[Row]:
+    """Score this group's checkpoints in order; a failing checkpoint is recorded, not fatal.
+    borrowed: {mode: labels} for answers_from, when the sweep file gave it templates."""
     from tqdm import tqdm
 
     group = layout.tp
@@ -392,7 +449,7 @@ def run_group(sweep: Sweep, mine: list[Item], layout) -> list[Row]:
               position=position, disable=None if group.lead else True) as bar:
         for item in mine:
             bar.set_postfix_str(Path(item.checkpoint).name)
-            rows += score_item(sweep, item, layout)
+            rows += score_item(sweep, item, layout, borrowed)
             bar.update(1)
             for row in rows[-len(item.labels):]:
                 if row.status == "failed" and group.lead:
@@ -400,13 +457,15 @@ def run_group(sweep: Sweep, mine: list[Item], layout) -> list[Row]:
     return rows
 
 
-def score_item(sweep: Sweep, item: Item, layout) -> list[Row]:
+def score_item(sweep: Sweep, item: Item, layout,
+               borrowed: dict[str, tuple[str, ...]] | None = None) -> list[Row]:
     """Score one checkpoint in each of its modes; failures become failed rows. `seconds` is the
     checkpoint's time (loading and every mode)."""
     import engine
 
     group, shared = layout.tp, sweep.spec
-    specs = {label: shared.replace(mode=mode, label=label, progress=False)
+    specs = {label: shared.replace(mode=mode, label=label, progress=False,
+                                   **({} if borrowed is None else {"answers_from": borrowed[mode]}))
              for mode, label in item.labels}
     rows = {label: Row(label, item.checkpoint, layout.dp_rank, "failed") for label in specs}
     n_tasks = len(shared.tasks)

@@ -242,6 +242,33 @@ def test_a_sweep_discovers_and_rescores_as_the_cli_does(ladder, tmp_path):
                     == pq.read_table(cli_out / label / table).to_pylist()), (label, table)
     run = json.loads((tmp_path / "out" / "sft_u" / "manifest.json").read_text())["run"]
     assert run["discovery"]["answers_from"] == ["base", "sft"]
+    # a label template borrows from every checkpoint of the sweep, however many it matches
+    (tmp_path / "template.toml").write_text("\n".join(
+        common + ['answers_from = "{name}"', 'label = "{name}_t"']) + "\n")
+    assert sweep.main([str(tmp_path / "template.toml")]) == 0
+    for name in ("base", "sft"):
+        assert (pq.read_table(tmp_path / "out" / f"{name}_t" / "pick.parquet").drop(["label"])
+                .equals(pq.read_table(cli_out / f"{name}_u" / "pick.parquet").drop(["label"])))
+    run = json.loads((tmp_path / "out" / "sft_t" / "manifest.json").read_text())["run"]
+    assert run["discovery"]["answers_from"] == ["base", "sft"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ('"{name:>300}"', "'answers_from' '{name:>300}': its fields must be plain"),
+    ('"{step}"', "its fields must be plain"),
+    ('"{name}/x"', "'answers_from' '{name}/x': the labels it makes must be a plain name"),
+])
+def test_bad_answers_from_templates_are_one_line(tmp_path, capsys, value, message):
+    from engine import sweep
+
+    (tmp_path / "base").mkdir()
+    path = task_file(tmp_path)
+    (tmp_path / "s.toml").write_text(f'checkpoints = ["base"]\ntasks = {json.dumps(str(path))}\n'
+                                     f'answers_from = {value}\nlabel = "{{name}}_t"\n')
+    assert sweep.main([str(tmp_path / "s.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("case", ["other_definition", "missing_label", "closed"])
@@ -301,3 +328,17 @@ def test_the_summary_says_where_borrowed_answers_came_from():
     line = discovery_line("pick", some, 5, ["base"])
     assert line.startswith("pick: 4 replies sampled, 3 finished, 1 unfinished")
     assert line.endswith("5 answers scored, joined with the answers discovered under base")
+
+
+def test_answers_from_templates_fill_in_every_checkpoint_per_mode():
+    from pathlib import Path
+
+    from engine.spec import RunSpec
+    from engine.sweep import Item, Sweep, borrowed_labels
+
+    plan = Sweep(Path("s.toml"), [], ["base", "chat"], "{name}-{mode}-u", RunSpec(tasks="coin"),
+                 answers_from=("{name}-{mode}", "extra"))
+    items = [Item(0, "/m/step1", []), Item(1, "/m/step2", [])]
+    assert borrowed_labels(plan, items) == {"base": ("step1-base", "step2-base", "extra"),
+                                            "chat": ("step1-chat", "step2-chat", "extra")}
+    assert borrowed_labels(Sweep(Path("s.toml"), [], ["base"], "{name}", RunSpec()), items) is None
