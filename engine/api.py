@@ -215,8 +215,10 @@ class Scoring:
         and written under this run's settings, or None where it must be sampled."""
         from engine.results import task_hash
 
-        directory = None if self.spec.out is None else self.spec.out / self.resolved.label
-        if directory is None or self.spec.overwrite or not (directory / MANIFEST).is_file():
+        if self.spec.out is None or self.spec.overwrite:
+            return None
+        directory = self.spec.out / self.resolved.label
+        if not (directory / MANIFEST).is_file():
             return None
         store = ResultsStore.read(directory)
         entry = store.manifest["tasks"].get(task.name)

@@ -244,14 +244,8 @@ def borrowed_labels(sweep: Sweep, items: list[Item]) -> dict[str, tuple[str, ...
     for mode in sweep.modes:
         labels = []
         for template in sweep.answers_from:
-            for item in items:
-                path = Path(item.checkpoint)
-                labels.append(template.format(name=path.name, parent=path.parent.name, mode=mode,
-                                              dtype=sweep.spec.dtype))
-                problem = label_problem(labels[-1])
-                if problem:
-                    raise SweepError(f"{sweep.source}: 'answers_from' gives {item.checkpoint} a "
-                                     f"label that {problem}; change 'answers_from'")
+            labels += [fill_label(sweep, "answers_from", template, item.checkpoint, mode)
+                       for item in items]
         borrowed[mode] = tuple(dict.fromkeys(labels))
     return borrowed
 
@@ -286,13 +280,7 @@ def expand(sweep: Sweep) -> list[Item]:
     for index, checkpoint in enumerate(checkpoints):
         labels = []
         for mode in sweep.modes:
-            path = Path(checkpoint)
-            label = sweep.label.format(name=path.name, parent=path.parent.name, mode=mode,
-                                       dtype=sweep.spec.dtype)
-            problem = label_problem(label)
-            if problem:
-                raise SweepError(f"{sweep.source}: 'label' gives {checkpoint} a label that "
-                                 f"{problem}; change 'label'")
+            label = fill_label(sweep, "label", sweep.label, checkpoint, mode)
             if label in owner:
                 raise SweepError(f"{sweep.source}: {owner[label]} and {checkpoint} would both be "
                                  f"labelled {label!r}; use a label template that tells them "
@@ -301,6 +289,18 @@ def expand(sweep: Sweep) -> list[Item]:
             labels.append((mode, label))
         items.append(Item(index, checkpoint, labels, stage_of[checkpoint], positions[index]))
     return items
+
+
+def fill_label(sweep: Sweep, key: str, template: str, checkpoint: str, mode: str) -> str:
+    """The label the template of sweep file key `key` gives a checkpoint in a mode."""
+    path = Path(checkpoint)
+    label = template.format(name=path.name, parent=path.parent.name, mode=mode,
+                            dtype=sweep.spec.dtype)
+    problem = label_problem(label)
+    if problem:
+        raise SweepError(f"{sweep.source}: {key!r} gives {checkpoint} a label that {problem}; "
+                         f"change {key!r}")
+    return label
 
 
 def series_positions(checkpoints: list[str]) -> list[float]:

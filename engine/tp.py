@@ -381,6 +381,7 @@ class SplitScoring(Scoring):
         return self.group.broadcast(rows, "sharing the borrowed answers")
 
     def kept_discovery(self, task):
+        """Read by the first rank, which alone holds the results, and shared."""
         with self.group.step(f"reading the kept discovery of {task.name}"):
             kept = super().kept_discovery(task) if self.group.lead else None
         return self.group.broadcast(kept, "sharing the kept discovery")
