@@ -4,19 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test bench gpu-check demo lint clean
+.PHONY: setup test bench gpu-check demo lint lock clean
 
 setup: $(STAMP)
 
 # The CPU torch 2.13.0 is pinned only here, and only when no torch is present, so that the
-# package's own range keeps a GPU user's CUDA torch.
-$(STAMP): pyproject.toml
+# package's own range keeps a GPU user's CUDA torch. Every other test dependency comes from
+# constraints.txt (the versions the suite passed with; `make lock` refreshes it).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-# Lint first: a long line or an unused import fails `make test`, and so CI.
+# Lint first: a long line, an unused import or an upward import fails `make test`, and so CI.
 test: lint
 	$(PY) -m pytest -q
 
@@ -30,10 +31,25 @@ gpu-check: setup
 	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 demo: setup
-	$(PY) -m lab.demo
+	$(VENV)/bin/answerdist demo
 
+# ruff, then import-linter's contracts (pyproject.toml): imports run only downward.
 lint: setup
-	$(PY) -m ruff check engine kernels analysis lab benchmarks tests
+	$(PY) -m ruff check answerdist benchmarks tests
+	$(VENV)/bin/lint-imports --no-cache
+
+# Refresh constraints.txt: the newest releases the package's ranges allow, resolved in a fresh
+# venv (torch, triton and CUDA's packages left out: they come with the user's torch). Run
+# `make test` after it and commit the file only if the suite passes.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q torch==2.13.0
+	.lock-venv/bin/python -m pip install -q '.[test]'
+	.lock-venv/bin/python -m pip freeze --exclude-editable \
+	  | grep -v -i -E '^(answerdist|torch|triton|nvidia-[a-z0-9-]*|cuda-[a-z0-9-]*)( @|==)' \
+	  > constraints.txt
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-import engine
-from engine.results import main_table
-from engine.scorer import PromptEncoder, score_task, task_sequences
-from engine.tasks import Answer, Prompt, Task
+import answerdist
+from answerdist.engine.scoring.scorer import PromptEncoder, score_task, task_sequences
+from answerdist.engine.scoring.tables import main_table
+from answerdist.engine.tasks import Answer, Prompt, Task
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -37,7 +37,7 @@ def build_checkpoint(directory: Path) -> None:
     """A random 2-layer Llama with a 512-token byte-level BPE trained on numbers and text."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from lab.corpus import train_bpe
+    from answerdist.lab.corpus import train_bpe
 
     corpus = [" ".join(str(n) for n in range(i, i + 50)) for i in range(0, 100_000, 50)]
     corpus += ["Pick a number between 1 and 100000. Answer:"] * 20
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         build_checkpoint(Path(tmp))
-        ck = engine.load(tmp)
+        ck = answerdist.load(tmp)
         encoder = PromptEncoder(ck, "base")
         measure(ck, encoder, 100)  # warm-up: first calls pay for lazy set-up
         rows = [measure(ck, encoder, k) for k in sizes]

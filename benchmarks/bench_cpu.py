@@ -42,7 +42,7 @@ def _reset_hwm() -> bool:
 
 def cpu_variant(variant: str, n: int, d: int, v: int):
     """The callable for one CPU variant on fresh float32 inputs (engine's CPU dtype)."""
-    from kernels.lm_head import lm_head_logprobs_reference
+    from answerdist.kernels.lm_head import lm_head_logprobs_reference
 
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(v, d, generator=g).mul_(d**-0.5)

@@ -19,7 +19,7 @@ import torch
 def use_interpreter_without_cuda() -> None:
     """Dry run without CUDA: interpret the kernels. TRITON_INTERPRET=1 only works when set
     before triton is first imported (see kernels/interpreter.py), hence the early call."""
-    from kernels.interpreter import interpret_without_cuda
+    from answerdist.kernels.interpreter import interpret_without_cuda
 
     if not interpret_without_cuda():
         raise SystemExit("bench_kernels --dry-run: triton was imported before TRITON_INTERPRET=1 "

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_fingerprint [--gb 1.0] [--repeats 5]
 
 Writes a random Llama-architecture checkpoint of about `--gb` GB (bfloat16 safetensors, with the
-tiny test tokenizer), then times `engine.load(..., dtype="float32")` (which reads and converts
+tiny test tokenizer), then times `answerdist.load(..., dtype="float32")` (which reads and converts
 every byte) with the hashing on and with it replaced by a no-op, alternating, and prints the
 medians and the ratio; for scale, the same reads and conversions by the safetensors package.
 With `--cold` (needs root), the page cache is dropped before every load, so the time includes
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-import engine
-from engine import weights
+import answerdist
+from answerdist.engine.model import weights
 
 
 def write_checkpoint(directory: Path, gb: float) -> int:
@@ -72,7 +72,7 @@ def time_load(directory: Path, cold: bool) -> float:
     if cold:
         drop_caches()
     start = time.perf_counter()
-    engine.load(directory, dtype="float32", device="cpu")
+    answerdist.load(directory, dtype="float32", device="cpu")
     return time.perf_counter() - start
 
 

@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import engine
+import answerdist
+from answerdist.engine.scoring.scorer import PromptEncoder, boundary_mask, score_task
+from answerdist.engine.tasks import load_tasks
 from benchmarks.bench_scoring import build_checkpoint
 from benchmarks.naive_scoring import boundary_ids, naive_logprobs
-from engine.scorer import PromptEncoder, boundary_mask, score_task
-from engine.tasks import load_tasks
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
         directory = Path(tmp)
         build_checkpoint(directory)
         start = time.perf_counter()
-        ck = engine.load(directory)
+        ck = answerdist.load(directory)
         engine_load = time.perf_counter() - start
         start = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()

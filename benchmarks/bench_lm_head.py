@@ -60,7 +60,7 @@ def lm_head_chunked(hidden, weight, targets, chunks_boundary, chunk=CHUNKED_VOCA
 
 def lm_head_fused(hidden, weight, targets, boundary_mask, config=None):
     """The kernel, returning the same two log-prob tensors as ``lm_head_eager``."""
-    from kernels.lm_head import lm_head_logprobs_triton
+    from answerdist.kernels.lm_head import lm_head_logprobs_triton
 
     lse, target_logits, boundary_lse = lm_head_logprobs_triton(hidden, weight, targets,
                                                                boundary_mask, config=config)
@@ -82,8 +82,8 @@ def lm_head_inputs(n, d, v, device, dtype, seed=0):
 
 def bench_lm_head_shape(n, d, v, device, dtype, use_compile, configs=()) -> dict:
     """One row of the kernel-1 table (plus the fused kernel under each extra config)."""
-    from kernels._lm_head_triton import LMHeadConfig
-    from kernels.lm_head import lm_head_logprobs_reference
+    from answerdist.kernels._lm_head_triton import LMHeadConfig
+    from answerdist.kernels.lm_head import lm_head_logprobs_reference
 
     weight, mask, idx, rot = lm_head_inputs(n, d, v, device, dtype)
     compiled = compiled_lm_head_eager() if use_compile else None

@@ -1,4 +1,5 @@
-"""Micro-benchmark: analysis.metrics.pairwise_js against scipy's pdist(P, "jensenshannon")**2.
+"""Micro-benchmark: answerdist.analysis.metrics.pairwise_js against scipy's pdist(P,
+"jensenshannon")**2.
 
 Both compute all pairwise Jensen-Shannon divergences of N = 2000 distributions over K = 100
 answers; scipy's result is in nats (divided by ln 2 here, and checked to agree). The two are
@@ -16,7 +17,7 @@ import time
 import numpy as np
 from scipy.spatial.distance import pdist, squareform
 
-from analysis.metrics import pairwise_js
+from answerdist.analysis.metrics import pairwise_js
 
 
 def _time(fn):
@@ -45,7 +46,7 @@ def main(argv=None):
     err = np.abs(D - squareform(d / math.log(2.0))).max()
     m_ours, m_scipy = statistics.median(ours), statistics.median(theirs)
     print(f"pairwise JS, N={args.n}, K={args.k}, {args.repeats} repeats (median)")
-    print(f"  analysis.metrics.pairwise_js : {m_ours:8.3f} s")
+    print(f"  answerdist.analysis.metrics.pairwise_js : {m_ours:8.3f} s")
     print(f"  scipy pdist jensenshannon**2 : {m_scipy:8.3f} s")
     print(
         f"  speed-up vs scipy            : {m_scipy / m_ours:8.2f}x   (max |diff| {err:.1e} bits)"

@@ -32,11 +32,12 @@ from pathlib import Path
 
 import torch
 
-import engine
-from engine.discovery import discover
-from engine.sampler import CHUNK, ReplySampler, SamplingSettings
-from engine.scorer import PromptEncoder, score_task, task_sequences
-from engine.tasks import Prompt, Task, normalize_reply
+import answerdist
+from answerdist.engine.scoring.discovery import discover
+from answerdist.engine.scoring.sampler import CHUNK, ReplySampler
+from answerdist.engine.scoring.scorer import PromptEncoder, score_task, task_sequences
+from answerdist.engine.settings import SamplingSettings
+from answerdist.engine.tasks import Prompt, Task, normalize_reply
 
 RESULTS = Path(__file__).parent / "results"
 NEW_TOKENS = 32
@@ -46,7 +47,7 @@ def throughput(directory: Path, runs: int = 3) -> dict:
     """Tokens per second of both samplers on one prompt, CHUNK replies of NEW_TOKENS each."""
     from transformers import AutoModelForCausalLM
 
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     task = Task("bench", "", (), (Prompt("p", "Pick a random number between 1 and 10."),),
                 end="turn", open_answers=True)
     encoder = PromptEncoder(ck, "chat")
@@ -106,7 +107,7 @@ def exact_answers(ck, encoder, task, n: int, settings) -> tuple[dict, float]:
 
 
 def accuracy(directory: Path, discoveries=(16, 64, 256), truth_samples: int = 20_000) -> list:
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     encoder = PromptEncoder(ck, "chat", tokenizations="all")
     task = Task("pick", "", (), (Prompt("plain", "Pick a number or a word."),), end="turn",
                 open_answers=True, normalize=("strip", "casefold"))

@@ -26,10 +26,15 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-import engine
+import answerdist
+from answerdist.engine.scoring.scorer import (
+    PromptEncoder,
+    boundary_mask,
+    score_task,
+    task_sequences,
+)
+from answerdist.engine.tasks import load_tasks
 from benchmarks.naive_scoring import boundary_ids, naive_logprobs
-from engine.scorer import PromptEncoder, boundary_mask, score_task, task_sequences
-from engine.tasks import load_tasks
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,7 +69,7 @@ def build_checkpoint(directory: Path, vocab_size: int = 32000) -> None:
 
 def run_engine(directory: Path, tasks) -> tuple[float, int, dict]:
     start = time.perf_counter()
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     encoder = PromptEncoder(ck, "base")
     boundary = boundary_mask(ck)
     tokens, scores = 0, {}
@@ -104,7 +109,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         build_checkpoint(directory)
-        params = sum(p.numel() for p in engine.load(directory).model.parameters())
+        params = sum(p.numel() for p in answerdist.load(directory).model.parameters())
         ours_s, ours_tokens, scores = run_engine(directory, tasks)
         naive_s, naive_tokens, worst = run_naive(directory, tasks, scores)
     result = {

@@ -25,17 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-import engine
-from analysis.metrics import js_divergence
-from engine.errors import TaskError
-from engine.tasks import load_tasks
+import answerdist
+from answerdist.analysis.metrics import js_divergence
+from answerdist.engine.tasks import load_tasks
+from answerdist.errors import TaskError
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def score(ck, task, mode, tokenizations, limit):
     start = time.perf_counter()
-    result = engine.score_checkpoint(ck, tasks=task, mode=mode, tokenizations=tokenizations,
+    result = answerdist.score_checkpoint(ck, tasks=task, mode=mode, tokenizations=tokenizations,
                                      max_tokenizations=limit, progress=False)
     return time.perf_counter() - start, result
 
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
             from benchmarks.bench_scoring import build_checkpoint
 
             build_checkpoint(directory)
-        ck = engine.load(directory)
+        ck = answerdist.load(directory)
         for task in load_tasks(args.tasks):  # one task at a time, canonical then all, side by side
             seconds, canonical = score(ck, [task], args.mode, "canonical", args.max_tokenizations)
             try:

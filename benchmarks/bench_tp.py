@@ -70,22 +70,22 @@ def memory() -> dict[str, float]:
 
 def worker(checkpoint: str, tasks: str, out: Path) -> None:
     """One rank: load with --tp WORLD_SIZE, score in memory, write what it measured."""
-    import engine
-    import engine.api
-    import engine.scorer  # noqa: F401 (every module the run needs, before the first measure)
-    from engine import distributed
+    import answerdist
+    import answerdist.engine.run.api
+    import answerdist.engine.scoring.scorer  # noqa: F401 (every module the run needs, before the first measure)
+    from answerdist.engine.model import distributed
 
     tp = int(os.environ.get("WORLD_SIZE", "1"))
     layout = distributed.setup(tp, "cpu")
     before = memory()
     start = time.perf_counter()
-    ck = engine.load(checkpoint, dtype="float32", device="cpu", tp=tp)
+    ck = answerdist.load(checkpoint, dtype="float32", device="cpu", tp=tp)
     load_s = time.perf_counter() - start
     for param in ck.model.parameters():  # fault every weight page in: what a rank holds
         param.sum()
     loaded = memory()
     start = time.perf_counter()
-    result = engine.score_checkpoint(ck, tasks=tasks, mode="base", progress=False)
+    result = answerdist.score_checkpoint(ck, tasks=tasks, mode="base", progress=False)
     score_s = time.perf_counter() - start
     peak = memory()
     logprobs = np.concatenate([t.column("logprob").to_numpy() for t in result.tables.values()])

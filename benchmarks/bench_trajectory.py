@@ -2,9 +2,9 @@
 
 Synthetic distributions (15 tasks with the shipped tasks' answer counts, 2 to 100; every prompt
 moving from its own Dirichlet draw toward one seed prompt's over the series), analysed with
-`analysis.trajectory` (order parameters, intervals, susceptibilities, located transitions):
-target under 60 s on 2 cores. Then the bootstrap alone, side by side in one run: the Numba
-kernel of analysis/bootstrap.py (parallel over resamples) against a plain numpy implementation
+`answerdist.analysis.trajectory` (order parameters, intervals, susceptibilities, located
+transitions): target under 60 s on 2 cores. Then the bootstrap alone, side by side in one run: the
+Numba kernel of analysis/bootstrap.py (parallel over resamples) against a plain numpy implementation
 of the same six order parameters (vectorised over resamples, one task and point at a time).
 
     python -m benchmarks.bench_trajectory [--points 200] [--bootstrap 1000] [--record]
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.bootstrap import resample_counts
-from analysis.dynamics import trajectory
-from analysis.metrics import entropy, pairwise_js, support
-from analysis.null import draw_rng
-from analysis.phases import TAU, Results, TaskData, ladder_values, weights
+from answerdist.analysis.bootstrap import resample_counts
+from answerdist.analysis.dynamics import trajectory
+from answerdist.analysis.metrics import entropy, pairwise_js, support
+from answerdist.analysis.null import draw_rng
+from answerdist.analysis.phases import TAU, Results, TaskData, ladder_values, weights
 
 RESULTS = Path(__file__).parent / "results"
 ANSWERS = (2, 3, 4, 6, 7, 7, 10, 10, 11, 12, 15, 15, 26, 52, 100)  # the shipped tasks' K
@@ -85,8 +85,8 @@ def numpy_bootstrap(results: Results, series, bootstrap: int) -> int:
 
 
 def kernel_bootstrap(results: Results, series, bootstrap: int) -> None:
-    """The same bootstrap through the kernel that analysis.trajectory runs (order parameters
-    only), without locating transitions."""
+    """The same bootstrap through the kernel that answerdist.analysis.trajectory runs (order
+    parameters only), without locating transitions."""
     labels = [label for label, _ in series]
     for task in results.data[labels[0]]:
         arrays = [(results.data[label][task].P, results.data[label][task].coverage)
@@ -122,7 +122,8 @@ def main(argv=None) -> int:
            "ratio_numpy_over_numba": round(plain / numba, 2),
            "median_located_liquidity_step": float(np.median(located)),
            "machine": platform.processor() or platform.machine()}
-    print(f"analysis.trajectory, all of it: {args.points} checkpoints x {len(ANSWERS)} tasks x "
+    print(f"answerdist.analysis.trajectory, all of it: {args.points} checkpoints x "
+          f"{len(ANSWERS)} tasks x "
           f"{PROMPTS} prompts x {args.bootstrap} resamples in {kernel:.1f} s (target: < 60 s)")
     print(f"the bootstrap of the six order parameters alone: Numba kernel {numba:.1f} s, plain "
           f"numpy {plain:.1f} s (numpy / Numba = {plain / numba:.2f})")

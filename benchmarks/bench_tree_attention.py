@@ -22,7 +22,7 @@ DRY_TREE_SHAPES = [(1, 20, 8, 4, 2, 32), (1, 9, 30, 4, 1, 16), (3, 12, 6, 4, 2, 
 
 def random_trie_parents(rng: random.Random, n: int, max_depth: int = 8) -> list[int]:
     """A wide, shallow answer trie (depth <= max_depth) of n nodes in DFS pre-order."""
-    from kernels.tree_attention import dfs_preorder
+    from answerdist.kernels.tree_attention import dfs_preorder
 
     parents, depth = [], []
     for i in range(n):
@@ -38,7 +38,7 @@ def random_trie_parents(rng: random.Random, n: int, max_depth: int = 8) -> list[
 def packed_span_end(seqs: int, prompt: int, nodes: int, seed: int = 0) -> torch.Tensor:
     """span_end [1, T] of ``seqs`` sequences (prompt + random trie each) end to end, the
     engine's packed layout: every sequence sees only itself."""
-    from kernels.tree_attention import trie_span_end
+    from answerdist.kernels.tree_attention import trie_span_end
 
     rng = random.Random(seed)
     parts = [trie_span_end(prompt, random_trie_parents(rng, nodes)) + i * (prompt + nodes)
@@ -49,7 +49,7 @@ def packed_span_end(seqs: int, prompt: int, nodes: int, seed: int = 0) -> torch.
 def tree_inputs(seqs, prompt, nodes, hq, hkv, dh, device, dtype, seed=0):
     """span_end [1, T], the dense mask [T, T] for SDPA, and a Rotation of (q, k, v, k and v
     expanded to hq heads) sets."""
-    from kernels.tree_attention import span_end_visible
+    from answerdist.kernels.tree_attention import span_end_visible
 
     span_end = packed_span_end(seqs, prompt, nodes, seed).to(device)
     t = span_end.shape[1]
@@ -93,8 +93,8 @@ def bench_tree_shape(seqs, prompt, nodes, hq, hkv, dh, device, dtype, configs=()
     """One row of the kernel-2 table (plus the kernel under each extra config)."""
     import torch.nn.functional as F
 
-    from kernels._tree_attention_triton import TreeAttentionConfig
-    from kernels.tree_attention import tree_attention_reference, tree_attention_triton
+    from answerdist.kernels._tree_attention_triton import TreeAttentionConfig
+    from answerdist.kernels.tree_attention import tree_attention_reference, tree_attention_triton
 
     span_end, dense, rot = tree_inputs(seqs, prompt, nodes, hq, hkv, dh, device, dtype)
     scale = dh**-0.5

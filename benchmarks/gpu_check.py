@@ -150,12 +150,17 @@ def engine_scores(directory: Path, tasks, dtype: str, device: torch.device,
     """Engine wall (load + score) and scoring seconds, tokens, variant log-probs per prompt.
     pack: None as the engine decides (packed on CUDA), False one pass per prompt
     (`--batch-invariant`)."""
-    import engine
-    from engine.scorer import PromptEncoder, boundary_mask, score_task, task_sequences
+    import answerdist
+    from answerdist.engine.scoring.scorer import (
+        PromptEncoder,
+        boundary_mask,
+        score_task,
+        task_sequences,
+    )
 
     _sync(device)
     start = time.perf_counter()
-    ck = engine.load(directory, dtype=dtype, device=str(device))
+    ck = answerdist.load(directory, dtype=dtype, device=str(device))
     encoder = PromptEncoder(ck, "base")
     boundary = boundary_mask(ck)
     scoring, tokens, scores = 0.0, 0, {}
@@ -218,7 +223,7 @@ def max_diff(engine: dict, naive: dict) -> float:
 
 def end_to_end(dry_run: bool) -> dict:
     """The end-to-end comparison; on CPU (dry run) a tiny checkpoint and two tasks."""
-    from engine.tasks import load_tasks
+    from answerdist.engine.tasks import load_tasks
 
     device = default_device()
     config_kwargs = TINY if dry_run else OLMO2_1B
@@ -266,7 +271,7 @@ def end_to_end(dry_run: bool) -> dict:
 def family_end_to_end(arch: str, dry_run: bool, device: torch.device) -> dict:
     """One more family, small, on three tasks: engine bf16 and float32 against transformers
     float32 (after a warm-up task that lets Triton compile)."""
-    from engine.tasks import load_tasks
+    from answerdist.engine.tasks import load_tasks
 
     config_class, shape = FAMILY_CHECKS[arch]
     if dry_run:
@@ -293,15 +298,16 @@ def sampler_check(directory: Path, device: torch.device, new_tokens: int = 32) -
     """The sampler on this device: KV-cache decoding against the full forward (max |d logit|
     over 2 x 48 positions, 16 prefilled), and bf16 throughput for CHUNK replies of
     `new_tokens` tokens each (no reply stops early)."""
-    import engine
-    from engine.model import KVCache
-    from engine.sampler import CHUNK, ReplySampler, SamplingSettings
-    from engine.scorer import PromptEncoder
-    from engine.tasks import Prompt, Task
+    import answerdist
+    from answerdist.engine.model.transformer import KVCache
+    from answerdist.engine.scoring.sampler import CHUNK, ReplySampler
+    from answerdist.engine.scoring.scorer import PromptEncoder
+    from answerdist.engine.settings import SamplingSettings
+    from answerdist.engine.tasks import Prompt, Task
 
     out = {}
     for dt in ("bfloat16", "float32"):
-        ck = engine.load(directory, dtype=dt, device=str(device))
+        ck = answerdist.load(directory, dtype=dt, device=str(device))
         ids = torch.randint(0, ck.args.vocab_size, (2, 48),
                             generator=torch.Generator().manual_seed(0)).to(device)
         with torch.inference_mode():
@@ -318,7 +324,7 @@ def sampler_check(directory: Path, device: torch.device, new_tokens: int = 32) -
             (torch.stack(steps, 1) - full[:, 15:47]).abs().max())
     task = Task("bench", "", (), (Prompt("p", "Pick a random number between 1 and 10."),),
                 end="turn", open_answers=True)
-    ck = engine.load(directory, dtype="bfloat16", device=str(device))
+    ck = answerdist.load(directory, dtype="bfloat16", device=str(device))
     sampler = ReplySampler(ck, PromptEncoder(ck, "base"),
                            SamplingSettings(max_new_tokens=new_tokens))
     sampler.specials = set()  # no reply stops early

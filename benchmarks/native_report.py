@@ -127,12 +127,12 @@ def recording(modules, arch: int):
 
 
 def _kernel_modules():
-    import kernels._lm_head_triton as lm
-    import kernels._tree_attention_triton as ta
+    import answerdist.kernels._lm_head_triton as lm
+    import answerdist.kernels._tree_attention_triton as ta
 
     modules = [lm, ta]
     with contextlib.suppress(ImportError):
-        import kernels._triton_common as common  # the shared helpers (capability, device)
+        import answerdist.kernels._triton_common as common  # shared helpers (capability, device)
 
         modules.append(common)
     return modules
@@ -141,7 +141,7 @@ def _kernel_modules():
 def tree_launches(arch: int, dtype: torch.dtype, head_dim: int, window: int | None,
                   softcap: float | None = None) -> list:
     """The launches tree attention makes for one packed engine row, on meta tensors."""
-    from kernels.tree_attention import tree_attention_triton
+    from answerdist.kernels.tree_attention import tree_attention_triton
 
     b, t, hq, hkv = 1, TREE_T, 32, 8
     q = torch.empty(b, t, hq, head_dim, dtype=dtype, device="meta").transpose(1, 2)
@@ -160,7 +160,7 @@ def lm_launches(arch: int, dtype: torch.dtype, d: int, v: int,
                 softcap: float | None = None) -> list:
     """The launches of the LM head for LM_ROWS gathered rows, on meta tensors (the launcher
     directly: the public function's range check on targets needs real values)."""
-    import kernels._lm_head_triton as lm
+    import answerdist.kernels._lm_head_triton as lm
 
     hidden = torch.empty(LM_ROWS, d, dtype=dtype, device="meta")
     weight = torch.empty(v, d, dtype=dtype, device="meta")

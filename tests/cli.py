@@ -1,4 +1,4 @@
-"""Running `python -m engine.score` as a user does, in a subprocess, and reading its error line."""
+"""Running `answerdist score` as a user does, in a subprocess, and reading its error line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.score", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "answerdist", "score", *map(str, args)],
                           capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
 
 

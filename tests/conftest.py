@@ -5,7 +5,7 @@ TRITON_INTERPRET=1 only works when it is set before anything imports triton
 without CUDA every kernel test runs interpreted, in this process; natively where CUDA is.
 """
 
-from kernels.interpreter import interpret_without_cuda
+from answerdist.kernels.interpreter import interpret_without_cuda
 
 KERNELS_RUN = interpret_without_cuda()  # before any test module can import triton
 

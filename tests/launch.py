@@ -23,20 +23,21 @@ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR
     ENV.pop(key, None)
 
 
-def python(module: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m module args` in one process (a world of one)."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
-                          text=True, env=ENV, cwd=ROOT, timeout=timeout)
+def python(command: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m answerdist command args` in one process (a world of one)."""
+    return subprocess.run([sys.executable, "-m", "answerdist", command, *map(str, args)],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
 
 
-def torchrun_command(nproc: int, module: str, *args) -> list[str]:
+def torchrun_command(nproc: int, command: str, *args) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", "-m", module, *map(str, args)]
+            f"--nproc-per-node={nproc}", "-m", "answerdist", command, *map(str, args)]
 
 
-def torchrun(nproc: int, module: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node nproc -m module args` (a free port of its own)."""
-    return subprocess.run(torchrun_command(nproc, module, *args), capture_output=True, text=True,
+def torchrun(nproc: int, command: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node nproc -m answerdist command args` (a free port of
+    its own)."""
+    return subprocess.run(torchrun_command(nproc, command, *args), capture_output=True, text=True,
                           env=ENV, cwd=ROOT, timeout=timeout)
 
 
@@ -57,7 +58,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ranks(module: str, argv_per_rank: list[list], log_dir: Path) -> list[subprocess.Popen]:
+def start_ranks(command: str, argv_per_rank: list[list], log_dir: Path) -> list[subprocess.Popen]:
     """One process per rank, each with its own arguments, joined by the env:// rendezvous.
     Output goes to files (a pipe nobody reads could fill and block a rank)."""
     port, world = free_port(), len(argv_per_rank)
@@ -67,8 +68,9 @@ def start_ranks(module: str, argv_per_rank: list[list], log_dir: Path) -> list[s
                    LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         out = open(log_dir / f"rank{rank}.out", "w")
         err = open(log_dir / f"rank{rank}.err", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *map(str, argv)], env=env,
-                                      cwd=ROOT, stdout=out, stderr=err))
+        procs.append(subprocess.Popen([sys.executable, "-m", "answerdist", command,
+                                       *map(str, argv)], env=env, cwd=ROOT, stdout=out,
+                                      stderr=err))
     return procs
 
 
@@ -85,9 +87,9 @@ def finish_ranks(procs: list[subprocess.Popen], log_dir: Path, timeout: float = 
                  (log_dir / f"rank{r}.err").read_text()) for r, proc in enumerate(procs)]
 
 
-def ranks(module: str, argv_per_rank: list[list], log_dir: Path,
+def ranks(command: str, argv_per_rank: list[list], log_dir: Path,
           timeout: float = 300) -> list[Rank]:
-    return finish_ranks(start_ranks(module, argv_per_rank, log_dir), log_dir, timeout)
+    return finish_ranks(start_ranks(command, argv_per_rank, log_dir), log_dir, timeout)
 
 
 def worker_pids(launcher_pid: int) -> dict[int, int]:

@@ -7,8 +7,8 @@ import atexit
 import os
 import sys
 
-from engine import distributed
-from engine.errors import EngineError
+from answerdist.engine.model import distributed
+from answerdist.errors import EngineError
 
 
 def say(line: str) -> None:

@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file, save_file
 
-import engine
-from engine import score, sweep
-from engine.errors import TaskError, WeightsError
-from engine.files import TEMPORARY
-from engine.tasks import load_task_file
+import answerdist
+from answerdist.cli import score
+from answerdist.engine.run import sweep
+from answerdist.engine.tasks import load_task_file
+from answerdist.errors import TaskError, WeightsError
+from answerdist.files import TEMPORARY
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def ckpt(tiny_checkpoint):
 
 
 def error_line(capsys, argv) -> str:
-    """engine.score in this process: exit 2 and one `error:` line (notes aside)."""
+    """answerdist.cli.score in this process: exit 2 and one `error:` line (notes aside)."""
     assert score.main([str(a) for a in argv]) == 2
     lines = [line for line in capsys.readouterr().err.strip().splitlines()
              if not line.startswith("note:")]
@@ -177,7 +178,7 @@ def test_float_weights_labelled_as_integers_are_refused(ckpt, copy_checkpoint):
     tensors[name] = tensors[name].view(dtype=__import__("torch").int32)  # the same bytes, as I32
     save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(WeightsError, match=f"{name}.*int32, not floating point"):
-        engine.load(bad)
+        answerdist.load(bad)
     assert os.path.exists(bad / "model.safetensors")
 
 
@@ -197,7 +198,7 @@ def test_a_template_date_is_fixed_recorded_and_part_of_the_run(dated, tmp_path, 
                                                                 monkeypatch):
     import datetime as real
 
-    import engine.chat
+    import answerdist.engine.text.chat
 
     class Tomorrow(real.datetime):  # any other day: the prompts must not move
         @classmethod
@@ -210,7 +211,7 @@ def test_a_template_date_is_fixed_recorded_and_part_of_the_run(dated, tmp_path, 
     assert "Today Date: 26 Jul 2024" in first.column("prompt_text")[0].as_py()
     manifest = json.loads((out / "L" / "manifest.json").read_text())
     assert manifest["template_date"] == "2024-07-26" == manifest["run"]["template_date"]
-    monkeypatch.setattr(engine.chat, "datetime", Tomorrow)
+    monkeypatch.setattr(answerdist.engine.text.chat, "datetime", Tomorrow)
     assert score.main([str(dated), "--tasks", "coin", "--out", str(out), "--label", "M"]) == 0
     assert pq.read_table(out / "M" / "coin.parquet").equals(first.set_column(
         0, "label", pq.read_table(out / "M" / "coin.parquet").column("label")))
@@ -284,12 +285,12 @@ def test_hostile_templates_end_within_their_bounds(ckpt, copy_checkpoint, tmp_pa
 def test_a_template_of_megabytes_is_refused(ckpt, copy_checkpoint):
     bad = copy_checkpoint(ckpt)
     (bad / "chat_template.jinja").write_text("{{ bos_token }}" + "x" * 20_000_000)
-    with pytest.raises(engine.EngineError, match="characters; more than"):
-        engine.load(bad)
+    with pytest.raises(answerdist.EngineError, match="characters; more than"):
+        answerdist.load(bad)
 
 
 def test_templates_render_as_before_within_their_bounds(ckpt):
-    ck = engine.load(ckpt)
+    ck = answerdist.load(ckpt)
     messages = [{"role": "user", "content": "Flip a coin."}]
     fixed = ck.chat_template.for_run("2024-07-26", seconds=5, max_chars=10_000)
     assert fixed.render(messages) == ck.render_chat(messages)
@@ -303,8 +304,8 @@ def test_metadata_linked_outside_the_checkpoint_is_refused(ckpt, copy_checkpoint
     secret = tmp_path / "secret.txt"
     secret.write_text("{{ 'my private notes' }}")
     (bad / "chat_template.jinja").symlink_to(secret)
-    with pytest.raises(engine.EngineError, match="outside the checkpoint"):
-        engine.load(bad)
+    with pytest.raises(answerdist.EngineError, match="outside the checkpoint"):
+        answerdist.load(bad)
 
 
 def test_the_hugging_face_cache_layout_is_the_checkpoints_own(ckpt, tmp_path):
@@ -316,7 +317,7 @@ def test_the_hugging_face_cache_layout_is_the_checkpoints_own(ckpt, tmp_path):
         blob = blobs / f"blob{i}"
         blob.write_bytes(path.read_bytes())
         (snapshot / path.name).symlink_to(Path("../../blobs") / blob.name)
-    assert engine.load(snapshot).fingerprint == engine.load(ckpt).fingerprint
+    assert answerdist.load(snapshot).fingerprint == answerdist.load(ckpt).fingerprint
 
 
 def test_a_huge_sparse_metadata_file_is_refused_at_once(ckpt, copy_checkpoint):
@@ -326,8 +327,8 @@ def test_a_huge_sparse_metadata_file_is_refused_at_once(ckpt, copy_checkpoint):
     with open(bad / "notes.txt", "wb") as f:
         f.truncate(1 << 40)  # 1 TB, sparse
     started = time.monotonic()
-    with pytest.raises(engine.EngineError, match="notes.txt.*bytes"):
-        engine.load(bad)
+    with pytest.raises(answerdist.EngineError, match="notes.txt.*bytes"):
+        answerdist.load(bad)
     assert time.monotonic() - started < 10
 
 
@@ -341,7 +342,7 @@ def test_a_manifest_naming_another_stores_file_is_not_trusted(ckpt, tmp_path, ca
     entry["file"] = "../A/coin.parquet"
     entry["digests"]["../A/coin.parquet"] = entry["digests"].pop("coin.parquet")
     path.write_text(json.dumps(manifest))
-    from engine.results import ResultsStore
+    from answerdist.engine.results.store import ResultsStore
 
     assert "not the task's own file" in ResultsStore(out, "B").problem("coin")
     capsys.readouterr()
@@ -371,10 +372,10 @@ def test_config_fields_of_the_wrong_type_sign_or_size_are_one_line(ckpt, copy_ch
     (bad / "config.json").write_text(json.dumps(config))
     started = time.monotonic()
     if fragment is None:
-        engine.load(bad)
+        answerdist.load(bad)
         return
-    with pytest.raises(engine.EngineError) as info:
-        engine.load(bad)
+    with pytest.raises(answerdist.EngineError) as info:
+        answerdist.load(bad)
     assert fragment in str(info.value) and "\n" not in str(info.value)
     assert time.monotonic() - started < 10
 
@@ -384,13 +385,13 @@ def test_a_null_norm_epsilon_takes_the_default(ckpt, copy_checkpoint):
     config = json.loads((bad / "config.json").read_text())
     config["rms_norm_eps"] = None
     (bad / "config.json").write_text(json.dumps(config))
-    assert engine.load(bad).args.norm_eps == 1e-6
+    assert answerdist.load(bad).args.norm_eps == 1e-6
 
 
 def test_a_render_leaves_anothers_alarm_running(ckpt):
     import signal
 
-    ck = engine.load(ckpt)
+    ck = answerdist.load(ckpt)
     fired = []
     previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
     try:
@@ -407,9 +408,9 @@ def test_a_render_leaves_anothers_alarm_running(ckpt):
 
 
 def analysis_error(capsys, argv) -> str:
-    import analysis.cli
+    import answerdist.cli.analyse
 
-    assert analysis.cli.main([str(a) for a in argv]) == 2
+    assert answerdist.cli.analyse.main([str(a) for a in argv]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
@@ -417,7 +418,7 @@ def analysis_error(capsys, argv) -> str:
 
 @pytest.fixture
 def planted(tmp_path):
-    from analysis.synthetic import write_planted_store
+    from answerdist.analysis.synthetic import write_planted_store
 
     ladders, _ = write_planted_store(tmp_path / "r", n_prompts=6, tasks=["random_number"])
     name, stages = ladders[0]
@@ -448,7 +449,7 @@ def test_no_report_is_written_when_phases_json_cannot_be(planted, tmp_path, caps
 
 def test_a_label_mixing_checkpoints_is_refused(planted, capsys):
     root, ladder = planted
-    from analysis.synthetic import write_task
+    from answerdist.analysis.synthetic import write_task
 
     write_task(root, "olmo-sft", "random_color", ["red", "blue"], [[0.5, 0.5], [0.4, 0.6]],
                [0.9, 0.9])
@@ -466,7 +467,7 @@ def test_stages_of_different_task_definitions_are_refused(planted, capsys):
 
 def test_stages_of_different_prompts_are_refused(planted, capsys):
     root, ladder = planted
-    from analysis.synthetic import ANSWERS, write_task
+    from answerdist.analysis.synthetic import ANSWERS, write_task
 
     k = len(ANSWERS["random_number"])
     write_task(root, "olmo-dpo", "random_number", ANSWERS["random_number"],
@@ -475,13 +476,13 @@ def test_stages_of_different_prompts_are_refused(planted, capsys):
 
 
 def test_a_stage_of_one_prompt_is_said_to_mean_nothing(tmp_path, capsys):
-    import analysis.cli
-    from analysis.synthetic import write_manifest, write_task
+    import answerdist.cli.analyse
+    from answerdist.analysis.synthetic import write_manifest, write_task
 
     for stage in ("base", "sft"):
         write_task(tmp_path, stage, "coin", ["Heads", "Tails"], [[0.7, 0.3]], [0.9])
         write_manifest(tmp_path, stage)
-    assert analysis.cli.main([str(tmp_path), "--ladder", "base=base,sft=sft"]) == 0
+    assert answerdist.cli.analyse.main([str(tmp_path), "--ladder", "base=base,sft=sft"]) == 0
     assert "has 1 prompt" in capsys.readouterr().err
 
 
@@ -502,8 +503,8 @@ def test_a_report_of_fifty_stages_stays_readable(tmp_path, capsys):
     import numpy as np
     from matplotlib import image
 
-    import analysis.cli
-    from analysis.synthetic import write_manifest, write_task
+    import answerdist.cli.analyse
+    from answerdist.analysis.synthetic import write_manifest, write_task
 
     rng = np.random.default_rng(0)
     stages = ["base"] + [f"step{i:02d}" for i in range(1, 50)]
@@ -514,7 +515,7 @@ def test_a_report_of_fifty_stages_stays_readable(tmp_path, capsys):
                    np.full(8, 0.9))
         write_manifest(tmp_path / "r", stage)
     ladder = ",".join(f"{s}={s}" for s in stages)
-    assert analysis.cli.main([str(tmp_path / "r"), "--ladder", ladder,
+    assert answerdist.cli.analyse.main([str(tmp_path / "r"), "--ladder", ladder,
                                  "--report", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "8 of 50 stages drawn" in page

@@ -1,5 +1,6 @@
-"""The Python API (engine.score_checkpoint, analysis.load / analyse), the README's "From Python"
-example, file modes, and the package layout (no import cycle, no torch behind analysis)."""
+"""The Python API (answerdist.score_checkpoint, answerdist.analysis.load / analyse), the
+README's "From Python" example, file modes, and the package layout (no import cycle, no torch behind
+analysis)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import analysis
-import analysis.cli
-import analysis.phases
-import engine
-from analysis.synthetic import write_planted_store
-from engine import score
-from engine.results import MAIN_SCHEMA, VARIANT_SCHEMA
+import answerdist
+import answerdist.analysis
+import answerdist.analysis.phases
+import answerdist.cli.analyse
+from answerdist.analysis.synthetic import write_planted_store
+from answerdist.cli import score
+from answerdist.engine.results.schema import MAIN_SCHEMA, VARIANT_SCHEMA
 from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
-PACKAGES = ("engine", "kernels", "analysis", "lab", "benchmarks")
+PACKAGES = ("answerdist", "benchmarks")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def ckpt(tiny_checkpoint):
 
 def test_score_checkpoint_in_memory_writes_nothing(ckpt, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = engine.score_checkpoint(ckpt, tasks="coin,card", mode="chat")
+    result = answerdist.score_checkpoint(ckpt, tasks="coin,card", mode="chat")
     assert result.directory is None and list(tmp_path.iterdir()) == []
     table = result.to_arrow()
     assert table.schema.equals(MAIN_SCHEMA)
@@ -47,11 +48,11 @@ def test_score_checkpoint_in_memory_writes_nothing(ckpt, tmp_path, monkeypatch):
     assert list(frame.columns) == MAIN_SCHEMA.names and len(frame) == table.num_rows
     sums = frame.groupby(["task", "prompt_id"])["prob"].sum().to_numpy()
     assert np.allclose(sums, 1.0, atol=1e-12)
-    assert result.manifest["fingerprint"] == engine.load(ckpt).fingerprint
+    assert result.manifest["fingerprint"] == answerdist.load(ckpt).fingerprint
 
 
 def engine_tasks(spec):
-    from engine.tasks import load_tasks
+    from answerdist.engine.tasks import load_tasks
 
     return load_tasks(spec)
 
@@ -59,21 +60,22 @@ def engine_tasks(spec):
 def test_score_checkpoint_writes_what_the_cli_writes(ckpt, tmp_path):
     assert score.main([str(ckpt), "--tasks", "coin,suit", "--out", str(tmp_path / "cli"),
                        "--label", "L"]) == 0
-    result = engine.score_checkpoint(ckpt, tasks="coin,suit", out=tmp_path / "api", label="L")
+    result = answerdist.score_checkpoint(ckpt, tasks="coin,suit", out=tmp_path / "api", label="L")
     assert result.directory == tmp_path / "api" / "L"
     for task in ("coin", "suit"):
         cli = pq.read_table(tmp_path / "cli" / "L" / f"{task}.parquet")
         assert cli.equals(pq.read_table(tmp_path / "api" / "L" / f"{task}.parquet"))
         assert cli.equals(result.tables[task])
     # a loaded checkpoint can be scored again without reloading, and resumes from the store
-    again = engine.score_checkpoint(engine.load(ckpt), tasks="coin,suit", out=tmp_path / "api",
+    again = answerdist.score_checkpoint(answerdist.load(ckpt), tasks="coin,suit",
+                                        out=tmp_path / "api",
                                     label="L")
     assert again.manifest["timings"]["skipped_tasks"] == 2
     assert again.tables["coin"].equals(result.tables["coin"])
 
 
 def test_to_pandas_without_pandas_names_the_extra(ckpt, monkeypatch):
-    result = engine.score_checkpoint(ckpt, tasks="coin")
+    result = answerdist.score_checkpoint(ckpt, tasks="coin")
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ModuleNotFoundError, match=r"answerdist\[pandas\]"):
         result.to_pandas()
@@ -83,9 +85,9 @@ def test_analysis_api_gives_the_numbers_the_cli_writes(tmp_path):
     ladders, seeds = write_planted_store(tmp_path, n_prompts=8)
     flags = [f for name, stages in ladders
              for f in ("--ladder", f"{name}:" + ",".join(f"{s}={lab}" for s, lab in stages))]
-    assert analysis.cli.main([str(tmp_path), *flags]) == 0
+    assert answerdist.cli.analyse.main([str(tmp_path), *flags]) == 0
     written = json.loads((tmp_path / "phases.json").read_text())
-    result = analysis.analyse(analysis.load(tmp_path),
+    result = answerdist.analysis.analyse(answerdist.analysis.load(tmp_path),
                               {name: dict(stages) for name, stages in ladders})
     assert result.phases == written
     stages = result.stages.to_pylist()
@@ -121,7 +123,7 @@ def test_outputs_follow_the_umask(ckpt, tmp_path):
     old = os.umask(0o022)
     try:
         name, stages = ladders[0]
-        assert analysis.cli.main([str(tmp_path / "r"), "--ladder",
+        assert answerdist.cli.analyse.main([str(tmp_path / "r"), "--ladder",
                                      ",".join(f"{s}={lab}" for s, lab in stages),
                                      "--report", str(tmp_path / "report")]) == 0
         assert score.main([str(ckpt), "--tasks", "coin", "--out", str(tmp_path / "s"), "--label",
@@ -135,7 +137,9 @@ def test_outputs_follow_the_umask(ckpt, tmp_path):
 
 
 def test_importing_analysis_or_reading_results_loads_no_torch():
-    code = ("import sys, analysis, engine.results, analysis.api, analysis.cli\n"
+    code = ("import sys, answerdist.engine.results.store, answerdist.analysis.api\n"
+            "import answerdist.cli.analyse, answerdist.cli.trajectory, answerdist.cli.tasks\n"
+            "from answerdist import analysis\n"
             "print(sorted(m for m in ('torch', 'triton') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
                          cwd=ROOT)
@@ -163,8 +167,9 @@ def module_imports(path: Path, module: str) -> set[str]:
 def test_no_import_cycle_in_the_package():
     modules = {}
     for package in PACKAGES:
-        for path in (ROOT / package).glob("*.py"):
-            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             modules[name] = path
     graph = {name: {m for m in module_imports(path, name) if m in modules}
              for name, path in modules.items()}
@@ -190,21 +195,21 @@ def test_thinking_switch_is_recorded_in_the_manifest_and_the_run(tmp_path):
     tiny.make_checkpoint(qwen3, arch="qwen3", kv_heads=1, hidden=32, heads=2, init=0.1,
                          add_bos=False, template=tiny.QWEN3_CHAT_TEMPLATE,
                          added_tokens=tiny.THINK_TOKENS, vocab_size=320)
-    result = engine.score_checkpoint(qwen3, tasks="coin", mode="chat")
+    result = answerdist.score_checkpoint(qwen3, tasks="coin", mode="chat")
     assert (result.manifest["enable_thinking"] is False
             and result.manifest["run"]["enable_thinking"] is False)
     assert "<think>\n\n</think>\n\n" in result.tables["coin"].column("prompt_text")[0].as_py()
     llama = tmp_path / "llama"
     tiny.make_checkpoint(llama, arch="llama", hidden=32, heads=2, kv_heads=2, init=0.1)
-    assert engine.score_checkpoint(llama, tasks="coin",
+    assert answerdist.score_checkpoint(llama, tasks="coin",
                                    mode="chat").manifest["enable_thinking"] is None
 
 
 def test_progress_bar_in_a_notebook_but_not_into_a_pipe(ckpt, monkeypatch, capsys):
-    engine.score_checkpoint(ckpt, tasks="coin")  # pytest's stderr is no terminal: no bar
+    answerdist.score_checkpoint(ckpt, tasks="coin")  # pytest's stderr is no terminal: no bar
     assert "prompt" not in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # as in Jupyter
-    engine.score_checkpoint(ckpt, tasks="coin")
+    answerdist.score_checkpoint(ckpt, tasks="coin")
     assert "15/15" in capsys.readouterr().err
-    engine.score_checkpoint(ckpt, tasks="coin", progress=False)
+    answerdist.score_checkpoint(ckpt, tasks="coin", progress=False)
     assert "prompt" not in capsys.readouterr().err

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-import engine
-from engine.errors import (
+import answerdist
+from answerdist.errors import (
     ArchitectureError,
     ChatTemplateError,
     CheckpointError,
@@ -36,7 +36,7 @@ def ckpt(good, tmp_path):
 
 def error_of(exc_type, directory, **kwargs) -> str:
     with pytest.raises(exc_type) as info:
-        engine.load(directory, **kwargs)
+        answerdist.load(directory, **kwargs)
     message = str(info.value)
     assert "\n" not in message and message.strip() == message
     return message
@@ -120,9 +120,9 @@ def test_null_keys_take_transformers_defaults(ckpt):
     import torch
 
     ids = torch.tensor([[1, 2, 3, 4]])
-    before = engine.load(ckpt).logits(ids)
+    before = answerdist.load(ckpt).logits(ids)
     edit_config(ckpt, num_key_value_heads=None, head_dim=None)
-    assert torch.equal(engine.load(ckpt).logits(ids), before)
+    assert torch.equal(answerdist.load(ckpt).logits(ids), before)
 
 
 def test_non_integer_size_is_named(ckpt):
@@ -169,12 +169,12 @@ def test_cuda_requested_without_cuda(ckpt):
 def test_auto_dtype_follows_the_saved_dtype(ckpt, key):
     import torch
 
-    assert engine.load(ckpt, dtype="auto").dtype == torch.float32
+    assert answerdist.load(ckpt, dtype="auto").dtype == torch.float32
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg.pop("dtype", None)
     cfg[key] = "bfloat16"
     (ckpt / "config.json").write_text(json.dumps(cfg))
-    assert engine.load(ckpt, dtype="auto").dtype == torch.bfloat16
+    assert answerdist.load(ckpt, dtype="auto").dtype == torch.bfloat16
 
 
 def test_unknown_dtype(ckpt):
@@ -191,4 +191,4 @@ def test_bad_template_syntax_fails_at_load(ckpt):
 def test_all_errors_are_engine_errors():
     for exc in (CheckpointError, WeightsError, ArchitectureError, TokenizerError, DeviceError,
                 ChatTemplateError):
-        assert issubclass(exc, engine.EngineError)
+        assert issubclass(exc, answerdist.EngineError)

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine import score
-from engine.tasks import load_tasks
+from answerdist.cli import score
+from answerdist.engine.tasks import load_tasks
 
 TASKS = ("card", "rng_1_100", "coin")
 
@@ -83,7 +83,7 @@ def triton_path(monkeypatch):
     """The engine's Triton path on CPU tensors (interpreted), counting forward passes."""
     import torch
 
-    import kernels.tree_attention as ta
+    import answerdist.kernels.tree_attention as ta
 
     if torch.cuda.is_available():
         pytest.skip("with CUDA the Triton path is the default one; "

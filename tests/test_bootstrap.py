@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from analysis.bootstrap import sharpening_fit, widening
-from analysis.cli import main
-from analysis.metrics import entropy, pairwise_js
-from analysis.phases import TaskData, analyse, ladder_metrics, load_results, task_metrics
-from analysis.synthetic import planted_ladder, write_planted_store
-from engine.errors import AnalysisError
+from answerdist.analysis.bootstrap import sharpening_fit, widening
+from answerdist.analysis.metrics import entropy, pairwise_js
+from answerdist.analysis.phases import TaskData, analyse, ladder_metrics, load_results, task_metrics
+from answerdist.analysis.synthetic import planted_ladder, write_planted_store
+from answerdist.cli.analyse import main
+from answerdist.errors import AnalysisError
 
 # Figures without an interval: counts fixed by the input, the test's own numbers, the phase.
 NO_INTERVAL = {"n_prompts", "n_answers", "p_value", "level", "noise_floor", "phase_support"}

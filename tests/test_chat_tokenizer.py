@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-import engine
-from engine.errors import ChatTemplateError
+import answerdist
+from answerdist.errors import ChatTemplateError
 from tests import tiny
 
 CONVERSATIONS = [
@@ -35,7 +35,7 @@ def transformers_tokenizer(directory):
 @pytest.mark.parametrize("generation_prompt", [True, False])
 def test_render_chat_matches_apply_chat_template(tmp_path, template, generation_prompt):
     tiny.make_checkpoint(tmp_path, arch="olmo2", template=template, hidden=32, heads=2, kv_heads=2)
-    ck = engine.load(tmp_path)
+    ck = answerdist.load(tmp_path)
     hf = transformers_tokenizer(tmp_path)
     for messages in CONVERSATIONS[: 2 if template is tiny.LLAMA3_CHAT_TEMPLATE else 3]:
         theirs = hf.apply_chat_template(messages, tokenize=False,
@@ -51,7 +51,7 @@ def test_chat_template_jinja_file_takes_precedence(tmp_path):
     tiny.make_checkpoint(tmp_path, arch="olmo2", template=tiny.TULU_TEMPLATE, hidden=32, heads=2,
                          kv_heads=2)
     (tmp_path / "chat_template.jinja").write_text(tiny.CHATML_TEMPLATE)
-    ck = engine.load(tmp_path)
+    ck = answerdist.load(tmp_path)
     assert ck.render_chat(CONVERSATIONS[0]).endswith("<|im_start|>assistant\n")
     assert ck.render_chat(CONVERSATIONS[0]) == transformers_tokenizer(tmp_path).apply_chat_template(
         CONVERSATIONS[0], tokenize=False, add_generation_prompt=True)
@@ -59,9 +59,9 @@ def test_chat_template_jinja_file_takes_precedence(tmp_path):
 
 def test_no_template_means_no_chat(tmp_path):
     tiny.make_checkpoint(tmp_path, arch="olmo2", template=None, hidden=32, heads=2, kv_heads=2)
-    ck = engine.load(tmp_path)
+    ck = answerdist.load(tmp_path)
     assert not ck.has_chat_template
-    with pytest.raises(engine.EngineError, match="no chat template"):
+    with pytest.raises(answerdist.EngineError, match="no chat template"):
         ck.render_chat(CONVERSATIONS[0])
 
 
@@ -79,7 +79,7 @@ def test_bad_or_hostile_templates_are_chat_template_errors(tmp_path, name):
     tiny.make_checkpoint(tmp_path, arch="olmo2", template=HOSTILE_TEMPLATES[name], hidden=32,
                          heads=2, kv_heads=2)
     with pytest.raises(ChatTemplateError) as info:
-        engine.load(tmp_path).render_chat(CONVERSATIONS[0])
+        answerdist.load(tmp_path).render_chat(CONVERSATIONS[0])
     message = str(info.value)
     assert "\n" not in message and "tokenizer_config.json" in message
 
@@ -113,7 +113,7 @@ PROMPTS = [
 def test_llama3_vocabulary_ids_equal_transformers(llama3_checkpoint):
     from llama_models.llama3.tokenizer import Tokenizer as TikTokenizer
 
-    ck = engine.load(llama3_checkpoint)
+    ck = answerdist.load(llama3_checkpoint)
     hf = transformers_tokenizer(llama3_checkpoint)
     tik = TikTokenizer.get_instance()
     assert ck.tokenizer.get_vocab_size() == 128256
@@ -138,10 +138,15 @@ def test_llama3_vocabulary_ids_equal_transformers(llama3_checkpoint):
 def test_whole_suite_tokenizes_cleanly_with_the_llama3_vocabulary(llama3_checkpoint, mode):
     """Every prompt of every shipped task, through the real 128k tokenizer: the prompt's tokens
     are a prefix of prompt + answer, no two variants collide, and the answers score."""
-    from engine.scorer import PromptEncoder, boundary_mask, score_task, task_sequences
-    from engine.tasks import load_tasks
+    from answerdist.engine.scoring.scorer import (
+        PromptEncoder,
+        boundary_mask,
+        score_task,
+        task_sequences,
+    )
+    from answerdist.engine.tasks import load_tasks
 
-    ck = engine.load(llama3_checkpoint)
+    ck = answerdist.load(llama3_checkpoint)
     encoder = PromptEncoder(ck, mode)
     boundary = boundary_mask(ck)
     first_of_heads = ck.encode("Heads", add_special_tokens=False)[0]

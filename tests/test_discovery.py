@@ -11,9 +11,17 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from engine import score, score_checkpoint
-from engine.errors import TaskError
-from engine.tasks import Answer, Prompt, Task, load_task_file, load_tasks, normalize_reply
+from answerdist import score_checkpoint
+from answerdist.cli import score
+from answerdist.engine.tasks import (
+    Answer,
+    Prompt,
+    Task,
+    load_task_file,
+    load_tasks,
+    normalize_reply,
+)
+from answerdist.errors import TaskError
 from tests.tiny import short_reply_checkpoint
 
 OPEN_TASK = """
@@ -89,32 +97,32 @@ def test_discovery_is_seeded_and_the_api_returns_its_table(ckpt, tmp_path):
 
 
 def test_a_rerun_after_a_stop_keeps_the_discovery_already_written(ckpt, tmp_path, monkeypatch):
-    import engine.api
-    import engine.discovery
+    import answerdist.engine.run.job
+    import answerdist.engine.scoring.discovery
 
     tasks = [*load_task_file(task_file(tmp_path)),
              *load_task_file(task_file(tmp_path, name="open2.toml", **{'"pick"': '"pick2"'}))]
     run = dict(tasks=tasks, discover=60, max_new_tokens=8, progress=False, label="l")
     whole = score_checkpoint(ckpt, out=tmp_path / "whole", **run)
-    score_task = engine.api.Scoring.score
+    score_task = answerdist.engine.run.job.Scoring.score
 
     def stop_at_the_second_task(self, task, bar):
         if task.name == "pick2":
             raise KeyboardInterrupt
         return score_task(self, task, bar)
 
-    monkeypatch.setattr(engine.api.Scoring, "score", stop_at_the_second_task)
+    monkeypatch.setattr(answerdist.engine.run.job.Scoring, "score", stop_at_the_second_task)
     with pytest.raises(KeyboardInterrupt):
         score_checkpoint(ckpt, out=tmp_path / "out", **run)
-    monkeypatch.setattr(engine.api.Scoring, "score", score_task)
+    monkeypatch.setattr(answerdist.engine.run.job.Scoring, "score", score_task)
     sampled = []
-    sample = engine.discovery.ReplySampler.sample
+    sample = answerdist.engine.scoring.discovery.ReplySampler.sample
 
     def counted(self, *args, **kwargs):
         sampled.append(args)
         return sample(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine.discovery.ReplySampler, "sample", counted)
+    monkeypatch.setattr(answerdist.engine.scoring.discovery.ReplySampler, "sample", counted)
     again = score_checkpoint(ckpt, out=tmp_path / "out", **run)
     per_task = len(sampled)
     assert per_task > 0  # pick2 was sampled again: it was never written
@@ -210,9 +218,10 @@ def test_answers_from_scores_every_checkpoint_on_the_union(ladder):
     assert manifest["tasks"]["pick"]["answers_from"] == ["base", "sft"]
     assert manifest["run"]["discovery"]["answers_from"] == ["base", "sft"]
     # a discovered ladder runs through the analysis unchanged
-    import analysis
+    import answerdist.analysis
 
-    phases = analysis.analyse(analysis.load(out, ["base_u", "sft_u"]), ["base=base_u,sft=sft_u"],
+    phases = answerdist.analysis.analyse(answerdist.analysis.load(out, ["base_u", "sft_u"]),
+                                         ["base=base_u,sft=sft_u"],
                               bootstrap=200).records
     stages = next(iter(phases.ladders.values())).tasks["pick"].stages
     assert set(stages) == {"base", "sft"}
@@ -222,7 +231,7 @@ def test_answers_from_scores_every_checkpoint_on_the_union(ladder):
 def test_a_sweep_discovers_and_rescores_as_the_cli_does(ladder, tmp_path):
     """The sweep keys discover, max_new_tokens and answers_from: two sweep files (discover,
     then answers_from) give the tables the CLI gave the same checkpoints."""
-    from engine import sweep
+    from answerdist.engine.run import sweep
 
     _, path, cli_out, _ = ladder
     for name, seed in (("base", 0), ("sft", 3)):
@@ -259,7 +268,7 @@ def test_a_sweep_discovers_and_rescores_as_the_cli_does(ladder, tmp_path):
     ('"{name}/x"', "'answers_from' '{name}/x': the labels it makes must be a plain name"),
 ])
 def test_bad_answers_from_templates_are_one_line(tmp_path, capsys, value, message):
-    from engine import sweep
+    from answerdist.engine.run import sweep
 
     (tmp_path / "base").mkdir()
     path = task_file(tmp_path)
@@ -297,7 +306,7 @@ SHIPPED = ["open_animal", "open_cat_name", "open_city", "open_number_word", "ope
 
 
 def test_shipped_open_tasks_are_well_formed():
-    from engine.tasks import task_groups
+    from answerdist.engine.tasks import task_groups
 
     groups = task_groups()
     assert groups["open"] == SHIPPED
@@ -319,7 +328,7 @@ def test_a_shipped_open_task_runs_end_to_end(ckpt):
 
 
 def test_the_summary_says_where_borrowed_answers_came_from():
-    from engine.score import discovery_line
+    from answerdist.cli.score import discovery_line
 
     none = dict(samples=0, finished=0, unfinished=0, other_end=0, no_answer=0)
     assert (discovery_line("pick", none, 3, ["base", "sft"])
@@ -333,8 +342,8 @@ def test_the_summary_says_where_borrowed_answers_came_from():
 def test_answers_from_templates_fill_in_every_checkpoint_per_mode():
     from pathlib import Path
 
-    from engine.spec import RunSpec
-    from engine.sweep import Item, Sweep, borrowed_labels
+    from answerdist.engine.run.sweep import Item, Sweep, borrowed_labels
+    from answerdist.engine.settings import RunSpec
 
     plan = Sweep(Path("s.toml"), [], ["base", "chat"], "{name}-{mode}-u", RunSpec(tasks="coin"),
                  answers_from=("{name}-{mode}", "extra"))

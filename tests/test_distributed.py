@@ -16,9 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine import weights
-from engine.distributed import Group
-from engine.weights import BlockDigest, WeightFile, block_count, combine_block_digests, hash_blocks
+from answerdist.engine.model import weights
+from answerdist.engine.model.distributed import Group
+from answerdist.engine.model.weights import (
+    BlockDigest,
+    WeightFile,
+    block_count,
+    combine_block_digests,
+    hash_blocks,
+)
 from tests import launch, tiny
 
 # Tiny checkpoints of every family that tp=2 can split (heads, key/value heads and the MLP's 96
@@ -124,9 +130,9 @@ def sweep_file(root: Path, name: str, tp: int, out: str) -> Path:
 @pytest.fixture(scope="module")
 def scored(families):
     """Every family, all 15 tasks: one process, then one torchrun launch of 2 ranks with tp=2."""
-    single = launch.python("engine.sweep", sweep_file(families, "tp1", 1, "tp1"))
+    single = launch.python("sweep", sweep_file(families, "tp1", 1, "tp1"))
     assert single.returncode == 0, single.stderr
-    parallel = launch.torchrun(2, "engine.sweep", sweep_file(families, "tp2", 2, "tp2"))
+    parallel = launch.torchrun(2, "sweep", sweep_file(families, "tp2", 2, "tp2"))
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     assert f"{len(FAMILIES)} scored, 0 skipped, 0 failed" in parallel.stdout
     return families
@@ -153,8 +159,8 @@ def test_tp2_equals_tp1_within_float32_rounding(scored, family):
 
 
 def test_tp2_from_the_cli_is_batch_invariant(scored, tmp_path):
-    """engine.score --tp 2 with tiny forward-pass budgets gives the sweep's bits exactly."""
-    run = launch.torchrun(2, "engine.score", scored / "ckpt" / "llama", "--tp", "2", "--tasks",
+    """answerdist.cli.score --tp 2 with tiny forward-pass budgets gives the sweep's bits exactly."""
+    run = launch.torchrun(2, "score", scored / "ckpt" / "llama", "--tp", "2", "--tasks",
                           "card,rng_1_100", "--batch-tokens", "64", "--out", tmp_path, "--label",
                           "l")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -174,12 +180,12 @@ def test_tp2_discovers_and_borrows_answers_as_one_process_does(tmp_path):
     tiny.short_reply_checkpoint(ckpt)
     common = ["--tasks", "open_animal", "--out", tmp_path / "out"]
     find = ["--discover", "8", "--max-new-tokens", "4"]
-    runs = {"found1": launch.python("engine.score", ckpt, *common, *find, "--label", "found1"),
-            "found2": launch.torchrun(2, "engine.score", ckpt, *common, *find, "--tp", "2",
+    runs = {"found1": launch.python("score", ckpt, *common, *find, "--label", "found1"),
+            "found2": launch.torchrun(2, "score", ckpt, *common, *find, "--tp", "2",
                                       "--label", "found2")}
-    runs["one"] = launch.python("engine.score", ckpt, *common, "--answers-from", "found1",
+    runs["one"] = launch.python("score", ckpt, *common, "--answers-from", "found1",
                                 "--label", "one")
-    runs["two"] = launch.torchrun(2, "engine.score", ckpt, *common, "--answers-from", "found1",
+    runs["two"] = launch.torchrun(2, "score", ckpt, *common, "--answers-from", "found1",
                                   "--tp", "2", "--label", "two")
     for label, run in runs.items():
         assert run.returncode == 0, (label, run.stderr[-3000:])
@@ -194,7 +200,7 @@ def test_tp2_discovers_and_borrows_answers_as_one_process_does(tmp_path):
     # a rerun: the first rank reads the discovery it wrote back and shares it, nothing changes
     kept = out / "found2" / "discovery" / "open_animal.parquet"
     written = kept.read_bytes()
-    again = launch.torchrun(2, "engine.score", ckpt, *common, *find, "--tp", "2",
+    again = launch.torchrun(2, "score", ckpt, *common, *find, "--tp", "2",
                             "--label", "found2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert kept.read_bytes() == written
@@ -223,16 +229,16 @@ def test_tp_must_divide_the_heads(tmp_path, heads, kv_heads, which):
     ckpt = tmp_path / "ckpt"
     tiny.make_checkpoint(ckpt, arch="llama", hidden=12 * heads, heads=heads, kv_heads=kv_heads)
     argv = [ckpt, "--tp", "2", "--tasks", "coin", "--out", tmp_path / "out"]
-    one_error_line(launch.ranks("engine.score", [argv, argv], tmp_path), "--tp 2", which)
+    one_error_line(launch.ranks("score", [argv, argv], tmp_path), "--tp 2", which)
     assert not (tmp_path / "out").exists()
 
 
 def test_world_size_must_be_a_multiple_of_tp(families, tmp_path):
     argv = [families / "ckpt" / "llama", "--tp", "3", "--out", tmp_path / "out"]
-    one_error_line(launch.ranks("engine.score", [argv, argv], tmp_path), "world size 2", "--tp 3")
+    one_error_line(launch.ranks("score", [argv, argv], tmp_path), "world size 2", "--tp 3")
     argv = [families / "ckpt" / "llama", "--tp", "1", "--out", tmp_path / "out"]
-    one_error_line(launch.ranks("engine.score", [argv, argv], tmp_path), "2 processes", "--tp 2")
-    alone = launch.python("engine.score", families / "ckpt" / "llama", "--tp", "2", "--out",
+    one_error_line(launch.ranks("score", [argv, argv], tmp_path), "2 processes", "--tp 2")
+    alone = launch.python("score", families / "ckpt" / "llama", "--tp", "2", "--out",
                           tmp_path / "out")
     assert (alone.returncode == 2 and alone.stderr.count("error:") == 1
             and "torchrun" in alone.stderr)
@@ -264,7 +270,7 @@ def test_a_checkpoint_broken_on_one_rank_stops_both(families, tmp_path, problem,
     common = ["--tp", "2", "--tasks", "coin", "--out", tmp_path / "out", "--label", "l",
               "--dist-timeout", "60"]
     started = time.time()
-    ranks = launch.ranks("engine.score", [[good, *common], [bad, *common]], tmp_path)
+    ranks = launch.ranks("score", [[good, *common], [bad, *common]], tmp_path)
     line = one_error_line(ranks, "rank 1: ", fragment, str(bad))
     assert time.time() - started < 60, line  # agreed at once, never by a timeout
     assert not (tmp_path / "out").exists()
@@ -291,7 +297,7 @@ def test_a_hung_rank_times_the_other_out(families, tmp_path):
     """Rank 1 frozen mid-run (SIGSTOP): rank 0 gives up after --dist-timeout with one line."""
     argv = [families / "ckpt" / "llama", "--tp", "2", "--tasks", "all", "--out", tmp_path / "out",
             "--label", "l", "--dist-timeout", "5"]
-    procs = launch.start_ranks("engine.score", [argv, argv], tmp_path)
+    procs = launch.start_ranks("score", [argv, argv], tmp_path)
     try:
         deadline = time.time() + 120
         while not (tmp_path / "out" / "l").exists() and time.time() < deadline:  # loaded, scoring
@@ -310,7 +316,7 @@ def test_a_hung_rank_times_the_other_out(families, tmp_path):
     assert waited < 60
     manifest = tmp_path / "out" / "l" / "manifest.json"
     if manifest.exists():  # what finished before the hang is complete and valid
-        from engine.results import ResultsStore
+        from answerdist.engine.results.store import ResultsStore
 
         store = ResultsStore(tmp_path / "out", "l")
         assert all(store.problem(name) is None for name in store.tasks)

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine import score_checkpoint
-from engine.errors import TaskError
-from engine.tasks import Answer, Prompt, Task
-from lab.corpus import TULU_TEMPLATE
+from answerdist import score_checkpoint
+from answerdist.engine.tasks import Answer, Prompt, Task
+from answerdist.errors import TaskError
+from answerdist.lab.corpus import TULU_TEMPLATE
 from tests import tiny
 
 ANSWERS = (Answer("7", ("7",)), Answer("1", ("1",)), Answer("10", ("10",)),
@@ -198,7 +198,7 @@ def test_end_setting_overrides_every_task_and_enters_the_run_key(llama):
 
 def test_end_as_a_sweep_key(llama, tmp_path):
     """`end = "turn"` in a sweep file scores what `end="turn"` in the API scores."""
-    from engine import sweep
+    from answerdist.engine.run import sweep
 
     (tmp_path / "sweep.toml").write_text(
         f'checkpoints = [{json.dumps(str(llama))}]\ntasks = "coin"\nmodes = ["chat"]\n'
@@ -225,7 +225,7 @@ def test_existing_tasks_keep_their_hash():
     import dataclasses
     import hashlib
 
-    from engine.results import task_hash
+    from answerdist.engine.results.schema import task_hash
 
     t = TASKS[0]
     old = dataclasses.asdict(t)
@@ -242,7 +242,7 @@ def test_existing_tasks_keep_their_hash():
 
 
 def test_bad_end_rule_in_a_task_file_is_one_line(tmp_path):
-    from engine.tasks import load_task_file
+    from answerdist.engine.tasks import load_task_file
 
     path = tmp_path / "t.toml"
     path.write_text('name = "t"\nend = "sentence"\nanswers = ["a"]\n'
@@ -262,7 +262,7 @@ def test_line_rule_refuses_a_variant_that_a_newline_would_absorb():
     (["--end", "word"], "--end must be one of boundary, turn, line, got 'word'"),
 ])
 def test_cli_end_flag_bad_value_exits_2(llama, tmp_path, capsys, flag, message):
-    from engine import score
+    from answerdist.cli import score
 
     out = tmp_path / "out"
     assert score.main([str(llama), "--tasks", "coin", "--out", str(out), *flag]) == 2

@@ -1,6 +1,6 @@
 """The engine end to end through the Triton kernels, on a machine without a GPU.
 
-A subprocess runs `python -m engine.score` with TRITON_INTERPRET=1 and ENGINE_FORCE_TRITON=1,
+A subprocess runs `python -m answerdist score` with TRITON_INTERPRET=1 and ENGINE_FORCE_TRITON=1,
 so the scorer's real calls (packed rows, strided q/k/v, int32 span_end, gathered LM-head rows)
 go through both kernels; its results must equal the torch reference path's within 1e-5.
 """
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine import score
+from answerdist.cli import score
 from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
     import json, sys
-    import kernels.lm_head as lm, kernels.tree_attention as ta
+    import answerdist.kernels.lm_head as lm, answerdist.kernels.tree_attention as ta
     calls = {"lm_head": 0, "tree_attention": 0}
     def counted(module, name, key):
         original = getattr(module, name)
@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent(
         setattr(module, name, wrapper)
     counted(lm, "lm_head_logprobs_triton", "lm_head")
     counted(ta, "tree_attention_triton", "tree_attention")
-    from engine import score
+    from answerdist.cli import score
     code = score.main(sys.argv[1:])
     print(json.dumps(calls))
     sys.exit(code)

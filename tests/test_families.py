@@ -16,13 +16,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import engine
+import answerdist
+from answerdist.cli import score
+from answerdist.engine.scoring.scorer import (
+    PromptEncoder,
+    boundary_mask,
+    make_batches,
+    score_task,
+    task_sequences,
+)
+from answerdist.engine.tasks import load_tasks
+from answerdist.engine.text.chat import ChatTemplate
+from answerdist.errors import ArchitectureError, CheckpointError
 from benchmarks.naive_scoring import boundary_ids, naive_logprobs
-from engine import score
-from engine.chat import ChatTemplate
-from engine.errors import ArchitectureError, CheckpointError
-from engine.scorer import PromptEncoder, boundary_mask, make_batches, score_task, task_sequences
-from engine.tasks import load_tasks
 from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +105,7 @@ def check_float32_logits(pair, arch_names: dict[str, str]) -> None:
     ids = token_ids()
     with torch.no_grad():
         expected = reference(ids).logits.float()
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     assert ck.args.arch == arch_names[name.split("_")[0]]
     got = ck.logits(ids)
     assert got.shape == expected.shape == (2, SEQ_LEN, 301)
@@ -119,7 +125,8 @@ def test_transformers_4x_config_keys_give_the_same_logits(pair, tmp_path):
     tiny.to_transformers_4x_config(old_dir)
     cfg = json.loads((old_dir / "config.json").read_text())
     assert "rope_theta" in cfg and "rope_parameters" not in cfg
-    assert torch.equal(engine.load(old_dir).logits(ids), engine.load(directory).logits(ids)), name
+    assert torch.equal(answerdist.load(old_dir).logits(ids),
+                       answerdist.load(directory).logits(ids)), name
 
 
 def test_plain_causal_path_applies_the_window(pair):
@@ -130,7 +137,7 @@ def test_plain_causal_path_applies_the_window(pair):
     ids = token_ids(seed=2)
     with torch.no_grad():
         expected = reference(ids).logits.float()
-    model = engine.load(directory).model
+    model = answerdist.load(directory).model
     with torch.no_grad():
         got = (model.hidden_states(ids) @ model.output_weight.T).float()
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item(), name
@@ -143,10 +150,10 @@ def test_the_window_changes_the_logits(case, tmp_path):
     directory = tmp_path / case
     tiny.make_checkpoint(directory, add_bos=False, **CASES[case])
     ids = token_ids(seed=3)
-    windowed = engine.load(directory).logits(ids)
+    windowed = answerdist.load(directory).logits(ids)
     full = edited_copy(directory, tmp_path / "full",
                        layer_types=["full_attention"] * CASES[case]["layers"])
-    no_window = engine.load(full).logits(ids)
+    no_window = answerdist.load(full).logits(ids)
     assert (windowed - no_window).abs().max().item() > 1e-3
     assert ((no_window - transformers_logits(full, ids)).abs().max().item()
             <= 1e-5 * no_window.abs().max().item())
@@ -158,13 +165,14 @@ def test_yarn_changes_the_logits_of_full_attention_layers_only(tmp_path):
     ropes = cfg["rope_parameters"]
     assert (ropes["full_attention"]["rope_type"] == "yarn"
             and ropes["sliding_attention"]["rope_type"] == "default")
-    args = engine.load(tmp_path / "yarn").args
+    args = answerdist.load(tmp_path / "yarn").args
     assert args.rope_scaling["rope_type"] == "yarn" and args.sliding_rope[1] is None
     plain = dict(ropes, full_attention={"rope_type": "default",
                                         "rope_theta": ropes["full_attention"]["rope_theta"]})
     edited_copy(tmp_path / "yarn", tmp_path / "plain", rope_parameters=plain)
     ids = token_ids(seed=4)
-    a, b = engine.load(tmp_path / "yarn").logits(ids), engine.load(tmp_path / "plain").logits(ids)
+    a = answerdist.load(tmp_path / "yarn").logits(ids)
+    b = answerdist.load(tmp_path / "plain").logits(ids)
     assert (a - b).abs().max().item() > 1e-3
     assert ((b - transformers_logits(tmp_path / "plain", ids)).abs().max().item()
             <= 1e-5 * b.abs().max().item())
@@ -202,8 +210,8 @@ def test_scores_equal_the_naive_transformers_computation(scoring_dir, mode, tmp_
 
 
 def check_against_naive(family, directory, hf_model, mode, out, tasks=SCORING_TASKS) -> int:
-    """Score `tasks` with engine.score and compare every fourth prompt's log-probs with a full
-    transformers forward per answer; returns the shortest prompt's length in tokens."""
+    """Score `tasks` with answerdist.cli.score and compare every fourth prompt's log-probs with a
+    full transformers forward per answer; returns the shortest prompt's length in tokens."""
     from transformers import PreTrainedTokenizerFast
 
     assert score.main([str(directory), "--tasks", tasks, "--mode", mode, "--out",
@@ -241,7 +249,7 @@ def test_packed_rows_keep_windows_per_sequence(scoring_dir):
     """Packed rows (the CUDA path) hold several prompts end to end: each keeps its own positions,
     so the window counts within its sequence and results equal one sequence per pass."""
     family, directory, _ = scoring_dir
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     encoder = PromptEncoder(ck, "chat")
     task = load_tasks("card")[0]
     sequences = task_sequences(encoder, task)
@@ -256,14 +264,14 @@ def test_packed_rows_keep_windows_per_sequence(scoring_dir):
 
 TRITON_SCRIPT = """
 import sys
-import kernels.tree_attention as ta
+import answerdist.kernels.tree_attention as ta
 windows = []
 original = ta.tree_attention_triton
 def counted(*args, **kwargs):
     windows.append(kwargs.get("window"))
     return original(*args, **kwargs)
 ta.tree_attention_triton = counted
-from engine import score
+from answerdist.cli import score
 code = score.main(sys.argv[1:])
 assert SCORING_WINDOW in windows and None in windows, windows
 sys.exit(code)
@@ -327,7 +335,7 @@ def template_dirs(tmp_path_factory):
 def test_family_templates_render_as_transformers(template_dirs, name, generation_prompt):
     from transformers import PreTrainedTokenizerFast
 
-    ck = engine.load(template_dirs[name])
+    ck = answerdist.load(template_dirs[name])
     hf = PreTrainedTokenizerFast.from_pretrained(str(template_dirs[name]))
     for messages in CONVERSATIONS:
         theirs = hf.apply_chat_template(messages, tokenize=False,
@@ -346,7 +354,7 @@ def test_family_templates_render_as_transformers(template_dirs, name, generation
 
 def test_thinking_is_disabled_by_default_and_switchable(template_dirs):
     question = CONVERSATIONS[0]
-    qwen3 = engine.load(template_dirs["qwen3"])
+    qwen3 = answerdist.load(template_dirs["qwen3"])
     assert qwen3.chat_template.uses_thinking_switch and not qwen3.chat_template.enable_thinking
     assert qwen3.render_chat(question).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert qwen3.render_chat(question, enable_thinking=True).endswith("<|im_start|>assistant\n")
@@ -356,7 +364,7 @@ def test_thinking_is_disabled_by_default_and_switchable(template_dirs):
         "<|im_start|>assistant\n")
     assert PromptEncoder(qwen3, "chat").prompt_text(*_first_prompt()).endswith("</think>\n\n")
     for name in ("olmo3", "qwen25"):
-        template = engine.load(template_dirs[name]).chat_template
+        template = answerdist.load(template_dirs[name]).chat_template
         assert not template.uses_thinking_switch
         assert template.render(question) == template.render(question, enable_thinking=True)
     assert "<think>" in qwen3.tokenizer.get_vocab()  # one token, as in Qwen 3's vocabulary
@@ -379,7 +387,7 @@ def good(tmp_path_factory):
 
 def error_of(exc_type, directory) -> str:
     with pytest.raises(exc_type) as info:
-        engine.load(directory)
+        answerdist.load(directory)
     message = str(info.value)
     assert "\n" not in message and message.strip() == message
     return message
@@ -464,7 +472,7 @@ def test_window_larger_than_max_positions_is_legal(family, tmp_path):
     kwargs["sliding_window"] = 4096  # > max_position_embeddings = 1024
     directory = tmp_path / family
     reference = tiny.make_checkpoint(directory, add_bos=False, **kwargs)
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     assert ck.args.sliding_window == 4096 > ck.args.max_position_embeddings
     ids = token_ids(seed=5)
     with torch.no_grad():
@@ -472,7 +480,7 @@ def test_window_larger_than_max_positions_is_legal(family, tmp_path):
     got = ck.logits(ids)
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
     just_wide_enough = edited_copy(directory, tmp_path / "wide", sliding_window=SEQ_LEN)
-    assert torch.equal(engine.load(just_wide_enough).logits(ids), got)
+    assert torch.equal(answerdist.load(just_wide_enough).logits(ids), got)
 
 
 def test_qwen25_style_window_off_with_a_wide_window_loads(tmp_path):
@@ -480,12 +488,12 @@ def test_qwen25_style_window_off_with_a_wide_window_loads(tmp_path):
     reference = tiny.make_checkpoint(tmp_path / "q", arch="qwen2", add_bos=False,
                                      use_sliding_window=False, sliding_window=131072,
                                      max_window_layers=1)
-    args = engine.load(tmp_path / "q").args
+    args = answerdist.load(tmp_path / "q").args
     assert args.sliding_window is None and set(args.layer_types) == {"full_attention"}
     ids = token_ids(seed=6, length=48)
     with torch.no_grad():
         expected = reference(ids).logits.float()
-    assert ((engine.load(tmp_path / "q").logits(ids) - expected).abs().max().item()
+    assert ((answerdist.load(tmp_path / "q").logits(ids) - expected).abs().max().item()
             <= 1e-5 * expected.abs().max().item())
 
 
@@ -502,7 +510,8 @@ CLI_CASES = {
 def test_cli_exits_2_with_one_line_and_writes_nothing(good, tmp_path, case):
     changes, fragments = CLI_CASES[case]
     bad = edited_copy(good, tmp_path / "bad", **changes)
-    result = subprocess.run([sys.executable, "-m", "engine.score", str(bad), "--tasks", "coin",
+    result = subprocess.run([sys.executable, "-m", "answerdist", "score", str(bad), "--tasks",
+                             "coin",
                              "--out", str(tmp_path / "out")], capture_output=True, text=True,
                             env=ENV, timeout=300, cwd=ROOT)
     assert result.returncode == 2, result.stderr

@@ -1,12 +1,12 @@
-"""analysis.from_table: distributions made elsewhere go through the same analysis."""
+"""answerdist.analysis.from_table: distributions made elsewhere go through the same analysis."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-import analysis
-from analysis.synthetic import planted_ladder
-from engine.errors import AnalysisError
+import answerdist.analysis
+from answerdist.analysis.synthetic import planted_ladder
+from answerdist.errors import AnalysisError
 
 
 def _rows(ladder, answers, shuffle=None):
@@ -23,11 +23,12 @@ def test_a_table_of_distributions_gives_what_the_store_would():
     rng = np.random.default_rng(0)
     answers = [f"a{k}" for k in range(8)]
     ladder = planted_ladder(rng, 12, len(answers), seed_index=5)
-    results = analysis.from_table(pa.Table.from_pylist(_rows(ladder, answers)))
+    results = answerdist.analysis.from_table(pa.Table.from_pylist(_rows(ladder, answers)))
     assert set(results.data) == {f"m-{s}" for s in ladder}
     td = results.data["m-base"]["pick"]
     assert td.answers == answers and np.allclose(td.P, ladder["base"][0])
-    phases = analysis.analyse(results, {"m": {s: f"m-{s}" for s in ladder}}, bootstrap=100)
+    phases = answerdist.analysis.analyse(results, {"m": {s: f"m-{s}" for s in ladder}},
+                                         bootstrap=100)
     seed = phases.records.ladders["m"].tasks["pick"].seed
     assert seed.found and seed.seed_prompt_id == "q5"
     assert phases.phases["ladders"]["m"]["tasks"]["pick"]["seed"] == seed.to_json()
@@ -39,7 +40,7 @@ def test_a_pandas_frame_without_coverage_is_taken():
     rows = [{"label": "x", "task": "coin", "prompt_id": p, "answer": a, "prob": v}
             for p, probs in (("p0", (0.7, 0.3)), ("p1", (0.2, 0.8)))
             for a, v in zip(("H", "T"), probs, strict=True)]
-    td = analysis.from_table(pandas.DataFrame(rows)).data["x"]["coin"]
+    td = answerdist.analysis.from_table(pandas.DataFrame(rows)).data["x"]["coin"]
     assert np.allclose(td.P, [[0.7, 0.3], [0.2, 0.8]]) and np.all(td.coverage == 1.0)
 
 
@@ -58,12 +59,12 @@ def test_a_pandas_frame_without_coverage_is_taken():
 ])
 def test_a_bad_table_is_one_clear_error(table, expected):
     with pytest.raises(AnalysisError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        analysis.from_table(table)
+        answerdist.analysis.from_table(table)
 
 
 def test_a_ladder_naming_a_label_the_table_lacks_is_refused():
     rows = [{"label": "x", "task": "coin", "prompt_id": p, "answer": a, "prob": 0.5}
             for p in ("p0", "p1") for a in ("H", "T")]
-    results = analysis.from_table(pa.Table.from_pylist(rows))
+    results = answerdist.analysis.from_table(pa.Table.from_pylist(rows))
     with pytest.raises(AnalysisError, match="label 'y' is not in the results"):
-        analysis.analyse(results, {"l": {"base": "x", "sft": "y"}})
+        answerdist.analysis.analyse(results, {"l": {"base": "x", "sft": "y"}})

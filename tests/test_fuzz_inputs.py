@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import engine
-from engine import sweep
-from engine.errors import EngineError
+import answerdist
+from answerdist.engine.run import sweep
+from answerdist.errors import EngineError
 
 # JSON values of every type, small and hostile (huge, negative, nested, empty, non-finite).
 VALUES = st.recursive(
@@ -52,7 +52,7 @@ def test_any_config_loads_or_is_one_line(ckpt, changes):
         (bad / "config.json").write_text(json.dumps(config))
         started = time.monotonic()
         try:
-            engine.load(bad)
+            answerdist.load(bad)
         except EngineError as e:
             assert "\n" not in str(e) and len(str(e)) < 1000, str(e)
         assert time.monotonic() - started < 20, changes
@@ -108,7 +108,7 @@ API_ARGUMENTS = {
 @given(arguments=st.fixed_dictionaries({}, optional=API_ARGUMENTS))
 def test_api_arguments_are_checked_before_anything_is_read(arguments, tmp_path):
     try:
-        engine.score_checkpoint(tmp_path / "no-such-checkpoint", **arguments)
+        answerdist.score_checkpoint(tmp_path / "no-such-checkpoint", **arguments)
     except EngineError as e:
         assert "\n" not in str(e), str(e)
     else:

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from answerdist.cli import score
 from benchmarks.naive_scoring import boundary_ids
-from engine import score
 from tests import tiny
 
 # Plain pieces weigh more than the ones that make a task invalid (edge spaces, special tokens).

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+import answerdist.kernels
 from benchmarks import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+@pytest.mark.skipif(not answerdist.kernels.triton_available(), reason="triton is not installed")
 def test_dry_run_runs_every_step(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out",
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from engine import score
-from engine.errors import TaskError
-from engine.tasks import load_tasks
+from answerdist.cli import score
+from answerdist.engine.tasks import load_tasks
+from answerdist.errors import TaskError
 from tests import tiny
 
 
@@ -103,11 +103,12 @@ def test_cli_scores_a_prompt_directory_and_writes_nothing_on_a_bad_file(prompt_d
     manifest = json.loads((out / "l" / "manifest.json").read_text())
     assert manifest["tasks"]["coin"]["target"] == [0.75, 0.25]
     # the analysis reports the distance to the file's weights
-    import analysis
+    import answerdist.analysis
 
     assert score.main([str(ckpt), "--tasks", str(prompt_dir), "--out", str(out),
                        "--label", "m"]) == 0
-    phases = analysis.analyse(analysis.load(out), ["base=l,sft=m"], bootstrap=200).records
+    phases = answerdist.analysis.analyse(answerdist.analysis.load(out), ["base=l,sft=m"],
+                                         bootstrap=200).records
     tv = next(iter(phases.ladders.values())).tasks["coin"].stages["base"].figures["tv_target"].value
     coin = pq.read_table(out / "l" / "coin.parquet").to_pylist()
     want = 0.5 * sum(abs(r["prob"] - w) for r, w in zip(coin, (0.75, 0.25), strict=True))

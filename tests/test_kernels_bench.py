@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import kernels
+import answerdist.kernels
 from benchmarks import bench_kernels, bench_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
+@pytest.mark.skipif(not answerdist.kernels.triton_available(), reason="triton is not installed")
 def test_dry_run_writes_json_and_results_md(tmp_path):
     """The whole GPU benchmark path on tiny shapes: both tables, outputs checked against the
     references, a JSON file and a RESULTS.md section."""

@@ -13,9 +13,9 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import interpreter
-from kernels.lm_head import (
+import answerdist.kernels
+from answerdist.kernels import interpreter
+from answerdist.kernels.lm_head import (
     lm_head_logprobs,
     lm_head_logprobs_reference,
     lm_head_logprobs_triton,
@@ -33,14 +33,14 @@ def budget(examples: int):
 
 
 needs_kernels = pytest.mark.skipif(
-    not (KERNELS_RUN and kernels.triton_available()),
+    not (KERNELS_RUN and answerdist.kernels.triton_available()),
     reason="triton missing, or imported natively before tests/conftest.py set TRITON_INTERPRET=1")
 
 
 @pytest.fixture(scope="module")
 def kernel_module():
     """The Triton kernel module (for its config class); imported only by kernel tests."""
-    return importlib.import_module("kernels._lm_head_triton")
+    return importlib.import_module("answerdist.kernels._lm_head_triton")
 
 
 def make_problem(n, d, v, k, seed, dtype=torch.float32, mask_kind="random", pad=0.3):
@@ -142,8 +142,9 @@ def test_triton_matches_reference_and_float64(p, dtype):
 @pytest.fixture
 def fixed_order_dot():
     """Interpreted, a ``tl.dot`` with a fixed per-element order (numpy's BLAS has none; see
-    ``kernels.interpreter.fixed_order_dot``), so the test checks what the kernel guarantees:
-    tiles, splits and merge order that never depend on N. Natively nothing is replaced."""
+    ``answerdist.kernels.interpreter.fixed_order_dot``), so the test checks what the kernel
+    guarantees: tiles, splits and merge order that never depend on N. Natively nothing is
+    replaced."""
     with interpreter.fixed_order_dot():
         yield
 
@@ -227,12 +228,12 @@ def test_dispatch_and_force_reference(monkeypatch):
     """CPU tensors and ENGINE_FORCE_REFERENCE=1 go to the reference; CUDA goes to Triton."""
     args = make_problem(4, 16, 50, 2, seed=8)
     monkeypatch.setenv("ENGINE_FORCE_REFERENCE", "1")
-    assert kernels.force_reference() and not kernels.use_triton(args[0])
+    assert answerdist.kernels.force_reference() and not answerdist.kernels.use_triton(args[0])
     forced = lm_head_logprobs(*args)
     assert all(torch.equal(a, b) for a, b in
                zip(forced, lm_head_logprobs_reference(*args), strict=True))
     monkeypatch.setenv("ENGINE_FORCE_REFERENCE", "0")
-    assert kernels.use_triton(args[0]) == HAS_CUDA
+    assert answerdist.kernels.use_triton(args[0]) == HAS_CUDA
     routed = lm_head_logprobs(*args)
     expected = lm_head_logprobs_triton(*args) if HAS_CUDA else lm_head_logprobs_reference(*args)
     assert all(torch.equal(a, b) for a, b in zip(routed, expected, strict=True))

@@ -11,9 +11,9 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import kernels
-from kernels.lm_head import lm_head_logprobs_reference, lm_head_logprobs_triton
-from kernels.tree_attention import tree_attention_reference, tree_attention_triton
+import answerdist.kernels
+from answerdist.kernels.lm_head import lm_head_logprobs_reference, lm_head_logprobs_triton
+from answerdist.kernels.tree_attention import tree_attention_reference, tree_attention_triton
 from tests import test_kernels_lm_head as lm
 from tests import test_kernels_tree_attention as ta
 
@@ -44,11 +44,11 @@ def attention_float64(q, k, v, visible, scale, cap):
     return torch.softmax(scores, dim=-1) @ v
 
 
-if lm.KERNELS_RUN and kernels.triton_available():  # after conftest chose the interpreter
+if lm.KERNELS_RUN and answerdist.kernels.triton_available():  # after conftest chose the interpreter
     import triton
     import triton.language as tl
 
-    from kernels._triton_common import tanh
+    from answerdist.kernels._triton_common import tanh
 
     @triton.jit
     def tanh_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):

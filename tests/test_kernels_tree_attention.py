@@ -18,11 +18,11 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import kernels
-from engine.scorer import Sequence, _layout, make_batches, whole
-from engine.trie import build_trie
-from kernels import interpreter
-from kernels.tree_attention import (
+import answerdist.kernels
+from answerdist.engine.scoring.scorer import Sequence, _layout, make_batches, whole
+from answerdist.engine.text.trie import build_trie
+from answerdist.kernels import interpreter
+from answerdist.kernels.tree_attention import (
     dfs_preorder,
     sequence_starts,
     span_end_visible,
@@ -44,14 +44,14 @@ def budget(examples: int):
 
 
 needs_kernels = pytest.mark.skipif(
-    not (KERNELS_RUN and kernels.triton_available()),
+    not (KERNELS_RUN and answerdist.kernels.triton_available()),
     reason="triton missing, or imported natively before tests/conftest.py set TRITON_INTERPRET=1")
 
 
 @pytest.fixture(scope="module")
 def kernel_module():
     """The Triton kernel module (for its config class); imported only by kernel tests."""
-    return importlib.import_module("kernels._tree_attention_triton")
+    return importlib.import_module("answerdist.kernels._tree_attention_triton")
 
 
 def random_trie(rng: random.Random, n: int) -> list[int]:
@@ -253,7 +253,7 @@ def test_dispatch_and_force_reference(monkeypatch):
     assert torch.equal(tree_attention(q, k, v, se, 0.3),
                        tree_attention_reference(q, k, v, se, 0.3))
     monkeypatch.delenv("ENGINE_FORCE_REFERENCE")
-    assert kernels.use_triton(q) == HAS_CUDA
+    assert answerdist.kernels.use_triton(q) == HAS_CUDA
     expected = (tree_attention_triton if HAS_CUDA else tree_attention_reference)(q, k, v, se, 0.3)
     assert torch.equal(tree_attention(q, k, v, se, 0.3), expected)
 
@@ -359,7 +359,7 @@ def test_window_triton_matches_reference_and_float64(seed, seqs, window, head_di
 @pytest.mark.parametrize("fn", ["reference", "triton"])
 def test_window_as_wide_as_the_row_is_no_window(fn):
     """window >= T (in positions) changes nothing: bitwise equal to window=None."""
-    if fn == "triton" and not (KERNELS_RUN and kernels.triton_available()):
+    if fn == "triton" and not (KERNELS_RUN and answerdist.kernels.triton_available()):
         pytest.skip("triton missing, or imported natively before TRITON_INTERPRET=1 could be set")
     impl = tree_attention_reference if fn == "reference" else tree_attention_triton
     q, k, v, se, pos, _ = windowed_problem(11, 1, 2, 16, [(30, 20, 2), (12, 30, 0)], 52)
@@ -417,7 +417,8 @@ def engine_sequences(seed: int, count: int, prompt_range: tuple[int, int],
 
 
 def packed_rows(sequences, batch_tokens):
-    """The engine's own packing (engine.scorer.make_batches): [1, T] rows of whole sequences."""
+    """The engine's own packing (answerdist.engine.scoring.scorer.make_batches): [1, T] rows of
+    whole sequences."""
     return make_batches(sequences, batch_tokens)
 
 
@@ -575,7 +576,8 @@ def test_packed_rows_batch_invariant_bitwise(dtype, window, fixed_order_dot):
 
 @pytest.fixture
 def fixed_order_dot():
-    """Interpreted, a fixed-order ``tl.dot`` (see ``kernels.interpreter.fixed_order_dot``)."""
+    """Interpreted, a fixed-order ``tl.dot`` (see
+    ``answerdist.kernels.interpreter.fixed_order_dot``)."""
     with interpreter.fixed_order_dot():
         yield
 
@@ -598,21 +600,22 @@ def test_unsupported_dtype_head_dim_and_arch_name_the_reference(monkeypatch):
     """float16, head_dim > 256 and GPUs older than sm_80 are one clear KernelUnsupportedError
     naming the torch reference, raised before anything compiles."""
     q, k, v, se, _ = make_problem(15, 1, 1, 1, 16, [(6, 4, 0)])
-    with pytest.raises(kernels.KernelUnsupportedError, match="dtype torch.float16.*"
+    with pytest.raises(answerdist.kernels.KernelUnsupportedError, match="dtype torch.float16.*"
                        "tree_attention_reference"):
         tree_attention_triton(q.half(), k.half(), v.half(), se, 1.0)
     q, k, v, se, _ = make_problem(15, 1, 1, 1, 320, [(6, 4, 0)])
-    with pytest.raises(kernels.KernelUnsupportedError, match="head_dim 320.*ENGINE_FORCE_REF"):
+    with pytest.raises(answerdist.kernels.KernelUnsupportedError,
+                       match="head_dim 320.*ENGINE_FORCE_REF"):
         tree_attention_triton(q, k, v, se, 1.0)
-    common = importlib.import_module("kernels._triton_common")
+    common = importlib.import_module("answerdist.kernels._triton_common")
     monkeypatch.setattr(common, "INTERPRET", False)
     monkeypatch.setattr(common, "device_capability", lambda tensor: (7, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
     gpu_tensor = types.SimpleNamespace(is_cuda=True, device="cuda:0")
-    with pytest.raises(kernels.KernelUnsupportedError,
+    with pytest.raises(answerdist.kernels.KernelUnsupportedError,
                        match=r"sm_80 \(Ampere\) and newer, not sm_70 \(Tesla V100\).*reference"):
         common.check_device(gpu_tensor, "tree-attention",
-                            "kernels.tree_attention.tree_attention_reference")
+                            "answerdist.kernels.tree_attention.tree_attention_reference")
     monkeypatch.setattr(common, "device_capability", lambda tensor: (8, 0))
     common.check_device(gpu_tensor, "tree-attention", "ref")  # A100: fine
 
@@ -621,7 +624,7 @@ def test_a_wide_trie_attends_to_its_visible_keys_only(monkeypatch):
     """Query blocks deep in a trie of many siblings attend to the prompt, their ancestors and
     themselves (linear in the answers); the result is the dense oracle's. A causal sequence,
     where every earlier key is visible, keeps the contiguous key range (bits unchanged)."""
-    import kernels.tree_attention as ta
+    import answerdist.kernels.tree_attention as ta
 
     used = []
     real = ta._sparse_keys

@@ -2,9 +2,9 @@
 end-to-end check that scoring + analysis recover what the ladder planted (issue 6).
 
 The end-to-end tests build the SMALL configuration (four tasks, a 170k-parameter model; about
-half a minute on two cores) once per module and run `lab.demo` on it, which scores every
-checkpoint (the intermediate ones included) with `python -m engine.sweep` and analyses the
-ladder with `python -m analysis` and `python -m analysis trajectory`.
+half a minute on two cores) once per module and run `answerdist.lab.demo` on it, which scores every
+checkpoint (the intermediate ones included) with `python -m answerdist sweep` and analyses the
+ladder with `answerdist analyse` and `answerdist trajectory`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,20 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-from analysis.metrics import js_divergence, support
-from analysis.records import Phases
-from engine.tasks import load_tasks
-from lab import check, corpus, demo, ladder, train
-from lab.config import SMALL, CorpusConfig, DPOStage, LabConfig, LMStage, ModelConfig, RLStage
+import answerdist
+from answerdist.analysis.metrics import js_divergence, support
+from answerdist.analysis.records import Phases
+from answerdist.engine.tasks import load_tasks
+from answerdist.lab import check, corpus, demo, ladder, train
+from answerdist.lab.config import (
+    SMALL,
+    CorpusConfig,
+    DPOStage,
+    LabConfig,
+    LMStage,
+    ModelConfig,
+    RLStage,
+)
 
 STAGES = ["base", "sft", "dpo", "rl"]
 
@@ -152,7 +160,7 @@ def test_checkpoints_are_hugging_face_directories(small_demo):
         directory = out / "checkpoints" / stage
         for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
             assert (directory / name).is_file(), (stage, name)
-        ck = engine.load(directory)
+        ck = answerdist.load(directory)
         assert ck.args.arch == "Olmo2ForCausalLM"
         # Base has no chat template (scored in base mode); the tuned stages carry Tulu's.
         assert ck.has_chat_template == (stage != "base"), stage
@@ -163,7 +171,7 @@ def test_transformers_loads_the_same_model_and_tokenizer(small_demo, stage):
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     directory = small_demo[0] / "checkpoints" / stage
-    ours = engine.load(directory)
+    ours = answerdist.load(directory)
     task = load_tasks("die")[0]
     theirs_tok = PreTrainedTokenizerFast.from_pretrained(str(directory))
     text = task.render_base(task.prompts[0]) + " 4"
@@ -288,16 +296,16 @@ def open_version(closed, path):
 
 def test_a_discovered_ladder_over_the_demo_checkpoints(small_demo, tmp_path):
     """Discovery at every stage, then every stage scored on the union of the answers found
-    (`--answers-from`), then `python -m analysis`: the same seed and phases as the listed task
+    (`--answers-from`), then `answerdist analyse`: the same seed and phases as the listed task
     (docs/demo.md, "Discovering the answers")."""
     from importlib import resources
 
     import pyarrow.parquet as pq
 
-    from engine import score
+    from answerdist.cli import score
 
     out, _ = small_demo
-    task = open_version(resources.files("engine.tasks").joinpath("color.toml"),
+    task = open_version(resources.files("answerdist.engine.tasks").joinpath("color.toml"),
                         tmp_path / "open_color.toml")
     results = tmp_path / "open"
     for stage in STAGES:
@@ -312,7 +320,8 @@ def test_a_discovered_ladder_over_the_demo_checkpoints(small_demo, tmp_path):
     colors = {a.name.casefold() for a in load_tasks("color")[0].answers}
     assert colors <= found  # 16 replies per phrasing find every planted color
     spec = ",".join(f"{s}={s}_all" for s in STAGES)
-    subprocess.run([sys.executable, "-m", "analysis", str(results), "--ladder", spec, "--out",
+    subprocess.run([sys.executable, "-m", "answerdist", "analyse", str(results), "--ladder", spec,
+                    "--out",
                     str(tmp_path / "phases.json")], check=True, stdout=subprocess.DEVNULL)
     phases = Phases.from_json(json.loads((tmp_path / "phases.json").read_text()))
     closed = json.loads((out / "summary.json").read_text())["tasks"]["color"]

@@ -12,10 +12,10 @@ import json
 import numpy as np
 import pytest
 
-import engine
-from engine.api import DEFAULT_BATCH_TOKENS
-from engine.scorer import PromptEncoder, make_batches, task_sequences
-from engine.tasks import load_tasks
+import answerdist
+from answerdist.engine.run.api import DEFAULT_BATCH_TOKENS
+from answerdist.engine.scoring.scorer import PromptEncoder, make_batches, task_sequences
+from answerdist.engine.tasks import load_tasks
 from tests import tiny
 
 LARGE = ("country", "first_name", "rng_1_1000")
@@ -49,7 +49,7 @@ def test_large_tasks_tokenize_cleanly_and_fit_one_pass(request, vocabulary, mode
     variants that tokenize alike, and one that would absorb another: all prompts pass. Each
     prompt with its whole trie is at most DEFAULT_BATCH_TOKENS tokens, so with default settings
     no trie is split and no prompt is run twice (token efficiency 1 on every path)."""
-    ck = engine.load(request.getfixturevalue(f"{vocabulary}_checkpoint"))
+    ck = answerdist.load(request.getfixturevalue(f"{vocabulary}_checkpoint"))
     encoder = PromptEncoder(ck, mode)
     for task in load_tasks("large"):
         sequences = task_sequences(encoder, task)
@@ -71,7 +71,7 @@ def few_prompts(n):
 
 
 def test_large_tasks_score_end_to_end_with_token_efficiency(tiny_checkpoint, tmp_path):
-    result = engine.score_checkpoint(tiny_checkpoint, tasks=few_prompts(1), mode="chat",
+    result = answerdist.score_checkpoint(tiny_checkpoint, tasks=few_prompts(1), mode="chat",
                                      out=tmp_path, label="tiny")
     manifest = json.loads((tmp_path / "tiny" / "manifest.json").read_text())
     assert manifest["token_efficiency"] >= 0.95

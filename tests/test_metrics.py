@@ -1,4 +1,4 @@
-"""Property tests of analysis.metrics against scipy / numpy float64 references.
+"""Property tests of answerdist.analysis.metrics against scipy / numpy float64 references.
 
 Agreement is required within 1e-12 (relative above 1, for KL values in the hundreds of bits).
 """
@@ -13,8 +13,8 @@ from scipy.spatial.distance import jensenshannon, pdist, squareform
 from scipy.special import rel_entr
 from scipy.stats import entropy as scipy_entropy
 
-from analysis import metrics
-from analysis.metrics import (
+from answerdist.analysis import metrics
+from answerdist.analysis.metrics import (
     entropy,
     js_divergence,
     kl_divergence,

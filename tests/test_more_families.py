@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import engine
-from engine import score
-from engine import tp as tensor_parallel
-from engine.errors import ArchitectureError, CheckpointError, ParallelError
-from kernels.lm_head import soft_cap
+import answerdist
+from answerdist.cli import score
+from answerdist.engine.model import parallel as tensor_parallel
+from answerdist.errors import ArchitectureError, CheckpointError, ParallelError
+from answerdist.kernels.lm_head import soft_cap
 from tests import tiny
 from tests.test_families import (
     CONVERSATIONS,
@@ -104,7 +104,7 @@ def test_bfloat16_is_as_close_to_float32_as_transformers_bfloat16(pair):
         theirs = AutoModelForCausalLM.from_pretrained(
             directory, dtype=torch.bfloat16, attn_implementation="eager",
             experts_implementation="eager").eval()(ids).logits.float()
-    ours = engine.load(directory, dtype="bfloat16").logits(ids)
+    ours = answerdist.load(directory, dtype="bfloat16").logits(ids)
     assert max_diff(ours, exact) <= 2 * max_diff(theirs, exact) + 0.05, name
 
 
@@ -136,7 +136,8 @@ def test_transformers_4x_config_keys_give_the_same_logits(pair, tmp_path):
     old = edited_copy(directory, tmp_path / "old")
     to_4x(old)
     assert "rope_parameters" not in json.loads((old / "config.json").read_text())
-    assert torch.equal(engine.load(old).logits(ids), engine.load(directory).logits(ids)), name
+    assert torch.equal(answerdist.load(old).logits(ids),
+                       answerdist.load(directory).logits(ids)), name
 
 
 def test_plain_causal_path_matches(pair):
@@ -145,7 +146,7 @@ def test_plain_causal_path_matches(pair):
     ids = token_ids(seed=2)
     with torch.no_grad():
         expected = reference(ids).logits.float()
-    model = engine.load(directory).model
+    model = answerdist.load(directory).model
     with torch.no_grad():
         got = soft_cap((model.hidden_states(ids) @ model.output_weight.T).float(),
                        model.args.final_softcap)
@@ -192,9 +193,10 @@ def test_each_switch_changes_the_logits(switch, tmp_path):
     case, change, check = SWITCHES[switch]
     tiny.make_checkpoint(tmp_path / "on", add_bos=False, **CASES[case])
     off = edited_copy(tmp_path / "on", tmp_path / "off", **change)
-    assert check(engine.load(off).args)
+    assert check(answerdist.load(off).args)
     ids = token_ids(seed=3)
-    on_logits, off_logits = engine.load(tmp_path / "on").logits(ids), engine.load(off).logits(ids)
+    on_logits = answerdist.load(tmp_path / "on").logits(ids)
+    off_logits = answerdist.load(off).logits(ids)
     assert max_diff(on_logits, off_logits) > 1e-3
     assert max_diff(off_logits, transformers_logits(off, ids)) <= 1e-5 * off_logits.abs().max()
 
@@ -205,7 +207,7 @@ def test_moe_grouped_path_equals_the_expert_loop(dtype, tmp_path):
     both run here on the CPU: one sort of the token-expert pairs, the same sums in the same
     order."""
     tiny.make_checkpoint(tmp_path, add_bos=False, **CASES["olmoe_mha_tied_top3_normalized_clip"])
-    ck = engine.load(tmp_path, dtype=str(dtype).removeprefix("torch."))
+    ck = answerdist.load(tmp_path, dtype=str(dtype).removeprefix("torch."))
     ids = token_ids(seed=7)
     moes = [layer.mlp for layer in ck.model.model.layers]
     logits = {}
@@ -224,13 +226,13 @@ def test_pythia_buffers_are_ignored(tmp_path):
     directory = tmp_path / "pythia"
     tiny.make_checkpoint(directory, add_bos=False, **CASES["neox_parallel_untied"])
     ids = token_ids(seed=4, length=40)
-    before = engine.load(directory).logits(ids)
+    before = answerdist.load(directory).logits(ids)
     state = load_file(directory / "model.safetensors")
     for layer in range(2):
         state[f"gpt_neox.layers.{layer}.attention.bias"] = torch.ones(1, 1, 8, 8, dtype=torch.bool)
         state[f"gpt_neox.layers.{layer}.attention.masked_bias"] = torch.tensor(-1e9)
     save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
-    assert torch.equal(engine.load(directory).logits(ids), before)
+    assert torch.equal(answerdist.load(directory).logits(ids), before)
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -267,7 +269,7 @@ def test_scores_equal_the_naive_transformers_computation(family, mode, tmp_path)
 
 def error_of(exc_type, directory) -> str:
     with pytest.raises(exc_type) as info:
-        engine.load(directory)
+        answerdist.load(directory)
     message = str(info.value)
     assert "\n" not in message and message.strip() == message
     return message
@@ -326,20 +328,20 @@ def test_unsupported_architecture_lists_the_new_families(checkpoints, tmp_path):
 
 def test_mistral_window_defaults_to_4096_when_absent(checkpoints, tmp_path):
     """MistralConfig's default: a config without the key slides at 4096 on every layer."""
-    args = engine.load(edited_copy(checkpoints / "mistral_gqa2_window", tmp_path / "w",
+    args = answerdist.load(edited_copy(checkpoints / "mistral_gqa2_window", tmp_path / "w",
                                    sliding_window=DELETE)).args
     assert args.sliding_window == 4096 and set(args.layer_types) == {"sliding_attention"}
 
 
 def test_tp_accepts_every_new_family_and_a_record_can_refuse_it(checkpoints, tmp_path,
                                                                monkeypatch):
-    from engine.families import FAMILIES
+    from answerdist.engine.model.families import FAMILIES
 
     for name in ("phi3_mha_tied_longrope", "neox_parallel_untied"):
-        tensor_parallel.check_divides(engine.load(checkpoints / name).args, 2,
+        tensor_parallel.check_divides(answerdist.load(checkpoints / name).args, 2,
                                       checkpoints / "config.json")
     tiny.make_checkpoint(tmp_path, arch="olmoe", hidden=32, heads=2, kv_heads=2, **MOE)
-    args = engine.load(tmp_path).args
+    args = answerdist.load(tmp_path).args
     tensor_parallel.check_divides(args, 2, tmp_path / "config.json")
     monkeypatch.setitem(FAMILIES, args.arch, dataclasses.replace(
         args.family, tensor_parallel="its experts are not split"))
@@ -353,8 +355,9 @@ def test_longrope_scores_only_within_the_original_context(checkpoints, tmp_path)
     short = edited_copy(checkpoints / "phi3_mha_tied_longrope", tmp_path / "short",
                         original_max_position_embeddings=8,
                         rope_parameters=dict(LONGROPE, original_max_position_embeddings=8))
-    assert engine.load(short).args.context == 8
-    result = subprocess.run([sys.executable, "-m", "engine.score", str(short), "--tasks", "coin",
+    assert answerdist.load(short).args.context == 8
+    result = subprocess.run([sys.executable, "-m", "answerdist", "score", str(short), "--tasks",
+                             "coin",
                              "--mode", "base", "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
     assert result.returncode == 2, result.stderr
@@ -381,7 +384,7 @@ def test_mistral_and_phi3_templates_render_as_transformers(name, tmp_path):
     template, tokens, start = OTHER_TEMPLATES[name]
     tiny.make_checkpoint(tmp_path, arch=name, hidden=32, heads=2, kv_heads=2, vocab_size=320,
                          template=template, added_tokens=tokens, add_bos=name == "mistral")
-    ck = engine.load(tmp_path)
+    ck = answerdist.load(tmp_path)
     hf = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
     for messages in CONVERSATIONS:
         for generation_prompt in (True, False):
@@ -403,7 +406,7 @@ def test_gemma_templates_render_as_transformers(name, tmp_path):
 
     tiny.make_checkpoint(tmp_path, arch=name, hidden=32, heads=2, kv_heads=2, vocab_size=320,
                          template=GEMMA_TEMPLATES[name], added_tokens=tiny.GEMMA_TURN_TOKENS)
-    ck = engine.load(tmp_path)
+    ck = answerdist.load(tmp_path)
     hf = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
     for messages in CONVERSATIONS:
         if name == "gemma2" and messages[0]["role"] == "system":
@@ -434,8 +437,8 @@ def test_gemma3_multimodal_checkpoint_is_refused_in_one_line(checkpoints, tmp_pa
 
 CAPPED_TRITON_SCRIPT = """
 import sys
-import kernels.lm_head as lm
-import kernels.tree_attention as ta
+import answerdist.kernels.lm_head as lm
+import answerdist.kernels.tree_attention as ta
 caps = set()
 def recording(original):
     def call(*args, **kwargs):
@@ -444,7 +447,7 @@ def recording(original):
     return call
 ta.tree_attention_triton = recording(ta.tree_attention_triton)
 lm.lm_head_logprobs_triton = recording(lm.lm_head_logprobs_triton)
-from engine import score
+from answerdist.cli import score
 code = score.main(sys.argv[1:])
 assert caps >= {("tree_attention_triton", 5.0, 16), ("tree_attention_triton", 5.0, None),
                 ("lm_head_logprobs_triton", 8.0, None)}, caps

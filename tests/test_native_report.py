@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-import kernels
+import answerdist.kernels
 from benchmarks import native_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cuobjdump_present() -> bool:
-    if not kernels.triton_available():
+    if not answerdist.kernels.triton_available():
         return False
     import importlib.util
 

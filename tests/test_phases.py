@@ -12,9 +12,9 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr
 
-from analysis.cli import main, parse_ladder
-from analysis.metrics import entropy, js_divergence, pairwise_js
-from analysis.phases import (
+from answerdist.analysis.ladders import parse_ladder
+from answerdist.analysis.metrics import entropy, js_divergence, pairwise_js
+from answerdist.analysis.phases import (
     TaskData,
     count_clusters,
     ladder_metrics,
@@ -23,10 +23,12 @@ from analysis.phases import (
     spearman,
     task_metrics,
 )
-from analysis.records import Phases
-from analysis.synthetic import TASKS, planted_ladder, write_planted_store, write_task
-from engine.errors import AnalysisError
-from engine.results import MAIN_SCHEMA, ResultsStore
+from answerdist.analysis.records import Phases
+from answerdist.analysis.synthetic import TASKS, planted_ladder, write_planted_store, write_task
+from answerdist.cli.analyse import main
+from answerdist.engine.results.schema import MAIN_SCHEMA
+from answerdist.engine.results.store import ResultsStore
+from answerdist.errors import AnalysisError
 
 PROPERTY = settings(max_examples=100, deadline=None)
 
@@ -336,7 +338,7 @@ def _break_prompt_order(path):
             lambda r: (r / "olmo-rl" / "random_number.parquet").write_bytes(b"not parquet"),
             None,
             "random_number.parquet: damaged or changed since it was written; "
-            "rerun python -m engine.score",
+            "rerun python -m answerdist score",
         ),
         (lambda r: [p.unlink() for p in r.glob("*/*.parquet")], None, ".parquet: missing"),
         (

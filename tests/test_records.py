@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-import analysis
-from analysis.bootstrap import SEED_METRICS, SETTLING_METRICS
-from analysis.cli import main
-from analysis.phases import CHECKPOINT_METRICS, analyse, load_results
-from analysis.records import Figure, Phases, Seed, Stage, TaskLadder
-from analysis.synthetic import write_planted_store
+import answerdist.analysis
+from answerdist.analysis.bootstrap import SEED_METRICS, SETTLING_METRICS
+from answerdist.analysis.phases import CHECKPOINT_METRICS, analyse, load_results
+from answerdist.analysis.records import Figure, Phases, Seed, Stage, TaskLadder
+from answerdist.analysis.synthetic import write_planted_store
+from answerdist.cli.analyse import main
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_every_registered_metric_reaches_phases_json_and_the_tables(store):
     it, yet it appears with its interval in the dataclasses, in phases.json and in the Arrow
     tables."""
     root, ladders = store
-    result = analysis.analyse(analysis.load(root), {n: dict(s) for n, s in ladders},
+    result = answerdist.analysis.analyse(answerdist.analysis.load(root), {n: dict(s) for n,
+                                                                          s in ladders},
                               bootstrap=100)
     task = result.records.ladders["olmo"].tasks["random_number"]
     written = result.phases["ladders"]["olmo"]["tasks"]["random_number"]

@@ -10,11 +10,11 @@ import re
 import numpy as np
 import pytest
 
-from analysis.cli import main
-from analysis.phases import phase_summary
-from analysis.records import Phases
-from analysis.report import TOP_ANSWERS, top_answers
-from analysis.synthetic import write_planted_store
+from answerdist.analysis.phases import phase_summary
+from answerdist.analysis.records import Phases
+from answerdist.analysis.report import TOP_ANSWERS, top_answers
+from answerdist.analysis.synthetic import write_planted_store
+from answerdist.cli.analyse import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -98,8 +98,8 @@ def large(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def figures(large):
-    from analysis.phases import load_results
-    from analysis.report import heatmap_figure, seed_figure
+    from answerdist.analysis.phases import load_results
+    from answerdist.analysis.report import heatmap_figure, seed_figure
 
     root, phases, _ = large
     ladder = phases.ladders["olmo"]
@@ -162,8 +162,8 @@ def test_seed_figure_bars_top_answers_and_settles_on_log_axes(figures):
 
 
 def test_small_answer_sets_keep_one_column_per_answer(built):
-    from analysis.phases import load_results
-    from analysis.report import heatmap_figure
+    from answerdist.analysis.phases import load_results
+    from answerdist.analysis.report import heatmap_figure
 
     _, report, phases, _ = built
     ladder = phases.ladders["olmo"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine
+import answerdist
 from tests import tiny
 
 # (name, make_checkpoint kwargs): every switch the issue names, each at least once.
@@ -49,7 +49,7 @@ def test_float32_logits_match_transformers(pair):
     ids = token_ids()
     with torch.no_grad():
         expected = reference(ids).logits.float()
-    got = engine.load(directory).logits(ids)
+    got = answerdist.load(directory).logits(ids)
     assert got.shape == expected.shape == (2, SEQ_LEN, 301)
     scale = expected.abs().max().item()
     assert scale > 1.0, "random logits should have a real spread"
@@ -61,7 +61,7 @@ def test_float32_logits_match_transformers(pair):
 def test_transformers_4x_config_keys_give_the_same_logits(pair, tmp_path):
     name, _, directory = pair
     ids = token_ids(seed=1, length=96)
-    new_style = engine.load(directory).logits(ids)
+    new_style = answerdist.load(directory).logits(ids)
     old_dir = tmp_path / "old"
     old_dir.mkdir()
     for f in directory.iterdir():
@@ -69,7 +69,7 @@ def test_transformers_4x_config_keys_give_the_same_logits(pair, tmp_path):
     tiny.to_transformers_4x_config(old_dir)
     cfg = json.loads((old_dir / "config.json").read_text())
     assert "rope_theta" in cfg and "rope_parameters" not in cfg
-    assert torch.equal(engine.load(old_dir).logits(ids), new_style), name
+    assert torch.equal(answerdist.load(old_dir).logits(ids), new_style), name
 
 
 def test_llama3_scaling_changes_the_logits(tmp_path):
@@ -82,8 +82,8 @@ def test_llama3_scaling_changes_the_logits(tmp_path):
     # same theta as "plain": only the scaling differs
     cfg["rope_parameters"]["rope_theta"] = 10000.0
     (tmp_path / "scaled" / "config.json").write_text(json.dumps(cfg))
-    a = engine.load(tmp_path / "plain").logits(ids)
-    b = engine.load(tmp_path / "scaled").logits(ids)
+    a = answerdist.load(tmp_path / "plain").logits(ids)
+    b = answerdist.load(tmp_path / "scaled").logits(ids)
     assert (a - b).abs().max().item() > 1e-3
 
 
@@ -105,7 +105,7 @@ def test_bfloat16_stays_close_to_the_float32_reference(arch, tmp_path):
     with torch.no_grad():
         exact = reference(ids).logits.float().log_softmax(-1)
         theirs = reference.to(torch.bfloat16)(ids).logits.float().log_softmax(-1)
-    ours = engine.load(directory, dtype="bfloat16").logits(ids).log_softmax(-1)
+    ours = answerdist.load(directory, dtype="bfloat16").logits(ids).log_softmax(-1)
     ours_err = (ours - exact).abs().max().item()
     theirs_err = (theirs - exact).abs().max().item()
     print(f"{arch} bf16 max |logprob - float32|: ours {ours_err:.4f}, "
@@ -116,7 +116,7 @@ def test_bfloat16_stays_close_to_the_float32_reference(arch, tmp_path):
 
 def test_checkpoint_object_interface(pair):
     name, reference, directory = pair
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     assert ck.config["vocab_size"] == ck.config.vocab_size == 301
     assert ck.args.arch == reference.config.architectures[0]
     assert ck.tokenizer.get_vocab_size() <= 301
@@ -132,8 +132,8 @@ def test_sharded_checkpoint_loads_identically(tmp_path):
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
     ids = token_ids(seed=5, length=32)
-    assert torch.equal(engine.load(tmp_path / "sharded").logits(ids),
-                       engine.load(tmp_path / "one").logits(ids))
+    assert torch.equal(answerdist.load(tmp_path / "sharded").logits(ids),
+                       answerdist.load(tmp_path / "one").logits(ids))
 
 
 MEMORY_SCRIPT = textwrap.dedent(
@@ -143,10 +143,10 @@ MEMORY_SCRIPT = textwrap.dedent(
         for line in open("/proc/self/status"):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
-    engine.load(sys.argv[2])               # warm-up: imports and one-time allocations
+    answerdist.load(sys.argv[2])               # warm-up: imports and one-time allocations
     open("/proc/self/clear_refs", "w").write("5")   # reset the peak (VmHWM) to the current RSS
     base = status("VmRSS")
-    ck = engine.load(sys.argv[1])
+    ck = answerdist.load(sys.argv[1])
     ck.logits(torch.tensor([[1, 2, 3]]))    # touch every layer's weights
     print((status("VmHWM") - base) / os.path.getsize(os.path.join(sys.argv[1], "model.safetensors")))
     """  # noqa: E501 (script text, kept as is)

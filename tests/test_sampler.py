@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-import engine
-from engine import score_checkpoint
-from engine.model import KVCache
-from engine.sampler import CHUNK, ReplySampler, SamplingSettings, draw
-from engine.scorer import PromptEncoder
-from engine.tasks import Answer, Prompt, Task
+import answerdist
+from answerdist import score_checkpoint
+from answerdist.engine.model.transformer import KVCache
+from answerdist.engine.scoring.sampler import CHUNK, ReplySampler, draw
+from answerdist.engine.scoring.scorer import PromptEncoder
+from answerdist.engine.settings import SamplingSettings
+from answerdist.engine.tasks import Answer, Prompt, Task
 from tests import tiny
 from tests.test_end_rules import FAMILIES, FAMILY_KWARGS
 
@@ -41,7 +42,7 @@ def test_cached_decoding_equals_the_full_forward(family, tmp_path):
     if family in ("gemma2",):
         extra.update(attn_logit_softcapping=2.0, final_logit_softcapping=3.0)
     tiny.make_checkpoint(tmp_path, arch=family, init=0.1, **extra)
-    ck = engine.load(tmp_path)
+    ck = answerdist.load(tmp_path)
     ids = torch.randint(0, ck.args.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     full = ck.model(ids)
     cache = KVCache(ck.args, 2, 16, ck.dtype, ck.device)
@@ -84,7 +85,7 @@ def short_replies(tmp_path_factory):
 
 def test_streams_never_depend_on_batching(short_replies):
     directory, task = short_replies
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     sampler = ReplySampler(ck, PromptEncoder(ck, "chat"), SamplingSettings(max_new_tokens=6))
     few = sampler.sample(task, task.prompts[0], 5, start=CHUNK - 2)  # across a chunk boundary
     many = sampler.sample(task, task.prompts[0], 3 * CHUNK)
@@ -101,7 +102,7 @@ def test_streams_never_depend_on_batching(short_replies):
 
 def test_unfinished_replies_are_reported(short_replies):
     directory, task = short_replies
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     replies = ReplySampler(ck, PromptEncoder(ck, "chat"),
                            SamplingSettings(max_new_tokens=1)).sample(task, task.prompts[0], 200)
     statuses = {r.status for r in replies}
@@ -134,7 +135,7 @@ def max_z(counts: dict[str, int], exact: list[dict]) -> float:
 def sampled(short_replies):
     """20,000 replies to the first prompt at temperature 1, and 20,000 at 1.3."""
     directory, task = short_replies
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     encoder, prompt = PromptEncoder(ck, "chat"), task.prompts[0]
     right = answer_counts(ReplySampler(ck, encoder, SamplingSettings(max_new_tokens=8)), task,
                           prompt)
@@ -180,7 +181,7 @@ def test_sampled_frequencies_match_the_interpreted_triton_kernels(short_replies,
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, TRITON_INTERPRET="1", ENGINE_FORCE_TRITON="1", PYTHONPATH=str(root))
     env.pop("ENGINE_FORCE_REFERENCE", None)
-    result = subprocess.run([sys.executable, "-m", "engine.score", str(directory), "--tasks",
+    result = subprocess.run([sys.executable, "-m", "answerdist", "score", str(directory), "--tasks",
                              str(task_file), "--tokenizations", "all", "--mode", "chat",
                              "--out", str(tmp_path / "out"), "--label", "l"],
                             capture_output=True, text=True, env=env, cwd=root, timeout=900)

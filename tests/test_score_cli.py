@@ -1,4 +1,4 @@
-"""`python -m engine.score`: bad input exits 2 with nothing written; reruns resume exactly."""
+"""`python -m answerdist score`: bad input exits 2 with nothing written; reruns resume exactly."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from engine import score
+from answerdist.cli import score
 from tests import tiny
 from tests.cli import ENV, ROOT, cli, one_line_error
 
@@ -124,7 +124,7 @@ KILL_TASKS = "coin,die,rps,suit,weekday,month,color,digit,rng_1_10,letter"
 def test_killed_run_resumes_to_identical_results(ckpt, tmp_path):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert cli(ckpt, "--tasks", KILL_TASKS, "--out", reference, "--label", "l").returncode == 0
-    cmd = [sys.executable, "-m", "engine.score", str(ckpt), "--tasks", KILL_TASKS, "--out",
+    cmd = [sys.executable, "-m", "answerdist", "score", str(ckpt), "--tasks", KILL_TASKS, "--out",
            str(resumed), "--label", "l"]
     proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -159,16 +159,19 @@ def test_bfloat16_scores_stay_close_to_float32(ckpt, tmp_path):
     assert 0 < worst < 0.05
 
 
-@pytest.mark.parametrize("module, args, fragment", [
-    ("engine.score", ["ckpt", "--batch-tokens", "0"], "--batch-tokens"),
-    ("engine.score", ["ckpt", "--dtype", "float16"], "float16"),
-    ("engine.score", [], "CHECKPOINT"),
-    ("engine.sweep", [], "sweep"),
-    ("analysis", ["results"], "--ladder"),
-    ("lab.demo", ["--bogus"], "--bogus"),
+@pytest.mark.parametrize("command, args, fragment", [
+    ("score", ["ckpt", "--batch-tokens", "0"], "--batch-tokens"),
+    ("score", ["ckpt", "--dtype", "float16"], "float16"),
+    ("score", [], "CHECKPOINT"),
+    ("sweep", [], "sweep"),
+    ("analyse", ["results"], "--ladder"),
+    ("trajectory", ["results"], "--series"),
+    ("tasks", ["--bogus"], "--bogus"),
+    ("demo", ["--bogus"], "--bogus"),
+    ("bogus", [], "bogus"),
 ])
-def test_a_bad_flag_is_one_error_line_and_exit_2(module, args, fragment, tmp_path):
-    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                            env=ENV, cwd=tmp_path, timeout=120)
+def test_a_bad_flag_is_one_error_line_and_exit_2(command, args, fragment, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "answerdist", command, *args],
+                            capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
     one_line_error(result, fragment, "--help")
     assert list(tmp_path.iterdir()) == []

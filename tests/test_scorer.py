@@ -9,12 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import engine
+import answerdist
+from answerdist.cli import score
+from answerdist.engine.scoring.scorer import (
+    PromptEncoder,
+    boundary_mask,
+    make_batches,
+    score_task,
+    task_sequences,
+)
+from answerdist.engine.tasks import load_tasks
+from answerdist.engine.text.trie import DuplicateContinuation, build_trie
 from benchmarks.naive_scoring import boundary_ids, naive_logprobs
-from engine import score
-from engine.scorer import PromptEncoder, boundary_mask, make_batches, score_task, task_sequences
-from engine.tasks import load_tasks
-from engine.trie import DuplicateContinuation, build_trie
 from tests import tiny
 
 TASKS = "coin,rng_1_10,continent,card"
@@ -59,7 +65,7 @@ def test_logprobs_equal_the_naive_computation(model_dir, mode, tmp_path):
     hf_tok = hf_tokenizer(directory)
     boundary = boundary_ids(hf_tok, hf_model.config.vocab_size)
     assert (set(boundary.tolist())
-            == set(torch.nonzero(boundary_mask(engine.load(directory))).flatten().tolist()))
+            == set(torch.nonzero(boundary_mask(answerdist.load(directory))).flatten().tolist()))
     worst = 0.0
     for task in load_tasks(TASKS):
         rows = pq.read_table(tmp_path / "x" / f"{task.name}.parquet").to_pylist()
@@ -113,7 +119,7 @@ def test_logprobs_are_within_float32_rounding_of_float64(model_dir, tmp_path):
 
 def test_packing_does_not_change_results(model_dir):
     directory, _ = model_dir
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     encoder = PromptEncoder(ck, "chat")
     task = load_tasks("card")[0]
     sequences = task_sequences(encoder, task)
@@ -129,7 +135,7 @@ def test_token_efficiency_on_the_shipped_suite(model_dir):
     """Tokens needed (prompt + trie nodes) over tokens run: packing leaves no padding, and the
     trie runs each shared prefix once instead of once per answer."""
     directory, _ = model_dir
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     for mode in ("base", "chat"):
         encoder = PromptEncoder(ck, mode)
         needed = processed = naive = 0
@@ -151,7 +157,7 @@ def test_long_sequences_are_split_within_batch_tokens(model_dir, batch_tokens):
     the prompt and the ancestors of the nodes they own: every row fits, every node is scored
     once, and the results equal scoring each prompt whole."""
     directory, _ = model_dir
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     encoder = PromptEncoder(ck, "base")
     boundary = boundary_mask(ck)
     parts = 0
@@ -187,10 +193,10 @@ def test_rows_too_wide_for_one_padded_block_are_scored_alone(model_dir, monkeypa
     """A root with 100,000 children would pad every row's targets to 100,000: past
     PADDED_TARGETS the widest rows get a call of their own. The scores do not move beyond
     float32 rounding, and below the bound nothing is split (the same bits as ever)."""
-    import engine.scorer
+    import answerdist.engine.scoring.scorer
 
     directory, _ = model_dir
-    ck = engine.load(directory)
+    ck = answerdist.load(directory)
     encoder = PromptEncoder(ck, "base")
     task = load_tasks("rng_1_100")[0]
     sequences = task_sequences(encoder, task)[:3]
@@ -205,7 +211,7 @@ def test_rows_too_wide_for_one_padded_block_are_scored_alone(model_dir, monkeypa
     for a, b in zip(whole.prompts, again.prompts, strict=True):
         assert a.variant_logprob.tobytes() == b.variant_logprob.tobytes()
     calls.clear()
-    monkeypatch.setattr(engine.scorer, "PADDED_TARGETS", 64)
+    monkeypatch.setattr(answerdist.engine.scoring.scorer, "PADDED_TARGETS", 64)
     split = score_task(ck, encoder, task, sequences, boundary, pack=False)
     assert len(calls) > len(sequences) and any(rows == 1 and width > 1 for rows, width in calls)
     for a, b in zip(whole.prompts, split.prompts, strict=True):

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from analysis.metrics import js_divergence
-from analysis.null import fit_dirichlet, nearest_js, p_value
-from analysis.phases import TaskData, ladder_metrics
+from answerdist.analysis.metrics import js_divergence
+from answerdist.analysis.null import fit_dirichlet, nearest_js, p_value
+from answerdist.analysis.phases import TaskData, ladder_metrics
 
 LEVEL = 0.01
 TRIALS = 150
@@ -119,8 +119,8 @@ def test_nearest_js_is_the_minimum_over_rows():
 
 
 def test_same_prompt_across_ladders_carries_the_larger_p_value(tmp_path):
-    from analysis.phases import analyse, load_results
-    from analysis.synthetic import write_planted_store
+    from answerdist.analysis.phases import analyse, load_results
+    from answerdist.analysis.synthetic import write_planted_store
 
     ladders, seeds = write_planted_store(tmp_path, n_prompts=12, tasks=["random_number"])
     phases = analyse(load_results(tmp_path), ladders, bootstrap=100)
@@ -133,8 +133,8 @@ def test_same_prompt_across_ladders_carries_the_larger_p_value(tmp_path):
 def _same_prompt_rate(kind, trials=100, k=10, n=15):
     """Two ladders from one base whose seed stages both collapse: onto the same base prompt
     (planted) or each onto a fresh phrasing of its own (null)."""
-    from analysis.phases import _cross_ladder
-    from analysis.records import Ladder
+    from answerdist.analysis.phases import _cross_ladder
+    from answerdist.analysis.records import Ladder
 
     rng = np.random.default_rng([7, len(kind)])
     same = 0

@@ -1,5 +1,5 @@
-"""The settings spine (engine/spec.py): one RunSpec built by the CLI, the sweep file and the API,
-the same check behind each of them, and one resolution against a checkpoint."""
+"""The settings spine (answerdist/engine/settings.py): one RunSpec built by the CLI, the sweep file
+and the API, the same check behind each of them, and one resolution against a checkpoint."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import dataclasses
 import pytest
 import torch
 
-import engine
-import kernels
-from engine import score, sweep
-from engine.checkpoint import read_metadata
-from engine.errors import ChatTemplateError
-from engine.spec import RunSpec, SettingError, resolve
+import answerdist
+import answerdist.kernels
+from answerdist.cli import score
+from answerdist.engine.model.checkpoint import read_metadata
+from answerdist.engine.run import sweep
+from answerdist.engine.run.plan import resolve
+from answerdist.engine.settings import RunSpec, SettingError
+from answerdist.errors import ChatTemplateError
 from tests.cli import cli, one_line_error
 
 # (setting, a value it cannot take as the CLI spells it, as TOML spells it, as Python passes it)
@@ -59,7 +61,7 @@ def test_a_bad_setting_is_refused_alike_by_the_cli_the_sweep_and_the_api(
                 sweep.load_sweep(path)
     # the API checks before it looks at the checkpoint (which does not exist)
     with pytest.raises(SettingError, match=f"^{setting} "):
-        engine.score_checkpoint(tmp_path / "nowhere", **{setting: value})
+        answerdist.score_checkpoint(tmp_path / "nowhere", **{setting: value})
     assert not (tmp_path / "o").exists()
 
 
@@ -111,7 +113,8 @@ def test_resolution_decides_mode_label_template_and_packing(ckpt, tiny_checkpoin
     base = resolve(RunSpec(tasks="coin", mode="base", label="L"), meta)
     assert (base.mode, base.label, base.chat) == ("base", "L", None)
     assert base.key("f")["chat_template"] is None
-    if kernels.triton_available():  # packing is the Triton path's, and only without batch_invariant
+    # packing is the Triton path's, and only without batch_invariant
+    if answerdist.kernels.triton_available():
         monkeypatch.setenv("ENGINE_FORCE_TRITON", "1")
         packed = resolve(RunSpec(tasks="coin", batch_tokens=512), meta)
         assert packed.packs and packed.key("f")["batch_tokens"] == 512
@@ -125,8 +128,8 @@ def test_resolution_decides_mode_label_template_and_packing(ckpt, tiny_checkpoin
 
 
 def test_a_loaded_checkpoint_brings_its_dtype_device_and_degree(ckpt):
-    ck = engine.load(ckpt, dtype="bfloat16")
-    result = engine.score_checkpoint(ck, tasks="coin", dtype="float32", tp=1)
+    ck = answerdist.load(ckpt, dtype="bfloat16")
+    result = answerdist.score_checkpoint(ck, tasks="coin", dtype="float32", tp=1)
     assert result.manifest["dtype"] == "bfloat16" and result.manifest["run"]["dtype"] == "bfloat16"
     assert ck.model.output_weight.dtype == torch.bfloat16
 
@@ -134,16 +137,16 @@ def test_a_loaded_checkpoint_brings_its_dtype_device_and_degree(ckpt):
 def test_one_dtype_list_for_runs_and_loading(ckpt, copy_checkpoint):
     import json
 
-    from engine.errors import DeviceError
-    from engine.spec import DTYPES
+    from answerdist.engine.settings import DTYPES
+    from answerdist.errors import DeviceError
 
     assert DTYPES == ("float32", "bfloat16")
     with pytest.raises(DeviceError, match="float16.*use one of float32, bfloat16"):
-        engine.load(ckpt, dtype="float16")
+        answerdist.load(ckpt, dtype="float16")
     saved = copy_checkpoint(ckpt)
     config = json.loads((saved / "config.json").read_text())
     config["dtype"] = "float16"
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(DeviceError, match="config.json's dtype 'float16'"):
-        engine.load(saved, dtype="auto")
-    assert engine.load(saved, dtype="bfloat16").dtype == torch.bfloat16
+        answerdist.load(saved, dtype="auto")
+    assert answerdist.load(saved, dtype="bfloat16").dtype == torch.bfloat16

@@ -17,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import engine
-from engine import score
-from engine.errors import OutputError
-from engine.results import ResultsStore
+import answerdist
+from answerdist.cli import score
+from answerdist.engine.results.store import ResultsStore
+from answerdist.errors import OutputError
 from tests import tiny
 from tests.cli import ENV, ROOT, cli, one_line_error
 
@@ -64,7 +64,8 @@ def test_killed_overwrite_leaves_the_previous_results_intact(ckpt, tmp_path):
     before = {n: task_bytes(out, n) for n in manifest(out)["tasks"]}
     finished = {n: t["finished_at"] for n, t in manifest(out)["tasks"].items()}
     time.sleep(1.1)  # finished_at has one-second resolution
-    proc = subprocess.Popen([sys.executable, "-m", "engine.score", str(ckpt), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "answerdist", "score", str(ckpt), "--out",
+                             str(out),
                              "--label", "K", "--overwrite"], env=ENV, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -121,25 +122,25 @@ def test_fingerprint_covers_every_byte_of_the_weights(ckpt, copy_checkpoint):
     ck = copy_checkpoint(ckpt)
     path = ck / "model.safetensors"
     original = path.read_bytes()
-    base = engine.load(ck).fingerprint
-    assert engine.load(ck).fingerprint == base  # deterministic
+    base = answerdist.load(ck).fingerprint
+    assert answerdist.load(ck).fingerprint == base  # deterministic
     header = 8 + int.from_bytes(original[:8], "little")
     rng = np.random.default_rng(0)
     for offset in [header, len(original) - 1, *rng.integers(header, len(original), 6)]:
         data = bytearray(original)
         data[offset] ^= 0x01  # one bit of one weight
         path.write_bytes(bytes(data))
-        assert engine.load(ck).fingerprint != base, offset
+        assert answerdist.load(ck).fingerprint != base, offset
     path.write_bytes(original)
     (ck / "tokenizer_config.json").write_text((ck / "tokenizer_config.json").read_text() + " ")
-    assert engine.load(ck).fingerprint != base  # metadata counts too
+    assert answerdist.load(ck).fingerprint != base  # metadata counts too
 
 
 # --- one writer per label ------------------------------------------------------------------------
 
 HOLD_LOCK = """
 import sys, time
-from engine.results import LabelLock
+from answerdist.engine.results.store import LabelLock
 with LabelLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
@@ -165,7 +166,7 @@ def test_a_second_writer_gets_one_clear_line_and_a_dead_ones_lock_is_taken_over(
 
 def test_concurrent_runs_on_one_label_lose_nothing(ckpt, tmp_path):
     out = tmp_path / "r"
-    first = subprocess.Popen([sys.executable, "-m", "engine.score", str(ckpt), "--tasks",
+    first = subprocess.Popen([sys.executable, "-m", "answerdist", "score", str(ckpt), "--tasks",
                               "card,rng_1_100,month", "--out", str(out), "--label", "K"],
                              env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
@@ -192,7 +193,7 @@ def test_a_truncated_task_file_is_rescored_with_a_notice(ckpt, tmp_path):
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(OutputError, match="damaged or changed"):
         ResultsStore(out, "K").read_task("card")
-    analysis = subprocess.run([sys.executable, "-m", "analysis.phases", str(out), "--ladder",
+    analysis = subprocess.run([sys.executable, "-m", "answerdist", "analyse", str(out), "--ladder",
                                "base=K,sft=K2"], capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert analysis.returncode == 2 and len(analysis.stderr.strip().splitlines()) == 1
     result = cli(ckpt, "--tasks", "coin,card", "--out", out, "--label", "K")
@@ -251,9 +252,9 @@ def test_special_tokens_in_answers_or_prompts_are_refused(ckpt, tmp_path, answer
 def test_byte_split_answers_do_not_absorb_each_other(ckpt, tmp_path):
     """With a byte-level vocabulary that has no token for 咪, "猫" is followed in "猫咪" by the
     first byte of 咪, which decodes to U+FFFD alone: it must not count as a boundary token."""
-    from engine.scorer import PromptEncoder
+    from answerdist.engine.scoring.scorer import PromptEncoder
 
-    ck = engine.load(ckpt)
+    ck = answerdist.load(ckpt)
     encoder = PromptEncoder(ck, "base")
     cat, kitty = (ck.encode(" " + s, add_special_tokens=False) for s in ("猫", "猫咪"))
     assert kitty[: len(cat)] == cat
@@ -261,13 +262,13 @@ def test_byte_split_answers_do_not_absorb_each_other(ckpt, tmp_path):
     assert ck.tokenizer.decode([nxt]).startswith("\ufffd")
     assert not bool(encoder.boundary[nxt])
     file = task_file(tmp_path / "t.toml", ["猫", "猫咪"])
-    result = engine.score_checkpoint(ckpt, tasks=str(file), mode="base")
+    result = answerdist.score_checkpoint(ckpt, tasks=str(file), mode="base")
     variants = result.to_arrow(variants=True).to_pylist()
     assert [v["answer"] for v in variants] == ["猫", "猫咪"]
     # the boundary rule can separate them; a mask that cannot is refused by the validator
     encoder.boundary[nxt] = True
-    from engine.errors import TaskError
-    from engine.tasks import load_tasks
+    from answerdist.engine.tasks import load_tasks
+    from answerdist.errors import TaskError
 
     with pytest.raises(TaskError, match="would absorb"):
         encoder.sequence(load_tasks(str(file))[0], load_tasks(str(file))[0].prompts[0])
@@ -281,13 +282,13 @@ def test_tied_config_with_its_own_head_uses_the_head_like_transformers(tmp_path,
     ids = torch.tensor([[1, 5, 9, 20, 33]])
     with torch.no_grad():
         want = model(ids).logits  # the untied model transformers 5.x loads from these files
-    assert torch.equal(engine.load(tmp_path).logits(ids), want)
+    assert torch.equal(answerdist.load(tmp_path).logits(ids), want)
     assert ("ties the embeddings, but the checkpoint has its own lm_head.weight"
             in capsys.readouterr().err)
 
 
 def test_store_module_imports_no_torch():
-    code = ("import sys, engine.results, analysis; "
+    code = ("import sys, answerdist.engine.results.store, analysis; "
             "print('torch' in sys.modules or 'triton' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
                          cwd=ROOT)

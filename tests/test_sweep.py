@@ -1,5 +1,5 @@
-"""`python -m engine.sweep`: the same files alone or on 2 ranks, resumable after a rank is killed,
-a failing checkpoint recorded without stopping the others, one sweep per results directory,
+"""`python -m answerdist sweep`: the same files alone or on 2 ranks, resumable after a rank is
+killed, a failing checkpoint recorded without stopping the others, one sweep per results directory,
 and bad sweep files refused in one line."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import sweep
-from engine.files import TEMPORARY
-from engine.results import ResultsStore
+from answerdist.engine.results.store import ResultsStore
+from answerdist.engine.run import sweep
+from answerdist.files import TEMPORARY
 from tests import launch, tiny
 
 STEPS = ("step100", "step200", "step300", "step1000")  # natural order: 1000 last
@@ -59,7 +59,7 @@ def task_entries(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def serial(ladder):
-    result = launch.python("engine.sweep", sweep_file(ladder, "serial"))
+    result = launch.python("sweep", sweep_file(ladder, "serial"))
     assert result.returncode == 0, result.stderr
     return ladder / "serial", result
 
@@ -76,17 +76,17 @@ def test_serial_sweep_scores_every_checkpoint_in_order(serial):
 def test_a_rerun_skips_everything_without_rescoring(serial, ladder):
     out, _ = serial
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
-    again = launch.python("engine.sweep", sweep_file(ladder, "serial"))
+    again = launch.python("sweep", sweep_file(ladder, "serial"))
     assert again.returncode == 0, again.stderr
     assert "0 scored, 8 skipped, 0 failed" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == stamps
     # On the CPU every run is batch-invariant already: asking for it is the same run.
-    invariant = launch.python("engine.sweep", sweep_file(ladder, "serial", batch_invariant=True))
+    invariant = launch.python("sweep", sweep_file(ladder, "serial", batch_invariant=True))
     assert "0 scored, 8 skipped, 0 failed" in invariant.stdout, invariant.stderr
 
 
 def test_two_ranks_write_the_serial_sweeps_files(serial, ladder):
-    result = launch.torchrun(2, "engine.sweep", sweep_file(ladder, "parallel"))
+    result = launch.torchrun(2, "sweep", sweep_file(ladder, "parallel"))
     assert result.returncode == 0, result.stderr[-3000:]
     groups = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[1:9]}
     assert groups == {f"{s}-{m}": str(i % 2) for i, s in enumerate(STEPS) for m in ("chat", "base")}
@@ -98,7 +98,7 @@ def test_a_killed_rank_then_a_rerun_gives_the_serial_files(serial, ladder):
     """Rank 1 is killed while it scores; torchrun stops rank 0. Nothing listed as finished is
     partial, and the rerun completes without redoing finished tasks, to the serial files."""
     config = sweep_file(ladder, "killed")
-    proc = subprocess.Popen(launch.torchrun_command(2, "engine.sweep", config), env=launch.ENV,
+    proc = subprocess.Popen(launch.torchrun_command(2, "sweep", config), env=launch.ENV,
                             cwd=launch.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = ladder / "killed"
     deadline, victim = time.time() + 300, None
@@ -120,7 +120,7 @@ def test_a_killed_rank_then_a_rerun_gives_the_serial_files(serial, ladder):
             finished_before[out / manifest.parent.name / f"{name}.parquet"] = None
     assert 1 <= len(finished_before) < 8 * 6
     stamps = {p: p.stat().st_mtime_ns for p in finished_before}
-    rerun = launch.torchrun(2, "engine.sweep", config)
+    rerun = launch.torchrun(2, "sweep", config)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert files(out) == files(serial[0])
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished work was not redone
@@ -134,7 +134,7 @@ def test_a_failing_checkpoint_is_recorded_and_the_others_are_scored(ladder, tmp_
     (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:5000])
     config = tmp_path / "s.toml"
     config.write_text('checkpoints = ["run/*"]\ntasks = "coin"\nmodes = ["base"]\nout = "out"\n')
-    result = launch.python("engine.sweep", config)
+    result = launch.python("sweep", config)
     assert result.returncode == 1, result.stderr
     rows = {line.split()[0]: line.split()[2] for line in result.stdout.splitlines()[1:4]}
     assert rows == {"a": "scored", "b": "failed", "c": "scored"}
@@ -149,12 +149,12 @@ def test_edited_weights_are_never_skipped_as_finished(ladder, tmp_path):
     shutil.copytree(ladder / "run" / "step100", tmp_path / "run" / "step100")
     config = tmp_path / "s.toml"
     config.write_text('checkpoints = ["run/*"]\ntasks = "coin"\nmodes = ["base"]\nout = "out"\n')
-    assert launch.python("engine.sweep", config).returncode == 0
+    assert launch.python("sweep", config).returncode == 0
     weights = tmp_path / "run" / "step100" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 1  # a weight's low bits: same size
     weights.write_bytes(data)
-    again = launch.python("engine.sweep", config)
+    again = launch.python("sweep", config)
     assert again.returncode == 1, again.stderr
     assert "0 scored, 0 skipped, 1 failed" in again.stdout
     assert "holds results of another checkpoint" in again.stdout
@@ -162,14 +162,15 @@ def test_edited_weights_are_never_skipped_as_finished(ladder, tmp_path):
 
 def test_two_sweeps_cannot_write_one_results_directory(ladder):
     config = sweep_file(ladder, "busy", tasks="all")
-    first = subprocess.Popen([sys.executable, "-m", "engine.sweep", str(config)], env=launch.ENV,
+    first = subprocess.Popen([sys.executable, "-m", "answerdist", "sweep", str(config)],
+                             env=launch.ENV,
                              cwd=launch.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
     lock = ladder / "busy" / ".lock"
     deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and lock.read_text()):
         time.sleep(0.05)
-    second = launch.python("engine.sweep", config)
+    second = launch.python("sweep", config)
     still_running = first.poll() is None
     first.send_signal(signal.SIGKILL)
     first.wait()
@@ -221,28 +222,28 @@ def test_list_shows_labels_groups_and_natural_order(ladder, capsys):
 
 def test_world_not_a_multiple_of_tp_is_one_line(ladder, tmp_path):
     config = sweep_file(ladder, "odd", tp=3)
-    ranks = launch.ranks("engine.sweep", [[config], [config]], tmp_path)
+    ranks = launch.ranks("sweep", [[config], [config]], tmp_path)
     assert [r.returncode for r in ranks] == [2, 2]
     assert (len(ranks[0].lines()) == 1 and "world size 2" in ranks[0].lines()[0]
             and not ranks[1].lines())
 
 
 def test_a_sweep_writes_its_series_for_the_trajectory_command(ladder, capsys):
-    from analysis.cli import main as analysis_main
+    from answerdist.cli.trajectory import main as trajectory_main
 
     path = ladder / "traj.toml"
     path.write_text('checkpoints = ["run/step*"]\ntasks = "die,weekday"\nmodes = ["base"]\n'
                     'out = "traj"\nstages = ["sft"]\nseries = "traj-series.json"\n')
-    result = launch.python("engine.sweep", path)
+    result = launch.python("sweep", path)
     assert result.returncode == 0, result.stderr
     body = json.loads((ladder / "traj-series.json").read_text())
     assert body["mode"] == "base"
     assert body["points"] == [{"label": s, "position": float(s[4:]), "stage": "sft"}
                               for s in STEPS]
     out = ladder / "trajectory.json"
-    assert analysis_main(["trajectory", str(ladder / "traj"), "--series",
-                          f"run={ladder / 'traj-series.json'}", "--bootstrap", "100",
-                          "--out", str(out)]) == 0
+    assert trajectory_main([str(ladder / "traj"), "--series",
+                            f"run={ladder / 'traj-series.json'}", "--bootstrap", "100",
+                            "--out", str(out)]) == 0
     written = json.loads(out.read_text())
     assert {p["label"] for p in written["points"]} == set(STEPS)
     assert {(t["task"], t["metric"]) for t in written["transitions"]} >= {("die", "liquidity")}

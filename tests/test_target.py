@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import analysis
-from analysis.phases import analyse, load_results, task_metrics
-from analysis.synthetic import write_manifest, write_task
-from engine.errors import AnalysisError, TaskError
-from engine.results import task_hash
-from engine.tasks.loader import parse_tasks
+import answerdist.analysis
+from answerdist.analysis.phases import analyse, load_results, task_metrics
+from answerdist.analysis.synthetic import write_manifest, write_task
+from answerdist.engine.results.schema import task_hash
+from answerdist.engine.tasks.loader import parse_tasks
+from answerdist.errors import AnalysisError, TaskError
 
 TASK = '''
 name = "pick"
@@ -83,8 +83,8 @@ def test_from_table_reads_a_target_column():
     rows = [{"label": "x", "task": "coin", "prompt_id": p, "answer": a, "prob": v, "target": 0.5}
             for p, probs in (("p0", (0.9, 0.1)), ("p1", (0.6, 0.4)))
             for a, v in zip(("H", "T"), probs, strict=True)]
-    td = analysis.from_table(pa.Table.from_pylist(rows)).data["x"]["coin"]
+    td = answerdist.analysis.from_table(pa.Table.from_pylist(rows)).data["x"]["coin"]
     assert np.allclose(td.target, [0.5, 0.5])
     rows[0]["target"] = 0.9
     with pytest.raises(AnalysisError, match="target column is not a distribution"):
-        analysis.from_table(pa.Table.from_pylist(rows))
+        answerdist.analysis.from_table(pa.Table.from_pylist(rows))

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import TaskError
-from engine.tasks import (
+from answerdist.engine.tasks import (
     DEFAULT_BASE_FORMAT,
     Answer,
     Prompt,
@@ -23,6 +22,7 @@ from engine.tasks import (
     parse_tasks,
     task_groups,
 )
+from answerdist.errors import TaskError
 
 RANKS = ["Ace"] + [str(i) for i in range(2, 11)] + ["Jack", "Queen", "King"]
 SUITS = ["Spades", "Hearts", "Diamonds", "Clubs"]
@@ -129,7 +129,7 @@ def test_card_variants_are_moderate():
 @pytest.mark.parametrize("name", builtin_task_names())
 def test_builtin_task_is_well_formed(name):
     (task,) = load_tasks(name)
-    assert task.source == f"engine/tasks/{name}.toml"
+    assert task.source == f"answerdist/engine/tasks/{name}.toml"
     assert task.description
     assert task.base_format == DEFAULT_BASE_FORMAT
     assert len(task.prompts) >= 12
@@ -184,7 +184,7 @@ def test_groups_keep_all_unchanged_and_add_large():
 @pytest.mark.parametrize("name", LARGE)
 def test_large_task_is_well_formed(name):
     (task,) = load_tasks(name)
-    assert task.source == f"engine/tasks/large/{name}.toml"
+    assert task.source == f"answerdist/engine/tasks/large/{name}.toml"
     assert task.description and task.base_format == DEFAULT_BASE_FORMAT
     assert len(task.prompts) >= 12
     ids = {p.id for p in task.prompts}
@@ -582,7 +582,7 @@ def test_check_variants_tokenize_empty_encoding():
     with pytest.raises(TaskError) as info:
         check_variants_tokenize(task, encode)
     message = str(info.value)
-    assert "engine/tasks/coin.toml" in message
+    assert "answerdist/engine/tasks/coin.toml" in message
     assert "task 'coin'" in message
     assert "answer 'Tails', variant 'tails'" in message
     assert "tokenizes to nothing" in message
@@ -636,7 +636,8 @@ def test_spec_user_task_clashing_with_builtin(tmp_path):
     path = write(tmp_path, GOOD)  # also named "coin"
     with pytest.raises(TaskError) as info:
         load_tasks(f"coin,{path}")
-    assert "task 'coin'" in str(info.value) and "engine/tasks/coin.toml" in str(info.value)
+    assert "task 'coin'" in str(info.value)
+    assert "answerdist/engine/tasks/coin.toml" in str(info.value)
 
 
 def test_parse_tasks_uses_source_name():

@@ -14,11 +14,11 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-import engine
+import answerdist
+from answerdist.engine.tasks import Answer, Prompt, Task
+from answerdist.engine.text.tokenizations import TokenPieces
+from answerdist.errors import TaskError, TokenizerError
 from benchmarks.naive_scoring import boundary_ids
-from engine.errors import TaskError, TokenizerError
-from engine.tasks import Answer, Prompt, Task
-from engine.tokenizations import TokenPieces
 from tests import tiny
 
 NUMBERS = Task("numbers", "", (Answer("1", ("1",)), Answer("10", ("10",)), Answer("100", ("100",)),
@@ -90,8 +90,8 @@ def brute_force_logprob(model, hf, prompt_ids, continuation, boundary) -> tuple[
 def test_all_tokenizations_sum_to_brute_force(setup, mode):
     directory, model, hf = setup
     boundary = boundary_ids(hf, model.config.vocab_size)
-    result = engine.score_checkpoint(directory, tasks=[NUMBERS], mode=mode, tokenizations="all")
-    canonical = engine.score_checkpoint(directory, tasks=[NUMBERS], mode=mode)
+    result = answerdist.score_checkpoint(directory, tasks=[NUMBERS], mode=mode, tokenizations="all")
+    canonical = answerdist.score_checkpoint(directory, tasks=[NUMBERS], mode=mode)
     rows = result.to_arrow().to_pylist()
     variants = result.to_arrow(variants=True).to_pylist()
     several = 0
@@ -120,7 +120,7 @@ def test_all_tokenizations_sum_to_brute_force(setup, mode):
 def test_too_many_tokenizations_is_one_clear_error(setup):
     directory, _, _ = setup
     with pytest.raises(TaskError, match="more than 2 tokenizations; raise --max-tokenizations"):
-        engine.score_checkpoint(directory, tasks=[NUMBERS], mode="base", tokenizations="all",
+        answerdist.score_checkpoint(directory, tasks=[NUMBERS], mode="base", tokenizations="all",
                                 max_tokenizations=2)
 
 

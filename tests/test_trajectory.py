@@ -6,11 +6,11 @@ import re
 import numpy as np
 import pytest
 
-from analysis.cli import main
-from analysis.dynamics import locate, parse_series, position_of, trajectory
-from analysis.phases import Results, TaskData
-from analysis.synthetic import write_manifest, write_task
-from engine.errors import AnalysisError
+from answerdist.analysis.dynamics import locate, parse_series, position_of, trajectory
+from answerdist.analysis.phases import Results, TaskData
+from answerdist.analysis.synthetic import write_manifest, write_task
+from answerdist.cli.trajectory import main as trajectory_main
+from answerdist.errors import AnalysisError
 
 K, N = 10, 15
 
@@ -175,7 +175,7 @@ def _store(root, weights):
 def test_cli_writes_points_transitions_and_a_report(tmp_path, capsys):
     _store(tmp_path / "r", [0, 0, 0, 1, 1, 1])
     out, report = tmp_path / "t.json", tmp_path / "rep"
-    assert main(["trajectory", str(tmp_path / "r"), "--series", "run=step*", "--bootstrap",
+    assert trajectory_main([str(tmp_path / "r"), "--series", "run=step*", "--bootstrap",
                  "100", "--out", str(out), "--report", str(report)]) == 0
     body = json.loads(out.read_text())
     assert [p["label"] for p in body["series"]["run"]] == [f"step{100 * i}" for i in range(6)]
@@ -198,7 +198,7 @@ def test_cli_writes_points_transitions_and_a_report(tmp_path, capsys):
 def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, expected):
     _store(tmp_path / "r", [0, 0, 1])
     out = tmp_path / "t.json"
-    assert main(["trajectory", str(tmp_path / "r"), *argv, "--out", str(out)]) == 2
+    assert trajectory_main([str(tmp_path / "r"), *argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and expected in err, err
     assert not out.exists()

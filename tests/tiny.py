@@ -12,7 +12,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, processors
 
-from lab.corpus import TULU_TEMPLATE, train_bpe  # the demo ladder's template and BPE trainer
+from answerdist.lab.corpus import (  # the demo ladder's template and BPE trainer
+    TULU_TEMPLATE,
+    train_bpe,
+)
 
 CHATML_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -36,8 +39,8 @@ CORPUS = [
 
 def train_tokenizer(vocab_size: int = 300, add_bos: bool = True,
                     added_tokens: tuple[str, ...] = ()) -> Tokenizer:
-    """The tiny checkpoints' byte-level BPE (lab.corpus.train_bpe on CORPUS), with BOS added by
-    the post-processor unless add_bos is False, plus non-special `added_tokens`."""
+    """The tiny checkpoints' byte-level BPE (answerdist.lab.corpus.train_bpe on CORPUS), with BOS
+    added by the post-processor unless add_bos is False, plus non-special `added_tokens`."""
     return train_bpe(CORPUS * 20, vocab_size, SPECIALS, bos="<|bos|>" if add_bos else None,
                      added_tokens=added_tokens)
 

@@ -1,0 +1,54 @@
+"""Ladders as the analysis takes them: `--ladder [NAME:]base=LABEL,sft=LABEL,...` specs, or
+{name: {stage: label}} from Python, checked and named once."""
+
+from answerdist.errors import AnalysisError
+
+
+def parse_ladder(spec):
+    """'[name:]stage=label,stage=label,...' -> (name, [(stage, label), ...])."""
+    name = None
+    head = spec.split("=", 1)[0]
+    if ":" in head:
+        name, spec = spec.split(":", 1)
+    stages = []
+    for part in spec.split(","):
+        stage, sep, label = (x.strip() for x in part.partition("="))
+        if not sep or not stage or not label or "=" in label:
+            raise AnalysisError(
+                f"--ladder {spec!r}: expected stage=label pairs separated by commas, "
+                "e.g. base=olmo2-7b,sft=olmo2-7b-sft,dpo=olmo2-7b-dpo,rl=olmo2-7b-instruct"
+            )
+        stages.append((stage, label))
+    names = [s for s, _ in stages]
+    if len(set(names)) != len(names):
+        raise AnalysisError(f"--ladder {spec!r}: a stage name appears twice; name each once")
+    labels = [label for _, label in stages]
+    if len(set(labels)) != len(labels):
+        twice = next(label for label in labels if labels.count(label) > 1)
+        raise AnalysisError(f"--ladder {spec!r}: label {twice!r} is given for two stages; "
+                            "each stage is a different checkpoint")
+    if len(stages) < 2:
+        raise AnalysisError(f"--ladder {spec!r}: give a base and at least one later stage")
+    return (name or stages[0][1]), stages
+
+
+def ladder_list(ladders):
+    """[(name, [(stage, label), ...]), ...] from --ladder specs or {name: {stage: label}}, each
+    checked as `parse_ladder` checks a spec; repeated names get a #i suffix."""
+    if isinstance(ladders, dict):
+        ladders = [f"{name}:" + ",".join(f"{s}={label}" for s, label in stages.items())
+                   for name, stages in ladders.items()]
+    parsed = [parse_ladder(x) if isinstance(x, str) else parse_ladder(
+        f"{x[0]}:" + ",".join(f"{s}={label}" for s, label in x[1])) for x in ladders]
+    return _unique_names(parsed)
+
+
+def _unique_names(ladders):
+    seen = set()
+    out = []
+    for i, (name, stages) in enumerate(ladders, start=1):
+        if name in seen:
+            name = f"{name}#{i}"
+        seen.add(name)
+        out.append((name, stages))
+    return out

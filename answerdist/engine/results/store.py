@@ -1,0 +1,407 @@
+"""The results store: results/<label>/<task>.parquet, variants/<task>.parquet, manifest.json.
+
+The schema and the guarantees are documented in docs/results.md. In short:
+
+* every file is written atomically (answerdist/files.py), and a task enters the manifest only after
+  both of its parquet files are in place, with their row counts and xxh3 digests;
+* one writer per label at a time: `LabelLock` (an flock'ed `.lock` file holding the writer's
+  pid and host; the kernel drops the lock when its holder dies, so a stale lock is taken over);
+* every file is validated against the manifest when read (digest, schema, row count), and a
+  rerun rescores a task whose files are missing, damaged or changed, saying so in one line;
+* each task records the run that produced it (checkpoint fingerprint and settings): a rerun with
+  the same run skips finished tasks; a different run refuses to touch them unless asked to
+  overwrite, and then replaces only the tasks it scores, each one atomically.
+
+This module imports neither torch nor triton: the analysis layer reads results through it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from answerdist.engine.results.schema import (
+    DISCOVERY_SCHEMA,
+    LOCK,
+    MAIN_SCHEMA,
+    MANIFEST,
+    VARIANT_SCHEMA,
+    Col,
+    add_token_totals,
+    schema_matches,
+    task_hash,
+)
+from answerdist.errors import OutputError
+from answerdist.files import atomic_write, file_digest, remove_stale_temporaries
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def check_writable(out: Path, label: str | None = None) -> None:
+    """Fail before any work if `out` (and `out/label`) cannot be created or written; creates
+    nothing."""
+    target = Path(out) / label if label else Path(out)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{target}: is a file, not a directory; choose another --out or --label")
+    probe = target
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{probe}: is a file, not a directory; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{probe}: not writable; choose another --out or fix its permissions")
+
+
+def notice(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def check_finite(table: pa.Table, where: str) -> None:
+    """Results with NaN or infinite numbers are never written."""
+    for name in (Col.logprob, Col.prob, Col.coverage, Col.noncanonical_share):
+        if name in table.column_names:
+            values = table.column(name).drop_null().to_numpy()
+            if not np.isfinite(values).all():
+                raise OutputError(f"{where}: refusing to write non-finite {name} values")
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per label
+
+
+class LabelLock:
+    """An exclusive lock on a label directory, held while a run writes it.
+
+    `.lock` is locked with flock(2), which the kernel releases when its holder exits, however it
+    exits: a lock left by a killed run is free and is taken over. The file names the current
+    holder (pid, host, start time) for the message a second writer gets."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK
+        self._fd = None
+
+    def __enter__(self) -> LabelLock:
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(f"{self.directory}: being written by {holder[:200]}; wait for that "
+                              "run to finish or use another --label") from None
+        try:
+            left = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            if left:
+                notice(f"{self.directory}: taking over the lock left by {left[:200]} (no longer "
+                       "running)")
+            me = (f"pid {os.getpid()} on {socket.gethostname()} since "
+                  f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me.encode(), 0)
+        except OSError as e:  # a full disk
+            os.close(fd)
+            raise OutputError(f"{self.path}: cannot write the lock file ({e.strerror or e}); "
+                              "free some space or choose another --out") from None
+        self._fd = fd
+        return self
+
+    def _open(self) -> int:
+        """The lock file, opened without following a link: a `.lock` that is a link or not a
+        plain file is refused, so that nothing outside the directory is ever written."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        except OSError as e:
+            why = ("is a symbolic link" if e.errno == errno.ELOOP
+                   else f"cannot be opened ({e.strerror or e})")
+            raise OutputError(f"{self.path}: {why}; remove it or choose another --out") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutputError(f"{self.path}: is not a plain file; remove it or choose another "
+                              "--out")
+        return fd
+
+    def __exit__(self, *exc) -> None:
+        os.ftruncate(self._fd, 0)  # a clean exit leaves no holder to report
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OutputError(f"{path}: unreadable ({e}); "
+                          f"delete {path.parent} to start this label afresh") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tasks"), dict):
+        raise OutputError(f"{path}: not a results manifest; "
+                          f"delete {path.parent} to start this label afresh")
+    return manifest
+
+
+def _differing(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+class ResultsStore:
+    """results/<label>/ for reading (`ResultsStore.read`) or, holding its lock, for a run."""
+
+    def __init__(self, out: Path, label: str, run: dict | None = None):
+        self.directory = Path(out) / label
+        self.label = label
+        self.run = run  # what identifies results: checkpoint fingerprint and settings
+        manifest = read_manifest(self.directory)
+        self.manifest = manifest or {"label": label, "run": run, "tasks": {}}
+
+    @classmethod
+    def read(cls, directory: Path) -> ResultsStore:
+        """An existing label directory, for reading only."""
+        directory = Path(directory)
+        store = cls(directory.parent, directory.name)
+        if not (directory / MANIFEST).exists():
+            raise OutputError(f"{directory}: no {MANIFEST}; it was not written by python -m "
+                              "answerdist score (or no task finished): score the checkpoint with "
+                              f"--label {directory.name}")
+        return store
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.manifest["tasks"])
+
+    def entry(self, name: str) -> dict:
+        return self.manifest["tasks"][name]
+
+    def entry_run(self, name: str) -> dict:
+        """The run that produced a task (manifests before 0.2 kept one run per label)."""
+        return self.entry(name).get("run", self.manifest.get("run"))
+
+    # -- deciding what to score ----------------------------------------------------------------
+
+    def plan(self, tasks: list, overwrite: bool = False,
+             prompts: dict[str, str] | None = None) -> list:
+        """The tasks this run must score; the others are finished and valid for this run.
+
+        A task finished by another run, under another definition (prompts, answers, formats:
+        its `task_hash`), or with other rendered prompts (`prompts`: {task: prompts_digest}) is
+        an error unless `overwrite`; a task whose files are missing, damaged or changed since
+        they were written is rescored, with a one-line notice."""
+        todo, foreign, redefined, reworded = [], [], [], []
+        for task in tasks:
+            if task.name not in self.manifest["tasks"] or overwrite:
+                todo.append(task)
+            elif self.entry_run(task.name) != self.run:
+                foreign.append(task)
+            elif self.entry(task.name).get("task_hash") != task_hash(task):
+                redefined.append(task)
+            elif not self.same_prompts(task.name, prompts):
+                reworded.append(task)
+            elif problem := self.problem(task.name):
+                notice(f"{problem}; rescoring {task.name}")
+                todo.append(task)
+        if foreign:
+            keys = _differing(self.entry_run(foreign[0].name) or {}, self.run)
+            raise OutputError(
+                f"{self.directory}: holds results of another checkpoint or other settings for "
+                f"{', '.join(t.name for t in foreign)} ({', '.join(keys)} differ); rescore them "
+                "with --overwrite or use another --label")
+        if redefined:
+            raise OutputError(
+                f"{self.directory}: holds results of another definition of "
+                f"{', '.join(t.name for t in redefined)} (from "
+                f"{self.entry(redefined[0].name).get('source')}; its prompts, answers or formats "
+                "differ from this one's); rescore with --overwrite or use another --label")
+        others = [n for n in self.tasks if n not in {t.name for t in tasks}
+                  and self.entry_run(n) != self.run]
+        if others and not overwrite:
+            keys = _differing(self.entry_run(others[0]) or {}, self.run)
+            raise OutputError(
+                f"{self.directory}: holds {', '.join(others)} from another checkpoint or other "
+                f"settings ({', '.join(keys)} differ), and a label holds one run; use another "
+                "--label (or --overwrite to add to it all the same)")
+        if reworded:
+            raise OutputError(
+                f"{self.directory}: holds results of {', '.join(t.name for t in reworded)} "
+                "scored on other prompt text than this run renders (the chat template or its "
+                "special tokens changed); rescore with --overwrite or use another --label")
+        return todo
+
+    def same_prompts(self, name: str, prompts: dict[str, str] | None) -> bool:
+        """Whether a finished task was scored on the prompts `prompts` names (results written
+        before prompts were recorded count as the same)."""
+        recorded = self.entry(name).get("prompts_digest")
+        return prompts is None or recorded is None or recorded == prompts.get(name)
+
+    def problem(self, name: str) -> str | None:
+        """Why a finished task's files cannot be trusted, or None. (Manifests before 0.2 kept
+        no digests: their files are checked for presence, schema and rows only.)"""
+        entry = self.entry(name)
+        files = [entry.get("file"), entry.get("variants_file")]
+        if "discovery_file" in entry:
+            files.append(entry["discovery_file"])
+        for file in files:
+            if not file or not isinstance(file, str):
+                return f"{self.directory}: task {name} has no file in the manifest"
+            path = self.directory / file
+            if (file not in (f"{name}.parquet", f"variants/{name}.parquet",
+                             f"discovery/{name}.parquet") or path.is_symlink()):
+                return f"{path}: not the task's own file in {self.directory}"
+            if not path.is_file():
+                return f"{path}: missing"
+            if "digests" in entry and entry["digests"].get(file) != file_digest(path):
+                return f"{path}: damaged or changed since it was written"
+        return None
+
+    # -- writing (hold the LabelLock) ---------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start a run: the manifest names it, temporaries of killed writers go."""
+        remove_stale_temporaries(self.directory, self.directory / "variants",
+                                 self.directory / "discovery")
+        self.manifest["run"] = self.run
+
+    def write_tables(self, name: str, main: pa.Table, variants: pa.Table,
+                     found: pa.Table | None = None, **info) -> None:
+        """A task's tables, then its manifest entry: the old files stay until each new one is
+        complete, and a task counts as finished only once the manifest says so."""
+        files = {f"{name}.parquet": main, f"variants/{name}.parquet": variants}
+        if found is not None:  # an open task's discovery table
+            files[f"discovery/{name}.parquet"] = found
+        digests = {}
+        try:
+            for file in files:
+                (self.directory / file).parent.mkdir(parents=True, exist_ok=True)
+            for file, table in files.items():
+                check_finite(table, f"{self.directory / file}")
+                data = parquet_bytes(table)
+                atomic_write(self.directory / file, data)
+                digests[file] = file_digest(self.directory / file)
+        except OSError as e:
+            raise OutputError(f"{self.directory}: cannot write results ({e.strerror or e}); check "
+                              "--out and its permissions") from None
+        self.manifest["tasks"][name] = {
+            "file": f"{name}.parquet", "variants_file": f"variants/{name}.parquet",
+            "rows": main.num_rows, "variant_rows": variants.num_rows, "digests": digests,
+            **({} if found is None else {"discovery_file": f"discovery/{name}.parquet",
+                                         "discovery_rows": found.num_rows}),
+            "run": self.run, **info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.save_manifest()
+
+    def save_manifest(self, **extra) -> None:
+        self.manifest.update(extra)
+        add_token_totals(self.manifest)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.directory / MANIFEST,
+                         (json.dumps(self.manifest, indent=2) + "\n").encode())
+        except OSError as e:
+            raise OutputError(f"{self.directory}: cannot write {MANIFEST} "
+                              f"({e.strerror or e})") from None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_discovery(self, name: str) -> pa.Table | None:
+        """An open task's discovery table (None for a closed task), validated like the others."""
+        entry = self._checked_entry(name)
+        if "discovery_file" not in entry:
+            return None
+        return self._read(name, entry["discovery_file"], DISCOVERY_SCHEMA,
+                          entry.get("discovery_rows"))
+
+    def read_task(self, name: str, variants: bool = False) -> pa.Table:
+        """A task's table, validated against the manifest (digest, schema, row count)."""
+        entry = self._checked_entry(name)
+        file, schema, rows = ((entry["variants_file"], VARIANT_SCHEMA, entry.get("variant_rows"))
+                              if variants else (entry["file"], MAIN_SCHEMA, entry.get("rows")))
+        return self._read(name, file, schema, rows)
+
+    def _checked_entry(self, name: str) -> dict:
+        """A finished task's manifest entry, once its files are known intact."""
+        if name not in self.manifest["tasks"]:
+            raise OutputError(f"{self.directory}: no finished task {name!r} (finished: "
+                              f"{', '.join(self.tasks) or 'none'}); "
+                              "score it with python -m answerdist score")
+        entry = self.entry(name)
+        fix = (f"rerun answerdist score with --label {self.label} (it rescores damaged "
+               "tasks)")
+        problem = self.problem(name)
+        if problem:
+            raise OutputError(f"{problem}; {fix}")
+        return entry
+
+    def _read(self, name: str, file: str, schema: pa.Schema, rows: int | None) -> pa.Table:
+        fix = (f"rerun answerdist score with --label {self.label} (it rescores damaged "
+               "tasks)")
+        try:
+            table = pq.read_table(self.directory / file)
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise OutputError(f"{self.directory / file}: unreadable parquet "
+                              f"({str(e).splitlines()[0]}); {fix}") from None
+        if not schema_matches(table.schema, schema):
+            raise OutputError(f"{self.directory / file}: columns differ from the results schema; "
+                              f"{fix}")
+        if rows is not None and table.num_rows != rows:
+            raise OutputError(f"{self.directory / file}: {table.num_rows} rows, "
+                              f"the manifest says {rows}; {fix}")
+        return table
+
+
+def labels_in(results_dir) -> list[str]:
+    """The labels of a results root (directories with a manifest), sorted; an error when
+    there are none."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise OutputError(f"results dir {root}: not a directory; "
+                          "pass the folder that answerdist.cli.score wrote")
+    present = sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+    if not present:
+        raise OutputError(f"results dir {root}: no <label>/{MANIFEST} "
+                          f"(expected {root}/<label>/<task>.parquet); "
+                          "run python -m answerdist score first or fix the path")
+    return present
+
+
+def read_results(results_dir, labels=None) -> dict[str, dict[str, pa.Table]]:
+    """{label: {task: main table}} of a results root, every file validated (`read_task`).
+
+    labels None: every label directory with a manifest. Errors name the directory and the
+    labels present."""
+    root = Path(results_dir)
+    present = labels_in(root)
+    out = {}
+    for label in (present if labels is None else labels):
+        if label not in present:
+            raise OutputError(f"label '{label}': no {root / label}/{MANIFEST}; labels present: "
+                              f"{', '.join(present)}; fix the label or score that checkpoint")
+        store = ResultsStore(root, label)
+        if not store.tasks:
+            raise OutputError(f"label '{label}': no finished task in {root / label}; "
+                              "score that checkpoint")
+        out[label] = {name: store.read_task(name) for name in store.tasks}
+    return out
+
+

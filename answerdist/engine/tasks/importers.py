@@ -1,0 +1,164 @@
+"""Peers' prompt sets as tasks.
+
+Zhang et al. (2024, "Forcing Diffuse Distributions out of Language Models") keep one prompt per
+JSON file: `request` (the user message), `response` (a reply prefix, or a list holding one),
+`targets` (the whole replies that count as answers) and optional `weights` (the distribution
+the prompt asks for). They score each target as the whole assistant reply, ended by the chat
+template's end of turn, which is this engine's end = "turn".
+
+A file becomes a task of one prompt. A directory (searched recursively) becomes one task per
+group of files that share the same targets and weights: each file is a phrasing (a prompt whose
+id is the file's name), with its own reply prefix. A group is named after the file-name stem
+its files share once trailing digits and separators are dropped ("rng-0", "rng-1" -> "rng"),
+else after its first file; two groups that would share a name get the names of their first
+files instead. The rules are in docs/tasks.md ("Peers' prompt sets").
+
+NoveltyBench keeps its prompts as JSON lines, one `{"id": ..., "prompt": ...}` per line, with no
+answers: a `.jsonl` file becomes one open task (answers discovered by sampling, end = "turn",
+normalised by strip, casefold and strip_punctuation), named after the file, one prompt per line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from answerdist.engine.tasks.task import Answer, Prompt, Task, _fail
+
+_KEYS = ("request", "response", "targets", "weights")
+
+
+def is_prompt_set(path: str | Path) -> bool:
+    """Whether a --tasks item names a peers' prompt set: a .json or .jsonl file, or a
+    directory."""
+    path = Path(path).expanduser()
+    return str(path).endswith((".json", ".jsonl")) or path.is_dir()
+
+
+def load_prompt_set(path: str | Path) -> list[Task]:
+    """Tasks from a Zhang et al. JSON file or a directory of them (see the module docstring)."""
+    path = Path(path).expanduser()
+    if str(path).endswith(".jsonl"):
+        return [_open_task(path)]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.json") if p.is_file())
+        if not files:
+            raise _fail(str(path), None, None, "holds no .json prompt files; check the path")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise _fail(str(path), None, None, "prompt file not found; check the path")
+    groups: dict[tuple, list[tuple[Path, dict]]] = {}
+    for file in files:
+        entry = _read(file)
+        groups.setdefault((tuple(entry["targets"]), entry["weights"]), []).append((file, entry))
+    names = [_group_name([f for f, _ in members]) for members in groups.values()]
+    clashing = {n for n in names if names.count(n) > 1}
+    tasks = []
+    for name, ((targets, weights), members) in zip(names, groups.items(), strict=True):
+        if name in clashing:
+            name = _slug(members[0][0].stem)
+        source = str(members[0][0] if len(members) == 1 else path)
+        # the request is literal text: its braces ("like this: {number}") are no placeholders
+        prompts = tuple(Prompt(_prompt_id(file, path),
+                               entry["request"].replace("{", "{{").replace("}", "}}"),
+                               response_prefix=entry["response"]) for file, entry in members)
+        tasks.append(Task(name, f"{len(prompts)} prompt(s) from {path.name}",
+                          tuple(Answer(t, (t,)) for t in targets), prompts, source=source,
+                          target=weights, end="turn"))
+    seen = {}
+    for t in tasks:
+        if t.name in seen:
+            raise _fail(t.source, t.name, None, f"two groups of files are both named {t.name!r} "
+                        f"(also {seen[t.name]}); rename one of the files")
+        seen[t.name] = t.source
+    return tasks
+
+
+def _open_task(path: Path) -> Task:
+    """A NoveltyBench-style JSON-lines file as one open task."""
+    where = str(path)
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise _fail(where, None, None, "prompt file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _fail(where, None, None, f"not a readable UTF-8 file ({e}); fix it") from None
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        entry = f"line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _fail(where, None, entry, f"not JSON ({e.msg})") from None
+        if (not isinstance(item, dict) or not isinstance(item.get("prompt"), str)
+                or not item["prompt"].strip() or not isinstance(item.get("id"), (str, int))):
+            raise _fail(where, None, entry, 'must be an object with "id" and a non-empty '
+                        '"prompt" string')
+        text = item["prompt"].replace("{", "{{").replace("}", "}}")
+        prompts.append(Prompt(_slug(str(item["id"])), text))
+    if not prompts:
+        raise _fail(where, None, None, "holds no prompts; one JSON object per line")
+    return Task(_slug(path.stem), f"{len(prompts)} open prompt(s) from {path.name}", (),
+                tuple(prompts), source=where, end="turn", open_answers=True,
+                normalize=("strip", "casefold", "strip_punctuation"))
+
+
+def _read(file: Path) -> dict:
+    """One prompt file, checked: request a non-empty string; response a string or a list of
+    one string; targets a non-empty list of distinct strings; weights one number per target."""
+    where = str(file)
+    try:
+        data = json.loads(file.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _fail(where, None, None, f"not a readable UTF-8 JSON file ({e}); fix it") from None
+    if not isinstance(data, dict):
+        raise _fail(where, None, None, "must hold a JSON object with request and targets")
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise _fail(where, None, f"key {unknown[0]!r}", f"unknown; the keys are {', '.join(_KEYS)}")
+    request = data.get("request")
+    if not isinstance(request, str) or not request.strip():
+        raise _fail(where, None, "request", "must be a non-empty string (the user message)")
+    response = data.get("response", "")
+    if isinstance(response, list) and len(response) == 1:
+        response = response[0]
+    if not isinstance(response, str):
+        raise _fail(where, None, "response", "must be a string or a list of one string (the "
+                    "reply prefix); split a file with several into one file per prefix")
+    targets = data.get("targets")
+    if (not isinstance(targets, list) or not targets
+            or not all(isinstance(t, str) for t in targets)):
+        raise _fail(where, None, "targets", "must be a non-empty list of strings")
+    weights = data.get("weights")
+    if weights is not None:
+        if (not isinstance(weights, list) or len(weights) != len(targets)
+                or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                           and w >= 0 and w == w and w != float("inf") for w in weights)
+                or sum(weights) <= 0):
+            raise _fail(where, None, "weights", f"must be {len(targets)} finite numbers >= 0 "
+                        "(one per target), not all 0")
+        weights = tuple(float(w) / sum(weights) for w in weights)
+    return {"request": request, "response": response, "targets": targets, "weights": weights}
+
+
+def _slug(text: str) -> str:
+    """A task name or prompt id from a file name: other characters become '_'."""
+    slug = re.sub(r"[^A-Za-z0-9_-]", "_", text).lstrip("_-")
+    return slug or "prompt"
+
+
+def _group_name(files: list[Path]) -> str:
+    stems = [f.stem for f in files]
+    common = os.path.commonprefix(stems).rstrip("-_ .0123456789") if len(stems) > 1 else ""
+    return _slug(common or stems[0])
+
+
+def _prompt_id(file: Path, root: Path) -> str:
+    """The file's path under the directory, as a slug ("numbers/rng-0.json" -> numbers_rng-0)."""
+    relative = file.relative_to(root) if root.is_dir() else Path(file.name)
+    return _slug(str(relative.with_suffix("")).replace(os.sep, "_"))
