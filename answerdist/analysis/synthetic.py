@@ -12,7 +12,7 @@ A large task (LARGE_TASKS, K = 1000) is planted the same way, with the Dirichlet
 concentration capped at MAX_TOTAL_ALPHA over the whole answer set (as the demo's lab does), so
 that its prompts are about as peaked as a small task's rather than spread over every answer.
 
-    python -m answerdist.analysis.synthetic OUT_DIR [--tasks random_number,random_number_1000]
+    write_planted_store(OUT_DIR, tasks=["random_number", "random_number_1000"])
         writes OUT_DIR/<label>/<task>.parquet and manifests (default: the TASKS)
 """
 

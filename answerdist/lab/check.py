@@ -3,7 +3,7 @@
 The same functions serve `make demo` (on the full ladder) and the tests (on the small one):
 
 - `write_sweep` and `score_ladder` score every checkpoint, the intermediate ones included,
-  with `python -m answerdist sweep` (in a subprocess, exactly as a user would);
+  with `answerdist sweep` (in a subprocess, exactly as a user would);
 - `run_phases` runs `answerdist analyse` over the ladder's stages (phases.json, and the HTML
   report if asked), `run_trajectory` runs `answerdist trajectory` over the series of
   every checkpoint (trajectory.json and its report);
@@ -56,7 +56,7 @@ def write_sweep(out: Path, stages: list[str], tasks: str) -> Path:
 
 
 def score_ladder(sweep: Path) -> None:
-    """`python -m answerdist sweep SWEEP`: every checkpoint not yet scored, then the series."""
+    """`answerdist sweep SWEEP`: every checkpoint not yet scored, then the series."""
     subprocess.run([sys.executable, "-m", "answerdist", "sweep", str(sweep)], check=True)
 
 

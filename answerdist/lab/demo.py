@@ -6,7 +6,7 @@
 checkpoints
    demo/checkpoints/steps/<stage>-stepNNNNN and demo/planted.json, or reuses them when
    demo/checkpoints/build.json matches the current config;
-2. `python -m answerdist sweep demo/sweep.toml` scores every checkpoint (base in base mode, the
+2. `answerdist sweep demo/sweep.toml` scores every checkpoint (base in base mode, the
    others in chat mode, which `auto` picks from the chat template) into demo/results/<label>/
    and writes the series demo/series.json (label, global step and stage of each);
 3. `answerdist analyse` writes demo/phases.json and the report demo/report/index.html;

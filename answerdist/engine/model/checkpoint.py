@@ -154,9 +154,9 @@ def check_metadata_files(directory: Path) -> None:
                                   f"template file holds ({MAX_METADATA_BYTES:,}); remove it")
 
 
-def load(path, dtype=RunSpec.dtype, device="cpu", tp: int = RunSpec.tp) -> Checkpoint:
+def load(path, dtype=RunSpec.dtype, device=RunSpec.device, tp: int = RunSpec.tp) -> Checkpoint:
     """Load the checkpoint directory at `path` for inference in `dtype` (float32, bfloat16, or
-    auto: config.json's) on `device`.
+    auto: config.json's) on `device` (auto: CUDA when there is one, as a run's setting is).
 
     tp: split the model across this many ranks of a torchrun launch, every rank calling `load`
     (answerdist/engine/model/parallel.py); the launch's process groups are set up on the first

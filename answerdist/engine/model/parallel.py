@@ -12,18 +12,11 @@ summed), and so does the LM head, whose partial log-sum-exps are merged in rank 
 q/k norm over the whole projection sums the ranks' partial sums of squares. Each split
 parameter carries `tp_shard = (dim, ranges)`: the slices of the checkpoint's tensor it holds
 (one, or one per part of a fused projection such as Phi-3's [q; k; v]), which is what
-`load_split` reads. Every sum across ranks is `Group.reduce`, in rank order
+loading reads. Every sum across ranks is `Group.reduce`, in rank order
 and in float32 (answerdist/engine/model/distributed.py), so a rerun gives the same bits.
 
-Loading. Each rank reads only its slices of the tensors and hashes a disjoint share of the
-files' 64 MiB blocks; the ranks exchange their block digests, so the fingerprint is the one a
-single process computes (answerdist/engine/model/checkpoint.py, answerdist/engine/model/weights.py).
-
-Scoring. `score_split` runs answerdist/engine/run/api.py's steps on every rank of the group in
-lockstep: the forward passes meet in the model's collectives, and every step a rank may fail alone
-(checking the output, preparing the prompts, scoring a task, writing it) ends in an agreement
-(`Group.step`), so that a failure on one rank stops them all at the same point. The group's
-first rank alone holds the results store.
+Loading (answerdist/engine/model/loading.py, `load_split`) reads only this rank's slices; a
+run across the group is answerdist/engine/run/job.py's one run path, with a group of N.
 """
 
 from __future__ import annotations

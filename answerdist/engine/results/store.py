@@ -183,7 +183,7 @@ class ResultsStore:
         directory = Path(directory)
         store = cls(directory.parent, directory.name)
         if not (directory / MANIFEST).exists():
-            raise OutputError(f"{directory}: no {MANIFEST}; it was not written by python -m "
+            raise OutputError(f"{directory}: no {MANIFEST}; it was not written by "
                               "answerdist score (or no task finished): score the checkpoint with "
                               f"--label {directory.name}")
         return store
@@ -344,7 +344,7 @@ class ResultsStore:
         if name not in self.manifest["tasks"]:
             raise OutputError(f"{self.directory}: no finished task {name!r} (finished: "
                               f"{', '.join(self.tasks) or 'none'}); "
-                              "score it with python -m answerdist score")
+                              "score it with answerdist score")
         entry = self.entry(name)
         fix = (f"rerun answerdist score with --label {self.label} (it rescores damaged "
                "tasks)")
@@ -381,7 +381,7 @@ def labels_in(results_dir) -> list[str]:
     if not present:
         raise OutputError(f"results dir {root}: no <label>/{MANIFEST} "
                           f"(expected {root}/<label>/<task>.parquet); "
-                          "run python -m answerdist score first or fix the path")
+                          "run answerdist score first or fix the path")
     return present
 
 

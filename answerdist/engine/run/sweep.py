@@ -1,4 +1,4 @@
-"""`python -m answerdist sweep SWEEP.toml`: score a ladder of checkpoints, resumably, on one process
+"""`answerdist sweep SWEEP.toml`: score a ladder of checkpoints, resumably, on one process
 or across GPUs and nodes under torchrun.
 
 SWEEP.toml (relative paths are relative to the file's directory):
