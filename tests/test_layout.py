@@ -96,7 +96,7 @@ def test_the_package_exposes_its_api_lazily():
     for name in ("load", "analyse", "from_table", "trajectory"):
         assert callable(getattr(analysis, name))
     with pytest.raises(AttributeError):
-        answerdist.nothing_of_that_name
+        getattr(answerdist, "nothing_of_that_name")
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
