@@ -23,15 +23,21 @@ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR
     ENV.pop(key, None)
 
 
+def module(command: str) -> list[str]:
+    """`-m answerdist command` for an answerdist command, `-m command` for a module (a dotted
+    name such as tests.shutdown_probe)."""
+    return ["-m", command] if "." in command else ["-m", "answerdist", command]
+
+
 def python(command: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m answerdist command args` in one process (a world of one)."""
-    return subprocess.run([sys.executable, "-m", "answerdist", command, *map(str, args)],
+    return subprocess.run([sys.executable, *module(command), *map(str, args)],
                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
 
 
 def torchrun_command(nproc: int, command: str, *args) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", "-m", "answerdist", command, *map(str, args)]
+            f"--nproc-per-node={nproc}", *module(command), *map(str, args)]
 
 
 def torchrun(nproc: int, command: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -68,9 +74,8 @@ def start_ranks(command: str, argv_per_rank: list[list], log_dir: Path) -> list[
                    LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         out = open(log_dir / f"rank{rank}.out", "w")
         err = open(log_dir / f"rank{rank}.err", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "answerdist", command,
-                                       *map(str, argv)], env=env, cwd=ROOT, stdout=out,
-                                      stderr=err))
+        procs.append(subprocess.Popen([sys.executable, *module(command), *map(str, argv)],
+                                      env=env, cwd=ROOT, stdout=out, stderr=err))
     return procs
 
 

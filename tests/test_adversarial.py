@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import answerdist
 from answerdist.cli import score
+from answerdist.cli import sweep as sweep_cli
 from answerdist.engine.run import sweep
 from answerdist.engine.tasks import load_task_file
 from answerdist.errors import TaskError, WeightsError
@@ -119,7 +120,7 @@ def test_sweep_settings_are_checked_before_any_checkpoint(tmp_path, capsys, line
     (tmp_path / "ckpt").mkdir()
     path = tmp_path / "s.toml"
     path.write_text(f'checkpoints = ["ckpt"]\n{line}\n')
-    assert sweep.main([str(path)]) == 2
+    assert sweep_cli.main([str(path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], lines
     assert not (tmp_path / "results").exists()

@@ -231,7 +231,7 @@ def test_answers_from_scores_every_checkpoint_on_the_union(ladder):
 def test_a_sweep_discovers_and_rescores_as_the_cli_does(ladder, tmp_path):
     """The sweep keys discover, max_new_tokens and answers_from: two sweep files (discover,
     then answers_from) give the tables the CLI gave the same checkpoints."""
-    from answerdist.engine.run import sweep
+    from answerdist.cli import sweep as sweep_cli
 
     _, path, cli_out, _ = ladder
     for name, seed in (("base", 0), ("sft", 3)):
@@ -241,8 +241,8 @@ def test_a_sweep_discovers_and_rescores_as_the_cli_does(ladder, tmp_path):
     (tmp_path / "find.toml").write_text("\n".join(common + ["discover = 200"]) + "\n")
     (tmp_path / "union.toml").write_text("\n".join(
         common + ['answers_from = ["base", "sft"]', 'label = "{name}_u"']) + "\n")
-    assert sweep.main([str(tmp_path / "find.toml")]) == 0
-    assert sweep.main([str(tmp_path / "union.toml")]) == 0
+    assert sweep_cli.main([str(tmp_path / "find.toml")]) == 0
+    assert sweep_cli.main([str(tmp_path / "union.toml")]) == 0
     for label in ("base", "sft", "base_u", "sft_u"):
         for table in ("pick.parquet", "discovery/pick.parquet"):
             if label.endswith("_u") and table.startswith("discovery"):
@@ -254,7 +254,7 @@ def test_a_sweep_discovers_and_rescores_as_the_cli_does(ladder, tmp_path):
     # a label template borrows from every checkpoint of the sweep, however many it matches
     (tmp_path / "template.toml").write_text("\n".join(
         common + ['answers_from = "{name}"', 'label = "{name}_t"']) + "\n")
-    assert sweep.main([str(tmp_path / "template.toml")]) == 0
+    assert sweep_cli.main([str(tmp_path / "template.toml")]) == 0
     for name in ("base", "sft"):
         assert (pq.read_table(tmp_path / "out" / f"{name}_t" / "pick.parquet").drop(["label"])
                 .equals(pq.read_table(cli_out / f"{name}_u" / "pick.parquet").drop(["label"])))
@@ -268,13 +268,13 @@ def test_a_sweep_discovers_and_rescores_as_the_cli_does(ladder, tmp_path):
     ('"{name}/x"', "'answers_from' '{name}/x': the labels it makes must be a plain name"),
 ])
 def test_bad_answers_from_templates_are_one_line(tmp_path, capsys, value, message):
-    from answerdist.engine.run import sweep
+    from answerdist.cli import sweep as sweep_cli
 
     (tmp_path / "base").mkdir()
     path = task_file(tmp_path)
     (tmp_path / "s.toml").write_text(f'checkpoints = ["base"]\ntasks = {json.dumps(str(path))}\n'
                                      f'answers_from = {value}\nlabel = "{{name}}_t"\n')
-    assert sweep.main([str(tmp_path / "s.toml")]) == 2
+    assert sweep_cli.main([str(tmp_path / "s.toml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "results").exists()

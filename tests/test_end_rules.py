@@ -198,12 +198,12 @@ def test_end_setting_overrides_every_task_and_enters_the_run_key(llama):
 
 def test_end_as_a_sweep_key(llama, tmp_path):
     """`end = "turn"` in a sweep file scores what `end="turn"` in the API scores."""
-    from answerdist.engine.run import sweep
+    from answerdist.cli import sweep as sweep_cli
 
     (tmp_path / "sweep.toml").write_text(
         f'checkpoints = [{json.dumps(str(llama))}]\ntasks = "coin"\nmodes = ["chat"]\n'
         'out = "out"\nend = "turn"\n')
-    assert sweep.main([str(tmp_path / "sweep.toml")]) == 0
+    assert sweep_cli.main([str(tmp_path / "sweep.toml")]) == 0
     (label,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
     assert json.loads((label / "manifest.json").read_text())["run"]["end"] == "turn"
     api = score_checkpoint(llama, tasks="coin", device="cpu", progress=False, end="turn")

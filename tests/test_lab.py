@@ -23,8 +23,9 @@ import torch
 import answerdist
 from answerdist.analysis.metrics import js_divergence, support
 from answerdist.analysis.records import Phases
+from answerdist.cli import demo as demo_cli
 from answerdist.engine.tasks import load_tasks
-from answerdist.lab import check, corpus, demo, ladder, train
+from answerdist.lab import check, corpus, ladder, train
 from answerdist.lab.config import (
     SMALL,
     CorpusConfig,
@@ -54,7 +55,7 @@ def small_demo(tmp_path_factory):
     """(out dir, demo exit status): the SMALL ladder built, scored, analysed and reported."""
     out = tmp_path_factory.mktemp("demo")
     ladder.build(SMALL, out)
-    status = demo.main(["--small", "--out", str(out)])
+    status = demo_cli.main(["--small", "--out", str(out)])
     return out, status
 
 

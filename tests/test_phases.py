@@ -338,7 +338,7 @@ def _break_prompt_order(path):
             lambda r: (r / "olmo-rl" / "random_number.parquet").write_bytes(b"not parquet"),
             None,
             "random_number.parquet: damaged or changed since it was written; "
-            "rerun python -m answerdist score",
+            "rerun answerdist score",
         ),
         (lambda r: [p.unlink() for p in r.glob("*/*.parquet")], None, ".parquet: missing"),
         (

@@ -138,7 +138,7 @@ def test_sharded_checkpoint_loads_identically(tmp_path):
 
 MEMORY_SCRIPT = textwrap.dedent(
     """
-    import os, sys, torch, engine
+    import os, sys, torch, answerdist
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key):

@@ -288,7 +288,7 @@ def test_tied_config_with_its_own_head_uses_the_head_like_transformers(tmp_path,
 
 
 def test_store_module_imports_no_torch():
-    code = ("import sys, answerdist.engine.results.store, analysis; "
+    code = ("import sys, answerdist.engine.results.store, answerdist.analysis; "
             "print('torch' in sys.modules or 'triton' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
                          cwd=ROOT)

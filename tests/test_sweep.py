@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from answerdist.cli import sweep as sweep_cli
 from answerdist.engine.results.store import ResultsStore
 from answerdist.engine.run import sweep
 from answerdist.files import TEMPORARY
@@ -206,7 +207,7 @@ def write(tmp_path: Path, text: str) -> Path:
 ])
 def test_bad_sweep_files_are_one_line(ladder, tmp_path, capsys, text, fragment):
     (tmp_path / "run").symlink_to(ladder / "run", target_is_directory=True)
-    assert sweep.main([str(write(tmp_path, text))]) == 2
+    assert sweep_cli.main([str(write(tmp_path, text))]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
     assert not (tmp_path / "results").exists()
@@ -214,7 +215,7 @@ def test_bad_sweep_files_are_one_line(ladder, tmp_path, capsys, text, fragment):
 
 def test_list_shows_labels_groups_and_natural_order(ladder, capsys):
     config = sweep_file(ladder, "listed", label="{parent}-{name}-{mode}")
-    assert sweep.main([str(config), "--list"]) == 0
+    assert sweep_cli.main([str(config), "--list"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [r[0] for r in rows] == [f"run-{s}-{m}" for s in STEPS for m in ("chat", "base")]
     assert not (ladder / "listed").exists()

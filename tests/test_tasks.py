@@ -147,7 +147,7 @@ def test_builtin_task_is_well_formed(name):
 @pytest.mark.parametrize("name", builtin_task_names())
 def test_builtin_files_pass_the_validator_again(name):
     """Re-parse each shipped file from disk with the public loader (not the cached one)."""
-    path = Path(__file__).resolve().parents[1] / "engine" / "tasks" / f"{name}.toml"
+    path = Path(__file__).resolve().parents[1] / "answerdist" / "engine" / "tasks" / f"{name}.toml"
     (task,) = load_task_file(path)
     assert task.name == name
 
@@ -196,7 +196,8 @@ def test_large_task_is_well_formed(name):
         # No prompt lists the answer set: with hundreds of answers the prompt would dominate
         # the tokens scored and overflow small models' contexts.
         assert len(text) < 200, p.id
-    path = Path(__file__).resolve().parents[1] / "engine" / "tasks" / "large" / f"{name}.toml"
+    path = (Path(__file__).resolve().parents[1] / "answerdist" / "engine" / "tasks" / "large"
+            / f"{name}.toml")
     (again,) = load_task_file(path)
     assert (again.name, again.answers, again.prompts) == (task.name, task.answers, task.prompts)
 

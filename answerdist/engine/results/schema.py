@@ -110,18 +110,6 @@ DISCOVERY_SCHEMA = pa.schema([(Col.prompt_id, pa.string()), (Col.answer, pa.stri
 
 
 
-def add_token_totals(manifest: dict) -> None:
-    """tokens_needed, tokens_processed and token_efficiency over a manifest's tasks: unique
-    tokens needed (prompt tokens + trie nodes) over tokens run through the model, 1.0 meaning
-    no padding and no repeated prefix."""
-    tasks = [t for t in manifest["tasks"].values() if "tokens_needed" in t]
-    needed = sum(t["tokens_needed"] for t in tasks)
-    processed = sum(t["tokens_processed"] for t in tasks)
-    manifest["tokens_needed"] = needed
-    manifest["tokens_processed"] = processed
-    manifest["token_efficiency"] = round(needed / processed, 6) if processed else None
-
-
 def summarize(table: pa.Table) -> dict:
     """Per task: mean per-prompt entropy (bits), top answer of the mean distribution and its
     probability, mean coverage."""

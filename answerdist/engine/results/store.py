@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from answerdist.engine.results.manifest import add_token_totals, file_fields, finished_at
 from answerdist.engine.results.schema import (
     DISCOVERY_SCHEMA,
     LOCK,
@@ -38,7 +39,6 @@ from answerdist.engine.results.schema import (
     MANIFEST,
     VARIANT_SCHEMA,
     Col,
-    add_token_totals,
     schema_matches,
     task_hash,
 )
@@ -302,13 +302,9 @@ class ResultsStore:
         except OSError as e:
             raise OutputError(f"{self.directory}: cannot write results ({e.strerror or e}); check "
                               "--out and its permissions") from None
-        self.manifest["tasks"][name] = {
-            "file": f"{name}.parquet", "variants_file": f"variants/{name}.parquet",
-            "rows": main.num_rows, "variant_rows": variants.num_rows, "digests": digests,
-            **({} if found is None else {"discovery_file": f"discovery/{name}.parquet",
-                                         "discovery_rows": found.num_rows}),
-            "run": self.run, **info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        self.manifest["tasks"][name] = {**file_fields(name, main, variants, found, digests,
+                                                      self.run),
+                                         **info, "finished_at": finished_at()}
         self.save_manifest()
 
     def save_manifest(self, **extra) -> None:

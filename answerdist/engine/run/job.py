@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from answerdist.engine.results.manifest import add_token_totals, run_fields
 from answerdist.engine.results.schema import (
     MANIFEST,
     ScoreResult,
-    add_token_totals,
     prompts_digest,
     task_hash,
 )
@@ -38,7 +38,6 @@ from answerdist.engine.scoring.tables import task_tables
 from answerdist.engine.settings import RunSpec
 from answerdist.errors import DeviceError, OutputError
 from answerdist.kernels import KernelUnsupportedError
-from answerdist.version import __version__
 
 
 class Scoring:
@@ -164,22 +163,9 @@ class Scoring:
 
     def manifest_fields(self, skipped: int) -> dict:
         """What the manifest records about the run, besides its tasks."""
-        ck, spec, run, key = self.ck, self.spec, self.resolved, self.key
-        return dict(
-            checkpoint=str(ck.path.resolve()), fingerprint=ck.fingerprint,
-            engine_version=__version__, dtype=spec.dtype, device=str(ck.device),
-            mode=run.mode, chat_template_source=run.chat.source if run.chat is not None else None,
-            chat_template_special_tokens=run.chat.special_source if run.chat is not None else None,
-            template_date=run.template_date,
-            enable_thinking=key["enable_thinking"], torch_version=torch.__version__,
-            threads=torch.get_num_threads(),  # CPU bits can depend on it (docs/results.md)
-            tokenizations=spec.tokenizations,
-            max_tokenizations=spec.max_tokenizations if spec.tokenizations == "all" else None,
-            batch_tokens=spec.batch_tokens, batch_invariant=key["batch_invariant"], tp=spec.tp,
-            weight_files=ck.weight_files,
-            timings={"load_and_validate_s": round(self.load_seconds, 3),
-                     "total_s": round(time.perf_counter() - self.started, 3),
-                     "skipped_tasks": skipped})
+        return run_fields(self.ck, self.spec, self.resolved, self.key, torch.__version__,
+                          torch.get_num_threads(), self.load_seconds,
+                          time.perf_counter() - self.started, skipped)
 
 
 class MemoryStore:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from answerdist.engine.results.manifest import task_fields
 from answerdist.engine.results.schema import (
     DISCOVERY_SCHEMA,
     MAIN_SCHEMA,
     VARIANT_SCHEMA,
     Col,
-    prompts_digest,
-    task_hash,
 )
 from answerdist.engine.scoring.scorer import TaskScores
 
@@ -73,24 +72,8 @@ def discovery_table(scores: TaskScores) -> pa.Table | None:
 
 
 
-def task_info(scores: TaskScores) -> dict:
-    """What the manifest records about a scored task besides its files."""
-    return {"task_hash": task_hash(scores.task),
-            "prompts_digest": prompts_digest(p.sequence.prompt_text for p in scores.prompts),
-            "source": scores.task.source,
-            "target": None if scores.task.target is None else list(scores.task.target),
-            "prompts": len(scores.prompts), "answers": len(scores.task.answers),
-            "tokens_needed": scores.tokens_needed, "tokens_processed": scores.tokens_processed,
-            "seconds": round(scores.seconds, 4),
-            **({} if scores.discovery is None else {
-                "discovery": scores.discovery.counts, "open_task_hash": scores.discovery.definition,
-                "answers_from": list(scores.discovery.answers_from)})}
-
-
-
-
 def task_tables(scores: TaskScores, label: str) -> tuple:
     """(main, variants, discovery or None, manifest info) of a scored task, as the store's
     `write_tables` takes them."""
     return (main_table(scores, label), variant_table(scores, label), discovery_table(scores),
-            task_info(scores))
+            task_fields(scores))

@@ -22,10 +22,10 @@ _PROMPT_KEYS = ("id", "text", "response_prefix")
 # The package whose directory holds the built-in task files, and that directory as named in
 # error messages.
 _PACKAGE = "answerdist.engine.tasks"
-_BUILTIN_DIR = "engine/tasks"
-# Built-in task groups: group name -> the subdirectory of engine/tasks holding its files. "all"
-# is the default suite (what the demo trains on and `--tasks` defaults to); the large answer
-# spaces are opt-in, since scoring them costs a hundred times more.
+_BUILTIN_DIR = "answerdist/engine/tasks"
+# Built-in task groups: group name -> the subdirectory of answerdist/engine/tasks holding its
+# files. "all" is the default suite (what the demo trains on and `--tasks` defaults to); the large
+# answer spaces are opt-in, since scoring them costs a hundred times more.
 TASK_GROUPS = {"all": "", "large": "large", "open": "open"}
 
 
