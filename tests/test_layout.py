@@ -131,3 +131,10 @@ def test_tasks_lists_what_score_list_tasks_lists():
     assert by_command.stdout == by_flag.stdout
     for group in ("all:", "large:", "open:"):
         assert group in by_command.stdout
+
+
+def test_output_cut_short_by_a_pipe_is_no_traceback():
+    """`answerdist tasks | head -1`: the command stops quietly when the reader is gone."""
+    result = subprocess.run(f"{sys.executable} -m answerdist tasks | head -1", shell=True,
+                            capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert result.stdout == "all:\n" and result.stderr == "", result.stderr

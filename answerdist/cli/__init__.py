@@ -7,6 +7,8 @@ picks it. Argument parsing lives here, the work below (answerdist/engine, analys
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
 
 from answerdist.errors import ArgumentParser
@@ -42,4 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)}")
     # Only the chosen command is imported: `answerdist tasks` and `analyse` never load torch.
     module = importlib.import_module(f"answerdist.cli.{COMMANDS[argv[0]][0]}")
-    return module.main(argv[1:])
+    try:
+        return module.main(argv[1:])
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as `yes` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + signal.SIGPIPE
