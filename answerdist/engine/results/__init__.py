@@ -1,0 +1,1 @@
+"""The results as the analysis reads them: schema, manifest and store (no torch)."""
