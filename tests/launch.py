@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,14 @@ def module(command: str) -> list[str]:
     return ["-m", command] if "." in command else ["-m", "answerdist", command]
 
 
+def python_command(command: str, *args) -> list[str]:
+    return [sys.executable, *module(command), *map(str, args)]
+
+
 def python(command: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m answerdist command args` in one process (a world of one)."""
-    return subprocess.run([sys.executable, *module(command), *map(str, args)],
-                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
+    return subprocess.run(python_command(command, *args), capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=timeout)
 
 
 def torchrun_command(nproc: int, command: str, *args) -> list[str]:
@@ -45,6 +50,26 @@ def torchrun(nproc: int, command: str, *args, timeout: float = 600) -> subproces
     its own)."""
     return subprocess.run(torchrun_command(nproc, command, *args), capture_output=True, text=True,
                           env=ENV, cwd=ROOT, timeout=timeout)
+
+
+def concurrently(*commands, timeout: float = 900) -> list[subprocess.CompletedProcess]:
+    """Run commands side by side (as `subprocess.run` with captured text would, one after the
+    other), their output in temporary files so that no pipe fills and blocks one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for i, cmd in enumerate(commands):
+            out, err = open(f"{tmp}/{i}.out", "w"), open(f"{tmp}/{i}.err", "w")
+            procs.append((subprocess.Popen([str(c) for c in cmd], env=ENV, cwd=ROOT, stdout=out,
+                                           stderr=err, text=True), out, err))
+        done = []
+        for i, (proc, out, err) in enumerate(procs):
+            proc.wait(timeout=timeout)
+            out.close()
+            err.close()
+            done.append(subprocess.CompletedProcess(
+                proc.args, proc.returncode, open(f"{tmp}/{i}.out").read(),
+                open(f"{tmp}/{i}.err").read()))
+        return done
 
 
 @dataclass

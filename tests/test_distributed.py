@@ -129,10 +129,12 @@ def sweep_file(root: Path, name: str, tp: int, out: str) -> Path:
 
 @pytest.fixture(scope="module")
 def scored(families):
-    """Every family, all 15 tasks: one process, then one torchrun launch of 2 ranks with tp=2."""
-    single = launch.python("sweep", sweep_file(families, "tp1", 1, "tp1"))
+    """Every family, all 15 tasks: one process and one torchrun launch of 2 ranks with tp=2, side
+    by side (each rank has one thread, and neither run's bits depend on the other)."""
+    single, parallel = launch.concurrently(
+        launch.python_command("sweep", sweep_file(families, "tp1", 1, "tp1")),
+        launch.torchrun_command(2, "sweep", sweep_file(families, "tp2", 2, "tp2")))
     assert single.returncode == 0, single.stderr
-    parallel = launch.torchrun(2, "sweep", sweep_file(families, "tp2", 2, "tp2"))
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     assert f"{len(FAMILIES)} scored, 0 skipped, 0 failed" in parallel.stdout
     return families
