@@ -104,12 +104,6 @@ def check_output_file(path: Path) -> None:
     check_writable(path.parent)
 
 
-def write_atomic(path, data, mode="w"):
-    """Kept for callers of the 0.1 name: `answerdist.files.write_output` (text or bytes)."""
-    del mode
-    write_output(path, data)
-
-
 def _parse_args(argv):
     parser = ArgumentParser(
         prog="answerdist analyse",
