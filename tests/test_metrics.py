@@ -354,3 +354,23 @@ def test_validation_errors_say_where_and_why(call, message):
     with pytest.raises(ValueError) as err:
         call()
     assert message in str(err.value)
+
+
+def test_parallel_kernels_leave_the_engines_thread_count_alone():
+    """Numba's OpenMP pool would raise the process's OpenMP threads (which torch reads) to the
+    core count: analysing, then scoring, in one process must not change the engine's threads."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, torch\n"
+              "from answerdist.analysis import metrics\n"
+              "before = torch.get_num_threads()\n"
+              "metrics._pairwise_js(np.full((6, 3), 1 / 3))\n"
+              "import numba\n"
+              "print(before, torch.get_num_threads(), numba.threading_layer())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env.update(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout.split()
+    assert out == ["1", "1", "workqueue"]

@@ -26,9 +26,18 @@ to absorb rounding of order 1e-16.
 """
 
 import math
+import os
 
+import numba
 import numpy as np
 from numba import njit, prange
+
+# Numba's default OpenMP pool sets the process's OpenMP thread count to the core count when it
+# starts, and torch reads its thread count from that same setting: analysing in a process that
+# then scores (a notebook, a test worker under OMP_NUM_THREADS=1) would change the engine's
+# threads. Numba's own workqueue pool leaves OpenMP alone. A user's NUMBA_THREADING_LAYER wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 __all__ = [
     "entropy",
