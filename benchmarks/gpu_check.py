@@ -86,7 +86,9 @@ def step_commands(dry_run: bool, out: Path, step_dir: Path, record: bool) -> dic
     e2e = [py, "-m", "benchmarks.gpu_check", "--end-to-end", str(step_dir / "end_to_end.json")]
     if dry_run:
         tests += ["-k", "sequence_starts or dispatch"]
-        bench += ["--dry-run", "--no-compile"]
+        # One extra tile configuration per kernel: the dry run checks the --*-configs sweep too.
+        bench += ["--dry-run", "--no-compile", "--lm-configs", "16,16,16,32,1,1",
+                  "--tree-configs", "16,16,16,1,1"]
         native += ["--arch", "90", "--filter", "bfloat16 Dh=64$|lm_head bfloat16 D=2048"]
         e2e += ["--dry-run"]
     bench += ["--record"] if record else ["--out", str(step_dir / "bench")]

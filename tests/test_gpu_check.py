@@ -11,17 +11,29 @@ import pytest
 import torch
 
 import answerdist.kernels
-from benchmarks import gpu_check
+from benchmarks import bench_kernels, gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not answerdist.kernels.triton_available(), reason="triton is not installed")
-def test_dry_run_runs_every_step(tmp_path):
+NEEDS_TRITON = pytest.mark.skipif(not answerdist.kernels.triton_available(),
+                                  reason="triton is not installed")
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """One `gpu_check --dry-run` for the tests below: (its --out directory, its summary path)."""
+    out = tmp_path_factory.mktemp("gpu-check")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out",
-                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    (summary_path,) = tmp_path.glob("gpu-check-*.json")
+    (summary_path,) = out.glob("gpu-check-*.json")
+    return out, summary_path
+
+
+@NEEDS_TRITON
+def test_dry_run_runs_every_step(dry_run):
+    _, summary_path = dry_run
     summary = json.loads(summary_path.read_text())
     assert [s["step"] for s in summary["steps"]] == ["tests", "bench", "native_report",
                                                      "end_to_end"]
@@ -49,6 +61,38 @@ def test_dry_run_runs_every_step(tmp_path):
         assert r["max_abs_dlogprob_engine_fp32_vs_transformers_fp32"] < 1e-4, arch
         assert r["max_abs_dlogprob_engine_bf16_vs_transformers_fp32"] < 0.1, arch
         assert arch in md
+
+
+@NEEDS_TRITON
+def test_bench_dry_run_writes_json_and_results_md(dry_run):
+    """`make bench`'s whole GPU path on tiny shapes (the dry run's bench step, under the Triton
+    interpreter, in its own process so that TRITON_INTERPRET is set before triton is imported):
+    both tables, outputs checked against the references, a JSON file and a RESULTS.md section."""
+    _, summary_path = dry_run
+    bench_dir = summary_path.with_suffix("") / "bench"
+    (json_path,) = (bench_dir / "results").glob("*.json")
+    result = json.loads(json_path.read_text())
+    assert result["mode"].startswith("dry run")
+    assert len(result["lm_head"]) == len(bench_kernels.DRY_LM_SHAPES)
+    assert len(result["tree_attention"]) == len(bench_kernels.DRY_TREE_SHAPES)
+    for row in result["lm_head"]:
+        assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["matmul_tflops"] > 0
+        assert row["chunked_ms"] > 0 and row["fused_vs_chunked_speedup"] > 0
+        assert row["max_abs_diff_vs_reference"] < 1e-4
+        assert row["chunked_max_abs_diff_vs_reference"] < 5e-2  # bf16 logits, as Liger's
+    for row in result["tree_attention"]:
+        assert row["fused_ms"] > 0 and row["sdpa_dense_mask_ms"] > 0 and row["flex_ms"] > 0
+        assert row["max_abs_diff_vs_reference"] < 5e-2  # bf16 outputs
+        assert row["flex_max_abs_diff_vs_reference"] < 5e-2
+        assert row["config_sweep"][0]["config"] == [16, 16, 16, 1, 1]
+    assert any(row["sequences"] > 1 for row in result["tree_attention"])  # packed rows
+    assert [t["met"] for t in result["targets"]] == ["n/a"] * len(result["targets"])
+    assert result["lm_head"][0]["config_sweep"][0]["ms"] > 0
+    md = (bench_dir / "RESULTS.md").read_text()
+    assert f"<!-- begin {result['device_slug']} -->" in md and "Kernel 2" in md
+    assert "Extra tile configurations" in md and "FlexAttention" in md and "Targets" in md
+    bench_log = (summary_path.with_suffix("") / "bench.log").read_text()
+    assert "x chunked" in md and "| target |" in bench_log  # printed as well
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
