@@ -88,3 +88,57 @@ def test_from_table_reads_a_target_column():
     rows[0]["target"] = 0.9
     with pytest.raises(AnalysisError, match="target column is not a distribution"):
         answerdist.analysis.from_table(pa.Table.from_pylist(rows))
+
+
+def _tv(P, target):
+    return float(np.mean(0.5 * np.abs(P - np.asarray(target)).sum(axis=1)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_stage_is_measured_against_its_own_target(tmp_path, seed):
+    """Stages that recorded different targets (or none): each stage's tv_target is its own
+    target's, and one warning line says the targets differ; fresh ladders each seed."""
+    rng = np.random.default_rng(seed)
+    k, stages = int(rng.integers(2, 6)), ["base", "sft", "dpo"][: int(rng.integers(2, 4))]
+    answers = [f"a{i}" for i in range(k)]
+    targets, P = {}, {}
+    for stage in stages:
+        targets[stage] = (None if rng.random() < 0.25
+                          else [1 / k] * k if rng.random() < 0.5
+                          else list(rng.dirichlet(np.ones(k))))
+        P[stage] = rng.dirichlet(np.ones(k), size=5)
+        write_task(tmp_path, stage, "pick", answers, P[stage], np.ones(5), target=targets[stage])
+        write_manifest(tmp_path, stage)
+    phases = analyse(load_results(tmp_path), [("l", [(s, s) for s in stages])], bootstrap=100)
+    for stage in stages:
+        got = phases.ladders["l"].tasks["pick"].stages[stage].value("tv_target")
+        if targets[stage] is None:
+            assert got is None
+        else:
+            assert got == pytest.approx(_tv(P[stage], targets[stage]), abs=1e-12)
+    differ = len({None if t is None else tuple(np.round(t, 12)) for t in targets.values()}) > 1
+    said = [w for w in phases.warnings if "record different targets" in w]
+    assert len(said) == (1 if differ else 0)
+
+
+def test_coin_stages_with_uniform_then_one_sided_targets(tmp_path):
+    """A base recorded as uniform and an SFT stage recorded as {Heads = 1, Tails = 0}."""
+    answers = ["Heads", "Tails"]
+    P = {"base": np.array([[0.5, 0.5], [0.6, 0.4]]), "sft": np.array([[0.9, 0.1], [0.8, 0.2]])}
+    for stage, target in (("base", [0.5, 0.5]), ("sft", [1.0, 0.0])):
+        write_task(tmp_path, stage, "coin", answers, P[stage], np.ones(2), target=target)
+        write_manifest(tmp_path, stage)
+    phases = analyse(load_results(tmp_path), [("l", [("base", "base"), ("sft", "sft")])],
+                     bootstrap=100)
+    sft = phases.ladders["l"].tasks["coin"].stages["sft"]
+    assert sft.value("tv_target") == pytest.approx(0.15)  # against {1, 0}, not uniform's 0.35
+    (line,) = [w for w in phases.warnings if "record different targets" in w]
+    assert "stage base: [0.5, 0.5]" in line and "stage sft: [1.0, 0.0]" in line
+
+
+def test_from_table_refuses_prompts_that_give_different_targets():
+    table = pa.table({"label": ["m"] * 4, "task": ["t"] * 4, "prompt_id": ["p", "p", "q", "q"],
+                      "answer": ["x", "y", "x", "y"], "prob": [0.5, 0.5, 0.3, 0.7],
+                      "target": [0.5, 0.5, 1.0, 0.0]})
+    with pytest.raises(AnalysisError, match="prompt q gives another target than prompt p"):
+        answerdist.analysis.from_table(table)

@@ -159,7 +159,7 @@ def test_different_answer_sets_along_a_series_are_refused():
     results, labels = _results(_points(rng, _base(rng), [0, 0, 1]))
     td = results.data[labels[1]]["t"]
     td.answers = ["x", *td.answers[1:]]
-    with pytest.raises(AnalysisError, match="other answers than the first point"):
+    with pytest.raises(AnalysisError, match="mismatched answer sets: task t, series r"):
         trajectory(results, {"r": [(label, float(i)) for i, label in enumerate(labels)]},
                    bootstrap=100)
 

@@ -123,13 +123,23 @@ def from_table(table) -> Results:
     for (label, task), rows_of in groups.items():
         td = data.setdefault(label, {})[task] = task_from_rows(label, task, cols, rows_of)
         if "target" in cols:
-            target = np.array([cols["target"][r] for r in next(iter(rows_of.values()))], float)
-            if not np.all(np.isfinite(target)) or (target < 0).any() \
-                    or abs(target.sum() - 1) > 1e-6:
-                raise AnalysisError(f"from_table: {label}/{task}: the target column is not a "
-                                    f"distribution over the answers (sum {target.sum()!r})")
-            td.target = target
+            td.target = _task_target(label, task, cols["target"], rows_of)
     return Results(None, data)
+
+
+def _task_target(label, task, column, rows_of) -> np.ndarray:
+    """The target of one (label, task): one distribution over the answers, the same for every
+    prompt (a task has one target; a stage's own is compared with the others' by `analyse`)."""
+    (first, first_rows), *others = rows_of.items()
+    target = np.array([column[r] for r in first_rows], float)
+    if not np.all(np.isfinite(target)) or (target < 0).any() or abs(target.sum() - 1) > 1e-6:
+        raise AnalysisError(f"from_table: {label}/{task}: the target column is not a "
+                            f"distribution over the answers (sum {target.sum()!r})")
+    for pid, rows in others:
+        if not np.array_equal(np.array([column[r] for r in rows], float), target):
+            raise AnalysisError(f"from_table: {label}/{task}: prompt {pid} gives another target "
+                                f"than prompt {first}; give one target per task and label")
+    return target
 
 
 def load(results_dir, labels=None) -> Results:

@@ -338,11 +338,12 @@ def interval(values, point, n):
     return [float(lo), float(hi)]
 
 
-def stack(stages, target=None):
+def stack(stages, targets=None):
     """(P, R, D, COV, sizes) of a list of ([n_s, K] distributions, coverages) stages, padded to
     the largest n with zero rows (which no resample draws): R holds each prompt's entropy,
     E[distinct answers in DISTINCT_K samples], TV to the uniform distribution, and TV and KL
-    to the task's `target` distribution (nan without one)."""
+    to its stage's target distribution (`targets`: one [K] or None per stage; nan without)."""
+    targets = [None] * len(stages) if targets is None else targets
     n = max(P.shape[0] for P, _ in stages)
     k = stages[0][0].shape[1]
     S = len(stages)
@@ -351,7 +352,7 @@ def stack(stages, target=None):
     D = np.zeros((S, n, n))
     COV = np.zeros((S, n))
     sizes = np.zeros(S, np.int64)
-    for s, (P, cov) in enumerate(stages):
+    for s, ((P, cov), target) in enumerate(zip(stages, targets, strict=True)):
         m = P.shape[0]
         P_all[s, :m] = P
         R[s, :m, 0] = _entropy_rows(np.ascontiguousarray(P))

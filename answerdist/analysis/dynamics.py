@@ -53,7 +53,15 @@ from answerdist.analysis.bootstrap import (
 )
 from answerdist.analysis.metrics import entropy, js_divergence, mass_within, pairwise_js, support
 from answerdist.analysis.null import draw_rng
-from answerdist.analysis.phases import SUPPORT_MASS, TAU, Results, TaskData, ladder_values, weights
+from answerdist.analysis.phases import (
+    SUPPORT_MASS,
+    TAU,
+    Results,
+    TaskData,
+    consistent,
+    ladder_values,
+    weights,
+)
 from answerdist.engine.results.schema import step_in_name
 from answerdist.errors import AnalysisError
 
@@ -175,22 +183,10 @@ def _susceptibility(P, coverage, seed) -> dict:
     return {name: float(np.std(v, ddof=1)) if n > 1 else 0.0 for name, v in per_prompt.items()}
 
 
-def _task_points(name, task, points, results, bootstrap):
-    data = []
-    for label, *_ in points:
-        if task not in results.data[label]:
-            return None
-        data.append(results.data[label][task])
-    answers = data[0].answers
-    for td in data:
-        if td.answers != answers:
-            raise AnalysisError(f"series {name}, task {task}: label '{td.label}' has other "
-                                "answers than the first point; score every checkpoint with the "
-                                "same task file")
+def _task_points(name, task, points, data, bootstrap):
+    """The order parameters of `task` at each point of series `name` ([TaskData] checked by
+    `consistent`), at the point estimate and over resampled prompts."""
     ids = data[0].prompt_ids
-    if any(sorted(td.prompt_ids) != sorted(ids) for td in data):
-        raise AnalysisError(f"series {name}, task {task}: the points were scored on different "
-                            "prompts; score every checkpoint with the same task file")
     data = [td if td.prompt_ids == ids else _reorder(td, ids) for td in data]
     seed_at = _seed_point(points)
     consensus = data[seed_at].P.mean(axis=0)
@@ -274,6 +270,7 @@ def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP) -> Tr
     `answerdist.analysis.from_table`)."""
     check_resamples(bootstrap)
     point_rows, transition_rows = [], []
+    checked = {}  # name -> task -> [TaskData]
     for name, points in series.items():
         points = [tuple(p) for p in points]
         check_series(name, points)
@@ -283,9 +280,14 @@ def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP) -> Tr
         tasks = sorted(set.intersection(*(set(results.data[p[0]]) for p in points)))
         if not tasks:
             raise AnalysisError(f"series {name}: no task is present at every point")
+        roles = [(f"position {float(p[1]):g}", p[0]) for p in points]
+        checked[name] = {task: consistent(results, f"series {name}", task, roles)
+                         for task in tasks}
+    for name, points in series.items():  # every series checked before any figure is computed
+        points = [tuple(p) for p in points]
         positions = [float(p[1]) for p in points]
-        for task in tasks:
-            data, seed, point, resampled = _task_points(name, task, points, results, bootstrap)
+        for task, data in checked[name].items():
+            data, seed, point, resampled = _task_points(name, task, points, data, bootstrap)
             for s, (label, position, *stage) in enumerate(points):
                 row = {"series": name, "task": task, "label": label, "position": float(position),
                        "stage": stage[0] if stage else None}

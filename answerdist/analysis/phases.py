@@ -220,7 +220,7 @@ def task_metrics(P, coverage=None, tau=TAU, target=None):
     for tv_target and kl_target, the task's target distribution [K])."""
     P = np.ascontiguousarray(P, dtype=np.float64)
     values, _ = ladder_values([(P, coverage)], seed_stage=1, tau=tau,
-                              W=np.ones((1, 1, P.shape[0])), target=_target(target))
+                              W=np.ones((1, 1, P.shape[0])), targets=[_target(target)])
     return _checkpoint_dict(P, values[0, 0])
 
 
@@ -245,11 +245,12 @@ def _plain(name, value):
 
 
 def ladder_values(stages, seed_stage, tau, W, seed_index=0, settle_from=None,
-                  everything=True, target=None):
+                  everything=True, targets=None):
     """The kernel (analysis/bootstrap.py) over [(P, coverage), ...] stages and weights W;
     settling from the seed stage on, or from `settle_from` when earlier; without
-    `everything`, only the figures a trajectory's order parameters need."""
-    P, R, D, COV, sizes = stack(stages, target)
+    `everything`, only the figures a trajectory's order parameters need. `targets`: each
+    stage's target distribution [K] or None, for tv_target and kl_target."""
+    P, R, D, COV, sizes = stack(stages, targets)
     return resampled_ladder(P, R, D, COV, W, sizes, seed_stage, seed_index, tau, SUPPORT_MASS,
                             BASE_LIQUIDITY_MIN,
                             seed_stage if settle_from is None else settle_from, everything)
@@ -326,9 +327,9 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> TaskLad
     seed.stage = seed_name
     arrays = [(td.P, td.coverage) for td in data]
     sizes = [td.P.shape[0] for td in data]
-    target = _target(next((td.target for td in data if td.target is not None), None))
+    targets = [_target(td.target) for td in data]  # each stage against its own target
     point, _ = ladder_values(arrays, seed_pos, tau, weights([np.ones((1, n)) for n in sizes]),
-                             seed_index, target=target)
+                             seed_index, targets=targets)
     rng = draw_rng(base.task, *(td.label for td in data))
     paired = len(set(sizes)) == 1 and all(td.prompt_ids == data[0].prompt_ids for td in data)
     if paired:  # the same phrasings drawn at every stage: ratios between stages are paired
@@ -336,7 +337,7 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> TaskLad
     else:
         counts = [resample_counts(n, bootstrap, rng) for n in sizes]
     resampled, seeds = ladder_values(arrays, seed_pos, tau, weights(counts), seed_index,
-                                     target=target)
+                                     targets=targets)
 
     def figures(s_i, metrics):
         out = {}
@@ -444,35 +445,49 @@ def _check_one_checkpoint(results, label):
                             "dtype, template...); score them again under one label")
 
 
-def _check_same_task(name, task, stages, results):
-    """Every stage scored the same definition of the task, on the same prompts."""
+def consistent(results, where, task, points) -> list[TaskData]:
+    """The one consistency check of every analysis entry point (`analyse` for each ladder,
+    `trajectory` for each series), before any figure is computed. `points`: [(role, label)] in
+    order, a role naming the point in messages ("stage sft", "position 1000"). Every label holds
+    one checkpoint's run, and every point scored the same definition of `task` (its task_hash,
+    where the store recorded it), on the same prompts, with the same answers; otherwise one
+    AnalysisError line. Returns the points' TaskData, in order."""
+    for _, label in points:
+        _check_one_checkpoint(results, label)
     hashes = {label: results.entries.get(label, {}).get(task, {}).get("task_hash")
-              for _, label in stages}
-    known = {h for h in hashes.values() if h is not None}
-    if len(known) > 1:
+              for _, label in points}
+    if len({h for h in hashes.values() if h is not None}) > 1:
         shown = ", ".join(f"{label} {h}" for label, h in hashes.items())
-        raise AnalysisError(f"ladder {name}, task {task}: the stages scored different definitions "
-                            f"of the task (task_hash {shown}); score every stage with the same "
+        raise AnalysisError(f"{where}, task {task}: the points scored different definitions of "
+                            f"the task (task_hash {shown}); score every checkpoint with the same "
                             "task file")
-    first_stage, first = stages[0][0], results.data[stages[0][1]][task]
-    for stage, label in stages[1:]:
-        other = results.data[label][task]
-        if set(other.prompt_ids) != set(first.prompt_ids):
-            missing = sorted(set(first.prompt_ids) ^ set(other.prompt_ids))[:3]
-            raise AnalysisError(f"ladder {name}, task {task}: stage {stage} ('{label}') has other "
-                                f"prompts than {first_stage} (e.g. {', '.join(missing)}); score "
-                                "every stage with the same task file")
-
-
-def _check_answers(name, task, stages_data):
-    first = next(iter(stages_data.values()))
-    for td in stages_data.values():
+    data = [results.data[label][task] for _, label in points]
+    (first_role, _), first = points[0], data[0]
+    for (role, label), td in zip(points[1:], data[1:], strict=True):
+        if set(td.prompt_ids) != set(first.prompt_ids):
+            missing = sorted(set(first.prompt_ids) ^ set(td.prompt_ids))[:3]
+            raise AnalysisError(f"{where}, task {task}: {role} ('{label}') has other prompts "
+                                f"than {first_role} (e.g. {', '.join(missing)}); score every "
+                                "checkpoint with the same task file")
         if td.answers != first.answers:
             raise AnalysisError(
-                f"mismatched answer sets: task {task}, ladder {name}: label '{td.label}' "
+                f"mismatched answer sets: task {task}, {where}: label '{td.label}' "
                 f"{_difference(first.answers, td.answers, repr(first.label))}; "
-                "score both checkpoints with the same task file"
-            )
+                "score every checkpoint with the same task file")
+    return data
+
+
+def target_mismatch(where, task, points, data) -> str | None:
+    """A warning line when the points record different targets for `task` (a target is not
+    part of a task's identity, so stages scored with edited task files can): each point's
+    tv_target and kl_target are then measured against its own target."""
+    shown = [None if td.target is None else np.round(td.target, 12).tolist() for td in data]
+    if all(t == shown[0] for t in shown):
+        return None
+    listing = "; ".join(f"{role}: {'none' if t is None else t}"
+                        for (role, _), t in zip(points, shown, strict=True))
+    return (f"{where}, task {task}: the points record different targets ({listing}); each is "
+            "measured against its own")
 
 
 def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> Phases:
@@ -491,15 +506,20 @@ def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> Phas
             known = ", ".join(sorted(results.data)[:10])
             raise AnalysisError(f"label '{label}' is not in the results (they hold: {known}); "
                                 "name the labels the distributions carry")
-        _check_one_checkpoint(results, label)
+    checked = {}  # name -> task -> {stage: TaskData}: every ladder checked before any figure
     for name, stages in ladders:
         tasks, warnings = _common_tasks(results, name, stages)
         out.warnings += warnings
-        per_task = {}
+        points = [(f"stage {stage}", label) for stage, label in stages]
         for task in tasks:
-            data = {stage: results.data[label][task] for stage, label in stages}
-            _check_same_task(name, task, stages, results)
-            _check_answers(name, task, data)
+            data = consistent(results, f"ladder {name}", task, points)
+            mismatch = target_mismatch(f"ladder {name}", task, points, data)
+            out.warnings += [mismatch] if mismatch else []
+            checked.setdefault(name, {})[task] = dict(zip((stage for stage, _ in stages), data,
+                                                          strict=True))
+    for name, stages in ladders:
+        per_task = {}
+        for task, data in checked[name].items():
             for stage, td in data.items():
                 if len(td.prompt_ids) < 2:
                     out.warnings.append(
