@@ -63,8 +63,9 @@ CASES = {
     "gemma3_gqa2_tied_linear": dict(arch="gemma3", kv_heads=2, tied=True, layers=6,
                                     sliding_window=WINDOW, query_pre_attn_scalar=24,
                                     rope_scaling=GEMMA3_ROPES),
-    "gemma3_mha_untied_pattern2": dict(arch="gemma3", layers=4, sliding_window=WINDOW,
-                                       sliding_window_pattern=2),
+    # transformers' Gemma 3 never applies attn_logit_softcapping; its final cap binds
+    "gemma3_mha_untied_pattern2_caps": dict(arch="gemma3", layers=4, sliding_window=WINDOW,
+                                            sliding_window_pattern=2, **SMALL_CAPS),
     "olmoe_gqa2_untied_top2": dict(arch="olmoe", kv_heads=2, **MOE),
     "olmoe_mha_tied_top3_normalized_clip": dict(arch="olmoe", tied=True, num_experts=5,
                                                 num_experts_per_tok=3, norm_topk_prob=True,

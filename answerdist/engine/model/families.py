@@ -141,13 +141,23 @@ def _compiled(weight_names: tuple[tuple[str, str], ...]):
     return tuple((re.compile(pattern), name) for pattern, name in weight_names)
 
 
+def _soft_cap(read, key: str) -> float | None:
+    return None if read.get(key, read.family.default(key)) is None else read.float(key)
+
+
 def gemma_extra(read) -> dict:
-    """Gemma's attention scale (query_pre_attn_scalar ** -0.5) and soft-caps (null: none)."""
-    caps = {}
-    for name, key in (("attn_softcap", "attn_logit_softcapping"),
-                      ("final_softcap", "final_logit_softcapping")):
-        caps[name] = None if read.get(key, read.family.default(key)) is None else read.float(key)
-    return {"attention_scale": read.float("query_pre_attn_scalar") ** -0.5, **caps}
+    """Gemma 2's attention scale (query_pre_attn_scalar ** -0.5) and soft-caps (null: none)."""
+    return {"attention_scale": read.float("query_pre_attn_scalar") ** -0.5,
+            "attn_softcap": _soft_cap(read, "attn_logit_softcapping"),
+            "final_softcap": _soft_cap(read, "final_logit_softcapping")}
+
+
+def gemma3_extra(read) -> dict:
+    """Gemma 2's, but attention is never soft-capped: transformers' Gemma 3 keeps
+    `attn_logit_softcapping` in its config and never applies it, so neither does the engine.
+    `final_logit_softcapping` caps the logits when it is set, as there."""
+    return {"attention_scale": read.float("query_pre_attn_scalar") ** -0.5,
+            "attn_softcap": None, "final_softcap": _soft_cap(read, "final_logit_softcapping")}
 
 
 def moe_extra(read) -> dict:
@@ -232,12 +242,12 @@ GEMMA2 = Family("Gemma2ForCausalLM", "Gemma 2 (2B, 9B, 27B; pt and it)", ("defau
 GEMMA3 = Family("Gemma3ForCausalLM", "Gemma 3 text-only (1B pt and it)", ("default", "linear"),
                 defaults=GEMMA_DEFAULTS | {"max_position_embeddings": 131072,
                                            "rope_theta": 1000000.0, "sliding_rope_theta": 10000.0,
-                                           "final_logit_softcapping": None,
-                                           "attn_logit_softcapping": None},
+                                           "final_logit_softcapping": None},
                 qk_norm="head", rope_per_layer_type=True,
                 layers=gemma_layers(6, reads_pattern=True),
                 **(GEMMA | {"keys": {**GEMMA["keys"],
-                                     "sliding_rope_theta": "rope_local_base_freq"}}))
+                                     "sliding_rope_theta": "rope_local_base_freq"},
+                            "extra": gemma3_extra}))
 
 OLMOE = Family("OlmoeForCausalLM", "OLMoE-1B-7B (base, SFT, DPO, Instruct)", ("default",),
                defaults={"rms_norm_eps": 1e-5}, qk_norm="full", clip_qkv=True, mlp="moe",
