@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import xxhash
@@ -17,17 +19,15 @@ TEMPORARY = ".answerdist-tmp-"  # in every temporary's name, and in no name a us
 _TEMPORARY_NAME = re.compile(r"\..+" + re.escape(TEMPORARY) + r"\d+")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` all at once: a temporary file beside it, fsync, then rename.
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TEMPORARY}{os.getpid()}")
 
-    A crash leaves either the old file or the new one, never a partial one (the temporary
-    `.NAME.answerdist-tmp-PID` is removed by the next writer of the directory, see
-    `remove_stale_temporaries`). The temporary is created afresh, never through a link that
-    happens to have its name. The file gets the mode a plain open() would give it (0666 less
-    the umask).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{TEMPORARY}{os.getpid()}")
+
+def _write_temporary(path: Path, data: bytes) -> Path:
+    """`data` in a new temporary file beside `path`, fsynced; its path. The temporary is created
+    afresh, never through a link that happens to have its name, with the mode a plain open()
+    would give it (0666 less the umask)."""
+    tmp = _temporary_name(path)
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     try:
@@ -35,6 +35,22 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` all at once: a temporary file beside it, fsync, then rename.
+
+    A crash leaves either the old file or the new one, never a partial one (the temporary
+    `.NAME.answerdist-tmp-PID` is removed by the next writer of the directory, see
+    `remove_stale_temporaries`).
+    """
+    path = Path(path)
+    tmp = _write_temporary(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -55,6 +71,81 @@ def remove_stale_temporaries(*directories: Path) -> None:
 def file_digest(path: Path) -> str:
     """xxh3-128 of a file's bytes (results files are small: read whole)."""
     return xxhash.xxh3_128(Path(path).read_bytes()).hexdigest()
+
+
+class Staging:
+    """Outputs published together or not at all (`staged()`): each file and directory is first
+    made as a temporary beside its final path, and moved into place only once all are made."""
+
+    def __init__(self):
+        self._files: list[tuple[Path, Path]] = []  # (temporary, final)
+        self._directories: list[tuple[Path, Path]] = []
+        self._created: list[Path] = []  # parent directories made here, removed on failure
+
+    def _parent(self, path: Path) -> None:
+        missing = [p for p in reversed(path.parents) if not p.exists()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._created += missing
+
+    def file(self, path, data: str | bytes) -> None:
+        """Stage `data` (text as UTF-8) for `path`."""
+        path = Path(path)
+        self._parent(path)
+        self._files.append((_write_temporary(
+            path, data.encode("utf-8") if isinstance(data, str) else data), path))
+
+    def directory(self, path) -> Path:
+        """A new temporary sibling of directory `path` to fill; its files (not subdirectories)
+        land in `path` on publication, beside whatever `path` already holds."""
+        path = Path(path)
+        self._parent(path)
+        tmp = _temporary_name(path)
+        shutil.rmtree(tmp, ignore_errors=True)  # a dead run's, whose pid this one reuses
+        tmp.mkdir()
+        self._directories.append((tmp, path))
+        return tmp
+
+    def publish(self) -> None:
+        for tmp, final in self._directories:
+            final.mkdir(exist_ok=True)
+            for entry in sorted(tmp.iterdir()):
+                os.replace(entry, final / entry.name)
+            tmp.rmdir()
+        for tmp, final in self._files:
+            os.replace(tmp, final)
+
+    def discard(self) -> None:
+        for tmp, _ in self._directories:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for tmp, _ in self._files:
+            tmp.unlink(missing_ok=True)
+        for directory in reversed(self._created):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass  # not empty (another writer's) or already gone
+
+
+@contextmanager
+def staged():
+    """`with staged() as stage:` stage.file(...) and stage.directory(...) outputs; when the
+    block ends they are all moved into place, and when it raises none is, and no temporary
+    or directory made for them is left. An OS error becomes one `OutputError` line.
+
+    Moving into place is renames within each destination's own file system, so a failure
+    (a full disk, an unwritable or odd path) happens while staging, before anything moves."""
+    stage = Staging()
+    try:
+        yield stage
+        stage.publish()
+    except OSError as err:
+        stage.discard()
+        where = f"{err.filename}: " if err.filename else ""
+        raise OutputError(f"{where}cannot write ({err.strerror or err}); choose a writable "
+                          "path") from None
+    except BaseException:
+        stage.discard()
+        raise
 
 
 def write_output(path: Path, data: str | bytes) -> None:

@@ -17,7 +17,7 @@ from answerdist.analysis.phases import TAU, analyse, load_results, seed_verdict
 from answerdist.analysis.report import build_report
 from answerdist.engine.results.store import check_writable
 from answerdist.errors import AnalysisError, ArgumentParser, EngineError
-from answerdist.files import write_output
+from answerdist.files import staged
 
 
 def _fmt(x, digits=3):
@@ -147,9 +147,10 @@ def main(argv=None):
         results = load_results(args.results_dir, labels)
         phases = analyse(results, ladders, args.tau, args.level, args.bootstrap)
         text = json.dumps(phases.to_json(), indent=1, allow_nan=False)
-        if args.report:
-            build_report(phases, results, args.report)
-        write_output(out, text)
+        with staged() as stage:  # the report and the JSON both land, or neither
+            if args.report:
+                build_report(phases, results, stage.directory(args.report))
+            stage.file(out, text)
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from answerdist.analysis.report import build_trajectory_report
 from answerdist.cli.analyse import check_output_file
 from answerdist.engine.results.store import check_writable, labels_in
 from answerdist.errors import AnalysisError, ArgumentParser, EngineError
-from answerdist.files import write_output
+from answerdist.files import staged
 
 
 def _trajectory_args(argv):
@@ -61,9 +61,10 @@ def main(argv=None):
                            "points": result.points.to_pylist(),
                            "transitions": result.transitions.to_pylist()},
                           indent=1, allow_nan=False)
-        if args.report:
-            build_trajectory_report(result, args.report)
-        write_output(out, text)
+        with staged() as stage:  # the report and the JSON both land, or neither
+            if args.report:
+                build_trajectory_report(result, stage.directory(args.report))
+            stage.file(out, text)
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
