@@ -5,6 +5,7 @@ argument parsers (`ArgumentParser` below) keep the same contract for bad flags.
 """
 
 import argparse
+import re
 import sys
 
 
@@ -15,8 +16,17 @@ class EngineError(Exception):
     (answerdist/engine/model/distributed.py); None: printed by whichever rank meets it."""
 
     def __init__(self, message: str = "", reported_by: int | None = None):
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.reported_by = reported_by
+
+
+_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(message: str) -> str:
+    """`message` with its control characters and line breaks escaped (a path or a value quoted
+    in a message may hold a newline): every EngineError prints as exactly one line."""
+    return _BREAKS.sub(lambda m: repr(m.group())[1:-1], str(message))
 
 
 class CheckpointError(EngineError):

@@ -111,6 +111,7 @@ def from_table(table) -> Results:
                             f"{', '.join(FROM_TABLE_COLUMNS)}")
     if table.num_rows == 0:
         raise AnalysisError("from_table: the table has no rows")
+    _check_column_types(table)
     cols = table.to_pydict()
     n = table.num_rows
     cols.setdefault("coverage", [1.0] * n)
@@ -125,6 +126,26 @@ def from_table(table) -> Results:
         if "target" in cols:
             td.target = _task_target(label, task, cols["target"], rows_of)
     return Results(None, data)
+
+
+NUMBER_COLUMNS = ("prob", "coverage", "target")
+
+
+def _check_column_types(table: pa.Table) -> None:
+    """Numbers where numbers belong (not bools, strings or lists), plain values elsewhere."""
+    for name in table.column_names:
+        kind = table.schema.field(name).type
+        if name in NUMBER_COLUMNS:
+            ok = pa.types.is_floating(kind) or pa.types.is_integer(kind)
+            want = "numbers (floats or integers, not bools or strings)"
+        elif name in FROM_TABLE_COLUMNS or name == "prompt_text":
+            ok = (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                  or pa.types.is_integer(kind) or pa.types.is_dictionary(kind))
+            want = "strings (or integers)"
+        else:
+            continue  # other columns are not read
+        if not ok:
+            raise AnalysisError(f"from_table: column {name} holds {kind}; give {want}")
 
 
 def _task_target(label, task, column, rows_of) -> np.ndarray:

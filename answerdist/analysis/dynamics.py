@@ -51,6 +51,7 @@ from answerdist.analysis.bootstrap import (
     interval,
     resample_counts,
 )
+from answerdist.analysis.checks import short
 from answerdist.analysis.metrics import entropy, js_divergence, mass_within, pairwise_js, support
 from answerdist.analysis.null import draw_rng
 from answerdist.analysis.phases import (
@@ -58,6 +59,7 @@ from answerdist.analysis.phases import (
     TAU,
     Results,
     TaskData,
+    check_results,
     consistent,
     ladder_values,
     weights,
@@ -264,14 +266,24 @@ def locate(positions, y, resampled, prompts):
 # -------------------------------------------------------------------------------- public
 
 
+SERIES_SHAPE = "give {name: [(label, position), ...]} (or (label, position, stage) points)"
+
+
 def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP) -> TrajectoryResult:
     """Order parameters and located transitions of `series` ({name: [(label, position[,
     stage]), ...]}) over loaded results (`answerdist.analysis.load` or
     `answerdist.analysis.from_table`)."""
     check_resamples(bootstrap)
+    check_results(results)
+    if not isinstance(series, dict) or not series:
+        raise AnalysisError(f"series {short(series)}: {SERIES_SHAPE}")
     point_rows, transition_rows = [], []
     checked = {}  # name -> task -> [TaskData]
     for name, points in series.items():
+        if not isinstance(name, str) or not isinstance(points, list | tuple) or not all(
+                isinstance(p, list | tuple) and len(p) in (2, 3) and isinstance(p[0], str)
+                and (len(p) == 2 or p[2] is None or isinstance(p[2], str)) for p in points):
+            raise AnalysisError(f"series {short(name)}: points {short(points)}: {SERIES_SHAPE}")
         points = [tuple(p) for p in points]
         check_series(name, points)
         for label, *_ in points:

@@ -1,6 +1,7 @@
 """Ladders as the analysis takes them: `--ladder [NAME:]base=LABEL,sft=LABEL,...` specs, or
 {name: {stage: label}} from Python, checked and named once."""
 
+from answerdist.analysis.checks import short
 from answerdist.errors import AnalysisError
 
 
@@ -32,15 +33,40 @@ def parse_ladder(spec):
     return (name or stages[0][1]), stages
 
 
+LADDERS_SHAPE = ("give {name: {stage: label, ...}}, or a list of 'name:base=LABEL,sft=LABEL' "
+                 "strings as --ladder takes them")
+
+
 def ladder_list(ladders):
-    """[(name, [(stage, label), ...]), ...] from --ladder specs or {name: {stage: label}}, each
-    checked as `parse_ladder` checks a spec; repeated names get a #i suffix."""
+    """[(name, [(stage, label), ...]), ...] from --ladder specs or {name: {stage: label}} (or
+    [(name, [(stage, label), ...])]), each checked as `parse_ladder` checks a spec; repeated
+    names get a #i suffix. Any other shape is one AnalysisError line."""
     if isinstance(ladders, dict):
-        ladders = [f"{name}:" + ",".join(f"{s}={label}" for s, label in stages.items())
-                   for name, stages in ladders.items()]
-    parsed = [parse_ladder(x) if isinstance(x, str) else parse_ladder(
-        f"{x[0]}:" + ",".join(f"{s}={label}" for s, label in x[1])) for x in ladders]
+        ladders = [(name, _stage_pairs(name, stages)) for name, stages in ladders.items()]
+    elif isinstance(ladders, str) or not isinstance(ladders, list | tuple):
+        raise AnalysisError(f"ladders {short(ladders)}: {LADDERS_SHAPE}")
+    parsed = []
+    for x in ladders:
+        if isinstance(x, str):
+            parsed.append(parse_ladder(x))
+        elif isinstance(x, list | tuple) and len(x) == 2 and isinstance(x[0], str):
+            pairs = _stage_pairs(x[0], x[1])
+            parsed.append(parse_ladder(f"{x[0]}:" + ",".join(f"{s}={label}" for s, label in pairs)))
+        else:
+            raise AnalysisError(f"ladder {short(x)}: {LADDERS_SHAPE}")
+    if not parsed:
+        raise AnalysisError(f"ladders {short(ladders)}: no ladder given; {LADDERS_SHAPE}")
     return _unique_names(parsed)
+
+
+def _stage_pairs(name, stages) -> list[tuple[str, str]]:
+    """[(stage, label)] from {stage: label} or [(stage, label)], every one a string."""
+    pairs = list(stages.items()) if isinstance(stages, dict) else stages
+    if not isinstance(name, str) or not isinstance(pairs, list | tuple) or not all(
+            isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(v, str) for v in p)
+            for p in pairs):
+        raise AnalysisError(f"ladder {short(name)}: stages {short(stages)}: {LADDERS_SHAPE}")
+    return [tuple(p) for p in pairs]
 
 
 def _unique_names(ladders):

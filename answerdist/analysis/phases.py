@@ -62,6 +62,7 @@ from answerdist.analysis.bootstrap import (
     resampled_ladder,
     stack,
 )
+from answerdist.analysis.checks import number_in, path_argument, text_list
 from answerdist.analysis.metrics import (
     complete_linkage,
     js_divergence,
@@ -123,10 +124,18 @@ class Results:
 # ------------------------------------------------------------------------------ loading
 
 
+def check_results(results) -> None:
+    if not isinstance(results, Results):
+        raise AnalysisError(f"results: expected what answerdist.analysis.load or from_table "
+                            f"returns, got {type(results).__name__}")
+
+
 def load_results(results_dir, labels=None):
     """Read RESULTS_DIR/<label>/<task>.parquet for each label (all labels if None), every file
     validated by the results store (answerdist/engine/results/)."""
-    root = Path(results_dir)
+    root = path_argument(results_dir, "results_dir")
+    if labels is not None:
+        labels = text_list(labels, "labels")
     tables = read_results(root, labels)
     entries = {label: ResultsStore(root, label).manifest["tasks"] for label in tables}
     data = {}
@@ -490,8 +499,17 @@ def target_mismatch(where, task, points, data) -> str | None:
             "measured against its own")
 
 
+def check_settings(tau, level, bootstrap, spelling="") -> None:
+    """The analysis's three settings; `spelling` "--" names them as the CLI's flags."""
+    number_in(tau, f"{spelling}tau", 0.0, 1.0, default=TAU)
+    number_in(level, f"{spelling}level", 0.0, 1.0, open_low=True, open_high=True, default=LEVEL)
+    check_resamples(bootstrap, f"{spelling}bootstrap")
+
+
 def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> Phases:
     """ladders: [(name, [(stage, label), ...]), ...] -> Phases (`.to_json()`: phases.json)."""
+    check_settings(tau, level, bootstrap)
+    check_results(results)
     out = Phases(tau, level, bootstrap, CONFIDENCE, {
         "liquid_min": LIQUID_MIN,
         "nucleation_min": NUCLEATION_MIN,

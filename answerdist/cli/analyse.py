@@ -10,10 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from answerdist.analysis.bootstrap import BOOTSTRAP, MIN_BOOTSTRAP, check_resamples
+from answerdist.analysis.bootstrap import BOOTSTRAP, MIN_BOOTSTRAP
 from answerdist.analysis.ladders import ladder_list
 from answerdist.analysis.null import LEVEL
-from answerdist.analysis.phases import TAU, analyse, load_results, seed_verdict
+from answerdist.analysis.phases import TAU, analyse, check_settings, load_results, seed_verdict
 from answerdist.analysis.report import build_report
 from answerdist.engine.results.store import check_writable
 from answerdist.errors import AnalysisError, ArgumentParser, EngineError
@@ -133,11 +133,7 @@ def _parse_args(argv):
 def main(argv=None):
     args = _parse_args(argv)
     try:
-        if not 0.0 <= args.tau <= 1.0:
-            raise AnalysisError(f"--tau {args.tau}: must be in [0, 1] bits (default {TAU})")
-        if not 0.0 < args.level < 1.0:
-            raise AnalysisError(f"--level {args.level}: must be in (0, 1) (default {LEVEL})")
-        check_resamples(args.bootstrap, "--bootstrap")
+        check_settings(args.tau, args.level, args.bootstrap, spelling="--")
         ladders = ladder_list(args.ladder)
         labels = list(dict.fromkeys(label for _, stages in ladders for _, label in stages))
         out = Path(args.out) if args.out else Path(args.results_dir) / "phases.json"
