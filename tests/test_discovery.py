@@ -152,10 +152,21 @@ def test_normalizers():
     (["--tasks", "coin", "--discover", "10"], "--discover applies to open tasks only, and task "
                                               "'coin' lists its answers"),
     (["--tasks", "OPEN"], "--discover must be given for the open task 'pick'"),
-    (["--tasks", "OPEN", "--discover", "0"], "--discover must be a positive integer"),
+    (["--tasks", "OPEN", "--discover", "0"], "--discover must be an integer from 1 to"),
+    (["--tasks", "OPEN", "--discover", "1000001"], "--discover must be an integer from 1 to "
+                                                   "1,000,000"),
     (["--tasks", "OPEN", "--discover", "5", "--top-p", "1.5"], "--top-p must be a number in"),
     (["--tasks", "OPEN", "--discover", "5", "--temperature", "0"], "--temperature must be a "
-                                                                   "positive number"),
+                                                                   "number from 0.001"),
+    (["--tasks", "OPEN", "--discover", "5", "--temperature", "5e-324"], "--temperature must be"),
+    (["--tasks", "OPEN", "--discover", "5", "--max-new-tokens", "10000000"],
+     "--max-new-tokens must be an integer from 1 to 1,000,000"),
+    (["--tasks", "OPEN", "--discover", "5", "--max-new-tokens", "100000"],
+     "--max-new-tokens must be below the model's context"),
+    (["--tasks", "OPEN", "--discover", "5", "--template-timeout", "inf"],
+     "--template-timeout must be a positive number of seconds, at most 604,800"),
+    (["--tasks", "OPEN", "--discover", "5", "--dist-timeout", "inf"],
+     "--dist-timeout must be a positive number of seconds"),
     (["--tasks", "NEVER", "--discover", "20", "--max-new-tokens", "8"],
      "none of its 40 sampled replies gave an answer"),
     (["--tasks", "OPEN", "--discover", "5", "--end", "boundary"], "an open task needs end"),

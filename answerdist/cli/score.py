@@ -87,8 +87,9 @@ def main(argv=None) -> int:
                 "score several checkpoints with answerdist sweep"))
         result = run_spec(args.checkpoint, spec)
     except EngineError as e:
-        if distributed.reports(e):
-            print(f"error: {e}", file=sys.stderr)
+        if distributed.reports(e):  # a setting refused only once the model is known: its flag
+            print(f"error: {e.worded(flag(e.key)) if isinstance(e, SettingError) else e}",
+                  file=sys.stderr)
         return 2
     finally:
         distributed.shutdown()

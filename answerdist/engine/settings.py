@@ -37,7 +37,7 @@ DEFAULT_OUT = "results"  # the results root of the CLI and the sweep (the API sc
 
 class SettingError(EngineError):
     """A setting has a value it cannot take. `key` is the setting's name in RunSpec, `problem`
-    what is wrong with the value ("must be a positive integer, got 0")."""
+    what is wrong with the value ("must be an integer from 1 to 1,000,000,000, got 0")."""
 
     def __init__(self, key: str, problem: str):
         super().__init__(f"{key} {problem}")
@@ -58,15 +58,32 @@ def shown(value) -> str:
     return text if len(text) <= 60 else text[:50] + "..." + text[-7:]
 
 
-def _positive_int(value) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return f"must be a positive integer, got {shown(value)}"
-    return None
+# Upper bounds: a value past them is a typo or an attack, and each would otherwise reach an
+# allocation, a timer or a loop sized by it (a week of seconds; counts far beyond any real run).
+MOST_SECONDS = 7 * 24 * 3600.0
+MOST = 10**9  # tokens per pass, characters of a rendered prompt
+MOST_SAMPLES = 10**6  # --discover, --max-new-tokens (also held to the model's context)
+MOST_RANKS = 4096  # --tp
+MOST_TOKENIZATIONS = 10**6
+TEMPERATURE_FLOOR = 1e-3  # below it the softmax of float64 logits / temperature overflows
+
+
+def _int_in(low: int, high: int):
+    def check(value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"must be an integer from {low:,} to {high:,}, got {shown(value)}"
+        return None
+    return check
+
+
+_positive_int = _int_in(1, MOST)
 
 
 def _positive_seconds(value) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        return f"must be a positive number of seconds, got {shown(value)}"
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 < value <= MOST_SECONDS):
+        return (f"must be a positive number of seconds, at most {MOST_SECONDS:,.0f} (a week), "
+                f"got {shown(value)}")
     return None
 
 
@@ -142,13 +159,14 @@ def _optional_end(value) -> str | None:
     return None if value is None else _one_of(END_RULES)(value)
 
 
-def _optional_positive_int(value) -> str | None:
-    return None if value is None else _positive_int(value)
+def _optional_samples(value) -> str | None:
+    return None if value is None else _int_in(1, MOST_SAMPLES)(value)
 
 
 def _temperature(value) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
-        return f"must be a positive number, got {shown(value)}"
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not TEMPERATURE_FLOOR <= value < 1e6):
+        return f"must be a number from {TEMPERATURE_FLOOR:g} to 1e6, got {shown(value)}"
     return None
 
 
@@ -240,9 +258,10 @@ class RunSpec:
         "canonical: each answer's own tokens; all: every token sequence that spells it (P of "
         "the answer's text), with the non-canonical share reported", _choices(TOKENIZATIONS))
     max_tokenizations: int = _setting(
-        256, _positive_int, "with --tokenizations all, refuse a variant with more than N", "N")
+        256, _int_in(1, MOST_TOKENIZATIONS),
+        "with --tokenizations all, refuse a variant with more than N", "N")
     tp: int = _setting(
-        1, _positive_int,
+        1, _int_in(1, MOST_RANKS),
         "split the model across N ranks launched by torchrun --nproc-per-node N (tensor "
         "parallelism)", "N")
     batch_invariant: bool = _setting(
@@ -275,7 +294,7 @@ class RunSpec:
         "the turn); default: each task's own", _choices(END_RULES))
     # Open tasks: replies sampled per prompt to discover the answers, and how they are drawn.
     discover: int | None = _setting(
-        None, _optional_positive_int,
+        None, _optional_samples,
         "open tasks (answers = \"open\"): sample N replies per prompt to find the answers, then "
         "score every answer found exactly", "N")
     temperature: float = _setting(1.0, _temperature, "sampling temperature for --discover")
@@ -284,7 +303,9 @@ class RunSpec:
         "nucleus sampling for --discover: draw from the smallest set of tokens holding "
         "probability P (default: the whole vocabulary)", "P")
     max_new_tokens: int = _setting(
-        32, _positive_int, "a sampled reply longer than N tokens is counted as unfinished", "N")
+        32, _int_in(1, MOST_SAMPLES),
+        "a sampled reply longer than N tokens is counted as unfinished (at most the model's "
+        "context)", "N")
     seed: int = _setting(
         0, _seed,
         "seed of the sampled replies; reply i of a prompt depends only on the seed, the task, "

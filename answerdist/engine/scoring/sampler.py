@@ -31,7 +31,7 @@ import torch
 
 from answerdist.engine.model.checkpoint import Checkpoint
 from answerdist.engine.model.transformer import KVCache
-from answerdist.engine.settings import SamplingSettings
+from answerdist.engine.settings import SamplingSettings, SettingError
 from answerdist.engine.tasks import Task
 
 CHUNK = 64  # samples decoded together: part of the stream's definition (see the docstring)
@@ -78,6 +78,10 @@ class ReplySampler:
     def __init__(self, checkpoint: Checkpoint, encoder, settings: SamplingSettings):
         self.ck, self.encoder, self.settings = checkpoint, encoder, settings
         self.specials = set(encoder.specials)
+        context = checkpoint.args.context
+        if settings.max_new_tokens >= context:  # before a cache sized by it is allocated
+            raise SettingError("max_new_tokens", f"must be below the model's context of "
+                               f"{context:,} positions, got {settings.max_new_tokens:,}")
 
     def sample(self, task: Task, prompt, n: int, start: int = 0) -> list[Reply]:
         """Replies start .. start + n - 1 to `prompt` of `task`."""
