@@ -5,11 +5,17 @@ files are written here, in that format."""
 from __future__ import annotations
 
 import json
+import math
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from answerdist.cli import score
 from answerdist.engine.tasks import load_tasks
+from answerdist.engine.tasks.task import normalised
 from answerdist.errors import TaskError
 from tests import tiny
 
@@ -139,3 +145,31 @@ def test_bad_jsonl_is_one_line(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(TaskError, match=message):
         load_tasks(str(path))
+
+
+WEIGHT = st.one_of(st.integers(0, 10**400), st.floats(0, None, allow_nan=False),
+                   st.sampled_from([0, 1e-300, 1e308, 10**400, float("inf"), float("nan"), -1]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(weights=st.lists(WEIGHT, min_size=1, max_size=6))
+def test_weights_give_a_distribution_or_one_line(weights):
+    """Zhang et al.'s `weights` (and a task file's `target`) go through one normaliser: finite
+    numbers >= 0, not all 0, give a distribution summing to 1 (even at 1e308 each), anything
+    else (10**400, inf, nan, negative, all 0) one TaskError line; never an OverflowError."""
+    expected = normalised(weights)
+    valid = all(isinstance(w, int) and w < 10**308 or isinstance(w, float) and math.isfinite(w)
+                for w in weights) and all(w >= 0 for w in weights if w == w) and any(
+        w > 0 for w in weights if w == w)
+    assert (expected is not None) == valid
+    if expected is not None:
+        assert abs(math.fsum(expected) - 1) < 1e-12 and all(0 <= p <= 1 for p in expected)
+    targets = [f"t{i}" for i in range(len(weights))]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "p.json"
+        path.write_text(json.dumps({"request": "q?", "targets": targets, "weights": weights}))
+        try:
+            (task,) = load_tasks(str(path))
+            assert expected is not None and task.target == expected
+        except TaskError as err:
+            assert expected is None and "weights: must be" in str(err)

@@ -25,7 +25,7 @@ import os
 import re
 from pathlib import Path
 
-from answerdist.engine.tasks.task import Answer, Prompt, Task, _fail
+from answerdist.engine.tasks.task import Answer, Prompt, Task, _fail, normalised
 
 _KEYS = ("request", "response", "targets", "weights")
 
@@ -136,13 +136,12 @@ def _read(file: Path) -> dict:
         raise _fail(where, None, "targets", "must be a non-empty list of strings")
     weights = data.get("weights")
     if weights is not None:
-        if (not isinstance(weights, list) or len(weights) != len(targets)
-                or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
-                           and w >= 0 and w == w and w != float("inf") for w in weights)
-                or sum(weights) <= 0):
+        distribution = (normalised(weights) if isinstance(weights, list)
+                        and len(weights) == len(targets) else None)
+        if distribution is None:
             raise _fail(where, None, "weights", f"must be {len(targets)} finite numbers >= 0 "
                         "(one per target), not all 0")
-        weights = tuple(float(w) / sum(weights) for w in weights)
+        weights = distribution
     return {"request": request, "response": response, "targets": targets, "weights": weights}
 
 

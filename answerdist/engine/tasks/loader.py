@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from answerdist.engine.tasks.importers import is_prompt_set, load_prompt_set
-from answerdist.engine.tasks.task import DEFAULT_BASE_FORMAT, Answer, Prompt, Task, _fail
+from answerdist.engine.tasks.task import (
+    DEFAULT_BASE_FORMAT,
+    Answer,
+    Prompt,
+    Task,
+    _fail,
+    normalised,
+)
 from answerdist.errors import TaskError
 
 _TASK_KEYS = ("name", "description", "base_format", "assistant_prefix", "answers", "prompts",
@@ -125,12 +132,10 @@ def _parse_target(value: object, answers, fail: Callable[..., TaskError]):
     unknown = [key for key in value if key not in names]
     if unknown:
         raise fail("target", f"{unknown[0]!r} is not an answer of the task")
-    weights = [value.get(name, 0.0) for name in names]
-    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
-               and w == w and w != float("inf") for w in weights) or sum(weights) <= 0:
+    target = normalised(value.get(name, 0.0) for name in names)
+    if target is None:
         raise fail("target", "weights must be finite numbers >= 0, not all 0")
-    total = float(sum(weights))
-    return tuple(float(w) / total for w in weights)
+    return target
 
 
 def _check_keys(table: dict, allowed: tuple[str, ...], fail: Callable[..., TaskError],

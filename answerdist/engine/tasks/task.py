@@ -107,6 +107,32 @@ class Task:
 # Errors
 
 
+def normalised(weights) -> tuple[float, ...] | None:
+    """Weights as a distribution (each over their sum), or None unless they are finite numbers
+    >= 0, not all 0: the one check of a task file's `target` and Zhang et al.'s `weights`. An
+    integer too large for a float (10**400) is not finite; weights whose sum overflows (two of
+    1e308) are scaled by the largest first."""
+    values = []
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            return None
+        try:
+            value = float(w)
+        except OverflowError:
+            return None
+        if not (math.isfinite(value) and value >= 0):
+            return None
+        values.append(value)
+    total = sum(values)
+    if not total > 0:
+        return None
+    if not math.isfinite(total):
+        top = max(values)
+        values = [v / top for v in values]
+        total = sum(values)
+    return tuple(v / total for v in values)
+
+
 def _fail(source: str, task: str | None, entry: str | None, problem: str) -> TaskError:
     """Build a one-line TaskError: '<source>: task '<name>': <entry>: <problem>'."""
     parts = [source]
