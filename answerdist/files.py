@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,6 +67,64 @@ def remove_stale_temporaries(*directories: Path) -> None:
         for stale in Path(directory).iterdir():
             if _TEMPORARY_NAME.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
                 stale.unlink(missing_ok=True)
+
+
+# Files a user gives are read whole; past this size they are refused unread (a sparse 1 TB
+# file, a wrong path). The largest real one is a tokenizer.json of some 30 MB.
+MAX_FILE_BYTES = 256 * 2**20
+MAX_FILE_BYTES_ENV = "ANSWERDIST_MAX_FILE_BYTES"
+
+
+class FileRefused(OSError):
+    """A user's file refused unread: not a regular file, or over the size limit. An OSError, so
+    that every reader words it as it words a missing or unreadable file (its message names no
+    path: the reader's line does)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.strerror = reason  # the readers that quote err.strerror quote the reason
+
+
+def max_file_bytes() -> int:
+    """The size limit on files read as input: ANSWERDIST_MAX_FILE_BYTES, else 256 MiB."""
+    value = os.environ.get(MAX_FILE_BYTES_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_FILE_BYTES
+
+
+def read_user_file(path) -> bytes:
+    """The bytes of a file a user gave (a task, prompt, sweep, series, config, template,
+    tokenizer or trainer_state file): the one door every such read goes through. What is not a
+    regular file (a FIFO, a device, a directory) is refused without blocking, a file over
+    `max_file_bytes()` without reading it, and never more than that is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a directory"
+                    if stat.S_ISDIR(info.st_mode) else "a device or socket")
+            raise FileRefused(f"not a regular file ({kind}); give a file")
+        limit = max_file_bytes()
+        too_big = (f"over the {limit:,}-byte limit on files read as input; set "
+                   f"{MAX_FILE_BYTES_ENV} to raise it")
+        if info.st_size > limit:
+            raise FileRefused(too_big)
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:  # grew past the limit while read
+            raise FileRefused(too_big)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_user_text(path) -> str:
+    """`read_user_file` decoded as UTF-8 (a UnicodeDecodeError when it is not)."""
+    return read_user_file(path).decode("utf-8")
 
 
 def file_digest(path: Path) -> str:

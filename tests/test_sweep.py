@@ -200,7 +200,7 @@ def write(tmp_path: Path, text: str) -> Path:
     ('checkpoints = ["run/*"]\nmodes = ["chat", "base"]\nlabel = "{name}"\n', "{mode}"),
     ('checkpoints = ["run/*"]\nlabel = "x"\n', "would both be labelled 'x'"),
     ('checkpoints = ["run/*"]\nlabel = "{step}"\n', "{step}"),
-    ('checkpoints = ["run/*"]\ntp = 0\n', "'tp' must be a positive int"),
+    ('checkpoints = ["run/*"]\ntp = 0\n', "'tp' must be an integer from 1 to 4,096"),
     ('checkpoints = ["run/*"]\ndtype = "float64"\n', "'dtype' must be one of"),
     ('checkpoints = ["run/*"]\nbatch_invariant = 1\n', "'batch_invariant' must be true or false"),
     ('checkpoints = [', "not valid TOML"),

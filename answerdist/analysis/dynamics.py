@@ -34,7 +34,6 @@ import json
 import math
 import numbers
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -66,6 +65,7 @@ from answerdist.analysis.phases import (
 )
 from answerdist.engine.results.schema import step_in_name
 from answerdist.errors import AnalysisError
+from answerdist.files import read_user_text
 
 ORDER_PARAMETERS = ("liquidity", "seed_overlap", "entropy_norm", "effective_support",
                     "retention", "coverage")
@@ -134,7 +134,7 @@ def read_series_file(path) -> list[tuple[str, float, str | None]]:
     """The points of a series file as answerdist.engine.run.sweep writes it: {"points": [{"label",
     "position", "stage"}, ...]} (stage may be null)."""
     try:
-        body = json.loads(Path(path).read_text())
+        body = json.loads(read_user_text(path))
         points = [(str(p["label"]), float(p["position"]), p.get("stage")) for p in body["points"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise AnalysisError(f"series file {path}: {err.__class__.__name__}: {err}; give the "

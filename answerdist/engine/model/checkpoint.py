@@ -35,6 +35,7 @@ from answerdist.engine.model.weights import digest_bytes
 from answerdist.engine.settings import DTYPES, RunSpec, check_setting, device_problem
 from answerdist.engine.text.chat import ChatTemplate, find_template_text, special_tokens
 from answerdist.errors import CheckpointError, DeviceError, ParallelError, TokenizerError
+from answerdist.files import read_user_file, read_user_text
 
 # Small files that can change results (config, tokenizer, chat template): hashed whole.
 METADATA_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken")
@@ -195,7 +196,11 @@ def fingerprint(directory: Path, weight_digests: dict[str, str]) -> str:
         h.update(f"{name}\0{weight_digests[name]}\0".encode())
     for path in sorted(directory.iterdir()):
         if path.is_file() and path.suffix in METADATA_SUFFIXES:
-            h.update(f"{path.name}\0{digest_bytes(path.read_bytes())}\0".encode())
+            try:
+                data = read_user_file(path)
+            except OSError as e:
+                raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+            h.update(f"{path.name}\0{digest_bytes(data)}\0".encode())
     return h.hexdigest()
 
 
@@ -230,11 +235,11 @@ def resolve_dtype(dtype, device: torch.device, config: dict) -> torch.dtype:
 
 def load_tokenizer(directory: Path) -> tuple[Tokenizer, dict]:
     path = directory / "tokenizer.json"
-    if not path.is_file():
+    if not path.exists():
         raise TokenizerError(f"{path}: tokenizer.json not found; "
                              "the engine needs a fast-tokenizer file")
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_str(read_user_text(path))
     except Exception as e:  # tokenizers raises plain Exception subclasses for bad files
         raise TokenizerError(f"{path}: cannot read tokenizer ({e}); restore the file") from None
     config_path = directory / "tokenizer_config.json"

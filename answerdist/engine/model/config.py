@@ -15,6 +15,7 @@ from pathlib import Path
 from answerdist.engine.model.families import FAMILIES, FULL, REFUSED, SLIDING, Family
 from answerdist.engine.model.transformer import ModelArgs
 from answerdist.errors import ArchitectureError, CheckpointError
+from answerdist.files import read_user_text
 
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
                     "original_max_position_embeddings")
@@ -24,12 +25,11 @@ YARN_OPTIONAL_KEYS = ("attention_factor", "beta_fast", "beta_slow", "mscale", "m
 
 def read_json(path: Path, what: str) -> dict:
     """Parse a JSON file of the checkpoint, turning every failure into one clear line."""
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: {what} not found; "
                               "a Hugging Face checkpoint directory needs it")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_user_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read {what} ({e}); "
                               "restore the file from the original checkpoint") from None

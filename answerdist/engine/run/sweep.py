@@ -76,7 +76,7 @@ from answerdist.engine.settings import (
 )
 from answerdist.engine.tasks.loader import is_builtin, names_a_file
 from answerdist.errors import EngineError, OutputError, TaskError
-from answerdist.files import write_output
+from answerdist.files import read_user_text, write_output
 
 # The sweep's own keys, then the RunSpec settings a sweep file may set (declared in
 # answerdist/engine/settings.py; mode and label are set per checkpoint, from `modes` and the
@@ -133,7 +133,7 @@ def load_sweep(path) -> Sweep:
     """Read and check a sweep file; every problem is one SweepError line naming the key."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_user_text(path))
     except OSError as e:
         raise SweepError(f"{path}: cannot read the sweep file ({e.strerror or e})") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
@@ -329,7 +329,7 @@ def trainer_step(checkpoint: Path) -> int | None:
     """`global_step` of CHECKPOINT/trainer_state.json, None when absent or unreadable (the
     position then comes from the list's order, so a damaged file is no reason to stop)."""
     try:
-        step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        step = json.loads(read_user_text(checkpoint / "trainer_state.json"))["global_step"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from answerdist.engine.tasks.task import Answer, Prompt, Task, _fail, normalised
+from answerdist.files import read_user_text
 
 _KEYS = ("request", "response", "targets", "weights")
 
@@ -43,10 +44,11 @@ def load_prompt_set(path: str | Path) -> list[Task]:
     if str(path).endswith(".jsonl"):
         return [_open_task(path)]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.json") if p.is_file())
+        # not only regular files: a FIFO or device named *.json is read, and refused, too
+        files = sorted(p for p in path.rglob("*.json") if not p.is_dir())
         if not files:
             raise _fail(str(path), None, None, "holds no .json prompt files; check the path")
-    elif path.is_file():
+    elif path.exists():
         files = [path]
     else:
         raise _fail(str(path), None, None, "prompt file not found; check the path")
@@ -81,7 +83,7 @@ def _open_task(path: Path) -> Task:
     """A NoveltyBench-style JSON-lines file as one open task."""
     where = str(path)
     try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
+        lines = read_user_text(path).splitlines()
     except FileNotFoundError:
         raise _fail(where, None, None, "prompt file not found; check the path") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -113,7 +115,7 @@ def _read(file: Path) -> dict:
     one string; targets a non-empty list of distinct strings; weights one number per target."""
     where = str(file)
     try:
-        data = json.loads(file.read_bytes().decode("utf-8"))
+        data = json.loads(read_user_text(file))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _fail(where, None, None, f"not a readable UTF-8 JSON file ({e}); fix it") from None
     if not isinstance(data, dict):

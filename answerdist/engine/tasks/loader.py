@@ -21,6 +21,7 @@ from answerdist.engine.tasks.task import (
     normalised,
 )
 from answerdist.errors import TaskError
+from answerdist.files import read_user_text
 
 _TASK_KEYS = ("name", "description", "base_format", "assistant_prefix", "answers", "prompts",
               "target", "end", "response_prefix", "normalize")
@@ -228,7 +229,7 @@ def load_task_file(path: str | Path) -> list[Task]:
     """Load and validate every task in a TOML task file."""
     path = Path(path).expanduser()
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_user_text(path)
     except FileNotFoundError:
         raise _fail(str(path), None, None, "task file not found; check the path") from None
     except UnicodeDecodeError as exc:

@@ -28,6 +28,7 @@ import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from answerdist.errors import ChatTemplateError
+from answerdist.files import read_user_text
 
 MAX_TEMPLATE_CHARS = 1 << 20  # real templates are a few thousand characters, the largest ~50k
 # Default bounds on rendering one prompt (templates come with downloaded checkpoints: one that
@@ -348,7 +349,7 @@ def load_chat_template(path, special: dict[str, object], special_source: str) ->
         donor = special_tokens(config)
         return ChatTemplate(found[0], found[1], donor or special,
                             special_source=str(config_path) if donor else special_source)
-    if not path.is_file():
+    if not path.exists():
         raise ChatTemplateError(f"{path}: chat template not found; "
                                 "pass a checkpoint directory or a .jinja file")
     text = _read_text(path)
@@ -363,6 +364,6 @@ def load_chat_template(path, special: dict[str, object], special_source: str) ->
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return read_user_text(path)
     except (OSError, UnicodeDecodeError) as e:
         raise ChatTemplateError(f"{path}: cannot read chat template ({e})") from None
