@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from answerdist import score_checkpoint
 from answerdist.cli import score
@@ -21,6 +24,7 @@ from answerdist.engine.tasks import (
     load_tasks,
     normalize_reply,
 )
+from answerdist.engine.tasks.task import NORMALIZE_SECONDS
 from answerdist.errors import TaskError
 from tests.tiny import short_reply_checkpoint
 
@@ -362,3 +366,48 @@ def test_answers_from_templates_fill_in_every_checkpoint_per_mode():
     assert borrowed_labels(plan, items) == {"base": ("step1-base", "step2-base", "extra"),
                                             "chat": ("step1-chat", "step2-chat", "extra")}
     assert borrowed_labels(Sweep(Path("s.toml"), [], ["base"], "{name}", RunSpec()), items) is None
+
+
+def _regex_task(pattern):
+    return Task("t", "", (), (Prompt("p", "x"),), end="turn", open_answers=True,
+                normalize=pattern)
+
+
+def test_a_group_that_takes_no_part_in_the_match_is_no_answer():
+    assert normalize_reply(_regex_task("(7)?"), "I pick 5") == ""
+    assert normalize_reply(_regex_task("x(7)?|y"), "y") == ""
+    assert normalize_reply(_regex_task("(7)?"), "7") == "7"
+
+
+# A small grammar of patterns with one group: nested and overlapping repetition, alternation.
+_ATOM = st.sampled_from(["a", "aa", r"\w", ".", "a?", "[ab]"])
+_REPEAT = st.builds(lambda a, q: f"(?:{a}){q}", _ATOM, st.sampled_from(["+", "*", "{1,3}"]))
+_ALTERNATIVES = st.builds(lambda xs: "(?:" + "|".join(xs) + ")",
+                          st.lists(st.one_of(_ATOM, _REPEAT), min_size=1, max_size=3))
+_PATTERN = st.builds(lambda inner, q, tail: f"({inner}{q}){tail}",
+                     st.one_of(_ALTERNATIVES, _REPEAT), st.sampled_from(["+", "*", ""]),
+                     st.sampled_from(["b", "$", "!", ""]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(pattern=_PATTERN, reply=st.text(alphabet="ab!c ", max_size=40))
+def test_a_normalize_pattern_answers_or_is_refused_in_time(pattern, reply):
+    """Any pattern of the grammar, on any reply: an answer (a string), or one TaskError line
+    naming the pattern once it has searched for NORMALIZE_SECONDS; never a hang."""
+    try:
+        task = _regex_task(pattern)
+    except TaskError as err:  # the grammar also makes patterns that do not compile
+        assert "not a regular expression" in str(err)
+        return
+    start = time.monotonic()
+    try:
+        assert isinstance(normalize_reply(task, reply), str)
+    except TaskError as err:
+        assert "catastrophic backtracking" in str(err) and "\n" not in str(err)
+    assert time.monotonic() - start < NORMALIZE_SECONDS + 2
+
+
+@pytest.mark.parametrize("pattern", [r"((?:a|aa)+)b", r"((?:a|a)+)b"])
+def test_a_backtracking_pattern_is_refused_in_one_line(pattern):
+    with pytest.raises(TaskError, match="took over 1 s on a reply of 40 characters"):
+        normalize_reply(_regex_task(pattern), "a" * 39 + "c")

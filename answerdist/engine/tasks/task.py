@@ -13,6 +13,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
+import regex
+
 from answerdist.errors import TaskError
 
 DEFAULT_BASE_FORMAT = "{prompt}\nAnswer:"
@@ -21,6 +23,9 @@ DEFAULT_BASE_FORMAT = "{prompt}\nAnswer:"
 END_RULES = ("boundary", "turn", "line")
 # The steps an open task's `normalize` list may name, applied in order to a sampled reply.
 NORMALIZERS = ("strip", "casefold", "strip_punctuation")
+# A `normalize` pattern may search one reply this long (the `regex` package's timeout): a
+# pattern that backtracks catastrophically is refused in one line instead of hanging the run.
+NORMALIZE_SECONDS = 1.0
 
 _PROMPT_PLACEHOLDERS = ("options", "n")
 _BASE_PLACEHOLDERS = ("prompt",)
@@ -192,8 +197,8 @@ def _check_open(task: Task, fail: Callable[..., TaskError]) -> None:
                           "where the reply does")
     if isinstance(task.normalize, str):
         try:
-            groups = re.compile(task.normalize).groups
-        except re.error as e:
+            groups = regex.compile(task.normalize).groups
+        except regex.error as e:
             raise fail(f"normalize {task.normalize!r}", f"not a regular expression ({e})") from None
         if groups != 1:
             raise fail(f"normalize {task.normalize!r}", f"has {groups} groups; give exactly one, "
@@ -212,8 +217,15 @@ def normalize_reply(task: Task, text: str) -> str:
     """The answer a reply gives under the task's normaliser ("" when it gives none: a regular
     expression that does not match, or nothing left). Whitespace at the ends never counts."""
     if isinstance(task.normalize, str):
-        found = re.search(task.normalize, text)
-        return "" if found is None else found.group(1).strip()
+        try:
+            found = regex.search(task.normalize, text, timeout=NORMALIZE_SECONDS)
+        except TimeoutError:
+            raise TaskError(f"task {task.name}: normalize {task.normalize!r} took over "
+                            f"{NORMALIZE_SECONDS:g} s on a reply of {len(text)} characters "
+                            "(catastrophic backtracking); simplify the pattern, e.g. no "
+                            "repeated group of overlapping alternatives") from None
+        answer = None if found is None else found.group(1)  # None: the group took no part
+        return "" if answer is None else answer.strip()
     for step in task.normalize:
         if step == "strip":
             text = text.strip()
