@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file, save_file
@@ -19,6 +20,7 @@ from answerdist.engine.run import sweep
 from answerdist.engine.tasks import load_task_file
 from answerdist.errors import TaskError, WeightsError
 from answerdist.files import TEMPORARY
+from tests import tiny
 
 
 @pytest.fixture(scope="module")
@@ -524,3 +526,38 @@ def test_a_report_of_fifty_stages_stays_readable(tmp_path, capsys):
         height, width = image.imread(png).shape[:2]
         assert width <= 4000 and height <= 3000, (png.name, width, height)
     capsys.readouterr()
+
+
+INFLATABLE = ("num_hidden_layers", "num_experts", "vocab_size", "hidden_size",
+              "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
+@pytest.fixture(scope="module")
+def moe_ckpt(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("olmoe")
+    tiny.make_checkpoint(directory, arch="olmoe", num_experts=4, num_experts_per_tok=2)
+    return directory
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_an_inflated_config_is_refused_before_anything_is_built(moe_ckpt, copy_checkpoint,
+                                                                seed):
+    """A count or size in config.json inflated far past the weights (an OLMoE with 100,000
+    experts where the files hold 4): one line within seconds, nothing allocated in proportion."""
+    import resource
+    import time
+
+    rng = np.random.default_rng(seed)
+    key = INFLATABLE[seed % len(INFLATABLE)]
+    value = int(rng.integers(10**5, 10**8))
+    bad = copy_checkpoint(moe_ckpt)
+    config = json.loads((bad / "config.json").read_text())
+    config[key] = value
+    (bad / "config.json").write_text(json.dumps(config))
+    started, peak = time.monotonic(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(answerdist.EngineError) as info:
+        answerdist.load(bad)
+    assert "\n" not in str(info.value), str(info.value)
+    assert time.monotonic() - started < 10, key
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert grown_mib < 500, (key, value, grown_mib)

@@ -23,6 +23,11 @@ YARN_OPTIONAL_KEYS = ("attention_factor", "beta_fast", "beta_slow", "mscale", "m
                       "truncate")
 
 
+# Far past any model's layers (the largest have some 130): a config saying more is corrupt,
+# and its per-layer lists (8 bytes a layer) would be built before the weight files can say so
+# (loading.py checks the exact count against them).
+MOST_LAYERS = 10**6
+
 def read_json(path: Path, what: str) -> dict:
     """Parse a JSON file of the checkpoint, turning every failure into one clear line."""
     if not path.exists():
@@ -306,6 +311,9 @@ def parse_config(cfg: dict, path: Path) -> ModelArgs:
     head_dim = (read.int(key("head_dim"), default=family.default(key("head_dim"), dim // n_heads))
                 if key("head_dim") else dim // n_heads)
     n_layers = read.int(key("n_layers"))
+    if n_layers > MOST_LAYERS:  # before any list of one entry per layer is built
+        raise read.error(f"{key('n_layers')}={n_layers:,} is past any model's ({MOST_LAYERS:,} "
+                         "at most); the weight files hold the real count")
     sliding_rope = None
     if family.rope_per_layer_type:
         (theta, scaling), sliding_rope = per_layer_type_ropes(cfg, path, family)

@@ -123,20 +123,28 @@ def tied_head(args: ModelArgs, holder: dict[str, WeightFile], same: bool | None,
 
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
+_EXPERT = re.compile(r"model\.layers\.\d+\.mlp\.experts\.(\d+)\.")
 
 
 def check_size_against_files(directory: Path, args: ModelArgs, files: list[WeightFile]) -> None:
-    """The config's layer count and embedding shape agree with the weight files' headers, checked
-    before anything the config's size is built (10^6 layers in a config must not take minutes
-    and gigabytes to refuse)."""
-    layers, embedding = set(), None
+    """The config's layer count, expert count and embedding shape agree with the weight files'
+    headers, checked before anything the config's size is built (10^6 layers or 10^5 experts in
+    a config must not take minutes and gigabytes to refuse)."""
+    layers, experts, embedding = set(), set(), None
     for f in files:
         for name in f.names():
             if match := _LAYER.match(name):
                 layers.add(int(match.group(1)))
+                if expert := _EXPERT.match(name):
+                    experts.add(int(expert.group(1)))
             elif name == "model.embed_tokens.weight":
                 embedding = f.shape(name)
     config = directory / "config.json"
+    if args.n_experts and (len(experts) != args.n_experts
+                           or (experts and max(experts) != args.n_experts - 1)):
+        raise WeightsError(f"{config}: num_experts={args.n_experts}, but the weight files hold "
+                           f"{len(experts)} experts per layer; config.json does not describe "
+                           "them")
     if len(layers) != args.n_layers or (layers and max(layers) != args.n_layers - 1):
         found = f"layers 0 to {max(layers)}" if layers else "no layers"
         raise WeightsError(f"{config}: num_hidden_layers={args.n_layers}, but the weight files "
