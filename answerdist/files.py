@@ -1,23 +1,21 @@
-"""Writing files so that a reader never sees half of one, and knowing a file is unchanged.
+"""Files the user names: outputs written so that a reader never sees half of one (or, staged,
+none of a set until all are written), and inputs read through one bounded reader.
 
-Torch-free: the results store and the analysis layer both write through here.
+Torch-free: the analysis layer writes and reads through here; the results store has its own
+door below its root (answerdist/engine/results/guard.py).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 from contextlib import contextmanager
 from pathlib import Path
 
-import xxhash
-
 from answerdist.errors import OutputError
 
 TEMPORARY = ".answerdist-tmp-"  # in every temporary's name, and in no name a user would choose
-_TEMPORARY_NAME = re.compile(r"\..+" + re.escape(TEMPORARY) + r"\d+")
 
 
 def _temporary_name(path: Path) -> Path:
@@ -45,9 +43,9 @@ def _write_temporary(path: Path, data: bytes) -> Path:
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` all at once: a temporary file beside it, fsync, then rename.
 
-    A crash leaves either the old file or the new one, never a partial one (the temporary
-    `.NAME.answerdist-tmp-PID` is removed by the next writer of the directory, see
-    `remove_stale_temporaries`).
+    A crash leaves either the old file or the new one, never a partial one (a killed writer's
+    temporary `.NAME.answerdist-tmp-PID` stays beside it; in the results store the next writer
+    of the label removes it, answerdist/engine/results/guard.py).
     """
     path = Path(path)
     tmp = _write_temporary(path, data)
@@ -56,17 +54,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def remove_stale_temporaries(*directories: Path) -> None:
-    """Delete the temporaries that writers killed mid-write left in `directories` (call it
-    holding their lock): only names `atomic_write` makes, only plain files, no subdirectories."""
-    for directory in directories:
-        if not Path(directory).is_dir():
-            continue
-        for stale in Path(directory).iterdir():
-            if _TEMPORARY_NAME.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
-                stale.unlink(missing_ok=True)
 
 
 # Files a user gives are read whole; past this size they are refused unread (a sparse 1 TB
@@ -125,11 +112,6 @@ def read_user_file(path) -> bytes:
 def read_user_text(path) -> str:
     """`read_user_file` decoded as UTF-8 (a UnicodeDecodeError when it is not)."""
     return read_user_file(path).decode("utf-8")
-
-
-def file_digest(path: Path) -> str:
-    """xxh3-128 of a file's bytes (results files are small: read whole)."""
-    return xxhash.xxh3_128(Path(path).read_bytes()).hexdigest()
 
 
 class Staging:

@@ -2,8 +2,9 @@
 
 The schema and the guarantees are documented in docs/results.md. In short:
 
-* every file is written atomically (answerdist/files.py), and a task enters the manifest only after
-  both of its parquet files are in place, with their row counts and xxh3 digests;
+* every file is read, written and deleted through one door (answerdist/engine/results/guard.py):
+  walked from the root without following a link, written atomically; a task enters the manifest
+  only after both of its parquet files are in place, with their row counts and xxh3 digests;
 * one writer per label at a time: `LabelLock` (an flock'ed `.lock` file holding the writer's
   pid and host; the kernel drops the lock when its holder dies, so a stale lock is taken over);
 * every file is validated against the manifest when read (digest, schema, row count), and a
@@ -17,12 +18,10 @@ This module imports neither torch nor triton: the analysis layer reads results t
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
 import socket
-import stat
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from answerdist.engine.results.guard import LinkRefused, StoreFiles, digest
 from answerdist.engine.results.manifest import add_token_totals, file_fields, finished_at
 from answerdist.engine.results.schema import (
     DISCOVERY_SCHEMA,
@@ -43,7 +43,6 @@ from answerdist.engine.results.schema import (
     task_hash,
 )
 from answerdist.errors import OutputError
-from answerdist.files import atomic_write, file_digest, remove_stale_temporaries
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -91,8 +90,10 @@ class LabelLock:
     exits: a lock left by a killed run is free and is taken over. The file names the current
     holder (pid, host, start time) for the message a second writer gets."""
 
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
+    def __init__(self, root: Path, label: str | None = None):
+        """The lock of root/label, or of the whole root when `label` is None."""
+        self.files = StoreFiles(root, label)
+        self.directory = self.files.directory
         self.path = self.directory / LOCK
         self._fd = None
 
@@ -125,17 +126,12 @@ class LabelLock:
         """The lock file, opened without following a link: a `.lock` that is a link or not a
         plain file is refused, so that nothing outside the directory is ever written."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+            return self.files.open_lock(LOCK)
+        except LinkRefused as e:
+            raise OutputError(f"{e}; remove it or choose another --out") from None
         except OSError as e:
-            why = ("is a symbolic link" if e.errno == errno.ELOOP
-                   else f"cannot be opened ({e.strerror or e})")
-            raise OutputError(f"{self.path}: {why}; remove it or choose another --out") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OutputError(f"{self.path}: is not a plain file; remove it or choose another "
-                              "--out")
-        return fd
+            raise OutputError(f"{self.path}: cannot be opened ({e.strerror or e}); remove it or "
+                              "choose another --out") from None
 
     def __exit__(self, *exc) -> None:
         os.ftruncate(self._fd, 0)  # a clean exit leaves no holder to report
@@ -148,12 +144,16 @@ class LabelLock:
 # The store
 
 
-def read_manifest(directory: Path) -> dict | None:
-    path = Path(directory) / MANIFEST
-    if not path.exists():
-        return None
+def read_manifest(root: Path, label: str) -> dict | None:
+    """root/label/manifest.json, None when there is none."""
+    files = StoreFiles(root, label)
+    path = files.directory / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(files.read(MANIFEST))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except LinkRefused as e:
+        raise OutputError(f"{e}; remove the link or choose another --out") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise OutputError(f"{path}: unreadable ({e}); "
                           f"delete {path.parent} to start this label afresh") from None
@@ -171,10 +171,11 @@ class ResultsStore:
     """results/<label>/ for reading (`ResultsStore.read`) or, holding its lock, for a run."""
 
     def __init__(self, out: Path, label: str, run: dict | None = None):
-        self.directory = Path(out) / label
+        self.files = StoreFiles(out, label)
+        self.directory = self.files.directory
         self.label = label
         self.run = run  # what identifies results: checkpoint fingerprint and settings
-        manifest = read_manifest(self.directory)
+        manifest = read_manifest(out, label)
         self.manifest = manifest or {"label": label, "run": run, "tasks": {}}
 
     @classmethod
@@ -182,7 +183,7 @@ class ResultsStore:
         """An existing label directory, for reading only."""
         directory = Path(directory)
         store = cls(directory.parent, directory.name)
-        if not (directory / MANIFEST).exists():
+        if not store.files.exists(MANIFEST):
             raise OutputError(f"{directory}: no {MANIFEST}; it was not written by "
                               "answerdist score (or no task finished): score the checkpoint with "
                               f"--label {directory.name}")
@@ -266,12 +267,18 @@ class ResultsStore:
             if not file or not isinstance(file, str):
                 return f"{self.directory}: task {name} has no file in the manifest"
             path = self.directory / file
-            if (file not in (f"{name}.parquet", f"variants/{name}.parquet",
-                             f"discovery/{name}.parquet") or path.is_symlink()):
+            if file not in (f"{name}.parquet", f"variants/{name}.parquet",
+                            f"discovery/{name}.parquet"):
                 return f"{path}: not the task's own file in {self.directory}"
-            if not path.is_file():
+            try:
+                data = self.files.read(file)
+            except LinkRefused:
+                return f"{path}: not the task's own file in {self.directory} (a link)"
+            except (FileNotFoundError, NotADirectoryError):
                 return f"{path}: missing"
-            if "digests" in entry and entry["digests"].get(file) != file_digest(path):
+            except OSError as e:
+                return f"{path}: unreadable ({e.strerror or e})"
+            if "digests" in entry and entry["digests"].get(file) != digest(data):
                 return f"{path}: damaged or changed since it was written"
         return None
 
@@ -279,8 +286,10 @@ class ResultsStore:
 
     def begin(self) -> None:
         """Start a run: the manifest names it, temporaries of killed writers go."""
-        remove_stale_temporaries(self.directory, self.directory / "variants",
-                                 self.directory / "discovery")
+        try:
+            self.files.remove_stale_temporaries("variants", "discovery")
+        except OSError as e:  # a link planted at variants/ or discovery/
+            raise OutputError(f"{self.directory}: {e.strerror or e}") from None
         self.manifest["run"] = self.run
 
     def write_tables(self, name: str, main: pa.Table, variants: pa.Table,
@@ -292,13 +301,13 @@ class ResultsStore:
             files[f"discovery/{name}.parquet"] = found
         digests = {}
         try:
-            for file in files:
-                (self.directory / file).parent.mkdir(parents=True, exist_ok=True)
             for file, table in files.items():
                 check_finite(table, f"{self.directory / file}")
                 data = parquet_bytes(table)
-                atomic_write(self.directory / file, data)
-                digests[file] = file_digest(self.directory / file)
+                self.files.write(file, data)
+                digests[file] = digest(data)
+        except LinkRefused as e:
+            raise OutputError(f"{e}; remove the link or choose another --out") from None
         except OSError as e:
             raise OutputError(f"{self.directory}: cannot write results ({e.strerror or e}); check "
                               "--out and its permissions") from None
@@ -311,9 +320,9 @@ class ResultsStore:
         self.manifest.update(extra)
         add_token_totals(self.manifest)
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.directory / MANIFEST,
-                         (json.dumps(self.manifest, indent=2) + "\n").encode())
+            self.files.write(MANIFEST, (json.dumps(self.manifest, indent=2) + "\n").encode())
+        except LinkRefused as e:
+            raise OutputError(f"{e}; remove the link or choose another --out") from None
         except OSError as e:
             raise OutputError(f"{self.directory}: cannot write {MANIFEST} "
                               f"({e.strerror or e})") from None
@@ -353,7 +362,7 @@ class ResultsStore:
         fix = (f"rerun answerdist score with --label {self.label} (it rescores damaged "
                "tasks)")
         try:
-            table = pq.read_table(self.directory / file)
+            table = pq.read_table(pa.BufferReader(self.files.read(file)))
         except Exception as e:  # pyarrow raises several types for a bad file
             raise OutputError(f"{self.directory / file}: unreadable parquet "
                               f"({str(e).splitlines()[0]}); {fix}") from None
@@ -373,7 +382,7 @@ def labels_in(results_dir) -> list[str]:
     if not root.is_dir():
         raise OutputError(f"results dir {root}: not a directory; "
                           "pass the folder that answerdist.cli.score wrote")
-    present = sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+    present = StoreFiles(root).labels()
     if not present:
         raise OutputError(f"results dir {root}: no <label>/{MANIFEST} "
                           f"(expected {root}/<label>/<task>.parquet); "

@@ -95,7 +95,7 @@ def finished(checkpoint, spec: RunSpec) -> bool:
     try:
         meta = read_metadata(checkpoint)
         run = resolve(spec, meta)
-        manifest = read_manifest(spec.out / run.label)
+        manifest = read_manifest(spec.out, run.label)
         recorded = (manifest or {}).get("weight_files") or {}
         paths = weight_paths(meta.path)
         if not recorded or sorted(p.name for p in paths) != sorted(recorded):

@@ -14,7 +14,6 @@ same point. For a group of one those steps are local and free.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from answerdist.engine.results.guard import StoreFiles
 from answerdist.engine.results.manifest import add_token_totals, run_fields
 from answerdist.engine.results.schema import (
     MANIFEST,
@@ -207,13 +207,17 @@ class LabelStore:
     def session(self):
         created = not self.directory.exists()
         try:
-            with LabelLock(self.directory):
+            with LabelLock(self.out, self.label):
                 self.store = ResultsStore(self.out, self.label, self.key)
                 yield self
         except BaseException:
-            if created and self.directory.is_dir() and not (self.directory / MANIFEST).exists():
-                shutil.rmtree(self.directory, ignore_errors=True)  # a failed first run: nothing
+            if created and not self.store_files.exists(MANIFEST):
+                self.store_files.remove_directory()  # a failed first run leaves nothing
             raise
+
+    @property
+    def store_files(self) -> StoreFiles:
+        return StoreFiles(self.out, self.label)
 
     def plan(self, tasks, overwrite: bool, prompts: dict) -> list:
         todo = self.store.plan(tasks, overwrite, prompts)

@@ -61,7 +61,8 @@ from tqdm import tqdm
 
 from answerdist.engine.model import distributed
 from answerdist.engine.model.checkpoint import load
-from answerdist.engine.results.schema import step_in_name
+from answerdist.engine.results.guard import StoreFiles
+from answerdist.engine.results.schema import LOCK, step_in_name
 from answerdist.engine.results.store import LabelLock, check_writable
 from answerdist.engine.run.api import finished, run_spec
 from answerdist.engine.settings import (
@@ -389,9 +390,10 @@ def lock_results(sweep: Sweep, layout) -> LabelLock | None:
 
 def _holder(directory: Path) -> str:
     try:
-        return (directory / ".lock").read_text().strip() or "a running process"
+        holder = StoreFiles(directory).read(LOCK).decode(errors="replace").strip()
     except OSError:
         return "a running process"
+    return holder[:200] or "a running process"
 
 
 def run_group(sweep: Sweep, mine: list[Item], layout,
