@@ -281,3 +281,25 @@ def test_series_positions_fall_back_on_the_trainer_state(tmp_path):
 def test_bad_series_settings_are_one_line(ladder, extra, expected):
     with pytest.raises(sweep.SweepError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         sweep.load_sweep(sweep_file(ladder, "bad", **extra))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_bare_task_directory_name_is_found_beside_the_sweep_file(tmp_path, monkeypatch, seed):
+    """`tasks = "NAME"` naming a prompt directory (no `/`, no suffix) is the one beside the sweep
+    file, never a directory of that name in the working directory."""
+    import json as _json
+    import random
+
+    from answerdist.engine.run.sweep import load_sweep
+
+    name = f"zp{seed}x{random.Random(seed).randrange(1000)}"
+    for where, request in ((tmp_path / "sweepdir", "Beside the sweep: pick 1 or 2."),
+                           (tmp_path / "cwd", "In the working directory: pick 1 or 2.")):
+        (where / name).mkdir(parents=True)
+        (where / name / "p.json").write_text(_json.dumps({"request": request,
+                                                          "targets": ["1", "2"]}))
+    (tmp_path / "sweepdir" / "sweep.toml").write_text(
+        f'checkpoints = ["c"]\ntasks = "{name}"\n')
+    monkeypatch.chdir(tmp_path / "cwd")
+    (task,) = load_sweep(tmp_path / "sweepdir" / "sweep.toml").spec.tasks
+    assert [p.text for p in task.prompts] == ["Beside the sweep: pick 1 or 2."]

@@ -75,7 +75,7 @@ from answerdist.engine.settings import (
     label_problem,
     shown,
 )
-from answerdist.engine.tasks.loader import is_builtin, names_a_file
+from answerdist.engine.tasks.loader import is_builtin
 from answerdist.errors import EngineError, OutputError, TaskError
 from answerdist.files import read_user_text, write_output
 
@@ -159,11 +159,12 @@ def load_sweep(path) -> Sweep:
 
     patterns = [where(p) for p in strings("checkpoints")]
     settings = {key: data[key] for key in SETTINGS if key in data}
-    # A task file is found beside the sweep file, never in the working directory.
+    # Whatever is not a built-in group or task is a path (a task file, a prompt directory, a
+    # bare directory name such as "zp"), found beside the sweep file, never in the working
+    # directory.
     items = [i.strip() for value in strings("tasks", default_for(SWEEP, "tasks"))
              for i in value.split(",")]
-    settings["tasks"] = ",".join(where(i) if names_a_file(i) and not is_builtin(i) else i
-                                 for i in items if i)
+    settings["tasks"] = ",".join(i if is_builtin(i) else where(i) for i in items if i)
     settings["out"] = where(data.get("out", default_for(SWEEP, "out")))
     if "chat_template" in settings:
         settings["chat_template"] = where(settings["chat_template"])
