@@ -311,6 +311,23 @@ def test_metadata_linked_outside_the_checkpoint_is_refused(ckpt, copy_checkpoint
         answerdist.load(bad)
 
 
+@pytest.mark.parametrize("name", ["chat_template.jinja", "tokenizer_config.json",
+                                  "chat_template.json"])
+def test_a_borrowed_templates_link_outside_its_donor_is_refused(ckpt, copy_checkpoint, tmp_path,
+                                                                 capsys, name):
+    """--chat-template DONOR obeys the scored checkpoint's own rule: a donor file that links out
+    of the donor directory is refused, never read into the prompts or the manifest."""
+    donor = copy_checkpoint(ckpt, "donor")
+    secret = tmp_path / "secret.txt"
+    secret.write_text('{"chat_template": "{{ \'my private notes\' }}"}')
+    (donor / name).unlink(missing_ok=True)
+    (donor / name).symlink_to(secret)
+    line = error_line(capsys, [ckpt, "--tasks", "coin", "--mode", "chat", "--chat-template",
+                               donor, "--out", tmp_path / "out"])
+    assert "outside the checkpoint" in line and "private" not in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_hugging_face_cache_layout_is_the_checkpoints_own(ckpt, tmp_path):
     repo = tmp_path / "hub" / "models--org--tiny"
     snapshot, blobs = repo / "snapshots" / "abc123", repo / "blobs"

@@ -4,8 +4,9 @@ run key that identifies its results, decided once (`resolve`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from answerdist.engine.model.checkpoint import resolve_device
+from answerdist.engine.model.checkpoint import check_metadata_files, resolve_device
 from answerdist.engine.scoring.scorer import packs_sequences
 from answerdist.engine.settings import RunSpec, label_problem, shown
 from answerdist.engine.text.chat import ChatTemplate, chat_template_for, load_chat_template
@@ -76,6 +77,8 @@ def resolve(spec: RunSpec, checkpoint) -> Resolved:
     own_special_source = str(checkpoint.path / "tokenizer_config.json")
     borrowed = None
     if spec.chat_template:
+        if Path(spec.chat_template).is_dir():  # a donor checkpoint's files: its own, and small,
+            check_metadata_files(Path(spec.chat_template))  # as the scored checkpoint's are
         borrowed = load_chat_template(spec.chat_template, checkpoint.special_tokens,
                                       own_special_source)
     mode = spec.mode
