@@ -411,3 +411,35 @@ def test_a_normalize_pattern_answers_or_is_refused_in_time(pattern, reply):
 def test_a_backtracking_pattern_is_refused_in_one_line(pattern):
     with pytest.raises(TaskError, match="took over 1 s on a reply of 40 characters"):
         normalize_reply(_regex_task(pattern), "a" * 39 + "c")
+
+
+def test_a_refused_label_is_refused_before_anything_is_sampled(ckpt, tmp_path, capsys,
+                                                                monkeypatch):
+    """Results of another checkpoint under the label, or a live writer holding it: one line
+    before the first sample is drawn (a --discover 2048 run used to sample for a minute first)."""
+    import fcntl
+    import os
+
+    from answerdist.engine.run import job
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before the label was checked")
+
+    out = tmp_path / "res"
+    other = tmp_path / "other"
+    short_reply_checkpoint(other, seed=5)
+    assert score.main([str(other), "--tasks", "coin", "--out", str(out), "--label", "L"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(job, "discover", never)
+    argv = [str(ckpt), "--tasks", str(task_file(tmp_path)), "--discover", "2048", "--out",
+            str(out), "--label", "L"]
+    assert score.main(argv) == 2
+    assert "holds coin from another checkpoint" in capsys.readouterr().err
+    fd = os.open(out / "L" / ".lock", os.O_RDWR)  # a live writer holds the label (flock:
+    os.pwrite(fd, b"pid 4242 on elsewhere", 0)   # per open file, so this open conflicts with
+    fcntl.flock(fd, fcntl.LOCK_EX)               # the run's own, in this process too)
+    try:
+        assert score.main([*argv, "--overwrite"]) == 2
+        assert "being written by pid 4242" in capsys.readouterr().err
+    finally:
+        os.close(fd)

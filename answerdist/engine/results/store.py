@@ -102,10 +102,9 @@ class LabelLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            error = self._busy(fd)
             os.close(fd)
-            raise OutputError(f"{self.directory}: being written by {holder[:200]}; wait for that "
-                              "run to finish or use another --label") from None
+            raise error from None
         try:
             left = os.pread(fd, 512, 0).decode(errors="replace").strip()
             if left:
@@ -121,6 +120,25 @@ class LabelLock:
                               "free some space or choose another --out") from None
         self._fd = fd
         return self
+
+    def check_free(self) -> None:
+        """Fail now, as `with` would, if a live run holds the lock; take nothing, write nothing,
+        create nothing (the early check before sampling; `with` is the authoritative one)."""
+        if not self.files.exists(LOCK):
+            return
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            raise self._busy(fd) from None
+        finally:
+            os.close(fd)
+
+    def _busy(self, fd: int) -> OutputError:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+        return OutputError(f"{self.directory}: being written by {holder[:200]}; wait for that "
+                           "run to finish or use another --label")
 
     def _open(self) -> int:
         """The lock file, opened without following a link: a `.lock` that is a link or not a
@@ -210,12 +228,11 @@ class ResultsStore:
         its `task_hash`), or with other rendered prompts (`prompts`: {task: prompts_digest}) is
         an error unless `overwrite`; a task whose files are missing, damaged or changed since
         they were written is rescored, with a one-line notice."""
-        todo, foreign, redefined, reworded = [], [], [], []
+        self.check_run([t.name for t in tasks], overwrite)
+        todo, redefined, reworded = [], [], []
         for task in tasks:
             if task.name not in self.manifest["tasks"] or overwrite:
                 todo.append(task)
-            elif self.entry_run(task.name) != self.run:
-                foreign.append(task)
             elif self.entry(task.name).get("task_hash") != task_hash(task):
                 redefined.append(task)
             elif not self.same_prompts(task.name, prompts):
@@ -223,32 +240,40 @@ class ResultsStore:
             elif problem := self.problem(task.name):
                 notice(f"{problem}; rescoring {task.name}")
                 todo.append(task)
-        if foreign:
-            keys = _differing(self.entry_run(foreign[0].name) or {}, self.run)
-            raise OutputError(
-                f"{self.directory}: holds results of another checkpoint or other settings for "
-                f"{', '.join(t.name for t in foreign)} ({', '.join(keys)} differ); rescore them "
-                "with --overwrite or use another --label")
         if redefined:
             raise OutputError(
                 f"{self.directory}: holds results of another definition of "
                 f"{', '.join(t.name for t in redefined)} (from "
                 f"{self.entry(redefined[0].name).get('source')}; its prompts, answers or formats "
                 "differ from this one's); rescore with --overwrite or use another --label")
-        others = [n for n in self.tasks if n not in {t.name for t in tasks}
-                  and self.entry_run(n) != self.run]
-        if others and not overwrite:
-            keys = _differing(self.entry_run(others[0]) or {}, self.run)
-            raise OutputError(
-                f"{self.directory}: holds {', '.join(others)} from another checkpoint or other "
-                f"settings ({', '.join(keys)} differ), and a label holds one run; use another "
-                "--label (or --overwrite to add to it all the same)")
         if reworded:
             raise OutputError(
                 f"{self.directory}: holds results of {', '.join(t.name for t in reworded)} "
                 "scored on other prompt text than this run renders (the chat template or its "
                 "special tokens changed); rescore with --overwrite or use another --label")
         return todo
+
+    def check_run(self, names: list[str], overwrite: bool = False) -> None:
+        """The label holds nothing of another run (checkpoint or settings), unless `overwrite`:
+        what depends on the run alone, checked before any sampling or scoring (`plan` checks
+        it again, with the tasks' definitions)."""
+        if overwrite:
+            return
+        foreign = [n for n in names
+                   if n in self.manifest["tasks"] and self.entry_run(n) != self.run]
+        if foreign:
+            keys = _differing(self.entry_run(foreign[0]) or {}, self.run)
+            raise OutputError(
+                f"{self.directory}: holds results of another checkpoint or other settings for "
+                f"{', '.join(foreign)} ({', '.join(keys)} differ); rescore them with "
+                "--overwrite or use another --label")
+        others = [n for n in self.tasks if n not in names and self.entry_run(n) != self.run]
+        if others:
+            keys = _differing(self.entry_run(others[0]) or {}, self.run)
+            raise OutputError(
+                f"{self.directory}: holds {', '.join(others)} from another checkpoint or other "
+                f"settings ({', '.join(keys)} differ), and a label holds one run; use another "
+                "--label (or --overwrite to add to it all the same)")
 
     def same_prompts(self, name: str, prompts: dict[str, str] | None) -> bool:
         """Whether a finished task was scored on the prompts `prompts` names (results written

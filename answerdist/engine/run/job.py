@@ -51,6 +51,7 @@ class Scoring:
         self.key = self.resolved.key(ck.fingerprint)
         self.encoder = PromptEncoder(ck, self.resolved.mode, self.resolved.chat, spec.tokenizations,
                                      spec.max_tokenizations)
+        self.check_label()  # before sampling: a refusal must not wait for --discover's samples
         self.discoveries = self.discover_answers()
         self.tasks = tuple(self.discoveries[t.name].task if t.name in self.discoveries else t
                            for t in spec.tasks)
@@ -58,6 +59,16 @@ class Scoring:
         self.prompts = {name: prompts_digest(s.prompt_text for s in sequences)
                         for name, sequences in self.sequences.items()}
         self.load_seconds = time.perf_counter() - started
+
+    def check_label(self) -> None:
+        """What refuses the label whatever is sampled, checked before anything is: another
+        live writer, and results of another run (unless --overwrite). By the group's first
+        rank, which alone holds the results; `into` checks both again, holding the lock."""
+        with self.group.step("checking the label"):
+            if self.group.lead and self.spec.out is not None:
+                LabelLock(self.spec.out, self.resolved.label).check_free()
+                ResultsStore(self.spec.out, self.resolved.label, self.key).check_run(
+                    [t.name for t in self.spec.tasks], self.spec.overwrite)
 
     def discover_answers(self) -> dict:
         """Every open task's answers, found by sampling before anything is scored."""
