@@ -158,3 +158,23 @@ def test_whole_suite_tokenizes_cleanly_with_the_llama3_vocabulary(llama3_checkpo
     result = score_task(ck, encoder, coin, task_sequences(encoder, coin), boundary)
     for prompt in result.prompts:
         assert prompt.distribution.sum() == pytest.approx(1.0) and 0 < prompt.coverage <= 1
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Kiritimati"])
+def test_the_fixed_date_renders_the_same_in_every_time_zone(monkeypatch, zone):
+    """strftime_now('%s') (seconds since the epoch) is the C library's, counted from local
+    midnight: the fixed day renders as midnight UTC whatever TZ says; '%%s' stays literal."""
+    import time as time_module
+
+    from answerdist.engine.text.chat import ChatTemplate
+
+    template = ChatTemplate("t", "{{ strftime_now('%s|%%s|%d %b %Y|%%%s') }}", {},
+                            special_source="t").for_run("2024-07-26")
+    monkeypatch.setenv("TZ", zone)
+    time_module.tzset()
+    try:
+        rendered = template.render([{"role": "user", "content": "x"}])
+    finally:
+        monkeypatch.undo()
+        time_module.tzset()
+    assert rendered == "1721952000|%s|26 Jul 2024|%1721952000"

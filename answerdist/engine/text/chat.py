@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import signal
 import threading
 import time as time_module
 from contextlib import contextmanager
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 
 import jinja2
@@ -33,6 +34,7 @@ from answerdist.files import read_user_text
 MAX_TEMPLATE_CHARS = 1 << 20  # real templates are a few thousand characters, the largest ~50k
 # Default bounds on rendering one prompt (templates come with downloaded checkpoints: one that
 # never ends must not stall a sweep); a run's own are RunSpec.template_timeout / _max_chars.
+_EPOCH = re.compile(r"(?<!%)((?:%%)*)%s")  # a %s directive, not an escaped %%s
 RENDER_SECONDS = 10.0
 RENDER_MAX_CHARS = 1_000_000
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
@@ -227,8 +229,13 @@ class ChatTemplate:
         return "".join(pieces)
 
     def _strftime_now(self, fmt: str) -> str:
-        now = datetime.now() if self.today is None else datetime.combine(self.today, time())
-        return now.strftime(fmt)
+        if self.today is None:
+            return datetime.now().strftime(fmt)
+        # %s (seconds since the epoch) is the C library's, which counts from local midnight:
+        # the fixed day's own, at midnight UTC, so that a prompt is the same in every time zone
+        epoch = int(datetime.combine(self.today, time(), tzinfo=timezone.utc).timestamp())
+        fmt = _EPOCH.sub(lambda m: m.group(1) + str(epoch), str(fmt))
+        return datetime.combine(self.today, time()).strftime(fmt)
 
     @property
     def uses_thinking_switch(self) -> bool:
