@@ -166,6 +166,29 @@ def test_answers_that_look_the_same_are_refused_with_the_pair_named(tmp_path, an
     assert repr(answers[0]) in message and repr(answers[1]) in message
 
 
+IGNORABLE = ["\u00ad", "\u034f", "\u061c", "\u115f", "\u17b4", "\u180b", "\u200b", "\u2060",
+             "\u3164", "\ufe0f", "\ufeff", "\uffa0", "\U000e0001", "\U000e0100"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_default_ignorable_character_is_invisible_to_the_look_alike_check(tmp_path, seed):
+    """Unicode's default-ignorable code points (not only category Cf: U+034F is Mn, the Hangul
+    fillers Lo), inserted anywhere in an answer: refused as looking like the other."""
+    import random
+
+    from answerdist.engine.tasks.task import lookalike
+
+    rng = random.Random(seed)
+    for char in IGNORABLE:
+        at = rng.randrange(6)
+        twin = "Heads"[:at] + char + "Heads"[at:]
+        assert lookalike(twin) == "Heads", repr(char)
+        if char > "\uffff":
+            continue  # task_file writes JSON escapes, which TOML takes within the BMP only
+        with pytest.raises(TaskError, match="looks the same|invisible"):
+            load_task_file(task_file(tmp_path / "t.toml", answers=("Heads", twin)))
+
+
 def test_an_invisible_variant_is_refused(tmp_path):
     with pytest.raises(TaskError, match="invisible"):
         load_task_file(task_file(tmp_path / "t.toml", answers=("Heads", "\u200b")))

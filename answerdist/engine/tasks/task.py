@@ -298,10 +298,21 @@ def _check_variants(pairs: list[tuple[str, str]], fail: Callable[..., TaskError]
                    "variant's probability; remove or rename one of them")
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): characters a reader never
+# sees, beyond category Cf (U+034F, the combining grapheme joiner, is Mn; variation selectors
+# are Mn; the Hangul fillers are Lo). Python's unicodedata does not expose the property.
+_IGNORABLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+
+
 def lookalike(text: str) -> str:
     """What a reader sees of `text`: NFC-normalised, without format characters (Unicode category
-    Cf: zero-width spaces and joiners, bidi controls, soft hyphens)."""
-    return unicodedata.normalize("NFC", "".join(c for c in text if unicodedata.category(c) != "Cf"))
+    Cf: zero-width spaces and joiners, bidi controls, soft hyphens) or any other default-ignorable
+    code point (the combining grapheme joiner, variation selectors, Hangul fillers)."""
+    visible = _IGNORABLE.sub("", "".join(c for c in text if unicodedata.category(c) != "Cf"))
+    return unicodedata.normalize("NFC", visible)
 
 
 def ends_answer(end: str, char: str) -> bool:
