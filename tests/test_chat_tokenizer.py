@@ -178,3 +178,15 @@ def test_the_fixed_date_renders_the_same_in_every_time_zone(monkeypatch, zone):
         monkeypatch.undo()
         time_module.tzset()
     assert rendered == "1721952000|%s|26 Jul 2024|%1721952000"
+
+
+@pytest.mark.parametrize("extra", [1, 1000, 3_000_000])
+def test_a_prompt_longer_than_the_render_bound_is_named_not_the_template(extra):
+    """A 4 MB prompt is the prompt's fault: the line says so and names the bound."""
+    from answerdist.engine.text.chat import ChatTemplate
+    from answerdist.errors import ChatTemplateError
+
+    template = ChatTemplate("t", "{% for m in messages %}{{ m.content }}{% endfor %}", {},
+                            special_source="t").for_run("2024-07-26", max_chars=1_000_000)
+    with pytest.raises(ChatTemplateError, match=r"the prompt itself holds [\d,]+ characters"):
+        template.render([{"role": "user", "content": "x" * (1_000_000 + extra)}])

@@ -252,6 +252,12 @@ class ChatTemplate:
             return self._bounded(dict(messages=messages, tools=None, documents=None,
                                       add_generation_prompt=add_generation_prompt, **variables))
         except _OutOfBounds as e:
+            given = sum(len(str(m.get("content", ""))) for m in messages)
+            if e.problem != "time" and given > self.max_chars:  # the prompt, not the template
+                raise ChatTemplateError(
+                    f"{self.source}: the prompt itself holds {given:,} characters, more than "
+                    f"--template-max-chars {self.max_chars:,} lets a rendered prompt hold; "
+                    "shorten it or raise --template-max-chars") from None
             bound = (f"took more than {self.seconds:g} s" if e.problem == "time"
                      else f"renders more than {self.max_chars:,} characters")
             raise ChatTemplateError(
