@@ -222,3 +222,28 @@ def test_sharp_has_power_on_a_step_of_six_noise_widths():
     sharp = [locate(x, step + rng.normal(0, 0.05, 30), np.zeros((0, 30)), 16) for _ in range(200)]
     assert sum(s[2] for s in sharp) >= 0.95 * len(sharp)
     assert np.median([s[0] for s in sharp]) == 1450.0
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-5, 1.0, 1e15, 1e200, 1e300])
+def test_positions_of_any_magnitude_locate_the_same_transition(scale):
+    """Positions are only an axis: scaled by 1e200 (or 1e-300) the transition is the same one,
+    scaled, and as sharp (the line fit's variance overflowed into a LinAlgError)."""
+    rng = np.random.default_rng(9)
+    results, labels = _results(_points(rng, _base(rng), [0, 0, 0, 1, 1, 1]))
+    series = {"r": [(label, scale * i) for i, label in enumerate(labels)]}
+    rows = trajectory(results, series, bootstrap=100).transitions.to_pylist()
+    liquidity = next(r for r in rows if r["metric"] == "liquidity")
+    assert liquidity["position"] == pytest.approx(2.5 * scale, rel=1e-9) and liquidity["sharp"]
+
+
+def test_a_series_file_with_a_stage_that_is_not_a_string_is_one_line(tmp_path, capsys):
+    _store(tmp_path / "r", [0, 0, 1])
+    series = tmp_path / "series.json"
+    series.write_text(json.dumps({"points": [{"label": f"step{100 * i}", "position": i,
+                                              "stage": ["x"] if i == 1 else None}
+                                             for i in range(3)]}))
+    out = tmp_path / "t.json"
+    assert trajectory_main([str(tmp_path / "r"), "--series", f"run={series}", "--out",
+                            str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "stage" in err and not out.exists()

@@ -136,6 +136,8 @@ def read_series_file(path) -> list[tuple[str, float, str | None]]:
     try:
         body = json.loads(read_user_text(path))
         points = [(str(p["label"]), float(p["position"]), p.get("stage")) for p in body["points"]]
+        if any(stage is not None and not isinstance(stage, str) for *_, stage in points):
+            raise TypeError("a stage is neither a string nor null")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise AnalysisError(f"series file {path}: {err.__class__.__name__}: {err}; give the "
                             "file answerdist.engine.run.sweep wrote ({\"points\": [{\"label\", "
@@ -240,7 +242,9 @@ def step_splits(Y):
 
 def line_rss(x, y):
     """Residual sum of squares of the least-squares line through (x, y); x is standardised
-    first, so that positions such as 1e15 tokens fit as well as steps."""
+    first (after scaling by its largest magnitude, so that its variance cannot overflow), so
+    that positions such as 1e15 tokens, or 1e200, fit as well as steps."""
+    x = x / np.abs(x).max()
     z = (x - x.mean()) / x.std()
     slope, intercept = np.polyfit(z, y, 1)
     return float(((y - (slope * z + intercept)) ** 2).sum())
