@@ -601,3 +601,35 @@ def test_an_inflated_config_is_refused_before_anything_is_built(moe_ckpt, copy_c
     assert time.monotonic() - started < 10, key
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
     assert grown_mib < 500, (key, value, grown_mib)
+
+
+_GROW = ["ns.s ~ ns.s", "ns.s + ns.s", "ns.s|center((ns.s|length) * 2 + 1)",
+         "'{}{}'.format(ns.s, ns.s)", "ns.s * 2", "[ns.s, ns.s]|join"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_template_that_allocates_without_bound_is_one_line(seed):
+    """Hostile templates from a small grammar (a string grown by ~, +, center, format, *, join,
+    in nested loops): each is stopped by the render box's memory bound (or the time and output
+    bounds) with one ChatTemplateError line, and this process's memory does not grow with it."""
+    import random
+    import resource
+    import time
+
+    from answerdist.engine.text.chat import ChatTemplate
+    from answerdist.errors import ChatTemplateError
+
+    rng = random.Random(seed)
+    grow = rng.choice(_GROW)
+    loops = "".join(f"{{% for i{d} in range({rng.randint(8, 40)}) %}}" for d in range(2))
+    text = ("{% set ns = namespace(s='ab') %}" + loops + f"{{% set ns.s = {grow} %}}"
+            + "{% endfor %}" * 2 + "{{ ns.s|length }}")
+    template = ChatTemplate("hostile", text, {}, special_source="t").for_run(
+        "2024-07-26", seconds=10, max_bytes=2**28)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(ChatTemplateError) as info:
+        template.render([{"role": "user", "content": "x"}])
+    assert "\n" not in str(info.value) and "hostile" in str(info.value), grow
+    assert time.monotonic() - started < 15
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100, grow

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from answerdist.engine.tasks import END_RULES, Task, load_tasks
-from answerdist.engine.text.chat import RENDER_MAX_CHARS, RENDER_SECONDS
+from answerdist.engine.text.chat import RENDER_MAX_BYTES, RENDER_MAX_CHARS, RENDER_SECONDS
 from answerdist.errors import EngineError
 
 # auto: chat when the checkpoint (or --chat-template) has a template
@@ -286,6 +286,10 @@ class RunSpec:
     template_max_chars: int = _setting(
         RENDER_MAX_CHARS, _positive_int,
         "give up on a chat template that renders a prompt longer than N characters", "N")
+    template_max_bytes: int = _setting(
+        RENDER_MAX_BYTES, _int_in(2**26, 2**40),
+        "give up on a chat template that needs more than N bytes of memory to render a prompt "
+        "(templates render in a child process of that address space)", "N")
     # What follows an answer, for every task (None: each task's own `end`, docs/tasks.md).
     end: str | None = _setting(
         None, _optional_end,

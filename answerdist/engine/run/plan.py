@@ -85,7 +85,8 @@ def resolve(spec: RunSpec, checkpoint) -> Resolved:
     if mode == "auto":
         mode = "chat" if borrowed is not None or checkpoint.chat_template is not None else "base"
     chat = (chat_template_for(borrowed, checkpoint.chat_template, checkpoint.path)
-            .for_run(spec.template_date, spec.template_timeout, spec.template_max_chars)
+            .for_run(spec.template_date, spec.template_timeout, spec.template_max_chars,
+                     spec.template_max_bytes)
             if mode == "chat" else None)
     label = spec.label or checkpoint.path.resolve().name
     if label_problem(label):

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import resource
 import signal
+import subprocess
+import sys
 import threading
 import time as time_module
+import weakref
 from contextlib import contextmanager
 from datetime import date, datetime, time, timezone
 from pathlib import Path
@@ -37,6 +42,10 @@ MAX_TEMPLATE_CHARS = 1 << 20  # real templates are a few thousand characters, th
 _EPOCH = re.compile(r"(?<!%)((?:%%)*)%s")  # a %s directive, not an escaped %%s
 RENDER_SECONDS = 10.0
 RENDER_MAX_CHARS = 1_000_000
+# A run's templates render in a child process whose address space is bounded (RLIMIT_AS): what a
+# template allocates ("x" ~ "x" doubled in a loop, center(10**9)) cannot take the machine's
+# memory. The child itself needs some 30 MB.
+RENDER_MAX_BYTES = 1 << 30
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
                       "mask_token")
 
@@ -200,11 +209,14 @@ class ChatTemplate:
             ) from None
 
     def for_run(self, today: str, seconds: float = RENDER_SECONDS,
-                max_chars: int = RENDER_MAX_CHARS) -> ChatTemplate:
+                max_chars: int = RENDER_MAX_CHARS,
+                max_bytes: int | None = RENDER_MAX_BYTES) -> ChatTemplate:
         """This template with `strftime_now` fixed at `today` (YYYY-MM-DD), so that a prompt
-        renders the same on any day, and each render bounded to `seconds` and `max_chars`."""
+        renders the same on any day, and each render bounded to `seconds` and `max_chars`, in a
+        child process of at most `max_bytes` of memory (None: in this process)."""
         fixed = copy.copy(self)
         fixed.today, fixed.seconds, fixed.max_chars = date.fromisoformat(today), seconds, max_chars
+        fixed._box = _RenderBox(fixed, max_bytes) if max_bytes is not None else None
         return fixed
 
     @property
@@ -246,6 +258,13 @@ class ChatTemplate:
                **template_kwargs) -> str:
         """The rendered conversation. `template_kwargs` are extra template variables, as for
         transformers' apply_chat_template (e.g. enable_thinking=True for this call only)."""
+        if getattr(self, "_box", None) is not None:
+            return self._box.render(messages, add_generation_prompt, template_kwargs)
+        return self.render_here(messages, add_generation_prompt, **template_kwargs)
+
+    def render_here(self, messages: list[dict], add_generation_prompt: bool = True,
+                    **template_kwargs) -> str:
+        """`render` in this process (the render box's child calls it)."""
         variables = {**self.special_tokens, "enable_thinking": self.enable_thinking,
                      "strftime_now": self._strftime_now, **template_kwargs}
         try:
@@ -269,6 +288,8 @@ class ChatTemplate:
                 f"{self.source}: chat template tried to leave its sandbox ({e}); "
                 "use a trusted template"
             ) from None
+        except MemoryError:
+            raise  # the render box's child says which bound it passed
         except Exception as e:  # a template is a program: any failure is the template's
             raise ChatTemplateError(
                 f"{self.source}: chat template failed to render: {type(e).__name__}: {e}; "
@@ -380,3 +401,86 @@ def _read_text(path: Path) -> str:
         return read_user_text(path)
     except (OSError, UnicodeDecodeError) as e:
         raise ChatTemplateError(f"{path}: cannot read chat template ({e})") from None
+
+
+class _RenderBox:
+    """A child process rendering one run's template (started at its first prompt, one per
+    checkpoint's run, so its cost is paid once) under RLIMIT_AS of `max_bytes`, with the time and
+    output bounds applied inside it. A render that needs more memory, or kills the child, is one
+    ChatTemplateError line."""
+
+    def __init__(self, template: ChatTemplate, max_bytes: int):
+        self.template, self.max_bytes = template, max_bytes
+        self.process: subprocess.Popen | None = None
+
+    def render(self, messages, add_generation_prompt: bool, kwargs: dict) -> str:
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        try:
+            self._send({"messages": messages, "add_generation_prompt": add_generation_prompt,
+                        "kwargs": kwargs})
+            line = self.process.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            self.process = None
+            raise ChatTemplateError(
+                f"{self.template.source}: the chat template's renderer died (it may have needed "
+                f"more than --template-max-bytes {self.max_bytes:,}); fix the template or pass "
+                "--chat-template")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise ChatTemplateError(reply["error"])
+        return reply["text"]
+
+    def _start(self) -> None:
+        t = self.template
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from answerdist.engine.text.chat import serve_renders; "
+             "serve_renders()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, encoding="utf-8", env=env)
+        weakref.finalize(self, _stop, self.process)
+        self._send({"source": t.source, "text": t.text, "special": t.special_tokens,
+                    "enable_thinking": t.enable_thinking, "today": t.today.isoformat(),
+                    "seconds": t.seconds, "max_chars": t.max_chars, "max_bytes": self.max_bytes})
+
+    def _send(self, message: dict) -> None:
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+
+def serve_renders() -> None:
+    """The render box's child: the template from the first line of stdin, then one rendered
+    prompt (or one error line) per request line, under RLIMIT_AS."""
+    config = json.loads(sys.stdin.readline())
+    limit = config["max_bytes"]
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    template = ChatTemplate(config["source"], config["text"], config["special"],
+                            config["enable_thinking"]).for_run(
+        config["today"], config["seconds"], config["max_chars"], max_bytes=None)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = {"text": template.render_here(request["messages"],
+                                                  request["add_generation_prompt"],
+                                                  **request["kwargs"])}
+        except ChatTemplateError as e:
+            reply = {"error": str(e)}
+        except MemoryError:
+            reply = {"error": f"{config['source']}: the chat template needed more than "
+                              f"--template-max-bytes {limit:,} bytes of memory to render one "
+                              "prompt; fix it, pass --chat-template, or raise the bound"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
