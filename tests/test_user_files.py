@@ -117,3 +117,27 @@ def test_no_other_code_reads_a_file_directly():
                                               for prefix, holds in ALLOWED):
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert offenders == []
+
+
+# Writes, renames, deletes and raw opens: only the store's door, the outputs' door (files.py),
+# and the toy ladder's own files; plus two read-only opens named here.
+WRITES = re.compile(r"os\.replace\(|\.unlink\(|os\.unlink\(|rmtree\(|atomic_write\(|\.mkdir\(|"
+                    r"write_bytes\(|write_text\(|os\.open\(|os\.rename\(|Path\(.*\)\.rename\(")
+WRITERS = {
+    ("answerdist/engine/results/guard.py", ""): "the results store's one door",
+    ("answerdist/files.py", ""): "the user's outputs (staged, atomic) and inputs (bounded)",
+    ("answerdist/lab/", ""): "the toy ladder's own files",
+    ("answerdist/engine/model/weights.py", "os.O_RDONLY"): "safetensors, read only",
+    ("answerdist/cli/__init__.py", "os.devnull"): "stdout to /dev/null once its pipe closed",
+}
+
+
+def test_nothing_else_writes_renames_or_deletes_a_file():
+    offenders = []
+    for path in sorted((ROOT / "answerdist").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if WRITES.search(line) and not any(rel.startswith(prefix) and holds in line
+                                               for prefix, holds in WRITERS):
+                offenders.append(f"{rel}:{n}: {line.strip()}")
+    assert offenders == []
