@@ -20,7 +20,7 @@ from answerdist.files import TEMPORARY
 
 COMPONENTS = ["{label}", "{label}/variants", "{label}/discovery", "{label}/{task}.parquet",
               "{label}/variants/{task}.parquet", "{label}/manifest.json", "{label}/.lock",
-              "{label}/.{task}.parquet" + TEMPORARY + str(os.getpid())]
+              "{label}/.{task}.parquet" + TEMPORARY + "{pid}"]  # this process's temporary
 
 
 def snapshot(root: Path) -> dict:
@@ -58,7 +58,7 @@ def test_a_link_at_any_component_never_reaches_outside(tmp_path, component, targ
     (outside / "manifest.json").write_text("{}")
     if seed:  # a store that already holds a finished task of the label
         store_everything(root, label, task, rng)
-    link = root / component.format(label=label, task=task)
+    link = root / component.format(label=label, task=task, pid=os.getpid())
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_dir() and not link.is_symlink():
         os.rename(link, tmp_path / "moved-away")
