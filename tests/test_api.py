@@ -213,3 +213,14 @@ def test_progress_bar_in_a_notebook_but_not_into_a_pipe(ckpt, monkeypatch, capsy
     assert "15/15" in capsys.readouterr().err
     answerdist.score_checkpoint(ckpt, tasks="coin", progress=False)
     assert "prompt" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("checkpoint", [123, None, b"/tmp", ["ckpt"], 1.5, {"path": "x"}, True])
+def test_a_checkpoint_that_is_no_path_is_one_line(checkpoint):
+    """score_checkpoint and load take a directory path (or a loaded Checkpoint): anything else
+    is one CheckpointError line, not a TypeError from inside."""
+    from answerdist.errors import CheckpointError
+
+    for call in (answerdist.score_checkpoint, answerdist.load):
+        with pytest.raises(CheckpointError, match="expected the path of a local Hugging Face"):
+            call(checkpoint)

@@ -18,6 +18,7 @@ on one rank stops all of them with the same error.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from answerdist.engine.model.loading import load_model, load_split
 from answerdist.engine.model.parallel import check_divides
 from answerdist.engine.model.transformer import ModelArgs, Transformer
 from answerdist.engine.model.weights import digest_bytes
-from answerdist.engine.settings import DTYPES, RunSpec, check_setting, device_problem
+from answerdist.engine.settings import DTYPES, RunSpec, check_setting, device_problem, shown
 from answerdist.engine.text.chat import ChatTemplate, find_template_text, special_tokens
 from answerdist.errors import CheckpointError, DeviceError, ParallelError, TokenizerError
 from answerdist.files import read_user_file, read_user_text
@@ -112,6 +113,9 @@ class Metadata:
 
 def read_metadata(path) -> Metadata:
     """Config, tokenizer and chat template of the checkpoint directory at `path`, validated."""
+    if not isinstance(path, str | os.PathLike) or isinstance(path, bytes):
+        raise CheckpointError(f"checkpoint {shown(path)}: expected the path of a local Hugging "
+                              "Face model directory (or a loaded answerdist.Checkpoint)")
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory not found; "
