@@ -10,6 +10,8 @@ import sys
 from dataclasses import fields
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import answerdist
 from answerdist.cli import COMMANDS
@@ -138,3 +140,30 @@ def test_output_cut_short_by_a_pipe_is_no_traceback():
     result = subprocess.run(f"{sys.executable} -m answerdist tasks | head -1", shell=True,
                             capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
     assert result.stdout == "all:\n" and result.stderr == "", result.stderr
+
+
+_JUNK = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**30, 10**30),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8), st.binary(max_size=4),
+    st.lists(st.one_of(st.integers(), st.text(max_size=4)), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_every_setting_refuses_ill_typed_values_in_one_line(data):
+    """Generated from the settings' one declaration, so a new setting is covered as it lands:
+    any value for any setting either makes a RunSpec or raises one project error line (a
+    SettingError naming the setting, or a TaskError for a task spec), never a TypeError,
+    ValueError or OverflowError from inside."""
+    from answerdist.engine.settings import RunSpec, SettingError
+    from answerdist.errors import EngineError
+
+    for f in fields(RunSpec):
+        value = data.draw(_JUNK, label=f.name)
+        try:
+            RunSpec(**{f.name: value})
+        except SettingError as err:
+            assert err.key in (f.name, "discover", "answers_from") and "\n" not in str(err)
+        except EngineError as err:
+            assert "\n" not in str(err)
