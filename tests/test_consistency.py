@@ -12,18 +12,7 @@ from answerdist.analysis.dynamics import trajectory
 from answerdist.analysis.phases import analyse, load_results
 from answerdist.analysis.synthetic import write_manifest, write_task
 from answerdist.errors import AnalysisError
-
-
-def _edit(root, label, task, **changes):
-    path = root / label / "manifest.json"
-    manifest = json.loads(path.read_text())
-    entry = manifest["tasks"][task]
-    for key, value in changes.items():
-        if key == "fingerprint":
-            entry["run"] = {**entry["run"], "fingerprint": value}
-        else:
-            entry[key] = value
-    path.write_text(json.dumps(manifest))
+from tests.test_adversarial import edit_manifest
 
 
 def _store(root, rng):
@@ -43,10 +32,10 @@ def _damage(root, kind, labels, answers, n, rng):
     victim = labels[int(rng.integers(1, len(labels)))]
     if kind == "definition":
         for i, label in enumerate(labels):
-            _edit(root, label, "pick", task_hash=f"hash{i if label == victim else 0}")
+            edit_manifest(root, label, "pick", task_hash=f"hash{i if label == victim else 0}")
         return "different definitions of the task"
     if kind == "checkpoint":
-        _edit(root, victim, "other", fingerprint="another checkpoint")
+        edit_manifest(root, victim, "other", fingerprint="another checkpoint")
         return f"'{victim}' holds tasks of different checkpoints"
     if kind == "settings":
         path = root / victim / "manifest.json"
