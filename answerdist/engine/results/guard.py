@@ -167,6 +167,15 @@ class StoreFiles:
             raise LinkRefused(self.directory / name, "is not a plain file")
         return fd
 
+    def remove(self, rel: str) -> None:
+        """Delete the file `rel` if it is there (a link is deleted as a link)."""
+        parts, name = self._split(rel)
+        try:
+            with self._dir(parts, create=False) as d:
+                os.unlink(name, dir_fd=d)
+        except FileNotFoundError:
+            pass
+
     def remove_stale_temporaries(self, *subdirectories: str) -> None:
         """Delete the temporaries killed writers left (only names `write` makes, only regular
         files) in the label directory and its `subdirectories` that exist."""

@@ -90,61 +90,91 @@ class LabelLock:
     exits: a lock left by a killed run is free and is taken over. The file names the current
     holder (pid, host, start time) for the message a second writer gets."""
 
-    def __init__(self, root: Path, label: str | None = None):
-        """The lock of root/label, or of the whole root when `label` is None."""
+    def __init__(self, root: Path, label: str | None = None, name: str = LOCK):
+        """The lock of root/label, or of the whole root when `label` is None; `name` is the lock
+        file's (a sweep's claims on labels are such locks: answerdist/engine/run/claims.py)."""
         self.files = StoreFiles(root, label)
         self.directory = self.files.directory
-        self.path = self.directory / LOCK
+        self.name = name
+        self.path = self.directory / name
+        self.holder = ""  # who holds it, after `take` found it busy
         self._fd = None
 
     def __enter__(self) -> LabelLock:
+        if not self.take():
+            raise OutputError(f"{self.directory}: being written by {self.holder}; wait for that "
+                              "run to finish or use another --label")
+        return self
+
+    def take(self) -> bool:
+        """Take the lock and write this process's record into it (True), or, when a live process
+        holds it, leave it and say who in `holder` (False)."""
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            error = self._busy(fd)
+            self.holder = self._record(fd) or "another process"
             os.close(fd)
-            raise error from None
+            return False
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without advisory locks
+            os.close(fd)
+            raise OutputError(f"{self.path}: cannot take a lock ({e.strerror or e}); the results "
+                              "must be on a file system with working advisory locks (a local "
+                              "disk, NFSv4, Lustre mounted with -o flock)") from None
         try:
-            left = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            left = self._record(fd)
             if left:
-                notice(f"{self.directory}: taking over the lock left by {left[:200]} (no longer "
-                       "running)")
-            me = (f"pid {os.getpid()} on {socket.gethostname()} since "
-                  f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+                notice(f"{self.path}: taking over the lock left by {left} (no longer running)")
             os.ftruncate(fd, 0)
-            os.pwrite(fd, me.encode(), 0)
+            os.pwrite(fd, holder_record().encode(), 0)
         except OSError as e:  # a full disk
             os.close(fd)
             raise OutputError(f"{self.path}: cannot write the lock file ({e.strerror or e}); "
                               "free some space or choose another --out") from None
         self._fd = fd
-        return self
+        return True
+
+    @staticmethod
+    def _record(fd: int) -> str:
+        return os.pread(fd, 512, 0).decode(errors="replace").strip()[:200]
 
     def check_free(self) -> None:
         """Fail now, as `with` would, if a live run holds the lock; take nothing, write nothing,
         create nothing (the early check before sampling; `with` is the authoritative one)."""
-        if not self.files.exists(LOCK):
+        if not self.files.exists(self.name):
             return
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
         except BlockingIOError:
-            raise self._busy(fd) from None
+            holder = self._record(fd) or "another process"
+            raise OutputError(f"{self.directory}: being written by {holder}; wait for that "
+                              "run to finish or use another --label") from None
         finally:
             os.close(fd)
 
-    def _busy(self, fd: int) -> OutputError:
-        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-        return OutputError(f"{self.directory}: being written by {holder[:200]}; wait for that "
-                           "run to finish or use another --label")
+    def held_by(self) -> str | None:
+        """Who holds the lock now (its record), None when nobody does; takes it for an instant
+        when free and writes nothing (`answerdist sweep --status`)."""
+        if not self.files.exists(self.name):
+            return None
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self._record(fd) or "another process"
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return None
 
     def _open(self) -> int:
         """The lock file, opened without following a link: a `.lock` that is a link or not a
         plain file is refused, so that nothing outside the directory is ever written."""
         try:
-            return self.files.open_lock(LOCK)
+            return self.files.open_lock(self.name)
         except LinkRefused as e:
             raise OutputError(f"{e}; remove it or choose another --out") from None
         except OSError as e:
@@ -156,6 +186,12 @@ class LabelLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
+
+
+def holder_record() -> str:
+    """What a lock file says about its holder."""
+    since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return f"pid {os.getpid()} on {socket.gethostname()} since {since}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,21 +25,25 @@ SWEEP.toml (relative paths are relative to the file's directory):
                              # else trainer_state.json's global_step when all have increasing
                              # ones, else the checkpoint's index
 
-A glob's matches are sorted naturally (step200 before step1000). Alone, the sweep scores the
-checkpoints in order. Under `torchrun`, the ranks form groups of `tp`
-(answerdist/engine/model/distributed.py) and group g of G scores checkpoints g, g + G, g + 2G, ...
-of the list; multi-node launches work the same through torchrun's rendezvous (`out` must then be one
-shared directory).
+A glob's matches are sorted naturally (step200 before step1000). Every process running the
+sweep is a worker (a torchrun group of `tp` ranks is one worker, answerdist/engine/model/
+distributed.py): it takes the next checkpoint no other worker holds, the largest first, under a
+claim on each of its labels (answerdist/engine/run/ledger.py: an flock the kernel drops when its
+holder dies), scores it, and goes on. Any number of workers, alone, under torchrun, as Slurm
+array tasks or on several machines sharing `out`, share one store; two never score the same
+label at once, and a dead worker's labels go to the next worker that reaches them. `--shard I/N`
+restricts a worker to checkpoints I, I + N, ... of the list (docs/cluster.md).
 
 Resuming: every label is written through the results store (answerdist/engine/results/), which skips
 finished tasks and rescores damaged ones; a checkpoint whose labels are complete is skipped
-without reading its weights (`answerdist.engine.run.api.finished`). One sweep writes a results
-directory at a time (a lock on `out`, held by rank 0).
+without reading its weights (`answerdist.engine.run.api.finished`). A label that fails has its
+error recorded in the store (OUT/.sweep/LABEL.failed) until it is scored; `--status` reads it.
 
-Exit status: 0 when every checkpoint was scored or skipped; 1 when the sweep ran to the end but
-some checkpoints failed (each one named in the summary with its error: a corrupt or missing
-checkpoint does not stop the others); 2 for bad input before any work (the sweep file, the
-world size against tp, another sweep on `out`), with one line and nothing written.
+Exit status: 0 when every checkpoint was scored, skipped, or held by another worker; 1 when
+the sweep ran to the end but some checkpoints failed (each one named in the summary with its
+error: a corrupt or missing checkpoint does not stop the others); 2 for bad input before any
+work (the sweep file, the world size against tp, an `out` that cannot be written or locked),
+with one line and nothing written.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import glob
 import json
 import os
 import re
+import socket
 import string
 import sys
 import time
@@ -61,9 +66,10 @@ from tqdm import tqdm
 
 from answerdist.engine.model import distributed
 from answerdist.engine.model.checkpoint import load
-from answerdist.engine.results.guard import StoreFiles
-from answerdist.engine.results.schema import LOCK, step_in_name
-from answerdist.engine.results.store import LabelLock, check_writable
+from answerdist.engine.model.loading import weight_paths
+from answerdist.engine.results.schema import step_in_name
+from answerdist.engine.results.store import check_writable, read_manifest
+from answerdist.engine.run import ledger
 from answerdist.engine.run.api import finished, run_spec
 from answerdist.engine.settings import (
     SWEEP,
@@ -88,7 +94,7 @@ KEYS = OWN_KEYS + SETTINGS
 
 
 class SweepError(EngineError):
-    """The sweep file is invalid, or another sweep is writing its results directory."""
+    """The sweep file or a sweep option is invalid, or its results store cannot be used."""
 
 
 @dataclass
@@ -114,6 +120,7 @@ class Item:
     labels: list[tuple[str, str]]  # (mode, label)
     stage: str | None = None
     position: float = 0.0  # along the series: the step in its name, else its index
+    size: int = 0  # bytes of its weight files: the largest are claimed first
 
 
 @dataclass
@@ -296,8 +303,18 @@ def expand(sweep: Sweep) -> list[Item]:
                                  f"apart (e.g. \"{{parent}}-{{name}}\")")
             owner[label] = checkpoint
             labels.append((mode, label))
-        items.append(Item(index, checkpoint, labels, stage_of[checkpoint], positions[index]))
+        items.append(Item(index, checkpoint, labels, stage_of[checkpoint], positions[index],
+                          weight_bytes(checkpoint)))
     return items
+
+
+def weight_bytes(checkpoint: str) -> int:
+    """The size of a checkpoint's weight files (0 when they cannot be listed: scoring then says
+    why, in its row)."""
+    try:
+        return sum(path.stat().st_size for path in weight_paths(Path(checkpoint)))
+    except (EngineError, OSError):
+        return 0
 
 
 def fill_label(sweep: Sweep, key: str, template: str, checkpoint: str, mode: str) -> str:
@@ -337,12 +354,20 @@ def trainer_step(checkpoint: Path) -> int | None:
     return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
-def write_series(sweep: Sweep, items: list[Item], rows: list[Row]) -> list[Path]:
-    """The series file of each mode: label, position and stage of every checkpoint the sweep
-    scored or found finished, in order, for `answerdist trajectory`."""
+def write_series(sweep: Sweep, items: list[Item], rows: list[Row],
+                 borrowed: dict[str, tuple[str, ...]] | None = None) -> list[Path]:
+    """The series file of each mode: label, position and stage of every checkpoint of the sweep
+    whose label is finished in the store (scored or found finished here, or by another worker),
+    in order, for `answerdist trajectory`. Each worker writes it when it ends (atomically), so
+    the last one to end writes the whole ladder."""
     if sweep.series is None:
         return []
-    done = {r.label for r in rows if r.status != "failed"}
+    ours = {r.label: r.status != "failed" for r in rows if r.status != "claimed"}
+    done = set()
+    for item in items:
+        for label, spec in label_specs(sweep, item, borrowed).items():
+            if ours.get(label, False) or (label not in ours and finished(item.checkpoint, spec)):
+                done.add(label)
     written = []
     for mode in sweep.modes:
         points = [{"label": label, "position": item.position, "stage": item.stage}
@@ -351,6 +376,54 @@ def write_series(sweep: Sweep, items: list[Item], rows: list[Row]) -> list[Path]
         write_output(path, json.dumps({"mode": mode, "points": points}, indent=1) + "\n")
         written.append(path)
     return written
+
+
+@dataclass
+class LabelState:
+    """Where one label of the sweep stands in its store (`answerdist sweep --status`)."""
+
+    label: str
+    checkpoint: str
+    state: str  # done | claimed | failed | partial | pending
+    detail: str = ""  # claimed: its holder; failed: its last error; partial: what it lacks
+    tasks_done: list[str] = field(default_factory=list)  # this sweep's tasks it holds
+    tasks_missing: list[str] = field(default_factory=list)
+
+
+STATES = ("done", "claimed", "failed", "partial", "pending")
+
+
+def label_states(sweep: Sweep, items: list[Item],
+                 borrowed: dict[str, tuple[str, ...]] | None = None) -> list[LabelState]:
+    """Every label's state, read from the store without reading weights: claimed while a live
+    worker holds its claim; done when a rerun would skip it (`answerdist.engine.run.api.finished`);
+    failed when its last attempt failed; partial when it holds some of the sweep's tasks; else
+    pending."""
+    out, states = sweep.spec.out, []
+    for item in items:
+        for label, spec in label_specs(sweep, item, borrowed).items():
+            names = [task.name for task in spec.tasks]
+            try:
+                held = (read_manifest(out, label) or {"tasks": {}})["tasks"]
+            except OutputError:
+                held = {}
+            have = [n for n in names if n in held]
+            state = LabelState(label, item.checkpoint, "pending", "", have,
+                               [n for n in names if n not in held])
+            holder = ledger.holder(out, label)
+            failure = ledger.read_failure(out, label)
+            if holder:
+                state.state, state.detail = "claimed", holder
+            elif finished(item.checkpoint, spec):
+                state.state, state.tasks_done, state.tasks_missing = "done", names, []
+            elif failure:
+                state.state, state.detail = "failed", str(failure.get("error", ""))[:500]
+            elif have:
+                state.state = "partial"
+                state.detail = (f"{len(have)} of {len(names)} tasks; lacks "
+                                f"{', '.join(state.tasks_missing) or 'none (other settings)'}")
+            states.append(state)
+    return states
 
 
 def start(path):
@@ -372,49 +445,105 @@ def start(path):
     return layout, sweep, *layout.world_group.broadcast(plan, "sharing the checkpoint list")
 
 
-def lock_results(sweep: Sweep, layout) -> LabelLock | None:
-    """The results directory's sweep lock, taken by rank 0 for the whole sweep (None elsewhere);
-    a directory another sweep is writing is an error on every rank."""
-    world, lock, out = layout.world_group, None, sweep.spec.out
-    with world.step(f"locking {out}"):
-        if world.lead:
-            check_writable(out)
-            lock = LabelLock(out)
-            try:
-                lock.__enter__()
-            except OutputError:
-                raise SweepError(f"{out}: another sweep is writing this results directory "
-                                 f"({_holder(out)}); wait for it to finish or choose another "
-                                 "'out'") from None
-    return lock
-
-
-def _holder(directory: Path) -> str:
+def check_store(sweep: Sweep, items: list[Item]) -> None:
+    """Before any work: `out` is writable, takes advisory locks, and holds no claim file that is
+    not a regular file; a SweepError line otherwise."""
     try:
-        holder = StoreFiles(directory).read(LOCK).decode(errors="replace").strip()
-    except OSError:
-        return "a running process"
-    return holder[:200] or "a running process"
+        check_writable(sweep.spec.out)
+        ledger.check_ledger(sweep.spec.out, [label for item in items for _, label in item.labels])
+    except EngineError as e:
+        raise SweepError(str(e)) from None
 
 
-def run_group(sweep: Sweep, mine: list[Item], layout,
+def shard(items: list[Item], which: tuple[int, int] | None) -> list[Item]:
+    """Shard I of N: checkpoints I, I + N, I + 2N, ... of the sweep's order (N shards cover
+    every checkpoint once, whatever the sizes; the order depends only on the listing)."""
+    if which is None:
+        return items
+    i, n = which
+    return items[i::n]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' with 0 <= I < N, as `sbatch --array=0-(N-1)` numbers its tasks."""
+    match = re.fullmatch(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*", text)
+    if not match:
+        raise SweepError(f"--shard {shown(text)}: give I/N, shard I of N counted from 0, "
+                         "such as 0/4 (e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    i, n = int(match[1]), int(match[2])
+    if n == 0 or i >= n:
+        raise SweepError(f"--shard {i}/{n}: I must be from 0 to N - 1 and N at least 1 "
+                         f"(shards 0/{max(n, 1)} to {max(n, 1) - 1}/{max(n, 1)})")
+    return i, n
+
+
+def run_group(sweep: Sweep, items: list[Item], layout,
               borrowed: dict[str, tuple[str, ...]] | None = None) -> list[Row]:
-    """Score this group's checkpoints in order; a failing checkpoint is recorded, not fatal.
-    borrowed: {mode: labels} for answers_from, when the sweep file gave it templates."""
+    """This group's share of the sweep: it claims the checkpoints one at a time, the largest
+    first, and scores those it gets; a checkpoint another worker holds is left to it and tried
+    once more at the end (its holder may have died meanwhile). A failing checkpoint is recorded
+    in the store, not fatal. borrowed: {mode: labels} for answers_from templates."""
     group = layout.tp
     rows: list[Row] = []
     local_groups = int(os.environ.get("LOCAL_WORLD_SIZE", layout.world)) // max(1, group.size)
     position = layout.dp_rank % max(1, local_groups)
-    with tqdm(total=len(mine), unit="ckpt", desc=f"group {layout.dp_rank}", file=sys.stderr,
+    order = sorted(items, key=lambda item: (-item.size, item.index))
+    with tqdm(total=len(order), unit="ckpt", desc=f"group {layout.dp_rank}", file=sys.stderr,
               position=position, disable=None if group.lead else True) as bar:
-        for item in mine:
-            bar.set_postfix_str(Path(item.checkpoint).name)
-            rows += score_item(sweep, item, layout, borrowed)
-            bar.update(1)
-            for row in rows[-len(item.labels):]:
-                if row.status == "failed" and group.lead:
-                    bar.write(f"failed: {row.label}: {row.error}", file=sys.stderr)
+        for _pass in range(2):  # the second retries what other workers held in the first
+            elsewhere = []
+            for item in order:
+                bar.set_postfix_str(Path(item.checkpoint).name)
+                done = claim_and_score(sweep, item, layout, borrowed, bar)
+                if done is None:
+                    elsewhere.append(item)
+                    continue
+                rows += done
+                bar.update(1)
+            order = elsewhere
+        if group.lead:  # the rows of the other ranks are not gathered
+            rows += [Row(label, item.checkpoint, layout.dp_rank, "claimed",
+                         error=ledger.holder(sweep.spec.out, label) or "another worker")
+                     for item in order for _, label in item.labels]
     return rows
+
+
+def claim_and_score(sweep: Sweep, item: Item, layout, borrowed, bar) -> list[Row] | None:
+    """Score a checkpoint under the group's claims on its labels (taken by the group's first
+    rank); None when another worker holds one of them."""
+    group, out = layout.tp, sweep.spec.out
+    labels = [label for _, label in item.labels]
+    claims = ledger.Claims(out, labels) if group.lead else None
+    with group.step(f"claiming {labels[0]}"):
+        taken = claims.take() if claims else None
+    if not group.broadcast(taken, "sharing the claim"):
+        return None
+    try:
+        if group.lead:
+            bar.write(f"scoring {', '.join(labels)} (pid {os.getpid()} on "
+                      f"{socket.gethostname()})", file=sys.stderr)
+        rows = score_item(sweep, item, layout, borrowed)
+        with group.step("recording the outcome"):
+            if group.lead:
+                for row in rows:
+                    if row.status == "failed":
+                        bar.write(f"failed: {row.label}: {row.error}", file=sys.stderr)
+                        ledger.record_failure(out, row.label, item.checkpoint, row.error)
+                    else:
+                        ledger.clear_failure(out, row.label)
+        return rows
+    finally:
+        if claims:
+            claims.release()
+
+
+def label_specs(sweep: Sweep, item: Item,
+                borrowed: dict[str, tuple[str, ...]] | None) -> dict[str, RunSpec]:
+    """{label: the settings it is scored with} for each mode of the checkpoint."""
+    return {label: sweep.spec.replace(mode=mode, label=label, progress=False,
+                                      **({} if borrowed is None
+                                         else {"answers_from": borrowed[mode]}))
+            for mode, label in item.labels}
 
 
 def score_item(sweep: Sweep, item: Item, layout,
@@ -422,9 +551,7 @@ def score_item(sweep: Sweep, item: Item, layout,
     """Score one checkpoint in each of its modes; failures become failed rows. `seconds` is the
     checkpoint's time (loading and every mode)."""
     group, shared = layout.tp, sweep.spec
-    specs = {label: shared.replace(mode=mode, label=label, progress=False,
-                                   **({} if borrowed is None else {"answers_from": borrowed[mode]}))
-             for mode, label in item.labels}
+    specs = label_specs(sweep, item, borrowed)
     rows = {label: Row(label, item.checkpoint, layout.dp_rank, "failed") for label in specs}
     n_tasks = len(shared.tasks)
     started = time.perf_counter()
