@@ -519,9 +519,6 @@ def claim_and_score(sweep: Sweep, item: Item, layout, borrowed, bar) -> list[Row
     if not group.broadcast(taken, "sharing the claim"):
         return None
     try:
-        if group.lead:
-            bar.write(f"scoring {', '.join(labels)} (pid {os.getpid()} on "
-                      f"{socket.gethostname()})", file=sys.stderr)
         rows = score_item(sweep, item, layout, borrowed)
         with group.step("recording the outcome"):
             if group.lead:
@@ -568,6 +565,10 @@ def score_item(sweep: Sweep, item: Item, layout,
             else:
                 todo.append(label)
         if todo:
+            if group.lead:  # in a worker's log: which worker scored what (a checkpoint another
+                # worker finished is skipped here, silently, under its claim)
+                tqdm.write(f"scoring {', '.join(todo)} (pid {os.getpid()} on "
+                           f"{socket.gethostname()})", file=sys.stderr)
             ck = load(item.checkpoint, dtype=shared.dtype, device=shared.device, tp=shared.tp)
         for label in todo:
             row = rows[label]
