@@ -147,13 +147,14 @@ def work(args, which) -> int:
 
 
 def merge(items: list[Item], rows: list[Row]) -> list[Row]:
-    """One row per label, in the sweep's order: the group that scored or skipped it, else
-    (every group found it held) the first group's view."""
+    """One row per label, in the sweep's order, from the group that did the most with it:
+    scored, else failed, else skipped (finished before), else held by another worker."""
     order = {label: (item.index, i) for item in items
              for i, (_, label) in enumerate(item.labels)}
+    rank = {"scored": 0, "failed": 1, "skipped": 2, "claimed": 3}
     best = {}
     for row in rows:
-        if row.label not in best or best[row.label].status == "claimed":
+        if row.label not in best or rank[row.status] < rank[best[row.label].status]:
             best[row.label] = row
     return sorted(best.values(), key=lambda r: order[r.label])
 
