@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -355,3 +356,45 @@ def test_the_ledger_is_never_a_label(ladder, tmp_path):
     assert ledger.read_failure(out, "x")["error"] == "boom"
     ledger.clear_failure(out, "x")
     assert ledger.read_failure(out, "x") is None
+
+
+def doc_block(starting: str) -> str:
+    """The fenced bash block of docs/cluster.md whose first line starts with `starting`."""
+    text = (launch.ROOT / "docs" / "cluster.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return next(b for b in blocks if b.startswith(starting))
+
+
+def test_the_documented_batch_script_and_local_submission_run_as_written(serial, ladder,
+                                                                          tmp_path):
+    """docs/cluster.md's sbatch script, run as Slurm would run its array tasks (the variables
+    Slurm sets, three tasks at once), and its `--cluster local` command, run as written: each
+    gives the serial sweep's files."""
+    (tmp_path / "run").symlink_to(ladder / "run", target_is_directory=True)
+    (tmp_path / "ladder.toml").write_text(
+        'checkpoints = ["run/step[1-4]00"]\n'
+        f'tasks = "{TASKS}"\nmodes = ["chat", "base"]\nout = "results"\n')
+    script = tmp_path / "sweep.sbatch"
+    script.write_text(doc_block("#!/bin/bash"))
+    env = dict(launch.ENV, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               SLURM_SUBMIT_DIR=str(tmp_path), SLURM_ARRAY_TASK_COUNT="3")
+    tasks = [subprocess.Popen(["bash", str(script)], env=dict(env, SLURM_ARRAY_TASK_ID=str(i)),
+                              cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    outputs = [task.communicate(timeout=600) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0, 0], outputs
+    mine = {k: v for k, v in files(serial).items() if k.split("-")[0] in STEPS[:4]}
+    assert files(tmp_path / "results") == mine
+    shards = [sorted(line.split()[0] for line in out.splitlines()[1:] if " scored " in line)
+              for out, _ in outputs]
+    assert shards == [["step100-base", "step100-chat", "step400-base", "step400-chat"],
+                      ["step200-base", "step200-chat"], ["step300-base", "step300-chat"]]
+    pytest.importorskip("submitit")
+    shutil.rmtree(tmp_path / "results")
+    command = next(line for line in doc_block("answerdist sweep ladder.toml --submit --array 2 "
+                                              "--cluster local").splitlines())
+    local = subprocess.run(command, shell=True, env=env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert "exit statuses of the tasks: 0 0" in local.stdout
+    assert files(tmp_path / "results") == mine

@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from answerdist.cli import keep_freed_memory
 from answerdist.engine.model import distributed
 from answerdist.engine.run.submit import CLUSTERS, ArraySettings, submit_array
 from answerdist.engine.run.sweep import (
@@ -197,6 +198,7 @@ def submit(args, which) -> int:
 
 def array_task(argv: list[str]) -> int:
     """What each array task runs: a worker, as `answerdist sweep` with these arguments."""
+    keep_freed_memory()
     return main(argv)
 
 
