@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -305,24 +306,26 @@ def test_a_claim_file_that_is_not_a_regular_file_is_one_line(ladder, tmp_path, c
     assert not list((ladder / "odd").glob("step100"))
 
 
-def read_only_directory() -> Path | None:
-    """A directory on a file system mounted read-only, if this machine has one."""
-    for line in Path("/proc/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 3 and "ro" in fields[3].split(",") and Path(fields[1]).is_dir():
-            return Path(fields[1])
-    return None
-
-
-def test_an_out_on_a_read_only_file_system_is_one_line(ladder, tmp_path, capsys):
-    where = read_only_directory()
-    if where is None:
-        pytest.skip("this machine mounts no read-only file system to write into")
+def test_an_out_on_a_read_only_file_system_is_one_line(ladder, tmp_path):
+    """`out` on a read-only tmpfs, mounted in a mount namespace of the sweep's own (unshare -m),
+    so that nothing outlives the test."""
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no mount namespace here (unshare -m needs CAP_SYS_ADMIN) to mount a "
+                    "read-only file system in")
+    where = tmp_path / "ro"
+    where.mkdir()
     config = tmp_path / "s.toml"
     config.write_text(f'checkpoints = ["{ladder}/run/step100"]\ntasks = "coin"\n'
-                      f'modes = ["base"]\nout = "{where}/answerdist-out"\n')
-    assert sweep_cli.main([str(config)]) == 2
-    assert "not writable" in one_line(capsys)
+                      f'modes = ["base"]\nout = "{where}/results"\n')
+    command = " ".join(map(shlex.quote, launch.python_command("sweep", config)))
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o ro,size=1m tmpfs {where} && {command}"],
+        env=launch.ENV, cwd=launch.ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not writable" in lines[0] and str(where) in lines[0], lines
+    assert not result.stdout
 
 
 def test_a_store_without_working_locks_is_one_line(ladder, capsys, monkeypatch):
