@@ -42,10 +42,10 @@ def keep_freed_memory() -> None:
     command's own process only, unless GLIBC_TUNABLES sets malloc options already.
 
     Why: on the CPU the engine frees and allocates the same large temporaries at every batch,
-    and by default glibc hands each back to the kernel and takes it again, zero-filled. On a
-    12-checkpoint tiny sweep that was 6.3 million page faults, a quarter of the wall time, and
-    two workers on two cores were only 1.3x one (benchmarks/bench_sweep.py); with this, 150
-    thousand faults and 1.8x. Where memory comes from changes no number."""
+    and by default glibc hands each back to the kernel and takes it again, zero-filled. One
+    worker of benchmarks/bench_sweep.py's 12-checkpoint tiny sweep took 6.3 million page faults
+    and 61 s (14 s of it in the kernel); with this, 150 thousand and 47 s. Where memory comes
+    from changes no number."""
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return
     try:

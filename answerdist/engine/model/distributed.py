@@ -4,7 +4,8 @@ Layout. `torchrun` starts WORLD_SIZE processes (ranks). With `--tp T` they form 
 tensor-parallel groups of T consecutive ranks (group g holds ranks g*T .. g*T + T - 1, so a group
 stays on one node when T divides the processes per node). A group holds one checkpoint split
 across its ranks (answerdist/engine/model/parallel.py: attention heads, MLP, vocabulary); the groups
-are data parallel: `answerdist sweep` gives group g the checkpoints g, g + G, g + 2G, ...
+are data parallel: in `answerdist sweep` each group is a worker claiming one checkpoint at a time
+(answerdist/engine/run/ledger.py).
 Tensors travel on NCCL between GPUs and on gloo on the CPU; control messages (agreements, plans, the
 sweep's summary) always travel on gloo.
 

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from answerdist.engine.results.guard import LinkRefused, StoreFiles
@@ -78,11 +79,23 @@ def record_failure(out: Path, label: str, checkpoint: str, error: str) -> None:
     record = {"label": label, "checkpoint": checkpoint, "error": error,
               "host": socket.gethostname(), "pid": os.getpid(),
               "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    StoreFiles(out, LEDGER).write(label + FAILED, (json.dumps(record) + "\n").encode())
+    with _writing(out, label + FAILED):
+        StoreFiles(out, LEDGER).write(label + FAILED, (json.dumps(record) + "\n").encode())
 
 
 def clear_failure(out: Path, label: str) -> None:
-    StoreFiles(out, LEDGER).remove(label + FAILED)
+    with _writing(out, label + FAILED):
+        StoreFiles(out, LEDGER).remove(label + FAILED)
+
+
+@contextmanager
+def _writing(out: Path, name: str):
+    """A failure record that cannot be written or removed is one OutputError line."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"{Path(out) / LEDGER / name}: cannot be written "
+                          f"({e.strerror or e}); free some space or fix the store") from None
 
 
 def read_failure(out: Path, label: str) -> dict | None:

@@ -490,34 +490,34 @@ def run_group(sweep: Sweep, items: list[Item], layout,
     order = sorted(items, key=lambda item: (-item.size, item.index))
     with tqdm(total=len(order), unit="ckpt", desc=f"group {layout.dp_rank}", file=sys.stderr,
               position=position, disable=None if group.lead else True) as bar:
+        held: dict[int, str] = {}
         for _pass in range(2):  # the second retries what other workers held in the first
-            elsewhere = []
+            held = {}
             for item in order:
                 bar.set_postfix_str(Path(item.checkpoint).name)
                 done = claim_and_score(sweep, item, layout, borrowed, bar)
-                if done is None:
-                    elsewhere.append(item)
+                if isinstance(done, str):
+                    held[item.index] = done
                     continue
                 rows += done
                 bar.update(1)
-            order = elsewhere
-        if group.lead:  # the rows of the other ranks are not gathered
-            rows += [Row(label, item.checkpoint, layout.dp_rank, "claimed",
-                         error=ledger.holder(sweep.spec.out, label) or "another worker")
-                     for item in order for _, label in item.labels]
+            order = [item for item in order if item.index in held]
+        rows += [Row(label, item.checkpoint, layout.dp_rank, "claimed", error=held[item.index])
+                 for item in order for _, label in item.labels]
     return rows
 
 
-def claim_and_score(sweep: Sweep, item: Item, layout, borrowed, bar) -> list[Row] | None:
+def claim_and_score(sweep: Sweep, item: Item, layout, borrowed, bar) -> list[Row] | str:
     """Score a checkpoint under the group's claims on its labels (taken by the group's first
-    rank); None when another worker holds one of them."""
+    rank); when another worker holds one of them, that worker's record instead."""
     group, out = layout.tp, sweep.spec.out
     labels = [label for _, label in item.labels]
     claims = ledger.Claims(out, labels) if group.lead else None
     with group.step(f"claiming {labels[0]}"):
-        taken = claims.take() if claims else None
-    if not group.broadcast(taken, "sharing the claim"):
-        return None
+        held_by = None if claims is None or claims.take() else claims.holder
+    held_by = group.broadcast(held_by, "sharing the claim")
+    if held_by is not None:
+        return held_by
     try:
         rows = score_item(sweep, item, layout, borrowed)
         with group.step("recording the outcome"):
