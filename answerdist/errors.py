@@ -9,6 +9,11 @@ import re
 import sys
 
 
+def notice(message: str) -> None:
+    """A note on stderr: something the run did that the user should know, not an error."""
+    print(f"note: {message}", file=sys.stderr)
+
+
 class EngineError(Exception):
     """Base class for user-caused errors (bad path, corrupt file, bad task file, ...).
 

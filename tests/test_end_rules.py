@@ -111,6 +111,8 @@ def oracle_paths(tok, t: Task, prompt: Prompt, variant: str, mode: str):
         closed = text[len(prompt_ids):] + [tok.eos_token_id]
     assert text[:len(prompt_ids)] == prompt_ids
     opened = text[len(prompt_ids):]
+    if t.end == "prefix":
+        return prompt_ids, [(opened, False)]  # the reply begins with it: no factor after
     if t.end == "boundary":
         return prompt_ids, [(opened, True)]
     if t.end == "turn":
@@ -160,6 +162,40 @@ def test_end_rules_equal_brute_force_transformers(family, mode):
                     assert error <= 2e-6, (name, template, mode, t.name, prompt.id, variant,
                                            got["logprob"], want)
     print(f"{name} ({template} template) {mode}: max relative error vs float64 {worst:.1e}")
+
+
+# Under end = "prefix" answers are disjoint beginnings of the reply: none a prefix of another.
+PREFIX_ANSWERS = (Answer("7", ("7",)), Answer("Red", ("Red", "red")), Answer("42", ("42",)))
+PREFIX_TASKS = [Task("prefix", "", PREFIX_ANSWERS, PROMPTS, end="prefix"),
+                Task("prefix_prefixed", "", PREFIX_ANSWERS, PROMPTS, end="prefix",
+                     response_prefix=PREFIX)]
+
+
+@pytest.mark.parametrize("mode", ["chat", "base"])
+def test_the_prefix_rule_equals_brute_force_transformers(family, mode):
+    """end = "prefix" (Zhang et al.'s eos: false): P(the reply begins with the tokens of v),
+    with no factor after them, against one float64 transformers forward per variant."""
+    name, template, directory, model = family
+    result = score_checkpoint(directory, tasks=PREFIX_TASKS, mode=mode, device="cpu",
+                              progress=False)
+    tok = hf_tokenizer(directory)
+    for t in PREFIX_TASKS:
+        rows = result.variant_tables[t.name].to_pylist()
+        for prompt in PROMPTS:
+            for answer in PREFIX_ANSWERS:
+                for variant in answer.variants:
+                    prompt_ids, paths = oracle_paths(tok, t, prompt, variant, mode)
+                    want = oracle_logprob(model, prompt_ids, paths, None)
+                    got = next(r for r in rows if r["prompt_id"] == prompt.id
+                               and r["continuation"].strip() == variant)
+                    assert abs(got["logprob"] - want) / max(1.0, abs(want)) <= 2e-6, (
+                        name, template, mode, t.name, prompt.id, variant, got["logprob"], want)
+    # No end factor: a prefix is at least as probable as the same text ending at a boundary.
+    bounded = score_checkpoint(directory, tasks=[Task("b", "", PREFIX_ANSWERS, PROMPTS)],
+                               mode=mode, device="cpu", progress=False)
+    for ours, theirs in zip(result.variant_tables["prefix"].to_pylist(),
+                            bounded.variant_tables["b"].to_pylist(), strict=True):
+        assert ours["logprob"] >= theirs["logprob"] - 1e-9
 
 
 def test_the_end_rule_changes_the_probabilities(family):

@@ -56,7 +56,8 @@ def test_a_directory_groups_files_that_share_targets(prompt_dir):
     rng = tasks["rng"]
     assert [p.id for p in rng.prompts] == ["numbers_rng-0", "numbers_rng-1"]
     assert [rng.reply_prefix(p) for p in rng.prompts] == ["", "Sure: "]
-    assert rng.answer_names == tuple(DIGITS) and rng.target is None and rng.end == "turn"
+    assert rng.answer_names == tuple(DIGITS) and rng.end == "turn"
+    assert rng.target == (1 / 3, 1 / 3, 1 / 3)  # no weights: uniform, as their README says
     assert rng.prompt_text(rng.prompts[0]) == "Pick 1, 2 or 3, like this: {number}."
 
 
@@ -70,12 +71,17 @@ def test_different_weights_make_different_tasks(tmp_path):
 
 @pytest.mark.parametrize("entry, message", [
     (dict(targets=["a"]), "request: must be a non-empty string"),
-    (dict(request="q", targets=[]), "targets: must be a non-empty list of strings"),
-    (dict(request="q", targets=["a", 1]), "targets: must be a non-empty list of strings"),
+    (dict(request="q", targets=[]), "targets: is empty: a file for generation only"),
+    (dict(request="q", targets=["a", 1]), "targets: must be a list of strings"),
+    (dict(request="q", targets="a"), "targets: must be a list of strings"),
+    (dict(request="q", targets=["a"], eos="no"), "eos: must be true"),
+    (dict(request="q", targets=["a"], eos=1), "eos: must be true"),
+    (dict(request="q", targets=["1", "10"], eos=False), "absorb"),
     (dict(request="q", targets=["a", "b"], weights=[1]), "weights: must be 2 finite numbers"),
     (dict(request="q", targets=["a"], weights=[-1]), "weights: must be 1 finite numbers"),
     (dict(request="q", response=["a", "b"], targets=["a"]), "response: must be a string or a list"),
-    (dict(request="q", targets=["a"], extra=1), "key 'extra': unknown"),
+    (dict(request="q", targets=["a"], extra=1), "key 'extra': unknown; the keys are request, "
+     "response, targets, weights, eos"),
     (dict(request="q", targets=["a", "a"]), "duplicate answer"),
 ])
 def test_bad_prompt_files_are_one_line(tmp_path, entry, message):
@@ -123,6 +129,66 @@ def test_cli_scores_a_prompt_directory_and_writes_nothing_on_a_bad_file(prompt_d
     bad_out = tmp_path / "bad"
     assert score.main([str(ckpt), "--tasks", str(prompt_dir), "--out", str(bad_out)]) == 2
     assert not bad_out.exists()
+
+
+@pytest.fixture
+def their_shapes(tmp_path):
+    """A directory laid out as Zhang et al.'s prompts/ is, each file in the exact shape of one
+    of theirs (keys, key types, `response` as a list of one or a bare string), with text of our
+    own: no third-party data."""
+    root = tmp_path / "prompts"
+    for i, request in enumerate(["Name a fruit in braces.", "A random fruit, in braces."]):
+        write(root / "fruits" / f"fruit-{i}.json", request=request, response=[""],
+              targets=["{Apple}", "{Pear}", "{Plum}"])  # no weights: uniform
+    for i in range(2):
+        write(root / "numbers" / f"even-{i}.json", request=f"An even number {i}?", response=[""],
+              targets=["{2}", "{4}", "{6}"], eos=True)
+    write(root / "people" / "people-train.json", request="Invent a person: {Name}\n{Gender}",
+          response="", targets=["{Ann Lee}\n{Female}", "{Bo Kim}\n{Male}"], eos=False)
+    write(root / "people" / "people.json", request="Invent a person.", response="", targets=[])
+    write(root / "readme-example.json", request="Flip a coin.", response=["Result: "],
+          targets=["{Heads}", "{Tails}"], weights=[2, 1])
+    return root
+
+
+def test_every_file_shape_of_theirs_loads(their_shapes, capsys):
+    """eos true or absent: whole replies (turn); eos false: the reply's start (prefix); no
+    weights: uniform; a generation-only file (empty targets) is skipped in a directory with a
+    one-line note naming it, and refused alone."""
+    tasks = {t.name: t for t in load_tasks(str(their_shapes))}
+    assert sorted(tasks) == ["even", "fruit", "people-train", "readme-example"]
+    assert [len(tasks[n].prompts) for n in ("fruit", "even")] == [2, 2]
+    assert {n: t.end for n, t in tasks.items()} == {
+        "even": "turn", "fruit": "turn", "people-train": "prefix", "readme-example": "turn"}
+    assert tasks["fruit"].target == (1 / 3, 1 / 3, 1 / 3)
+    assert tasks["readme-example"].target == (2 / 3, 1 / 3)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert notes == [f"note: {their_shapes / 'people' / 'people.json'}: skipped, its targets "
+                     "are empty (a prompt for generation only)"]
+    [people] = load_tasks(str(their_shapes / "people"))
+    assert people.name == "people-train" and people.end == "prefix"
+    with pytest.raises(TaskError, match="is empty: a file for generation only"):
+        load_tasks(str(their_shapes / "people" / "people.json"))
+    only = their_shapes.parent / "only"
+    write(only / "gen.json", request="Invent a person.", response="", targets=[])
+    with pytest.raises(TaskError, match="holds only files with empty targets"):
+        load_tasks(str(only))
+
+
+def test_cli_scores_their_directory_with_both_end_rules(their_shapes, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    ckpt = tmp_path / "ckpt"
+    tiny.make_checkpoint(ckpt, template=tiny.CHATML_TEMPLATE)
+    out = tmp_path / "out"
+    assert score.main([str(ckpt), "--tasks", str(their_shapes), "--out", str(out),
+                       "--label", "l"]) == 0
+    assert "people.json: skipped" in capsys.readouterr().err
+    manifest = json.loads((out / "l" / "manifest.json").read_text())
+    assert manifest["tasks"]["fruit"]["target"] == [1 / 3, 1 / 3, 1 / 3]
+    people = pq.read_table(out / "l" / "people-train.parquet").to_pylist()
+    fruit = pq.read_table(out / "l" / "fruit.parquet").to_pylist()
+    assert len(people) == 2 and all(0 < r["prob"] <= 1 for r in people + fruit)
 
 
 def test_noveltybench_jsonl_becomes_an_open_task(tmp_path):

@@ -295,7 +295,8 @@ class RunSpec:
         None, _optional_end,
         "what follows every answer, overriding each task's end: boundary (a token that ends a "
         "word), turn (the whole reply, then the end of the turn), line (a newline or the end of "
-        "the turn); default: each task's own", _choices(END_RULES))
+        "the turn), prefix (anything: the reply begins with the answer); default: each "
+        "task's own", _choices(END_RULES))
     # Open tasks: replies sampled per prompt to discover the answers, and how they are drawn.
     discover: int | None = _setting(
         None, _optional_samples,

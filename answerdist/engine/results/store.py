@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from answerdist.engine.results.schema import (
     schema_matches,
     task_hash,
 )
-from answerdist.errors import OutputError
+from answerdist.errors import OutputError, notice
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -64,10 +63,6 @@ def check_writable(out: Path, label: str | None = None) -> None:
         raise OutputError(f"{probe}: is a file, not a directory; choose another --out")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"{probe}: not writable; choose another --out or fix its permissions")
-
-
-def notice(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
 
 
 def check_finite(table: pa.Table, where: str) -> None:

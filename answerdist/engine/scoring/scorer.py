@@ -88,6 +88,7 @@ class ReplyEnd:
 
 # Stands in for a reply when finding what a chat template renders after one.
 REPLY_SENTINEL = "Reply\u2063sentinel\u2063"
+PREFIX = -1  # `endings`: a path closed by nothing, taking no end factor (end = "prefix")
 
 
 def reply_end(checkpoint: Checkpoint, mode: str, template: ChatTemplate | None) -> ReplyEnd:
@@ -220,7 +221,11 @@ class PromptEncoder:
 
     def end_mask(self, task: Task) -> torch.Tensor:
         """The tokens whose coming next ends an answer of `task` (its end factor); under
-        end = "turn" no path takes the factor, and the boundary mask stands in."""
+        end = "turn" no path takes the factor, and the boundary mask stands in; under
+        end = "prefix" no path takes it either, and every token ends an answer (so that a
+        variant whose tokens go on into another's is refused)."""
+        if task.end == "prefix":
+            return torch.ones_like(self.boundary)
         if task.end != "line":
             return self.boundary
         if self._newlines is None:
@@ -236,11 +241,14 @@ class PromptEncoder:
 
     def endings(self, task: Task, cont: str) -> list[tuple[str, int | None]]:
         """The texts that are scored for a continuation, each with the special token that
-        closes it (None: the path takes the end factor instead). boundary: the continuation;
-        turn: the continuation, then the reply's end; line: both, except that an end of turn
-        starting with a newline is already counted by the newline factor."""
+        closes it (None: the path takes the end factor instead; PREFIX: neither). boundary:
+        the continuation; prefix: the continuation alone; turn: the continuation, then the
+        reply's end; line: both, except that an end of turn starting with a newline is already
+        counted by the newline factor."""
         if task.end == "boundary":
             return [(cont, None)]
+        if task.end == "prefix":
+            return [(cont, PREFIX)]
         end = self.reply_end
         closed = (cont + end.text, end.token_id)
         if task.end == "turn":
@@ -289,7 +297,7 @@ class PromptEncoder:
                 for k, (scored, closing) in enumerate(self.endings(task, cont)):
                     canon = self._canonical(where, answer, variant, text, prompt_ids, scored)
                     found = self._tokenizations(where, answer, scored, canon)
-                    if closing is not None:
+                    if closing is not None and closing != PREFIX:
                         canon, found = canon + [closing], [f + [closing] for f in found]
                     if k == 0:
                         continuations.append(cont)
@@ -352,7 +360,8 @@ class PromptEncoder:
         (under the task's end rule): the end factor of the shorter would then include the
         longer one's mass. Paths closed by the reply's special token take no end factor."""
         mask = self.end_mask(task)
-        end_of = {node: v for v, node in enumerate(trie.ends) if path_open[v]}
+        end_of = {node: v for v, node in enumerate(trie.ends)
+                  if path_open[v] or task.end == "prefix"}
         for node, v in end_of.items():
             for child in trie.children(node):
                 if mask[trie.tokens[child]]:

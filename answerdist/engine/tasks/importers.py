@@ -2,9 +2,13 @@
 
 Zhang et al. (2024, "Forcing Diffuse Distributions out of Language Models") keep one prompt per
 JSON file: `request` (the user message), `response` (a reply prefix, or a list holding one),
-`targets` (the whole replies that count as answers) and optional `weights` (the distribution
-the prompt asks for). They score each target as the whole assistant reply, ended by the chat
-template's end of turn, which is this engine's end = "turn".
+`targets` (the whole replies that count as answers), optional `weights` (the distribution the
+prompt asks for; missing or empty: uniform, as their README and code define it) and optional
+`eos`. With `eos` true (their default) they score each target as the whole assistant reply,
+ended by the chat template's end of turn: this engine's end = "turn". With `eos` false they
+score the target's tokens alone, the start of a longer reply: end = "prefix". A file whose
+`targets` is empty is for generation only; in a directory it is skipped with a note, alone it
+is refused.
 
 A file becomes a task of one prompt. A directory (searched recursively) becomes one task per
 group of files that share the same targets and weights: each file is a phrasing (a prompt whose
@@ -26,9 +30,10 @@ import re
 from pathlib import Path
 
 from answerdist.engine.tasks.task import Answer, Prompt, Task, _fail, normalised
+from answerdist.errors import notice
 from answerdist.files import read_user_text
 
-_KEYS = ("request", "response", "targets", "weights")
+_KEYS = ("request", "response", "targets", "weights", "eos")
 
 
 def is_prompt_set(path: str | Path) -> bool:
@@ -55,11 +60,21 @@ def load_prompt_set(path: str | Path) -> list[Task]:
     groups: dict[tuple, list[tuple[Path, dict]]] = {}
     for file in files:
         entry = _read(file)
-        groups.setdefault((tuple(entry["targets"]), entry["weights"]), []).append((file, entry))
+        if not entry["targets"]:
+            if len(files) == 1 and file == path:
+                raise _fail(str(file), None, "targets", "is empty: a file for generation only "
+                            "has no answers to score; give its targets")
+            notice(f"{file}: skipped, its targets are empty (a prompt for generation only)")
+            continue
+        key = (tuple(entry["targets"]), entry["weights"], entry["end"])
+        groups.setdefault(key, []).append((file, entry))
+    if not groups:
+        raise _fail(str(path), None, None, "holds only files with empty targets (for "
+                    "generation only); nothing to score")
     names = [_group_name([f for f, _ in members]) for members in groups.values()]
     clashing = {n for n in names if names.count(n) > 1}
     tasks = []
-    for name, ((targets, weights), members) in zip(names, groups.items(), strict=True):
+    for name, ((targets, weights, end), members) in zip(names, groups.items(), strict=True):
         if name in clashing:
             name = _slug(members[0][0].stem)
         source = str(members[0][0] if len(members) == 1 else path)
@@ -69,7 +84,7 @@ def load_prompt_set(path: str | Path) -> list[Task]:
                                response_prefix=entry["response"]) for file, entry in members)
         tasks.append(Task(name, f"{len(prompts)} prompt(s) from {path.name}",
                           tuple(Answer(t, (t,)) for t in targets), prompts, source=source,
-                          target=weights, end="turn"))
+                          target=weights, end=end))
     seen = {}
     for t in tasks:
         if t.name in seen:
@@ -112,7 +127,8 @@ def _open_task(path: Path) -> Task:
 
 def _read(file: Path) -> dict:
     """One prompt file, checked: request a non-empty string; response a string or a list of
-    one string; targets a non-empty list of distinct strings; weights one number per target."""
+    one string; targets a list of strings (empty: generation only); weights one number per
+    target, or missing or empty (uniform); eos true or false."""
     where = str(file)
     try:
         data = json.loads(read_user_text(file))
@@ -133,18 +149,24 @@ def _read(file: Path) -> dict:
         raise _fail(where, None, "response", "must be a string or a list of one string (the "
                     "reply prefix); split a file with several into one file per prefix")
     targets = data.get("targets")
-    if (not isinstance(targets, list) or not targets
-            or not all(isinstance(t, str) for t in targets)):
-        raise _fail(where, None, "targets", "must be a non-empty list of strings")
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise _fail(where, None, "targets", "must be a list of strings")
+    eos = data.get("eos", True)
+    if not isinstance(eos, bool):
+        raise _fail(where, None, "eos", "must be true (each target is the whole reply) or false "
+                    "(each target is how the reply begins)")
     weights = data.get("weights")
-    if weights is not None:
+    if weights is None or weights == []:
+        weights = tuple(normalised([1.0] * len(targets)) or ())  # their README: uniform
+    else:
         distribution = (normalised(weights) if isinstance(weights, list)
                         and len(weights) == len(targets) else None)
         if distribution is None:
             raise _fail(where, None, "weights", f"must be {len(targets)} finite numbers >= 0 "
-                        "(one per target), not all 0")
+                        "(one per target), not all 0, or left out (uniform)")
         weights = distribution
-    return {"request": request, "response": response, "targets": targets, "weights": weights}
+    return {"request": request, "response": response, "targets": targets, "weights": weights,
+            "end": "turn" if eos else "prefix"}
 
 
 def _slug(text: str) -> str:

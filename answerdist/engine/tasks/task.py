@@ -19,8 +19,9 @@ from answerdist.errors import TaskError
 
 DEFAULT_BASE_FORMAT = "{prompt}\nAnswer:"
 # What follows an answer (docs/tasks.md, "End rules"): a boundary token; the end of the turn
-# (the whole reply is the answer); a newline-starting token or the end of the turn.
-END_RULES = ("boundary", "turn", "line")
+# (the whole reply is the answer); a newline-starting token or the end of the turn; anything
+# (the reply begins with the answer: Zhang et al.'s `eos: false`).
+END_RULES = ("boundary", "turn", "line", "prefix")
 # The steps an open task's `normalize` list may name, applied in order to a sampled reply.
 NORMALIZERS = ("strip", "casefold", "strip_punctuation")
 # A `normalize` pattern may search one reply this long (the `regex` package's timeout): a
@@ -192,7 +193,7 @@ def _check_target(target, k: int, fail: Callable[..., TaskError]) -> None:
 def _check_open(task: Task, fail: Callable[..., TaskError]) -> None:
     """An open task can end (turn or line: a boundary token ends nearly every reply at its
     first word) and has a normaliser that can give an answer."""
-    if task.end == "boundary":
+    if task.end in ("boundary", "prefix"):
         raise fail("end", 'an open task needs end = "turn" or "line": its replies must end '
                           "where the reply does")
     if isinstance(task.normalize, str):
@@ -317,11 +318,11 @@ def lookalike(text: str) -> str:
 
 def ends_answer(end: str, char: str) -> bool:
     """Whether, under the end rule, an answer can end where the text goes on with `char`: a
-    non-alphanumeric character for boundary, a newline for line; never for turn (the reply's
-    end is a special token, which no text holds)."""
+    non-alphanumeric character for boundary, a newline for line, any for prefix; never for turn
+    (the reply's end is a special token, which no text holds)."""
     if end == "boundary":
         return not char.isalnum()
-    return end == "line" and char in "\r\n"
+    return end == "prefix" or (end == "line" and char in "\r\n")
 
 
 def _absorbing_pair(variants: list[str], end: str = "boundary") -> tuple[str, str] | None:
