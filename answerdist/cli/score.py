@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from answerdist.cli.tables import print_table
 from answerdist.cli.tasks import list_tasks
 from answerdist.engine.model import distributed
 from answerdist.engine.results.schema import ScoreResult
@@ -102,11 +103,11 @@ def print_summary(result: ScoreResult) -> None:
     manifest = result.manifest
     print(f"{result.directory}  ({manifest['mode']} mode, "
           f"token efficiency {manifest['token_efficiency']:.3f})")
-    print(f"{'task':<12} {'prompts':>7} {'entropy':>8} {'top answer':<20} {'p(top)':>7} "
-          f"{'coverage':>8}")
-    for name, s in result.summary().items():
-        print(f"{name:<12} {s['prompts']:>7} {s['entropy_bits']:>8.3f} {s['top_answer'][:20]:<20} "
-              f"{s['top_prob']:>7.3f} {s['coverage']:>8.3f}")
+    print_table(["task", "prompts", "entropy", "p(top)", "coverage", "top answer"],
+                [[name, s["prompts"], f"{s['entropy_bits']:.3f}", f"{s['top_prob']:.3f}",
+                  f"{s['coverage']:.3f}", s["top_answer"]]
+                 for name, s in result.summary().items()],
+                right=("prompts", "entropy", "p(top)", "coverage"))
     for name, entry in manifest["tasks"].items():
         if entry.get("discovery") and name in result.tables:
             answers = len(result.tables[name]["answer"].unique())

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from answerdist.cli import keep_freed_memory
+from answerdist.cli.tables import print_table
 from answerdist.engine.model import distributed
 from answerdist.engine.run.submit import CLUSTERS, ArraySettings, submit_array
 from answerdist.engine.run.sweep import (
@@ -202,23 +203,16 @@ def array_task(argv: list[str]) -> int:
     return main(argv)
 
 
-def print_table(header: list[str], rows: list[list]) -> None:
-    """Columns as wide as their longest entry (labels and checkpoints of any length)."""
-    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows, strict=True)]
-    widths[-1] = 0  # the last column is not padded
-    for row in [header, *rows]:
-        print("  ".join(f"{str(v):<{w}}" for v, w in zip(row, widths, strict=True)).rstrip())
-
-
 def print_plan(items: list[Item]) -> None:
     print_table(["label", "bytes", "checkpoint"],
-                [[label, item.size, item.checkpoint] for item in items for _, label in item.labels])
+                [[label, item.size, item.checkpoint] for item in items for _, label in item.labels],
+                right=("bytes",))
 
 
 def print_summary(rows: list[Row], layout) -> None:
     print_table(["label", "group", "status", "scored", "skipped", "seconds", "checkpoint"],
                 [[r.label, r.group, r.status, r.scored, r.skipped, f"{r.seconds:.1f}",
-                  r.checkpoint] for r in rows])
+                  r.checkpoint] for r in rows], right=("group", "scored", "skipped", "seconds"))
     counts = {status: sum(r.status == status for r in rows)
               for status in ("scored", "skipped", "failed", "claimed")}
     print(f"{len(rows)} labels on {layout.world} rank(s) ({layout.dp_size} group(s) of tp "
