@@ -66,8 +66,10 @@ def test_discovered_answers_are_scored_exactly(ckpt, tmp_path, capsys):
     manifest = json.loads((out / "l" / "manifest.json").read_text())
     counts = manifest["tasks"]["pick"]["discovery"]
     said = capsys.readouterr().out  # the unfinished replies are said, not only recorded
-    assert (f"pick: 600 replies sampled, {counts['finished']} finished, {counts['unfinished']} "
-            "unfinished (past --max-new-tokens)") in said
+    assert (f"pick: 600 replies sampled: {counts['finished']} finished, {counts['unfinished']} "
+            f"unfinished (past --max-new-tokens or inside a UTF-8 character), "
+            f"{counts['other_end']} ended at another special token, {counts['no_answer']} of "
+            "the finished normalised to nothing") in said
     assert counts["samples"] == 600
     assert counts["samples"] == counts["finished"] + counts["unfinished"] + counts["other_end"]
     assert manifest["run"]["discovery"]["replies"] == 300

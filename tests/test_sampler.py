@@ -199,3 +199,22 @@ def normal_quantile(q: float) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q else (lo, mid)
     return (lo + hi) / 2
+
+
+def test_a_reply_that_stops_inside_a_utf8_character_is_unfinished(tmp_path):
+    """Tokens that end (or break) a multi-byte character decode with U+FFFD: such a reply is
+    'unfinished', never an answer, whatever token stopped it; whole characters stay finished."""
+    tiny.make_checkpoint(tmp_path, template=tiny.CHATML_TEMPLATE)
+    ck = answerdist.load(tmp_path)
+    encoder = PromptEncoder(ck, "chat")
+    sampler = ReplySampler(ck, encoder, SamplingSettings())
+    end = encoder.reply_end
+    whole = ck.encode("ok \u00e9", add_special_tokens=False)
+    first_byte = ck.tokenizer.token_to_id("\u00c3")  # byte-level alphabet: the byte 0xC3
+    assert first_byte is not None and ck.tokenizer.decode([first_byte]) == "\ufffd"
+    closed = ck.encode(end.text, add_special_tokens=False) if end.text else []
+    finished = sampler._reply(0, whole + closed + [end.token_id], "finished")
+    assert finished.status == "finished" and finished.text == "ok \u00e9"
+    for tokens in (whole + [first_byte], [first_byte] + whole):
+        reply = sampler._reply(0, tokens + closed + [end.token_id], "finished")
+        assert reply.status == "unfinished" and "\ufffd" in reply.text

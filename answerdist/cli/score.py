@@ -21,6 +21,7 @@ from answerdist.cli.tasks import list_tasks
 from answerdist.engine.model import distributed
 from answerdist.engine.results.schema import ScoreResult
 from answerdist.engine.run.api import DEFAULT_BATCH_TOKENS, run_spec
+from answerdist.engine.scoring.discovery import fates
 from answerdist.engine.settings import CLI, RunSpec, SettingError, declared
 from answerdist.errors import ArgumentParser, EngineError, ParallelError
 
@@ -120,7 +121,5 @@ def discovery_line(task: str, counts: dict, answers: int, borrowed: list[str] | 
     joined = f"the answers discovered under {', '.join(borrowed)}" if borrowed else ""
     if not counts["samples"]:
         return f"{task}: {answers} answers scored, {joined}"
-    return (f"{task}: {counts['samples']} replies sampled, {counts['finished']} finished, "
-            f"{counts['unfinished']} unfinished (past --max-new-tokens), {counts['other_end']} "
-            f"ended at another special token, {counts['no_answer']} normalised to nothing; "
+    return (f"{task}: {counts['samples']} replies sampled: {fates(counts)}; "
             f"{answers} answers scored" + (f", joined with {joined}" if joined else ""))

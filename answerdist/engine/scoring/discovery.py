@@ -67,12 +67,18 @@ def collect(task: Task, rows: list[dict], counts: dict[str, int],
         union[(r["prompt_id"], r["answer"], r["continuation"])] += r["count"]
     if not union:
         raise TaskError(f"{task.source}: task {task.name!r}: none of its {counts['samples']} "
-                        f"sampled replies gave an answer ({counts['finished']} finished, "
-                        f"{counts['unfinished']} unfinished past --max-new-tokens, "
-                        f"{counts['no_answer']} normalised to nothing); check its normalize "
-                        "rule, or raise --max-new-tokens or --discover")
+                        f"sampled replies gave an answer ({fates(counts)}); check its "
+                        "normalize rule, or raise --max-new-tokens or --discover")
     return Discovery(dataclasses.replace(task, answers=_answers(union)), rows, counts,
                      task_hash(task), tuple(borrowed or ()))
+
+
+def fates(counts: dict[str, int]) -> str:
+    """How the samples ended, every fate counted (they add up to the samples)."""
+    return (f"{counts['finished']} finished, {counts['unfinished']} unfinished (past "
+            f"--max-new-tokens or inside a UTF-8 character), {counts['other_end']} ended at "
+            f"another special token, {counts['no_answer']} of the finished normalised to "
+            "nothing")
 
 
 def _answers(found: dict[tuple[str, str, str], int]) -> tuple[Answer, ...]:

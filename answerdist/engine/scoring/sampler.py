@@ -18,7 +18,9 @@ special token, and it is finished when that token is the reply's end
 (`answerdist.engine.scoring.scorer.ReplyEnd`) and the text before it ends with the end's text; under
 "line" it also stops, finished, at a token starting with a newline. A reply that reaches
 `max_new_tokens` is unfinished, and one that stops at another special token (an EOS where the
-template ends turns otherwise) ended elsewhere: both are reported, never dropped.
+template ends turns otherwise) ended elsewhere: both are reported, never dropped. A reply whose
+tokens do not spell whole UTF-8 characters (it stopped inside one: its text decodes with
+U+FFFD) is unfinished too: its text is not what was sampled, so it is never an answer.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from answerdist.engine.model.transformer import KVCache
 from answerdist.engine.settings import SamplingSettings, SettingError
 from answerdist.engine.tasks import Task
 
+REPLACEMENT = "\ufffd"  # what a tokenizer decodes an incomplete UTF-8 sequence to
 CHUNK = 64  # samples decoded together: part of the stream's definition (see the docstring)
 
 
@@ -41,7 +44,8 @@ CHUNK = 64  # samples decoded together: part of the stream's definition (see the
 class Reply:
     """One sampled reply. `text` is the reply's text before its end (the end of the turn's
     own text, or the newline, left out); `status`: "finished" (it ended by the task's end
-    rule), "unfinished" (max_new_tokens reached) or "other_end" (another special token)."""
+    rule), "unfinished" (max_new_tokens reached, or its bytes stop inside a UTF-8 character)
+    or "other_end" (another special token)."""
 
     index: int
     token_ids: tuple[int, ...]  # generated, the stopping token included
@@ -140,6 +144,8 @@ class ReplySampler:
                 status = "other_end"  # the special token came without the text before it
             else:
                 text = text[:len(text) - len(end_text)]
+        if status == "finished" and REPLACEMENT in text:
+            status = "unfinished"  # bytes that are no whole character: not the sampled text
         return Reply(index, tuple(tokens), text, status)
 
     def _decode(self, tokens: list[int]) -> str:
