@@ -4,6 +4,7 @@ files are written here, in that format."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -191,20 +192,37 @@ def test_cli_scores_their_directory_with_both_end_rules(their_shapes, tmp_path, 
     assert len(people) == 2 and all(0 < r["prob"] <= 1 for r in people + fruit)
 
 
-def test_noveltybench_jsonl_becomes_an_open_task(tmp_path):
+def test_noveltybench_lines_become_open_tasks_with_their_paraphrases(tmp_path):
+    """A line with prompt_paraphrases is one task whose phrasings are its prompt and its
+    paraphrases; a line without is a task of one phrasing; category is kept."""
     path = tmp_path / "curated.jsonl"
-    path.write_text('{"id": "animal-1", "prompt": "Name an animal."}\n\n'
-                    '{"id": 7, "prompt": "Tell me a joke about {cats}."}\n')
-    [task] = load_tasks(str(path))
-    assert task.name == "curated" and task.open_answers and task.end == "turn"
-    assert [p.id for p in task.prompts] == ["animal-1", "7"]
-    assert task.prompt_text(task.prompts[1]) == "Tell me a joke about {cats}."
+    lines = [{"id": "animal-1", "prompt": "Name an animal.", "category": "naming",
+              "prompt_paraphrases": ["Give me an animal.", "Any animal?", "Name an animal."]},
+             {"id": 7, "prompt": "Tell me a joke about {cats}."}]
+    path.write_text(json.dumps(lines[0]) + "\n\n" + json.dumps(lines[1]) + "\n")
+    animal, joke = load_tasks(str(path))
+    assert animal.name == "animal-1" and animal.open_answers and animal.end == "turn"
+    assert [p.id for p in animal.prompts] == ["prompt", "paraphrase-1", "paraphrase-2"]
+    assert [animal.prompt_text(p) for p in animal.prompts] == [
+        "Name an animal.", "Give me an animal.", "Any animal?"]  # a repeat is one phrasing
+    assert animal.category == "naming" and joke.category == ""
+    assert joke.name == "7" and [p.id for p in joke.prompts] == ["prompt"]
+    assert joke.prompt_text(joke.prompts[0]) == "Tell me a joke about {cats}."
+    from answerdist.engine.results.schema import task_hash
+
+    assert task_hash(animal) == task_hash(dataclasses.replace(animal, category="other"))
 
 
 @pytest.mark.parametrize("text, message", [
     ('{"id": "a"}\n', 'line 1: must be an object with "id" and a non-empty "prompt"'),
     ('{"id": "a", "prompt": "x"}\nnot json\n', "line 2: not JSON"),
     ("\n\n", "holds no prompts"),
+    ('{"id": "a", "prompt": "x", "prompt_paraphrases": "y"}\n', "line 1, prompt_paraphrases: "
+     "must be a list of non-empty strings"),
+    ('{"id": "a", "prompt": "x", "prompt_paraphrases": ["y", ""]}\n', "must be a list of"),
+    ('{"id": "a", "prompt": "x", "category": 3}\n', "line 1, category: must be a string"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', "line 2: has the id of line 1"),
+    ('{"id": true, "prompt": "x"}\n', 'must be an object with "id"'),
 ])
 def test_bad_jsonl_is_one_line(tmp_path, text, message):
     path = tmp_path / "bad.jsonl"

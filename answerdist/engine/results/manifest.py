@@ -41,6 +41,7 @@ def task_fields(scores) -> dict:
             "prompts_digest": prompts_digest(p.sequence.prompt_text for p in scores.prompts),
             "source": scores.task.source,
             "target": None if scores.task.target is None else list(scores.task.target),
+            **({"category": scores.task.category} if scores.task.category else {}),
             "prompts": len(scores.prompts), "answers": len(scores.task.answers),
             "tokens_needed": scores.tokens_needed, "tokens_processed": scores.tokens_processed,
             "seconds": round(scores.seconds, 4),

@@ -84,6 +84,7 @@ def task_hash(task) -> str:
     fields = dataclasses.asdict(task)
     fields.pop("source", None)
     fields.pop("target", None)  # read by the analysis only: the scores do not depend on it
+    fields.pop("category", None)  # a label, recorded only
     # Settings added later are left out at their defaults, so that results scored before they
     # existed keep their hash.
     for name, default in (("end", "boundary"), ("response_prefix", ""), ("open_answers", False),

@@ -18,8 +18,12 @@ else after its first file; two groups that would share a name get the names of t
 files instead. The rules are in docs/tasks.md ("Peers' prompt sets").
 
 NoveltyBench keeps its prompts as JSON lines, one `{"id": ..., "prompt": ...}` per line, with no
-answers: a `.jsonl` file becomes one open task (answers discovered by sampling, end = "turn",
-normalised by strip, casefold and strip_punctuation), named after the file, one prompt per line.
+answers, and in its curated set `prompt_paraphrases` (other wordings of the same question) and a
+`category`. Each line is one open task (answers discovered by sampling, end = "turn", normalised
+by strip, casefold and strip_punctuation), named after its id: its prompt and its paraphrases
+are the task's phrasings, and its category is kept as the task's `category`. A line without
+paraphrases is a task of one phrasing (which the analysis refuses as a stage with too few
+prompts, as any such task).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def load_prompt_set(path: str | Path) -> list[Task]:
     """Tasks from a Zhang et al. JSON file or a directory of them (see the module docstring)."""
     path = Path(path).expanduser()
     if str(path).endswith(".jsonl"):
-        return [_open_task(path)]
+        return _open_tasks(path)
     if path.is_dir():
         # not only regular files: a FIFO or device named *.json is read, and refused, too
         files = sorted(p for p in path.rglob("*.json") if not p.is_dir())
@@ -94,8 +98,11 @@ def load_prompt_set(path: str | Path) -> list[Task]:
     return tasks
 
 
-def _open_task(path: Path) -> Task:
-    """A NoveltyBench-style JSON-lines file as one open task."""
+_JSONL_KEYS = ("id", "prompt", "prompt_paraphrases", "category")
+
+
+def _open_tasks(path: Path) -> list[Task]:
+    """A NoveltyBench-style JSON-lines file: one open task per line."""
     where = str(path)
     try:
         lines = read_user_text(path).splitlines()
@@ -103,7 +110,7 @@ def _open_task(path: Path) -> Task:
         raise _fail(where, None, None, "prompt file not found; check the path") from None
     except (OSError, UnicodeDecodeError) as e:
         raise _fail(where, None, None, f"not a readable UTF-8 file ({e}); fix it") from None
-    prompts = []
+    tasks, seen = [], {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -113,16 +120,35 @@ def _open_task(path: Path) -> Task:
         except json.JSONDecodeError as e:
             raise _fail(where, None, entry, f"not JSON ({e.msg})") from None
         if (not isinstance(item, dict) or not isinstance(item.get("prompt"), str)
-                or not item["prompt"].strip() or not isinstance(item.get("id"), (str, int))):
+                or not item["prompt"].strip() or not isinstance(item.get("id"), (str, int))
+                or isinstance(item.get("id"), bool)):
             raise _fail(where, None, entry, 'must be an object with "id" and a non-empty '
                         '"prompt" string')
-        text = item["prompt"].replace("{", "{{").replace("}", "}}")
-        prompts.append(Prompt(_slug(str(item["id"])), text))
-    if not prompts:
+        paraphrases = item.get("prompt_paraphrases", [])
+        if (not isinstance(paraphrases, list)
+                or not all(isinstance(t, str) and t.strip() for t in paraphrases)):
+            raise _fail(where, None, f"{entry}, prompt_paraphrases", "must be a list of "
+                        "non-empty strings (other wordings of the prompt)")
+        category = item.get("category", "")
+        if not isinstance(category, str):
+            raise _fail(where, None, f"{entry}, category", "must be a string")
+        name = _slug(str(item["id"]))
+        if name in seen:
+            raise _fail(where, name, entry, f"has the id of line {seen[name]} (as a task name: "
+                        f"{name!r}); give every line its own id")
+        seen[name] = number
+        # literal text: braces are no placeholders; a paraphrase equal to another is one phrasing
+        texts = list(dict.fromkeys([item["prompt"], *paraphrases]))
+        prompts = tuple(Prompt("prompt" if i == 0 else f"paraphrase-{i}",
+                               text.replace("{", "{{").replace("}", "}}"))
+                        for i, text in enumerate(texts))
+        tasks.append(Task(name, f"{len(prompts)} phrasing(s) of {path.name} {entry}", (),
+                          prompts, source=where, end="turn", open_answers=True,
+                          normalize=("strip", "casefold", "strip_punctuation"),
+                          category=category))
+    if not tasks:
         raise _fail(where, None, None, "holds no prompts; one JSON object per line")
-    return Task(_slug(path.stem), f"{len(prompts)} open prompt(s) from {path.name}", (),
-                tuple(prompts), source=where, end="turn", open_answers=True,
-                normalize=("strip", "casefold", "strip_punctuation"))
+    return tasks
 
 
 def _read(file: Path) -> dict:

@@ -80,6 +80,8 @@ class Task:
     # answer.
     open_answers: bool = False
     normalize: tuple[str, ...] | str = ()
+    # A label from the task's source (NoveltyBench's `category`); recorded, never scored.
+    category: str = ""
 
     def __post_init__(self) -> None:
         _validate(self)
