@@ -84,9 +84,22 @@ def newline_ids(tok, vocab: int) -> list[int]:
             and tok.decode([i], clean_up_tokenization_spaces=False)[:1] in ("\n", "\r")]
 
 
-def oracle_paths(tok, t: Task, prompt: Prompt, variant: str, mode: str):
+def oracle_stops(tok, directory, template_end: int) -> list[int]:
+    """Where generation stops, as transformers' generate would (its generation_config's
+    eos_token_id) and the tokenizer's EOS, after the template's own end: special tokens only."""
+    config = json.loads((directory / "generation_config.json").read_text())
+    eos = config.get("eos_token_id")
+    special = {i for i, x in tok.added_tokens_decoder.items() if x.special}
+    found = [template_end, *(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+             tok.eos_token_id]
+    return list(dict.fromkeys(i for i in found if i is not None and i in special))
+
+
+def oracle_paths(tok, t: Task, prompt: Prompt, variant: str, mode: str, directory=None):
     """[(prompt ids, reply ids, open)]: the token paths of a variant under the task's end rule,
-    built with transformers alone. `open` paths take the end factor (boundary or newline)."""
+    built with transformers alone. `open` paths take the end factor (boundary or newline).
+    Under turn and line the reply ends at any stop token (`oracle_stops`): the template's own
+    after the text it renders before it, any other right after the reply."""
     if mode == "chat":
         user = [{"role": "user", "content": prompt.text}]
         reply = t.response_prefix + variant
@@ -115,11 +128,13 @@ def oracle_paths(tok, t: Task, prompt: Prompt, variant: str, mode: str):
         return prompt_ids, [(opened, False)]  # the reply begins with it: no factor after
     if t.end == "boundary":
         return prompt_ids, [(opened, True)]
+    others = ([] if directory is None else
+              [(opened + [s], False) for s in oracle_stops(tok, directory, closed[-1])[1:]])
     if t.end == "turn":
-        return prompt_ids, [(closed, False)]
+        return prompt_ids, [(closed, False)] + others
     after = tok.decode(closed[len(opened):len(opened) + 1], clean_up_tokenization_spaces=False)
     counted = closed[:len(opened)] == opened and after[:1] in ("\n", "\r")
-    return prompt_ids, [(opened, True)] + ([] if counted else [(closed, False)])
+    return prompt_ids, [(opened, True)] + ([] if counted else [(closed, False)]) + others
 
 
 @torch.no_grad()
@@ -153,7 +168,7 @@ def test_end_rules_equal_brute_force_transformers(family, mode):
         for prompt in PROMPTS:
             for answer in ANSWERS:
                 for variant in answer.variants:
-                    prompt_ids, paths = oracle_paths(tok, t, prompt, variant, mode)
+                    prompt_ids, paths = oracle_paths(tok, t, prompt, variant, mode, directory)
                     want = oracle_logprob(model, prompt_ids, paths, ends[t.end])
                     got = next(r for r in rows if r["prompt_id"] == prompt.id
                                and r["continuation"].strip() == variant)
@@ -240,7 +255,7 @@ def test_end_as_a_sweep_key(llama, tmp_path):
         f'checkpoints = [{json.dumps(str(llama))}]\ntasks = "coin"\nmodes = ["chat"]\n'
         'out = "out"\nend = "turn"\n')
     assert sweep_cli.main([str(tmp_path / "sweep.toml")]) == 0
-    (label,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    (label,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir() and p.name != ".sweep"]
     assert json.loads((label / "manifest.json").read_text())["run"]["end"] == "turn"
     api = score_checkpoint(llama, tasks="coin", device="cpu", progress=False, end="turn")
     assert (pq.read_table(label / "coin.parquet").column("prob").to_pylist()
@@ -265,7 +280,8 @@ def test_existing_tasks_keep_their_hash():
 
     t = TASKS[0]
     old = dataclasses.asdict(t)
-    for key in ("source", "target", "end", "response_prefix", "open_answers", "normalize"):
+    for key in ("source", "target", "end", "response_prefix", "open_answers", "normalize",
+                "category", "end_tokens"):  # fields added since, at their defaults
         old.pop(key)
     for prompt in old["prompts"]:
         prompt.pop("response_prefix")
@@ -295,7 +311,9 @@ def test_line_rule_refuses_a_variant_that_a_newline_would_absorb():
 
 
 @pytest.mark.parametrize("flag, message", [
-    (["--end", "word"], "--end must be one of boundary, turn, line, got 'word'"),
+    (["--end", "turn", "--end-tokens", "<nope>"], "end_tokens names '<nope>', which is no token"),
+    (["--end-tokens", ""], "--end-tokens must name tokens"),
+    (["--end", "word"], "--end must be one of boundary, turn, line, prefix, got 'word'"),
 ])
 def test_cli_end_flag_bad_value_exits_2(llama, tmp_path, capsys, flag, message):
     from answerdist.cli import score
@@ -314,3 +332,110 @@ def test_a_template_without_an_end_token_refuses_turn_in_one_line(tmp_path):
     tiny.make_checkpoint(directory, template=template)
     with pytest.raises(TaskError, match="puts no special token after an assistant message"):
         score_checkpoint(directory, tasks=[TASKS[1]], device="cpu", progress=False)
+
+
+# --------------------------------------------------------------------- the stop set of a reply
+
+@pytest.fixture(scope="module")
+def three_stops(tmp_path_factory):
+    """A ChatML checkpoint whose generation_config stops at three tokens (as Llama 3 instruct's
+    lists <|eot_id|>, <|eom_id|> and <|end_of_text|>): <|im_end|>, <|endoftext|>, <|system|>."""
+    directory = tmp_path_factory.mktemp("three_stops")
+    model = tiny.make_checkpoint(directory, template=tiny.CHATML_TEMPLATE, init=0.1)
+    config = json.loads((directory / "generation_config.json").read_text())
+    config["eos_token_id"] = [6, 0, 2]
+    (directory / "generation_config.json").write_text(json.dumps(config))
+    return directory, model.double()
+
+
+def paths_through(tok, t, prompt, variant, mode, stops):
+    """The paths of a variant ending at exactly the tokens `stops` (the template's own end
+    after the text it puts before it, the others right after the reply)."""
+    prompt_ids, paths = oracle_paths(tok, t, prompt, variant, mode)
+    (closed, _), = [p for p in paths if not p[1]]
+    opened = oracle_paths(tok, changed(t, end="boundary"), prompt, variant, mode)[1][0][0]
+    return prompt_ids, [(closed if s == closed[-1] else opened + [s], False) for s in stops]
+
+
+def changed(t: Task, **fields) -> Task:
+    import dataclasses
+
+    return dataclasses.replace(t, **fields)
+
+
+@pytest.mark.parametrize("mode", ["chat", "base"])
+def test_turn_sums_over_every_stop_token_by_brute_force(three_stops, mode):
+    """end = "turn" is P(reply, then any stop token): the sum of one float64 transformers
+    forward per stop token; the manifest and the run key record the set; --end-tokens names a
+    smaller set and gives that set's sum (a peer's one-token convention, reproduced)."""
+    directory, model = three_stops
+    tok = hf_tokenizer(directory)
+    turn = TASKS[1]
+    expected_stops = [6, 0, 2] if mode == "chat" else [0, 6, 2]
+    for names, stops in ((None, expected_stops), ("<|endoftext|>", [0]),
+                         ("<|im_end|>,<|system|>", [6, 2])):
+        result = score_checkpoint(directory, tasks=[turn], mode=mode, device="cpu",
+                                  progress=False, end_tokens=names)
+        rows = result.variant_tables["turn"].to_pylist()
+        for prompt in PROMPTS:
+            for answer in ANSWERS:
+                for variant in answer.variants:
+                    prompt_ids, paths = paths_through(tok, turn, prompt, variant, mode, stops)
+                    want = oracle_logprob(model, prompt_ids, paths, None)
+                    got = next(r for r in rows if r["prompt_id"] == prompt.id
+                               and r["continuation"].strip() == variant)
+                    assert abs(got["logprob"] - want) / max(1.0, abs(want)) <= 2e-6, (
+                        mode, names, prompt.id, variant, got["logprob"], want)
+        run = result.manifest["run"]
+        if names is None:
+            assert run["stop_tokens"] == expected_stops
+            assert result.manifest["stop_tokens"] == [tok.convert_ids_to_tokens(i)
+                                                      for i in expected_stops]
+        else:
+            assert run["end_tokens"] == names.split(",") and "stop_tokens" not in run
+
+
+def test_a_single_stop_token_keeps_the_run_key(llama):
+    """Where generation stops at one token the run key has no stop_tokens: results scored
+    before the stop set existed stay valid."""
+    config = json.loads((llama / "generation_config.json").read_text())
+    tok = hf_tokenizer(llama)
+    result = score_checkpoint(llama, tasks=[TASKS[0]], device="cpu", progress=False,
+                              mode="base")
+    assert config["eos_token_id"] == tok.eos_token_id
+    assert "stop_tokens" not in result.manifest["run"]
+
+
+def test_a_task_file_names_its_end_tokens(three_stops, tmp_path):
+    directory, _ = three_stops
+    path = tmp_path / "t.toml"
+    path.write_text('name = "pick"\nend = "turn"\nend_tokens = ["<|endoftext|>"]\n'
+                    'answers = ["7", "Red"]\n[[prompts]]\nid = "p"\ntext = "Pick."\n')
+    from answerdist.engine.tasks import load_tasks
+
+    (task,) = load_tasks(str(path))
+    assert task.end_tokens == ("<|endoftext|>",)
+    named = score_checkpoint(directory, tasks=[task], device="cpu", progress=False, mode="chat")
+    flag = score_checkpoint(directory, tasks=[changed(task, end_tokens=())], device="cpu",
+                            progress=False, mode="chat", end_tokens="<|endoftext|>")
+    assert (named.tables["pick"].column("prob").to_pylist()
+            == flag.tables["pick"].column("prob").to_pylist())
+    from answerdist.engine.results.schema import task_hash
+
+    assert task_hash(task) != task_hash(changed(task, end_tokens=()))
+
+
+def test_sampling_finishes_at_every_stop_token(three_stops):
+    import answerdist
+    from answerdist.engine.scoring.sampler import ReplySampler
+    from answerdist.engine.scoring.scorer import PromptEncoder
+    from answerdist.engine.settings import SamplingSettings
+
+    directory, _ = three_stops
+    ck = answerdist.load(directory)
+    sampler = ReplySampler(ck, PromptEncoder(ck, "chat"), SamplingSettings())
+    turn = TASKS[1]
+    assert [sampler._stop(turn, t) for t in (6, 0, 2, 5, 40)] == [
+        "finished", "finished", "finished", "other_end", None]
+    only = changed(turn, end_tokens=("<|im_end|>",))
+    assert [sampler._stop(only, t) for t in (6, 0)] == ["finished", "other_end"]

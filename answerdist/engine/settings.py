@@ -159,6 +159,15 @@ def _optional_end(value) -> str | None:
     return None if value is None else _one_of(END_RULES)(value)
 
 
+def _token_names(value) -> str | None:
+    if value is None:
+        return None
+    if (not isinstance(value, tuple) or not value
+            or not all(isinstance(v, str) and v and len(v) <= 256 for v in value)):
+        return f"must name tokens by their text ('<eos>,<end_of_turn>'), got {shown(value)}"
+    return None
+
+
 def _optional_samples(value) -> str | None:
     return None if value is None else _int_in(1, MOST_SAMPLES)(value)
 
@@ -297,6 +306,14 @@ class RunSpec:
         "word), turn (the whole reply, then the end of the turn), line (a newline or the end of "
         "the turn), prefix (anything: the reply begins with the answer); default: each "
         "task's own", _choices(END_RULES))
+    # The tokens that end a reply, for every task (None: each task's own `end_tokens`, else
+    # every token at which generation stops).
+    end_tokens: tuple[str, ...] | None = _setting(
+        None, _token_names,
+        "the tokens that end a reply under end turn or line, by their text, overriding each "
+        "task's end_tokens; default: every token at which generation stops (the template's end "
+        "of turn, generation_config.json's eos_token_id, the tokenizer's EOS), their "
+        "probabilities summed", "TOKEN[,TOKEN]")
     # Open tasks: replies sampled per prompt to discover the answers, and how they are drawn.
     discover: int | None = _setting(
         None, _optional_samples,
@@ -322,6 +339,10 @@ class RunSpec:
         "union), so that a ladder's checkpoints share one answer set", "LABEL[,LABEL]")
 
     def __post_init__(self):
+        if isinstance(self.end_tokens, str):  # "<eos>,<end_of_turn>" as the flag gives it
+            self._set("end_tokens", tuple(s.strip() for s in self.end_tokens.split(",")))
+        elif isinstance(self.end_tokens, list):
+            self._set("end_tokens", tuple(self.end_tokens))
         if isinstance(self.answers_from, str):  # "base,sft" as the flag gives it
             self._set("answers_from", tuple(s.strip() for s in self.answers_from.split(",")))
         elif isinstance(self.answers_from, list):
@@ -338,6 +359,9 @@ class RunSpec:
                 raise SettingError(f.name, problem)
         if self.end is not None:  # every task under this end rule, checked as the task file's
             self._set("tasks", tuple(replace(t, end=self.end) for t in self.tasks))
+        if self.end_tokens is not None:
+            self._set("tasks", tuple(replace(t, end_tokens=tuple(dict.fromkeys(self.end_tokens)))
+                                     for t in self.tasks))
         self._check_discovery()
         if self.out is not None:
             self._set("out", Path(self.out))

@@ -138,6 +138,22 @@ def read_metadata(path) -> Metadata:
     return Metadata(directory, config, args, tokenizer, special, template)
 
 
+def generation_eos_ids(directory: Path) -> tuple[int, ...]:
+    """generation_config.json's `eos_token_id`, an int or a list of ints, as transformers'
+    generate stops at them; () when the file or the key is absent."""
+    path = Path(directory) / "generation_config.json"
+    if not path.is_file():
+        return ()
+    value = read_json(path, "generation_config.json").get("eos_token_id")
+    if value is None:
+        return ()
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise CheckpointError(f"{path}: eos_token_id must be a token id or a list of them, got "
+                              f"{shown(value)}; restore the file from the original checkpoint")
+    return tuple(values)
+
+
 def check_metadata_files(directory: Path) -> None:
     """The small files read whole (config, tokenizer, template: what the fingerprint hashes and
     prompts are made of) are the checkpoint's own and small: a link that leaves the directory

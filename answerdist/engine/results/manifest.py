@@ -24,6 +24,9 @@ def run_fields(ck, spec, run, key: dict, torch_version: str, threads: int, load_
         mode=run.mode, chat_template_source=run.chat.source if run.chat is not None else None,
         chat_template_special_tokens=run.chat.special_source if run.chat is not None else None,
         template_date=run.template_date,
+        # the tokens that end a reply (end turn and line without end_tokens), by their text
+        stop_tokens=(None if run.stop_tokens is None
+                     else [ck.tokenizer.id_to_token(i) for i in run.stop_tokens]),
         enable_thinking=key["enable_thinking"], torch_version=torch_version,
         threads=threads,  # CPU bits can depend on it (docs/results.md)
         tokenizations=spec.tokenizations,

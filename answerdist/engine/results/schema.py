@@ -88,7 +88,7 @@ def task_hash(task) -> str:
     # Settings added later are left out at their defaults, so that results scored before they
     # existed keep their hash.
     for name, default in (("end", "boundary"), ("response_prefix", ""), ("open_answers", False),
-                          ("normalize", ())):
+                          ("normalize", ()), ("end_tokens", ())):
         if fields.get(name) == default:
             fields.pop(name)
     for prompt in fields["prompts"]:

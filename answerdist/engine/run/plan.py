@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from answerdist.engine.model.checkpoint import check_metadata_files, resolve_device
-from answerdist.engine.scoring.scorer import packs_sequences
+from answerdist.engine.scoring.scorer import packs_sequences, reply_end, stop_tokens
 from answerdist.engine.settings import RunSpec, label_problem, shown
 from answerdist.engine.text.chat import ChatTemplate, chat_template_for, load_chat_template
 from answerdist.errors import OutputError
@@ -24,6 +24,9 @@ class Resolved:
     chat: ChatTemplate | None  # what chat mode renders prompts with; None in base mode
     packs: bool  # whether prompts share forward passes (scoring.scorer.packs_sequences)
     own_special_source: str  # the checkpoint's tokenizer_config.json, which its fingerprint covers
+    # The tokens at which generation stops (scoring.scorer.stop_tokens), where a task without
+    # end_tokens ends at the turn or the line; else None.
+    stop_tokens: tuple[int, ...] | None = None
 
     def key(self, fingerprint: str) -> dict:
         """What identifies the results (the `run` of the manifest and of each task): a rerun with
@@ -49,6 +52,11 @@ class Resolved:
             key["tp"] = spec.tp
         if spec.end is not None:
             key["end"] = spec.end
+        if spec.end_tokens is not None:
+            key["end_tokens"] = list(spec.end_tokens)
+        if self.stop_tokens is not None and len(self.stop_tokens) > 1:
+            # Where generation stops at several tokens, turn and line sum over them.
+            key["stop_tokens"] = list(self.stop_tokens)
         if spec.discover is not None or spec.answers_from is not None:
             key["discovery"] = {"replies": spec.discover, "temperature": spec.temperature,
                                 "top_p": spec.top_p, "max_new_tokens": spec.max_new_tokens,
@@ -93,4 +101,6 @@ def resolve(spec: RunSpec, checkpoint) -> Resolved:
         raise OutputError(f"{checkpoint.path}: its directory name {shown(label)} cannot be a "
                           "label; pass a label")
     packs = packs_sequences(resolve_device(spec.device), spec.batch_invariant)
-    return Resolved(spec, mode, label, chat, packs, own_special_source)
+    stops = (stop_tokens(checkpoint, reply_end(checkpoint, mode, chat))
+             if any(t.end in ("turn", "line") and not t.end_tokens for t in spec.tasks) else None)
+    return Resolved(spec, mode, label, chat, packs, own_special_source, stops)

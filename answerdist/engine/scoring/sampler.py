@@ -14,8 +14,9 @@ reply never depends on them, bit for bit (the chunk past the last requested inde
 whole and cut).
 
 Stopping follows the task's end rule (docs/tasks.md): under "turn" a reply stops at the first
-special token, and it is finished when that token is the reply's end
-(`answerdist.engine.scoring.scorer.ReplyEnd`) and the text before it ends with the end's text; under
+special token, and it is finished when that token is one of the task's stop tokens
+(`PromptEncoder.stops`: where generation stops) and, for the template's own end of turn
+(`answerdist.engine.scoring.scorer.ReplyEnd`), the text before it ends with the end's text; under
 "line" it also stops, finished, at a token starting with a newline. A reply that reaches
 `max_new_tokens` is unfinished, and one that stops at another special token (an EOS where the
 template ends turns otherwise) ended elsewhere: both are reported, never dropped. A reply whose
@@ -128,8 +129,8 @@ class ReplySampler:
 
     def _stop(self, task: Task, token: int) -> str | None:
         """How a reply ends at `token`, or None if it goes on."""
-        if token in self.specials:
-            return "finished" if token == self.encoder.reply_end.token_id else "other_end"
+        if token in self.specials or token in self.encoder.stops(task):
+            return "finished" if token in self.encoder.stops(task) else "other_end"
         if task.end == "line" and bool(self.encoder.end_mask(task)[token]):
             return "finished"
         return None

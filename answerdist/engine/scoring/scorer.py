@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from answerdist.engine.model.checkpoint import Checkpoint
+from answerdist.engine.model.checkpoint import Checkpoint, generation_eos_ids
 from answerdist.engine.settings import RunSpec
 from answerdist.engine.tasks import Task, check_variants_tokenize
 from answerdist.engine.text.chat import ChatTemplate, chat_template_for
@@ -126,6 +126,33 @@ def reply_end(checkpoint: Checkpoint, mode: str, template: ChatTemplate | None) 
     return ReplyEnd(after[:start], token_id, text)
 
 
+def stop_tokens(checkpoint: Checkpoint, end: ReplyEnd) -> tuple[int, ...]:
+    """Every token at which generation stops after a reply, the reply's own end first: the end
+    of turn the template renders (the EOS in base mode), then generation_config.json's
+    `eos_token_id` (an int or a list, as transformers' generate reads it), then the tokenizer's
+    EOS; each once, special tokens only (a plain token is text an answer may hold)."""
+    specials = special_token_ids(checkpoint)
+    eos = checkpoint.special_tokens.get("eos_token")
+    found = [end.token_id, *generation_eos_ids(checkpoint.path),
+             *([checkpoint.tokenizer.token_to_id(eos)] if isinstance(eos, str) else [])]
+    return tuple(dict.fromkeys(i for i in found if i in specials or i == end.token_id))
+
+
+def named_stop_tokens(checkpoint: Checkpoint, names: tuple[str, ...], where: str
+                      ) -> tuple[int, ...]:
+    """The ids of the tokens a task's `end_tokens` (or --end-tokens) names, each a token's
+    text ("<eos>", "<end_of_turn>")."""
+    ids = []
+    for name in names:
+        token_id = checkpoint.tokenizer.token_to_id(name)
+        if token_id is None or token_id >= checkpoint.args.vocab_size:
+            raise TaskError(f"{where}: end_tokens names {name!r}, which is no token of "
+                            f"{checkpoint.path / 'tokenizer.json'}; name its end-of-turn or EOS "
+                            "tokens as the tokenizer writes them")
+        ids.append(token_id)
+    return tuple(dict.fromkeys(ids))
+
+
 def special_token_ids(checkpoint: Checkpoint) -> dict[int, str]:
     """{id: text} of the tokenizer's special tokens (EOS, end of turn, chat markers, ...)."""
     return {i: t.content for i, t in checkpoint.tokenizer.get_added_tokens_decoder().items()
@@ -218,6 +245,7 @@ class PromptEncoder:
         self.specials = special_token_ids(checkpoint)
         self._newlines: torch.Tensor | None = None
         self._reply_end: ReplyEnd | None = None
+        self._stops: dict[tuple[str, ...], tuple[int, ...]] = {}
 
     def end_mask(self, task: Task) -> torch.Tensor:
         """The tokens whose coming next ends an answer of `task` (its end factor); under
@@ -239,21 +267,34 @@ class PromptEncoder:
             self._reply_end = reply_end(self.checkpoint, self.mode, self.template)
         return self._reply_end
 
+    def stops(self, task: Task) -> tuple[int, ...]:
+        """The tokens that end a reply of `task`: those its `end_tokens` names, else every
+        token at which generation stops (`stop_tokens`)."""
+        if task.end_tokens not in self._stops:
+            self._stops[task.end_tokens] = (
+                named_stop_tokens(self.checkpoint, task.end_tokens, f"task {task.name!r}")
+                if task.end_tokens else stop_tokens(self.checkpoint, self.reply_end))
+        return self._stops[task.end_tokens]
+
     def endings(self, task: Task, cont: str) -> list[tuple[str, int | None]]:
         """The texts that are scored for a continuation, each with the special token that
         closes it (None: the path takes the end factor instead; PREFIX: neither). boundary:
-        the continuation; prefix: the continuation alone; turn: the continuation, then the
-        reply's end; line: both, except that an end of turn starting with a newline is already
-        counted by the newline factor."""
+        the continuation; prefix: the continuation alone; turn: the continuation closed by each
+        stop token (`stops`: the template's end of turn after the text the template puts
+        before it, any other stop token right after the continuation), their probabilities
+        summed; line: the continuation with the newline factor, and the closed ones whose text
+        does not start with a newline (those the newline factor already counts)."""
         if task.end == "boundary":
             return [(cont, None)]
         if task.end == "prefix":
             return [(cont, PREFIX)]
         end = self.reply_end
-        closed = (cont + end.text, end.token_id)
+        closed = [(cont + end.text if token == end.token_id else cont, token)
+                  for token in self.stops(task)]
         if task.end == "turn":
-            return [closed]
-        return [(cont, None)] + ([] if end.text[:1] in ("\n", "\r") else [closed])
+            return closed
+        return [(cont, None)] + [(text, token) for text, token in closed
+                                 if text[len(cont):][:1] not in ("\n", "\r")]
 
     def _post_processor_suffix(self) -> int:
         """How many tokens the post-processor appends after the text (an EOS, for some)."""

@@ -24,7 +24,7 @@ from answerdist.errors import TaskError
 from answerdist.files import read_user_text
 
 _TASK_KEYS = ("name", "description", "base_format", "assistant_prefix", "answers", "prompts",
-              "target", "end", "response_prefix", "normalize")
+              "target", "end", "response_prefix", "normalize", "end_tokens")
 _ANSWER_KEYS = ("answer", "variants")
 _PROMPT_KEYS = ("id", "text", "response_prefix")
 # The package whose directory holds the built-in task files, and that directory as named in
@@ -90,7 +90,8 @@ def _parse_task(table: dict, source: str, index: int | None) -> Task:
             assistant_prefix=_string(table, "assistant_prefix", "", fail, None), source=source,
             end=_string(table, "end", "turn", fail, None),
             response_prefix=_string(table, "response_prefix", "", fail, None),
-            open_answers=True, normalize=_parse_normalize(table.get("normalize"), fail))
+            open_answers=True, normalize=_parse_normalize(table.get("normalize"), fail),
+            end_tokens=_parse_end_tokens(table.get("end_tokens"), fail))
     answers = _parse_answers(table["answers"], fail)
     return Task(
         name=name,
@@ -103,7 +104,22 @@ def _parse_task(table: dict, source: str, index: int | None) -> Task:
         target=_parse_target(table.get("target"), answers, fail),
         end=_string(table, "end", "boundary", fail, None),
         response_prefix=_string(table, "response_prefix", "", fail, None),
+        end_tokens=_parse_end_tokens(table.get("end_tokens"), fail),
     )
+
+
+def _parse_end_tokens(value: object, fail: Callable[..., TaskError]) -> tuple[str, ...]:
+    """end_tokens = ["<eos>", "<end_of_turn>"] (or one string): the tokens that end a reply
+    under end = "turn" or "line", instead of every token at which generation stops."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v
+                                                           for v in value):
+        raise fail("end_tokens", "must be a token's text or a non-empty list of them, such as "
+                   '["<eos>", "<end_of_turn>"]')
+    return tuple(dict.fromkeys(value))
 
 
 def _parse_normalize(value: object, fail: Callable[..., TaskError]):

@@ -82,6 +82,9 @@ class Task:
     normalize: tuple[str, ...] | str = ()
     # A label from the task's source (NoveltyBench's `category`); recorded, never scored.
     category: str = ""
+    # The tokens that end a reply under end = "turn" or "line", by their text; () for every
+    # token at which generation stops (answerdist/engine/scoring/scorer.py's `stop_tokens`).
+    end_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _validate(self)
