@@ -195,7 +195,8 @@ def test_a_truncated_task_file_is_rescored_with_a_notice(ckpt, tmp_path):
         ResultsStore(out, "K").read_task("card")
     analysis = subprocess.run([sys.executable, "-m", "answerdist", "analyse", str(out), "--ladder",
                                "base=K,sft=K2"], capture_output=True, text=True, env=ENV, cwd=ROOT)
-    assert analysis.returncode == 2 and len(analysis.stderr.strip().splitlines()) == 1
+    assert analysis.returncode == 2 and len(analysis.stderr.strip().splitlines()) == 1, (
+        analysis.returncode, analysis.stderr)
     result = cli(ckpt, "--tasks", "coin,card", "--out", out, "--label", "K")
     assert result.returncode == 0, result.stderr
     assert "card.parquet: damaged or changed since it was written; rescoring card" in result.stderr
@@ -293,3 +294,19 @@ def test_store_module_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
                          cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_results_are_read_without_arrows_thread_pools(ckpt, tmp_path):
+    """The store reads a parquet file on the calling thread, without pyarrow.dataset: Arrow's
+    datasets layer leaves threads behind that made `answerdist analyse` abort (SIGABRT,
+    "terminate called without an active exception") at exit about one time in twelve under
+    load, instead of exiting with its status."""
+    out = tmp_path / "r"
+    assert score.main([str(ckpt), "--tasks", "coin", "--out", str(out), "--label", "K"]) == 0
+    code = ("import sys, answerdist.analysis as a\n"
+            f"a.load({str(out)!r})\n"
+            "print(sorted(m for m in sys.modules if m.startswith('pyarrow._dataset')))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

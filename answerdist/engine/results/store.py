@@ -418,7 +418,11 @@ class ResultsStore:
         fix = (f"rerun answerdist score with --label {self.label} (it rescores damaged "
                "tasks)")
         try:
-            table = pq.read_table(pa.BufferReader(self.files.read(file)))
+            # One file in memory, read on this thread: pq.read_table would start Arrow's thread
+            # pools and its datasets layer (S3, GCS, Azure file systems), whose threads could
+            # still be alive when the process exits, which then aborts (SIGABRT) instead of
+            # exiting with its status.
+            table = pq.ParquetFile(pa.BufferReader(self.files.read(file))).read(use_threads=False)
         except Exception as e:  # pyarrow raises several types for a bad file
             raise OutputError(f"{self.directory / file}: unreadable parquet "
                               f"({str(e).splitlines()[0]}); {fix}") from None
