@@ -352,7 +352,7 @@ def test_the_summary_says_where_borrowed_answers_came_from():
             == "pick: 3 answers scored, the answers discovered under base, sft")
     some = dict(none, samples=4, finished=3, unfinished=1)
     line = discovery_line("pick", some, 5, ["base"])
-    assert line.startswith("pick: 4 replies sampled, 3 finished, 1 unfinished")
+    assert line.startswith("pick: 4 replies sampled: 3 finished, 1 unfinished")
     assert line.endswith("5 answers scored, joined with the answers discovered under base")
 
 
