@@ -24,6 +24,7 @@ from answerdist.analysis.ladders import ladder_list
 from answerdist.analysis.null import LEVEL
 from answerdist.analysis.phases import (
     CHECKPOINT_METRICS,
+    MIN_COVERAGE,
     TAU,
     Results,
     load_results,
@@ -169,12 +170,13 @@ def load(results_dir, labels=None) -> Results:
 
 
 def analyse(results: Results, ladders, tau: float = TAU, level: float = LEVEL,
-            bootstrap: int = BOOTSTRAP) -> PhaseResult:
+            bootstrap: int = BOOTSTRAP, min_coverage: float = MIN_COVERAGE) -> PhaseResult:
     """Phase metrics of ladders over loaded results.
 
     ladders: {name: {stage: label, ...}} (stages in ladder order, the base first), or a list of
-    "[name:]base=LABEL,sft=LABEL,..." strings as `--ladder` takes them."""
-    phases = _analyse(results, ladder_list(ladders), tau, level, bootstrap)
+    "[name:]base=LABEL,sft=LABEL,..." strings as `--ladder` takes them. A stage whose coverage
+    is below `min_coverage` does not answer in the scored format: its phase is "no_answer"."""
+    phases = _analyse(results, ladder_list(ladders), tau, level, bootstrap, min_coverage)
     return PhaseResult(phases.to_json(), _stage_table(phases), _seed_table(phases),
                        _cross_table(phases), phases)
 

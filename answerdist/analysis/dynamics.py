@@ -17,7 +17,7 @@ the last point of stage "sft" when stages are given, else the last point of the 
 
 Transitions (`locate`): for each series, task and order parameter, a step a + b [x > c] is
 fitted by least squares over every split between consecutive points, and compared by AIC with
-a straight line a + b x. Only points that answer (coverage at least MIN_COVERAGE) enter the
+a straight line a + b x. Only points that answer (coverage at least min_coverage) enter the
 fits of the parameters other than coverage: below it, the answer distribution is what is left
 after renormalising a model that does not yet answer in this format (an SFT checkpoint a few
 steps in, scored in chat mode), and it would place a transition at the format switch. The
@@ -50,10 +50,11 @@ from answerdist.analysis.bootstrap import (
     interval,
     resample_counts,
 )
-from answerdist.analysis.checks import short
+from answerdist.analysis.checks import number_in, short
 from answerdist.analysis.metrics import entropy, js_divergence, mass_within, pairwise_js, support
 from answerdist.analysis.null import draw_rng
 from answerdist.analysis.phases import (
+    MIN_COVERAGE,
     SUPPORT_MASS,
     TAU,
     Results,
@@ -74,7 +75,6 @@ _COLUMN = {"liquidity": LIQUIDITY, "entropy_norm": ENTROPY_NORM,
 SHARP_AIC = 10.0  # "very strong" evidence for a step over a line (Burnham and Anderson)
 MIN_POINTS = 3
 FLAT = 1e-9  # an order parameter moving less than this along a series has no transition
-MIN_COVERAGE = 0.5  # a point whose answers hold less mass than this does not answer yet
 
 
 @dataclass
@@ -273,11 +273,14 @@ def locate(positions, y, resampled, prompts):
 SERIES_SHAPE = "give {name: [(label, position), ...]} (or (label, position, stage) points)"
 
 
-def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP) -> TrajectoryResult:
+def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP,
+               min_coverage: float = MIN_COVERAGE) -> TrajectoryResult:
     """Order parameters and located transitions of `series` ({name: [(label, position[,
     stage]), ...]}) over loaded results (`answerdist.analysis.load` or
-    `answerdist.analysis.from_table`)."""
+    `answerdist.analysis.from_table`). A point whose coverage is below `min_coverage` does not
+    answer (its `answering` is false) and enters no fit but coverage's."""
     check_resamples(bootstrap)
+    number_in(min_coverage, "min_coverage", 0.0, 1.0, default=MIN_COVERAGE)
     check_results(results)
     if not isinstance(series, dict) or not series:
         raise AnalysisError(f"series {short(series)}: {SERIES_SHAPE}")
@@ -315,7 +318,7 @@ def trajectory(results: Results, series: dict, bootstrap: int = BOOTSTRAP) -> Tr
                     row.update({param: value, f"{param}_lo": ci[0], f"{param}_hi": ci[1],
                                 f"{param}_susceptibility": chi[param]})
                 point_rows.append(row)
-            answering = point[:, COVERAGE] >= MIN_COVERAGE
+            answering = point[:, COVERAGE] >= min_coverage
             for row, answers in zip(point_rows[-len(points):], answering, strict=True):
                 row["answering"] = bool(answers)
             for param in ORDER_PARAMETERS:

@@ -48,6 +48,7 @@ import numpy as np
 from answerdist.analysis.bootstrap import (
     BOOTSTRAP,
     CONFIDENCE,
+    COVERAGE,
     DISTINCT_K,
     LIQUIDITY,
     NUCLEATION,
@@ -90,7 +91,11 @@ SUPPORT_MASS = 0.9  # the seed's support: its smallest set of answers holding 90
 RETENTION_MIN = 0.8  # a settled stage keeps at least 80% of its mass inside that support
 # Below this base liquidity (bits) the ratio in `nucleation` is noise over noise: null instead.
 BASE_LIQUIDITY_MIN = 1e-6
-PHASES = ("liquid", "nucleated", "settled", "unclear")
+PHASES = ("liquid", "nucleated", "settled", "unclear", "no_answer")
+# A stage (or a trajectory's point) whose answers hold less of the model's mass than this does
+# not answer in the scored format: it gets the phase "no_answer", and a ladder whose seed stage
+# does not answer is refused. `--min-coverage` (min_coverage=) sets it.
+MIN_COVERAGE = 0.5
 # The metrics of one checkpoint (the rest of STAGE_METRICS are measured along a ladder).
 CHECKPOINT_METRICS = tuple(m for m in STAGE_METRICS
                            if m != "nucleation" and m not in SETTLING_METRICS)
@@ -304,8 +309,11 @@ def _seed(base, stage, tau, level=LEVEL):
     )
 
 
-def _phase(position, seed_position, liquidity, nucleation, seed_found, retention):
+def _phase(position, seed_position, liquidity, nucleation, seed_found, retention,
+           answers=True):
     """Phase label of a stage; the rules and thresholds are in docs/metrics.md."""
+    if not answers:
+        return "no_answer"  # its answers are what is left over: no phase is measured
     if liquidity >= LIQUID_MIN:
         return "liquid"  # the phrasing still selects clearly different distributions
     # Collapsed, but only a stage that lost most of a liquid base's diversity, onto a seed
@@ -319,11 +327,13 @@ def _phase(position, seed_position, liquidity, nucleation, seed_found, retention
     return "settled" if retention >= RETENTION_MIN else "unclear"
 
 
-def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> TaskLadder:
+def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP,
+                   min_coverage=MIN_COVERAGE) -> TaskLadder:
     """Metrics of one task along one ladder; stages is an ordered {stage name: TaskData}.
 
     `level`: the p-value below which the seed test finds a seed; `bootstrap`: resamples of
-    the prompts behind each figure's interval (analysis/bootstrap.py)."""
+    the prompts behind each figure's interval (analysis/bootstrap.py); `min_coverage`: the
+    coverage below which a stage does not answer (phase "no_answer")."""
     names = list(stages)
     if len(names) < 2:
         raise AnalysisError(f"ladder {names}: needs a base and at least one later stage")
@@ -371,9 +381,9 @@ def ladder_metrics(stages, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> TaskLad
         stage = per_stage[name]
         retention = settling[name]["retention"].value if name in settling else None
         stage.phase = _phase(pos, seed_pos, stage.value("liquidity"), stage.value("nucleation"),
-                             seed.found, retention)
+                             seed.found, retention, stage.value("coverage") >= min_coverage)
         stage.phase_support = _phase_support(pos, seed_pos, stage.phase, seed.found,
-                                             resampled[:, pos])
+                                             resampled[:, pos], min_coverage)
     return TaskLadder(list(base.answers), per_stage, seed, settling)
 
 
@@ -402,14 +412,15 @@ def weights(counts):
     return W
 
 
-def _phase_support(pos, seed_pos, phase, seed_found, values):
+def _phase_support(pos, seed_pos, phase, seed_found, values, min_coverage=MIN_COVERAGE):
     """Share of the resamples in which the stage gets the same phase label (the seed's verdict
     held fixed: the null test is not repeated per resample)."""
     same = 0
     for row in values:
         nucleation = None if math.isnan(row[NUCLEATION]) else row[NUCLEATION]
         retention = row[RETENTION] if pos >= seed_pos else None
-        same += _phase(pos, seed_pos, row[LIQUIDITY], nucleation, seed_found, retention) == phase
+        same += _phase(pos, seed_pos, row[LIQUIDITY], nucleation, seed_found, retention,
+                       row[COVERAGE] >= min_coverage) == phase
     return same / len(values)
 
 
@@ -499,16 +510,19 @@ def target_mismatch(where, task, points, data) -> str | None:
             "measured against its own")
 
 
-def check_settings(tau, level, bootstrap, spelling="") -> None:
-    """The analysis's three settings; `spelling` "--" names them as the CLI's flags."""
+def check_settings(tau, level, bootstrap, spelling="", min_coverage=MIN_COVERAGE) -> None:
+    """The analysis's settings; `spelling` "--" names them as the CLI's flags."""
     number_in(tau, f"{spelling}tau", 0.0, 1.0, default=TAU)
     number_in(level, f"{spelling}level", 0.0, 1.0, open_low=True, open_high=True, default=LEVEL)
     check_resamples(bootstrap, f"{spelling}bootstrap")
+    number_in(min_coverage, f"{spelling}min{'-' if spelling else '_'}coverage", 0.0, 1.0,
+              default=MIN_COVERAGE)
 
 
-def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> Phases:
+def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP,
+            min_coverage=MIN_COVERAGE) -> Phases:
     """ladders: [(name, [(stage, label), ...]), ...] -> Phases (`.to_json()`: phases.json)."""
-    check_settings(tau, level, bootstrap)
+    check_settings(tau, level, bootstrap, min_coverage=min_coverage)
     check_results(results)
     out = Phases(tau, level, bootstrap, CONFIDENCE, {
         "liquid_min": LIQUID_MIN,
@@ -518,6 +532,7 @@ def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> Phas
         "retention_min": RETENTION_MIN,
         "base_liquidity_min": BASE_LIQUIDITY_MIN,
         "distinct_k": DISTINCT_K,
+        "min_coverage": min_coverage,
     })
     for label in dict.fromkeys(label for _, stages in ladders for _, label in stages):
         if label not in results.data:
@@ -535,6 +550,7 @@ def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> Phas
             out.warnings += [mismatch] if mismatch else []
             checked.setdefault(name, {})[task] = dict(zip((stage for stage, _ in stages), data,
                                                           strict=True))
+            check_seed_answers(name, task, stages, checked[name][task], min_coverage)
     for name, stages in ladders:
         per_task = {}
         for task, data in checked[name].items():
@@ -544,11 +560,31 @@ def analyse(results, ladders, tau=TAU, level=LEVEL, bootstrap=BOOTSTRAP) -> Phas
                         f"ladder {name}, task {task}: stage {stage} has {len(td.prompt_ids)} "
                         "prompt; liquidity, dispersion and nucleation need at least 2 phrasings "
                         "and mean nothing here")
-            per_task[task] = ladder_metrics(data, tau, level, bootstrap)
+            for stage, td in data.items():
+                cover = float(np.mean(td.coverage))
+                if cover < min_coverage:
+                    out.warnings.append(
+                        f"ladder {name}, task {task}: stage {stage} ({td.label}) does not answer "
+                        f"in this format (coverage {cover:.3f} < min coverage {min_coverage:g}): "
+                        "phase no_answer, its other figures mean nothing")
+            per_task[task] = ladder_metrics(data, tau, level, bootstrap, min_coverage)
         out.ladders[name] = Ladder([(s, label) for s, label in stages],
                                    seed_stage_of(s for s, _ in stages), per_task)
     out.cross_ladder = _cross_ladder(out.ladders)
     return out
+
+
+def check_seed_answers(name, task, stages, data, min_coverage) -> None:
+    """A ladder whose seed stage does not answer in the scored format has no seed to find:
+    refused in one line."""
+    seed = seed_stage_of(stage for stage, _ in stages)
+    cover = float(np.mean(data[seed].coverage))
+    if cover < min_coverage:
+        raise AnalysisError(
+            f"ladder {name}, task {task}: its seed stage {seed} ({data[seed].label}) does not "
+            f"answer in this format (coverage {cover:.3f} < min coverage {min_coverage:g}); "
+            "score it in the mode it answers in (answerdist score --mode chat for a chat "
+            "checkpoint), or lower --min-coverage")
 
 
 def _cross_ladder(ladders: dict[str, Ladder]) -> list[LadderPair]:

@@ -13,7 +13,14 @@ from pathlib import Path
 from answerdist.analysis.bootstrap import BOOTSTRAP, MIN_BOOTSTRAP
 from answerdist.analysis.ladders import ladder_list
 from answerdist.analysis.null import LEVEL
-from answerdist.analysis.phases import TAU, analyse, check_settings, load_results, seed_verdict
+from answerdist.analysis.phases import (
+    MIN_COVERAGE,
+    TAU,
+    analyse,
+    check_settings,
+    load_results,
+    seed_verdict,
+)
 from answerdist.analysis.report import build_report
 from answerdist.engine.results.store import check_writable
 from answerdist.errors import AnalysisError, ArgumentParser, EngineError
@@ -126,6 +133,10 @@ def _parse_args(argv):
     parser.add_argument(
         "--out", help="where to write phases.json (default RESULTS_DIR/phases.json)"
     )
+    parser.add_argument("--min-coverage", type=float, default=MIN_COVERAGE, metavar="C",
+                        help="a stage whose answers hold less mass than this does not answer in "
+                             "the scored format: phase no_answer, and a ladder whose seed stage "
+                             f"does not answer is refused (default {MIN_COVERAGE})")
     parser.add_argument("--report", metavar="DIR", help="also write DIR/index.html with plots")
     return parser.parse_args(argv)
 
@@ -133,7 +144,8 @@ def _parse_args(argv):
 def main(argv=None):
     args = _parse_args(argv)
     try:
-        check_settings(args.tau, args.level, args.bootstrap, spelling="--")
+        check_settings(args.tau, args.level, args.bootstrap, spelling="--",
+                       min_coverage=args.min_coverage)
         ladders = ladder_list(args.ladder)
         labels = list(dict.fromkeys(label for _, stages in ladders for _, label in stages))
         out = Path(args.out) if args.out else Path(args.results_dir) / "phases.json"
@@ -141,7 +153,8 @@ def main(argv=None):
         if args.report:
             check_writable(Path(args.report))
         results = load_results(args.results_dir, labels)
-        phases = analyse(results, ladders, args.tau, args.level, args.bootstrap)
+        phases = analyse(results, ladders, args.tau, args.level, args.bootstrap,
+                         args.min_coverage)
         text = json.dumps(phases.to_json(), indent=1, allow_nan=False)
         with staged() as stage:  # the report and the JSON both land, or neither
             if args.report:

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from answerdist.analysis.bootstrap import BOOTSTRAP, CONFIDENCE, MIN_BOOTSTRAP, check_resamples
+from answerdist.analysis.checks import number_in
 from answerdist.analysis.dynamics import check_series, parse_series, trajectory
-from answerdist.analysis.phases import load_results
+from answerdist.analysis.phases import MIN_COVERAGE, load_results
 from answerdist.analysis.report import build_trajectory_report
 from answerdist.cli.analyse import check_output_file
 from answerdist.engine.results.store import check_writable, labels_in
@@ -32,6 +33,10 @@ def _trajectory_args(argv):
                              f"{BOOTSTRAP}, at least {MIN_BOOTSTRAP})")
     parser.add_argument("--out", help="where to write trajectory.json (default "
                                       "RESULTS_DIR/trajectory.json)")
+    parser.add_argument("--min-coverage", type=float, default=MIN_COVERAGE, metavar="C",
+                        help="a point whose answers hold less mass than this does not answer in "
+                             "the scored format and enters no fit but coverage's (default "
+                             f"{MIN_COVERAGE})")
     parser.add_argument("--report", metavar="DIR", help="also write DIR/index.html with plots")
     return parser.parse_args(argv)
 
@@ -41,6 +46,7 @@ def main(argv=None):
     args = _trajectory_args(argv)
     try:
         check_resamples(args.bootstrap, "--bootstrap")
+        number_in(args.min_coverage, "--min-coverage", 0.0, 1.0, default=MIN_COVERAGE)
         out = Path(args.out) if args.out else Path(args.results_dir) / "trajectory.json"
         check_output_file(out)
         if args.report:
@@ -54,7 +60,8 @@ def main(argv=None):
             check_series(name, points)
             series[name] = points
         labels = list(dict.fromkeys(p[0] for points in series.values() for p in points))
-        result = trajectory(load_results(args.results_dir, labels), series, args.bootstrap)
+        result = trajectory(load_results(args.results_dir, labels), series, args.bootstrap,
+                            args.min_coverage)
         text = json.dumps({"bootstrap": args.bootstrap, "confidence": CONFIDENCE,
                            "series": {name: [{"label": p[0], "position": p[1], "stage": p[2]}
                                              for p in points] for name, points in series.items()},
