@@ -247,3 +247,28 @@ def test_a_series_file_with_a_stage_that_is_not_a_string_is_one_line(tmp_path, c
                             str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "stage" in err and not out.exists()
+
+
+def test_a_drift_a_line_fits_better_is_not_located():
+    """delta_aic < 0 (a straight line fits at least as well as a step): no position and no
+    interval, only the delta_aic, never a position that pretends to a jump."""
+    x = np.arange(12, dtype=float)
+    rng = np.random.default_rng(0)
+    y = 0.05 * x + rng.normal(0, 0.01, 12)
+    resampled = y + rng.normal(0, 0.01, (200, 12))
+    at, ci, sharp, delta = locate(x, y, resampled, 16)
+    assert delta < 0 and at is None and ci is None and not sharp
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_located_interval_is_never_narrower_than_the_checkpoints_around_it(seed):
+    """The position is the midpoint of two checkpoints: nothing between them was measured,
+    so its interval holds both, however sure the resamples are."""
+    rng = np.random.default_rng(seed)
+    x = np.cumsum(rng.uniform(1, 100, 10))
+    jump = int(rng.integers(2, 8))
+    y = np.where(np.arange(10) >= jump, 1.0, 0.0) + rng.normal(0, 1e-4, 10)
+    resampled = np.broadcast_to(y, (200, 10)).copy()  # every resample agrees exactly
+    at, ci, sharp, delta = locate(x, y, resampled, 16)
+    assert at == pytest.approx((x[jump - 1] + x[jump]) / 2) and sharp and delta > 0
+    assert ci[0] <= x[jump - 1] and ci[1] >= x[jump]

@@ -22,9 +22,10 @@ fits of the parameters other than coverage: below it, the answer distribution is
 after renormalising a model that does not yet answer in this format (an SFT checkpoint a few
 steps in, scored in chat mode), and it would place a transition at the format switch. The
 position is the midpoint of the best split, its interval the central 95% of the positions
-located in bootstrap resamples of the prompts; `delta_aic` = AIC(line) - AIC(step) (Gaussian
-residuals, 2 and 3 parameters); the transition is `sharp` when delta_aic >= SHARP_AIC, a
-crossover otherwise. docs/metrics.md ("Trajectories").
+located in bootstrap resamples of the prompts, never narrower than the two checkpoints around
+it (the resolution limit); `delta_aic` = AIC(line) - AIC(step) (Gaussian residuals, 2 and 3
+parameters): below 0 a line fits better and no transition is located; the transition is
+`sharp` when delta_aic >= SHARP_AIC, a crossover otherwise. docs/metrics.md ("Trajectories").
 """
 
 from __future__ import annotations
@@ -252,18 +253,24 @@ def line_rss(x, y):
 
 def locate(positions, y, resampled, prompts):
     """(position, [lo, hi], sharp, delta_aic) of the transition in y along positions, the
-    interval from its resamples [B, points] over `prompts` phrasings; no position when y is
-    flat or has fewer than MIN_POINTS points."""
+    interval from its resamples [B, points] over `prompts` phrasings, widened to the two
+    checkpoints around the position (nothing between them was measured: the resolution
+    limit). No position when y is flat, has fewer than MIN_POINTS points, or a straight line
+    fits it at least as well as a step (delta_aic < 0: nothing to locate)."""
     x = np.asarray(positions, np.float64)
     if len(y) < MIN_POINTS or np.ptp(y) <= FLAT:
         return None, None, False, 0.0  # too few points answer, or the parameter does not move
     split, rss = step_splits(y)
     midpoints = 0.5 * (x[:-1] + x[1:])
     delta = _aic(line_rss(x, y), len(y), 2) - _aic(float(rss), len(y), 3)
+    if delta < 0:
+        return None, None, False, float(delta)  # a line fits better: a drift, not a jump
     finite = resampled[np.all(np.isfinite(resampled), axis=1)]
     located = midpoints[step_splits(finite)[0] - 1] if len(finite) else np.empty(0)
     at = float(midpoints[int(split) - 1])
     ci = interval(located, at, prompts) if len(located) else None
+    before, after = float(x[int(split) - 1]), float(x[int(split)])
+    ci = [before, after] if ci is None else [min(ci[0], before), max(ci[1], after)]
     return at, ci, bool(delta >= SHARP_AIC), float(delta)
 
 

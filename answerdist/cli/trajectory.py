@@ -81,13 +81,17 @@ def main(argv=None):
 
 
 def format_transitions(table):
-    """One line per series, task and order parameter: where it jumps, and how sharply."""
+    """One line per series, task and order parameter: where it jumps, and how sharply (no
+    position: flat, or a straight line fits at least as well as a step)."""
     lines = [f"{'series':<12}{'task':<16}{'parameter':<20}{'position':>12}{'95% interval':>26}"
              f"{'dAIC':>9}  kind"]
     for r in table.to_pylist():
-        if r["position"] is None:
+        if r["position"] is None:  # flat, too few answering points, or a line fits better
+            drift = r["delta_aic"] < 0
             lines.append(f"{r['series'][:11]:<12}{r['task'][:15]:<16}{r['metric']:<20}"
-                         f"{'-':>12}{'-':>26}{'-':>9}  flat")
+                         f"{'-':>12}{'-':>26}"
+                         + (f"{r['delta_aic']:>9.1f}  not located (a line fits better)" if drift
+                            else f"{'-':>9}  flat"))
             continue
         ci = ("-" if r["position_lo"] is None
               else f"[{r['position_lo']:.6g}, {r['position_hi']:.6g}]")
