@@ -45,13 +45,14 @@ def test_a_stage_that_does_not_answer_gets_no_phase():
 
 def test_the_threshold_is_a_setting():
     results = analysis.from_table(table({"base": 0.9, "sft": 0.8, "dpo": 0.3}))
+
     def phases(**settings):
         out = analysis.analyse(results, LADDER, bootstrap=100, **settings)
         return {r["stage"]: r["phase"] for r in out.stages.to_pylist()}
 
-    assert phases()["dpo"] == "no_answer"  # 0.3 < the default 0.5
-    assert phases(min_coverage=0.2)["dpo"] != "no_answer"
-    assert MIN_COVERAGE == 0.5
+    assert phases()["dpo"] != "no_answer"  # 0.3 >= the default 0.1: it answers
+    assert phases(min_coverage=0.4)["dpo"] == "no_answer"
+    assert MIN_COVERAGE == 0.1
     for bad in (-0.1, 1.5, float("nan"), "x"):
         with pytest.raises(AnalysisError, match="min_coverage"):
             analysis.analyse(results, LADDER, min_coverage=bad)
@@ -87,7 +88,7 @@ def test_the_cli_says_it_in_one_line(tmp_path, capsys):
 
 def test_the_trajectory_takes_the_same_threshold():
     results = analysis.from_table(table({"base": 0.9, "sft": 0.3, "dpo": 0.9}))
-    series = {"run": [("base", 0), ("sft", 1), ("dpo", 2)]}
+    series = {"run": [("base", 0), ("sft", 1), ("dpo", 2)]}  # the fits' default is 0.5
 
     def answering(**settings):
         out = analysis.trajectory(results, series, bootstrap=100, **settings)

@@ -55,7 +55,6 @@ from answerdist.analysis.checks import number_in, short
 from answerdist.analysis.metrics import entropy, js_divergence, mass_within, pairwise_js, support
 from answerdist.analysis.null import draw_rng
 from answerdist.analysis.phases import (
-    MIN_COVERAGE,
     SUPPORT_MASS,
     TAU,
     Results,
@@ -73,6 +72,11 @@ ORDER_PARAMETERS = ("liquidity", "seed_overlap", "entropy_norm", "effective_supp
                     "retention", "coverage")
 _COLUMN = {"liquidity": LIQUIDITY, "entropy_norm": ENTROPY_NORM,
            "effective_support": EFFECTIVE_SUPPORT, "retention": RETENTION, "coverage": COVERAGE}
+# A point whose answers hold less mass than this does not answer yet, for the fits: it enters
+# no fit but coverage's (`--min-coverage` of `answerdist trajectory`, min_coverage=). Higher
+# than the phase analysis's no-answer threshold (phases.MIN_COVERAGE): an SFT checkpoint a few
+# steps in, half in the format, would place the fits' transitions at the format switch.
+MIN_COVERAGE = 0.5
 SHARP_AIC = 10.0  # "very strong" evidence for a step over a line (Burnham and Anderson)
 MIN_POINTS = 3
 FLAT = 1e-9  # an order parameter moving less than this along a series has no transition

@@ -92,10 +92,11 @@ RETENTION_MIN = 0.8  # a settled stage keeps at least 80% of its mass inside tha
 # Below this base liquidity (bits) the ratio in `nucleation` is noise over noise: null instead.
 BASE_LIQUIDITY_MIN = 1e-6
 PHASES = ("liquid", "nucleated", "settled", "unclear", "no_answer")
-# A stage (or a trajectory's point) whose answers hold less of the model's mass than this does
-# not answer in the scored format: it gets the phase "no_answer", and a ladder whose seed stage
-# does not answer is refused. `--min-coverage` (min_coverage=) sets it.
-MIN_COVERAGE = 0.5
+# A stage whose answers hold less of the model's mass than this does not answer in the scored
+# format (a chat checkpoint scored in base mode holds ~0): it gets the phase "no_answer", and a
+# ladder whose seed stage does not answer is refused. Low on purpose: a base model answering in
+# its own words still answers (0.2 to 0.6 is common). `--min-coverage` (min_coverage=) sets it.
+MIN_COVERAGE = 0.1
 # The metrics of one checkpoint (the rest of STAGE_METRICS are measured along a ladder).
 CHECKPOINT_METRICS = tuple(m for m in STAGE_METRICS
                            if m != "nucleation" and m not in SETTLING_METRICS)

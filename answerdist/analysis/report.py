@@ -436,7 +436,7 @@ def order_parameter_figure(points, transitions, series):
     mean over tasks in black, stage boundaries dotted (after each stage's last point) and
     named, each task's located transition of that parameter marked on the axis (filled:
     sharp, open: crossover). Points that do not answer yet
-    (answerdist.analysis.phases.MIN_COVERAGE) are drawn in the coverage panel only.
+    (answerdist.analysis.dynamics.MIN_COVERAGE) are drawn in the coverage panel only.
 
     The points are spaced evenly in their order and labelled by position: checkpoints are
     often saved densely early in a stage and sparsely later, which a linear axis of steps
