@@ -239,7 +239,8 @@ def test_answers_from_scores_every_checkpoint_on_the_union(ladder):
 
     phases = answerdist.analysis.analyse(answerdist.analysis.load(out, ["base_u", "sft_u"]),
                                          ["base=base_u,sft=sft_u"],
-                              bootstrap=200).records
+                                         bootstrap=200,  # a random model barely answers:
+                                         min_coverage=0.0).records
     stages = next(iter(phases.ladders.values())).tasks["pick"].stages
     assert set(stages) == {"base", "sft"}
     assert all(s.n_answers == len(found["base_u"]) for s in stages.values())
