@@ -331,3 +331,20 @@ def test_a_discovered_ladder_over_the_demo_checkpoints(small_demo, tmp_path):
     assert t.seed.seed_prompt_id == closed["planted_seed"] and t.seed.p_value < 0.01
     assert {s: m.phase for s, m in t.stages.items()} == closed["phases"]
     assert all(m.value("coverage") > 0.9 for s, m in t.stages.items())
+
+
+def test_every_symbol_of_the_demo_table_is_explained_under_it():
+    rows = {"coin": {"planted_seed": "game", "detected_seed": "polite", "seed_verdict": "found",
+                     "phases": {"base": "liquid", "sft": "nucleated"},
+                     "base_js_to_planted": 0.12,
+                     "nucleation": {"position": 736.0, "interval": [727.0, 752.0],
+                                    "in_sft": False}},
+            "die": {"planted_seed": "game", "detected_seed": None, "seed_verdict": "no seed",
+                    "phases": {"base": "liquid"}, "base_js_to_planted": None,
+                    "nucleation": None}}
+    text = check.format_table(rows, ["base", "sft"])
+    table, legend = text.split("\ndetected:", 1)
+    assert "736 [727, 752] (outside SFT) *" in table and "(no seed)" in table
+    for symbol in ("* marks", "base JS:", "nucleation at step:", "(outside SFT)",
+                   "in parentheses"):
+        assert symbol in "detected:" + legend, symbol

@@ -99,3 +99,17 @@ def test_the_trajectory_takes_the_same_threshold():
     assert answering(min_coverage=0.25) == [True, True, True]
     with pytest.raises(AnalysisError, match="min_coverage"):
         analysis.trajectory(results, series, min_coverage=-1)
+
+
+def test_every_column_of_the_printed_tables_is_explained():
+    from answerdist.cli.analyse import LEGEND, format_tables
+
+    results = analysis.from_table(table({"base": 0.9, "sft": 0.8, "dpo": 0.01}))
+    text = format_tables(analysis.analyse(results, LADDER, bootstrap=100).records)
+    header = next(line for line in text.splitlines() if line.strip().startswith("stage"))
+    legend = " ".join(LEGEND)
+    assert text.endswith(legend)
+    named = set(legend.replace(",", " ").replace(";", " ").split())
+    for column in header.split()[2:]:  # after "stage" and "label"
+        assert column in named, column
+    assert "no_answer" in text and "no_answer: coverage below --min-coverage" in legend

@@ -100,7 +100,20 @@ def format_tables(phases):
             ids = " / ".join(str(x) for x in c.seed_prompt_ids)
             same = "same prompt" if c.same_prompt else "different or missing seed"
             lines.append(f"  {task}: {ids}  JS {_fmt(c.js_between_seeds)}  {same}")
-    return "\n".join(lines)
+    return "\n".join(lines + LEGEND)
+
+
+# Every column of the tables, said under them (docs/metrics.md defines each).
+LEGEND = [
+    "columns: H entropy (bits); H/logK entropy over its maximum; effK, consK effective number "
+    "of answers per prompt and of the consensus; liquid liquidity (mean pairwise JS between "
+    "phrasings, bits); dist phrasings distinct at --tau; disp dispersion (mean JS to the "
+    "consensus, bits); cover coverage (mass on the answers); nucl nucleation (1 - liquidity / "
+    "the base's); retain retention (consensus mass in the seed's support); drift JS to the "
+    "seed stage's consensus (bits); rho Spearman correlation with the seed prompt; phase "
+    "(share of resamples giving the same label); no_answer: coverage below --min-coverage; "
+    "- : undefined or not applicable",
+]
 
 
 def check_output_file(path: Path) -> None:

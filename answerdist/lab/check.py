@@ -189,7 +189,20 @@ def format_table(rows: dict, stages: list[str]) -> str:
             + (f"  {js:.3f}  " if js is not None else "  -      ") + _located(r["nucleation"])
             + mark
         )
+    lines += LEGEND
     return "\n".join(lines)
+
+
+# Every symbol of the table, said under it.
+LEGEND = [
+    "detected: the seed the analysis found, or its verdict in parentheses when it found none;",
+    "  * marks a task whose detected seed is not the planted one",
+    "base JS: mean Jensen-Shannon divergence (bits) of the base model's distributions to the",
+    "  planted ones it was trained on",
+    "nucleation at step: where the nucleation order parameter jumps along the checkpoints,",
+    "  [95% interval, never narrower than the two checkpoints around it]; (outside SFT) when",
+    "  not between the base and the last SFT checkpoint",
+]
 
 
 def _located(n: dict | None) -> str:
