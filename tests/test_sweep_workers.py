@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from answerdist.cli import sweep as sweep_cli
 from answerdist.engine.run import ledger, sweep
@@ -401,3 +403,17 @@ def test_the_documented_batch_script_and_local_submission_run_as_written(serial,
     assert local.returncode == 0, local.stdout + local.stderr
     assert "exit statuses of the tasks: 0 0" in local.stdout
     assert files(tmp_path / "results") == mine
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.text(max_size=12),
+                      st.builds(lambda i, n: f"{i}/{n}", st.integers(-3, 40), st.integers(-3, 40))))
+def test_any_shard_text_is_a_shard_or_one_line(text):
+    """--shard's one parser: a string gives (I, N) with 0 <= I < N, or one SweepError line."""
+    try:
+        i, n = sweep.parse_shard(text)
+    except sweep.SweepError as e:
+        assert "\n" not in str(e) and str(e).startswith("--shard ")
+    else:
+        assert 0 <= i < n
+        assert [int(x) for x in re.sub(r"\s", "", text).split("/")] == [i, n]

@@ -163,8 +163,8 @@ def merge(items: list[Item], rows: list[Row]) -> list[Row]:
 
 def status(args, which) -> int:
     sweep = load_sweep(args.sweep)
-    items = shard(expand(sweep), which)
-    states = label_states(sweep, items, borrowed_labels(sweep, expand(sweep)))
+    every = expand(sweep)
+    states = label_states(sweep, shard(every, which), borrowed_labels(sweep, every))
     counts = {state: sum(s.state == state for s in states) for state in STATES}
     if args.json:
         print(json.dumps({"sweep": str(Path(args.sweep).resolve()), "out": str(sweep.spec.out),

@@ -98,9 +98,6 @@ def load_prompt_set(path: str | Path) -> list[Task]:
     return tasks
 
 
-_JSONL_KEYS = ("id", "prompt", "prompt_paraphrases", "category")
-
-
 def _open_tasks(path: Path) -> list[Task]:
     """A NoveltyBench-style JSON-lines file: one open task per line."""
     where = str(path)
