@@ -35,10 +35,12 @@ from answerdist.analysis.records import Figure, Phases
 from answerdist.errors import AnalysisError
 
 STAGE_COLUMNS = CHECKPOINT_METRICS + ("nucleation",)
-SEED_COLUMNS = ("found", "verdict", "seed_prompt_id", "nearest_prompt_id", "js", "median_js",
-                "margin", "p_value", "level", "noise_floor", "resolvable")
+SEED_COLUMNS = ("found", "verdict", "seed_prompt_id", "seed_set", "nearest_prompt_id",
+                "nearest_set", "js", "median_js", "margin", "p_value", "level", "noise_floor",
+                "resolvable")
 _TYPES = {"distinct": pa.int64(), "found": pa.bool_(), "resolvable": pa.bool_(),
-          "verdict": pa.string(), "seed_prompt_id": pa.string(), "nearest_prompt_id": pa.string()}
+          "verdict": pa.string(), "seed_prompt_id": pa.string(), "nearest_prompt_id": pa.string(),
+          "seed_set": pa.list_(pa.string()), "nearest_set": pa.list_(pa.string())}
 
 
 def _row(figures, intervals):
@@ -206,7 +208,8 @@ def _seed_table(phases: Phases) -> pa.Table:
             s = t.seed
             rows.append({"ladder": ladder, "task": task, "seed_stage": s.stage, "found": s.found,
                          "verdict": s.verdict, "seed_prompt_id": s.seed_prompt_id,
-                         "nearest_prompt_id": s.nearest_prompt_id,
+                         "seed_set": list(s.seed_set), "nearest_prompt_id": s.nearest_prompt_id,
+                         "nearest_set": list(s.nearest_set),
                          **_row(s.figures, SEED_METRICS), "p_value": s.p_value,
                          "level": s.level, "noise_floor": s.noise_floor,
                          "resolvable": s.resolvable})
@@ -218,11 +221,14 @@ def _seed_table(phases: Phases) -> pa.Table:
 def _cross_table(phases: Phases) -> pa.Table:
     rows = [{"ladder_a": pair.ladders[0], "ladder_b": pair.ladders[1], "task": task,
              "seed_prompt_id_a": c.seed_prompt_ids[0], "seed_prompt_id_b": c.seed_prompt_ids[1],
+             "seed_set_a": list(c.seed_sets[0]), "seed_set_b": list(c.seed_sets[1]),
              "js_between_seeds": c.js_between_seeds, "same_prompt": c.same_prompt,
-             "p_value": c.p_value}
+             "compatible": c.compatible, "p_value": c.p_value}
             for pair in phases.cross_ladder for task, c in pair.tasks.items()]
     schema = pa.schema([("ladder_a", pa.string()), ("ladder_b", pa.string()), ("task", pa.string()),
                         ("seed_prompt_id_a", pa.string()), ("seed_prompt_id_b", pa.string()),
+                        ("seed_set_a", pa.list_(pa.string())),
+                        ("seed_set_b", pa.list_(pa.string())),
                         ("js_between_seeds", pa.float64()), ("same_prompt", pa.bool_()),
-                        ("p_value", pa.float64())])
+                        ("compatible", pa.bool_()), ("p_value", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)

@@ -308,12 +308,12 @@ def _t_quantile(q, dof):
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3))
 
 
-def widening(n):
-    """How much a percentile interval over n prompts is widened: the t quantile over the
-    normal one, times sqrt(n / (n - 1)) (a resample's spread is (n - 1) / n of the sample's)."""
+def widening(n, q=1 - (1 - CONFIDENCE) / 2):
+    """How much a bootstrap quantile q over n prompts is widened (by default, the upper end of
+    a CONFIDENCE percentile interval): the t quantile over the normal one, times
+    sqrt(n / (n - 1)) (a resample's spread is (n - 1) / n of the sample's)."""
     if n < 2:
         return 1.0
-    q = 1 - (1 - CONFIDENCE) / 2
     return _t_quantile(q, n - 1) / NormalDist().inv_cdf(q) * math.sqrt(n / (n - 1))
 
 

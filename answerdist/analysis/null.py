@@ -39,27 +39,30 @@ MAX_PRECISION = 1e6
 
 
 @njit(cache=True, parallel=True)
-def _nearest_js(Q, P):
-    """[M] min over rows i of P of JS(Q_m, P_i)."""
+def _js_cross(Q, P):
+    """[M, N] JS(Q_m, P_i) for every row m of Q and row i of P."""
     m, k = Q.shape
     n = P.shape[0]
     LQ = _log2_rows(Q)
     LP = _log2_rows(P)
-    out = np.empty(m)
+    out = np.empty((m, n))
     for r in prange(m):
-        best = np.inf
         for i in range(n):
             t = 0.0
             for a in range(k):
                 t += _js_sum(Q[r, a], LQ[r, a], P[i, a], LP[i, a])
-            best = min(best, min(max(0.5 * t, 0.0), 1.0))
-        out[r] = best
+            out[r, i] = min(max(0.5 * t, 0.0), 1.0)
     return out
+
+
+def js_cross(Q, P) -> np.ndarray:
+    """[M, N] JS (bits) between every row of Q and every row of P (both row distributions)."""
+    return _js_cross(np.ascontiguousarray(Q, np.float64), np.ascontiguousarray(P, np.float64))
 
 
 def nearest_js(Q, P) -> np.ndarray:
     """For each row of Q, its JS (bits) to the nearest row of P (both row distributions)."""
-    return _nearest_js(np.ascontiguousarray(Q, np.float64), np.ascontiguousarray(P, np.float64))
+    return js_cross(Q, P).min(axis=1)
 
 
 def fit_dirichlet(P) -> np.ndarray:

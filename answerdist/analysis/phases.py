@@ -17,7 +17,9 @@ else the second stage):
 - seed: the base prompt s minimising JS(P_base_s, C_seedstage), reported with the median JS
   over all base prompts and margin = median - JS; found iff the null test of analysis/null.py
   gives p < level, margin >= tau and JS <= SEED_RATIO * median, else "no seed", or
-  "unresolved" when the prompts cannot resolve a seed (seed_prompt_id is null)
+  "unresolved" when the prompts cannot resolve a seed; seed_set, the base prompts compatible
+  with being it at `level` (analysis/seedset.py); seed_prompt_id names it only when that set
+  holds one prompt
 - settling, for the seed stage and every later stage: retention = mass of C_stage inside
   support(P_base_s, 0.9); drift = JS(C_stage, C_seedstage); spearman = rank correlation of
   C_stage with P_base_s
@@ -79,6 +81,7 @@ from answerdist.analysis.records import (
     Stage,
     TaskLadder,
 )
+from answerdist.analysis.seedset import SET_RESAMPLES, seed_set
 from answerdist.engine.results.schema import Col
 from answerdist.engine.results.store import ResultsStore, read_results
 from answerdist.errors import AnalysisError
@@ -295,14 +298,18 @@ def _seed(base, stage, tau, level=LEVEL):
     i = int(np.argmin(js))
     median = float(np.median(js))
     margin = median - float(js[i])
-    p, floor, resolvable = seed_test(base.P, stage.P, float(js[i]),
-                                     draw_rng(base.task, base.label, stage.label), level)
+    rng = draw_rng(base.task, base.label, stage.label)
+    p, floor, resolvable = seed_test(base.P, stage.P, float(js[i]), rng, level)
     found = bool(resolvable and p < level and margin >= tau and js[i] <= SEED_RATIO * median)
+    counts = resample_counts(stage.P.shape[0], SET_RESAMPLES, rng)
+    nearest = [base.prompt_ids[r] for r in seed_set(base.P, stage.P, counts, level)]
     return i, Seed(
         stage="", found=found,
         verdict="found" if found else ("no seed" if resolvable else "unresolved"),
-        seed_prompt_id=base.prompt_ids[i] if found else None,
+        # A seed is named only when no other base prompt is as compatible with being it.
+        seed_prompt_id=base.prompt_ids[i] if found and len(nearest) == 1 else None,
         nearest_prompt_id=base.prompt_ids[i],
+        seed_set=nearest if found else [], nearest_set=nearest,
         figures={"js": Figure(float(js[i])), "median_js": Figure(median),
                  "margin": Figure(margin)},
         p_value=p, level=level, noise_floor=floor, resolvable=bool(resolvable),
@@ -608,9 +615,13 @@ def _cross_ladder(ladders: dict[str, Ladder]) -> list[LadderPair]:
                     (sa.seed_prompt_id, sb.seed_prompt_id),
                     float(js_divergence(np.array(sa.distribution), sb.distribution))
                     if both else None,
-                    bool(both and sa.seed_prompt_id == sb.seed_prompt_id),
+                    # Named the same only when each set holds that one prompt.
+                    bool(both and sa.seed_prompt_id is not None
+                         and sa.seed_prompt_id == sb.seed_prompt_id),
                     # Both seeds found at the level: the larger p-value tests the two together.
                     max(sa.p_value, sb.p_value),
+                    (list(sa.seed_set), list(sb.seed_set)),
+                    bool(set(sa.seed_set) & set(sb.seed_set)),
                 )
             pairs.append(LadderPair((a, b), tasks))
     return pairs
@@ -631,8 +642,11 @@ def phase_summary(phases: Phases):
 
 
 def seed_verdict(seed: Seed):
-    """'prompt ID (p 0.0005)', 'no seed (p 0.4)' or 'unresolved (...)', for tables."""
+    """'prompt ID (p 0.0005)', 'seed in {A, B} (p 0.006)', 'no seed (p 0.4)' or
+    'unresolved (...)', for tables."""
     p = f"p {seed.p_value:.2g}"
+    if seed.found and seed.seed_prompt_id is None:
+        return f"seed in {{{', '.join(map(str, seed.seed_set))}}} ({p})"
     if seed.found:
         return f"prompt {seed.seed_prompt_id} ({p})"
     if seed.verdict == "unresolved":

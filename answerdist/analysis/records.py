@@ -89,21 +89,30 @@ class Seed:
     noise_floor: float
     resolvable: bool
     distribution: list[float]
+    # The base prompts compatible with being the nearest at `level` (analysis/seedset.py),
+    # nearest first; seed_set is that set when a seed is found, else empty.
+    seed_set: list[str] = field(default_factory=list)
+    nearest_set: list[str] = field(default_factory=list)
 
     def value(self, name: str):
         return self.figures[name].value
 
     @classmethod
     def from_json(cls, d: dict) -> Seed:
+        # phases.json written before the seed set: the one named seed was its whole set
+        nearest = d.get("nearest_set", [d["nearest_prompt_id"]])
         return cls(d["stage"], d["found"], d["verdict"], d["seed_prompt_id"],
                    d["nearest_prompt_id"], _figures_from(d), d["p_value"], d["level"],
-                   d["noise_floor"], d["resolvable"], d["distribution"])
+                   d["noise_floor"], d["resolvable"], d["distribution"],
+                   d.get("seed_set", nearest if d["found"] else []), nearest)
 
     def to_json(self) -> dict:
         values = _figures_json(self.figures)
         return {"found": self.found, "verdict": self.verdict,
                 "seed_prompt_id": self.seed_prompt_id,
+                "seed_set": list(self.seed_set),
                 "nearest_prompt_id": self.nearest_prompt_id,
+                "nearest_set": list(self.nearest_set),
                 **{k: v for k, v in values.items() if not k.endswith("_ci")},
                 "p_value": self.p_value, "level": self.level, "noise_floor": self.noise_floor,
                 "resolvable": self.resolvable, "distribution": self.distribution,
@@ -170,8 +179,10 @@ class SeedMatch:
 
     seed_prompt_ids: tuple[str | None, str | None]
     js_between_seeds: float | None
-    same_prompt: bool
+    same_prompt: bool  # both seeds found, each set holding one prompt, the same one
     p_value: float
+    seed_sets: tuple[list[str], list[str]] = ([], [])
+    compatible: bool = False  # both seeds found and their sets share a prompt
 
 
 @dataclass
@@ -183,14 +194,18 @@ class LadderPair:
     def from_json(cls, d: dict) -> LadderPair:
         return cls(tuple(d["ladders"]),
                    {task: SeedMatch(tuple(m["seed_prompt_ids"]), m["js_between_seeds"],
-                                    m["same_prompt"], m["p_value"])
+                                    m["same_prompt"], m["p_value"],
+                                    tuple(m.get("seed_sets", ([], []))),
+                                    m.get("compatible", m["same_prompt"]))
                     for task, m in d["tasks"].items()})
 
     def to_json(self) -> dict:
         return {"ladders": list(self.ladders),
                 "tasks": {task: {"seed_prompt_ids": list(m.seed_prompt_ids),
                                  "js_between_seeds": m.js_between_seeds,
-                                 "same_prompt": m.same_prompt, "p_value": m.p_value}
+                                 "same_prompt": m.same_prompt, "p_value": m.p_value,
+                                 "seed_sets": [list(s) for s in m.seed_sets],
+                                 "compatible": m.compatible}
                           for task, m in self.tasks.items()}}
 
 

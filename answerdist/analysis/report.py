@@ -232,7 +232,7 @@ def seed_figure(task_phase, base_consensus):
     seed = task_phase.seed
     answers = task_phase.answers
     seed_dist = np.array(seed.distribution)
-    who = "seed, base prompt" if seed.found else "nearest base prompt"
+    who = "seed, base prompt" if seed.seed_prompt_id is not None else "nearest base prompt"
     k = len(answers)
     shown, large = _shown_answers(task_phase)
     fig = Figure(figsize=(_clamp(len(shown) + 3.0, 9.0, 18.0), 3.8 + 0.4 * large),
@@ -247,8 +247,8 @@ def seed_figure(task_phase, base_consensus):
              label=f"{seed.stage} consensus")
     left.bar(x + 0.27, base_consensus[shown], 0.27, color=PHASE_COLOURS["liquid"],
              label="base consensus")
-    verdict = f"seed {seed.seed_prompt_id}" if seed.found else seed.verdict
-    title = (f"{verdict} (p {seed.p_value:.2g})\nJS {_with_ci(seed.figures['js'], 4)} bits vs "
+    verdict = seed_verdict(seed) if seed.found else f"{seed.verdict} (p {seed.p_value:.2g})"
+    title = (f"{verdict}\nJS {_with_ci(seed.figures['js'], 4)} bits vs "
              f"median {_with_ci(seed.figures['median_js'])}")
     if large:
         title += (f"\ntop {len(shown)} of {k} answers, holding {seed_dist[shown].sum():.0%} of "
@@ -334,19 +334,23 @@ def _number(x):
     return "-" if x is None else f"{x:.3f}"
 
 
+def _set_text(ids):
+    return "{" + ", ".join(map(str, ids)) + "}" if ids else "none"
+
+
 def _cross_table(pairs):
     parts = []
     for pair in pairs:
         a, b = (html.escape(x) for x in pair.ladders)
         rows = "".join(
             f"<tr><td>{html.escape(task)}</td>"
-            f"<td>{' / '.join(html.escape(str(i)) for i in c.seed_prompt_ids)}</td>"
+            f"<td>{' / '.join(html.escape(_set_text(s)) for s in c.seed_sets)}</td>"
             f"<td>{_number(c.js_between_seeds)}</td>"
-            f"<td>{'yes' if c.same_prompt else 'no'}</td></tr>"
+            f"<td>{'yes' if c.same_prompt else 'compatible' if c.compatible else 'no'}</td></tr>"
             for task, c in pair.tasks.items()
         )
         parts.append(
-            f"<h3>Seeds of {a} vs {b}</h3><table><tr><th>task</th><th>seed prompts</th>"
+            f"<h3>Seeds of {a} vs {b}</h3><table><tr><th>task</th><th>seed sets</th>"
             f"<th>JS between seeds</th><th>same prompt</th></tr>{rows}</table>"
         )
     return "".join(parts)

@@ -98,7 +98,9 @@ def format_tables(phases):
         lines.append(f"seeds, {a} vs {b}")
         for task, c in pair.tasks.items():
             ids = " / ".join(str(x) for x in c.seed_prompt_ids)
-            same = "same prompt" if c.same_prompt else "different or missing seed"
+            same = ("same prompt" if c.same_prompt else
+                    "compatible (their seed sets share a prompt)" if c.compatible else
+                    "different or missing seed")
             lines.append(f"  {task}: {ids}  JS {_fmt(c.js_between_seeds)}  {same}")
     return "\n".join(lines + LEGEND)
 

@@ -131,6 +131,7 @@ def compare(phases: Phases, planted: dict[str, str], base_js: dict[str, float],
         rows[task] = {
             "planted_seed": planted.get(task),
             "detected_seed": t.seed.seed_prompt_id,
+            "seed_set": list(t.seed.seed_set),
             "nearest_prompt": t.seed.nearest_prompt_id,
             "seed_verdict": t.seed.verdict,
             "seed_p_value": t.seed.p_value,
@@ -175,13 +176,13 @@ def format_table(rows: dict, stages: list[str]) -> str:
     """The demo's closing table: planted vs detected seed, then the phase of each stage."""
     w_task = max(4, *(len(t) for t in rows))
     w_seed = max(12, *(len(str(r["planted_seed"])) for r in rows.values()),
-                 *(len(str(r["detected_seed"])) for r in rows.values()))
+                 *(len(_detected(r)) for r in rows.values()))
     head = (f"{'task':<{w_task}}  {'planted':<{w_seed}}  {'detected':<{w_seed}}  "
             + "  ".join(f"{s:<9}" for s in stages) + "  base JS  nucleation at step")
     lines = [head, "-" * len(head)]
     for task, r in rows.items():
         mark = "" if r["planted_seed"] == r["detected_seed"] else " *"
-        detected = str(r["detected_seed"]) if r["detected_seed"] else f"({r['seed_verdict']})"
+        detected = _detected(r)
         js = r["base_js_to_planted"]
         lines.append(
             f"{task:<{w_task}}  {str(r['planted_seed']):<{w_seed}}  {detected:<{w_seed}}  "
@@ -193,9 +194,19 @@ def format_table(rows: dict, stages: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _detected(row):
+    """The detected seed; the set when it holds several prompts; else the verdict."""
+    if row["detected_seed"]:
+        return str(row["detected_seed"])
+    if row.get("seed_set"):
+        return "{" + ", ".join(row["seed_set"]) + "}"
+    return f"({row['seed_verdict']})"
+
+
 # Every symbol of the table, said under it.
 LEGEND = [
-    "detected: the seed the analysis found, or its verdict in parentheses when it found none;",
+    "detected: the seed the analysis found; {a, b} when a seed was found but the base prompts",
+    "  in braces cannot be told apart at --level; its verdict in parentheses when it found none;",
     "  * marks a task whose detected seed is not the planted one",
     "base JS: mean Jensen-Shannon divergence (bits) of the base model's distributions to the",
     "  planted ones it was trained on",
