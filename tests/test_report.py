@@ -184,3 +184,62 @@ def test_large_report_pngs_exist(large):
     assert referenced == {p.name for p in report.glob("*.png")} and len(referenced) == 2 * 3
     for name in referenced:
         assert (report / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_figures_put_one_quantity_on_each_axis_and_intervals_on_the_seed_bars(built):
+    """The phase figure gives each quantity its own axis and unit; the seed bars carry the
+    95% interval of each consensus (the seed prompt's distribution is exact)."""
+    from answerdist.analysis.phases import load_results
+    from answerdist.analysis.report import (
+        SERIES,
+        consensus_band,
+        seed_figure,
+        trajectory_figure,
+    )
+
+    _, report, phases, _ = built
+    ladder = phases.ladders["olmo"]
+    fig = trajectory_figure(ladder)
+    labels = [ax.get_ylabel() for ax in fig.get_axes() if ax.get_visible()]
+    assert labels == [name for _, name, _, _ in SERIES] * len(ladder.tasks)
+    assert all("(" in name or "/" in name for name in labels)  # a unit or a ratio on each
+
+    results = load_results(report.parent / "results")
+    t = ladder.tasks["random_color"]
+    P = results.data[dict(ladder.stages)["sft"]]["random_color"].P
+    band = consensus_band(P, np.random.default_rng(0))
+    assert band.shape == (2, P.shape[1]) and (band >= 0).all() and band.sum() > 0
+    base = np.array(t.stages["base"].consensus)
+    left = seed_figure(t, base, {"base": band, "seed": band}).axes[0]
+    bars = [c for c in left.containers if hasattr(c, "errorbar")]
+    assert len(bars) == 3  # seed, seed-stage consensus, base consensus
+    assert [c.errorbar is not None for c in bars] == [False, True, True]
+
+
+def test_the_trajectory_figure_names_every_task_and_draws_points_that_do_not_answer(tmp_path):
+    from answerdist.analysis.dynamics import trajectory
+    from answerdist.analysis.phases import Results, TaskData
+    from answerdist.analysis.report import order_parameter_figure
+
+    rng = np.random.default_rng(0)
+    tasks = [f"task{i:02d}" for i in range(15)]
+    data = {}
+    for step in range(6):
+        label = f"step{step}"
+        data[label] = {}
+        for task in tasks:
+            P = rng.dirichlet(np.full(6, 0.5), size=8)
+            cover = np.full(8, 0.01 if step in (1, 2) else 0.9)
+            data[label][task] = TaskData(label, task, [f"p{i}" for i in range(8)],
+                                         [str(a) for a in range(6)], P, cover)
+    result = trajectory(Results(None, data), {"s": [(f"step{s}", s) for s in range(6)]},
+                        bootstrap=100)
+    fig = order_parameter_figure(result.points.to_pylist(), result.transitions.to_pylist(), "s")
+    names = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert set(tasks) <= set(names) and "does not answer yet (no fit)" in names
+    liquidity = fig.axes[0]
+    colours = {line.get_color() for line in liquidity.get_lines() if line.get_label() in tasks}
+    assert len(colours) == 15  # each task a colour of its own
+    hollow = [line for line in liquidity.get_lines()
+              if line.get_linestyle() == "None" and line.get_markerfacecolor() == "none"]
+    assert sum(len(line.get_xdata()) for line in hollow) == 2 * 15  # steps 1 and 2, all tasks

@@ -323,7 +323,7 @@ def _format_then_nucleation(rng, points, format_at, nucleate_at, noise=0.05, pul
 
 def format_and_nucleation_rates(trials=40, points=14, seed=0, **shape):
     # docs/metrics.md ("Trajectories") quotes these: python -c 'from tests.test_trajectory
-    # import format_and_nucleation_rates as f; print(f(trials=80, noise=0.5, pull=0.1))' 
+    # import format_and_nucleation_rates as f; print(f(trials=80, noise=0.5, pull=0.1))'
     """Over planted series, for the format switch (coverage) and nucleation (liquidity,
     seed_overlap): the share located, the share located at the true split, the share of the
     located whose 95% interval covers the true position (the midpoint of the checkpoints

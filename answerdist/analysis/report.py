@@ -28,9 +28,12 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from answerdist.analysis.bootstrap import interval, resample_counts
 from answerdist.analysis.metrics import support
+from answerdist.analysis.null import draw_rng
 from answerdist.analysis.phases import SUPPORT_MASS, seed_verdict
 from answerdist.files import write_output
 
@@ -41,6 +44,10 @@ PHASE_COLOURS = {
     "unclear": "#bdbdbd",
     "no_answer": "#ffffff",
 }
+# One colour per task along a trajectory: matplotlib's tab20, its dark shades first.
+TASK_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896",
+                "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"]
 LARGE_K = 60  # above this many answers, plots switch to top answers and rank curves
 TOP_ANSWERS = 30  # answers named in heatmaps and bars of a large answer set
 MOST_HEATMAPS = 8  # stages drawn as heatmaps per task; a longer ladder shows evenly spaced ones
@@ -48,10 +55,10 @@ MOST_PHASE_LABELS = 12  # a trajectory with more stages tints phases without nam
 PROB_FLOOR = 1e-6  # the bottom of log probability axes; smaller values are drawn on it
 MOST_WORKERS = 8  # processes drawing a report's figures ...
 FIGURES_PER_WORKER = 6  # ... one per this many figures: a process takes a second to start
-SERIES = (  # (metric key, legend, colour) for the trajectory panels; all lie in [0, 1]
-    ("entropy_norm", "entropy / log2 K", "#3f007d"),
-    ("liquidity", "liquidity (mean pairwise JS)", "#d94801"),
-    ("coverage", "coverage", "#525252"),
+SERIES = (  # (metric key, axis label with unit, colour, least top of the axis)
+    ("entropy_norm", "entropy / log2 K", "#3f007d", 1.0),
+    ("liquidity", "liquidity (bits)", "#d94801", 0.1),
+    ("coverage", "coverage (mass)", "#525252", 1.0),
 )
 
 
@@ -106,41 +113,45 @@ def render(jobs):
 
 
 def trajectory_figure(ladder):
-    """Small multiples: one panel per task; x = stages; lines = SERIES; tint = phase."""
+    """Small multiples: a block per task, one axis per quantity of SERIES (each with its own
+    unit and range); x = stages; tint = phase, named above the block's first axis."""
     tasks = list(ladder.tasks)
     stages = [s for s, _ in ladder.stages]
     ncols = min(4, len(tasks))
     nrows = -(-len(tasks) // ncols)
     panel = _clamp(0.25 * len(stages), 3.4, 6.0)  # a long trajectory gets wider panels
-    fig = Figure(figsize=(panel * ncols, 2.8 * nrows + 0.6), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    fig = Figure(figsize=(panel * ncols, 4.6 * nrows + 0.3), layout="constrained")
+    blocks = fig.subfigures(nrows, ncols, squeeze=False)
     x = np.arange(len(stages))
     named = len(stages) <= MOST_PHASE_LABELS
-    for ax, task in zip(axes.flat, tasks, strict=False):
+    for block, task in zip(blocks.flat, tasks, strict=False):
+        axes = block.subplots(len(SERIES), 1, sharex=True)
+        block.suptitle(task, fontsize=10)
         per_stage = ladder.tasks[task].stages
-        for i, stage in enumerate(stages):
-            phase = per_stage[stage].phase
-            ax.axvspan(i - 0.5, i + 0.5, color=PHASE_COLOURS[phase], alpha=0.35, lw=0)
-            if named:
-                ax.text(i, 1.04, phase, ha="center", va="bottom", fontsize=7)
-        for key, name, colour in SERIES:
+        for row, (ax, (key, name, colour, top)) in enumerate(zip(axes, SERIES, strict=True)):
+            for i, stage in enumerate(stages):
+                ax.axvspan(i - 0.5, i + 0.5, color=PHASE_COLOURS[per_stage[stage].phase],
+                           alpha=0.35, lw=0)
+                if named and row == 0:
+                    ax.text(i, 1.02, per_stage[stage].phase, ha="center", va="bottom",
+                            fontsize=7, transform=ax.get_xaxis_transform())
             figures = [per_stage[s].figures[key] for s in stages]
-            ys = [np.nan if f.value is None else f.value for f in figures]
-            ax.plot(x, ys, marker="o" if named else None, color=colour, label=name)
+            ax.plot(x, [np.nan if f.value is None else f.value for f in figures],
+                    marker="o" if named else None, ms=4, color=colour)
             bands = [f.ci or (np.nan, np.nan) for f in figures]
             ax.fill_between(x, [b[0] for b in bands], [b[1] for b in bands], color=colour,
-                            alpha=0.2, lw=0)  # the 95% bootstrap interval over phrasings
+                            alpha=0.25, lw=0)  # the 95% bootstrap interval over phrasings
+            values = [v for f in figures for v in (f.value, *(f.ci or ())) if v is not None]
+            ax.set_ylim(0, max(top, 1.1 * max(values, default=0.0)))
+            ax.set_ylabel(name, fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.set_xlim(-0.5, len(stages) - 0.5)
         if named:
-            ax.set_xticks(x, stages)
+            axes[-1].set_xticks(x, stages)
         else:
-            _ticks(ax, stages, most=MOST_PHASE_LABELS)
-        ax.set_xlim(-0.5, len(stages) - 0.5)
-        ax.set_ylim(0, 1.15)
-        ax.set_title(task, fontsize=10, pad=12)
-    for ax in axes.flat[len(tasks) :]:
-        ax.set_visible(False)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=3, fontsize=9)
+            _ticks(axes[-1], stages, most=MOST_PHASE_LABELS)
+    for block in blocks.flat[len(tasks):]:
+        block.set_visible(False)
     return fig
 
 
@@ -227,8 +238,24 @@ def _rank_curves(ax, P, stage, seed_row):
     ax.legend(fontsize=6, loc="lower left")
 
 
-def seed_figure(task_phase, base_consensus):
-    """Left: seed-stage consensus beside its seed. Right: settling of the later stages."""
+BAND_RESAMPLES = 400  # resamples of the prompts behind the error bars of a consensus
+
+
+def consensus_band(P, rng) -> np.ndarray:
+    """[2, K] distances from the consensus of P [N, K] down and up to the ends of each answer's
+    95% interval over resamples of the prompts (bootstrap.interval), for error bars."""
+    P = np.asarray(P, np.float64)
+    counts = resample_counts(P.shape[0], BAND_RESAMPLES, rng)
+    resampled = counts @ P / P.shape[0]
+    point = P.mean(axis=0)
+    ends = np.array([interval(resampled[:, a], point[a], P.shape[0]) for a in range(P.shape[1])])
+    return np.abs(ends.T - point)
+
+
+def seed_figure(task_phase, base_consensus, bands=None):
+    """Left: seed-stage consensus beside its seed, each consensus with its 95% interval
+    (`bands`: {"base": [2, K], "seed": [2, K]} from consensus_band; the seed prompt's
+    distribution is exact). Right: settling of the later stages."""
     seed = task_phase.seed
     answers = task_phase.answers
     seed_dist = np.array(seed.distribution)
@@ -241,12 +268,16 @@ def seed_figure(task_phase, base_consensus):
 
     x = np.arange(len(shown))
     target = np.array(task_phase.stages[seed.stage].consensus)
+    bands = bands or {}
+    bar = {"ecolor": "#333333", "capsize": 1.5, "error_kw": {"lw": 0.8}}
     left.bar(x - 0.27, seed_dist[shown], 0.27, color="#d62728",
-             label=f"{who} {seed.nearest_prompt_id}")
+             label=f"{who} {seed.nearest_prompt_id} (exact)")
     left.bar(x, target[shown], 0.27, color=PHASE_COLOURS["nucleated"],
-             label=f"{seed.stage} consensus")
+             yerr=bands["seed"][:, shown] if "seed" in bands else None, **bar,
+             label=f"{seed.stage} consensus, 95% interval")
     left.bar(x + 0.27, base_consensus[shown], 0.27, color=PHASE_COLOURS["liquid"],
-             label="base consensus")
+             yerr=bands["base"][:, shown] if "base" in bands else None, **bar,
+             label="base consensus, 95% interval")
     verdict = seed_verdict(seed) if seed.found else f"{seed.verdict} (p {seed.p_value:.2g})"
     title = (f"{verdict}\nJS {_with_ci(seed.figures['js'], 4)} bits vs "
              f"median {_with_ci(seed.figures['median_js'])}")
@@ -287,6 +318,7 @@ def seed_figure(task_phase, base_consensus):
         right.set_ylabel("probability")
     else:
         _ticks(right, [answers[i] for i in order])
+        right.set_ylabel("probability")
     right.set_title(
         f"settling: stage consensus, answers by P(answer | {seed.nearest_prompt_id})",
         fontsize=9,
@@ -405,8 +437,11 @@ def build_report(phases, results, out_dir):
             heat = f"heatmap_{_slug(name, task)}.png"
             seed = f"seed_{_slug(name, task)}.png"
             base_consensus = np.array(next(iter(t.stages.values())).consensus)
+            rng = draw_rng("report", name, task)
+            bands = {"base": consensus_band(results.data[next(iter(labels.values()))][task].P, rng),
+                     "seed": consensus_band(results.data[labels[t.seed.stage]][task].P, rng)}
             figures += [(heatmap_figure, (t, data, seed_row), out / heat),
-                        (seed_figure, (t, base_consensus), out / seed)]
+                        (seed_figure, (t, base_consensus, bands), out / seed)]
             some = (f" <small>({len(drawn)} of {len(labels)} stages drawn, evenly spaced)</small>"
                     if len(drawn) < len(labels) else "")
             detail.append(
@@ -430,17 +465,20 @@ def build_report(phases, results, out_dir):
 
 # --------------------------------------------------------------------------- trajectories
 
-ORDER_TITLES = {"liquidity": "liquidity (bits)", "seed_overlap": "seed overlap 1 - JS",
-                "entropy_norm": "entropy / log2 K", "effective_support": "effective support",
-                "retention": "retention in the seed's support", "coverage": "coverage"}
+ORDER_TITLES = {"liquidity": "liquidity (bits)", "seed_overlap": "seed overlap, 1 - JS (bits)",
+                "entropy_norm": "entropy / log2 K (share of the maximum)",
+                "effective_support": "effective support (answers)",
+                "retention": "retention (mass in the seed's 90% support)",
+                "coverage": "coverage (mass on the task's answers)"}
 
 
 def order_parameter_figure(points, transitions, series):
-    """One panel per order parameter along the series: a thin line and 95% band per task, the
-    mean over tasks in black, stage boundaries dotted (after each stage's last point) and
-    named, each task's located transition of that parameter marked on the axis (filled:
-    sharp, open: crossover). Points that do not answer yet
-    (answerdist.analysis.dynamics.MIN_COVERAGE) are drawn in the coverage panel only.
+    """One panel per order parameter along the series: a thin line and 95% band per task (a
+    colour of its own, named in the legend below), the mean over tasks in black, stage
+    boundaries dotted (after each stage's last point) and named, each task's located
+    transition of that parameter marked on the axis (filled: sharp, open: crossover). Points
+    that do not answer yet (answerdist.analysis.dynamics.MIN_COVERAGE) are drawn as open
+    circles off the lines: they enter no fit and no mean but coverage's.
 
     The points are spaced evenly in their order and labelled by position: checkpoints are
     often saved densely early in a stage and sparsely later, which a linear axis of steps
@@ -449,7 +487,7 @@ def order_parameter_figure(points, transitions, series):
     tasks = sorted({r["task"] for r in rows})
     jumps = [t for t in transitions if t["series"] == series and t["position"] is not None]
     params = list(ORDER_TITLES)
-    fig = Figure(figsize=(13, 6.8), layout="constrained")
+    fig = Figure(figsize=(13, 7.4), layout="constrained")
     axes = fig.subplots(2, 3, squeeze=False)
     by_task = {task: sorted((r for r in rows if r["task"] == task), key=lambda r: r["position"])
                for task in tasks}
@@ -459,16 +497,23 @@ def order_parameter_figure(points, transitions, series):
     boundaries = [i for i, (a, b) in enumerate(zip(first, first[1:], strict=False))
                   if a["stage"] != b["stage"]]
     starts = [0, *(b + 1 for b in boundaries)]
+    colours = [TASK_COLOURS[i % len(TASK_COLOURS)] for i in range(len(tasks))]
     for ax, param in zip(axes.flat, params, strict=True):
         grid = []
-        for task in tasks:
+        for task, colour in zip(tasks, colours, strict=True):
             column = lambda key, t=task, p=param: [
                 np.nan if r[key] is None or (p != "coverage" and not r["answering"])
                 else r[key] for r in by_task[t]]
             y = column(param)
-            ax.plot(index, y, lw=0.8, alpha=0.6, marker=".", ms=3)  # a point alone shows too
+            ax.plot(index, y, lw=0.9, alpha=0.8, marker=".", ms=3, color=colour,
+                    label=task)  # a point alone shows too
             ax.fill_between(index, column(f"{param}_lo"), column(f"{param}_hi"), alpha=0.08,
-                            lw=0)
+                            lw=0, color=colour)
+            silent = [(i, r[param]) for i, r in enumerate(by_task[task])
+                      if not r["answering"] and r[param] is not None and param != "coverage"]
+            if silent:
+                ax.plot(*zip(*silent, strict=True), ls="none", marker="o", ms=4, mfc="none",
+                        color=colour, alpha=0.8)
             grid.append(y)
         grid = np.array(grid, dtype=float)
         answered = np.isfinite(grid).sum(axis=0)
@@ -478,8 +523,10 @@ def order_parameter_figure(points, transitions, series):
             ax.axvline(b + 0.5, color="grey", ls=":", lw=1)
         for start, end in zip(starts, [*(b + 1 for b in boundaries), len(first)], strict=True):
             if first[start]["stage"]:
-                ax.text(0.5 * (start + end - 1), 1.0, first[start]["stage"], ha="center",
-                        va="top", transform=ax.get_xaxis_transform(), fontsize=8, color="grey")
+                ax.text(0.5 * (start + end - 1), 0.98, first[start]["stage"], ha="center",
+                        va="top", transform=ax.get_xaxis_transform(), fontsize=9,
+                        color="#333333", bbox={"fc": "white", "ec": "none", "alpha": 0.8,
+                                               "pad": 1})
         for j in (t for t in jumps if t["metric"] == param):
             ax.plot(np.interp(j["position"], positions, index), 0, marker="^",
                     transform=ax.get_xaxis_transform(), color="#d62728",
@@ -487,7 +534,10 @@ def order_parameter_figure(points, transitions, series):
         ax.set_title(ORDER_TITLES[param], fontsize=10)
         _ticks(ax, [f"{x:.6g}" for x in positions], most=12)
         ax.set_xlabel("position (checkpoints evenly spaced)")
-    axes.flat[0].legend(fontsize=8)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    handles.append(Line2D([], [], ls="none", marker="o", mfc="none", color="grey"))
+    names.append("does not answer yet (no fit)")
+    fig.legend(handles, names, loc="outside lower center", ncols=min(8, len(names)), fontsize=8)
     return fig
 
 
@@ -525,8 +575,9 @@ def build_trajectory_report(result, out_dir):
             "<p>Bands: 95% intervals over the phrasings. Triangles: each task's located "
             "transition of that parameter (filled: sharp, a step beats a line by ΔAIC ≥ 10; "
             "open: a crossover). Dotted lines: stage boundaries, after each stage's last "
-            "checkpoint. A point whose coverage is under 0.5 does not answer yet: it appears "
-            "in the coverage panel only and enters no other fit. Definitions: "
+            "checkpoint. A point whose coverage is under --min-coverage (default 0.5) does not "
+            "answer yet: outside the coverage panel it is an open circle off the lines, and it "
+            "enters no fit but coverage's, whose transition is the format switch. Definitions: "
             "docs/metrics.md.</p>" + "".join(parts) + "</body></html>")
     write_output(out / "index.html", page)
     return out / "index.html"
