@@ -92,14 +92,24 @@ def test_bad_task_file(ckpt, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_prompt_tokens_not_a_prefix_is_an_error(ckpt, tmp_path):
-    """An assistant prefix that merges with the answer's first characters into one token."""
+def test_a_prompt_that_merges_is_scored_unless_its_tokens_spell_no_fixed_bytes(ckpt, tmp_path):
+    """An assistant prefix that merges with the answer's first characters into one token is
+    scored exactly (tests/test_merged_boundary.py checks the numbers); with a vocabulary whose
+    tokens spell no fixed bytes it cannot be, and is refused in one line."""
     task = tmp_path / "merge.toml"
     task.write_text('name = "merge"\nassistant_prefix = "Hea"\nanswers = ["ds", "rt"]\n'
                     '[[prompts]]\nid = "p"\ntext = "Say a word."\n')
-    result = cli(ckpt, "--tasks", task, "--mode", "chat", "--out", tmp_path / "out")
-    one_line_error(result, "merge", "'p'", "not a prefix")
-    assert not (tmp_path / "out").exists()
+    assert cli(ckpt, "--tasks", task, "--mode", "chat", "--out", tmp_path / "out").returncode == 0
+    rows = pq.read_table(tmp_path / "out" / ckpt.name / "merge.parquet").to_pylist()
+    assert all(r["boundary_crossed"] and 1 <= r["boundary_chars"] <= 3 for r in rows)
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    spec["decoder"] = None  # no byte-level or metaspace decoder: the tokens' bytes are unknown
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    result = cli(other, "--tasks", task, "--mode", "chat", "--out", tmp_path / "out2")
+    one_line_error(result, "merge", "'p'", "do not spell fixed bytes")
+    assert not (tmp_path / "out2").exists()
 
 
 def test_rerun_skips_done_tasks_and_refuses_other_settings(ckpt, tmp_path):

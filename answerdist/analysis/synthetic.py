@@ -76,7 +76,8 @@ def write_task(results_dir, label, task, answers, P, coverage, mode="chat", targ
                    Col.continuation_token_ids: [100 + a], Col.answer: answer, Col.answer_index: a,
                    Col.logprob: math.log(prob * cov), Col.prob: float(prob),
                    Col.coverage: float(cov),
-                   Col.noncanonical_share: None}
+                   Col.noncanonical_share: None, Col.boundary_crossed: False,
+                   Col.boundary_chars: 0}
             for column, value in row.items():
                 main[column].append(value)
     main = pa.table(main, schema=MAIN_SCHEMA)

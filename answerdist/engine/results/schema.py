@@ -43,6 +43,11 @@ class Col:
     # (null when only the canonical ones were scored); variants: how many were scored.
     noncanonical_share = "noncanonical_share"
     tokenizations = "tokenizations"
+    # Whether the prompt's last characters merge with the answers' first ones (then the
+    # probability is the exact conditional N / D, docs/results.md), and how many characters
+    # of the prompt its merged tail T holds (0 where it does not merge).
+    boundary_crossed = "boundary_crossed"
+    boundary_chars = "boundary_chars"
 
 
 # Each column's type, once; the two tables are lists of these columns.
@@ -53,7 +58,8 @@ TYPES = {
     Col.prompt_token_ids: pa.list_(pa.int64()), Col.continuation_token_ids: pa.list_(pa.int64()),
     Col.answer: pa.string(), Col.answer_index: pa.int32(), Col.logprob: pa.float64(),
     Col.prob: pa.float64(), Col.coverage: pa.float64(), Col.noncanonical_share: pa.float64(),
-    Col.tokenizations: pa.int32(),
+    Col.tokenizations: pa.int32(), Col.boundary_crossed: pa.bool_(),
+    Col.boundary_chars: pa.int32(),
 }
 
 
@@ -64,19 +70,27 @@ def _schema(*names: str) -> pa.Schema:
 MAIN_SCHEMA = _schema(Col.label, Col.task, Col.mode, Col.prompt_id, Col.prompt_text,
                       Col.user_prompt, Col.continuation, Col.prompt_token_ids,
                       Col.continuation_token_ids, Col.answer, Col.answer_index, Col.logprob,
-                      Col.prob, Col.coverage, Col.noncanonical_share)
+                      Col.prob, Col.coverage, Col.noncanonical_share, Col.boundary_crossed,
+                      Col.boundary_chars)
 # logprob here: log P(variant tokens | prompt) + log P(boundary | ...), over its tokenizations
 VARIANT_SCHEMA = _schema(Col.label, Col.task, Col.mode, Col.prompt_id, Col.answer, Col.continuation,
                          Col.continuation_token_ids, Col.logprob, Col.noncanonical_share,
                          Col.tokenizations)
-# Columns added in 0.2: results written by 0.1 lack them and are still read.
-ADDED_COLUMNS = (Col.noncanonical_share, Col.tokenizations)
+# Columns each later version added, oldest first: results written before them lack them and
+# are still read (0.1 lacks all of them, 0.2 the merged-boundary ones).
+ADDED_COLUMNS = ((Col.noncanonical_share, Col.tokenizations),
+                 (Col.boundary_crossed, Col.boundary_chars))
 
 
 def schema_matches(found: pa.Schema, schema: pa.Schema) -> bool:
-    """The results schema, or the 0.1 one (the same without ADDED_COLUMNS)."""
-    legacy = pa.schema([f for f in schema if f.name not in ADDED_COLUMNS])
-    return found.equals(schema, check_metadata=False) or found.equals(legacy, check_metadata=False)
+    """The results schema, or that of an earlier version (the same without the columns that
+    later versions added)."""
+    for version in range(len(ADDED_COLUMNS) + 1):
+        later = {name for added in ADDED_COLUMNS[version:] for name in added}
+        legacy = pa.schema([f for f in schema if f.name not in later])
+        if found.equals(legacy, check_metadata=False):
+            return True
+    return False
 
 
 def task_hash(task) -> str:

@@ -36,6 +36,7 @@ from answerdist.engine.model.checkpoint import Checkpoint
 from answerdist.engine.model.transformer import KVCache
 from answerdist.engine.settings import SamplingSettings, SettingError
 from answerdist.engine.tasks import Task
+from answerdist.engine.text.tokenizations import decode_inside
 
 REPLACEMENT = "\ufffd"  # what a tokenizer decodes an incomplete UTF-8 sequence to
 CHUNK = 64  # samples decoded together: part of the stream's definition (see the docstring)
@@ -150,4 +151,6 @@ class ReplySampler:
         return Reply(index, tuple(tokens), text, status)
 
     def _decode(self, tokens: list[int]) -> str:
-        return self.ck.tokenizer.decode(tokens, skip_special_tokens=False)
+        """The reply's text as it follows the prompt (a SentencePiece reply's first "▁" is
+        the space it starts with, not stripped as at the start of a text)."""
+        return decode_inside(self.ck.tokenizer, [tokens])[0]

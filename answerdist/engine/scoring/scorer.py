@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from answerdist.engine.model.checkpoint import Checkpoint, generation_eos_ids
 from answerdist.engine.settings import RunSpec
 from answerdist.engine.tasks import Task, check_variants_tokenize
 from answerdist.engine.text.chat import ChatTemplate, chat_template_for
-from answerdist.engine.text.tokenizations import TokenPieces
+from answerdist.engine.text.tokenizations import TokenPieces, decode_inside
 from answerdist.engine.text.trie import DuplicateContinuation, Trie, build_trie
 from answerdist.errors import (
     NonFiniteError,
@@ -43,6 +44,12 @@ from answerdist.kernels import use_triton
 from answerdist.kernels.tree_attention import trie_span_end
 
 
+def token_texts(checkpoint: Checkpoint) -> list[str]:
+    """The text of every token id of the model's vocabulary as it reads inside a text
+    (`decode_inside`; ids past the tokenizer's give "")."""
+    return decode_inside(checkpoint.tokenizer, [[i] for i in range(checkpoint.args.vocab_size)])
+
+
 def boundary_mask(checkpoint: Checkpoint) -> torch.Tensor:
     """[vocab_size] bool: which token ids end an answer (docs/results.md, "boundary token").
 
@@ -52,9 +59,8 @@ def boundary_mask(checkpoint: Checkpoint) -> torch.Tensor:
     first byte of "咪"): it continues the text with a character it does not determine, so it never
     ends an answer (otherwise "猫" would absorb "猫咪"). Ids past the tokenizer's vocabulary
     (padding rows of the embedding) decode to "" and so count as boundary tokens."""
-    tokenizer = checkpoint.tokenizer
     vocab = checkpoint.args.vocab_size
-    texts = tokenizer.decode_batch([[i] for i in range(vocab)], skip_special_tokens=False)
+    texts = token_texts(checkpoint)
     mask = [not t or (t[0] != "\ufffd" and not t[0].isalnum()) for t in texts]
     for token_id in special_token_ids(checkpoint):
         if token_id < vocab:
@@ -67,8 +73,7 @@ def newline_mask(checkpoint: Checkpoint) -> torch.Tensor:
     its own starts with a newline ("\n" or "\r"), special tokens excepted (the end of the turn
     is scored as a token path of its own)."""
     vocab = checkpoint.args.vocab_size
-    texts = checkpoint.tokenizer.decode_batch([[i] for i in range(vocab)],
-                                              skip_special_tokens=False)
+    texts = token_texts(checkpoint)
     mask = [t[:1] in ("\n", "\r") for t in texts]
     for token_id in special_token_ids(checkpoint):
         if token_id < vocab:
@@ -159,6 +164,29 @@ def special_token_ids(checkpoint: Checkpoint) -> dict[int, str]:
             if t.special}
 
 
+@dataclass(frozen=True)
+class Boundary:
+    """A prompt whose last characters merge with an answer's first ones (`[/INST]` then `{`
+    tokenized as `]{`): its canonical tokens split into the head H, the longest run that is
+    also a prefix of the canonical tokens of prompt + answer for every answer, and the text
+    tail T after it. An answer's probability is then N / D (docs/results.md, "A prompt that
+    merges with its answers"): N the probability of T + answer after H, D = P(T | H), the
+    probability that the text after H begins with T, summed over every token sequence that
+    spells a proper prefix of T followed by one token that runs past its end."""
+
+    head: list[int]
+    tail: bytes
+    # Every token sequence spelling a proper prefix of T from which some token finishes T,
+    # the empty one first; and for each, the tokens whose bytes finish T (or run past its end).
+    prefixes: list[list[int]]
+    covers: list[tuple[int, ...]]
+
+    @property
+    def chars(self) -> int:
+        """Length of T in characters (a character cut by H counts as one)."""
+        return len(self.tail.decode("utf-8", errors="replace"))
+
+
 @dataclass
 class Sequence:
     """One prompt with every continuation of every answer, ready to score.
@@ -183,6 +211,12 @@ class Sequence:
     # for paths that stop at the answer's text, false for those that end with the reply's
     # closing special token (end = "turn", and the end-of-turn paths of end = "line").
     path_open: list[bool] = field(default_factory=list)
+    # Where the prompt's end merges with the answers' starts (None where it does not): then
+    # prompt_ids is its head H, every path spells the tail T before the answer, and `covers`
+    # lists, for the root (-1) and the trie paths after the answers' that spell proper prefixes
+    # of T, the tokens that run past T's end (their probability is the denominator D).
+    boundary: Boundary | None = None
+    covers: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.path_variant:  # canonical only: path k is variant k
@@ -193,6 +227,11 @@ class Sequence:
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.trie)
+
+    @cached_property
+    def cover_nodes(self) -> dict[int, tuple[int, ...]]:
+        """{trie node (-1: the root): tokens that finish T from there} (empty when unmerged)."""
+        return {(-1 if k < 0 else self.trie.ends[k]): ids for k, ids in self.covers}
 
     @property
     def max_position(self) -> int:
@@ -235,6 +274,7 @@ class PromptEncoder:
         self.max_tokenizations = max_tokenizations
         self.pieces = (TokenPieces(checkpoint.tokenizer, str(checkpoint.path / "tokenizer.json"))
                        if tokenizations == "all" else None)
+        self._bytes = self.pieces  # the tokens' bytes, read when a prompt merges (any setting)
         self.checkpoint = checkpoint
         self.mode = mode
         self.template = (chat_template_for(chat_template, checkpoint.chat_template, checkpoint.path)
@@ -329,28 +369,34 @@ class PromptEncoder:
                                 "adds the special tokens)")
         text = self.prompt_text(task, prompt)
         prompt_ids = self.encode(text)
+        scored_texts = [(a, answer, variant, self.continuation(task, prompt, variant))
+                        for a, answer in enumerate(task.answers) for variant in answer.variants]
+        endings = {cont: self.endings(task, cont) for *_, cont in scored_texts}
+        joints = {scored: self.encode(text + scored)
+                  for ends in endings.values() for scored, _ in ends}
+        boundary = self._boundary(where, text, prompt_ids, joints)
+        head, tail = (prompt_ids, b"") if boundary is None else (boundary.head, boundary.tail)
         continuations, ids, answer_of = [], [], []
         paths, path_variant, canonical, path_open = [], [], [], []
-        for a, answer in enumerate(task.answers):
-            for variant in answer.variants:
-                cont = self.continuation(task, prompt, variant)
-                v = len(continuations)
-                for k, (scored, closing) in enumerate(self.endings(task, cont)):
-                    canon = self._canonical(where, answer, variant, text, prompt_ids, scored)
-                    found = self._tokenizations(where, answer, scored, canon)
-                    if closing is not None and closing != PREFIX:
-                        canon, found = canon + [closing], [f + [closing] for f in found]
-                    if k == 0:
-                        continuations.append(cont)
-                        ids.append(canon)
-                        answer_of.append(a)
-                    for path in [canon] + [f for f in found if f != canon]:
-                        paths.append(path)
-                        path_variant.append(v)
-                        canonical.append(path is canon)
-                        path_open.append(closing is None)
+        for a, answer, variant, cont in scored_texts:
+            v = len(continuations)
+            for k, (scored, closing) in enumerate(endings[cont]):
+                canon = self._canonical(where, answer, variant, head, joints[scored], scored)
+                found = self._tokenizations(where, answer, scored, canon, tail)
+                if closing is not None and closing != PREFIX:
+                    canon, found = canon + [closing], [f + [closing] for f in found]
+                if k == 0:
+                    continuations.append(cont)
+                    ids.append(canon)
+                    answer_of.append(a)
+                for path in [canon] + [f for f in found if f != canon]:
+                    paths.append(path)
+                    path_variant.append(v)
+                    canonical.append(path is canon)
+                    path_open.append(closing is None)
+        prefixes = [] if boundary is None else boundary.prefixes[1:]
         try:
-            trie = build_trie(paths)
+            trie = build_trie(paths + prefixes)  # T's proper prefixes after the answers' paths
         except DuplicateContinuation as e:
             raise TaskError(
                 f"{where}: variants {continuations[path_variant[e.first]]!r} and "
@@ -359,31 +405,76 @@ class PromptEncoder:
             ) from None
         self._check_separable(where, task, trie, [continuations[v] for v in path_variant],
                               path_open)
-        return Sequence(task.name, prompt.id, task.prompt_text(prompt), text, prompt_ids,
-                        continuations, ids, answer_of, trie, path_variant, canonical, path_open)
+        covers = [] if boundary is None else list(zip(
+            [-1, *range(len(paths), len(paths) + len(prefixes))], boundary.covers, strict=True))
+        return Sequence(task.name, prompt.id, task.prompt_text(prompt), text, head,
+                        continuations, ids, answer_of, trie, path_variant, canonical, path_open,
+                        boundary, covers)
 
-    def _canonical(self, where, answer, variant, text, prompt_ids, scored) -> list[int]:
-        """The tokens of `scored` past the prompt's in the joint tokenization of both."""
-        joint = self.encode(text + scored)
-        if joint[: len(prompt_ids)] != prompt_ids or len(joint) == len(prompt_ids):
-            raise TaskError(
-                f"{where}, answer {answer.name!r}: the prompt's tokens are "
-                f"not a prefix of the tokens of prompt + {scored!r} in {self.mode} mode; "
-                "change the prompt's ending or the task's base_format / assistant_prefix / "
-                "response_prefix")
-        cont_ids = joint[len(prompt_ids):]
+    def _boundary(self, where, text, prompt_ids, joints) -> Boundary | None:
+        """None where the prompt's tokens are a prefix of the tokens of prompt + every scored
+        text (each longer); otherwise where they merge (`Boundary`), from the tokens' bytes."""
+        n = len(prompt_ids)
+        if all(joint[:n] == prompt_ids and len(joint) > n for joint in joints.values()):
+            return None
+        h = min(next((i for i, (x, y) in enumerate(zip(prompt_ids, joint, strict=False))
+                      if x != y), min(n, len(joint))) for joint in joints.values())
+        merged = next(s for s, joint in joints.items() if joint[:n] != prompt_ids)
+        what = (f"{where}: the prompt's last characters merge with those of {merged!r} into "
+                f"one token in {self.mode} mode")
+        if h == 0:
+            raise TaskError(f"{what}, from its very first token; give the prompt an ending "
+                            "that the answers cannot merge with")
+        pieces = self._merge_pieces(what)
+        tail = pieces.spell(prompt_ids[h:])
+        if tail is None or not text.encode("utf-8").endswith(tail):
+            raise TaskError(f"{what}, and its last tokens do not spell its last characters; "
+                            "give the prompt an ending that the answers cannot merge with")
+        for scored, joint in joints.items():
+            if pieces.spell(joint[h:]) != tail + scored.encode("utf-8"):
+                raise TaskError(f"{what}, and the tokens of prompt + {scored!r} after the "
+                                "shared ones do not spell its last characters and the answer; "
+                                "give the prompt an ending that the answers cannot merge with")
+        prefixes = pieces.prefix_cuts(tail, self.max_tokenizations)
+        if prefixes is None:
+            raise TaskError(f"{what}; its merged tail {tail.decode('utf-8', 'replace')!r} has "
+                            f"more than {self.max_tokenizations} tokenizations of its prefixes; "
+                            "raise --max-tokenizations")
+        covers = [pieces.starting_with(tail[len(pieces.spell(p)):]) for p in prefixes]
+        # A prefix that no token finishes adds nothing to D (nor, unless a longer prefix goes
+        # through it and brings it into the trie anyway, a node to the forward pass).
+        kept = [k for k, cover in enumerate(covers) if cover or k == 0]
+        return Boundary(prompt_ids[:h], tail, [prefixes[k] for k in kept],
+                        [covers[k] for k in kept])
+
+    def _merge_pieces(self, what: str) -> TokenPieces:
+        """The tokens' bytes, whatever the --tokenizations setting (a merged boundary needs
+        them); a vocabulary without fixed bytes is refused in one line."""
+        if self._bytes is None:
+            try:
+                self._bytes = TokenPieces(self.checkpoint.tokenizer,
+                                          str(self.checkpoint.path / "tokenizer.json"))
+            except TokenizerError as e:
+                raise TaskError(f"{what}, and {e}") from None
+        return self._bytes
+
+    def _canonical(self, where, answer, variant, head, joint, scored) -> list[int]:
+        """The tokens of `scored` past the prompt's (its head, where they merge) in the joint
+        tokenization of both."""
+        cont_ids = joint[len(head):]
         special = next((self.specials[i] for i in cont_ids if i in self.specials), None)
         if special is not None:
             raise TaskError(f"{where}, answer {answer.name!r}: variant {variant!r} "
                             f"contains the special token {special!r}; answers are plain text")
         return cont_ids
 
-    def _tokenizations(self, where, answer, scored: str, canon: list[int]) -> list[list[int]]:
-        """With tokenizations "all", every token sequence that spells `scored` (the canonical
-        one among them); otherwise none beyond the canonical."""
+    def _tokenizations(self, where, answer, scored: str, canon: list[int],
+                       tail: bytes = b"") -> list[list[int]]:
+        """With tokenizations "all", every token sequence that spells `tail` + `scored` (the
+        canonical one among them); otherwise none beyond the canonical."""
         if self.pieces is None:
             return []
-        found = self.pieces.tokenizations(scored, self.max_tokenizations)
+        found = self.pieces.tokenizations(tail + scored.encode("utf-8"), self.max_tokenizations)
         if found is None:
             raise TaskError(
                 f"{where}, answer {answer.name!r}: {scored!r} has more than "
@@ -401,12 +492,13 @@ class PromptEncoder:
         (under the task's end rule): the end factor of the shorter would then include the
         longer one's mass. Paths closed by the reply's special token take no end factor."""
         mask = self.end_mask(task)
-        end_of = {node: v for v, node in enumerate(trie.ends)
+        answers = trie.ends[:len(path_open)]  # T's prefixes, where merged, come after them
+        end_of = {node: v for v, node in enumerate(answers)
                   if path_open[v] or task.end == "prefix"}
         for node, v in end_of.items():
             for child in trie.children(node):
                 if mask[trie.tokens[child]]:
-                    w = next(w for w, n in enumerate(trie.ends)
+                    w = next(w for w, n in enumerate(answers)
                              if child <= n < child + trie.span[child])
                     raise TaskError(
                         f"{where}: after the tokens of {continuations[v]!r}, variant "
@@ -618,12 +710,25 @@ class TrieScores:
     def __init__(self, s: Sequence):
         self.node = np.full(len(s.trie), np.nan)
         self.boundary = np.full(len(s.trie), np.nan)
+        self.cover: dict[int, float] = {}  # node (-1: the root) -> log P(a covering token next)
 
     def path_logprobs(self, s: Sequence) -> np.ndarray:
+        """Each scored path's log-probability (the answers' paths, not T's prefixes), less
+        log D where the prompt merges with its answers."""
         trie = s.trie
-        return np.array([self.node[trie.path(k)].sum()
-                         + (self.boundary[trie.ends[k]] if s.path_open[k] else 0.0)
-                         for k in range(len(trie.ends))])
+        out = np.array([self.node[trie.path(k)].sum()
+                        + (self.boundary[trie.ends[k]] if s.path_open[k] else 0.0)
+                        for k in range(len(s.path_variant))])
+        return out if s.boundary is None else out - self.log_prefix(s)
+
+    def log_prefix(self, s: Sequence) -> float:
+        """log D = log P(the text after the head begins with T): over the root and every path
+        spelling a proper prefix of T, its log-probability plus that of a token next that
+        finishes T."""
+        terms = [(0.0 if k < 0 else self.node[s.trie.path(k)].sum())
+                 + self.cover.get(-1 if k < 0 else s.trie.ends[k], -np.inf)
+                 for k, _ in s.covers]
+        return float(np.logaddexp.reduce(terms))
 
 
 def lm_head_rows(s: Sequence, part: Part, offset: int) -> tuple[list[int], list[list[int]]]:
@@ -632,7 +737,9 @@ def lm_head_rows(s: Sequence, part: Part, offset: int) -> tuple[list[int], list[
     p, trie = len(s.prompt_ids), s.trie
     local = {n: k for k, n in enumerate(part.nodes)}
     positions = [offset + (p - 1 if n < 0 else p + local[n]) for n in part.owned]
-    targets = [[trie.tokens[k] for k in trie.children(n)] for n in part.owned]
+    covers = s.cover_nodes
+    targets = [[trie.tokens[k] for k in trie.children(n)] + list(covers.get(n, ()))
+               for n in part.owned]
     return positions, targets
 
 
@@ -675,10 +782,15 @@ def score_batch(checkpoint: Checkpoint, sequences: list[Sequence], batch: Batch,
             target_lp[r] = wide[0].cpu().numpy()
     for r, (seq, n) in enumerate(owners):
         trie, into = sequences[seq].trie, scores[seq]
-        for slot, child in enumerate(trie.children(n)):
+        children = trie.children(n)
+        for slot, child in enumerate(children):
             into.node[child] = target_lp[r][slot]
         if n >= 0:
             into.boundary[n] = boundary_lp[r]
+        covers = sequences[seq].cover_nodes.get(n)
+        if covers:  # float64, in order: the bits do not depend on the row's padding
+            lp = np.asarray(target_lp[r][len(children):len(children) + len(covers)], np.float64)
+            into.cover[n] = float(np.logaddexp.reduce(lp))
 
 
 def score_task(checkpoint: Checkpoint, encoder: PromptEncoder, task: Task,
@@ -726,7 +838,8 @@ def prompt_scores(checkpoint: Checkpoint, task: Task, s: Sequence,
                   scores: TrieScores) -> PromptScores:
     """Variant and answer log-probabilities from a prompt's trie scores (summed in float64)."""
     path_lp = scores.path_logprobs(s)
-    if not np.isfinite(path_lp).all():
+    if not np.isfinite(path_lp).all() or (s.boundary is not None
+                                          and not np.isfinite(scores.log_prefix(s))):
         raise NonFiniteError(
             f"task {task.name!r}, prompt {s.prompt_id!r}: the model's log-probabilities "
             f"are NaN or infinite ({checkpoint.path}); check the weights for NaN/inf, or use "

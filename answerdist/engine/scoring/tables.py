@@ -36,6 +36,8 @@ def main_table(scores: TaskScores, label: str) -> pa.Table:
                 Col.answer_index: a, Col.logprob: float(p.answer_logprob[a]),
                 Col.prob: float(dist[a]), Col.coverage: coverage,
                 Col.noncanonical_share: None if share is None else float(share[a]),
+                Col.boundary_crossed: s.boundary is not None,
+                Col.boundary_chars: 0 if s.boundary is None else s.boundary.chars,
             })
     return pa.Table.from_pylist(rows, schema=MAIN_SCHEMA)
 
