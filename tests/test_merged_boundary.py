@@ -23,12 +23,10 @@ from answerdist.cli import score
 from answerdist.lab.corpus import train_bpe
 from tests import tiny
 
-INST_TEMPLATE = (  # Mistral-v0.1-style: the reply follows "[/INST]" with nothing between
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
-    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}"
-    "{{ message['content'] + '<|endoftext|>' }}{% endif %}{% endfor %}"
-)
+INST_TEMPLATE = tiny.INST_TEMPLATE.replace("eos_token", "'<|endoftext|>'")
 MERGES = ["[/INST]{1}", "[/INST]{2}", "[/INST]{3}", "Heads", "Hearts", "Heat", "[/INST]{7}"]
+# SentencePiece-style (no pre-tokenizer): "]{" after varied text, never a whole prompt
+SP_MERGES = [f"{w}]{{{d}}}" for w in ("x", "ab", "Q", "z9", "end", "T") for d in range(1, 8)]
 
 
 def _tokenizer(directory):
@@ -45,6 +43,18 @@ def checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("merging")
     model = tiny.make_checkpoint(directory, arch="llama", template=INST_TEMPLATE, init=0.1)
     _tokenizer(directory)
+    return directory, model
+
+
+@pytest.fixture(scope="module")
+def sentencepiece(tmp_path_factory):
+    """Mistral v0.1's shape: a SentencePiece-style vocabulary and the [INST] template, where
+    "[/INST]" then "{1}" tokenizes as "]{" "1}"."""
+    directory = tmp_path_factory.mktemp("sentencepiece")
+    model = tiny.make_checkpoint(directory, arch="mistral", vocab_size=460, init=0.1)
+    tok = tiny.write_sentencepiece_tokenizer(directory, tiny.CORPUS * 20 + SP_MERGES * 20)
+    assert tok.get_vocab_size() <= 460
+    assert "]{" in tok.encode("[INST] Pick one. [/INST]{1}").tokens
     return directory, model
 
 
@@ -70,8 +80,13 @@ class Oracle:
         self.tok = PreTrainedTokenizerFast.from_pretrained(str(directory))
         vocab = model.config.vocab_size
         special = set(self.tok.all_special_ids)
-        self.text = [None if i in special or i >= len(self.tok) else
-                     self.tok.decode([i], skip_special_tokens=False) for i in range(vocab)]
+        # A token's text inside a text: after a letter (a SentencePiece decoder strips the
+        # leading space of a whole text), with the letter taken off.
+        self.anchor = next(self.tok.convert_tokens_to_ids(t) for t in ("a", "<0x61>")
+                           if self.tok.convert_tokens_to_ids(t) not in (None,
+                                                                         self.tok.unk_token_id))
+        self.text = [None if i in special or i >= len(self.tok) else self.decode([i])
+                     for i in range(vocab)]
         self.boundary = np.array([i in special or i >= len(self.tok) or not self.text[i]
                                   or (self.text[i][0] != "\ufffd"
                                       and not self.text[i][0].isalnum())
@@ -84,7 +99,7 @@ class Oracle:
         return torch.softmax(logits, -1).numpy()
 
     def decode(self, ids) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False)
+        return self.tok.decode([self.anchor, *ids], skip_special_tokens=False)[1:]
 
     def prefix_probability(self, head, tail: str) -> float:
         """D: every token sequence after `head` whose text begins with `tail`."""
@@ -106,17 +121,19 @@ class Oracle:
         walk([], 1.0)
         return total
 
-    def spelled_probability(self, head, text: str, ids_only=None) -> float:
+    def spelled_probability(self, head, text: str, ids_only=None, stop=None) -> float:
         """N: every token sequence after `head` spelling `text` exactly (or only `ids_only`),
-        then a boundary token."""
+        then a boundary token (or the token `stop`)."""
         total = 0.0
+        end = (lambda probs: probs[self.boundary].sum()) if stop is None else (
+            lambda probs: probs[stop])
 
         def walk(ids, p):
             nonlocal total
             probs = self.probs(tuple(head) + tuple(ids))
             here = self.decode(ids)
             if here == text and ids:
-                total += p * probs[self.boundary].sum()
+                total += p * end(probs)
                 return
             for v, piece in enumerate(self.text):
                 if piece and text.startswith(here + piece):
@@ -128,7 +145,7 @@ class Oracle:
         p = 1.0
         for k, v in enumerate(ids_only):
             p *= self.probs(tuple(head) + tuple(ids_only[:k]))[v]
-        return p * self.probs(tuple(head) + tuple(ids_only))[self.boundary].sum()
+        return p * end(self.probs(tuple(head) + tuple(ids_only)))
 
 
 def _head(tok_ids, joints):
@@ -186,3 +203,57 @@ def test_merged_boundary_equals_brute_force(checkpoint, tmp_path, tokenizations,
             worst = max(worst, abs(r["logprob"] - want) / max(1.0, abs(want)))
             assert abs(r["logprob"] - want) <= 2e-6 * max(1.0, abs(want)), (prompt_id, cont)
     print(f"{mode} {answers} {tokenizations}: worst relative error {worst:.1e}")
+
+
+@pytest.mark.parametrize("tokenizations", ["canonical", "all"])
+@pytest.mark.parametrize(("answers", "merges"), [(["{1}", "{2}", "{3}"], True),
+                                                 (["Heads", "Tails"], False)])
+def test_a_mistral_style_vocabulary_and_template_score_exactly(sentencepiece, tmp_path,
+                                                               tokenizations, answers, merges):
+    """Mistral v0.1's case: every Zhang et al. file was refused there ("[/INST]" then "{"
+    merges into "]{"). The numbers equal brute force, and so does the unmerged case."""
+    directory, model = sentencepiece
+    task = _task(tmp_path / "m.toml", answers)
+    assert score.main([str(directory), "--tasks", str(task), "--mode", "chat", "--out",
+                       str(tmp_path / "out"), "--label", "x", "--tokenizations",
+                       tokenizations]) == 0
+    rows = pq.read_table(tmp_path / "out" / "x" / "m.parquet").to_pylist()
+    oracle = Oracle(model, directory)
+    for prompt_id in ("a", "b"):
+        mine = [r for r in rows if r["prompt_id"] == prompt_id]
+        text = mine[0]["prompt_text"]
+        joints = {r["continuation"]: oracle.tok(text + r["continuation"],
+                                                add_special_tokens=False)["input_ids"]
+                  for r in mine}
+        head = mine[0]["prompt_token_ids"]
+        assert all(r["boundary_crossed"] is merges for r in mine)
+        assert all(joints[r["continuation"]][:len(head)] == head for r in mine)
+        tail = oracle.decode(oracle.tok(text, add_special_tokens=False)["input_ids"][len(head):])
+        assert text.endswith(tail) and (tail != "") is merges
+        assert all(r["boundary_chars"] == len(tail) for r in mine)
+        d = oracle.prefix_probability(head, tail) if merges else 1.0
+        for r in mine:
+            cont = r["continuation"]
+            n = oracle.spelled_probability(
+                head, tail + cont,
+                None if tokenizations == "all" else joints[cont][len(head):])
+            want = math.log(n / d)
+            assert abs(r["logprob"] - want) <= 2e-6 * max(1.0, abs(want)), (prompt_id, cont)
+
+
+def test_end_of_turn_after_a_merged_boundary(checkpoint, tmp_path):
+    """end = "turn" (Zhang et al.'s eos: true): N closes T + answer with the end of the turn."""
+    directory, model = checkpoint
+    task = _task(tmp_path / "m.toml", ["{1}", "{2}"], end="turn")
+    assert score.main([str(directory), "--tasks", str(task), "--mode", "chat", "--out",
+                       str(tmp_path / "out"), "--label", "x", "--tokenizations", "all"]) == 0
+    oracle = Oracle(model, directory)
+    stop = oracle.tok.convert_tokens_to_ids("<|endoftext|>")
+    rows = pq.read_table(tmp_path / "out" / "x" / "m.parquet").to_pylist()
+    for r in rows:
+        head = r["prompt_token_ids"]
+        tail = r["prompt_text"][len(r["prompt_text"]) - r["boundary_chars"]:]
+        assert r["boundary_crossed"] and tail == "]"
+        want = math.log(oracle.spelled_probability(head, tail + r["continuation"], stop=stop)
+                        / oracle.prefix_probability(head, tail))
+        assert abs(r["logprob"] - want) <= 2e-6 * max(1.0, abs(want)), r["prompt_id"]

@@ -431,3 +431,58 @@ def short_reply_checkpoint(directory: Path, seed: int = 0) -> None:
         assert token is not None, text
         head[token, 0] = logit / 8.0
     save_file(state, path, metadata={"format": "pt"})
+
+
+METASPACE = "\u2581"
+SP_SPECIALS = ["<unk>", "<s>", "</s>"]
+INST_TEMPLATE = (  # Mistral-v0.1 / Llama-2-chat style: the reply follows "[/INST]" directly
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}"
+    "{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def sentencepiece_tokenizer(texts: list[str], merges: int = 200) -> Tokenizer:
+    """A SentencePiece-style BPE as Hugging Face converts Llama 2's and Mistral v0.1's: "▁" for
+    a space, prepended to every text, no pre-tokenizer (merges run across spaces), the 256
+    byte-fallback tokens <0x00>..<0xFF> after <unk>, <s>, </s>, and a decoder that strips the
+    text's leading space; <s> added in front by the post-processor."""
+    from tokenizers import AddedToken, decoders, models, normalizers, trainers
+
+    normalizer = normalizers.Sequence([normalizers.Prepend(METASPACE),
+                                       normalizers.Replace(" ", METASPACE)])
+    base = Tokenizer(models.BPE())
+    base.normalizer = normalizer
+    base.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=merges,
+                                                        special_tokens=SP_SPECIALS,
+                                                        show_progress=False))
+    spec = json.loads(base.to_str())["model"]
+    vocab = {t: i for i, t in enumerate(SP_SPECIALS)}
+    vocab.update({f"<0x{b:02X}>": len(SP_SPECIALS) + b for b in range(256)})
+    for token in sorted(spec["vocab"], key=spec["vocab"].get):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True,
+                               unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizer
+    tok.decoder = decoders.Sequence([decoders.Replace(METASPACE, " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SP_SPECIALS])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return tok
+
+
+def write_sentencepiece_tokenizer(directory: Path, texts: list[str],
+                                  template: str = INST_TEMPLATE, merges: int = 200) -> Tokenizer:
+    """tokenizer.json and tokenizer_config.json of a SentencePiece-style vocabulary."""
+    tok = sentencepiece_tokenizer(texts, merges)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "model_max_length": 1024, "chat_template": template,
+              "added_tokens_decoder": {
+                  str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                           "normalized": False, "single_word": False}
+                  for i, t in enumerate(SP_SPECIALS)}}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return tok
