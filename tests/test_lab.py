@@ -348,3 +348,34 @@ def test_every_symbol_of_the_demo_table_is_explained_under_it():
     for symbol in ("* marks", "base JS:", "nucleation at step:", "(outside SFT)",
                    "in parentheses"):
         assert symbol in "detected:" + legend, symbol
+
+
+def test_the_emergent_ladder_trains_on_half_the_tasks_and_reports_every_task(small_demo):
+    """SFT from the cached base on the training tasks only: the held-out tasks get no SFT
+    example (the example count is exactly the training tasks'), and every task is reported,
+    with its coverage, and where it answers, both liquidities with intervals and its seed."""
+    from answerdist.lab import emergent
+
+    out, _ = small_demo
+    report = json.loads((out / "emergent.json").read_text())
+    tasks = load_tasks(SMALL.tasks)
+    training, held_out = emergent.split(tasks)
+    assert report["training"] == [t.name for t in training]
+    assert report["held_out"] == [t.name for t in held_out] and held_out
+    stamp = json.loads((out / "emergent" / "build.json").read_text())
+    assert stamp["examples"] == sum(len(t.prompts) for t in training) * SMALL.sft.docs_per_prompt
+    assert set(report["tasks"]) == {t.name for t in tasks}
+    for name, row in report["tasks"].items():
+        assert row["role"] == ("training" if name in report["training"] else "held-out")
+        assert 0.0 <= row["sft_coverage"] <= 1.0
+        if row["answers"]:
+            lo, hi = row["liquidity_sft_ci"]
+            assert lo <= row["liquidity_sft"] <= hi
+            assert row["seed_verdict"] in ("found", "no seed", "unresolved")
+            assert (row["single_seed"] is not None) == (len(row["seed_set"]) == 1)
+    summary = report["summary"]
+    assert summary["held-out"]["tasks"] == len(held_out)
+    text = emergent.format_table(report["tasks"])
+    assert all(name in text for name in report["tasks"])
+    # The emergent SFT is a chat checkpoint of the same base, cached like the ladder.
+    assert (out / "emergent" / "sft" / "tokenizer_config.json").is_file()

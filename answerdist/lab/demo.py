@@ -12,7 +12,10 @@ checkpoints
 3. `answerdist analyse` writes demo/phases.json and the report demo/report/index.html;
    `answerdist trajectory` writes demo/trajectory.json and demo/report/trajectory/;
 4. a table: per task the planted seed prompt beside the detected one, each stage's phase and
-   where nucleation was located; also written to demo/summary.json.
+   where nucleation was located; also written to demo/summary.json;
+5. the emergent ladder (answerdist.lab.emergent): SFT from the same base on half of the tasks,
+   the other half held out; its table, and demo/emergent.json. Reported whatever it shows: the
+   exit status is the planted ladder's acceptance alone.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import check, ladder
+from . import check, emergent, ladder
 from .config import FULL, SMALL
 
 
@@ -55,13 +58,16 @@ def run(out: Path | str = "demo", small: bool = False, force: bool = False) -> i
     trajectory = check.run_trajectory(results, out / "series.json", out / "trajectory.json",
                                       out / "report" / "trajectory")
 
+    print("demo: the emergent ladder (SFT on half of the tasks)", flush=True)
+    emerged = emergent.run(cfg, out, results, force=force)
+
     planted = json.loads((out / "planted.json").read_text())
     planted_dists = json.loads((out / "checkpoints" / "planted_distributions.json").read_text())
     rows = check.compare(phases, planted, check.base_js_to_planted(results, "base", planted_dists),
                          trajectory)
     verdict = check.acceptance(rows)
     summary = {"build": {k: stamp[k] for k in ("fingerprint", "parameters", "build_seconds")},
-               "acceptance": verdict, "tasks": rows,
+               "acceptance": verdict, "tasks": rows, "emergent": emerged["summary"],
                "demo_seconds": round(time.perf_counter() - start, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -76,6 +82,15 @@ def run(out: Path | str = "demo", small: bool = False, force: bool = False) -> i
           f"support {verdict['dpo_retains_90pct']}/{n}; nucleation located inside SFT "
           f"{verdict['nucleation_in_sft']}/{n}; base JS to planted "
           f"{verdict['mean_base_js_to_planted_bits']:.3f} bits (mean)")
+    print()
+    print("The emergent ladder: SFT on the training tasks only; the held-out tasks saw no SFT "
+          "data")
+    print(emergent.format_table(emerged["tasks"]))
+    held = emerged["summary"]["held-out"]
+    print(f"held-out tasks: {held['answering']}/{held['tasks']} answer in chat format; liquidity "
+          f"falls by half on {held['liquidity_falls_by_half']}; a seed is found on "
+          f"{held['seed_found']}, named alone on {held['single_seed']} (demo/emergent.json)")
+    print()
     print(f"ladder of {stamp['parameters']} parameters, built in {stamp['build_seconds']:.0f}s; "
           f"demo took {summary['demo_seconds']:.0f}s")
     print(f"report: {out / 'report' / 'index.html'}   phases: {out / 'phases.json'}")
