@@ -399,7 +399,7 @@ def test_a_manifest_naming_another_stores_file_is_not_trusted(ckpt, tmp_path, ca
     ({"head_dim": -16}, "'head_dim' must be a positive integer"),
     ({"rms_norm_eps": "tiny"}, "'rms_norm_eps' must be a positive number"),
     ({"architectures": [["Olmo2ForCausalLM"]]}, "is not supported"),
-    ({"architectures": "Olmo2ForCausalLM"}, None),  # a bare string: read as the one architecture
+    ({"architectures": "Olmo2ForCausalLM"}, "not a list of names"),  # config.json's is a list
     ({"rope_parameters": "yarn"}, "'rope_parameters' must be a JSON object"),
     ({"tie_word_embeddings": "false"}, "'tie_word_embeddings' must be true or false"),
     ({"num_hidden_layers": 100000}, "num_hidden_layers=100000, but the weight files hold"),

@@ -142,9 +142,14 @@ def test_nucleation_counts_only_a_transition_inside_sft():
         {"task": task, "metric": metric, "position": at, "position_lo": at, "position_hi": at,
          "sharp": True, "delta_aic": 20.0}
         for task, metric, at in [("a", "liquidity", 100.5), ("b", "liquidity", 225.0),
-                                 ("c", "liquidity", None), ("a", "seed_overlap", 225.0)]]
+                                 ("c", "liquidity", None), ("a", "seed_overlap", 225.0),
+                                 ("a", "coverage", 100.5), ("b", "coverage", 150.5)]]
     located = check.nucleation({"series": {"ladder": series}, "transitions": transitions})
     assert {t: v["in_sft"] for t, v in located.items()} == {"a": True, "b": False, "c": False}
+    # a's collapse is located where its format switches: not told apart; b's is elsewhere
+    assert {t: v["apart"] for t, v in located.items()} == {"a": False, "b": True, "c": False}
+    assert "~format" in check._located(located["a"]) and "~format" not in check._located(
+        located["b"])
 
 
 # ------------------------------------------------------------- checkpoints and caching

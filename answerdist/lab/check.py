@@ -86,21 +86,30 @@ def run_trajectory(results: Path, series: Path, out: Path, report: Path) -> dict
 
 
 def nucleation(trajectory: dict) -> dict[str, dict]:
-    """Per task, where the NUCLEATION order parameter's transition was located, and whether
-    it lies inside the SFT stage: after the base's last point, at most SFT's last point."""
+    """Per task, where the NUCLEATION order parameter's transition was located, whether it
+    lies inside the SFT stage (after the base's last point, at most SFT's last point), and
+    whether it is told apart from the format switch (the coverage transition): `apart` when
+    their intervals do not overlap. Where they overlap, the collapse happened somewhere
+    between the base and the first checkpoints that answer in chat format, which cannot
+    resolve it further (nothing between them answers)."""
     points = trajectory["series"]["ladder"]
     ends = {}
     for p in points:
         ends[p["stage"]] = max(ends.get(p["stage"], p["position"]), p["position"])
+    fmt = {t["task"]: t for t in trajectory["transitions"] if t["metric"] == "coverage"}
     out = {}
     for t in trajectory["transitions"]:
         if t["metric"] != NUCLEATION:
             continue
-        at = t["position"]
+        at, switch = t["position"], fmt.get(t["task"])
+        located = switch is not None and switch["position"] is not None and at is not None
         out[t["task"]] = {
             "position": at, "interval": [t["position_lo"], t["position_hi"]],
             "sharp": t["sharp"], "delta_aic": t["delta_aic"],
             "in_sft": at is not None and ends["base"] < at <= ends["sft"],
+            "format_switch": switch["position"] if located else None,
+            "apart": bool(located and (t["position_hi"] < switch["position_lo"]
+                                       or switch["position_hi"] < t["position_lo"])),
         }
     return out
 
@@ -155,6 +164,7 @@ def acceptance(rows: dict) -> dict:
     falls = sum(r["liquidity"]["sft"] < r["liquidity"]["base"] for r in rows.values())
     retains = sum(r["retention"].get("dpo", 0.0) >= DPO_RETENTION_MIN for r in rows.values())
     nucleated = sum(bool(r["nucleation"] and r["nucleation"]["in_sft"]) for r in rows.values())
+    apart = sum(bool(r["nucleation"] and r["nucleation"].get("apart")) for r in rows.values())
     js = [r["base_js_to_planted"] for r in rows.values() if r["base_js_to_planted"] is not None]
     return {
         "tasks": n,
@@ -164,6 +174,7 @@ def acceptance(rows: dict) -> dict:
         "liquidity_falls_base_to_sft": falls,
         "dpo_retains_90pct": retains,
         "nucleation_in_sft": nucleated,
+        "nucleation_apart_from_format": apart,
         "mean_base_js_to_planted_bits": float(np.mean(js)) if js else None,
         "passed": bool(seeds >= SEEDS_RECOVERED * (n - unresolved) and wrong == 0
                        and falls >= LIQUIDITY_FALLS * n
@@ -212,7 +223,8 @@ LEGEND = [
     "  planted ones it was trained on",
     "nucleation at step: where the nucleation order parameter jumps along the checkpoints,",
     "  [95% interval, never narrower than the two checkpoints around it]; (outside SFT) when",
-    "  not between the base and the last SFT checkpoint",
+    "  not between the base and the last SFT checkpoint; ~format when its interval overlaps",
+    "  the format switch's (coverage), so that the two cannot be told apart",
 ]
 
 
@@ -221,4 +233,5 @@ def _located(n: dict | None) -> str:
         return "-"
     lo, hi = n["interval"]
     ci = f" [{lo:.0f}, {hi:.0f}]" if lo is not None else ""
-    return f"{n['position']:.0f}{ci}{'' if n['in_sft'] else ' (outside SFT)'}"
+    return (f"{n['position']:.0f}{ci}{'' if n['in_sft'] else ' (outside SFT)'}"
+            f"{'' if n.get('apart', True) else ' ~format'}")

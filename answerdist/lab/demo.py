@@ -80,7 +80,8 @@ def run(out: Path | str = "demo", small: bool = False, force: bool = False) -> i
           f"liquidity falls base -> sft "
           f"{verdict['liquidity_falls_base_to_sft']}/{n}; DPO keeps >= 90% in the seed's "
           f"support {verdict['dpo_retains_90pct']}/{n}; nucleation located inside SFT "
-          f"{verdict['nucleation_in_sft']}/{n}; base JS to planted "
+          f"{verdict['nucleation_in_sft']}/{n} (told apart from the format switch on "
+          f"{verdict['nucleation_apart_from_format']}); base JS to planted "
           f"{verdict['mean_base_js_to_planted_bits']:.3f} bits (mean)")
     print()
     print("The emergent ladder: SFT on the training tasks only; the held-out tasks saw no SFT "

@@ -54,7 +54,8 @@ def build(cfg: LabConfig, out: Path, force: bool = False) -> dict:
     fingerprint = cfg.fingerprint()
     if not force and stamp_file.is_file():
         stamp = json.loads(stamp_file.read_text())
-        if stamp.get("fingerprint") == fingerprint and (root / "sft" / "model.safetensors").is_file():
+        built = (root / "sft" / "model.safetensors").is_file()
+        if stamp.get("fingerprint") == fingerprint and built:
             log(f"emergent: reusing {root / 'sft'}")
             return stamp
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()

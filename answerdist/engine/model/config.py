@@ -279,7 +279,10 @@ class Reader:
 
 def family_of(cfg: dict, path: Path) -> Family:
     archs = cfg.get("architectures") or [None]
-    arch = archs[0] if isinstance(archs, list) else archs
+    if not isinstance(archs, list):  # transformers reads architectures[0]: a list of names
+        raise ArchitectureError(f"{path}: architectures is {_shown(archs)}, not a list of "
+                                f"names such as [\"LlamaForCausalLM\"]; fix config.json")
+    arch = archs[0]
     if isinstance(arch, str) and arch in REFUSED:
         raise ArchitectureError(f"{path}: {arch} is not supported: {REFUSED[arch]}")
     if not isinstance(arch, str) or arch not in FAMILIES:
