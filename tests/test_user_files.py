@@ -141,3 +141,53 @@ def test_nothing_else_writes_renames_or_deletes_a_file():
                                                for prefix, holds in WRITERS):
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert offenders == []
+
+
+# A valid file for each reader: cut anywhere, it must still read or be refused in one line.
+SAMPLES = {
+    "task file": 'name = "t"\nanswers = ["Heads", "Tails"]\n[[prompts]]\nid = "p"\n'
+                 'text = "Flip a coin."\n',
+    "Zhang et al. prompt file": '{"request": "Flip a coin.", "response": ["It landed on"], '
+                                '"targets": ["{Heads}", "{Tails}"], "weights": [0.5, 0.5]}',
+    "NoveltyBench JSONL": '{"id": "story", "prompt": "Tell a story.", "prompt_paraphrases": '
+                          '["Write a story.", "Narrate a tale."], "category": "creativity"}\n'
+                          '{"id": "poem", "prompt": "Write a poem."}\n',
+    "sweep file": 'checkpoints = ["a", "b"]\ntasks = "coin"\nmodes = ["base"]\nout = "r"\n',
+    "series file": '{"points": [{"label": "step100", "position": 100, "stage": "sft"}, '
+                   '{"label": "step200", "position": 200, "stage": "sft"}]}',
+    "config.json": '{"architectures": ["LlamaForCausalLM"], "model_type": "llama", '
+                   '"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 301}',
+    "borrowed template": "{% for m in messages %}{{ '<|user|>\\n' + m['content'] }}"
+                         "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}"
+                         "{% endif %}",
+}
+
+
+def _tokenizer_sample() -> str:
+    from tests import tiny
+
+    return tiny.train_tokenizer().to_str()
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_every_reader_reads_a_truncated_file_or_refuses_it_in_one_line(tmp_path, reader):
+    """Every cut of a valid file (hypothesis draws the cut points): read, or one line."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    name, call = READERS[reader]
+    data = (_tokenizer_sample() if reader == "tokenizer.json" else SAMPLES[reader]).encode()
+
+    @settings(max_examples=40, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(cut=st.integers(0, len(data) - 1))
+    def truncated(cut):
+        directory = tmp_path / f"cut{cut}"
+        directory.mkdir(exist_ok=True)
+        (directory / name).write_bytes(data[:cut])
+        try:
+            bounded(lambda: call(directory))
+        except EngineError as e:
+            assert "\n" not in str(e) and str(e), (cut, str(e))
+
+    truncated()

@@ -94,8 +94,11 @@ def set_p_values(base, stage, counts, level) -> tuple[np.ndarray, np.ndarray]:
     var = np.diag(cov)
     sd = np.sqrt(np.maximum(var[:, None] + var[None, :] - 2 * cov, 0.0))
     # Few prompts: the bootstrap's spread is (M-1)/M of the sample's and its tails are the
-    # normal's, not Student's t; the statistic is shrunk by the widening the intervals use.
-    return _p_values(d, D, sd, 1.0 / widening(stage.shape[0], 1.0 - level)), d
+    # normal's, not Student's t; the statistic is shrunk by the widening the intervals use,
+    # taken at the one-sided quantile 1 - level (kept within [0.75, 1 - 1e-9]: a level near 0
+    # has no finite quantile, and at 0.5 the ratio of quantiles is 0 / 0).
+    q = min(max(1.0 - level, 0.75), 1.0 - 1e-9)
+    return _p_values(d, D, sd, 1.0 / widening(stage.shape[0], q)), d
 
 
 def seed_set(base, stage, counts, level) -> list[int]:
