@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from answerdist import analysis
 from answerdist.analysis.synthetic import write_manifest, write_task
 from answerdist.errors import AnalysisError, EngineError
+from tests.budget import budget
 
 JUNK = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6),
@@ -50,7 +51,8 @@ def refused_or_fine(call):
     """Run `call`; only the project's one-line errors may come out (AnalysisError, or
     OutputError for a path that is no results store). Returns whether it was refused."""
     try:
-        call()
+        with budget(call):
+            call()
     except EngineError as err:
         assert "\n" not in str(err)
         return True

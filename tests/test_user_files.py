@@ -20,6 +20,7 @@ from answerdist.engine.tasks import load_tasks
 from answerdist.engine.text.chat import load_chat_template
 from answerdist.errors import EngineError
 from answerdist.files import MAX_FILE_BYTES_ENV, FileRefused, read_user_file
+from tests.budget import budget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,7 +187,8 @@ def test_every_reader_reads_a_truncated_file_or_refuses_it_in_one_line(tmp_path,
         directory.mkdir(exist_ok=True)
         (directory / name).write_bytes(data[:cut])
         try:
-            bounded(lambda: call(directory))
+            with budget((reader, cut), seconds=10, mib=200):
+                bounded(lambda: call(directory))
         except EngineError as e:
             assert "\n" not in str(e) and str(e), (cut, str(e))
 
