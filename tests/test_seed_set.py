@@ -5,11 +5,10 @@ whose mean is exactly zero (so the seed stage's consensus over all phrasings IS 
 prompt's distribution), and one to three other base prompts lie within a small JS of it. The
 set at `level` must miss the planted prompt at most `level` of the time, and name a single
 wrong prompt at most `level` of the time; with well separated base prompts it should be a
-single prompt nearly always (power). docs/metrics.md ("Seed set") quotes these numbers; run
-this file as a script to print them.
+single prompt nearly always (power). docs/metrics.md ("Seed set") quotes these numbers;
+`python -m tests.test_seed_set` prints them.
 """
 
-import math
 import sys
 
 import numpy as np
@@ -20,19 +19,9 @@ from answerdist.analysis.metrics import js_divergence
 from answerdist.analysis.phases import TaskData, _cross_ladder, ladder_metrics, seed_verdict
 from answerdist.analysis.records import Ladder
 from answerdist.analysis.seedset import SET_RESAMPLES, seed_set
+from tests.test_seed_null import binomial_upper
 
 TRIALS = 300
-
-
-def binomial_upper(n, rate, confidence=0.999):
-    """The largest count in n trials at `rate` that is not evidence (at `confidence`) of a
-    higher rate."""
-    total = 0.0
-    for k in range(n + 1):
-        total += math.comb(n, k) * rate**k * (1 - rate) ** (n - k)
-        if total >= confidence:
-            return k
-    return n
 
 
 def mean_exact_noise(p, rng, m, sigma):
