@@ -257,3 +257,67 @@ def test_end_of_turn_after_a_merged_boundary(checkpoint, tmp_path):
         want = math.log(oracle.spelled_probability(head, tail + r["continuation"], stop=stop)
                         / oracle.prefix_probability(head, tail))
         assert abs(r["logprob"] - want) <= 2e-6 * max(1.0, abs(want)), r["prompt_id"]
+
+
+def test_too_many_prefix_sequences_is_one_line(checkpoint, tmp_path, capsys):
+    """D's prefix sequences are bounded by --max-tokenizations: past it, one line, exit 2."""
+    directory, _ = checkpoint
+    task = _task(tmp_path / "m.toml", ["ds", "rts"], assistant_prefix="Hea")
+    out = tmp_path / "out"
+    assert score.main([str(directory), "--tasks", str(task), "--mode", "chat", "--out",
+                       str(out), "--label", "x", "--max-tokenizations", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "--max-tokenizations" in err
+    assert not (out / "x").exists()
+
+
+# Prompt ends and answers from the tiny vocabulary's pieces (it learned "]{", "Heads", ...)
+ENDS = ["", "Hea", "He", "H", "Ta", "Tai", "Re", "Answer:", "x", "]", " "]
+STARTS = ["ds", "rts", "t", "{1}", "{2}", "{3}", "Heads", "Tails", "7", "ils", "d", "{7}"]
+
+
+def test_fresh_prompt_ends_and_answers_score_within_one_or_are_one_line(checkpoint):
+    """Random reply prefixes and answers from the tiny vocabulary's pieces (hypothesis): each
+    task scores with finite log-probabilities, coverage at most 1 (N <= D), and rows marked
+    crossed exactly where the prompt's tokens are not a prefix of prompt + answer; or it is
+    refused in one line."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from transformers import PreTrainedTokenizerFast
+
+    from answerdist import score_checkpoint
+    from answerdist.engine.tasks import parse_tasks
+    from answerdist.errors import EngineError
+
+    directory, _ = checkpoint
+    tok = PreTrainedTokenizerFast.from_pretrained(str(directory))
+
+    seen = set()
+    words = st.lists(st.sampled_from(STARTS), min_size=1, max_size=2).map("".join)
+
+    @settings(max_examples=25, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(prefix=st.sampled_from(ENDS),
+           answers=st.lists(words, min_size=2, max_size=4, unique=True))
+    def scores(prefix, answers):
+        text = (f'name = "m"\nanswers = {json.dumps(answers)}\n'
+                + (f"assistant_prefix = {json.dumps(prefix)}\n" if prefix else "")
+                + '[[prompts]]\nid = "a"\ntext = "Pick one."\n')
+        try:
+            (task,) = parse_tasks(text, "m.toml")
+            result = score_checkpoint(directory, tasks=[task], mode="chat", progress=False)
+        except EngineError as e:
+            assert "\n" not in str(e)
+            return
+        rows = result.tables["m"].to_pylist()
+        assert all(math.isfinite(r["logprob"]) for r in rows)
+        assert sum(math.exp(r["logprob"]) for r in rows) <= 1 + 1e-6
+        prompt = tok(rows[0]["prompt_text"], add_special_tokens=False)["input_ids"]
+        crossed = any(tok(rows[0]["prompt_text"] + r["continuation"],
+                          add_special_tokens=False)["input_ids"][:len(prompt)] != prompt
+                      for r in rows)
+        assert all(r["boundary_crossed"] is crossed for r in rows), (prefix, answers)
+        seen.add(crossed)
+
+    scores()
+    assert seen == {True, False}  # the draws reached merged and unmerged prompts alike

@@ -137,25 +137,43 @@ def _same_prompt_rate(kind, trials=100, k=10, n=15):
     from answerdist.analysis.records import Ladder
 
     rng = np.random.default_rng([7, len(kind)])
-    same = 0
+    same = compatible = 0
     for t in range(trials):
         base = _dirichlet(rng, 0.4, k, n)
-        row = int(rng.integers(n))
+        row, other = (int(r) for r in rng.choice(n, 2, replace=False))
         ids, answers = [f"p{i:02d}" for i in range(n)], [str(a) for a in range(k)]
         tasks = {}
         for name in ("a", "b"):
-            target = base[row] if kind == "planted" else _dirichlet(rng, 0.4, k)
+            target = {"planted": base[row],
+                      "different": base[row if name == "a" else other]}.get(
+                kind, None)
+            target = _dirichlet(rng, 0.4, k) if target is None else target
             stages = {"base": TaskData(f"base-{t}", "t", ids, answers, base, np.ones(n)),
                       "sft": TaskData(f"sft-{name}-{t}", "t", ids, answers,
                                       _noisy(np.tile(target, (n, 1)), rng), np.ones(n))}
             tasks[name] = Ladder([("base", f"base-{t}"), ("sft", f"sft-{name}-{t}")], "sft",
                                  {"t": ladder_metrics(stages, level=LEVEL, bootstrap=100)})
-        same += _cross_ladder(tasks)[0].tasks["t"].same_prompt
-    return same, trials
+        match = _cross_ladder(tasks)[0].tasks["t"]
+        same += match.same_prompt
+        compatible += match.compatible
+    return same, trials, compatible
 
 
 def test_same_prompt_across_ladders_false_positive_rate_and_power():
-    same, trials = _same_prompt_rate("phrasing")
+    same, trials, _ = _same_prompt_rate("phrasing")
     assert same <= binomial_upper(trials, LEVEL), same
-    same, trials = _same_prompt_rate("planted")
+    same, trials, _ = _same_prompt_rate("planted")
     assert same >= 0.95 * trials, same
+
+
+def test_compatible_seeds_false_positive_rate_and_power():
+    """`compatible` (both seeds found, their seed sets share a prompt). Its nulls: each seed
+    stage collapses onto a fresh phrasing of its own, or onto a different base prompt than
+    the other ladder's; either way "compatible" stays within binomial error of the level.
+    Power: both collapse onto the same base prompt, and it is compatible in 95% or more."""
+    for kind in ("phrasing", "different"):
+        same, trials, compatible = _same_prompt_rate(kind)
+        assert compatible <= binomial_upper(trials, LEVEL), (kind, compatible)
+        assert same <= compatible
+    same, trials, compatible = _same_prompt_rate("planted")
+    assert compatible >= 0.95 * trials and same <= compatible, (same, compatible)

@@ -837,9 +837,8 @@ def _logsumexp_by(values: np.ndarray, groups: list[int], n: int) -> np.ndarray:
 def prompt_scores(checkpoint: Checkpoint, task: Task, s: Sequence,
                   scores: TrieScores) -> PromptScores:
     """Variant and answer log-probabilities from a prompt's trie scores (summed in float64)."""
-    path_lp = scores.path_logprobs(s)
-    if not np.isfinite(path_lp).all() or (s.boundary is not None
-                                          and not np.isfinite(scores.log_prefix(s))):
+    path_lp = scores.path_logprobs(s)  # a non-finite log D makes every path non-finite too
+    if not np.isfinite(path_lp).all():
         raise NonFiniteError(
             f"task {task.name!r}, prompt {s.prompt_id!r}: the model's log-probabilities "
             f"are NaN or infinite ({checkpoint.path}); check the weights for NaN/inf, or use "
